@@ -1,0 +1,1 @@
+//! The OpenFlow port-number map (issue 3). Work in progress.
