@@ -1,1 +1,65 @@
+//! Namespace test harness: network namespaces joined by veth pairs on
+//! documentation addresses, a private bpffs, and processes started inside a
+//! namespace. Every object is a guard that removes what it made on drop, so a
+//! failing (panicking) test cleans up too. Names carry the test process id and
+//! a counter, so tests run in parallel without colliding.
+//!
+//! Privileged tests call [`require_root!`] first: outside CI, without root,
+//! they print a visible SKIP line and return; in CI (`CI` set) a missing
+//! privilege is a failure, never a silent pass.
+pub mod bpftool;
+pub mod netns;
+pub mod packet;
+pub mod process;
 
+pub use netns::{BpfFs, Netns, Veth};
+pub use process::Process;
+
+/// True when the test may use namespaces, XDP and bpffs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns from the calling test (with a visible message) when not root, and
+/// panics instead when running in CI, where privileged tests must run.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            if std::env::var_os("CI").is_some() {
+                panic!("this test needs root and CI must run it as root");
+            }
+            eprintln!("SKIP {}: needs root (namespaces, XDP, bpffs)", module_path!());
+            return;
+        }
+    };
+}
+
+/// Runs a command on the host, failing the test with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `xgw` binary of this build (`cargo xtask test` builds it first).
+pub fn xgw_bin() -> std::path::PathBuf {
+    // target/<profile>/deps/<test-exe> -> target/<profile>/xgw
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("xgw");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p xgw --bins; cargo xtask test does this)",
+        bin.display()
+    );
+    bin
+}

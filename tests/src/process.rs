@@ -1,0 +1,83 @@
+//! A process started by a test, stopped by PID when its guard drops.
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Process {
+    pub fn spawn(mut cmd: Command, what: &str) -> Process {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Process { child: Some(child), what: what.into() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `sig` to this process only.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), sig);
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after `grace`) and returns
+    /// its stdout and stderr.
+    pub fn stop(mut self, grace: Duration) -> (String, String) {
+        let mut child = self.child.take().expect("running");
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let out = child.wait_with_output().expect("wait");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Option<(std::process::ExitStatus, String, String)> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                _ if Instant::now() >= deadline => return None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let out = self.child.take().unwrap().wait_with_output().ok()?;
+        Some((out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.what
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
