@@ -29,7 +29,10 @@ macro_rules! require_root {
             if std::env::var_os("CI").is_some() {
                 panic!("this test needs root and CI must run it as root");
             }
-            eprintln!("SKIP {}: needs root (namespaces, XDP, bpffs)", module_path!());
+            // Straight to fd 2: libtest captures eprintln! of passing tests,
+            // and a skip must be visible (cargo xtask test counts these lines).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIP {} ({}:{}): needs root (namespaces, XDP, bpffs)", module_path!(), file!(), line!());
             return;
         }
     };

@@ -2,7 +2,7 @@
 //! visible sequence of steps; the shell work lives in scripts/.
 use std::{
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -87,6 +87,57 @@ fn build(release: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Runs `cargo test`, relaying its output, and ends with one summary line
+/// (`summary: P passed, F failed, S skipped`) over all test binaries, where
+/// skipped counts the privileged tests that printed a SKIP line.
+fn test(args: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = cargo()
+        .args(["test", "--workspace", "--locked"])
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let stderr = child.stderr.take().unwrap();
+    let skips = std::thread::spawn(move || {
+        let mut skipped = 0u64;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            skipped += line.starts_with("SKIP ") as u64;
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+        skipped
+    });
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        println!("{line}");
+        // "test result: ok. 4 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let skipped = skips.join().unwrap_or(0);
+    println!("summary: {} passed, {failed} failed, {skipped} skipped", passed - skipped.min(passed));
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup(),
@@ -106,7 +157,7 @@ fn main() -> ExitCode {
             }
             // The integration tests run the `xgw` binary of the same profile.
             build(false)?;
-            run(cargo().args(["test", "--workspace", "--locked"]).args(&args))
+            test(&args)
         })(),
         Cmd::Bench => {
             eprintln!("xtask: no benchmarks yet: `cargo xtask bench` is filled in by the benchmark issue; nothing was measured");
