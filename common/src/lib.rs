@@ -4,4 +4,6 @@
 #![no_std]
 
 pub mod counters;
+pub mod geneve;
+pub mod maps;
 pub mod wire;
