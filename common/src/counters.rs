@@ -64,3 +64,67 @@ impl Proto {
         }
     }
 }
+
+/// Why the datapath dropped a packet: one per-CPU counter each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// Geneve header or options cut short, or no room for the inner frame.
+    GeneveTruncated = 0,
+    /// Geneve version other than 0.
+    GeneveVersion = 1,
+    /// Protocol type other than Transparent Ethernet Bridging (0x6558).
+    GeneveProtocol = 2,
+    /// An option's length runs past the header's Opt Len.
+    GeneveOptionLength = 3,
+    /// A critical option this gateway does not understand (RFC 8926 3.5).
+    GeneveCriticalOption = 4,
+    /// From a remote IP and VNI that no tunnel is configured for.
+    UnknownTunnel = 5,
+    /// No local port for the inner destination (MAC or OVN egress key).
+    UnknownDestination = 6,
+    /// The kernel refused the redirect (port gone from the devmap).
+    RedirectFailed = 7,
+    /// Outer IP or UDP length disagrees with the frame's length.
+    OuterLength = 8,
+}
+
+impl Drop {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Drop; Self::COUNT as usize] = [
+        Drop::GeneveTruncated,
+        Drop::GeneveVersion,
+        Drop::GeneveProtocol,
+        Drop::GeneveOptionLength,
+        Drop::GeneveCriticalOption,
+        Drop::UnknownTunnel,
+        Drop::UnknownDestination,
+        Drop::RedirectFailed,
+        Drop::OuterLength,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Drop::GeneveTruncated => "geneve_truncated",
+            Drop::GeneveVersion => "geneve_version",
+            Drop::GeneveProtocol => "geneve_protocol",
+            Drop::GeneveOptionLength => "geneve_option_length",
+            Drop::GeneveCriticalOption => "geneve_critical_option",
+            Drop::UnknownTunnel => "unknown_tunnel",
+            Drop::UnknownDestination => "unknown_destination",
+            Drop::RedirectFailed => "redirect_failed",
+            Drop::OuterLength => "outer_length",
+        }
+    }
+}
+
+/// Per OpenFlow port: what it received and what it sent, indexed by ofport.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx: Counter,
+    pub tx: Counter,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortStats {}

@@ -53,7 +53,7 @@ pub struct LocalPort {
     pub _pad: [u8; 2],
 }
 
-/// (VNI, logical port key) -> local port ifindex: decap with the OVN option.
+/// (VNI, logical port key) -> the local port's `FdbEntry`: decap with the OVN option.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortKey {

@@ -3,11 +3,48 @@
 #![no_std]
 #![no_main]
 
+mod decap;
 mod maps;
+mod outer;
 mod parse;
 mod probe;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
+
+/// The underlay NIC. Geneve for this gateway is decapsulated and redirected
+/// to its local port; everything else goes to the kernel stack unchanged.
+#[xdp]
+pub fn xgw_uplink(ctx: XdpContext) -> u32 {
+    let Some(uplink) = maps::UPLINK.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(outer) = outer::parse(&ctx, uplink) else {
+        return xdp_action::XDP_PASS;
+    };
+    let decap = match decap::geneve(&ctx, &outer) {
+        Ok(d) => d,
+        Err(reason) => {
+            maps::count_drop(reason);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let len = ctx.data_end() - ctx.data();
+    maps::count_rx(decap.tunnel, len);
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, decap.inner as i32) } != 0 {
+        maps::count_drop(xgw_common::counters::Drop::GeneveTruncated);
+        return xdp_action::XDP_DROP;
+    }
+    match maps::DEVMAP.redirect(decap.dest.ifindex, 0) {
+        Ok(action) => {
+            maps::count_tx(decap.dest.ofport as u32, len - decap.inner);
+            action
+        }
+        Err(_) => {
+            maps::count_drop(xgw_common::counters::Drop::RedirectFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
 
 /// Counts every packet by protocol (and bytes), then hands it to the stack
 /// unchanged. Attach it anywhere to see what crosses an interface.

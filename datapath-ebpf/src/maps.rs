@@ -1,19 +1,75 @@
-//! BPF maps. The datapath is the only writer of counters; the controller only
-//! reads them (and owns every configuration map).
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use xgw_common::counters::{Counter, Proto};
+//! BPF maps. The controller owns every configuration map (it is their only
+//! writer); the datapath owns the counters (it is their only writer).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+};
+use xgw_common::{
+    counters::{Counter, Drop, PortStats, Proto},
+    maps::*,
+};
 
 /// Packets and bytes per protocol seen by `xgw_probe`, one slot per `Proto`.
 #[map(name = "PROBE_COUNTERS")]
 static PROBE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Proto::COUNT, 0);
 
+#[map(name = "UPLINK")]
+pub static UPLINK: Array<Uplink> = Array::with_max_entries(1, 0);
+#[map(name = "LOCAL_PORTS")]
+pub static LOCAL_PORTS: HashMap<u32, LocalPort> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
+#[map(name = "PORT_KEYS")]
+pub static PORT_KEYS: HashMap<PortKey, FdbEntry> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
+#[map(name = "FDB")]
+pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, 0);
+#[map(name = "TUNNELS")]
+pub static TUNNELS: HashMap<u32, Tunnel> = HashMap::with_max_entries(MAX_TUNNELS, 0);
+#[map(name = "TUNNEL_BY_REMOTE")]
+pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
+/// Redirect targets, keyed by ifindex: local ports and the uplink.
+#[map(name = "DEVMAP")]
+pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_LOCAL_PORTS + 1, 0);
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
+/// Indexed by OpenFlow number (0..0xff00).
+#[map(name = "PORT_STATS")]
+static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(0xff00, 0);
+
+// Counter slots are per CPU: no other CPU writes them, plain adds are safe.
+
 #[inline(always)]
 pub fn count_proto(proto: Proto, len: usize) {
     if let Some(c) = PROBE_COUNTERS.get_ptr_mut(proto as u32) {
-        // Per-CPU slot: no other CPU writes it, plain adds are safe.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: Drop) {
+    if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_rx(ofport: u32, len: usize) {
+    if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
+        unsafe {
+            (*s).rx.packets += 1;
+            (*s).rx.bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_tx(ofport: u32, len: usize) {
+    if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
+        unsafe {
+            (*s).tx.packets += 1;
+            (*s).tx.bytes += len as u64;
         }
     }
 }

@@ -8,6 +8,7 @@
 //! they print a visible SKIP line and return; in CI (`CI` set) a missing
 //! privilege is a failure, never a silent pass.
 pub mod bpftool;
+pub mod gateway;
 pub mod netns;
 pub mod packet;
 pub mod process;

@@ -1,0 +1,88 @@
+//! Geneve decapsulation (RFC 8926): validate the header, walk the options,
+//! and find the local port the inner frame is for.
+use aya_ebpf::programs::XdpContext;
+use network_types::eth::EthHdr;
+use xgw_common::{
+    counters::Drop,
+    geneve::*,
+    maps::{FdbEntry, FdbKey, PortKey, TunnelKey, FDB_LOCAL},
+    wire::ETH_P_TEB,
+};
+
+use crate::{
+    maps::{FDB, PORT_KEYS, TUNNEL_BY_REMOTE},
+    outer::Outer,
+    parse::ptr_at,
+};
+
+/// A packet this gateway accepted: strip `inner` bytes of outer headers and
+/// deliver to `dest`; it arrived on tunnel `tunnel`.
+pub struct Decap {
+    pub inner: usize,
+    pub tunnel: u32,
+    pub dest: FdbEntry,
+}
+
+/// At most this many options: each takes at least 4 of the 252 option bytes.
+const MAX_OPTIONS: usize = MAX_OPTS_LEN / OPT_HLEN;
+
+#[inline(always)]
+pub fn geneve(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
+    // A frame cut short (or padded) is not what its sender meant: never
+    // forward part of one.
+    let len = ctx.data_end() - ctx.data();
+    if outer.ip_end != len || outer.udp_end != len {
+        return Err(Drop::OuterLength);
+    }
+    let g = unsafe { *ptr_at::<[u8; HLEN]>(ctx, outer.geneve).ok_or(Drop::GeneveTruncated)? };
+    if g[0] >> 6 != VERSION {
+        return Err(Drop::GeneveVersion);
+    }
+    if u16::from_be_bytes([g[2], g[3]]) != ETH_P_TEB {
+        return Err(Drop::GeneveProtocol);
+    }
+    let opts_len = (g[0] & 0x3f) as usize * 4;
+    let vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
+    let opts = outer.geneve + HLEN;
+    let inner = opts + opts_len;
+    let eth = ptr_at::<EthHdr>(ctx, inner).ok_or(Drop::GeneveTruncated)?;
+
+    let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote: outer.remote, vni }) }
+        .ok_or(Drop::UnknownTunnel)?;
+    let dest = match ovn_egress_key(ctx, opts, opts_len)? {
+        Some(port_key) => unsafe { PORT_KEYS.get(&PortKey { vni, port_key, _pad: 0 }) },
+        None => {
+            let mac = unsafe { (*eth).dst_addr };
+            unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
+        }
+    }
+    .ok_or(Drop::UnknownDestination)?;
+    Ok(Decap { inner, tunnel, dest: *dest })
+}
+
+/// Walks the options: returns OVN's egress port key if present, and rejects
+/// any other critical option (RFC 8926 section 3.5) and lengths that do not
+/// add up to the header's Opt Len.
+#[inline(always)]
+fn ovn_egress_key(ctx: &XdpContext, start: usize, len: usize) -> Result<Option<u16>, Drop> {
+    let mut off = 0;
+    let mut egress = None;
+    for _ in 0..MAX_OPTIONS {
+        if off >= len {
+            break;
+        }
+        let h = unsafe { *ptr_at::<[u8; OPT_HLEN]>(ctx, start + off).ok_or(Drop::GeneveTruncated)? };
+        let data_len = (h[3] & 0x1f) as usize * 4;
+        if u16::from_be_bytes([h[0], h[1]]) == OVN_OPT_CLASS && h[2] == OVN_OPT_TYPE && data_len == OVN_OPT_DATA_LEN {
+            let d = unsafe { *ptr_at::<[u8; OVN_OPT_DATA_LEN]>(ctx, start + off + OPT_HLEN).ok_or(Drop::GeneveTruncated)? };
+            egress = Some(u16::from_be_bytes([d[2], d[3]]));
+        } else if h[2] & OPT_TYPE_CRITICAL != 0 {
+            return Err(Drop::GeneveCriticalOption);
+        }
+        off += OPT_HLEN + data_len;
+    }
+    if off != len {
+        return Err(Drop::GeneveOptionLength);
+    }
+    Ok(egress)
+}

@@ -1,0 +1,76 @@
+//! A datapath loaded for a test, configured by writing its maps directly.
+//! (The controller's transactions write the same maps; these helpers let the
+//! datapath be tested on its own.)
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::Xdp,
+    Ebpf,
+};
+use xgw_common::{
+    counters::{Drop, PortStats},
+    maps::{names::*, *},
+};
+
+pub struct TestGateway {
+    pub ebpf: Ebpf,
+}
+
+impl TestGateway {
+    /// Loads the datapath and verifies `programs`.
+    pub fn load(programs: &[&str]) -> TestGateway {
+        let mut ebpf = xgw::datapath::load().expect("load datapath");
+        for p in programs {
+            xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
+        }
+        TestGateway { ebpf }
+    }
+
+    pub fn program(&self, name: &str) -> &Xdp {
+        self.ebpf.program(name).expect("program").try_into().expect("xdp")
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect(name)).expect(name)
+    }
+
+    pub fn set_uplink(&mut self, uplink: Uplink) {
+        let mut m: Array<&mut MapData, Uplink> = Array::try_from(self.ebpf.map_mut(UPLINK).unwrap()).unwrap();
+        m.set(0, uplink, 0).unwrap();
+    }
+
+    pub fn add_tunnel(&mut self, ofport: u32, tunnel: Tunnel) {
+        self.hash::<u32, Tunnel>(TUNNELS).insert(ofport, tunnel, 0).unwrap();
+        let key = TunnelKey { remote: tunnel.remote, vni: tunnel.vni };
+        self.hash::<TunnelKey, u32>(TUNNEL_BY_REMOTE).insert(key, ofport, 0).unwrap();
+    }
+
+    pub fn add_local_port(&mut self, ifindex: u32, port: LocalPort) {
+        let entry = FdbEntry { ifindex, ofport: port.ofport, port_key: port.port_key, kind: FDB_LOCAL, _pad: [0; 3] };
+        self.hash::<u32, LocalPort>(LOCAL_PORTS).insert(ifindex, port, 0).unwrap();
+        self.hash::<PortKey, FdbEntry>(PORT_KEYS)
+            .insert(PortKey { vni: port.vni, port_key: port.port_key, _pad: 0 }, entry, 0)
+            .unwrap();
+        self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
+        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
+        dev.insert(ifindex, ifindex, None, 0).unwrap();
+    }
+
+    /// Drop counters by name, summed over CPUs.
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map("DROPS").unwrap()).unwrap();
+        Drop::ALL.iter().map(|d| (d.name(), m.get(&(*d as u32), 0).unwrap().iter().sum())).collect()
+    }
+
+    pub fn port_stats(&self, ofport: u32) -> PortStats {
+        let m: PerCpuArray<&MapData, PortStats> = PerCpuArray::try_from(self.ebpf.map("PORT_STATS").unwrap()).unwrap();
+        m.get(&ofport, 0).unwrap().iter().fold(PortStats::default(), |mut a, s| {
+            a.rx.packets += s.rx.packets;
+            a.rx.bytes += s.rx.bytes;
+            a.tx.packets += s.tx.packets;
+            a.tx.bytes += s.tx.bytes;
+            a
+        })
+    }
+}

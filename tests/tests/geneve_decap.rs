@@ -1,0 +1,216 @@
+//! Geneve decapsulation on the uplink (`xgw_uplink`) through BPF_PROG_TEST_RUN:
+//! crafted packets give exactly the expected output bytes and verdict, and
+//! every drop is counted under its reason. Expected bytes are built here from
+//! the RFC 8926 layout and etherparse, independently of the datapath code.
+use etherparse::PacketBuilder;
+use xgw_common::maps::*;
+use xgw_tests::{gateway::TestGateway, packet::*, require_root};
+
+const GW_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
+const HV_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
+const GW_IP4: [u8; 4] = [198, 51, 100, 1];
+const HV_IP4: [u8; 4] = [198, 51, 100, 2];
+const GW_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const HV_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x01];
+const REMOTE_VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
+const VNI: u32 = 5001;
+const TUNNEL_OFPORT: u32 = 7;
+const VM_OFPORT: u16 = 3;
+const VM_KEY: u16 = 0x0011;
+const VM_IFINDEX: u32 = 1; // lo: present in every namespace, fine for test_run
+
+fn gateway() -> TestGateway {
+    let mut gw = TestGateway::load(&["xgw_uplink"]);
+    gw.set_uplink(Uplink {
+        ifindex: 1,
+        mtu: 1500,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP4 | UPLINK_HAS_IP6,
+        _pad: 0,
+        ip4: GW_IP4,
+        ip6: GW_IP6,
+    });
+    for remote in [ipv4_mapped(HV_IP4), HV_IP6] {
+        let ofport = if remote == HV_IP6 { TUNNEL_OFPORT + 1 } else { TUNNEL_OFPORT };
+        gw.add_tunnel(ofport, Tunnel { remote, nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    }
+    gw.add_local_port(VM_IFINDEX, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw
+}
+
+/// The inner frame: an ICMP echo from the remote VM to the local VM.
+fn inner(dst: [u8; 6]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(REMOTE_VM_MAC, dst)
+        .ipv4([203, 0, 113, 2], [203, 0, 113, 1], 64)
+        .icmpv4_echo_request(9, 1)
+        .write(&mut v, &[0xab; 56])
+        .unwrap();
+    v
+}
+
+/// A Geneve header per RFC 8926 figure 2, written out byte by byte.
+fn geneve_hdr(ver: u8, opt_words: u8, flags: u8, proto: u16, vni: u32) -> Vec<u8> {
+    let p = proto.to_be_bytes();
+    vec![(ver << 6) | opt_words, flags, p[0], p[1], (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0]
+}
+
+/// One option: class, type, data (a multiple of 4 bytes).
+fn option(class: u16, typ: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = class.to_be_bytes().to_vec();
+    v.extend([typ, (data.len() / 4) as u8]);
+    v.extend_from_slice(data);
+    v
+}
+
+fn ovn_option(ingress: u16, egress: u16) -> Vec<u8> {
+    let mut d = ingress.to_be_bytes().to_vec();
+    d.extend(egress.to_be_bytes());
+    option(0x0102, 0x80, &d)
+}
+
+fn geneve_payload(opts: &[Vec<u8>], vni: u32, inner: &[u8]) -> Vec<u8> {
+    let opts: Vec<u8> = opts.concat();
+    let mut v = geneve_hdr(0, (opts.len() / 4) as u8, 0, 0x6558, vni);
+    v.extend(opts);
+    v.extend_from_slice(inner);
+    v
+}
+
+fn over_ipv4(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, dst, 64).udp(50123, dport).write(&mut v, payload).unwrap();
+    v
+}
+
+fn over_ipv6(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv6(src, dst, 64).udp(50123, 6081).write(&mut v, payload).unwrap();
+    v
+}
+
+fn geneve4(opts: &[Vec<u8>], inner: &[u8]) -> Vec<u8> {
+    over_ipv4(HV_IP4, GW_IP4, 6081, &geneve_payload(opts, VNI, inner))
+}
+
+#[test]
+fn decap_without_options_by_inner_mac() {
+    require_root!();
+    let gw = gateway();
+    let inner = inner(VM_MAC);
+    let pkt = geneve4(&[], &inner);
+    let run = test_run(gw.program("xgw_uplink"), &pkt);
+    assert_eq!(run.verdict, XDP_REDIRECT);
+    assert_eq!(run.data, inner, "output must be exactly the inner frame");
+    let tunnel = gw.port_stats(TUNNEL_OFPORT);
+    let vm = gw.port_stats(VM_OFPORT as u32);
+    assert_eq!((tunnel.rx.packets, tunnel.rx.bytes), (1, pkt.len() as u64));
+    assert_eq!((vm.tx.packets, vm.tx.bytes), (1, inner.len() as u64));
+    assert!(gw.drops().values().all(|&n| n == 0));
+}
+
+#[test]
+fn decap_with_ovn_option_uses_the_egress_key() {
+    require_root!();
+    let gw = gateway();
+    // The inner destination MAC is unknown: the OVN egress key alone decides.
+    let inner = inner([0x02, 0, 0, 0, 0, 0x99]);
+    let pkt = geneve4(&[ovn_option(0x0005, VM_KEY)], &inner);
+    let run = test_run(gw.program("xgw_uplink"), &pkt);
+    assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner));
+}
+
+#[test]
+fn decap_ipv6_with_non_critical_options_before_and_after_ovn() {
+    require_root!();
+    let gw = gateway();
+    let inner = inner(VM_MAC);
+    let opts = [option(0xffff, 0x01, &[1, 2, 3, 4, 5, 6, 7, 8]), ovn_option(1, VM_KEY), option(0x0103, 0x7f, &[])];
+    let pkt = over_ipv6(HV_IP6, GW_IP6, &geneve_payload(&opts, VNI, &inner));
+    let run = test_run(gw.program("xgw_uplink"), &pkt);
+    assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner));
+    assert_eq!(gw.port_stats(TUNNEL_OFPORT + 1).rx.packets, 1);
+}
+
+#[test]
+fn bad_geneve_is_dropped_and_counted_by_reason() {
+    require_root!();
+    let gw = gateway();
+    let inner = inner(VM_MAC);
+    let with_hdr = |hdr: Vec<u8>, opts: Vec<u8>| {
+        let mut p = hdr;
+        p.extend(opts);
+        p.extend_from_slice(&inner);
+        over_ipv4(HV_IP4, GW_IP4, 6081, &p)
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("geneve_version", with_hdr(geneve_hdr(1, 0, 0, 0x6558, VNI), vec![])),
+        ("geneve_protocol", with_hdr(geneve_hdr(0, 0, 0, 0x0800, VNI), vec![])),
+        // Critical option of an unknown class (type high bit set).
+        ("geneve_critical_option", geneve4(&[option(0xffff, 0x81, &[0; 4])], &inner)),
+        // OVN's class and type but a length OVN never sends: not understood, critical.
+        ("geneve_critical_option", geneve4(&[option(0x0102, 0x80, &[0; 8])], &inner)),
+        // Opt Len says 1 word, the option claims 2 words of data.
+        ("geneve_option_length", with_hdr(geneve_hdr(0, 1, 0, 0x6558, VNI), option(0xffff, 1, &[0; 8]))),
+        ("unknown_tunnel", over_ipv4([198, 51, 100, 77], GW_IP4, 6081, &geneve_payload(&[], VNI, &inner))),
+        ("unknown_tunnel", over_ipv4(HV_IP4, GW_IP4, 6081, &geneve_payload(&[], VNI + 1, &inner))),
+        ("unknown_destination", geneve4(&[], &self::inner([0x02, 0, 0, 0, 0, 0x99]))),
+        ("unknown_destination", geneve4(&[ovn_option(1, 0x0fff)], &inner)),
+    ];
+    let mut expected = std::collections::BTreeMap::new();
+    for (reason, pkt) in &cases {
+        let run = test_run(gw.program("xgw_uplink"), pkt);
+        assert_eq!(run.verdict, XDP_DROP, "{reason}");
+        *expected.entry(*reason).or_insert(0u64) += 1;
+    }
+    let drops = gw.drops();
+    for (reason, n) in drops {
+        assert_eq!(n, expected.get(reason).copied().unwrap_or(0), "drop counter {reason}");
+    }
+    assert_eq!(gw.port_stats(VM_OFPORT as u32).tx.packets, 0);
+}
+
+#[test]
+fn traffic_not_for_the_gateway_passes_unchanged() {
+    require_root!();
+    let gw = gateway();
+    let g = geneve_payload(&[], VNI, &inner(VM_MAC));
+    let cases = [
+        over_ipv4(HV_IP4, GW_IP4, 4789, &g),                  // VXLAN port, not Geneve
+        over_ipv4(HV_IP4, [198, 51, 100, 9], 6081, &g),       // Geneve for another host
+        arp_request(HV_MAC, HV_IP4, GW_IP4),
+        ipv4_icmp_echo(&[0; 8]),
+        ipv6_udp(1000, 6081, &g[..20]),                        // to another IPv6 host
+    ];
+    for pkt in &cases {
+        let run = test_run(gw.program("xgw_uplink"), pkt);
+        assert_eq!((run.verdict, &run.data), (XDP_PASS, pkt));
+    }
+    assert!(gw.drops().values().all(|&n| n == 0));
+}
+
+#[test]
+fn truncated_at_every_byte_is_never_forwarded() {
+    require_root!();
+    let gw = gateway();
+    for pkt in [
+        geneve4(&[ovn_option(1, VM_KEY)], &inner(VM_MAC)),
+        over_ipv6(HV_IP6, GW_IP6, &geneve_payload(&[ovn_option(1, VM_KEY)], VNI, &inner(VM_MAC))),
+    ] {
+        let full = test_run(gw.program("xgw_uplink"), &pkt);
+        assert_eq!(full.verdict, XDP_REDIRECT);
+        // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
+        for cut in 14..pkt.len() {
+            let run = test_run(gw.program("xgw_uplink"), &pkt[..cut]);
+            match run.verdict {
+                XDP_PASS => assert_eq!(run.data, &pkt[..cut], "cut at {cut}: PASS must be unchanged"),
+                XDP_DROP => {}
+                v => panic!("cut at {cut}: verdict {v}, a truncated frame must never be forwarded"),
+            }
+        }
+    }
+    let drops = gw.drops();
+    let counted: u64 = drops.values().sum();
+    assert!(counted > 0 && drops["outer_length"] == counted, "{drops:?}");
+}
