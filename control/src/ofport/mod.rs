@@ -1,1 +1,55 @@
-//! The OpenFlow port-number map (issue 3). Work in progress.
+//! The OpenFlow port-number map: which port has which number, and the
+//! guarantee that a number is never leaked, never 0, never >= 0xff00.
+//!
+//! In 2018 Open vSwitch leaked a number each time adding a redundant tunnel
+//! failed; when the space ran out its allocator returned OFPP_NONE (65535)
+//! and nobody checked (see DESIGN.md). Here:
+//! - `number`: `OfPort`, a type that cannot hold 0 or a reserved number;
+//! - `allocator`: pure bookkeeping of numbers, with hold-down, where
+//!   running out is an error;
+//! - `spec`: what a port is, and validation;
+//! - `maps`: the BPF maps a port needs, behind the `Datapath` trait;
+//! - `store`, `redb_store`: durable committed ports;
+//! - `txn`: one all-or-nothing add or delete;
+//! - `portmap`: policy (duplicates, idempotence, desired state);
+//! - `reconcile`: repairing the maps from the committed ports;
+//! - `mem`: in-memory datapath and store with failure injection.
+//!
+//! Typical use: `PortMap::open(datapath, RedbStore::open(dir)?, config)`,
+//! then `reconcile()` once, then `apply_desired` / `add` / `delete`.
+//!
+//! Decisions worth knowing:
+//! - When every automatic number is in use or held down, the least
+//!   recently freed held number is taken (as OVS does); `Exhausted` means
+//!   all 32767 automatic numbers belong to live or stranded ports.
+//! - An explicit `ofport_request` is granted even if the number is held
+//!   down; only implicit reuse waits.
+//! - Hold-down lives in memory only: a restart forgets it, as OVS does.
+//!   Committed numbers do survive, from the store.
+//! - Each change is one redb write transaction with an fsync, so the
+//!   durable add rate is bounded by the disk's fsync rate.
+
+pub mod allocator;
+pub mod maps;
+pub mod mem;
+pub mod number;
+pub mod portmap;
+pub mod reconcile;
+pub mod redb_store;
+pub mod spec;
+pub mod store;
+pub mod txn;
+
+#[cfg(test)]
+mod tests;
+
+pub use allocator::{AllocError, Allocator, AllocatorConfig, PortState, Reservation};
+pub use maps::{Datapath, EntryKey, MapEntry, MapError, Step};
+pub use mem::{Fault, FaultOp, MemDatapath, MemStore};
+pub use number::{InvalidOfPort, OfPort};
+pub use portmap::{Added, ApplyError, ApplyReport, OpenError, PortError, PortMap};
+pub use reconcile::{reconcile, ReconcileReport, RepairAction, RepairFailure};
+pub use redb_store::RedbStore;
+pub use spec::{LocalPort, MacAddr, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort};
+pub use store::{PortRecord, Store, StoreError};
+pub use txn::{Txn, TxnError, Undo, UndoAction, UndoFailure};

@@ -1,0 +1,101 @@
+//! Bringing the BPF maps back in line with the committed ports, after a
+//! crash mid-transaction, a failed undo, or someone else touching the maps.
+//! The committed ports are the truth; the maps are repaired to match.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::maps::{Datapath, MapEntry, MapError, Step};
+use super::store::PortRecord;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Entries a committed port needed and the map lacked.
+    pub recreated: Vec<(Step, MapEntry)>,
+    /// Entries no committed port owns.
+    pub removed: Vec<(Step, MapEntry)>,
+    pub failed: Vec<RepairFailure>,
+}
+
+impl ReconcileReport {
+    /// Nothing needed repair and nothing failed.
+    pub fn is_noop(&self) -> bool {
+        self.recreated.is_empty() && self.removed.is_empty() && self.failed.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairFailure {
+    pub step: Step,
+    pub action: RepairAction,
+    pub cause: MapError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairAction {
+    List,
+    Recreate(MapEntry),
+    Remove(MapEntry),
+}
+
+impl fmt::Display for RepairFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.action {
+            RepairAction::List => write!(f, "{}: list: {}", self.step, self.cause),
+            RepairAction::Recreate(e) => write!(f, "{}: recreate {e}: {}", self.step, self.cause),
+            RepairAction::Remove(e) => write!(f, "{}: remove {e}: {}", self.step, self.cause),
+        }
+    }
+}
+
+/// Makes every map hold exactly the entries the `committed` ports need.
+///
+/// An entry counts as correct when both its key and its port number match;
+/// one with the right key but a stale number is removed and recreated.
+/// Removals run before insertions so a stale entry frees its key first.
+/// Best effort: a failure is recorded and the rest still repaired.
+pub fn reconcile<'a, D: Datapath>(
+    datapath: &mut D,
+    committed: impl IntoIterator<Item = &'a PortRecord> + Clone,
+) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
+    for &step in Step::ALL {
+        let wanted: BTreeMap<MapEntry, &PortRecord> = committed
+            .clone()
+            .into_iter()
+            .filter_map(|r| Some((MapEntry::for_step(step, &r.spec, r.ofport)?, r)))
+            .collect();
+        let present: BTreeSet<MapEntry> = match datapath.list(step) {
+            Ok(entries) => entries.into_iter().collect(),
+            Err(cause) => {
+                report.failed.push(RepairFailure {
+                    step,
+                    action: RepairAction::List,
+                    cause,
+                });
+                continue;
+            }
+        };
+        for entry in present.iter().filter(|e| !wanted.contains_key(e)) {
+            match datapath.remove(step, entry) {
+                Ok(()) | Err(MapError::NotFound) => report.removed.push((step, *entry)),
+                Err(cause) => report.failed.push(RepairFailure {
+                    step,
+                    action: RepairAction::Remove(*entry),
+                    cause,
+                }),
+            }
+        }
+        for (entry, record) in wanted.iter().filter(|(e, _)| !present.contains(e)) {
+            match datapath.insert(step, &record.spec, record.ofport) {
+                Ok(()) => report.recreated.push((step, *entry)),
+                Err(cause) => report.failed.push(RepairFailure {
+                    step,
+                    action: RepairAction::Recreate(*entry),
+                    cause,
+                }),
+            }
+        }
+    }
+    report
+}

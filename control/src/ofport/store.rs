@@ -1,0 +1,59 @@
+//! Where committed ports live across restarts. A port is acknowledged only
+//! after its record is durably written, so the store, not memory or the
+//! BPF maps, is the truth the controller rebuilds from.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::number::OfPort;
+use super::spec::PortSpec;
+
+/// One committed port: its number and the spec it was created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRecord {
+    pub ofport: OfPort,
+    pub spec: PortSpec,
+}
+
+impl PortRecord {
+    pub fn name(&self) -> &str {
+        self.spec.name()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{}: {cause}", path.display())]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{op} {}: {cause}", path.display())]
+    Db {
+        op: &'static str,
+        path: PathBuf,
+        // Boxed: redb's error is large and would bloat every Result.
+        cause: Box<redb::Error>,
+    },
+    #[error("record {key:?}: {cause}")]
+    Codec {
+        key: String,
+        cause: serde_json::Error,
+    },
+    #[error("record {key:?} holds port {found:?}")]
+    KeyMismatch { key: String, found: String },
+    #[error("injected write failure")]
+    Injected,
+}
+
+/// Durable storage of committed ports, keyed by port name.
+pub trait Store {
+    /// Every committed port.
+    fn load(&self) -> Result<Vec<PortRecord>, StoreError>;
+    /// Writes (or overwrites) one record; durable when this returns `Ok`.
+    fn put(&mut self, record: &PortRecord) -> Result<(), StoreError>;
+    /// Removes one record; removing an absent name is not an error.
+    fn delete(&mut self, name: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,1105 @@
+//! Whole-map tests: the port map over the in-memory datapath and store,
+//! with failures injected at every step, plus the 2018 seed scenario.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const HOLD: Duration = Duration::from_secs(10);
+
+type MemMap = PortMap<MemDatapath, MemStore>;
+
+fn config() -> AllocatorConfig {
+    AllocatorConfig { hold_down: HOLD }
+}
+
+fn new_map() -> MemMap {
+    PortMap::open(MemDatapath::new(), MemStore::new(), config()).expect("empty store opens")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn port(n: u16) -> OfPort {
+    OfPort::new(n).expect("valid test port")
+}
+
+fn tunnel(name: &str, remote: IpAddr, vni: u32) -> PortSpec {
+    PortSpec::Tunnel(TunnelPort {
+        name: name.into(),
+        remote,
+        vni,
+        bfd: true,
+        ovn_metadata: true,
+        ofport_request: None,
+    })
+}
+
+fn local(name: &str, port_key: u16) -> PortSpec {
+    PortSpec::Local(LocalPort {
+        name: name.into(),
+        ifname: format!("veth{port_key}"),
+        vni: 7,
+        port_key,
+        mac: MacAddr([0x02, 0, 0, 0, (port_key >> 8) as u8, port_key as u8]),
+        ip: None,
+        ofport_request: None,
+    })
+}
+
+fn with_request(mut spec: PortSpec, request: u16) -> PortSpec {
+    match &mut spec {
+        PortSpec::Local(p) => p.ofport_request = Some(request),
+        PortSpec::Tunnel(t) => t.ofport_request = Some(request),
+    }
+    spec
+}
+
+/// Everything observable about a port map, except hold-down timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    ports: Vec<PortRecord>,
+    committed: Vec<OfPort>,
+    in_use: usize,
+    stranded: Vec<OfPort>,
+    store: Vec<PortRecord>,
+    maps: Vec<(Step, Vec<MapEntry>)>,
+}
+
+fn snapshot(pm: &MemMap) -> Snapshot {
+    Snapshot {
+        ports: pm.ports().cloned().collect(),
+        committed: pm.allocator().committed().collect(),
+        in_use: pm.allocator().in_use(),
+        stranded: pm.allocator().stranded().collect(),
+        store: pm.store().records().cloned().collect(),
+        maps: Step::ALL
+            .iter()
+            .map(|&s| (s, pm.datapath().entries(s)))
+            .collect(),
+    }
+}
+
+/// The invariant: numbers in use == committed ports == store records ==
+/// the entries in every map, and no number outside 1..0xff00.
+fn check_consistent(pm: &MemMap) {
+    pm.allocator().check_invariants();
+    let ports: Vec<&PortRecord> = pm.ports().collect();
+    let mut numbers: Vec<OfPort> = ports.iter().map(|r| r.ofport).collect();
+    numbers.sort();
+    let committed: Vec<OfPort> = pm.allocator().committed().collect();
+    assert_eq!(committed, numbers, "allocator vs committed ports");
+    assert_eq!(
+        pm.allocator().in_use(),
+        ports.len(),
+        "a number is reserved or stranded without a port"
+    );
+    let store: Vec<&PortRecord> = pm.store().records().collect();
+    assert_eq!(store, ports, "store vs committed ports");
+    for &step in Step::ALL {
+        let want: BTreeSet<MapEntry> = ports
+            .iter()
+            .filter_map(|r| MapEntry::for_step(step, &r.spec, r.ofport))
+            .collect();
+        let have: BTreeSet<MapEntry> = pm.datapath().entries(step).into_iter().collect();
+        assert_eq!(have, want, "{step} vs committed ports");
+        for e in &have {
+            assert!((1..0xff00).contains(&e.ofport.get()));
+            if let EntryKey::Port(p) = e.key {
+                assert!((1..0xff00).contains(&p.get()));
+            }
+        }
+    }
+}
+
+fn fill_tunnels(pm: &mut MemMap, n: u32, now: Instant) {
+    for i in 0..n {
+        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let spec = tunnel(&format!("t{i}"), remote, 1);
+        pm.add(&spec, now).expect("room for it");
+    }
+}
+
+#[test]
+fn exhaustion_is_typed_and_harmless() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    fill_tunnels(&mut pm, 0x7fff, t0);
+    assert_eq!(pm.allocator().in_use(), 0x7fff);
+    let max = pm.ports().map(|r| r.ofport).max();
+    assert_eq!(max, Some(OfPort::AUTO_MAX));
+
+    let before = snapshot(&pm);
+    let extra = tunnel("one-too-many", ip("192.0.2.1"), 1);
+    let err = pm.add(&extra, t0).expect_err("exhausted");
+    assert!(
+        matches!(
+            err,
+            PortError::Txn {
+                cause: TxnError::Number {
+                    cause: AllocError::Exhausted
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(snapshot(&pm), before, "existing ports unaffected");
+
+    // The upper half is for requests and still available.
+    let pinned = with_request(extra.clone(), 0x8000);
+    let got = pm.add(&pinned, t0).expect("requested number is free");
+    assert_eq!(got, Added::Created(port(0x8000)));
+    let pinned = with_request(tunnel("top", ip("192.0.2.2"), 1), 0xfeff);
+    let got = pm.add(&pinned, t0).expect("highest usable number");
+    assert_eq!(got, Added::Created(OfPort::MAX));
+    check_consistent(&pm);
+
+    // With every automatic number in use, deleting two makes them the
+    // only candidates: hold-down cannot be honoured, so the least recently
+    // freed is taken (as OVS does) rather than failing.
+    pm.delete("t199", t0 + Duration::from_secs(1))
+        .expect("delete");
+    pm.delete("t99", t0 + Duration::from_secs(2))
+        .expect("delete");
+    let soon = t0 + Duration::from_secs(3);
+    let a = pm
+        .add(&tunnel("a", ip("192.0.2.3"), 1), soon)
+        .expect("held number");
+    let b = pm
+        .add(&tunnel("b", ip("192.0.2.4"), 1), soon)
+        .expect("held number");
+    assert_eq!((a.ofport(), b.ofport()), (port(200), port(100)));
+    let err = pm
+        .add(&tunnel("c", ip("192.0.2.5"), 1), soon)
+        .expect_err("full again");
+    assert!(
+        err.to_string().contains("no OpenFlow port number left"),
+        "{err}"
+    );
+    check_consistent(&pm);
+}
+
+#[test]
+fn freed_number_returns_only_after_hold_down() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    for key in 1..=3 {
+        pm.add(&local(&format!("vm{key}"), key), t0).expect("add");
+    }
+    let freed = pm.delete("vm2", t0).expect("delete");
+    assert_eq!(freed, port(2));
+    assert_eq!(
+        pm.allocator().state(freed),
+        PortState::HeldDown { since: t0 }
+    );
+
+    let early = pm.add(&local("vm4", 4), t0 + HOLD - Duration::from_millis(1));
+    assert_eq!(
+        early.expect("add").ofport(),
+        port(4),
+        "2 is still held down"
+    );
+    let late = pm.add(&local("vm5", 5), t0 + HOLD);
+    assert_eq!(late.expect("add").ofport(), port(2), "hold-down is over");
+    check_consistent(&pm);
+}
+
+/// The 2018 outage, first half: OVN kept re-creating a tunnel to a
+/// redundant chassis (same IP, same VNI) on every database change.
+#[test]
+fn seed_redundant_chassis_costs_nothing() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let mut desired: Vec<PortSpec> = (0..8)
+        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5))
+        .collect();
+    desired.push(local("vm1", 1));
+    desired.push(local("vm2", 2));
+    let report = pm.apply_desired(&desired, t0).expect("apply");
+    assert_eq!(report.added.len(), 10);
+    let before = snapshot(&pm);
+
+    // Same remote and VNI as ovn-hv3-0, different name.
+    desired.push(tunnel("ovn-aded97-0", IpAddr::from([192, 0, 2, 3]), 5));
+    for i in 0..100_000u64 {
+        let now = t0 + Duration::from_millis(i);
+        let report = pm.apply_desired(&desired, now).expect("apply");
+        assert!(!report.changed());
+        assert_eq!(report.unchanged, 10);
+        assert!(matches!(
+            report.failed.as_slice(),
+            [(_, PortError::DuplicateTunnel { existing, .. })] if existing == "ovn-hv3-0"
+        ));
+        assert_eq!(pm.allocator().in_use(), 10);
+    }
+    assert_eq!(snapshot(&pm), before, "the other tunnels are untouched");
+    assert_eq!(pm.allocator().held_down(), 0);
+    check_consistent(&pm);
+}
+
+/// The outage, second half: the datapath refuses a tunnel ("Device or
+/// resource busy") and the add is retried forever. OVS leaked a number per
+/// attempt until it handed out 65535; here each attempt gives it back.
+#[test]
+fn seed_failing_insert_retried_100k_times_leaks_nothing() {
+    const EBUSY: i32 = 16;
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    for i in 0..8u8 {
+        let spec = tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5);
+        pm.add(&spec, t0).expect("add");
+    }
+    let before = snapshot(&pm);
+    pm.datapath_mut().inject(Fault {
+        step: Step::TunnelTable,
+        op: FaultOp::Insert,
+        port_name: Some("ovn-aded97-0".into()),
+        remaining: None,
+        error: MapError::Os { errno: EBUSY },
+    });
+    let doomed = tunnel("ovn-aded97-0", ip("198.51.100.9"), 5);
+    for i in 0..100_000u64 {
+        let now = t0 + Duration::from_millis(i);
+        let err = pm.add(&doomed, now).expect_err("datapath refuses");
+        let PortError::Txn {
+            cause: TxnError::Insert { step, undo, .. },
+            ..
+        } = &err
+        else {
+            panic!("unexpected error {err}");
+        };
+        assert_eq!(*step, Step::TunnelTable);
+        assert!(undo.is_clean());
+        assert_eq!(pm.allocator().in_use(), 8);
+        if i == 0 {
+            assert!(
+                err.to_string()
+                    .starts_with("port \"ovn-aded97-0\": tunnel table: Device or resource busy"),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(
+        snapshot(&pm),
+        before,
+        "nothing left behind, others untouched"
+    );
+    assert_eq!(pm.allocator().held_down(), 0, "aborts skip hold-down");
+
+    // Once the datapath relents the tunnel gets the next number, 9: none
+    // of the 100,000 attempts consumed one.
+    pm.datapath_mut().clear_faults();
+    let added = pm.add(&doomed, t0).expect("add");
+    assert_eq!(added, Added::Created(port(9)));
+    check_consistent(&pm);
+}
+
+#[test]
+fn map_full_mid_transaction_rolls_back() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.datapath_mut().set_max_entries(Step::TunnelTable, 4);
+    fill_tunnels(&mut pm, 4, t0);
+    let before = snapshot(&pm);
+
+    let err = pm
+        .add(&tunnel("t4", ip("192.0.2.99"), 1), t0)
+        .expect_err("tunnel table is full");
+    assert_eq!(
+        err.to_string(),
+        "port \"t4\": tunnel table: map full (max_entries 4)"
+    );
+    // The port-table entry inserted before the failing step is gone again,
+    // and number 5 was not consumed.
+    assert_eq!(snapshot(&pm), before);
+    let added = pm
+        .add(&local("vm1", 1), t0)
+        .expect("local ports need no tunnel entry");
+    assert_eq!(added.ofport(), port(5));
+    check_consistent(&pm);
+
+    pm.datapath_mut().inject(Fault::once(
+        Step::TunnelTable,
+        FaultOp::Insert,
+        MapError::Full { max_entries: 4096 },
+    ));
+    pm.delete("t0", t0).expect("make room");
+    let err = pm
+        .add(&tunnel("t5", ip("192.0.2.98"), 1), t0)
+        .expect_err("injected");
+    let PortError::Txn { cause, .. } = &err else {
+        panic!("unexpected error {err}");
+    };
+    assert_eq!(
+        cause.to_string(),
+        "tunnel table: map full (max_entries 4096)"
+    );
+    check_consistent(&pm);
+}
+
+#[test]
+fn store_failure_undoes_every_insert() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.add(&local("vm1", 1), t0).expect("add");
+    let before = snapshot(&pm);
+    pm.store_mut().fail_next_writes(1);
+    let err = pm
+        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .expect_err("store fails");
+    assert_eq!(err.to_string(), "port \"t\": store: injected write failure");
+    assert_eq!(snapshot(&pm), before);
+
+    pm.store_mut().fail_next_writes(1);
+    let err = pm.delete("vm1", t0).expect_err("store fails");
+    assert!(matches!(
+        err,
+        PortError::Txn {
+            cause: TxnError::Store { .. },
+            ..
+        }
+    ));
+    assert_eq!(snapshot(&pm), before, "failed delete restores the entries");
+    check_consistent(&pm);
+}
+
+#[test]
+fn failed_undo_strands_the_number_until_reconcile() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let dp = pm.datapath_mut();
+    dp.inject(Fault::once(
+        Step::TunnelTable,
+        FaultOp::Insert,
+        MapError::Exists,
+    ));
+    dp.inject(Fault::once(
+        Step::PortTable,
+        FaultOp::Remove,
+        MapError::Os { errno: 1 },
+    ));
+    let err = pm
+        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .expect_err("insert fails, then its undo");
+    let undo = match &err {
+        PortError::Txn { cause, .. } => cause.undo().cloned(),
+        _ => None,
+    };
+    assert_eq!(undo.and_then(|u| u.stranded), Some(port(1)), "{err}");
+    assert!(err
+        .to_string()
+        .contains("port table: remove: Operation not permitted"));
+    assert_eq!(pm.allocator().state(port(1)), PortState::Stranded);
+    // The leftover port-table entry still names 1, so 1 is not handed out.
+    let added = pm.add(&local("vm1", 1), t0).expect("add");
+    assert_eq!(added.ofport(), port(2));
+
+    let report = pm.reconcile();
+    assert_eq!(report.removed.len(), 1);
+    assert!(report.recreated.is_empty() && report.failed.is_empty());
+    assert_eq!(pm.allocator().state(port(1)), PortState::Free);
+    check_consistent(&pm);
+}
+
+#[test]
+fn failed_delete_keeps_the_port() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.add(&local("vm1", 1), t0).expect("add");
+    pm.add(&tunnel("t", ip("192.0.2.1"), 1), t0).expect("add");
+    let before = snapshot(&pm);
+    for step in [Step::PortTable, Step::Devmap, Step::TunnelTable] {
+        for name in ["vm1", "t"] {
+            pm.datapath_mut().inject(Fault::once(
+                step,
+                FaultOp::Remove,
+                MapError::Os { errno: 9 },
+            ));
+            let result = pm.delete(name, t0);
+            pm.datapath_mut().clear_faults();
+            let applies = pm.get(name).is_some_and(|r| r.spec.steps().contains(&step));
+            if applies {
+                let err = result.expect_err("remove fails");
+                assert!(
+                    err.to_string().contains(&format!("{step}: remove: ")),
+                    "{err}"
+                );
+                assert_eq!(snapshot(&pm), before);
+            } else {
+                // The fault was for a map this port has no entry in.
+                result.expect("delete");
+                let spec = before
+                    .ports
+                    .iter()
+                    .find(|r| r.name() == name)
+                    .map(|r| r.spec.clone())
+                    .expect("was there");
+                let requested = with_request(spec.clone(), before_number(&before, name));
+                pm.add(&requested, t0 + HOLD).expect("put back");
+                pm.replace(&spec, t0 + HOLD).expect("drop the request");
+                assert_eq!(snapshot(&pm), before);
+            }
+        }
+    }
+    check_consistent(&pm);
+}
+
+fn before_number(s: &Snapshot, name: &str) -> u16 {
+    s.ports
+        .iter()
+        .find(|r| r.name() == name)
+        .map_or(0, |r| r.ofport.get())
+}
+
+#[test]
+fn duplicates_and_idempotent_repeats() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let t = tunnel("hv1", ip("2001:db8::1"), 5);
+    let first = pm.add(&t, t0).expect("add");
+    assert_eq!(first, Added::Created(port(1)));
+    assert_eq!(pm.add(&t, t0).expect("repeat"), Added::Existing(port(1)));
+
+    let before = snapshot(&pm);
+    let err = pm
+        .add(&tunnel("hv1-again", ip("2001:db8::1"), 5), t0)
+        .expect_err("redundant chassis");
+    assert_eq!(
+        err.to_string(),
+        "tunnel \"hv1-again\" duplicates tunnel \"hv1\" (remote 2001:db8::1 VNI 5): \
+         a redundant tunnel can never carry traffic, refused"
+    );
+    let err = pm
+        .add(&tunnel("hv1", ip("2001:db8::2"), 5), t0)
+        .expect_err("same name, other spec");
+    assert!(matches!(err, PortError::NameTaken { ofport, .. } if ofport == port(1)));
+    let err = pm
+        .add(&with_request(local("vm", 1), 1), t0)
+        .expect_err("pinned number taken");
+    assert!(err
+        .to_string()
+        .contains("requested OpenFlow port 1 is already in use"));
+    let err = pm
+        .add(&with_request(local("vm", 1), 0xff00), t0)
+        .expect_err("reserved number");
+    assert!(err
+        .to_string()
+        .contains("requested OpenFlow port 65280 is out of range"));
+    let mut bad = local("vm", 1);
+    if let PortSpec::Local(p) = &mut bad {
+        p.vni = 1 << 24;
+    }
+    let err = pm.add(&bad, t0).expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "port \"vm\": vni: 16777216 is out of range (0..=16777215)"
+    );
+    assert_eq!(snapshot(&pm), before, "refusals cost nothing");
+    // Same VNI to another remote, or another VNI to the same remote, is fine.
+    pm.add(&tunnel("hv2", ip("2001:db8::1"), 6), t0)
+        .expect("other vni");
+    pm.add(&tunnel("hv3", ip("2001:db8::2"), 5), t0)
+        .expect("other remote");
+    check_consistent(&pm);
+}
+
+#[test]
+fn apply_desired_diffs_and_is_idempotent() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let mut desired = vec![
+        tunnel("a", ip("192.0.2.1"), 1),
+        tunnel("b", ip("192.0.2.2"), 1),
+        local("vm1", 1),
+    ];
+    let report = pm.apply_desired(&desired, t0).expect("apply");
+    assert_eq!(report.added.len(), 3);
+    let before = snapshot(&pm);
+    let again = pm.apply_desired(&desired, t0).expect("apply");
+    assert!(!again.changed() && again.failed.is_empty());
+    assert_eq!(again.unchanged, 3);
+    assert_eq!(snapshot(&pm), before, "re-applying allocates nothing");
+
+    // Change a's options (keeps its number), drop b, add c.
+    if let PortSpec::Tunnel(t) = &mut desired[0] {
+        t.bfd = false;
+    }
+    desired.remove(1);
+    desired.push(tunnel("c", ip("192.0.2.3"), 1));
+    let report = pm.apply_desired(&desired, t0).expect("apply");
+    assert_eq!(report.replaced, [("a".to_owned(), port(1))]);
+    assert_eq!(report.deleted, [("b".to_owned(), port(2))]);
+    assert_eq!(report.added, [("c".to_owned(), port(4))], "2 is held down");
+    assert!(report.failed.is_empty());
+    assert_eq!(pm.get("a").map(|r| &r.spec), Some(&desired[0]));
+    check_consistent(&pm);
+
+    let dup = [local("x", 1), local("x", 2)];
+    assert!(matches!(
+        pm.apply_desired(&dup, t0),
+        Err(ApplyError::DuplicateName { name }) if name == "x"
+    ));
+    check_consistent(&pm);
+}
+
+#[test]
+fn failed_replace_restores_the_old_port() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.add(&local("vm0", 9), t0).expect("add");
+    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    let before = snapshot(&pm);
+    pm.datapath_mut().inject(Fault::once(
+        Step::TunnelTable,
+        FaultOp::Insert,
+        MapError::Full { max_entries: 1 },
+    ));
+    let changed = tunnel("a", ip("192.0.2.77"), 1);
+    let report = pm.apply_desired(&[local("vm0", 9), changed.clone()], t0);
+    let report = report.expect("apply");
+    assert!(!report.changed());
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(snapshot(&pm), before, "old port back under its number");
+    // And the retry succeeds, keeping number 2.
+    let report = pm
+        .apply_desired(&[local("vm0", 9), changed], t0)
+        .expect("apply");
+    assert_eq!(report.replaced, [("a".to_owned(), port(2))]);
+    check_consistent(&pm);
+}
+
+#[test]
+fn reconcile_repairs_missing_stale_and_orphan_entries() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.add(&local("vm1", 1), t0).expect("add");
+    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    let healthy = snapshot(&pm);
+    assert!(pm.reconcile().is_noop());
+
+    let dp = pm.datapath_mut();
+    dp.delete_raw(Step::Devmap, &EntryKey::Port(port(1)));
+    let orphan = MapEntry {
+        key: EntryKey::Port(port(77)),
+        ofport: port(77),
+    };
+    dp.put_raw(Step::PortTable, orphan);
+    let key = EntryKey::Tunnel(TunnelKey {
+        remote: ip("192.0.2.1"),
+        vni: 1,
+    });
+    let stale = MapEntry {
+        key,
+        ofport: port(1),
+    };
+    dp.put_raw(Step::TunnelTable, stale);
+
+    let report = pm.reconcile();
+    assert!(report.failed.is_empty());
+    let removed: BTreeSet<_> = report.removed.iter().copied().collect();
+    let want: BTreeSet<_> = [(Step::PortTable, orphan), (Step::TunnelTable, stale)].into();
+    assert_eq!(removed, want);
+    let recreated: BTreeSet<_> = report.recreated.iter().map(|(s, _)| *s).collect();
+    assert_eq!(recreated, [Step::Devmap, Step::TunnelTable].into());
+    assert_eq!(snapshot(&pm), healthy);
+    assert!(pm.reconcile().is_noop());
+
+    pm.datapath_mut().inject(Fault {
+        step: Step::Devmap,
+        op: FaultOp::List,
+        port_name: None,
+        remaining: None,
+        error: MapError::Os { errno: 13 },
+    });
+    let report = pm.reconcile();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(
+        report.failed[0].to_string(),
+        "devmap: list: Permission denied (os error 13)"
+    );
+}
+
+#[test]
+fn redb_restart_preserves_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t0 = Instant::now();
+    let open = |dp: MemDatapath| {
+        let store = RedbStore::open(dir.path()).expect("store");
+        PortMap::open(dp, store, config()).expect("open")
+    };
+    let mut pm = open(MemDatapath::new());
+    for i in 0..5u8 {
+        let spec = tunnel(&format!("t{i}"), IpAddr::from([192, 0, 2, i]), 1);
+        pm.add(&spec, t0).expect("add");
+    }
+    pm.add(&with_request(local("vm", 1), 0x9000), t0)
+        .expect("add");
+    pm.delete("t1", t0).expect("delete");
+    let before: Vec<PortRecord> = pm.ports().cloned().collect();
+    let (dp, store) = pm.into_parts();
+    drop(store);
+
+    let mut pm = open(dp);
+    let after: Vec<PortRecord> = pm.ports().cloned().collect();
+    assert_eq!(after, before);
+    assert!(pm.reconcile().is_noop(), "datapath already matches");
+    let numbers: Vec<u16> = after.iter().map(|r| r.ofport.get()).collect();
+    assert_eq!(numbers, [1, 3, 4, 5, 0x9000]);
+    // Hold-down is not persisted (see the module notes): after a restart
+    // the lowest free number, 2, is available again.
+    let added = pm.add(&local("vm2", 2), t0).expect("add");
+    assert_eq!(added.ofport(), port(2));
+    assert_eq!(pm.store().load().expect("load").len(), 6);
+}
+
+#[test]
+fn open_refuses_corrupt_state() {
+    let mut store = MemStore::new();
+    for (name, n) in [("a", 1), ("b", 2)] {
+        let record = PortRecord {
+            ofport: port(n),
+            spec: tunnel(name, ip("192.0.2.1"), 1),
+        };
+        store.put(&record).expect("put");
+    }
+    let err = PortMap::open(MemDatapath::new(), store.clone(), config())
+        .err()
+        .expect("duplicate tunnel");
+    assert!(matches!(err, OpenError::DuplicateTunnel { .. }), "{err}");
+
+    let mut store = MemStore::new();
+    for name in ["a", "b"] {
+        let record = PortRecord {
+            ofport: port(1),
+            spec: local(name, 1),
+        };
+        store.put(&record).expect("put");
+    }
+    let err = PortMap::open(MemDatapath::new(), store, config())
+        .err()
+        .expect("duplicate number");
+    assert_eq!(
+        err.to_string(),
+        "stored port \"b\": OpenFlow port 1 restored twice"
+    );
+}
+
+// ---------------------------------------------------------------------
+// Property test: random operation sequences with injected failures.
+// ---------------------------------------------------------------------
+
+/// Few names and few tunnel keys, so that duplicates, name clashes and
+/// pinned-number collisions are common rather than rare.
+const NAMES: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
+
+#[derive(Debug, Clone, Copy)]
+enum Inject {
+    Insert(Step),
+    Remove(Step),
+    StoreWrite,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(PortSpec, Option<Inject>),
+    Delete(usize, Option<Inject>),
+    /// Re-add an existing port exactly as it was added.
+    Repeat(prop::sample::Index),
+    Apply(Vec<PortSpec>, Option<Inject>),
+    Restart,
+    Advance(u64),
+}
+
+fn arb_request() -> impl Strategy<Value = Option<u16>> {
+    prop_oneof![
+        10 => Just(None),
+        1 => Just(Some(1)),
+        1 => Just(Some(2)),
+        1 => Just(Some(0x7fff)),
+        1 => Just(Some(0x9000)),
+        1 => Just(Some(0)),
+        1 => Just(Some(0xff00)),
+        1 => Just(Some(0xffff)),
+    ]
+}
+
+fn arb_spec() -> impl Strategy<Value = PortSpec> {
+    let name = (0..NAMES.len()).prop_map(|i| NAMES[i].to_owned());
+    let vni = prop_oneof![
+        10 => Just(1u32),
+        10 => Just(2),
+        1 => Just(spec::VNI_MAX),
+        1 => Just(spec::VNI_MAX + 1),
+    ];
+    let key = prop_oneof![
+        10 => Just(1u16),
+        10 => Just(2),
+        1 => Just(spec::PORT_KEY_MAX),
+        1 => Just(0),
+        1 => Just(spec::PORT_KEY_MAX + 1),
+    ];
+    let remote = prop_oneof![
+        10 => Just(ip("192.0.2.1")),
+        10 => Just(ip("2001:db8::1")),
+        1 => Just(ip("0.0.0.0")),
+    ];
+    let local = (name.clone(), vni.clone(), key, any::<bool>(), arb_request()).prop_map(
+        |(name, vni, port_key, with_ip, ofport_request)| {
+            PortSpec::Local(LocalPort {
+                name,
+                ifname: "veth0".into(),
+                vni,
+                port_key,
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                ip: with_ip.then(|| ip("10.0.0.1")),
+                ofport_request,
+            })
+        },
+    );
+    let tunnel = (name, remote, vni, any::<bool>(), arb_request()).prop_map(
+        |(name, remote, vni, bfd, ofport_request)| {
+            PortSpec::Tunnel(TunnelPort {
+                name,
+                remote,
+                vni,
+                bfd,
+                ovn_metadata: true,
+                ofport_request,
+            })
+        },
+    );
+    prop_oneof![local, tunnel]
+}
+
+fn arb_inject() -> impl Strategy<Value = Option<Inject>> {
+    let step = prop::sample::select(Step::ALL);
+    prop_oneof![
+        4 => Just(None),
+        2 => step.clone().prop_map(|s| Some(Inject::Insert(s))),
+        1 => step.prop_map(|s| Some(Inject::Remove(s))),
+        2 => Just(Some(Inject::StoreWrite)),
+    ]
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (arb_spec(), arb_inject()).prop_map(|(s, i)| Op::Add(s, i)),
+        2 => (0..NAMES.len(), arb_inject()).prop_map(|(n, i)| Op::Delete(n, i)),
+        2 => any::<prop::sample::Index>().prop_map(Op::Repeat),
+        1 => (prop::collection::vec(arb_spec(), 0..7), arb_inject())
+            .prop_map(|(s, i)| Op::Apply(s, i)),
+        1 => Just(Op::Restart),
+        1 => (0..15u64).prop_map(Op::Advance),
+    ]
+}
+
+fn arm(pm: &mut MemMap, inject: Option<Inject>) {
+    let error = MapError::Os { errno: 16 };
+    match inject {
+        None => {}
+        Some(Inject::Insert(step)) => {
+            let fault = Fault::once(step, FaultOp::Insert, error);
+            pm.datapath_mut().inject(fault);
+        }
+        Some(Inject::Remove(step)) => {
+            let fault = Fault::once(step, FaultOp::Remove, error);
+            pm.datapath_mut().inject(fault);
+        }
+        Some(Inject::StoreWrite) => pm.store_mut().fail_next_writes(1),
+    }
+}
+
+fn disarm(pm: &mut MemMap) {
+    pm.datapath_mut().clear_faults();
+    pm.store_mut().fail_next_writes(0);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Created,
+    Existing(OfPort),
+    Fail(&'static str),
+}
+
+fn classify(e: &PortError) -> &'static str {
+    match e {
+        PortError::Invalid { .. } => "invalid",
+        PortError::NameTaken { .. } => "name",
+        PortError::DuplicateTunnel { .. } => "tunnel",
+        PortError::NotFound { .. } => "not found",
+        PortError::Txn {
+            cause: TxnError::Number { .. },
+            ..
+        } => "number",
+        PortError::Txn { .. } => "txn",
+        PortError::ReplaceLost { .. } => "replace lost",
+    }
+}
+
+/// The outcome `add` must have, derived from the committed ports alone,
+/// in the order the port map checks.
+fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
+    if spec.validate().is_err() {
+        return Expect::Fail("invalid");
+    }
+    if let Some(existing) = pm.get(spec.name()) {
+        return if existing.spec == *spec {
+            Expect::Existing(existing.ofport)
+        } else {
+            Expect::Fail("name")
+        };
+    }
+    if spec.tunnel_key().is_some() && pm.ports().any(|r| r.spec.tunnel_key() == spec.tunnel_key()) {
+        return Expect::Fail("tunnel");
+    }
+    if let Some(request) = spec.ofport_request() {
+        let taken = pm.ports().any(|r| r.ofport.get() == request);
+        if OfPort::new(request).is_err() || taken {
+            return Expect::Fail("number");
+        }
+    }
+    match inject {
+        Some(Inject::Insert(step)) if spec.steps().contains(&step) => Expect::Fail("txn"),
+        Some(Inject::StoreWrite) => Expect::Fail("txn"),
+        _ => Expect::Created,
+    }
+}
+
+fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut pm = new_map();
+    for op in ops {
+        let before = snapshot(&pm);
+        match op {
+            Op::Add(spec, inject) => {
+                let expect = predict_add(&pm, &spec, inject);
+                arm(&mut pm, inject);
+                let result = pm.add(&spec, now);
+                disarm(&mut pm);
+                match (expect, result) {
+                    (Expect::Created, Ok(Added::Created(p))) => {
+                        prop_assert!(!before.committed.contains(&p));
+                        match spec.ofport_request() {
+                            Some(r) => prop_assert_eq!(p.get(), r),
+                            None => prop_assert!(p.is_auto()),
+                        }
+                    }
+                    (Expect::Existing(p), Ok(Added::Existing(q))) => {
+                        prop_assert_eq!(p, q);
+                        prop_assert_eq!(&snapshot(&pm), &before);
+                    }
+                    (Expect::Fail(kind), Err(e)) => {
+                        prop_assert_eq!(kind, classify(&e), "{}", e);
+                        prop_assert_eq!(&snapshot(&pm), &before, "failed add left a trace");
+                    }
+                    (expect, result) => {
+                        prop_assert!(false, "expected {:?}, got {:?}", expect, result);
+                    }
+                }
+            }
+            Op::Delete(i, inject) => {
+                let name = NAMES[i];
+                let existing = pm.get(name).cloned();
+                arm(&mut pm, inject);
+                let result = pm.delete(name, now);
+                disarm(&mut pm);
+                let fails = match (&existing, inject) {
+                    (None, _) => Some("not found"),
+                    (Some(r), Some(Inject::Remove(step))) if r.spec.steps().contains(&step) => {
+                        Some("txn")
+                    }
+                    (Some(_), Some(Inject::StoreWrite)) => Some("txn"),
+                    _ => None,
+                };
+                match (fails, result, existing) {
+                    (None, Ok(p), Some(r)) => {
+                        prop_assert_eq!(p, r.ofport);
+                        let state = pm.allocator().state(p);
+                        if p.is_auto() {
+                            prop_assert_eq!(state, PortState::HeldDown { since: now });
+                        } else {
+                            prop_assert_eq!(state, PortState::Free);
+                        }
+                    }
+                    (Some(kind), Err(e), _) => {
+                        prop_assert_eq!(kind, classify(&e), "{}", e);
+                        prop_assert_eq!(&snapshot(&pm), &before, "failed delete left a trace");
+                    }
+                    (fails, result, _) => {
+                        prop_assert!(false, "expected {:?}, got {:?}", fails, result);
+                    }
+                }
+            }
+            Op::Repeat(pick) => {
+                if before.ports.is_empty() {
+                    continue;
+                }
+                let record = before.ports[pick.index(before.ports.len())].clone();
+                let added = pm.add(&record.spec, now);
+                prop_assert_eq!(added.ok(), Some(Added::Existing(record.ofport)));
+                prop_assert_eq!(&snapshot(&pm), &before);
+            }
+            Op::Apply(desired, inject) => {
+                let names: BTreeSet<&str> = desired.iter().map(PortSpec::name).collect();
+                arm(&mut pm, inject);
+                let result = pm.apply_desired(&desired, now);
+                disarm(&mut pm);
+                if names.len() < desired.len() {
+                    let duplicate = matches!(result, Err(ApplyError::DuplicateName { .. }));
+                    prop_assert!(duplicate, "duplicate names accepted");
+                    prop_assert_eq!(&snapshot(&pm), &before);
+                } else {
+                    let report = result.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    check_applied(&pm, &desired, &report, inject.is_some())?;
+                    check_converges(&mut pm, &desired, now)?;
+                }
+            }
+            Op::Restart => {
+                let (dp, store) = pm.into_parts();
+                pm = PortMap::open(dp, store, config())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&snapshot(&pm), &before, "restart changed state");
+                prop_assert!(pm.reconcile().is_noop());
+            }
+            Op::Advance(secs) => now += Duration::from_secs(secs),
+        }
+        check_consistent(&pm);
+    }
+    Ok(())
+}
+
+/// After an apply: nothing undesired survives (deletes cannot fail without
+/// an injected fault), and every desired port not reported as failed is
+/// committed exactly as desired.
+fn check_applied(
+    pm: &MemMap,
+    desired: &[PortSpec],
+    report: &ApplyReport,
+    faulty: bool,
+) -> Result<(), TestCaseError> {
+    let failed: BTreeSet<&str> = report.failed.iter().map(|(n, _)| n.as_str()).collect();
+    for r in pm.ports() {
+        let wanted = desired.iter().any(|s| s.name() == r.name());
+        prop_assert!(
+            wanted || (faulty && failed.contains(r.name())),
+            "{} kept",
+            r.name()
+        );
+    }
+    for spec in desired.iter().filter(|s| !failed.contains(s.name())) {
+        prop_assert_eq!(pm.get(spec.name()).map(|r| &r.spec), Some(spec));
+    }
+    Ok(())
+}
+
+/// Re-applying reaches a fixed point within a few rounds (a pinned number
+/// freed late in one round is only taken in the next), after which
+/// re-applying changes and allocates nothing.
+fn check_converges(
+    pm: &mut MemMap,
+    desired: &[PortSpec],
+    now: Instant,
+) -> Result<(), TestCaseError> {
+    for _ in 0..3 {
+        let report = pm
+            .apply_desired(desired, now)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if !report.changed() {
+            let fixed = snapshot(pm);
+            let again = pm
+                .apply_desired(desired, now)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(!again.changed());
+            prop_assert_eq!(again.failed.len(), report.failed.len());
+            prop_assert_eq!(&snapshot(pm), &fixed, "re-apply changed state");
+            return Ok(());
+        }
+    }
+    prop_assert!(false, "apply_desired did not converge");
+    Ok(())
+}
+
+proptest! {
+    // Failing cases are saved next to this file (tests.regressions), inside
+    // the module, rather than in a crate-level proptest-regressions/.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_operations_keep_every_invariant(ops in prop::collection::vec(arb_op(), 1..50)) {
+        run_ops(ops)?;
+    }
+}
+
+/// Throughput and memory under churn, for the benchmark to come:
+/// `cargo test -p xgw --release --lib ofport::tests::churn -- --ignored --nocapture`.
+/// In-memory datapath and store, so this measures the allocator, the
+/// transaction and the policy checks, not redb's fsync.
+#[test]
+#[ignore = "benchmark; run explicitly, preferably with --release"]
+fn churn_throughput_and_flat_memory() {
+    fn rss_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        pages * 4
+    }
+    const LIVE: u32 = 4096;
+    const OPS: u32 = 1_000_000;
+    let t0 = Instant::now();
+    let mut pm = PortMap::open(
+        MemDatapath::new(),
+        MemStore::new(),
+        AllocatorConfig::default(),
+    )
+    .expect("open");
+    let spec = |i: u32| {
+        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        tunnel(&format!("t{i}"), remote, 1 + i % 7)
+    };
+    let mut rss_warm = 0;
+    let started = Instant::now();
+    for i in 0..OPS {
+        // Simulated clock: 50 µs per operation, so hold-down (an hour)
+        // never expires and the allocator lives on least-recently-freed.
+        let now = t0 + Duration::from_micros(50 * u64::from(i));
+        pm.add(&spec(i), now).expect("add");
+        if i >= LIVE {
+            pm.delete(&format!("t{}", i - LIVE), now).expect("delete");
+        }
+        if i == OPS / 10 {
+            rss_warm = rss_kib();
+        }
+    }
+    let elapsed = started.elapsed();
+    let rss_end = rss_kib();
+    eprintln!(
+        "{OPS} adds + {} deletes in {elapsed:?}: {:.0} adds/s; in use {}, held {}; RSS {rss_warm} KiB at 10%, {rss_end} KiB at end",
+        OPS - LIVE,
+        f64::from(OPS) / elapsed.as_secs_f64(),
+        pm.allocator().in_use(),
+        pm.allocator().held_down(),
+    );
+    assert_eq!(pm.allocator().in_use(), LIVE as usize);
+    assert!(pm.allocator().held_down() <= usize::from(OfPort::AUTO_MAX.get()));
+    assert!(
+        rss_end <= rss_warm + 8 * 1024,
+        "memory grew from {rss_warm} KiB to {rss_end} KiB"
+    );
+    check_consistent(&pm);
+}
