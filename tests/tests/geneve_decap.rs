@@ -4,7 +4,7 @@
 //! the RFC 8926 layout and etherparse, independently of the datapath code.
 use etherparse::PacketBuilder;
 use xgw_common::maps::*;
-use xgw_tests::{gateway::TestGateway, packet::*, require_root};
+use xgw_tests::{gateway::TestGateway, packet::{geneve::*, *}, require_root};
 
 const GW_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
 const HV_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
@@ -47,34 +47,6 @@ fn inner(dst: [u8; 6]) -> Vec<u8> {
         .icmpv4_echo_request(9, 1)
         .write(&mut v, &[0xab; 56])
         .unwrap();
-    v
-}
-
-/// A Geneve header per RFC 8926 figure 2, written out byte by byte.
-fn geneve_hdr(ver: u8, opt_words: u8, flags: u8, proto: u16, vni: u32) -> Vec<u8> {
-    let p = proto.to_be_bytes();
-    vec![(ver << 6) | opt_words, flags, p[0], p[1], (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0]
-}
-
-/// One option: class, type, data (a multiple of 4 bytes).
-fn option(class: u16, typ: u8, data: &[u8]) -> Vec<u8> {
-    let mut v = class.to_be_bytes().to_vec();
-    v.extend([typ, (data.len() / 4) as u8]);
-    v.extend_from_slice(data);
-    v
-}
-
-fn ovn_option(ingress: u16, egress: u16) -> Vec<u8> {
-    let mut d = ingress.to_be_bytes().to_vec();
-    d.extend(egress.to_be_bytes());
-    option(0x0102, 0x80, &d)
-}
-
-fn geneve_payload(opts: &[Vec<u8>], vni: u32, inner: &[u8]) -> Vec<u8> {
-    let opts: Vec<u8> = opts.concat();
-    let mut v = geneve_hdr(0, (opts.len() / 4) as u8, 0, 0x6558, vni);
-    v.extend(opts);
-    v.extend_from_slice(inner);
     v
 }
 

@@ -33,8 +33,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Performance table against same-run baselines (not implemented yet).
-    Bench,
+    /// Performance table, every figure beside a baseline from the same run
+    /// (bench/results/). So far: XDP program cost through BPF_PROG_TEST_RUN.
+    Bench {
+        /// Seconds instead of minutes: checks the harness, not the goals.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -159,10 +164,18 @@ fn main() -> ExitCode {
             build(false)?;
             test(&args)
         })(),
-        Cmd::Bench => {
-            eprintln!("xtask: no benchmarks yet: `cargo xtask bench` is filled in by the benchmark issue; nothing was measured");
-            Err(anyhow::anyhow!("bench is not implemented"))
-        }
+        Cmd::Bench { quick } => (|| {
+            if !is_root() {
+                bail!("benchmarks load XDP programs, which needs root; run `sudo -E cargo xtask bench`");
+            }
+            setup()?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-bench", "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(&mut cmd)
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
