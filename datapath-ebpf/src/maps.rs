@@ -38,12 +38,15 @@ static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(0xff00
 // Counter slots are per CPU: no other CPU writes them, plain adds are safe.
 
 #[inline(always)]
+fn bump(c: &mut Counter, len: usize) {
+    c.packets += 1;
+    c.bytes += len as u64;
+}
+
+#[inline(always)]
 pub fn count_proto(proto: Proto, len: usize) {
     if let Some(c) = PROBE_COUNTERS.get_ptr_mut(proto as u32) {
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len as u64;
-        }
+        bump(unsafe { &mut *c }, len);
     }
 }
 
@@ -57,19 +60,13 @@ pub fn count_drop(reason: Drop) {
 #[inline(always)]
 pub fn count_rx(ofport: u32, len: usize) {
     if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
-        unsafe {
-            (*s).rx.packets += 1;
-            (*s).rx.bytes += len as u64;
-        }
+        bump(unsafe { &mut (*s).rx }, len);
     }
 }
 
 #[inline(always)]
 pub fn count_tx(ofport: u32, len: usize) {
     if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
-        unsafe {
-            (*s).tx.packets += 1;
-            (*s).tx.bytes += len as u64;
-        }
+        bump(unsafe { &mut (*s).tx }, len);
     }
 }
