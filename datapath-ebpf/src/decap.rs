@@ -27,9 +27,10 @@ pub struct Decap {
 const MAX_OPTIONS: usize = MAX_OPTS_LEN / OPT_HLEN;
 
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop> {
+pub fn geneve(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
     // A frame cut short (or padded) is not what its sender meant: never
     // forward part of one.
+    let len = ctx.data_end() - ctx.data();
     if outer.ip_end != len || outer.udp_end != len {
         return Err(Drop::OuterLength);
     }
