@@ -14,14 +14,20 @@ pub mod names {
     pub const TUNNELS: &str = "TUNNELS";
     pub const TUNNEL_BY_REMOTE: &str = "TUNNEL_BY_REMOTE";
     pub const DEVMAP: &str = "DEVMAP";
+    pub const NEIGH: &str = "NEIGH";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
 /// are sized for the configurations a gateway carries, and a full map is a
 /// clear error in the controller, never a silent failure.
 pub const MAX_LOCAL_PORTS: u32 = 4096;
-pub const MAX_TUNNELS: u32 = 4096;
+pub const MAX_TUNNELS: u32 = 16384;
 pub const MAX_FDB: u32 = 65536;
+pub const MAX_NEIGH: u32 = 65536;
+
+/// DEVMAP is keyed by OpenFlow number. The uplink sits under OFPP_LOCAL, a
+/// reserved number the allocator never hands out, so no port can take it.
+pub const DEVMAP_UPLINK: u32 = 0xfffe;
 
 /// The underlay: one per gateway, at index 0 of an array.
 #[repr(C)]
@@ -41,7 +47,8 @@ pub struct Uplink {
 pub const UPLINK_HAS_IP4: u8 = 1;
 pub const UPLINK_HAS_IP6: u8 = 2;
 
-/// A local port, keyed by its interface index.
+/// A local port, keyed by its interface index: the encap side learns only
+/// the ingress ifindex from the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LocalPort {
@@ -78,9 +85,8 @@ pub const FDB_REMOTE: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FdbEntry {
-    /// The local port's ifindex (`FDB_LOCAL`), 0 for remote bindings.
-    pub ifindex: u32,
-    /// The local port's or the tunnel's OpenFlow number.
+    /// The local port's or the tunnel's OpenFlow number; for a local port
+    /// also its DEVMAP key.
     pub ofport: u16,
     /// The logical port key of the MAC's port (the OVN egress key).
     pub port_key: u16,
@@ -115,6 +121,22 @@ pub struct TunnelKey {
     pub vni: u32,
 }
 
+/// ARP / neighbour discovery responder: an IP within a logical switch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKey {
+    pub vni: u32,
+    pub ip: [u8; 16],
+}
+
+/// The MAC bound to a `NeighKey`, local or remote.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neigh {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// An IPv4 address as stored in 16-byte fields.
 pub const fn ipv4_mapped(ip: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3]]
@@ -130,6 +152,8 @@ mod pod {
     unsafe impl aya::Pod for FdbEntry {}
     unsafe impl aya::Pod for Tunnel {}
     unsafe impl aya::Pod for TunnelKey {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for Neigh {}
 }
 
 // Layouts are part of the kernel/userspace contract: fail the build if one
@@ -139,7 +163,9 @@ const _: () = {
     assert!(core::mem::size_of::<LocalPort>() == 16);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<FdbKey>() == 12);
-    assert!(core::mem::size_of::<FdbEntry>() == 12);
+    assert!(core::mem::size_of::<FdbEntry>() == 8);
     assert!(core::mem::size_of::<Tunnel>() == 28);
     assert!(core::mem::size_of::<TunnelKey>() == 20);
+    assert!(core::mem::size_of::<NeighKey>() == 20);
+    assert!(core::mem::size_of::<Neigh>() == 8);
 };

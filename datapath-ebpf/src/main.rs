@@ -34,7 +34,7 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         maps::count_drop(xgw_common::counters::Drop::GeneveTruncated);
         return xdp_action::XDP_DROP;
     }
-    match maps::DEVMAP.redirect(decap.dest.ifindex, 0) {
+    match maps::DEVMAP.redirect(decap.dest.ofport as u32, 0) {
         Ok(action) => {
             maps::count_tx(decap.dest.ofport as u32, len - decap.inner);
             action

@@ -25,7 +25,10 @@ pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, 0
 pub static TUNNELS: HashMap<u32, Tunnel> = HashMap::with_max_entries(MAX_TUNNELS, 0);
 #[map(name = "TUNNEL_BY_REMOTE")]
 pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
-/// Redirect targets, keyed by ifindex: local ports and the uplink.
+#[map(name = "NEIGH")]
+pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH, 0);
+/// Redirect targets keyed by OpenFlow number: local ports, and the uplink
+/// under `DEVMAP_UPLINK`.
 #[map(name = "DEVMAP")]
 pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_LOCAL_PORTS + 1, 0);
 

@@ -47,14 +47,14 @@ impl TestGateway {
     }
 
     pub fn add_local_port(&mut self, ifindex: u32, port: LocalPort) {
-        let entry = FdbEntry { ifindex, ofport: port.ofport, port_key: port.port_key, kind: FDB_LOCAL, _pad: [0; 3] };
+        let entry = FdbEntry { ofport: port.ofport, port_key: port.port_key, kind: FDB_LOCAL, _pad: [0; 3] };
         self.hash::<u32, LocalPort>(LOCAL_PORTS).insert(ifindex, port, 0).unwrap();
         self.hash::<PortKey, FdbEntry>(PORT_KEYS)
             .insert(PortKey { vni: port.vni, port_key: port.port_key, _pad: 0 }, entry, 0)
             .unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
         let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
-        dev.insert(ifindex, ifindex, None, 0).unwrap();
+        dev.insert(port.ofport as u32, ifindex, None, 0).unwrap();
     }
 
     /// Drop counters by name, summed over CPUs.
