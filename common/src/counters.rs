@@ -81,16 +81,31 @@ pub enum Drop {
     GeneveCriticalOption = 4,
     /// From a remote IP and VNI that no tunnel is configured for.
     UnknownTunnel = 5,
-    /// No local port for the inner destination (MAC or OVN egress key).
+    /// No port for the destination: decap found no local port for the inner
+    /// MAC or OVN egress key, or encap found no binding for the MAC in the VNI.
     UnknownDestination = 6,
     /// The kernel refused the redirect (port gone from the devmap).
     RedirectFailed = 7,
     /// Outer IP or UDP length disagrees with the frame's length.
     OuterLength = 8,
+    /// More options than the datapath walks, with the C bit set: a critical
+    /// option might hide among the rest.
+    GeneveOptionLimit = 9,
+    /// The frame would exceed the uplink MTU once encapsulated.
+    MtuExceeded = 10,
+    /// Broadcast or multicast the ARP/ND responder did not answer: never
+    /// flooded, so it cannot leak into another VNI.
+    Flood = 11,
+    /// The destination MAC is on the port the frame came from.
+    Hairpin = 12,
+    /// The tunnel's address family has no address on the uplink, or no uplink.
+    NoUnderlay = 13,
+    /// No headroom to push the outer headers (or to build a reply).
+    NoHeadroom = 14,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -101,6 +116,12 @@ impl Drop {
         Drop::UnknownDestination,
         Drop::RedirectFailed,
         Drop::OuterLength,
+        Drop::GeneveOptionLimit,
+        Drop::MtuExceeded,
+        Drop::Flood,
+        Drop::Hairpin,
+        Drop::NoUnderlay,
+        Drop::NoHeadroom,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -114,6 +135,38 @@ impl Drop {
             Drop::UnknownDestination => "unknown_destination",
             Drop::RedirectFailed => "redirect_failed",
             Drop::OuterLength => "outer_length",
+            Drop::GeneveOptionLimit => "geneve_option_limit",
+            Drop::MtuExceeded => "mtu_exceeded",
+            Drop::Flood => "flood",
+            Drop::Hairpin => "hairpin",
+            Drop::NoUnderlay => "no_underlay",
+            Drop::NoHeadroom => "no_headroom",
+        }
+    }
+}
+
+/// Packets the datapath answered itself instead of forwarding.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// ARP request for a bound IPv4 address, answered with its MAC.
+    Arp = 0,
+    /// Neighbour solicitation for a bound IPv6 address, answered.
+    Nd = 1,
+    /// ICMP fragmentation-needed / packet-too-big sent back for a frame
+    /// that would exceed the uplink MTU once encapsulated.
+    TooBig = 2,
+}
+
+impl Reply {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [Reply; Self::COUNT as usize] = [Reply::Arp, Reply::Nd, Reply::TooBig];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reply::Arp => "arp",
+            Reply::Nd => "nd",
+            Reply::TooBig => "too_big",
         }
     }
 }

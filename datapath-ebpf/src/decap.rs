@@ -23,14 +23,17 @@ pub struct Decap {
     pub dest: FdbEntry,
 }
 
-/// At most this many options: each takes at least 4 of the 252 option bytes.
-const MAX_OPTIONS: usize = MAX_OPTS_LEN / OPT_HLEN;
+/// Options walked per packet. OVN sends one; a handful covers every
+/// encapsulator we know of, and a short bound keeps the verifier's work (and
+/// the worst-case packet cost) small. What lies beyond is ignored when the
+/// header's C bit says no option is critical, and dropped otherwise: an
+/// unvetted critical option must never be forwarded (RFC 8926 section 3.5).
+pub const MAX_WALK: usize = 8;
 
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
+pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop> {
     // A frame cut short (or padded) is not what its sender meant: never
     // forward part of one.
-    let len = ctx.data_end() - ctx.data();
     if outer.ip_end != len || outer.udp_end != len {
         return Err(Drop::OuterLength);
     }
@@ -49,25 +52,25 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
 
     let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote: outer.remote, vni }) }
         .ok_or(Drop::UnknownTunnel)?;
-    let dest = match ovn_egress_key(ctx, opts, opts_len)? {
-        Some(port_key) => unsafe { PORT_KEYS.get(&PortKey { vni, port_key, _pad: 0 }) },
-        None => {
-            let mac = unsafe { (*eth).dst_addr };
-            unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
-        }
+    let egress = if opts_len == 0 { 0 } else { ovn_egress_key(ctx, opts, opts_len, g[1] & FLAG_CRITICAL != 0)? };
+    // Key 0 is "no port" in OVN: without a key, the inner MAC decides.
+    let dest = if egress != 0 {
+        unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
+    } else {
+        let mac = unsafe { (*eth).dst_addr };
+        unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
     }
     .ok_or(Drop::UnknownDestination)?;
     Ok(Decap { inner, tunnel, dest: *dest })
 }
 
-/// Walks the options: returns OVN's egress port key if present, and rejects
-/// any other critical option (RFC 8926 section 3.5) and lengths that do not
-/// add up to the header's Opt Len.
+/// Walks the options: returns OVN's egress port key (0 if absent), rejects
+/// any other critical option and lengths that do not add up to Opt Len.
 #[inline(always)]
-fn ovn_egress_key(ctx: &XdpContext, start: usize, len: usize) -> Result<Option<u16>, Drop> {
+fn ovn_egress_key(ctx: &XdpContext, start: usize, len: usize, critical: bool) -> Result<u16, Drop> {
     let mut off = 0;
-    let mut egress = None;
-    for _ in 0..MAX_OPTIONS {
+    let mut egress = 0;
+    for _ in 0..MAX_WALK {
         if off >= len {
             break;
         }
@@ -75,13 +78,16 @@ fn ovn_egress_key(ctx: &XdpContext, start: usize, len: usize) -> Result<Option<u
         let data_len = (h[3] & 0x1f) as usize * 4;
         if u16::from_be_bytes([h[0], h[1]]) == OVN_OPT_CLASS && h[2] == OVN_OPT_TYPE && data_len == OVN_OPT_DATA_LEN {
             let d = unsafe { *ptr_at::<[u8; OVN_OPT_DATA_LEN]>(ctx, start + off + OPT_HLEN).ok_or(Drop::GeneveTruncated)? };
-            egress = Some(u16::from_be_bytes([d[2], d[3]]));
+            egress = u16::from_be_bytes([d[2], d[3]]);
         } else if h[2] & OPT_TYPE_CRITICAL != 0 {
             return Err(Drop::GeneveCriticalOption);
         }
         off += OPT_HLEN + data_len;
     }
-    if off != len {
+    if off < len && critical {
+        return Err(Drop::GeneveOptionLimit);
+    }
+    if off > len {
         return Err(Drop::GeneveOptionLength);
     }
     Ok(egress)

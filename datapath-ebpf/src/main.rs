@@ -10,6 +10,7 @@ mod parse;
 mod probe;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
+use xgw_common::counters::Drop;
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
@@ -21,17 +22,17 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
     let Some(outer) = outer::parse(&ctx, uplink) else {
         return xdp_action::XDP_PASS;
     };
-    let decap = match decap::geneve(&ctx, &outer) {
+    let len = ctx.data_end() - ctx.data();
+    let decap = match decap::geneve(&ctx, &outer, len) {
         Ok(d) => d,
         Err(reason) => {
             maps::count_drop(reason);
             return xdp_action::XDP_DROP;
         }
     };
-    let len = ctx.data_end() - ctx.data();
     maps::count_rx(decap.tunnel, len);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, decap.inner as i32) } != 0 {
-        maps::count_drop(xgw_common::counters::Drop::GeneveTruncated);
+        maps::count_drop(Drop::GeneveTruncated);
         return xdp_action::XDP_DROP;
     }
     match maps::DEVMAP.redirect(decap.dest.ofport as u32, 0) {
@@ -40,7 +41,7 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
             action
         }
         Err(_) => {
-            maps::count_drop(xgw_common::counters::Drop::RedirectFailed);
+            maps::count_drop(Drop::RedirectFailed);
             xdp_action::XDP_DROP
         }
     }

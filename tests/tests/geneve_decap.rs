@@ -186,3 +186,25 @@ fn truncated_at_every_byte_is_never_forwarded() {
     let counted: u64 = drops.values().sum();
     assert!(counted > 0 && drops["outer_length"] == counted, "{drops:?}");
 }
+
+#[test]
+fn options_beyond_the_walk_limit_are_ignored_only_without_the_c_bit() {
+    require_root!();
+    let gw = gateway();
+    let inner = inner(VM_MAC);
+    // Twelve non-critical options: more than the datapath walks.
+    let opts: Vec<u8> = (0..12).flat_map(|i| option(0xffff, i, &[i; 4])).collect();
+    let with_flags = |flags: u8| {
+        let mut p = geneve_hdr(0, (opts.len() / 4) as u8, flags, 0x6558, VNI);
+        p.extend(&opts);
+        p.extend_from_slice(&inner);
+        over_ipv4(HV_IP4, GW_IP4, 6081, &p)
+    };
+    // C=0: the sender says no option is critical; the rest can be skipped.
+    let run = test_run(gw.program("xgw_uplink"), &with_flags(0));
+    assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner));
+    // C=1: an unvetted option might be critical, so the packet is dropped.
+    let run = test_run(gw.program("xgw_uplink"), &with_flags(0x40));
+    assert_eq!(run.verdict, XDP_DROP);
+    assert_eq!(gw.drops()["geneve_option_limit"], 1);
+}
