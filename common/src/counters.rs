@@ -102,10 +102,12 @@ pub enum Drop {
     NoUnderlay = 13,
     /// No headroom to push the outer headers (or to build a reply).
     NoHeadroom = 14,
+    /// A frame shorter than an Ethernet header.
+    Runt = 15,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -122,6 +124,7 @@ impl Drop {
         Drop::Hairpin,
         Drop::NoUnderlay,
         Drop::NoHeadroom,
+        Drop::Runt,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -141,6 +144,7 @@ impl Drop {
             Drop::Hairpin => "hairpin",
             Drop::NoUnderlay => "no_underlay",
             Drop::NoHeadroom => "no_headroom",
+            Drop::Runt => "runt",
         }
     }
 }

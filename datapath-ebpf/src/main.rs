@@ -3,14 +3,17 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod decap;
+mod encap;
 mod maps;
 mod outer;
 mod parse;
 mod probe;
+mod responder;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
-use xgw_common::counters::Drop;
+use xgw_common::{counters::Drop, maps::{DEVMAP_UPLINK, FDB_LOCAL, FdbKey}};
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
@@ -45,6 +48,61 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
             xdp_action::XDP_DROP
         }
     }
+}
+
+/// Each local port (the host side of a VM's interface). Frames for another
+/// port of the same VNI are switched directly, frames for a remote binding
+/// are encapsulated toward its chassis, and ARP / neighbour solicitations
+/// for bound addresses are answered here. Nothing is flooded.
+#[xdp]
+pub fn xgw_local(ctx: XdpContext) -> u32 {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(port) = (unsafe { maps::LOCAL_PORTS.get(&ifindex) }) else {
+        return xdp_action::XDP_PASS;
+    };
+    let len = ctx.data_end() - ctx.data();
+    maps::count_rx(port.ofport as u32, len);
+    let Some(eth) = parse::ptr_at::<network_types::eth::EthHdr>(&ctx, 0) else {
+        return drop(Drop::Runt);
+    };
+    let dst = unsafe { (*eth).dst_addr };
+    if dst[0] & 1 != 0 {
+        return match responder::answer(&ctx, port) {
+            Some(reply) => {
+                maps::count_reply(reply);
+                maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
+                xdp_action::XDP_TX
+            }
+            None => drop(Drop::Flood),
+        };
+    }
+    let Some(dest) = (unsafe { maps::FDB.get(&FdbKey { vni: port.vni, mac: dst, _pad: [0; 2] }) }) else {
+        return drop(Drop::UnknownDestination);
+    };
+    let out = if dest.kind == FDB_LOCAL {
+        if dest.ofport == port.ofport {
+            return drop(Drop::Hairpin);
+        }
+        dest.ofport as u32
+    } else {
+        if let Err(reason) = encap::geneve(&ctx, port, dest, len) {
+            return drop(reason);
+        }
+        DEVMAP_UPLINK
+    };
+    match maps::DEVMAP.redirect(out, 0) {
+        Ok(action) => {
+            maps::count_tx(dest.ofport as u32, ctx.data_end() - ctx.data());
+            action
+        }
+        Err(_) => drop(Drop::RedirectFailed),
+    }
+}
+
+#[inline(always)]
+fn drop(reason: Drop) -> u32 {
+    maps::count_drop(reason);
+    xdp_action::XDP_DROP
 }
 
 /// Counts every packet by protocol (and bytes), then hands it to the stack

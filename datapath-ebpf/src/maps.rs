@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use xgw_common::{
-    counters::{Counter, Drop, PortStats, Proto},
+    counters::{Counter, Drop, PortStats, Proto, Reply},
     maps::*,
 };
 
@@ -32,6 +32,8 @@ pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH
 #[map(name = "DEVMAP")]
 pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_LOCAL_PORTS + 1, 0);
 
+#[map(name = "REPLIES")]
+static REPLIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reply::COUNT, 0);
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
 /// Indexed by OpenFlow number (0..0xff00).
@@ -56,6 +58,13 @@ pub fn count_proto(proto: Proto, len: usize) {
 #[inline(always)]
 pub fn count_drop(reason: Drop) {
     if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_reply(reply: Reply) {
+    if let Some(c) = REPLIES.get_ptr_mut(reply as u32) {
         unsafe { *c += 1 };
     }
 }

@@ -12,3 +12,9 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     }
     Some((start + offset) as *const T)
 }
+
+/// As `ptr_at`, for headers the datapath rewrites.
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
+}

@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
 };
 use xgw_common::{
-    counters::{Drop, PortStats},
+    counters::{Drop, PortStats, Reply},
     maps::{names::*, *},
 };
 
@@ -55,6 +55,44 @@ impl TestGateway {
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
         let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
         dev.insert(port.ofport as u32, ifindex, None, 0).unwrap();
+    }
+
+    /// The decap-side entries of a local port (devmap, port key, FDB)
+    /// without its LOCAL_PORTS entry: a second port reachable through
+    /// `ifindex` while test_run packets still arrive "from" the first.
+    pub fn add_local_port_entries(&mut self, ofport: u16, ifindex: u32, vni: u32, port_key: u16, mac: [u8; 6]) {
+        let entry = FdbEntry { ofport, port_key, kind: FDB_LOCAL, _pad: [0; 3] };
+        self.hash::<PortKey, FdbEntry>(PORT_KEYS).insert(PortKey { vni, port_key, _pad: 0 }, entry, 0).unwrap();
+        self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
+        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
+        dev.insert(ofport as u32, ifindex, None, 0).unwrap();
+    }
+
+    /// A MAC (and optionally an IP) in `vni` behind tunnel `tunnel_ofport`,
+    /// owned by the remote logical port `port_key`.
+    pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: Option<[u8; 16]>, tunnel_ofport: u16, port_key: u16) {
+        let entry = FdbEntry { ofport: tunnel_ofport, port_key, kind: FDB_REMOTE, _pad: [0; 3] };
+        self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
+        if let Some(ip) = ip {
+            self.add_neigh(vni, ip, mac);
+        }
+    }
+
+    /// Binds `ip` to `mac` in `vni` for the ARP/ND responder.
+    pub fn add_neigh(&mut self, vni: u32, ip: [u8; 16], mac: [u8; 6]) {
+        self.hash::<NeighKey, Neigh>(NEIGH).insert(NeighKey { vni, ip }, Neigh { mac, _pad: [0; 2] }, 0).unwrap();
+    }
+
+    /// The redirect target for encapsulated frames.
+    pub fn set_uplink_devmap(&mut self, ifindex: u32) {
+        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
+        dev.insert(DEVMAP_UPLINK, ifindex, None, 0).unwrap();
+    }
+
+    /// Reply counters by name, summed over CPUs.
+    pub fn replies(&self) -> BTreeMap<&'static str, u64> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map("REPLIES").unwrap()).unwrap();
+        Reply::ALL.iter().map(|r| (r.name(), m.get(&(*r as u32), 0).unwrap().iter().sum())).collect()
     }
 
     /// Drop counters by name, summed over CPUs.

@@ -94,9 +94,23 @@ pub struct Run {
 
 /// Runs `prog` once on `packet` through BPF_PROG_TEST_RUN.
 pub fn test_run(prog: &Xdp, packet: &[u8]) -> Run {
+    test_run_on(prog, packet, 0)
+}
+
+/// As `test_run`, as if the packet arrived on interface `ingress_ifindex`
+/// (0: unspecified; otherwise it must exist in the caller's namespace).
+pub fn test_run_on(prog: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Run {
     // Room for encapsulation headers the program may push.
     let mut out = vec![0u8; packet.len() + 512];
-    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..TestRunOptions::new() };
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex.
+    let md: Vec<u8> = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let opts = TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ctx_in: (ingress_ifindex != 0).then_some(&md[..]),
+        ..TestRunOptions::new()
+    };
     let res = prog.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
     out.truncate(res.data_size_out as usize);
     Run { verdict: res.return_value, data: out }

@@ -11,7 +11,7 @@ const BUDGET: u32 = 250_000;
 #[test]
 fn every_program_verifies_well_inside_the_limit() {
     require_root!();
-    let programs = ["xgw_uplink", "xgw_probe", "xgw_pass"];
+    let programs = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass"];
     let gw = TestGateway::load(&programs);
     for name in programs {
         let info = gw.program(name).info().expect("program info");
