@@ -15,6 +15,10 @@ use xgw_common::{
 
 pub struct TestGateway {
     pub ebpf: Ebpf,
+    /// The namespace the gateway's interfaces live in. The kernel resolves
+    /// a devmap's ifindex in the writer's namespace, so devmap writes must
+    /// happen from inside it (from the host they would name host devices).
+    netns: Option<String>,
 }
 
 impl TestGateway {
@@ -24,7 +28,31 @@ impl TestGateway {
         for p in programs {
             xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
         }
-        TestGateway { ebpf }
+        TestGateway { ebpf, netns: None }
+    }
+
+    /// Devmap entries written from now on resolve ifindexes in `ns`.
+    pub fn in_netns(&mut self, ns: &crate::netns::Netns) {
+        self.netns = Some(ns.name.clone());
+    }
+
+    fn devmap_insert(&mut self, key: u32, ifindex: u32) {
+        let ns = self.netns.take();
+        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
+        match &ns {
+            Some(ns) => crate::netns::enter(ns, || dev.insert(key, ifindex, None, 0)),
+            None => dev.insert(key, ifindex, None, 0),
+        }
+        .unwrap_or_else(|e| panic!("devmap[{key}] = ifindex {ifindex}: {e}"));
+        self.netns = ns;
+    }
+
+    /// Attaches `prog` in native mode to `ifname` inside `ns`; it stays
+    /// attached until the gateway is dropped.
+    pub fn attach(&mut self, ns: &crate::netns::Netns, prog: &str, ifname: &str) {
+        let p: &mut Xdp = self.ebpf.program_mut(prog).expect("program").try_into().expect("xdp");
+        ns.enter(|| p.attach(ifname, aya::programs::xdp::XdpMode::Driver))
+            .unwrap_or_else(|e| panic!("attach {prog} to {ifname} in {}: {e}", ns.name));
     }
 
     pub fn program(&self, name: &str) -> &Xdp {
@@ -53,8 +81,7 @@ impl TestGateway {
             .insert(PortKey { vni: port.vni, port_key: port.port_key, _pad: 0 }, entry, 0)
             .unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
-        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
-        dev.insert(port.ofport as u32, ifindex, None, 0).unwrap();
+        self.devmap_insert(port.ofport as u32, ifindex);
     }
 
     /// The decap-side entries of a local port (devmap, port key, FDB)
@@ -64,8 +91,7 @@ impl TestGateway {
         let entry = FdbEntry { ofport, port_key, kind: FDB_LOCAL, _pad: [0; 3] };
         self.hash::<PortKey, FdbEntry>(PORT_KEYS).insert(PortKey { vni, port_key, _pad: 0 }, entry, 0).unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
-        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
-        dev.insert(ofport as u32, ifindex, None, 0).unwrap();
+        self.devmap_insert(ofport as u32, ifindex);
     }
 
     /// A MAC (and optionally an IP) in `vni` behind tunnel `tunnel_ofport`,
@@ -85,8 +111,7 @@ impl TestGateway {
 
     /// The redirect target for encapsulated frames.
     pub fn set_uplink_devmap(&mut self, ifindex: u32) {
-        let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
-        dev.insert(DEVMAP_UPLINK, ifindex, None, 0).unwrap();
+        self.devmap_insert(DEVMAP_UPLINK, ifindex);
     }
 
     /// Reply counters by name, summed over CPUs.

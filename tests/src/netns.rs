@@ -70,16 +70,7 @@ impl Netns {
     /// through netlink in the calling thread's namespace, so loading from the
     /// test process goes through here.
     pub fn enter<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
-        let path = Path::new("/var/run/netns").join(&self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let fd = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                setns(fd, CloneFlags::CLONE_NEWNET).expect("setns into test namespace");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        enter(&self.name, f)
     }
 
     /// Turns IPv6 off in this namespace, so that router and neighbour
@@ -164,4 +155,18 @@ impl Drop for BpfFs {
         let _ = Command::new("umount").arg(&self.dir).output();
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// Runs `f` on a thread inside the named namespace (see `Netns::enter`).
+pub fn enter<R: Send, F: FnOnce() -> R + Send>(name: &str, f: F) -> R {
+    let path = Path::new("/var/run/netns").join(name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fd = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            setns(fd, CloneFlags::CLONE_NEWNET).expect("setns into test namespace");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
