@@ -81,11 +81,15 @@ fn tail_block<const N: usize>(ctx: &XdpContext, off: &mut usize) -> u32 {
 fn block<const N: usize>(ctx: &XdpContext, off: usize) -> Option<u32> {
     let p = crate::parse::ptr_at::<[u8; N]>(ctx, off)? as *mut u32;
     let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p, N as u32, 0) };
-    // The helper's sum is over little-endian 32-bit loads: folding it to 16
-    // bits and swapping bytes gives the big-endian word sum.
-    let s = s as u64;
-    let f = fold64(s) as u16;
-    Some(f.swap_bytes() as u32)
+    Some(network_order(s as u64))
+}
+
+/// A `bpf_csum_diff` result as a 16-bit sum of big-endian words. The helper
+/// sums 32-bit loads in host (little-endian) order: folding to 16 bits and
+/// swapping the bytes gives the network-order sum (RFC 1071 1.2(B)).
+#[inline(always)]
+pub fn network_order(s: u64) -> u32 {
+    (fold64(s) as u16).swap_bytes() as u32
 }
 
 #[inline(always)]

@@ -11,9 +11,10 @@ mod outer;
 mod parse;
 mod probe;
 mod responder;
+mod toobig;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
-use xgw_common::{counters::Drop, maps::{DEVMAP_UPLINK, FDB_LOCAL, FdbKey}};
+use xgw_common::{counters::{Drop, Reply}, maps::{DEVMAP_UPLINK, FDB_LOCAL, FdbKey}};
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
@@ -86,7 +87,13 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
         dest.ofport as u32
     } else {
         if let Err(reason) = encap::geneve(&ctx, port, dest, len) {
-            return drop(reason);
+            maps::count_drop(reason);
+            if reason == Drop::MtuExceeded && toobig::reply(&ctx, dest) {
+                maps::count_reply(Reply::TooBig);
+                maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
+                return xdp_action::XDP_TX;
+            }
+            return xdp_action::XDP_DROP;
         }
         DEVMAP_UPLINK
     };

@@ -4,7 +4,8 @@
 //! here with etherparse and by hand from RFC 8926 / RFC 826 / RFC 4861,
 //! never from the datapath's definitions.
 use etherparse::{
-    Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv4HeaderSlice,
+    Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
 };
 use xgw_common::maps::*;
 use xgw_tests::{
@@ -167,18 +168,78 @@ fn source_port_follows_the_inner_flow() {
 }
 
 #[test]
-fn frames_that_would_exceed_the_uplink_mtu_are_never_truncated() {
+fn frames_too_big_for_the_tunnel_are_answered_with_icmp_never_truncated() {
     require_root!();
     let gw = gateway();
     // Outer IPv4 length = 20 + 8 + 8 + 8 (OVN option) + inner frame.
     let fits = MTU as usize - 44;
-    let payload = |frame_len: usize| vec![0u8; frame_len - 14 - 20 - 8];
+    let payload = |frame_len: usize| vec![0x11u8; frame_len - 14 - 20 - 8];
     let run = test_run_on(gw.program("xgw_local"), &frame(REMOTE_MAC, 1, &payload(fits)), LO);
     assert_eq!(run.verdict, XDP_REDIRECT);
     assert_eq!(run.data.len(), 14 + MTU as usize);
-    let run = test_run_on(gw.program("xgw_local"), &frame(REMOTE_MAC, 1, &payload(fits + 1)), LO);
-    assert_eq!(run.verdict, XDP_DROP);
-    assert_eq!(gw.drops()["mtu_exceeded"], 1);
+
+    // One byte more, DF set (etherparse's default): ICMP fragmentation
+    // needed, from the destination, quoting the first 512 bytes.
+    let big = frame(REMOTE_MAC, 1, &payload(fits + 1));
+    let run = test_run_on(gw.program("xgw_local"), &big, LO);
+    assert_eq!(run.verdict, XDP_TX);
+    let next_hop_mtu = (MTU - 58) as u16;
+    let quote = &big[14..14 + 512];
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(REMOTE_MAC, VM_MAC)
+        .ipv4(REMOTE_IP, VM_IP, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }))
+        .write(&mut want, quote)
+        .unwrap();
+    // RFC 792 leaves DF on an ICMP error to the sender; we send it without.
+    let mut ip = Ipv4HeaderSlice::from_slice(&want[14..]).unwrap().to_header();
+    ip.dont_fragment = false;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut fixed = want[..14].to_vec();
+    ip.write(&mut fixed).unwrap();
+    fixed.extend_from_slice(&want[34..]);
+    assert_eq!(run.data, fixed);
+
+    // Without DF the sender allows fragmenting, which XDP cannot do: dropped.
+    let mut no_df = big.clone();
+    no_df[20] &= !0x40;
+    let mut ip = Ipv4HeaderSlice::from_slice(&no_df[14..]).unwrap().to_header();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut hdr = Vec::new();
+    ip.write(&mut hdr).unwrap();
+    no_df[14..34].copy_from_slice(&hdr);
+    assert_eq!(test_run_on(gw.program("xgw_local"), &no_df, LO).verdict, XDP_DROP);
+
+    // IPv6 through the IPv6 tunnel (no option): the outer IPv6, UDP and
+    // Geneve headers and the inner Ethernet header leave 1500 - 70 bytes.
+    let src6 = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut big6 = Vec::new();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE6_MAC)
+        .ipv6(src6, REMOTE_IP6, 64)
+        .udp(1, 7)
+        .write(&mut big6, &vec![0x22; MTU as usize - 70 - 40 - 8 + 1])
+        .unwrap();
+    let run = test_run_on(gw.program("xgw_local"), &big6, LO);
+    assert_eq!(run.verdict, XDP_TX);
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(REMOTE6_MAC, VM_MAC)
+        .ipv6(REMOTE_IP6, src6, 64)
+        .icmpv6(Icmpv6Type::PacketTooBig { mtu: MTU - 70 })
+        .write(&mut want, &big6[14..14 + 512])
+        .unwrap();
+    assert_eq!(run.data, want);
+
+    // An ICMPv6 error is never answered with another.
+    let mut err6 = Vec::new();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE6_MAC)
+        .ipv6(src6, REMOTE_IP6, 64)
+        .icmpv6(Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port))
+        .write(&mut err6, &vec![0; 1400])
+        .unwrap();
+    assert_eq!(test_run_on(gw.program("xgw_local"), &err6, LO).verdict, XDP_DROP);
+
+    assert_eq!(gw.drops()["mtu_exceeded"], 4, "{:?}", gw.drops());
+    assert_eq!(gw.replies()["too_big"], 2);
 }
 
 #[test]
