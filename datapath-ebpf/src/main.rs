@@ -121,6 +121,21 @@ pub fn xgw_probe(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark baseline for forwarding: redirects every frame to DEVMAP key 0,
+/// a reserved OpenFlow number no port can have (benchmarks put their target
+/// there). The least work any forwarding program can do on the same path.
+#[xdp]
+pub fn xgw_redirect(_ctx: XdpContext) -> u32 {
+    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Benchmark sink: drops everything, so a generator measures the path up
+/// to the receiving interface and not the receiver's stack.
+#[xdp]
+pub fn xgw_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Does nothing: the baseline every benchmark compares against.
 #[xdp]
 pub fn xgw_pass(_ctx: XdpContext) -> u32 {

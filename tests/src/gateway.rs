@@ -36,6 +36,11 @@ impl TestGateway {
         self.netns = Some(ns.name.clone());
     }
 
+    /// Points DEVMAP `key` at `ifindex`, replacing what was there.
+    pub fn devmap_set(&mut self, key: u32, ifindex: u32) {
+        self.devmap_insert(key, ifindex);
+    }
+
     fn devmap_insert(&mut self, key: u32, ifindex: u32) {
         let ns = self.netns.take();
         let mut dev = DevMapHash::try_from(self.ebpf.map_mut(DEVMAP).unwrap()).unwrap();
