@@ -109,9 +109,10 @@ fn check_consistent(pm: &MemMap) {
         let have: BTreeSet<MapEntry> = pm.datapath().entries(step).into_iter().collect();
         assert_eq!(have, want, "{step} vs committed ports");
         for e in &have {
-            assert!((1..0xff00).contains(&e.ofport.get()));
+            let owner = e.ofport.expect("every entry has an owner");
+            assert!((1..0xff00).contains(&owner.get()));
             if let EntryKey::Port(p) = e.key {
-                assert!((1..0xff00).contains(&p.get()));
+                assert!((1..0xff00).contains(&p));
             }
         }
     }
@@ -257,7 +258,7 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
     }
     let before = snapshot(&pm);
     pm.datapath_mut().inject(Fault {
-        step: Step::TunnelTable,
+        step: Step::TunnelByRemote,
         op: FaultOp::Insert,
         port_name: Some("ovn-aded97-0".into()),
         remaining: None,
@@ -274,13 +275,13 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
         else {
             panic!("unexpected error {err}");
         };
-        assert_eq!(*step, Step::TunnelTable);
+        assert_eq!(*step, Step::TunnelByRemote);
         assert!(undo.is_clean());
         assert_eq!(pm.allocator().in_use(), 8);
         if i == 0 {
             assert!(
                 err.to_string()
-                    .starts_with("port \"ovn-aded97-0\": tunnel table: Device or resource busy"),
+                    .starts_with("port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"),
                 "{err}"
             );
         }
@@ -304,7 +305,7 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
 fn map_full_mid_transaction_rolls_back() {
     let t0 = Instant::now();
     let mut pm = new_map();
-    pm.datapath_mut().set_max_entries(Step::TunnelTable, 4);
+    pm.datapath_mut().set_max_entries(Step::TunnelByRemote, 4);
     fill_tunnels(&mut pm, 4, t0);
     let before = snapshot(&pm);
 
@@ -313,9 +314,9 @@ fn map_full_mid_transaction_rolls_back() {
         .expect_err("tunnel table is full");
     assert_eq!(
         err.to_string(),
-        "port \"t4\": tunnel table: map full (max_entries 4)"
+        "port \"t4\": tunnel remote index: map full (max_entries 4)"
     );
-    // The port-table entry inserted before the failing step is gone again,
+    // The tunnel-table entry inserted before the failing step is gone again,
     // and number 5 was not consumed.
     assert_eq!(snapshot(&pm), before);
     let added = pm
@@ -325,7 +326,7 @@ fn map_full_mid_transaction_rolls_back() {
     check_consistent(&pm);
 
     pm.datapath_mut().inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelPort,
         FaultOp::Insert,
         MapError::Full { max_entries: 4096 },
     ));
@@ -375,12 +376,12 @@ fn failed_undo_strands_the_number_until_reconcile() {
     let mut pm = new_map();
     let dp = pm.datapath_mut();
     dp.inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelByRemote,
         FaultOp::Insert,
         MapError::Exists,
     ));
     dp.inject(Fault::once(
-        Step::PortTable,
+        Step::TunnelPort,
         FaultOp::Remove,
         MapError::Os { errno: 1 },
     ));
@@ -394,9 +395,9 @@ fn failed_undo_strands_the_number_until_reconcile() {
     assert_eq!(undo.and_then(|u| u.stranded), Some(port(1)), "{err}");
     assert!(err
         .to_string()
-        .contains("port table: remove: Operation not permitted"));
+        .contains("tunnel table: remove: Operation not permitted"));
     assert_eq!(pm.allocator().state(port(1)), PortState::Stranded);
-    // The leftover port-table entry still names 1, so 1 is not handed out.
+    // The leftover tunnel-table entry still names 1, so 1 is not handed out.
     let added = pm.add(&local("vm1", 1), t0).expect("add");
     assert_eq!(added.ofport(), port(2));
 
@@ -414,7 +415,7 @@ fn failed_delete_keeps_the_port() {
     pm.add(&local("vm1", 1), t0).expect("add");
     pm.add(&tunnel("t", ip("192.0.2.1"), 1), t0).expect("add");
     let before = snapshot(&pm);
-    for step in [Step::PortTable, Step::Devmap, Step::TunnelTable] {
+    for &step in Step::ALL {
         for name in ["vm1", "t"] {
             pm.datapath_mut().inject(Fault::once(
                 step,
@@ -510,6 +511,67 @@ fn duplicates_and_idempotent_repeats() {
 }
 
 #[test]
+fn local_port_clashes_are_refused_before_a_number() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let mut vm1 = local("vm1", 1);
+    if let PortSpec::Local(p) = &mut vm1 {
+        p.ip = Some(ip("203.0.113.10"));
+    }
+    pm.add(&vm1, t0).expect("add");
+    let before = snapshot(&pm);
+    let clash = |f: &dyn Fn(&mut LocalPort)| {
+        let mut spec = local("vm2", 2);
+        if let PortSpec::Local(p) = &mut spec {
+            f(p);
+        }
+        spec
+    };
+    let cases: [(&dyn Fn(&mut LocalPort), &str); 4] = [
+        (&|p| p.ifname = "veth1".into(), "ifname \"veth1\""),
+        (&|p| p.port_key = 1, "port_key 1 in VNI 7"),
+        (&|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]), "mac 02:00:00:00:00:01 in VNI 7"),
+        // IPv4-mapped is the same address to the datapath.
+        (&|p| p.ip = Some(ip("::ffff:203.0.113.10")), "ip 203.0.113.10 in VNI 7"),
+    ];
+    for (change, what) in cases {
+        let err = pm.add(&clash(change), t0).expect_err("clash");
+        assert_eq!(
+            err.to_string(),
+            format!("port \"vm2\" conflicts with port \"vm1\": both use {what}")
+        );
+        assert_eq!(snapshot(&pm), before, "a refused clash costs nothing");
+    }
+    // The same MAC in another VNI is another logical switch: fine.
+    let other_vni = clash(&|p| {
+        p.vni = 8;
+        p.mac = MacAddr([2, 0, 0, 0, 0, 1]);
+    });
+    assert_eq!(pm.add(&other_vni, t0).expect("add").ofport(), port(2));
+    assert_eq!(pm.datapath().entries(Step::Neigh).len(), 1);
+    check_consistent(&pm);
+}
+
+#[test]
+fn apply_desired_group_commits_to_redb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t0 = Instant::now();
+    let store = RedbStore::open(dir.path()).expect("store");
+    let mut pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
+    let desired: Vec<PortSpec> = (0..200u16)
+        .map(|i| tunnel(&format!("t{i}"), IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]), 1))
+        .collect();
+    let report = pm.apply_desired(&desired, t0).expect("apply");
+    assert_eq!(report.added.len(), 200);
+    let before: Vec<PortRecord> = pm.ports().cloned().collect();
+    drop(pm);
+    // Durable: a fresh open of the file sees the whole batch.
+    let store = RedbStore::open(dir.path()).expect("reopen");
+    let pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
+    assert_eq!(pm.ports().cloned().collect::<Vec<_>>(), before);
+}
+
+#[test]
 fn apply_desired_diffs_and_is_idempotent() {
     let t0 = Instant::now();
     let mut pm = new_map();
@@ -556,7 +618,7 @@ fn failed_replace_restores_the_old_port() {
     pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
     let before = snapshot(&pm);
     pm.datapath_mut().inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelByRemote,
         FaultOp::Insert,
         MapError::Full { max_entries: 1 },
     ));
@@ -584,29 +646,40 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     assert!(pm.reconcile().is_noop());
 
     let dp = pm.datapath_mut();
-    dp.delete_raw(Step::Devmap, &EntryKey::Port(port(1)));
+    dp.delete_raw(Step::Devmap, &EntryKey::Port(1));
     let orphan = MapEntry {
-        key: EntryKey::Port(port(77)),
-        ofport: port(77),
+        key: EntryKey::Port(77),
+        ofport: Some(port(77)),
     };
-    dp.put_raw(Step::PortTable, orphan);
+    dp.put_raw(Step::TunnelPort, orphan);
+    // What OVS did in 2018: a port on OFPP_NONE. No port can own it.
+    let ofpp_none = MapEntry {
+        key: EntryKey::Port(0xffff),
+        ofport: None,
+    };
+    dp.put_raw(Step::TunnelPort, ofpp_none);
     let key = EntryKey::Tunnel(TunnelKey {
         remote: ip("192.0.2.1"),
         vni: 1,
     });
     let stale = MapEntry {
         key,
-        ofport: port(1),
+        ofport: Some(port(1)),
     };
-    dp.put_raw(Step::TunnelTable, stale);
+    dp.put_raw(Step::TunnelByRemote, stale);
 
     let report = pm.reconcile();
     assert!(report.failed.is_empty());
     let removed: BTreeSet<_> = report.removed.iter().copied().collect();
-    let want: BTreeSet<_> = [(Step::PortTable, orphan), (Step::TunnelTable, stale)].into();
+    let want: BTreeSet<_> = [
+        (Step::TunnelPort, orphan),
+        (Step::TunnelPort, ofpp_none),
+        (Step::TunnelByRemote, stale),
+    ]
+    .into();
     assert_eq!(removed, want);
     let recreated: BTreeSet<_> = report.recreated.iter().map(|(s, _)| *s).collect();
-    assert_eq!(recreated, [Step::Devmap, Step::TunnelTable].into());
+    assert_eq!(recreated, [Step::Devmap, Step::TunnelByRemote].into());
     assert_eq!(snapshot(&pm), healthy);
     assert!(pm.reconcile().is_noop());
 
@@ -671,13 +744,16 @@ fn open_refuses_corrupt_state() {
     let err = PortMap::open(MemDatapath::new(), store.clone(), config())
         .err()
         .expect("duplicate tunnel");
-    assert!(matches!(err, OpenError::DuplicateTunnel { .. }), "{err}");
+    assert!(
+        matches!(&err, OpenError::Conflict { claim: Claim::Tunnel(_), .. }),
+        "{err}"
+    );
 
     let mut store = MemStore::new();
-    for name in ["a", "b"] {
+    for (name, key) in [("a", 1), ("b", 2)] {
         let record = PortRecord {
             ofport: port(1),
-            spec: local(name, 1),
+            spec: local(name, key),
         };
         store.put(&record).expect("put");
     }
@@ -832,6 +908,7 @@ fn classify(e: &PortError) -> &'static str {
         PortError::Invalid { .. } => "invalid",
         PortError::NameTaken { .. } => "name",
         PortError::DuplicateTunnel { .. } => "tunnel",
+        PortError::Conflict { .. } => "conflict",
         PortError::NotFound { .. } => "not found",
         PortError::Txn {
             cause: TxnError::Number { .. },
@@ -857,6 +934,10 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
     }
     if spec.tunnel_key().is_some() && pm.ports().any(|r| r.spec.tunnel_key() == spec.tunnel_key()) {
         return Expect::Fail("tunnel");
+    }
+    let claims: BTreeSet<Claim> = spec.claims().into_iter().collect();
+    if pm.ports().any(|r| r.spec.claims().iter().any(|c| claims.contains(c))) {
+        return Expect::Fail("conflict");
     }
     if let Some(request) = spec.ofport_request() {
         let taken = pm.ports().any(|r| r.ofport.get() == request);
