@@ -35,6 +35,7 @@
 //!   it) and `BpfDatapath` translates.
 
 pub mod allocator;
+pub mod bpf;
 pub mod maps;
 pub mod mem;
 pub mod number;
@@ -49,6 +50,7 @@ pub mod txn;
 mod tests;
 
 pub use allocator::{AllocError, Allocator, AllocatorConfig, PortState, Reservation};
+pub use bpf::{BpfDatapath, OpenMapsError};
 pub use maps::{Datapath, EntryKey, MapEntry, MapError, Step};
 pub use mem::{Fault, FaultOp, MemDatapath, MemStore};
 pub use number::{InvalidOfPort, OfPort};
