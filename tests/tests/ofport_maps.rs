@@ -367,3 +367,91 @@ fn ip16_of(spec: &PortSpec) -> [u8; 16] {
         IpAddr::V6(a) => a.octets(),
     }
 }
+
+/// A controller SIGKILLed mid-churn, three times over: `xgw-churn` (the
+/// product's PortMap, BpfDatapath and RedbStore) adds and deletes ports
+/// against the pinned maps and journals what it acknowledged. After the
+/// last kill, a restart (reopen the store and the pinned maps, reconcile)
+/// must find every acknowledged port under the number it was given, no
+/// port that was acknowledged deleted, and maps equal to the store.
+#[test]
+fn sigkill_mid_churn_then_restart_keeps_every_committed_number() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::os::unix::process::ExitStatusExt;
+    require_root!();
+    let gw = Gw::new("kill", &[]);
+    let ifx: BTreeMap<String, u32> = (0..4).map(|i| format!("vm{i}")).map(|n| (n.clone(), gw.veth(&n))).collect();
+    let journal = gw.state.path.join("journal");
+    let state = gw.state.path.join("db");
+    let acked = |j: &Path| std::fs::read_to_string(j).unwrap_or_default().lines().filter(|l| l.starts_with("ok ")).count();
+    let churn = env!("CARGO_BIN_EXE_xgw-churn");
+    for round in 0..3u64 {
+        let target = acked(&journal) + 150;
+        let seed = (round + 1).to_string();
+        let args = [churn, gw.pins().to_str().unwrap(), state.to_str().unwrap(), journal.to_str().unwrap(), "4", &seed];
+        let p = gw.ns.spawn(&args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked(&journal) < target {
+            assert!(Instant::now() < deadline, "xgw-churn made no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Somewhere inside a transaction, most likely in the store's fsync.
+        std::thread::sleep(Duration::from_micros(1 + round * 3_331));
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+        let (status, _, stderr) = p.wait(Duration::from_secs(10)).expect("xgw-churn exits");
+        assert_eq!(status.signal(), Some(9), "xgw-churn died on its own: {stderr}");
+    }
+
+    // Replay the journal: the last acknowledged outcome of each port. An
+    // operation begun but not acknowledged when a kill came may or may not
+    // have happened, until a later acknowledged operation on that port.
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let (mut want, mut uncertain, mut inflight) = (BTreeMap::new(), BTreeSet::new(), None::<String>);
+    let mut restarts = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["start", rest @ ..] => {
+                uncertain.extend(inflight.take());
+                restarts.push(rest.join(" "));
+            }
+            ["begin", _, name] => inflight = Some(name.to_string()),
+            ["ok", op, name, n] => {
+                let n: u16 = n.parse().expect("number");
+                want.insert(name.to_string(), (*op == "add").then_some(n));
+                uncertain.remove(*name);
+                inflight = None;
+            }
+            _ => panic!("unexpected journal line {line:?}"),
+        }
+    }
+    uncertain.extend(inflight);
+    eprintln!("xgw-churn restarts: {restarts:?}; uncertain at the last kill: {uncertain:?}");
+
+    gw.ns.enter(|| {
+        let dp = BpfDatapath::open_pinned(gw.pins()).expect("open pinned maps");
+        let store = RedbStore::open(&state).expect("open store");
+        let mut pm = PortMap::open(dp, store, config()).expect("open port map");
+        let report = pm.reconcile();
+        eprintln!("reconcile after the last kill: recreated {:?}, removed {:?}", report.recreated, report.removed);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let mut checked = 0;
+        for (name, outcome) in &want {
+            if uncertain.contains(name) {
+                continue;
+            }
+            let got = pm.get(name).map(|r| r.ofport.get());
+            assert_eq!(got, *outcome, "port {name}: acknowledged {outcome:?}, store says {got:?}");
+            checked += outcome.is_some() as usize;
+        }
+        for r in pm.ports() {
+            assert!(want.contains_key(r.name()) || uncertain.contains(r.name()), "{} was never added", r.name());
+        }
+        assert!(checked > 20, "only {checked} live ports checked");
+        let stored = records(&pm);
+        let maps = read_maps(gw.pins());
+        assert_eq!(maps, expected_maps(&stored, |n| ifx[n]), "maps vs store after restart");
+        assert_no_reserved_numbers(&maps, &stored);
+        assert!(pm.reconcile().is_noop());
+    });
+}
