@@ -16,8 +16,8 @@ use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError as AyaMapError};
 use aya::maps::xdp::XdpMapError;
+use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError as AyaMapError};
 use aya::Ebpf;
 use thiserror::Error;
 use xgw_common::maps::{
@@ -63,22 +63,22 @@ pub struct BpfDatapath {
 impl BpfDatapath {
     /// Takes the maps out of a loaded datapath object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, OpenMapsError> {
-        Self::build(|name| {
-            ebpf.take_map(name)
-                .ok_or(OpenMapsError::Missing { name })
-        })
+        Self::build(|name| ebpf.take_map(name).ok_or(OpenMapsError::Missing { name }))
     }
 
     /// Opens the maps pinned in `dir` (see `xgw::datapath::load_pinned`),
     /// as a restarted controller does.
     pub fn open_pinned(dir: &Path) -> Result<Self, OpenMapsError> {
         Self::build(|name| {
-            let data = MapData::from_pin(dir.join(name)).map_err(|cause| OpenMapsError::Map { name, cause })?;
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|cause| OpenMapsError::Map { name, cause })?;
             Map::from_map_data(data).map_err(|cause| OpenMapsError::Map { name, cause })
         })
     }
 
-    fn build(mut take: impl FnMut(&'static str) -> Result<Map, OpenMapsError>) -> Result<Self, OpenMapsError> {
+    fn build(
+        mut take: impl FnMut(&'static str) -> Result<Map, OpenMapsError>,
+    ) -> Result<Self, OpenMapsError> {
         fn typed<T: TryFrom<Map, Error = AyaMapError>>(
             take: &mut impl FnMut(&'static str) -> Result<Map, OpenMapsError>,
             name: &'static str,
@@ -98,7 +98,10 @@ impl BpfDatapath {
         };
         for &step in Step::ALL {
             let name = step.map_name();
-            let info = dp.map_data(step).info().map_err(|cause| OpenMapsError::Map { name, cause })?;
+            let info = dp
+                .map_data(step)
+                .info()
+                .map_err(|cause| OpenMapsError::Map { name, cause })?;
             dp.max_entries.insert(step, info.max_entries());
         }
         Ok(dp)
@@ -147,7 +150,9 @@ impl BpfDatapath {
                 .get(ifindex, 0)
                 .is_ok_and(|v| u32::from(v.ofport) == ofport)
         };
-        let cached = u16::try_from(ofport).ok().and_then(|p| self.ifindex_of.get(&p));
+        let cached = u16::try_from(ofport)
+            .ok()
+            .and_then(|p| self.ifindex_of.get(&p));
         if let Some(ifindex) = cached.filter(|i| owns(i)) {
             return Ok(vec![*ifindex]);
         }
@@ -192,14 +197,20 @@ fn owner(n: u32) -> Option<OfPort> {
 fn local(port: &PortSpec) -> Result<&spec::LocalPort, MapError> {
     match port {
         PortSpec::Local(p) => Ok(p),
-        PortSpec::Tunnel(t) => Err(MapError::Other(format!("tunnel {:?} has no local-port entry", t.name))),
+        PortSpec::Tunnel(t) => Err(MapError::Other(format!(
+            "tunnel {:?} has no local-port entry",
+            t.name
+        ))),
     }
 }
 
 fn tunnel(port: &PortSpec) -> Result<&spec::TunnelPort, MapError> {
     match port {
         PortSpec::Tunnel(t) => Ok(t),
-        PortSpec::Local(p) => Err(MapError::Other(format!("local port {:?} has no tunnel entry", p.name))),
+        PortSpec::Local(p) => Err(MapError::Other(format!(
+            "local port {:?} has no tunnel entry",
+            p.name
+        ))),
     }
 }
 
@@ -244,11 +255,19 @@ fn tunnel_value(t: &spec::TunnelPort) -> Tunnel {
 }
 
 fn port_key(vni: u32, port_key: u16) -> PortKey {
-    PortKey { vni, port_key, _pad: 0 }
+    PortKey {
+        vni,
+        port_key,
+        _pad: 0,
+    }
 }
 
 fn fdb_key(vni: u32, mac: MacAddr) -> FdbKey {
-    FdbKey { vni, mac: mac.0, _pad: [0; 2] }
+    FdbKey {
+        vni,
+        mac: mac.0,
+        _pad: [0; 2],
+    }
 }
 
 fn neigh_key(vni: u32, ip: IpAddr) -> NeighKey {
@@ -281,7 +300,9 @@ impl Datapath for BpfDatapath {
             Step::LocalPort => {
                 let p = local(port)?;
                 let ifindex = ifindex(&p.ifname)?;
-                let r = self.local_ports.insert(ifindex, local_port_value(p, ofport), NOEXIST);
+                let r = self
+                    .local_ports
+                    .insert(ifindex, local_port_value(p, ofport), NOEXIST);
                 if r.is_ok() {
                     self.ifindex_of.insert(ofport.get(), ifindex);
                 }
@@ -289,20 +310,41 @@ impl Datapath for BpfDatapath {
             }
             Step::PortKey => {
                 let p = local(port)?;
-                self.port_keys.insert(port_key(p.vni, p.port_key), fdb_entry(p, ofport), NOEXIST)
+                self.port_keys
+                    .insert(port_key(p.vni, p.port_key), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Fdb => {
                 let p = local(port)?;
-                self.fdb.insert(fdb_key(p.vni, p.mac), fdb_entry(p, ofport), NOEXIST)
+                self.fdb
+                    .insert(fdb_key(p.vni, p.mac), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Neigh => {
                 let p = local(port)?;
-                let ip = p.ip.ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name)))?;
-                self.neigh.insert(neigh_key(p.vni, ip), Neigh { mac: p.mac.0, _pad: [0; 2] }, NOEXIST)
+                let ip = p
+                    .ip
+                    .ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name)))?;
+                self.neigh.insert(
+                    neigh_key(p.vni, ip),
+                    Neigh {
+                        mac: p.mac.0,
+                        _pad: [0; 2],
+                    },
+                    NOEXIST,
+                )
             }
-            Step::TunnelPort => self.tunnels.insert(number, tunnel_value(tunnel(port)?), NOEXIST),
+            Step::TunnelPort => self
+                .tunnels
+                .insert(number, tunnel_value(tunnel(port)?), NOEXIST),
             Step::TunnelByRemote => {
-                let key = port.tunnel_key().ok_or_else(|| key_mismatch(step, &MapEntry { key: EntryKey::Port(number), ofport: Some(ofport) }))?;
+                let key = port.tunnel_key().ok_or_else(|| {
+                    key_mismatch(
+                        step,
+                        &MapEntry {
+                            key: EntryKey::Port(number),
+                            ofport: Some(ofport),
+                        },
+                    )
+                })?;
                 self.by_remote.insert(remote_key(&key), number, NOEXIST)
             }
         };
@@ -319,14 +361,18 @@ impl Datapath for BpfDatapath {
                     return Err(MapError::NotFound);
                 }
                 for ifindex in keys {
-                    self.local_ports.remove(&ifindex).map_err(|e| self.error(step, e))?;
+                    self.local_ports
+                        .remove(&ifindex)
+                        .map_err(|e| self.error(step, e))?;
                 }
                 if let Ok(n) = u16::try_from(n) {
                     self.ifindex_of.remove(&n);
                 }
                 Ok(())
             }
-            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self.port_keys.remove(&port_key(vni, key)),
+            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => {
+                self.port_keys.remove(&port_key(vni, key))
+            }
             (Step::Fdb, EntryKey::Mac { vni, mac }) => self.fdb.remove(&fdb_key(vni, mac)),
             (Step::Neigh, EntryKey::Neigh { vni, ip }) => self.neigh.remove(&neigh_key(vni, ip)),
             (Step::TunnelByRemote, EntryKey::Tunnel(k)) => self.by_remote.remove(&remote_key(&k)),
@@ -344,28 +390,43 @@ impl Datapath for BpfDatapath {
                     let key = key.map_err(err)?;
                     // The uplink is not a port: no port map owns it.
                     if key != DEVMAP_UPLINK {
-                        out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
+                        out.push(MapEntry {
+                            key: EntryKey::Port(key),
+                            ofport: owner(key),
+                        });
                     }
                 }
             }
             Step::TunnelPort => {
                 for key in self.tunnels.keys() {
                     let key = key.map_err(err)?;
-                    out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
+                    out.push(MapEntry {
+                        key: EntryKey::Port(key),
+                        ofport: owner(key),
+                    });
                 }
             }
             Step::LocalPort => {
                 for row in self.local_ports.iter() {
                     let (_, v) = row.map_err(err)?;
                     let n = u32::from(v.ofport);
-                    out.push(MapEntry { key: EntryKey::Port(n), ofport: owner(n) });
+                    out.push(MapEntry {
+                        key: EntryKey::Port(n),
+                        ofport: owner(n),
+                    });
                 }
             }
             Step::PortKey => {
                 for row in self.port_keys.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let key = EntryKey::PortKey { vni: k.vni, port_key: k.port_key };
-                    out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
+                    let key = EntryKey::PortKey {
+                        vni: k.vni,
+                        port_key: k.port_key,
+                    };
+                    out.push(MapEntry {
+                        key,
+                        ofport: owner(v.ofport.into()),
+                    });
                 }
             }
             Step::Fdb => {
@@ -373,8 +434,14 @@ impl Datapath for BpfDatapath {
                     let (k, v) = row.map_err(err)?;
                     // Remote MACs (behind tunnels) have another owner.
                     if v.kind == FDB_LOCAL {
-                        let key = EntryKey::Mac { vni: k.vni, mac: MacAddr(k.mac) };
-                        out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
+                        let key = EntryKey::Mac {
+                            vni: k.vni,
+                            mac: MacAddr(k.mac),
+                        };
+                        out.push(MapEntry {
+                            key,
+                            ofport: owner(v.ofport.into()),
+                        });
                     }
                 }
             }
@@ -384,21 +451,37 @@ impl Datapath for BpfDatapath {
                 // one whose MAC is in no FDB entry is nobody's.
                 for row in self.neigh.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let ofport = match self.fdb.get(&FdbKey { vni: k.vni, mac: v.mac, _pad: [0; 2] }, 0) {
+                    let ofport = match self.fdb.get(
+                        &FdbKey {
+                            vni: k.vni,
+                            mac: v.mac,
+                            _pad: [0; 2],
+                        },
+                        0,
+                    ) {
                         Ok(f) if f.kind == FDB_LOCAL => owner(f.ofport.into()),
                         Ok(_) => continue,
                         Err(AyaMapError::KeyNotFound) => None,
                         Err(e) => return Err(self.error(Step::Fdb, e)),
                     };
-                    let key = EntryKey::Neigh { vni: k.vni, ip: ip_from16(k.ip) };
+                    let key = EntryKey::Neigh {
+                        vni: k.vni,
+                        ip: ip_from16(k.ip),
+                    };
                     out.push(MapEntry { key, ofport });
                 }
             }
             Step::TunnelByRemote => {
                 for row in self.by_remote.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let key = EntryKey::Tunnel(TunnelKey { remote: ip_from16(k.remote), vni: k.vni });
-                    out.push(MapEntry { key, ofport: owner(v) });
+                    let key = EntryKey::Tunnel(TunnelKey {
+                        remote: ip_from16(k.remote),
+                        vni: k.vni,
+                    });
+                    out.push(MapEntry {
+                        key,
+                        ofport: owner(v),
+                    });
                 }
             }
         }
@@ -414,32 +497,57 @@ impl Datapath for BpfDatapath {
         };
         match step {
             Step::Devmap => {
-                let Ok(ifindex) = ifindex(&local(port)?.ifname) else { return Ok(false) };
+                let Ok(ifindex) = ifindex(&local(port)?.ifname) else {
+                    return Ok(false);
+                };
                 found(self.devmap.get(number, 0).map(|v| v.if_index == ifindex))
             }
             Step::LocalPort => {
                 let p = local(port)?;
-                let Ok(ifindex) = ifindex(&p.ifname) else { return Ok(false) };
+                let Ok(ifindex) = ifindex(&p.ifname) else {
+                    return Ok(false);
+                };
                 // Also stale: the number under another interface too.
                 let only_here = self.local_port_keys(number)? == [ifindex];
-                found(self.local_ports.get(&ifindex, 0).map(|v| only_here && v == local_port_value(p, ofport)))
+                found(
+                    self.local_ports
+                        .get(&ifindex, 0)
+                        .map(|v| only_here && v == local_port_value(p, ofport)),
+                )
             }
             Step::PortKey => {
                 let p = local(port)?;
-                found(self.port_keys.get(&port_key(p.vni, p.port_key), 0).map(|v| v == fdb_entry(p, ofport)))
+                found(
+                    self.port_keys
+                        .get(&port_key(p.vni, p.port_key), 0)
+                        .map(|v| v == fdb_entry(p, ofport)),
+                )
             }
             Step::Fdb => {
                 let p = local(port)?;
-                found(self.fdb.get(&fdb_key(p.vni, p.mac), 0).map(|v| v == fdb_entry(p, ofport)))
+                found(
+                    self.fdb
+                        .get(&fdb_key(p.vni, p.mac), 0)
+                        .map(|v| v == fdb_entry(p, ofport)),
+                )
             }
             Step::Neigh => {
                 let p = local(port)?;
                 let Some(ip) = p.ip else { return Ok(false) };
-                found(self.neigh.get(&neigh_key(p.vni, ip), 0).map(|v| v.mac == p.mac.0))
+                found(
+                    self.neigh
+                        .get(&neigh_key(p.vni, ip), 0)
+                        .map(|v| v.mac == p.mac.0),
+                )
             }
             Step::TunnelPort => {
                 let want = tunnel_value(tunnel(port)?);
-                found(self.tunnels.get(&number, 0).map(|v| Tunnel { nexthop_mac: [0; 6], ..v } == want))
+                found(self.tunnels.get(&number, 0).map(|v| {
+                    Tunnel {
+                        nexthop_mac: [0; 6],
+                        ..v
+                    } == want
+                }))
             }
             // Key and value (the number) are all there is; `list` saw both.
             Step::TunnelByRemote => Ok(true),

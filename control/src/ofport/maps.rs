@@ -124,10 +124,19 @@ pub enum EntryKey {
     /// the datapath translates). Raw, so that a number no port may have
     /// (0, 65535) can still be named, and removed.
     Port(u32),
-    PortKey { vni: u32, port_key: u16 },
-    Mac { vni: u32, mac: MacAddr },
+    PortKey {
+        vni: u32,
+        port_key: u16,
+    },
+    Mac {
+        vni: u32,
+        mac: MacAddr,
+    },
     /// IPv4 as `IpAddr::V4`, never IPv4-mapped (see `IpAddr::to_canonical`).
-    Neigh { vni: u32, ip: IpAddr },
+    Neigh {
+        vni: u32,
+        ip: IpAddr,
+    },
     Tunnel(TunnelKey),
 }
 

@@ -332,7 +332,10 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         for failure in &report.failed {
             tracing::warn!(%failure, "reconcile could not repair an entry");
         }
-        if !(report.recreated.is_empty() && report.removed.is_empty() && report.rewritten.is_empty()) {
+        if !(report.recreated.is_empty()
+            && report.removed.is_empty()
+            && report.rewritten.is_empty())
+        {
             tracing::info!(
                 recreated = report.recreated.len(),
                 removed = report.removed.len(),

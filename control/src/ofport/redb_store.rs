@@ -135,7 +135,8 @@ impl Store for RedbStore {
             return Ok(());
         }
         // An empty durable commit carries the deferred ones to disk.
-        self.write("sync", |_| Ok(())).inspect_err(|_| self.dirty = true)
+        self.write("sync", |_| Ok(()))
+            .inspect_err(|_| self.dirty = true)
     }
 }
 

@@ -79,9 +79,18 @@ pub enum Claim {
     Tunnel(TunnelKey),
     /// LOCAL_PORTS is keyed by the interface.
     Ifname(String),
-    PortKey { vni: u32, port_key: u16 },
-    Mac { vni: u32, mac: MacAddr },
-    Ip { vni: u32, ip: IpAddr },
+    PortKey {
+        vni: u32,
+        port_key: u16,
+    },
+    Mac {
+        vni: u32,
+        mac: MacAddr,
+    },
+    Ip {
+        vni: u32,
+        ip: IpAddr,
+    },
 }
 
 impl fmt::Display for Claim {

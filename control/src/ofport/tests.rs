@@ -280,8 +280,9 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
         assert_eq!(pm.allocator().in_use(), 8);
         if i == 0 {
             assert!(
-                err.to_string()
-                    .starts_with("port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"),
+                err.to_string().starts_with(
+                    "port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"
+                ),
                 "{err}"
             );
         }
@@ -527,12 +528,19 @@ fn local_port_clashes_are_refused_before_a_number() {
         }
         spec
     };
-    let cases: [(&dyn Fn(&mut LocalPort), &str); 4] = [
+    type Change<'a> = &'a dyn Fn(&mut LocalPort);
+    let cases: [(Change, &str); 4] = [
         (&|p| p.ifname = "veth1".into(), "ifname \"veth1\""),
         (&|p| p.port_key = 1, "port_key 1 in VNI 7"),
-        (&|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]), "mac 02:00:00:00:00:01 in VNI 7"),
+        (
+            &|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]),
+            "mac 02:00:00:00:00:01 in VNI 7",
+        ),
         // IPv4-mapped is the same address to the datapath.
-        (&|p| p.ip = Some(ip("::ffff:203.0.113.10")), "ip 203.0.113.10 in VNI 7"),
+        (
+            &|p| p.ip = Some(ip("::ffff:203.0.113.10")),
+            "ip 203.0.113.10 in VNI 7",
+        ),
     ];
     for (change, what) in cases {
         let err = pm.add(&clash(change), t0).expect_err("clash");
@@ -559,7 +567,13 @@ fn apply_desired_group_commits_to_redb() {
     let store = RedbStore::open(dir.path()).expect("store");
     let mut pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
     let desired: Vec<PortSpec> = (0..200u16)
-        .map(|i| tunnel(&format!("t{i}"), IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]), 1))
+        .map(|i| {
+            tunnel(
+                &format!("t{i}"),
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]),
+                1,
+            )
+        })
         .collect();
     let report = pm.apply_desired(&desired, t0).expect("apply");
     assert_eq!(report.added.len(), 200);
@@ -745,7 +759,13 @@ fn open_refuses_corrupt_state() {
         .err()
         .expect("duplicate tunnel");
     assert!(
-        matches!(&err, OpenError::Conflict { claim: Claim::Tunnel(_), .. }),
+        matches!(
+            &err,
+            OpenError::Conflict {
+                claim: Claim::Tunnel(_),
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -936,7 +956,10 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
         return Expect::Fail("tunnel");
     }
     let claims: BTreeSet<Claim> = spec.claims().into_iter().collect();
-    if pm.ports().any(|r| r.spec.claims().iter().any(|c| claims.contains(c))) {
+    if pm
+        .ports()
+        .any(|r| r.spec.claims().iter().any(|c| claims.contains(c)))
+    {
         return Expect::Fail("conflict");
     }
     if let Some(request) = spec.ofport_request() {
