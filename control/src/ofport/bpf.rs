@@ -11,6 +11,7 @@
 //! keeps it current as the neighbour table changes; `is_current` ignores
 //! the field so a reconcile does not undo that.
 
+use std::cell::RefCell;
 use std::collections::HashMap as StdHashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
@@ -55,9 +56,12 @@ pub struct BpfDatapath {
     /// Read from the kernel (a pinned map keeps the size it was created
     /// with, whatever the object now says).
     max_entries: StdHashMap<Step, u32>,
-    /// OpenFlow number -> LOCAL_PORTS key, so removing a local port needs
-    /// no scan; a miss (e.g. after a restart) falls back to one.
-    ifindex_of: StdHashMap<u16, u32>,
+    /// OpenFlow number (as found in LOCAL_PORTS values) -> LOCAL_PORTS
+    /// keys, so that finding a local port's entry needs no scan. Entries
+    /// are checked against the map before use; a miss or a stale entry
+    /// rebuilds the whole cache with one scan (so a restarted controller
+    /// scans once, not once per port). `list` rebuilds it too.
+    ifindex_of: RefCell<StdHashMap<u32, Vec<u32>>>,
 }
 
 impl BpfDatapath {
@@ -94,7 +98,7 @@ impl BpfDatapath {
             tunnels: typed(&mut take, names::TUNNELS)?,
             by_remote: typed(&mut take, names::TUNNEL_BY_REMOTE)?,
             max_entries: StdHashMap::new(),
-            ifindex_of: StdHashMap::new(),
+            ifindex_of: RefCell::default(),
         };
         for &step in Step::ALL {
             let name = step.map_name();
@@ -150,20 +154,29 @@ impl BpfDatapath {
                 .get(ifindex, 0)
                 .is_ok_and(|v| u32::from(v.ofport) == ofport)
         };
-        let cached = u16::try_from(ofport)
-            .ok()
-            .and_then(|p| self.ifindex_of.get(&p));
-        if let Some(ifindex) = cached.filter(|i| owns(i)) {
-            return Ok(vec![*ifindex]);
+        let cached = self.ifindex_of.borrow().get(&ofport).cloned();
+        if let Some(keys) = cached.filter(|k| k.iter().all(owns)) {
+            return Ok(keys);
         }
-        let mut keys = Vec::new();
+        self.rescan_local_ports()?;
+        Ok(self
+            .ifindex_of
+            .borrow()
+            .get(&ofport)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn rescan_local_ports(&self) -> Result<(), MapError> {
+        let mut all: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
         for row in self.local_ports.iter() {
             let (ifindex, value) = row.map_err(|e| self.error(Step::LocalPort, e))?;
-            if u32::from(value.ofport) == ofport {
-                keys.push(ifindex);
-            }
+            all.entry(u32::from(value.ofport))
+                .or_default()
+                .push(ifindex);
         }
-        Ok(keys)
+        *self.ifindex_of.borrow_mut() = all;
+        Ok(())
     }
 }
 
@@ -304,7 +317,8 @@ impl Datapath for BpfDatapath {
                     .local_ports
                     .insert(ifindex, local_port_value(p, ofport), NOEXIST);
                 if r.is_ok() {
-                    self.ifindex_of.insert(ofport.get(), ifindex);
+                    let mut cache = self.ifindex_of.borrow_mut();
+                    cache.entry(number).or_default().push(ifindex);
                 }
                 r
             }
@@ -365,9 +379,7 @@ impl Datapath for BpfDatapath {
                         .remove(&ifindex)
                         .map_err(|e| self.error(step, e))?;
                 }
-                if let Ok(n) = u16::try_from(n) {
-                    self.ifindex_of.remove(&n);
-                }
+                self.ifindex_of.borrow_mut().remove(&n);
                 Ok(())
             }
             (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => {
@@ -407,9 +419,8 @@ impl Datapath for BpfDatapath {
                 }
             }
             Step::LocalPort => {
-                for row in self.local_ports.iter() {
-                    let (_, v) = row.map_err(err)?;
-                    let n = u32::from(v.ofport);
+                self.rescan_local_ports()?;
+                for &n in self.ifindex_of.borrow().keys() {
                     out.push(MapEntry {
                         key: EntryKey::Port(n),
                         ofport: owner(n),
