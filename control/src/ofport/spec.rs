@@ -316,7 +316,7 @@ mod tests {
     fn tunnel() -> TunnelPort {
         TunnelPort {
             name: "ovn-aded97-0".into(),
-            remote: "192.0.2.7".parse().expect("ip"),
+            remote: "198.51.100.7".parse().expect("ip"),
             vni: 5,
             bfd: true,
             ovn_metadata: true,

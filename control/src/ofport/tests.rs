@@ -120,7 +120,7 @@ fn check_consistent(pm: &MemMap) {
 
 fn fill_tunnels(pm: &mut MemMap, n: u32, now: Instant) {
     for i in 0..n {
-        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let remote = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16]);
         let spec = tunnel(&format!("t{i}"), remote, 1);
         pm.add(&spec, now).expect("room for it");
     }
@@ -136,7 +136,7 @@ fn exhaustion_is_typed_and_harmless() {
     assert_eq!(max, Some(OfPort::AUTO_MAX));
 
     let before = snapshot(&pm);
-    let extra = tunnel("one-too-many", ip("192.0.2.1"), 1);
+    let extra = tunnel("one-too-many", ip("198.51.100.1"), 1);
     let err = pm.add(&extra, t0).expect_err("exhausted");
     assert!(
         matches!(
@@ -156,7 +156,7 @@ fn exhaustion_is_typed_and_harmless() {
     let pinned = with_request(extra.clone(), 0x8000);
     let got = pm.add(&pinned, t0).expect("requested number is free");
     assert_eq!(got, Added::Created(port(0x8000)));
-    let pinned = with_request(tunnel("top", ip("192.0.2.2"), 1), 0xfeff);
+    let pinned = with_request(tunnel("top", ip("198.51.100.2"), 1), 0xfeff);
     let got = pm.add(&pinned, t0).expect("highest usable number");
     assert_eq!(got, Added::Created(OfPort::MAX));
     check_consistent(&pm);
@@ -170,14 +170,14 @@ fn exhaustion_is_typed_and_harmless() {
         .expect("delete");
     let soon = t0 + Duration::from_secs(3);
     let a = pm
-        .add(&tunnel("a", ip("192.0.2.3"), 1), soon)
+        .add(&tunnel("a", ip("198.51.100.3"), 1), soon)
         .expect("held number");
     let b = pm
-        .add(&tunnel("b", ip("192.0.2.4"), 1), soon)
+        .add(&tunnel("b", ip("198.51.100.4"), 1), soon)
         .expect("held number");
     assert_eq!((a.ofport(), b.ofport()), (port(200), port(100)));
     let err = pm
-        .add(&tunnel("c", ip("192.0.2.5"), 1), soon)
+        .add(&tunnel("c", ip("198.51.100.5"), 1), soon)
         .expect_err("full again");
     assert!(
         err.to_string().contains("no OpenFlow port number left"),
@@ -218,7 +218,7 @@ fn seed_redundant_chassis_costs_nothing() {
     let t0 = Instant::now();
     let mut pm = new_map();
     let mut desired: Vec<PortSpec> = (0..8)
-        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5))
+        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5))
         .collect();
     desired.push(local("vm1", 1));
     desired.push(local("vm2", 2));
@@ -227,7 +227,7 @@ fn seed_redundant_chassis_costs_nothing() {
     let before = snapshot(&pm);
 
     // Same remote and VNI as ovn-hv3-0, different name.
-    desired.push(tunnel("ovn-aded97-0", IpAddr::from([192, 0, 2, 3]), 5));
+    desired.push(tunnel("ovn-aded97-0", IpAddr::from([198, 51, 100, 3]), 5));
     for i in 0..100_000u64 {
         let now = t0 + Duration::from_millis(i);
         let report = pm.apply_desired(&desired, now).expect("apply");
@@ -253,7 +253,7 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
     let t0 = Instant::now();
     let mut pm = new_map();
     for i in 0..8u8 {
-        let spec = tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5);
+        let spec = tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5);
         pm.add(&spec, t0).expect("add");
     }
     let before = snapshot(&pm);
@@ -311,7 +311,7 @@ fn map_full_mid_transaction_rolls_back() {
     let before = snapshot(&pm);
 
     let err = pm
-        .add(&tunnel("t4", ip("192.0.2.99"), 1), t0)
+        .add(&tunnel("t4", ip("198.51.100.99"), 1), t0)
         .expect_err("tunnel table is full");
     assert_eq!(
         err.to_string(),
@@ -333,7 +333,7 @@ fn map_full_mid_transaction_rolls_back() {
     ));
     pm.delete("t0", t0).expect("make room");
     let err = pm
-        .add(&tunnel("t5", ip("192.0.2.98"), 1), t0)
+        .add(&tunnel("t5", ip("198.51.100.98"), 1), t0)
         .expect_err("injected");
     let PortError::Txn { cause, .. } = &err else {
         panic!("unexpected error {err}");
@@ -353,7 +353,7 @@ fn store_failure_undoes_every_insert() {
     let before = snapshot(&pm);
     pm.store_mut().fail_next_writes(1);
     let err = pm
-        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
         .expect_err("store fails");
     assert_eq!(err.to_string(), "port \"t\": store: injected write failure");
     assert_eq!(snapshot(&pm), before);
@@ -387,7 +387,7 @@ fn failed_undo_strands_the_number_until_reconcile() {
         MapError::Os { errno: 1 },
     ));
     let err = pm
-        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
         .expect_err("insert fails, then its undo");
     let undo = match &err {
         PortError::Txn { cause, .. } => cause.undo().cloned(),
@@ -414,7 +414,8 @@ fn failed_delete_keeps_the_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("t", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let before = snapshot(&pm);
     for &step in Step::ALL {
         for name in ["vm1", "t"] {
@@ -590,8 +591,8 @@ fn apply_desired_diffs_and_is_idempotent() {
     let t0 = Instant::now();
     let mut pm = new_map();
     let mut desired = vec![
-        tunnel("a", ip("192.0.2.1"), 1),
-        tunnel("b", ip("192.0.2.2"), 1),
+        tunnel("a", ip("198.51.100.1"), 1),
+        tunnel("b", ip("198.51.100.2"), 1),
         local("vm1", 1),
     ];
     let report = pm.apply_desired(&desired, t0).expect("apply");
@@ -607,7 +608,7 @@ fn apply_desired_diffs_and_is_idempotent() {
         t.bfd = false;
     }
     desired.remove(1);
-    desired.push(tunnel("c", ip("192.0.2.3"), 1));
+    desired.push(tunnel("c", ip("198.51.100.3"), 1));
     let report = pm.apply_desired(&desired, t0).expect("apply");
     assert_eq!(report.replaced, [("a".to_owned(), port(1))]);
     assert_eq!(report.deleted, [("b".to_owned(), port(2))]);
@@ -629,14 +630,15 @@ fn failed_replace_restores_the_old_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm0", 9), t0).expect("add");
-    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let before = snapshot(&pm);
     pm.datapath_mut().inject(Fault::once(
         Step::TunnelByRemote,
         FaultOp::Insert,
         MapError::Full { max_entries: 1 },
     ));
-    let changed = tunnel("a", ip("192.0.2.77"), 1);
+    let changed = tunnel("a", ip("198.51.100.77"), 1);
     let report = pm.apply_desired(&[local("vm0", 9), changed.clone()], t0);
     let report = report.expect("apply");
     assert!(!report.changed());
@@ -655,7 +657,8 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let healthy = snapshot(&pm);
     assert!(pm.reconcile().is_noop());
 
@@ -673,7 +676,7 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     };
     dp.put_raw(Step::TunnelPort, ofpp_none);
     let key = EntryKey::Tunnel(TunnelKey {
-        remote: ip("192.0.2.1"),
+        remote: ip("198.51.100.1"),
         vni: 1,
     });
     let stale = MapEntry {
@@ -722,7 +725,7 @@ fn redb_restart_preserves_numbers() {
     };
     let mut pm = open(MemDatapath::new());
     for i in 0..5u8 {
-        let spec = tunnel(&format!("t{i}"), IpAddr::from([192, 0, 2, i]), 1);
+        let spec = tunnel(&format!("t{i}"), IpAddr::from([198, 51, 100, i]), 1);
         pm.add(&spec, t0).expect("add");
     }
     pm.add(&with_request(local("vm", 1), 0x9000), t0)
@@ -751,7 +754,7 @@ fn open_refuses_corrupt_state() {
     for (name, n) in [("a", 1), ("b", 2)] {
         let record = PortRecord {
             ofport: port(n),
-            spec: tunnel(name, ip("192.0.2.1"), 1),
+            spec: tunnel(name, ip("198.51.100.1"), 1),
         };
         store.put(&record).expect("put");
     }
@@ -841,7 +844,7 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
         1 => Just(spec::PORT_KEY_MAX + 1),
     ];
     let remote = prop_oneof![
-        10 => Just(ip("192.0.2.1")),
+        10 => Just(ip("198.51.100.1")),
         10 => Just(ip("2001:db8::1")),
         1 => Just(ip("0.0.0.0")),
     ];
@@ -853,7 +856,7 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
                 vni,
                 port_key,
                 mac: MacAddr([2, 0, 0, 0, 0, 1]),
-                ip: with_ip.then(|| ip("10.0.0.1")),
+                ip: with_ip.then(|| ip("203.0.113.1")),
                 ofport_request,
             })
         },
@@ -1173,7 +1176,7 @@ fn churn_throughput_and_flat_memory() {
     )
     .expect("open");
     let spec = |i: u32| {
-        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let remote = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16]);
         tunnel(&format!("t{i}"), remote, 1 + i % 7)
     };
     let mut rss_warm = 0;
