@@ -32,7 +32,12 @@
 //!   number of changes, and its report is sent only after it.
 //! - `bpf`: the real maps. LOCAL_PORTS is keyed by ifindex; the port map
 //!   knows a local port's entry there by its number (the value carries
-//!   it) and `BpfDatapath` translates.
+//!   it) and `BpfDatapath` translates. NEIGH values carry no number: an
+//!   entry belongs to whoever owns its MAC in FDB. FDB_REMOTE entries and
+//!   their neighbours belong to another owner and are never listed.
+//!   DEVMAP's uplink slot (`DEVMAP_UPLINK`) is not a port and is never
+//!   listed either.
+//! - Tunnels are written with a zero `nexthop_mac` (see `bpf`).
 
 pub mod allocator;
 pub mod bpf;
