@@ -1,12 +1,14 @@
 //! The embedded XDP object and the few operations every program shares:
 //! loading, attaching in a chosen XDP mode, and summing per-CPU counters.
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
-use xgw_common::counters::Counter;
+use xgw_common::{counters::Counter, maps::names};
 
 /// The datapath object built from `datapath-ebpf/` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xgw-datapath.o"));
@@ -31,6 +33,53 @@ impl AttachMode {
 /// Loads the whole datapath object (all programs and maps) into the kernel.
 pub fn load() -> Result<Ebpf> {
     Ebpf::load(OBJECT).context("loading the xgw datapath into the kernel (are you root, with BPF enabled?)")
+}
+
+/// The maps the controller writes. Pinned, they outlive the controller:
+/// a restart reopens them (`ofport::BpfDatapath::open_pinned`) and
+/// reconciles, instead of starting the datapath from empty maps.
+pub const CONFIG_MAPS: &[&str] = &[
+    names::UPLINK,
+    names::DEVMAP,
+    names::LOCAL_PORTS,
+    names::PORT_KEYS,
+    names::FDB,
+    names::NEIGH,
+    names::TUNNELS,
+    names::TUNNEL_BY_REMOTE,
+];
+
+/// How to load the datapath object.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// Pin the configuration maps as `<dir>/<MAP NAME>`, reusing maps
+    /// already pinned there (with the size they were created with).
+    pub pin_dir: Option<&'a Path>,
+    /// `max_entries` overrides by map name, for maps not yet pinned.
+    pub max_entries: &'a [(&'a str, u32)],
+}
+
+/// Loads the datapath object with `options`.
+pub fn load_with(options: LoadOptions<'_>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for &(name, size) in options.max_entries {
+        loader.map_max_entries(name, size);
+    }
+    if let Some(dir) = options.pin_dir {
+        for &name in CONFIG_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader.load(OBJECT).with_context(|| match options.pin_dir {
+        Some(dir) => format!("loading the xgw datapath with its maps pinned in {}", dir.display()),
+        None => "loading the xgw datapath into the kernel (are you root, with BPF enabled?)".into(),
+    })
+}
+
+/// Loads the datapath with its configuration maps pinned in `dir` (a
+/// bpffs directory), creating them there on first use.
+pub fn load_pinned(dir: &Path) -> Result<Ebpf> {
+    load_with(LoadOptions { pin_dir: Some(dir), ..LoadOptions::default() })
 }
 
 /// Loads (verifies) one XDP program of `ebpf` and returns it.

@@ -11,6 +11,7 @@ pub mod bpftool;
 pub mod gateway;
 pub mod netns;
 pub mod packet;
+pub mod ports;
 pub mod process;
 
 pub use netns::{BpfFs, Netns, Veth};

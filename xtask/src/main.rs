@@ -34,7 +34,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Performance table, every figure beside a baseline from the same run
-    /// (bench/results/). So far: XDP program cost through BPF_PROG_TEST_RUN.
+    /// (bench/results/). So far: XDP program cost through BPF_PROG_TEST_RUN,
+    /// and the port map on real maps and redb (xgw-portbench).
     Bench {
         /// Seconds instead of minutes: checks the harness, not the goals.
         #[arg(long)]
@@ -171,6 +172,13 @@ fn main() -> ExitCode {
             setup()?;
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-bench", "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(&mut cmd)?;
+            // The port map on real maps and redb: rates, load time, memory.
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-portbench", "--"]);
             if quick {
                 cmd.arg("--quick");
             }

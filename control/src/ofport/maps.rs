@@ -3,35 +3,74 @@
 //! Tests implement it in memory and inject a failure at any step.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use thiserror::Error;
 
 use super::number::OfPort;
-use super::spec::{PortKind, PortSpec, TunnelKey};
+use super::spec::{MacAddr, PortKind, PortSpec, TunnelKey};
 
-/// One BPF map a port may need an entry in. Adding a map later means a
-/// variant here, a line in `ALL`, its place in `PortKind::steps` and its
-/// key in `MapEntry::for_step`; the transaction and reconciler need no
-/// change.
+/// One BPF map a port may need an entry in (`xgw_common::maps`). Adding a
+/// map later means a variant here, a line in `ALL`, its place in
+/// `PortKind::steps` and its key in `MapEntry::for_step`; the transaction
+/// and reconciler need no change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Step {
-    /// OpenFlow number -> port description (encap parameters, ifindex).
-    PortTable,
-    /// OpenFlow number -> egress interface, the `bpf_redirect_map` target.
+    /// `DEVMAP`: OpenFlow number -> egress ifindex, the redirect target.
     Devmap,
-    /// (remote IP, VNI) -> OpenFlow number: Geneve ingress lookup.
-    TunnelTable,
+    /// `LOCAL_PORTS`: ingress ifindex -> local port (encap side).
+    LocalPort,
+    /// `PORT_KEYS`: (VNI, OVN port key) -> local port (decap with the option).
+    PortKey,
+    /// `FDB`: (VNI, MAC) -> local port (decap without the option).
+    Fdb,
+    /// `NEIGH`: (VNI, IP) -> MAC, for the ARP/ND responder.
+    Neigh,
+    /// `TUNNELS`: OpenFlow number -> tunnel (encap parameters).
+    TunnelPort,
+    /// `TUNNEL_BY_REMOTE`: (remote IP, VNI) -> OpenFlow number (ingress).
+    TunnelByRemote,
 }
 
 impl Step {
-    pub const ALL: &'static [Step] = &[Step::PortTable, Step::Devmap, Step::TunnelTable];
+    /// Every map, in the order `reconcile` visits them. `Neigh` comes
+    /// before `Fdb` because a NEIGH entry's owner is found through FDB:
+    /// removing FDB orphans first would hide the NEIGH orphans behind them.
+    pub const ALL: &'static [Step] = &[
+        Step::Devmap,
+        Step::LocalPort,
+        Step::PortKey,
+        Step::Neigh,
+        Step::Fdb,
+        Step::TunnelPort,
+        Step::TunnelByRemote,
+    ];
 
+    /// What an operator reads in an error.
     pub const fn name(self) -> &'static str {
         match self {
-            Step::PortTable => "port table",
             Step::Devmap => "devmap",
-            Step::TunnelTable => "tunnel table",
+            Step::LocalPort => "local port table",
+            Step::PortKey => "port key table",
+            Step::Fdb => "fdb",
+            Step::Neigh => "neighbour table",
+            Step::TunnelPort => "tunnel table",
+            Step::TunnelByRemote => "tunnel remote index",
+        }
+    }
+
+    /// The BPF map's name, as `bpftool map show` prints it.
+    pub const fn map_name(self) -> &'static str {
+        use xgw_common::maps::names;
+        match self {
+            Step::Devmap => names::DEVMAP,
+            Step::LocalPort => names::LOCAL_PORTS,
+            Step::PortKey => names::PORT_KEYS,
+            Step::Fdb => names::FDB,
+            Step::Neigh => names::NEIGH,
+            Step::TunnelPort => names::TUNNELS,
+            Step::TunnelByRemote => names::TUNNEL_BY_REMOTE,
         }
     }
 }
@@ -43,30 +82,61 @@ impl fmt::Display for Step {
 }
 
 impl PortKind {
-    /// The entries a port of this kind needs, in insertion order. Each
-    /// list ends with the entry that makes the port reachable, so a packet
-    /// never finds a half-built port; removal runs the list backwards.
+    /// The maps a port of this kind may need, in insertion order. Each
+    /// list ends with the entries that make the port reachable, so a
+    /// packet never finds a half-built port; removal runs it backwards.
     pub const fn steps(self) -> &'static [Step] {
         match self {
-            // The redirect target must exist before the port table names it.
-            PortKind::Local => &[Step::Devmap, Step::PortTable],
-            // Ingress finds a tunnel through the tunnel table, which must
-            // only point at a port the port table already describes.
-            PortKind::Tunnel => &[Step::PortTable, Step::TunnelTable],
+            // The redirect target exists before any lookup can lead to it;
+            // FDB and NEIGH, which make the port's MAC and IP known, last.
+            PortKind::Local => &[
+                Step::Devmap,
+                Step::LocalPort,
+                Step::PortKey,
+                Step::Fdb,
+                Step::Neigh,
+            ],
+            // Ingress finds a tunnel through the remote index, which must
+            // only point at a number the tunnel table already describes.
+            PortKind::Tunnel => &[Step::TunnelPort, Step::TunnelByRemote],
         }
     }
 }
 
 impl PortSpec {
+    /// The maps this port needs an entry in, in insertion order: its
+    /// kind's steps, without NEIGH when a local port has no IP.
     pub fn steps(&self) -> &'static [Step] {
-        self.kind().steps()
+        match self {
+            PortSpec::Local(p) if p.ip.is_none() => {
+                let all = PortKind::Local.steps();
+                &all[..all.len() - 1]
+            }
+            _ => self.kind().steps(),
+        }
     }
 }
 
 /// The key of an entry in one map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntryKey {
-    Port(OfPort),
+    /// Maps keyed by OpenFlow number (and LOCAL_PORTS, whose ifindex key
+    /// the datapath translates). Raw, so that a number no port may have
+    /// (0, 65535) can still be named, and removed.
+    Port(u32),
+    PortKey {
+        vni: u32,
+        port_key: u16,
+    },
+    Mac {
+        vni: u32,
+        mac: MacAddr,
+    },
+    /// IPv4 as `IpAddr::V4`, never IPv4-mapped (see `IpAddr::to_canonical`).
+    Neigh {
+        vni: u32,
+        ip: IpAddr,
+    },
     Tunnel(TunnelKey),
 }
 
@@ -76,29 +146,56 @@ pub enum EntryKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MapEntry {
     pub key: EntryKey,
-    pub ofport: OfPort,
+    /// `None`: the entry names no usable number (0 or reserved), or no
+    /// owner at all, so no port can own it.
+    pub ofport: Option<OfPort>,
 }
 
 impl MapEntry {
     /// The entry `port` numbered `ofport` needs in `step`'s map, or `None`
-    /// if ports of its kind have no entry there.
+    /// if it has no entry there.
     pub fn for_step(step: Step, port: &PortSpec, ofport: OfPort) -> Option<MapEntry> {
         if !port.steps().contains(&step) {
             return None;
         }
-        let key = match step {
-            Step::PortTable | Step::Devmap => EntryKey::Port(ofport),
-            Step::TunnelTable => EntryKey::Tunnel(port.tunnel_key()?),
+        let number = u32::from(ofport.get());
+        let key = match (step, port) {
+            (Step::Devmap | Step::LocalPort | Step::TunnelPort, _) => EntryKey::Port(number),
+            (Step::PortKey, PortSpec::Local(p)) => EntryKey::PortKey {
+                vni: p.vni,
+                port_key: p.port_key,
+            },
+            (Step::Fdb, PortSpec::Local(p)) => EntryKey::Mac {
+                vni: p.vni,
+                mac: p.mac,
+            },
+            (Step::Neigh, PortSpec::Local(p)) => EntryKey::Neigh {
+                vni: p.vni,
+                ip: p.ip?.to_canonical(),
+            },
+            (Step::TunnelByRemote, _) => EntryKey::Tunnel(port.tunnel_key()?),
+            _ => return None,
         };
-        Some(MapEntry { key, ofport })
+        Some(MapEntry {
+            key,
+            ofport: Some(ofport),
+        })
     }
 }
 
 impl fmt::Display for MapEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.key {
-            EntryKey::Port(p) => write!(f, "ofport {p}"),
-            EntryKey::Tunnel(k) => write!(f, "{k} -> ofport {}", self.ofport),
+            EntryKey::Port(p) => write!(f, "ofport {p}")?,
+            EntryKey::PortKey { vni, port_key } => write!(f, "VNI {vni} port key {port_key}")?,
+            EntryKey::Mac { vni, mac } => write!(f, "VNI {vni} MAC {mac}")?,
+            EntryKey::Neigh { vni, ip } => write!(f, "VNI {vni} IP {ip}")?,
+            EntryKey::Tunnel(k) => write!(f, "{k}")?,
+        }
+        match (self.key, self.ofport) {
+            (EntryKey::Port(_), Some(_)) => Ok(()),
+            (_, Some(p)) => write!(f, " -> ofport {p}"),
+            (_, None) => f.write_str(" (no owner)"),
         }
     }
 }
@@ -111,6 +208,9 @@ pub enum MapError {
     Exists,
     #[error("no such entry")]
     NotFound,
+    /// A local port's `ifname` does not resolve in the gateway's namespace.
+    #[error("ifname: no interface {ifname:?}")]
+    NoInterface { ifname: String },
     #[error("{}", std::io::Error::from_raw_os_error(*.errno))]
     Os { errno: i32 },
     #[error("{0}")]
@@ -129,6 +229,15 @@ pub trait Datapath {
     /// is `MapError::NotFound`, which callers treat as done.
     fn remove(&mut self, step: Step, entry: &MapEntry) -> Result<(), MapError>;
 
-    /// Every entry currently in `step`'s map.
+    /// Every entry currently in `step`'s map that ports may own (entries
+    /// another component owns, such as remote FDB entries, are left out).
     fn list(&self, step: Step) -> Result<Vec<MapEntry>, MapError>;
+
+    /// Whether the entry present for `port` in `step` holds the value
+    /// `port` needs, beyond key and owner (`list` only shows those): a
+    /// changed ifindex, or a crash between a replace's delete and add,
+    /// leaves a right key with a wrong value. `reconcile` rewrites it.
+    fn is_current(&self, _step: Step, _port: &PortSpec, _ofport: OfPort) -> Result<bool, MapError> {
+        Ok(true)
+    }
 }

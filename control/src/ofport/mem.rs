@@ -42,10 +42,12 @@ impl Fault {
     }
 }
 
-/// BPF maps as ordered maps from key to port number, with `max_entries`.
+/// BPF maps as ordered maps from key to owning port number, with
+/// `max_entries`. Values beyond the owner are not modelled, so
+/// `is_current` keeps the trait's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemDatapath {
-    maps: BTreeMap<Step, BTreeMap<EntryKey, OfPort>>,
+    maps: BTreeMap<Step, BTreeMap<EntryKey, Option<OfPort>>>,
     max_entries: BTreeMap<Step, u32>,
     faults: Vec<Fault>,
 }

@@ -26,10 +26,21 @@
 //!   down; only implicit reuse waits.
 //! - Hold-down lives in memory only: a restart forgets it, as OVS does.
 //!   Committed numbers do survive, from the store.
-//! - Each change is one redb write transaction with an fsync, so the
-//!   durable add rate is bounded by the disk's fsync rate.
+//! - `add`, `delete`, `replace`: one redb write transaction with an fsync
+//!   each, so their rate is bounded by the disk's fsync rate.
+//!   `apply_desired` group-commits: one fsync per call, whatever the
+//!   number of changes, and its report is sent only after it.
+//! - `bpf`: the real maps. LOCAL_PORTS is keyed by ifindex; the port map
+//!   knows a local port's entry there by its number (the value carries
+//!   it) and `BpfDatapath` translates. NEIGH values carry no number: an
+//!   entry belongs to whoever owns its MAC in FDB. FDB_REMOTE entries and
+//!   their neighbours belong to another owner and are never listed.
+//!   DEVMAP's uplink slot (`DEVMAP_UPLINK`) is not a port and is never
+//!   listed either.
+//! - Tunnels are written with a zero `nexthop_mac` (see `bpf`).
 
 pub mod allocator;
+pub mod bpf;
 pub mod maps;
 pub mod mem;
 pub mod number;
@@ -44,12 +55,13 @@ pub mod txn;
 mod tests;
 
 pub use allocator::{AllocError, Allocator, AllocatorConfig, PortState, Reservation};
+pub use bpf::{BpfDatapath, OpenMapsError};
 pub use maps::{Datapath, EntryKey, MapEntry, MapError, Step};
 pub use mem::{Fault, FaultOp, MemDatapath, MemStore};
 pub use number::{InvalidOfPort, OfPort};
 pub use portmap::{Added, ApplyError, ApplyReport, OpenError, PortError, PortMap};
 pub use reconcile::{reconcile, ReconcileReport, RepairAction, RepairFailure};
 pub use redb_store::RedbStore;
-pub use spec::{LocalPort, MacAddr, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort};
+pub use spec::{Claim, LocalPort, MacAddr, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort};
 pub use store::{PortRecord, Store, StoreError};
 pub use txn::{Txn, TxnError, Undo, UndoAction, UndoFailure};

@@ -11,7 +11,7 @@ use super::allocator::{AllocError, Allocator, AllocatorConfig, PortState};
 use super::maps::Datapath;
 use super::number::OfPort;
 use super::reconcile::{reconcile, ReconcileReport};
-use super::spec::{PortSpec, SpecError, TunnelKey};
+use super::spec::{Claim, PortSpec, SpecError, TunnelKey};
 use super::store::{PortRecord, Store, StoreError};
 use super::txn::{Txn, TxnError};
 
@@ -43,6 +43,12 @@ pub enum PortError {
         existing: String,
         key: TunnelKey,
     },
+    #[error("port {name:?} conflicts with port {existing:?}: both use {claim}")]
+    Conflict {
+        name: String,
+        existing: String,
+        claim: Claim,
+    },
     #[error("no port named {name:?}")]
     NotFound { name: String },
     #[error("port {name:?}: {cause}")]
@@ -65,11 +71,11 @@ pub enum OpenError {
     Number { name: String, cause: AllocError },
     #[error("stored port {name:?} appears twice")]
     DuplicateName { name: String },
-    #[error("stored tunnel {name:?} duplicates tunnel {existing:?} ({key})")]
-    DuplicateTunnel {
+    #[error("stored port {name:?} conflicts with port {existing:?}: both use {claim}")]
+    Conflict {
         name: String,
         existing: String,
-        key: TunnelKey,
+        claim: Claim,
     },
 }
 
@@ -77,6 +83,14 @@ pub enum OpenError {
 pub enum ApplyError {
     #[error("desired state names port {name:?} more than once")]
     DuplicateName { name: String },
+    /// The changes are applied (maps and memory) but not durable: a crash
+    /// before the next successful write would lose them, and the next
+    /// start would reconcile the maps back to the stored ports.
+    #[error("applied, but making the changes durable failed: {cause}")]
+    Sync {
+        cause: StoreError,
+        report: Box<ApplyReport>,
+    },
 }
 
 /// What `apply_desired` changed. Re-applying the same desired state gives
@@ -101,9 +115,10 @@ impl ApplyReport {
 pub struct PortMap<D, S> {
     alloc: Allocator,
     ports: BTreeMap<String, PortRecord>,
-    /// Which port owns each tunnel key, to refuse redundant tunnels in
-    /// O(log n) before they cost a number.
-    tunnels: BTreeMap<TunnelKey, String>,
+    /// Which port holds each claim (tunnel key, ifname, MAC...), to refuse
+    /// clashes such as redundant tunnels in O(log n) before they cost a
+    /// number.
+    claims: BTreeMap<Claim, String>,
     datapath: D,
     store: S,
 }
@@ -116,7 +131,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         let mut map = PortMap {
             alloc: Allocator::new(config),
             ports: BTreeMap::new(),
-            tunnels: BTreeMap::new(),
+            claims: BTreeMap::new(),
             datapath,
             store,
         };
@@ -128,13 +143,13 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             if map.ports.contains_key(&name) {
                 return Err(OpenError::DuplicateName { name });
             }
-            if let Some(key) = record.spec.tunnel_key() {
-                if let Some(existing) = map.tunnels.get(&key) {
+            for claim in record.spec.claims() {
+                if let Some(existing) = map.claims.get(&claim) {
                     let existing = existing.clone();
-                    return Err(OpenError::DuplicateTunnel {
+                    return Err(OpenError::Conflict {
                         name,
                         existing,
-                        key,
+                        claim,
                     });
                 }
             }
@@ -162,7 +177,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             let (name, ofport) = (name.to_owned(), existing.ofport);
             return Err(PortError::NameTaken { name, ofport });
         }
-        self.check_tunnel_free(spec, None)?;
+        self.check_claims_free(spec, None)?;
         let ofport = self
             .run_add(spec, spec.ofport_request(), now)
             .map_err(|cause| txn_error(spec, cause))?;
@@ -207,7 +222,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             let name = name.to_owned();
             return Err(PortError::Invalid { name, cause });
         }
-        self.check_tunnel_free(spec, Some(name))?;
+        self.check_claims_free(spec, Some(name))?;
         let request = spec.ofport_request().unwrap_or(old.ofport.get());
         if request != old.ofport.get() {
             self.check_requested_free(name, request)?;
@@ -233,7 +248,31 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// replaces changed ones, adds missing ones. Unchanged ports are not
     /// touched, so re-applying the same state allocates nothing. Per-port
     /// failures are collected and do not stop the others.
+    ///
+    /// Group commit: the store makes the whole batch durable once, at the
+    /// end (one fsync instead of one per change), and the report is the
+    /// acknowledgement, so nothing is acknowledged before it is durable.
+    /// A crash mid-batch loses the batch's store writes; the next start
+    /// reconciles the maps back to the last durable state.
     pub fn apply_desired(
+        &mut self,
+        desired: &[PortSpec],
+        now: Instant,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.store.defer_sync();
+        let report = self.apply_desired_deferred(desired, now);
+        let synced = self.store.sync();
+        let report = report?;
+        match synced {
+            Ok(()) => Ok(report),
+            Err(cause) => Err(ApplyError::Sync {
+                cause,
+                report: Box::new(report),
+            }),
+        }
+    }
+
+    fn apply_desired_deferred(
         &mut self,
         desired: &[PortSpec],
         now: Instant,
@@ -293,10 +332,14 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         for failure in &report.failed {
             tracing::warn!(%failure, "reconcile could not repair an entry");
         }
-        if !(report.recreated.is_empty() && report.removed.is_empty()) {
+        if !(report.recreated.is_empty()
+            && report.removed.is_empty()
+            && report.rewritten.is_empty())
+        {
             tracing::info!(
                 recreated = report.recreated.len(),
                 removed = report.removed.len(),
+                rewritten = report.rewritten.len(),
                 "reconcile repaired the datapath"
             );
         }
@@ -366,19 +409,31 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         Ok(ofport)
     }
 
-    /// Refuses a tunnel whose key another port (other than `except`) owns.
-    fn check_tunnel_free(&self, spec: &PortSpec, except: Option<&str>) -> Result<(), PortError> {
-        let Some(key) = spec.tunnel_key() else {
-            return Ok(());
-        };
-        match self.tunnels.get(&key) {
-            Some(owner) if Some(owner.as_str()) != except => Err(PortError::DuplicateTunnel {
-                name: spec.name().to_owned(),
-                existing: owner.clone(),
-                key,
-            }),
-            _ => Ok(()),
+    /// Refuses a port holding a claim another port (other than `except`)
+    /// holds.
+    fn check_claims_free(&self, spec: &PortSpec, except: Option<&str>) -> Result<(), PortError> {
+        for claim in spec.claims() {
+            let Some(owner) = self.claims.get(&claim) else {
+                continue;
+            };
+            if Some(owner.as_str()) == except {
+                continue;
+            }
+            let (name, existing) = (spec.name().to_owned(), owner.clone());
+            return Err(match claim {
+                Claim::Tunnel(key) => PortError::DuplicateTunnel {
+                    name,
+                    existing,
+                    key,
+                },
+                claim => PortError::Conflict {
+                    name,
+                    existing,
+                    claim,
+                },
+            });
         }
+        Ok(())
     }
 
     /// Refuses a pinned number that is taken, before anything is undone
@@ -400,15 +455,15 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     }
 
     fn index(&mut self, record: PortRecord) {
-        if let Some(key) = record.spec.tunnel_key() {
-            self.tunnels.insert(key, record.name().to_owned());
+        for claim in record.spec.claims() {
+            self.claims.insert(claim, record.name().to_owned());
         }
         self.ports.insert(record.name().to_owned(), record);
     }
 
     fn unindex(&mut self, record: &PortRecord) {
-        if let Some(key) = record.spec.tunnel_key() {
-            self.tunnels.remove(&key);
+        for claim in record.spec.claims() {
+            self.claims.remove(&claim);
         }
         self.ports.remove(record.name());
     }

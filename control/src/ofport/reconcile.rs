@@ -14,13 +14,18 @@ pub struct ReconcileReport {
     pub recreated: Vec<(Step, MapEntry)>,
     /// Entries no committed port owns.
     pub removed: Vec<(Step, MapEntry)>,
+    /// Entries with the right key and owner but a wrong value, written anew.
+    pub rewritten: Vec<(Step, MapEntry)>,
     pub failed: Vec<RepairFailure>,
 }
 
 impl ReconcileReport {
     /// Nothing needed repair and nothing failed.
     pub fn is_noop(&self) -> bool {
-        self.recreated.is_empty() && self.removed.is_empty() && self.failed.is_empty()
+        self.recreated.is_empty()
+            && self.removed.is_empty()
+            && self.rewritten.is_empty()
+            && self.failed.is_empty()
     }
 }
 
@@ -36,6 +41,8 @@ pub enum RepairAction {
     List,
     Recreate(MapEntry),
     Remove(MapEntry),
+    /// Checking or rewriting the value of a present entry.
+    Rewrite(MapEntry),
 }
 
 impl fmt::Display for RepairFailure {
@@ -44,14 +51,16 @@ impl fmt::Display for RepairFailure {
             RepairAction::List => write!(f, "{}: list: {}", self.step, self.cause),
             RepairAction::Recreate(e) => write!(f, "{}: recreate {e}: {}", self.step, self.cause),
             RepairAction::Remove(e) => write!(f, "{}: remove {e}: {}", self.step, self.cause),
+            RepairAction::Rewrite(e) => write!(f, "{}: rewrite {e}: {}", self.step, self.cause),
         }
     }
 }
 
 /// Makes every map hold exactly the entries the `committed` ports need.
 ///
-/// An entry counts as correct when both its key and its port number match;
-/// one with the right key but a stale number is removed and recreated.
+/// An entry counts as correct when its key and its port number match and
+/// the datapath says its value is current; one with the right key but a
+/// stale number is removed and recreated, one with a stale value rewritten.
 /// Removals run before insertions so a stale entry frees its key first.
 /// Best effort: a failure is recorded and the rest still repaired.
 pub fn reconcile<'a, D: Datapath>(
@@ -84,6 +93,31 @@ pub fn reconcile<'a, D: Datapath>(
                     action: RepairAction::Remove(*entry),
                     cause,
                 }),
+            }
+        }
+        for (entry, record) in wanted.iter().filter(|(e, _)| present.contains(e)) {
+            let fail = |cause| RepairFailure {
+                step,
+                action: RepairAction::Rewrite(*entry),
+                cause,
+            };
+            match datapath.is_current(step, &record.spec, record.ofport) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(cause) => {
+                    report.failed.push(fail(cause));
+                    continue;
+                }
+            }
+            let rewrite = match datapath.remove(step, entry) {
+                Ok(()) | Err(MapError::NotFound) => {
+                    datapath.insert(step, &record.spec, record.ofport)
+                }
+                Err(e) => Err(e),
+            };
+            match rewrite {
+                Ok(()) => report.rewritten.push((step, *entry)),
+                Err(cause) => report.failed.push(fail(cause)),
             }
         }
         for (entry, record) in wanted.iter().filter(|(e, _)| !present.contains(e)) {

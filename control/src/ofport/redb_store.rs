@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::store::{PortRecord, Store, StoreError};
 
@@ -14,6 +14,10 @@ const PORTS: TableDefinition<&str, &str> = TableDefinition::new("ofports_v1");
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Inside `defer_sync` .. `sync`: commit without fsync.
+    deferred: bool,
+    /// A non-durable commit happened since the last durable one.
+    dirty: bool,
 }
 
 impl RedbStore {
@@ -27,7 +31,12 @@ impl RedbStore {
         })?;
         let path = state_dir.join(Self::FILE_NAME);
         let db = Database::create(&path).map_err(|e| db_err("open", &path, e))?;
-        let store = RedbStore { db, path };
+        let mut store = RedbStore {
+            db,
+            path,
+            deferred: false,
+            dirty: false,
+        };
         // Create the table up front so `load` on a fresh file finds it.
         store.write("create table", |_| Ok(()))?;
         Ok(store)
@@ -37,14 +46,22 @@ impl RedbStore {
         &self.path
     }
 
-    /// Runs `f` in its own write transaction and commits it. redb's default
-    /// durability is `Immediate`, so `commit` returning means on disk.
+    /// Runs `f` in its own write transaction and commits it. Outside a
+    /// group the durability is redb's default, `Immediate`: `commit`
+    /// returning means on disk. Inside, `None`: redb keeps the commit in
+    /// memory and writes it with the next `Immediate` one (`sync`); a crash
+    /// before that rolls the file back to the last durable commit.
     fn write(
-        &self,
+        &mut self,
         op: &'static str,
         f: impl FnOnce(&mut redb::Table<&str, &str>) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
+        if self.deferred {
+            txn.set_durability(Durability::None)
+                .map_err(|e| self.err(op, e))?;
+            self.dirty = true;
+        }
         {
             let mut table = txn.open_table(PORTS).map_err(|e| self.err(op, e))?;
             f(&mut table).map_err(|e| self.err(op, e))?;
@@ -106,6 +123,20 @@ impl Store for RedbStore {
             table.remove(name)?;
             Ok(())
         })
+    }
+
+    fn defer_sync(&mut self) {
+        self.deferred = true;
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.deferred = false;
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        // An empty durable commit carries the deferred ones to disk.
+        self.write("sync", |_| Ok(()))
+            .inspect_err(|_| self.dirty = true)
     }
 }
 

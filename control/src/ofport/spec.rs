@@ -70,6 +70,41 @@ impl fmt::Display for TunnelKey {
     }
 }
 
+/// Something only one port may hold: a second holder would make one of
+/// the datapath's lookups ambiguous, and its map insert would fail anyway.
+/// Checked before a number is reserved, so a clash costs nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Claim {
+    /// (remote, VNI): two tunnels with one key are the 2018 redundant chassis.
+    Tunnel(TunnelKey),
+    /// LOCAL_PORTS is keyed by the interface.
+    Ifname(String),
+    PortKey {
+        vni: u32,
+        port_key: u16,
+    },
+    Mac {
+        vni: u32,
+        mac: MacAddr,
+    },
+    Ip {
+        vni: u32,
+        ip: IpAddr,
+    },
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Tunnel(k) => k.fmt(f),
+            Claim::Ifname(i) => write!(f, "ifname {i:?}"),
+            Claim::PortKey { vni, port_key } => write!(f, "port_key {port_key} in VNI {vni}"),
+            Claim::Mac { vni, mac } => write!(f, "mac {mac} in VNI {vni}"),
+            Claim::Ip { vni, ip } => write!(f, "ip {ip} in VNI {vni}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SpecError {
     #[error("name: must not be empty")]
@@ -108,13 +143,38 @@ impl PortSpec {
         }
     }
 
+    /// IPv4-mapped remotes count as IPv4: the datapath stores both the
+    /// same way, so `::ffff:a.b.c.d` and `a.b.c.d` are one chassis.
     pub fn tunnel_key(&self) -> Option<TunnelKey> {
         match self {
             PortSpec::Local(_) => None,
             PortSpec::Tunnel(t) => Some(TunnelKey {
-                remote: t.remote,
+                remote: t.remote.to_canonical(),
                 vni: t.vni,
             }),
+        }
+    }
+
+    /// What this port holds exclusively.
+    pub fn claims(&self) -> Vec<Claim> {
+        match self {
+            PortSpec::Local(p) => {
+                let vni = p.vni;
+                let mut claims = vec![
+                    Claim::Ifname(p.ifname.clone()),
+                    Claim::PortKey {
+                        vni,
+                        port_key: p.port_key,
+                    },
+                    Claim::Mac { vni, mac: p.mac },
+                ];
+                if let Some(ip) = p.ip {
+                    let ip = ip.to_canonical();
+                    claims.push(Claim::Ip { vni, ip });
+                }
+                claims
+            }
+            PortSpec::Tunnel(_) => self.tunnel_key().map(Claim::Tunnel).into_iter().collect(),
         }
     }
 
@@ -256,7 +316,7 @@ mod tests {
     fn tunnel() -> TunnelPort {
         TunnelPort {
             name: "ovn-aded97-0".into(),
-            remote: "192.0.2.7".parse().expect("ip"),
+            remote: "198.51.100.7".parse().expect("ip"),
             vni: 5,
             bfd: true,
             ovn_metadata: true,

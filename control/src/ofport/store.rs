@@ -56,4 +56,15 @@ pub trait Store {
     fn put(&mut self, record: &PortRecord) -> Result<(), StoreError>;
     /// Removes one record; removing an absent name is not an error.
     fn delete(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// Group commit: until the next `sync`, `put` and `delete` need only
+    /// be visible, not durable, and a crash may lose them (all of them
+    /// since the last durable write, never a torn one). Whoever calls this
+    /// must not acknowledge those changes before `sync` returns `Ok`.
+    fn defer_sync(&mut self) {}
+
+    /// Makes every change since `defer_sync` durable, and ends deferring.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

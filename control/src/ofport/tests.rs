@@ -109,9 +109,10 @@ fn check_consistent(pm: &MemMap) {
         let have: BTreeSet<MapEntry> = pm.datapath().entries(step).into_iter().collect();
         assert_eq!(have, want, "{step} vs committed ports");
         for e in &have {
-            assert!((1..0xff00).contains(&e.ofport.get()));
+            let owner = e.ofport.expect("every entry has an owner");
+            assert!((1..0xff00).contains(&owner.get()));
             if let EntryKey::Port(p) = e.key {
-                assert!((1..0xff00).contains(&p.get()));
+                assert!((1..0xff00).contains(&p));
             }
         }
     }
@@ -119,7 +120,7 @@ fn check_consistent(pm: &MemMap) {
 
 fn fill_tunnels(pm: &mut MemMap, n: u32, now: Instant) {
     for i in 0..n {
-        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let remote = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16]);
         let spec = tunnel(&format!("t{i}"), remote, 1);
         pm.add(&spec, now).expect("room for it");
     }
@@ -135,7 +136,7 @@ fn exhaustion_is_typed_and_harmless() {
     assert_eq!(max, Some(OfPort::AUTO_MAX));
 
     let before = snapshot(&pm);
-    let extra = tunnel("one-too-many", ip("192.0.2.1"), 1);
+    let extra = tunnel("one-too-many", ip("198.51.100.1"), 1);
     let err = pm.add(&extra, t0).expect_err("exhausted");
     assert!(
         matches!(
@@ -155,7 +156,7 @@ fn exhaustion_is_typed_and_harmless() {
     let pinned = with_request(extra.clone(), 0x8000);
     let got = pm.add(&pinned, t0).expect("requested number is free");
     assert_eq!(got, Added::Created(port(0x8000)));
-    let pinned = with_request(tunnel("top", ip("192.0.2.2"), 1), 0xfeff);
+    let pinned = with_request(tunnel("top", ip("198.51.100.2"), 1), 0xfeff);
     let got = pm.add(&pinned, t0).expect("highest usable number");
     assert_eq!(got, Added::Created(OfPort::MAX));
     check_consistent(&pm);
@@ -169,14 +170,14 @@ fn exhaustion_is_typed_and_harmless() {
         .expect("delete");
     let soon = t0 + Duration::from_secs(3);
     let a = pm
-        .add(&tunnel("a", ip("192.0.2.3"), 1), soon)
+        .add(&tunnel("a", ip("198.51.100.3"), 1), soon)
         .expect("held number");
     let b = pm
-        .add(&tunnel("b", ip("192.0.2.4"), 1), soon)
+        .add(&tunnel("b", ip("198.51.100.4"), 1), soon)
         .expect("held number");
     assert_eq!((a.ofport(), b.ofport()), (port(200), port(100)));
     let err = pm
-        .add(&tunnel("c", ip("192.0.2.5"), 1), soon)
+        .add(&tunnel("c", ip("198.51.100.5"), 1), soon)
         .expect_err("full again");
     assert!(
         err.to_string().contains("no OpenFlow port number left"),
@@ -217,7 +218,7 @@ fn seed_redundant_chassis_costs_nothing() {
     let t0 = Instant::now();
     let mut pm = new_map();
     let mut desired: Vec<PortSpec> = (0..8)
-        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5))
+        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5))
         .collect();
     desired.push(local("vm1", 1));
     desired.push(local("vm2", 2));
@@ -226,7 +227,7 @@ fn seed_redundant_chassis_costs_nothing() {
     let before = snapshot(&pm);
 
     // Same remote and VNI as ovn-hv3-0, different name.
-    desired.push(tunnel("ovn-aded97-0", IpAddr::from([192, 0, 2, 3]), 5));
+    desired.push(tunnel("ovn-aded97-0", IpAddr::from([198, 51, 100, 3]), 5));
     for i in 0..100_000u64 {
         let now = t0 + Duration::from_millis(i);
         let report = pm.apply_desired(&desired, now).expect("apply");
@@ -252,12 +253,12 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
     let t0 = Instant::now();
     let mut pm = new_map();
     for i in 0..8u8 {
-        let spec = tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([192, 0, 2, i]), 5);
+        let spec = tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5);
         pm.add(&spec, t0).expect("add");
     }
     let before = snapshot(&pm);
     pm.datapath_mut().inject(Fault {
-        step: Step::TunnelTable,
+        step: Step::TunnelByRemote,
         op: FaultOp::Insert,
         port_name: Some("ovn-aded97-0".into()),
         remaining: None,
@@ -274,13 +275,14 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
         else {
             panic!("unexpected error {err}");
         };
-        assert_eq!(*step, Step::TunnelTable);
+        assert_eq!(*step, Step::TunnelByRemote);
         assert!(undo.is_clean());
         assert_eq!(pm.allocator().in_use(), 8);
         if i == 0 {
             assert!(
-                err.to_string()
-                    .starts_with("port \"ovn-aded97-0\": tunnel table: Device or resource busy"),
+                err.to_string().starts_with(
+                    "port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"
+                ),
                 "{err}"
             );
         }
@@ -304,18 +306,18 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
 fn map_full_mid_transaction_rolls_back() {
     let t0 = Instant::now();
     let mut pm = new_map();
-    pm.datapath_mut().set_max_entries(Step::TunnelTable, 4);
+    pm.datapath_mut().set_max_entries(Step::TunnelByRemote, 4);
     fill_tunnels(&mut pm, 4, t0);
     let before = snapshot(&pm);
 
     let err = pm
-        .add(&tunnel("t4", ip("192.0.2.99"), 1), t0)
+        .add(&tunnel("t4", ip("198.51.100.99"), 1), t0)
         .expect_err("tunnel table is full");
     assert_eq!(
         err.to_string(),
-        "port \"t4\": tunnel table: map full (max_entries 4)"
+        "port \"t4\": tunnel remote index: map full (max_entries 4)"
     );
-    // The port-table entry inserted before the failing step is gone again,
+    // The tunnel-table entry inserted before the failing step is gone again,
     // and number 5 was not consumed.
     assert_eq!(snapshot(&pm), before);
     let added = pm
@@ -325,13 +327,13 @@ fn map_full_mid_transaction_rolls_back() {
     check_consistent(&pm);
 
     pm.datapath_mut().inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelPort,
         FaultOp::Insert,
         MapError::Full { max_entries: 4096 },
     ));
     pm.delete("t0", t0).expect("make room");
     let err = pm
-        .add(&tunnel("t5", ip("192.0.2.98"), 1), t0)
+        .add(&tunnel("t5", ip("198.51.100.98"), 1), t0)
         .expect_err("injected");
     let PortError::Txn { cause, .. } = &err else {
         panic!("unexpected error {err}");
@@ -351,7 +353,7 @@ fn store_failure_undoes_every_insert() {
     let before = snapshot(&pm);
     pm.store_mut().fail_next_writes(1);
     let err = pm
-        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
         .expect_err("store fails");
     assert_eq!(err.to_string(), "port \"t\": store: injected write failure");
     assert_eq!(snapshot(&pm), before);
@@ -375,17 +377,17 @@ fn failed_undo_strands_the_number_until_reconcile() {
     let mut pm = new_map();
     let dp = pm.datapath_mut();
     dp.inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelByRemote,
         FaultOp::Insert,
         MapError::Exists,
     ));
     dp.inject(Fault::once(
-        Step::PortTable,
+        Step::TunnelPort,
         FaultOp::Remove,
         MapError::Os { errno: 1 },
     ));
     let err = pm
-        .add(&tunnel("t", ip("192.0.2.1"), 1), t0)
+        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
         .expect_err("insert fails, then its undo");
     let undo = match &err {
         PortError::Txn { cause, .. } => cause.undo().cloned(),
@@ -394,9 +396,9 @@ fn failed_undo_strands_the_number_until_reconcile() {
     assert_eq!(undo.and_then(|u| u.stranded), Some(port(1)), "{err}");
     assert!(err
         .to_string()
-        .contains("port table: remove: Operation not permitted"));
+        .contains("tunnel table: remove: Operation not permitted"));
     assert_eq!(pm.allocator().state(port(1)), PortState::Stranded);
-    // The leftover port-table entry still names 1, so 1 is not handed out.
+    // The leftover tunnel-table entry still names 1, so 1 is not handed out.
     let added = pm.add(&local("vm1", 1), t0).expect("add");
     assert_eq!(added.ofport(), port(2));
 
@@ -412,9 +414,10 @@ fn failed_delete_keeps_the_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("t", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let before = snapshot(&pm);
-    for step in [Step::PortTable, Step::Devmap, Step::TunnelTable] {
+    for &step in Step::ALL {
         for name in ["vm1", "t"] {
             pm.datapath_mut().inject(Fault::once(
                 step,
@@ -510,12 +513,86 @@ fn duplicates_and_idempotent_repeats() {
 }
 
 #[test]
+fn local_port_clashes_are_refused_before_a_number() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let mut vm1 = local("vm1", 1);
+    if let PortSpec::Local(p) = &mut vm1 {
+        p.ip = Some(ip("203.0.113.10"));
+    }
+    pm.add(&vm1, t0).expect("add");
+    let before = snapshot(&pm);
+    let clash = |f: &dyn Fn(&mut LocalPort)| {
+        let mut spec = local("vm2", 2);
+        if let PortSpec::Local(p) = &mut spec {
+            f(p);
+        }
+        spec
+    };
+    type Change<'a> = &'a dyn Fn(&mut LocalPort);
+    let cases: [(Change, &str); 4] = [
+        (&|p| p.ifname = "veth1".into(), "ifname \"veth1\""),
+        (&|p| p.port_key = 1, "port_key 1 in VNI 7"),
+        (
+            &|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]),
+            "mac 02:00:00:00:00:01 in VNI 7",
+        ),
+        // IPv4-mapped is the same address to the datapath.
+        (
+            &|p| p.ip = Some(ip("::ffff:203.0.113.10")),
+            "ip 203.0.113.10 in VNI 7",
+        ),
+    ];
+    for (change, what) in cases {
+        let err = pm.add(&clash(change), t0).expect_err("clash");
+        assert_eq!(
+            err.to_string(),
+            format!("port \"vm2\" conflicts with port \"vm1\": both use {what}")
+        );
+        assert_eq!(snapshot(&pm), before, "a refused clash costs nothing");
+    }
+    // The same MAC in another VNI is another logical switch: fine.
+    let other_vni = clash(&|p| {
+        p.vni = 8;
+        p.mac = MacAddr([2, 0, 0, 0, 0, 1]);
+    });
+    assert_eq!(pm.add(&other_vni, t0).expect("add").ofport(), port(2));
+    assert_eq!(pm.datapath().entries(Step::Neigh).len(), 1);
+    check_consistent(&pm);
+}
+
+#[test]
+fn apply_desired_group_commits_to_redb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t0 = Instant::now();
+    let store = RedbStore::open(dir.path()).expect("store");
+    let mut pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
+    let desired: Vec<PortSpec> = (0..200u16)
+        .map(|i| {
+            tunnel(
+                &format!("t{i}"),
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]),
+                1,
+            )
+        })
+        .collect();
+    let report = pm.apply_desired(&desired, t0).expect("apply");
+    assert_eq!(report.added.len(), 200);
+    let before: Vec<PortRecord> = pm.ports().cloned().collect();
+    drop(pm);
+    // Durable: a fresh open of the file sees the whole batch.
+    let store = RedbStore::open(dir.path()).expect("reopen");
+    let pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
+    assert_eq!(pm.ports().cloned().collect::<Vec<_>>(), before);
+}
+
+#[test]
 fn apply_desired_diffs_and_is_idempotent() {
     let t0 = Instant::now();
     let mut pm = new_map();
     let mut desired = vec![
-        tunnel("a", ip("192.0.2.1"), 1),
-        tunnel("b", ip("192.0.2.2"), 1),
+        tunnel("a", ip("198.51.100.1"), 1),
+        tunnel("b", ip("198.51.100.2"), 1),
         local("vm1", 1),
     ];
     let report = pm.apply_desired(&desired, t0).expect("apply");
@@ -531,7 +608,7 @@ fn apply_desired_diffs_and_is_idempotent() {
         t.bfd = false;
     }
     desired.remove(1);
-    desired.push(tunnel("c", ip("192.0.2.3"), 1));
+    desired.push(tunnel("c", ip("198.51.100.3"), 1));
     let report = pm.apply_desired(&desired, t0).expect("apply");
     assert_eq!(report.replaced, [("a".to_owned(), port(1))]);
     assert_eq!(report.deleted, [("b".to_owned(), port(2))]);
@@ -553,14 +630,15 @@ fn failed_replace_restores_the_old_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm0", 9), t0).expect("add");
-    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let before = snapshot(&pm);
     pm.datapath_mut().inject(Fault::once(
-        Step::TunnelTable,
+        Step::TunnelByRemote,
         FaultOp::Insert,
         MapError::Full { max_entries: 1 },
     ));
-    let changed = tunnel("a", ip("192.0.2.77"), 1);
+    let changed = tunnel("a", ip("198.51.100.77"), 1);
     let report = pm.apply_desired(&[local("vm0", 9), changed.clone()], t0);
     let report = report.expect("apply");
     assert!(!report.changed());
@@ -579,34 +657,46 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("a", ip("192.0.2.1"), 1), t0).expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
+        .expect("add");
     let healthy = snapshot(&pm);
     assert!(pm.reconcile().is_noop());
 
     let dp = pm.datapath_mut();
-    dp.delete_raw(Step::Devmap, &EntryKey::Port(port(1)));
+    dp.delete_raw(Step::Devmap, &EntryKey::Port(1));
     let orphan = MapEntry {
-        key: EntryKey::Port(port(77)),
-        ofport: port(77),
+        key: EntryKey::Port(77),
+        ofport: Some(port(77)),
     };
-    dp.put_raw(Step::PortTable, orphan);
+    dp.put_raw(Step::TunnelPort, orphan);
+    // What OVS did in 2018: a port on OFPP_NONE. No port can own it.
+    let ofpp_none = MapEntry {
+        key: EntryKey::Port(0xffff),
+        ofport: None,
+    };
+    dp.put_raw(Step::TunnelPort, ofpp_none);
     let key = EntryKey::Tunnel(TunnelKey {
-        remote: ip("192.0.2.1"),
+        remote: ip("198.51.100.1"),
         vni: 1,
     });
     let stale = MapEntry {
         key,
-        ofport: port(1),
+        ofport: Some(port(1)),
     };
-    dp.put_raw(Step::TunnelTable, stale);
+    dp.put_raw(Step::TunnelByRemote, stale);
 
     let report = pm.reconcile();
     assert!(report.failed.is_empty());
     let removed: BTreeSet<_> = report.removed.iter().copied().collect();
-    let want: BTreeSet<_> = [(Step::PortTable, orphan), (Step::TunnelTable, stale)].into();
+    let want: BTreeSet<_> = [
+        (Step::TunnelPort, orphan),
+        (Step::TunnelPort, ofpp_none),
+        (Step::TunnelByRemote, stale),
+    ]
+    .into();
     assert_eq!(removed, want);
     let recreated: BTreeSet<_> = report.recreated.iter().map(|(s, _)| *s).collect();
-    assert_eq!(recreated, [Step::Devmap, Step::TunnelTable].into());
+    assert_eq!(recreated, [Step::Devmap, Step::TunnelByRemote].into());
     assert_eq!(snapshot(&pm), healthy);
     assert!(pm.reconcile().is_noop());
 
@@ -635,7 +725,7 @@ fn redb_restart_preserves_numbers() {
     };
     let mut pm = open(MemDatapath::new());
     for i in 0..5u8 {
-        let spec = tunnel(&format!("t{i}"), IpAddr::from([192, 0, 2, i]), 1);
+        let spec = tunnel(&format!("t{i}"), IpAddr::from([198, 51, 100, i]), 1);
         pm.add(&spec, t0).expect("add");
     }
     pm.add(&with_request(local("vm", 1), 0x9000), t0)
@@ -664,20 +754,29 @@ fn open_refuses_corrupt_state() {
     for (name, n) in [("a", 1), ("b", 2)] {
         let record = PortRecord {
             ofport: port(n),
-            spec: tunnel(name, ip("192.0.2.1"), 1),
+            spec: tunnel(name, ip("198.51.100.1"), 1),
         };
         store.put(&record).expect("put");
     }
     let err = PortMap::open(MemDatapath::new(), store.clone(), config())
         .err()
         .expect("duplicate tunnel");
-    assert!(matches!(err, OpenError::DuplicateTunnel { .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            OpenError::Conflict {
+                claim: Claim::Tunnel(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut store = MemStore::new();
-    for name in ["a", "b"] {
+    for (name, key) in [("a", 1), ("b", 2)] {
         let record = PortRecord {
             ofport: port(1),
-            spec: local(name, 1),
+            spec: local(name, key),
         };
         store.put(&record).expect("put");
     }
@@ -745,7 +844,7 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
         1 => Just(spec::PORT_KEY_MAX + 1),
     ];
     let remote = prop_oneof![
-        10 => Just(ip("192.0.2.1")),
+        10 => Just(ip("198.51.100.1")),
         10 => Just(ip("2001:db8::1")),
         1 => Just(ip("0.0.0.0")),
     ];
@@ -757,7 +856,7 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
                 vni,
                 port_key,
                 mac: MacAddr([2, 0, 0, 0, 0, 1]),
-                ip: with_ip.then(|| ip("10.0.0.1")),
+                ip: with_ip.then(|| ip("203.0.113.1")),
                 ofport_request,
             })
         },
@@ -832,6 +931,7 @@ fn classify(e: &PortError) -> &'static str {
         PortError::Invalid { .. } => "invalid",
         PortError::NameTaken { .. } => "name",
         PortError::DuplicateTunnel { .. } => "tunnel",
+        PortError::Conflict { .. } => "conflict",
         PortError::NotFound { .. } => "not found",
         PortError::Txn {
             cause: TxnError::Number { .. },
@@ -857,6 +957,13 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
     }
     if spec.tunnel_key().is_some() && pm.ports().any(|r| r.spec.tunnel_key() == spec.tunnel_key()) {
         return Expect::Fail("tunnel");
+    }
+    let claims: BTreeSet<Claim> = spec.claims().into_iter().collect();
+    if pm
+        .ports()
+        .any(|r| r.spec.claims().iter().any(|c| claims.contains(c)))
+    {
+        return Expect::Fail("conflict");
     }
     if let Some(request) = spec.ofport_request() {
         let taken = pm.ports().any(|r| r.ofport.get() == request);
@@ -1069,7 +1176,7 @@ fn churn_throughput_and_flat_memory() {
     )
     .expect("open");
     let spec = |i: u32| {
-        let remote = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let remote = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16]);
         tunnel(&format!("t{i}"), remote, 1 + i % 7)
     };
     let mut rss_warm = 0;
