@@ -304,3 +304,34 @@ fn what_ovs_accepts_from_a_peer() {
     t.hv.appctl(&["revalidator/purge"]);
     assert_eq!(delivered(&t, &cases, false), expected(&cases), "delivered by OVS (true) or dropped");
 }
+
+/// `options:csum=true` turns the outer UDP checksum on over IPv4. Over IPv6
+/// the userspace datapath always sends one: `csum=false` does not give
+/// RFC 6935 zero checksums (netdev-native-tnl.c: `is_ipv6 || FLOW_TNL_F_CSUM`).
+#[test]
+fn csum_option_turns_ipv4_checksums_on_and_ipv6_ones_never_off() {
+    require_root!();
+    let t = topo();
+    t.hv.vsctl(&["set", "interface", "gnv4", "options:csum=true"]);
+    t.hv.vsctl(&["set", "interface", "gnv6", "options:csum=false"]);
+    vm_udp(&t, &[39999]);
+    wait_tnl_neigh(&t, "198.51.100.2");
+    wait_tnl_neigh(&t, "2001:db8::2");
+    let cap = Capture::start(&t.peer, "ul0", &["udp", "port", "6081"]);
+    vm_udp(&t, &[40000, 40001]);
+    std::thread::sleep(Duration::from_millis(200));
+    let gnv: Vec<Parsed> = cap.stop().iter().filter_map(|f| geneve::parse(f)).collect();
+    let v4: Vec<&Parsed> = gnv.iter().filter(|g| matches!(g.outer, Outer::V4 { .. })).collect();
+    let v6: Vec<&Parsed> = gnv.iter().filter(|g| matches!(g.outer, Outer::V6 { .. })).collect();
+    assert_eq!((v4.len(), v6.len()), (2, 2));
+    assert!(
+        v4.iter().all(|g| g.udp_csum_ok),
+        "csum=true over IPv4: {:?}",
+        v4.iter().map(|g| g.udp_csum).collect::<Vec<_>>()
+    );
+    assert!(
+        v6.iter().all(|g| g.udp_csum_ok),
+        "csum=false over IPv6: {:?}",
+        v6.iter().map(|g| g.udp_csum).collect::<Vec<_>>()
+    );
+}
