@@ -313,3 +313,35 @@ fn xgw_decaps_a_real_ovs_frame() {
         assert_eq!(gw.port_stats(3).tx.packets, 1);
     }
 }
+
+#[test]
+fn everything_ovs_made_is_gone_after_a_panic() {
+    require_root!();
+    let mut seen = (Vec::<u32>::new(), Vec::<String>::new(), std::path::PathBuf::new());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = Netns::new("op");
+        let other = Netns::new("oq");
+        Veth::new(&ns, "ul0", "", &other, "ul0", "198.51.100.2/24");
+        let hv =
+            OvsHypervisor::builder(ns, "ul0").ip4("198.51.100.1/24").vm(VM1_MAC, Some("203.0.113.1/24"), None).start();
+        hv.add_geneve("gnv0", &Geneve::new("198.51.100.2", VNI));
+        for d in ["ovs-vswitchd", "ovsdb-server"] {
+            let pid = std::fs::read_to_string(hv.dir().join(format!("run/{d}.pid"))).unwrap();
+            seen.0.push(pid.trim().parse().unwrap());
+        }
+        seen.1 = vec![hv.ns().name.clone(), hv.vm().name.clone()];
+        seen.2 = hv.dir().to_path_buf();
+        assert!(seen.0.iter().all(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+        panic!("test failure with OVS running");
+    }));
+    assert!(result.is_err());
+    for pid in &seen.0 {
+        // Gone, or at most a zombie awaiting its reaper (empty cmdline).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(seen.2.to_str().unwrap()), "OVS daemon {pid} still runs");
+    }
+    for ns in &seen.1 {
+        assert!(!std::path::Path::new("/var/run/netns").join(ns).exists(), "namespace {ns} left behind");
+    }
+    assert!(!seen.2.exists(), "{} left behind", seen.2.display());
+}
