@@ -5,7 +5,7 @@
 # namespace, with private run/db/log/etc directories; daemons are stopped by
 # the PIDs in their pidfiles.
 #
-#   ovs-hv.sh up NAME --netns NS --underlay IF [--ip4 A/P] [--ip6 A/P] [--mac MAC]
+#   ovs-hv.sh up NAME --netns NS --underlay IF [--ip4 A/P] [--ip6 A/P] [--mac BR_PHY_MAC]
 #                     [--vm-mac MAC] [--vm-ip4 A/P] [--vm-ip6 A/P]
 #       starts OVS in NS (which must exist and hold IF), br-phy with IF and the
 #       underlay addresses, br-int, and with --vm-* a VM namespace NAME-vm
@@ -74,7 +74,10 @@ down() {
 up() {
     [ $# -ge 1 ] || usage
     NAME=$1; shift
-    D=$BASE/$NAME NS= UNDERLAY= IP4= IP6= MAC=02:00:5e:0f:00:01 VM_MAC= VM_IP4= VM_IP6= VM_NS=
+    D=$BASE/$NAME NS= UNDERLAY= IP4= IP6= VM_MAC= VM_IP4= VM_IP6= VM_NS=
+    # Two instances on one wire must not share br-phy's MAC: a random
+    # locally administered one unless told.
+    MAC=$(printf '02:00:5e:%02x:%02x:%02x' $((RANDOM % 256)) $((RANDOM % 256)) $((RANDOM % 256)))
     while [ $# -gt 0 ]; do
         case $1 in
             --netns) NS=$2 ;; --underlay) UNDERLAY=$2 ;; --ip4) IP4=$2 ;; --ip6) IP6=$2 ;;

@@ -345,3 +345,78 @@ fn everything_ovs_made_is_gone_after_a_panic() {
     }
     assert!(!seen.2.exists(), "{} left behind", seen.2.display());
 }
+
+/// `scripts/ovs-hv.sh down` for one instance, on drop (panics included).
+struct ShellHv {
+    name: String,
+    dir: std::path::PathBuf,
+}
+
+impl ShellHv {
+    fn run(dir: &std::path::Path, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ovs-hv.sh");
+        let out =
+            std::process::Command::new(script).args(args).env("XGW_OVS_DIR", dir).output().expect("run ovs-hv.sh");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ovs-hv.sh {args:?}: {text}");
+        text
+    }
+}
+
+impl Drop for ShellHv {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| ShellHv::run(&self.dir, &["down", &self.name]));
+    }
+}
+
+#[test]
+fn the_shell_script_builds_the_same_peer() {
+    require_root!();
+    let base = TempDir(std::env::temp_dir().join(xgw_tests::netns::unique_name("sh")));
+    let dir = &base.0;
+    let ns1 = Netns::new("s1");
+    let ns2 = Netns::new("s2");
+    Veth::new(&ns1, "ul0", "", &ns2, "ul0", "");
+    let mut hvs = Vec::new();
+    for (n, ns) in [(1, &ns1), (2, &ns2)] {
+        let name = xgw_tests::netns::unique_name(&format!("h{n}"));
+        let (ip, vm_ip) = (format!("198.51.100.{n}/24"), format!("203.0.113.{n}/24"));
+        ShellHv::run(dir, &["up", &name, "--netns", &ns.name, "--underlay", "ul0", "--ip4", &ip, "--vm-ip4", &vm_ip]);
+        hvs.push(ShellHv { name, dir: dir.clone() });
+    }
+    ShellHv::run(
+        &dir,
+        &["tunnel", &hvs[0].name, "gnv0", "--remote", "198.51.100.2", "--key", "5001", "--bfd", "100,100,3"],
+    );
+    ShellHv::run(
+        &dir,
+        &["tunnel", &hvs[1].name, "gnv0", "--remote", "198.51.100.1", "--key", "5001", "--bfd", "100,100,3"],
+    );
+    let vm1 = format!("{}-vm", hvs[0].name);
+    let out = sh_in(&vm1, &["ping", "-c", "3", "-i", "0.1", "-W", "1", "203.0.113.2"]);
+    assert!(out.contains("3 received"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ShellHv::run(dir, &["status", &hvs[0].name]).contains("Remote Session State: up") {
+        assert!(std::time::Instant::now() < deadline, "BFD not up through the script's instances");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = std::fs::read_to_string(dir.join(&hvs[0].name).join("run/ovs-vswitchd.pid")).unwrap();
+    drop(hvs);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("ovs-vswitchd"), "down left ovs-vswitchd running");
+    assert!(!std::path::Path::new("/var/run/netns").join(&vm1).exists(), "down left the VM namespace");
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh_in(ns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
