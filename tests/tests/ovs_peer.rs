@@ -204,11 +204,16 @@ fn bfd_comes_up_over_the_ovs_tunnel() {
     let ns1 = Netns::new("b1");
     let ns2 = Netns::new("b2");
     Veth::new(&ns1, "ul0", "", &ns2, "ul0", "");
-    let hv1 = OvsHypervisor::builder(ns1, "ul0").ip4("198.51.100.1/24").start();
-    let hv2 = OvsHypervisor::builder(ns2, "ul0").ip4("198.51.100.2/24").start();
+    let hv1 =
+        OvsHypervisor::builder(ns1, "ul0").ip4("198.51.100.1/24").vm(VM1_MAC, Some("203.0.113.1/24"), None).start();
+    let hv2 =
+        OvsHypervisor::builder(ns2, "ul0").ip4("198.51.100.2/24").vm(VM2_MAC, Some("203.0.113.2/24"), None).start();
     let cap = Capture::start(hv1.ns(), "ul0", &["udp"]);
     hv1.add_geneve("gnv0", &Geneve::new("198.51.100.2", VNI).bfd(100, 100, 3));
     hv2.add_geneve("gnv0", &Geneve::new("198.51.100.1", VNI).bfd(100, 100, 3));
+    // Data traffic on the same port carries the OVN option; BFD still must not.
+    hv1.install_ovn_option("gnv0", HV1_KEYS, Some(HV2_KEYS));
+    hv2.install_ovn_option("gnv0", HV2_KEYS, Some(HV1_KEYS));
     let t = hv1.wait_bfd_state("gnv0", "up", Duration::from_secs(10));
     hv2.wait_bfd_state("gnv0", "up", Duration::from_secs(5));
     eprintln!("BFD up after {t:?}");
@@ -216,7 +221,10 @@ fn bfd_comes_up_over_the_ovs_tunnel() {
     assert_eq!((st["forwarding"].as_str(), st["remote_state"].as_str()), ("true", "up"), "{st:?}");
     let show = hv1.bfd_show(Some("gnv0"));
     assert!(show.contains("Local Session State: up") && show.contains("Remote Session State: up"), "{show}");
+    assert!(hv1.vm_ping("203.0.113.2", 2), "data across the BFD-enabled tunnel");
     let frames = cap.stop();
+    let with_option = frames.iter().filter_map(|f| geneve::parse(f)).filter(|g| g.options.len() == 1).count();
+    assert!(with_option >= 4, "the pings' frames carry the OVN option ({with_option})");
     // OVS's BFD rides in Geneve with no option, to its own well-known inner
     // addresses (see ../shared/peers/README.md): xgw must expect exactly this.
     let bfd: Vec<Parsed> = frames
