@@ -460,17 +460,28 @@ impl OvsHypervisor {
         parse_ovsdb_map(&self.vsctl(&["get", "interface", name, "bfd_status"]))
     }
 
-    /// Waits until BFD on `name` reports `state` (e.g. "up"); returns how long it took.
+    /// The live BFD session states of `name` from `bfd/show`: (local, remote).
+    /// (The `bfd_status` column lags: OVS writes it to the database lazily.)
+    pub fn bfd_states(&self, name: &str) -> (String, String) {
+        let show = self.bfd_show(Some(name));
+        let field = |key: &str| {
+            show.lines().find_map(|l| l.trim().strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+        };
+        (field("Local Session State:"), field("Remote Session State:"))
+    }
+
+    /// Waits until both ends of BFD on `name` are `state` (e.g. "up") as
+    /// `bfd/show` reports them; returns how long it took.
     pub fn wait_bfd_state(&self, name: &str, state: &str, timeout: Duration) -> Duration {
         let start = Instant::now();
         loop {
-            let st = self.bfd_status(name);
-            if st.get("state").map(String::as_str) == Some(state) {
+            let (local, remote) = self.bfd_states(name);
+            if local == state && remote == state {
                 return start.elapsed();
             }
             assert!(
                 start.elapsed() < timeout,
-                "BFD on {name} not {state} after {timeout:?}: {st:?}\n{}",
+                "BFD on {name} not {state} after {timeout:?}:\n{}",
                 self.bfd_show(Some(name))
             );
             std::thread::sleep(Duration::from_millis(50));
