@@ -40,7 +40,9 @@ fn pair(ipv6_underlay: bool, ovn_option: bool) -> Pair {
     let hv2 = hv(ns2, 2, VM2_MAC);
     for (a, b) in [(&hv1, &hv2), (&hv2, &hv1)] {
         let remote = if ipv6_underlay { b.ip6() } else { b.ip4() }.unwrap();
-        a.add_geneve("gnv0", &Geneve::new(remote, VNI));
+        let local = if ipv6_underlay { a.ip6() } else { a.ip4() }.unwrap();
+        // local_ip pins the source address (br-phy has one of each family).
+        a.add_geneve("gnv0", &Geneve::new(remote, VNI).local_ip(local));
     }
     if ovn_option {
         // Each side sends its keys and forwards to its VM only what carries
@@ -120,7 +122,7 @@ fn ovs_geneve_over_ipv4_underlay_with_ovn_option() {
     let frames: Vec<Parsed> = frames.into_iter().map(|(_, g)| g).collect();
     for g in &frames {
         check_geneve(g, true);
-        let Outer::V4 { ttl, df, id, tos, .. } = g.outer else { panic!("IPv6 outer on an IPv4 tunnel") };
+        let Outer::V4 { src, dst, ttl, df, id, tos } = g.outer else { panic!("IPv6 outer on an IPv4 tunnel") };
         // OVS IPv4 defaults: no UDP checksum, DF set, TTL 64, TOS 0, and an
         // IP ID of 0 (DF makes it meaningless, RFC 6864).
         assert_eq!(g.udp_csum, 0, "OVS sends no UDP checksum over IPv4 by default");
@@ -130,6 +132,8 @@ fn ovs_geneve_over_ipv4_underlay_with_ovn_option() {
         let (hv_from, hv_to) = if from_hv1 { (&p.hv1, &p.hv2) } else { (&p.hv2, &p.hv1) };
         assert_eq!(g.eth_src, hv_from.underlay_mac(), "outer source is br-phy's MAC");
         assert_eq!(g.eth_dst, hv_to.underlay_mac(), "outer destination is the peer's br-phy MAC");
+        let ip = |hv: &OvsHypervisor| hv.ip4().unwrap().parse::<std::net::Ipv4Addr>().unwrap().octets();
+        assert_eq!((src, dst), (ip(hv_from), ip(hv_to)));
     }
     // One flow, one source port per direction.
     let mut sports: Vec<u16> = frames.iter().map(|g| g.udp_src).collect();
