@@ -603,7 +603,7 @@ pub fn parse_ovsdb_map(s: &str) -> BTreeMap<String, String> {
 /// Parses the counters of the (first) port in `ovs-ofctl dump-ports` output.
 pub fn parse_dump_ports(s: &str) -> PortCounters {
     let field = |line: &str, name: &str| -> Option<u64> {
-        let v = line.split(|c| c == ',' || c == ':').map(str::trim).find_map(|kv| {
+        let v = line.split([',', ':']).map(str::trim).find_map(|kv| {
             let kv = kv.trim_start_matches("rx ").trim_start_matches("tx ");
             kv.strip_prefix(name).and_then(|r| r.strip_prefix('='))
         })?;

@@ -406,11 +406,11 @@ fn the_shell_script_builds_the_same_peer() {
         hvs.push(ShellHv { name, dir: dir.clone() });
     }
     ShellHv::run(
-        &dir,
+        dir,
         &["tunnel", &hvs[0].name, "gnv0", "--remote", "198.51.100.2", "--key", "5001", "--bfd", "100,100,3"],
     );
     ShellHv::run(
-        &dir,
+        dir,
         &["tunnel", &hvs[1].name, "gnv0", "--remote", "198.51.100.1", "--key", "5001", "--bfd", "100,100,3"],
     );
     let vm1 = format!("{}-vm", hvs[0].name);
