@@ -8,13 +8,17 @@
 //! they print a visible SKIP line and return; in CI (`CI` set) a missing
 //! privilege is a failure, never a silent pass.
 pub mod bpftool;
+pub mod capture;
 pub mod gateway;
 pub mod netns;
+pub mod ovs;
 pub mod packet;
 pub mod ports;
 pub mod process;
 
+pub use capture::Capture;
 pub use netns::{BpfFs, Netns, Veth};
+pub use ovs::{Geneve, OvnKeys, OvsBuilder, OvsHypervisor};
 pub use process::Process;
 
 /// True when the test may use namespaces, XDP and bpffs.

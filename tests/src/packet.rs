@@ -147,4 +147,134 @@ pub mod geneve {
         v
     }
 
+    /// One Geneve option as found on the wire.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Opt {
+        pub class: u16,
+        pub typ: u8,
+        pub data: Vec<u8>,
+    }
+
+    /// The outer network header of a Geneve frame.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Outer {
+        V4 { src: [u8; 4], dst: [u8; 4], ttl: u8, tos: u8, id: u16, df: bool },
+        V6 { src: [u8; 16], dst: [u8; 16], hop_limit: u8, tclass: u8, flow_label: u32 },
+    }
+
+    /// A Geneve frame taken apart (RFC 8926 figures 1-3), outer headers included.
+    #[derive(Debug, Clone)]
+    pub struct Parsed {
+        pub eth_dst: [u8; 6],
+        pub eth_src: [u8; 6],
+        pub outer: Outer,
+        pub udp_src: u16,
+        pub udp_dst: u16,
+        pub udp_csum: u16,
+        /// The UDP checksum verifies (false when it is 0, i.e. not sent).
+        pub udp_csum_ok: bool,
+        /// The 8-byte fixed header as sent.
+        pub header: [u8; 8],
+        pub version: u8,
+        pub flags: u8,
+        pub protocol: u16,
+        pub vni: u32,
+        /// The VNI word's last byte (reserved, must be 0 on send).
+        pub reserved: u8,
+        pub options: Vec<Opt>,
+        pub inner: Vec<u8>,
+    }
+
+    /// Parses an Ethernet frame carrying UDP to port 6081. None for anything
+    /// else; panics on a Geneve frame whose lengths do not add up.
+    pub fn parse(frame: &[u8]) -> Option<Parsed> {
+        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+        let p = SlicedPacket::from_ethernet(frame).ok()?;
+        let Some(TransportSlice::Udp(udp)) = &p.transport else { return None };
+        if udp.destination_port() != 6081 {
+            return None;
+        }
+        let (outer, udp_csum_ok) = match p.net.as_ref()? {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                let outer = Outer::V4 {
+                    src: h.source(),
+                    dst: h.destination(),
+                    ttl: h.ttl(),
+                    tos: (h.dcp().value() << 2) | h.ecn().value(),
+                    id: h.identification(),
+                    df: h.dont_fragment(),
+                };
+                (outer, udp.checksum() != 0 && super::udp_checksum_verifies(&h.source(), &h.destination(), udp.slice()))
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                let outer = Outer::V6 {
+                    src: h.source(),
+                    dst: h.destination(),
+                    hop_limit: h.hop_limit(),
+                    tclass: h.traffic_class(),
+                    flow_label: h.flow_label().value(),
+                };
+                (outer, udp.checksum() != 0 && super::udp_checksum_verifies(&h.source(), &h.destination(), udp.slice()))
+            }
+        };
+        let g = udp.payload();
+        assert!(g.len() >= 8, "Geneve payload shorter than its header: {g:02x?}");
+        let opts_len = (g[0] & 0x3f) as usize * 4;
+        assert!(g.len() >= 8 + opts_len, "Geneve options run past the packet");
+        let mut options = Vec::new();
+        let mut o = 8;
+        while o < 8 + opts_len {
+            let len = (g[o + 3] & 0x1f) as usize * 4;
+            assert!(o + 4 + len <= 8 + opts_len, "option runs past Opt Len");
+            options.push(Opt { class: u16::from_be_bytes([g[o], g[o + 1]]), typ: g[o + 2], data: g[o + 4..o + 4 + len].to_vec() });
+            o += 4 + len;
+        }
+        Some(Parsed {
+            eth_dst: frame[0..6].try_into().unwrap(),
+            eth_src: frame[6..12].try_into().unwrap(),
+            outer,
+            udp_src: udp.source_port(),
+            udp_dst: udp.destination_port(),
+            udp_csum: udp.checksum(),
+            udp_csum_ok,
+            header: g[..8].try_into().unwrap(),
+            version: g[0] >> 6,
+            flags: g[1],
+            protocol: u16::from_be_bytes([g[2], g[3]]),
+            vni: u32::from_be_bytes([0, g[4], g[5], g[6]]),
+            reserved: g[7],
+            options,
+            inner: g[8 + opts_len..].to_vec(),
+        })
+    }
+}
+
+/// The UDP checksum (RFC 768 over the RFC 791 or RFC 8200 pseudo-header) for
+/// `udp`, a whole UDP header and payload carrying 0 in its checksum field.
+/// A computed 0 is sent as 0xffff.
+pub fn udp_checksum(src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
+    match !fold(pseudo_sum(src, dst, udp)) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// True when the checksum field already in `udp` is right.
+pub fn udp_checksum_verifies(src: &[u8], dst: &[u8], udp: &[u8]) -> bool {
+    fold(pseudo_sum(src, dst, udp)) == 0xffff
+}
+
+fn pseudo_sum(src: &[u8], dst: &[u8], udp: &[u8]) -> u64 {
+    let words = |b: &[u8]| b.chunks(2).map(|c| (u64::from(c[0]) << 8) | u64::from(*c.get(1).unwrap_or(&0))).sum::<u64>();
+    // Both pseudo-headers add up to: addresses + protocol 17 + UDP length.
+    words(src) + words(dst) + 17 + udp.len() as u64 + words(udp)
+}
+
+fn fold(mut s: u64) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
