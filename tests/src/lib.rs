@@ -7,6 +7,7 @@
 //! Privileged tests call [`require_root!`] first: outside CI, without root,
 //! they print a visible SKIP line and return; in CI (`CI` set) a missing
 //! privilege is a failure, never a silent pass.
+pub mod addrs;
 pub mod bpftool;
 pub mod capture;
 pub mod gateway;

@@ -4,17 +4,14 @@
 //! the RFC 8926 layout and etherparse, independently of the datapath code.
 use etherparse::PacketBuilder;
 use xgw_common::maps::*;
-use xgw_tests::{gateway::TestGateway, packet::{geneve::*, *}, require_root};
+use xgw_tests::{
+    addrs::*,
+    gateway::TestGateway,
+    packet::{geneve::*, *},
+    require_root,
+};
 
-const GW_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
-const HV_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
-const GW_IP4: [u8; 4] = [198, 51, 100, 1];
-const HV_IP4: [u8; 4] = [198, 51, 100, 2];
-const GW_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const HV_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x01];
 const REMOTE_VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
-const VNI: u32 = 5001;
 const TUNNEL_OFPORT: u32 = 7;
 const VM_OFPORT: u16 = 3;
 const VM_KEY: u16 = 0x0011;

@@ -9,25 +9,17 @@ use etherparse::{
 };
 use xgw_common::maps::*;
 use xgw_tests::{
+    addrs::*,
     gateway::TestGateway,
     packet::{geneve::*, *},
     require_root,
 };
 
-const GW_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
-const HV_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
-const GW_IP4: [u8; 4] = [198, 51, 100, 1];
-const HV_IP4: [u8; 4] = [198, 51, 100, 2];
-const GW_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const HV_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x01];
-const VM_IP: [u8; 4] = [203, 0, 113, 1];
 const VM2_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x03];
 const REMOTE_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
 const REMOTE_IP: [u8; 4] = [203, 0, 113, 2];
 const REMOTE_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const REMOTE6_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x06];
-const VNI: u32 = 5001;
 const MTU: u32 = 1500;
 /// Tunnel over IPv4 with the OVN option; tunnel over IPv6 without.
 const T4: u16 = 7;
