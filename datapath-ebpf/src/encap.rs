@@ -24,21 +24,40 @@ use crate::{
 /// are written only when the tunnel carries it; without it the inner frame
 /// starts where the option would.
 #[repr(C)]
-struct Outer4 {
+struct Outer<Ip> {
     eth: EthHdr,
-    ip: Ipv4Hdr,
+    ip: Ip,
     udp: UdpHdr,
     geneve: [u8; geneve::HLEN],
     opt: [u8; OVN_OPT_LEN],
 }
 
-#[repr(C)]
-struct Outer6 {
-    eth: EthHdr,
-    ip: Ipv6Hdr,
-    udp: UdpHdr,
-    geneve: [u8; geneve::HLEN],
-    opt: [u8; OVN_OPT_LEN],
+/// What both address families share around their IP header.
+struct Common {
+    nexthop: [u8; 6],
+    src_mac: [u8; 6],
+    sport: u16,
+    udp_len: usize,
+    gnv: [u8; geneve::HLEN],
+    opt: Option<[u8; OVN_OPT_LEN]>,
+}
+
+impl<Ip> Outer<Ip> {
+    /// Ethernet, UDP (checksum 0 for now), Geneve and the option if any.
+    #[inline(always)]
+    fn fill(&mut self, ether_type: u16, c: &Common) {
+        self.eth.dst_addr = c.nexthop;
+        self.eth.src_addr = c.src_mac;
+        self.eth.ether_type = ether_type.to_be();
+        self.udp.src = c.sport.to_be_bytes();
+        self.udp.dst = GENEVE_PORT.to_be_bytes();
+        self.udp.len = (c.udp_len as u16).to_be_bytes();
+        self.udp.check = [0, 0];
+        self.geneve = c.gnv;
+        if let Some(opt) = c.opt {
+            self.opt = opt;
+        }
+    }
 }
 
 /// Outer IPv4 as Open vSwitch sends it: DF set, TTL 64, ID 0 (RFC 6864
@@ -59,8 +78,14 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
     // RFC 8926 section 3.3: source port from the inner flow, in the dynamic
     // range, so the underlay's ECMP spreads flows but keeps each in order.
     let sport = (0xc000 | (hash & 0x3fff)) as u16;
-    let gnv = geneve::header(port.vni, opts, flags);
-    let opt = geneve::ovn_option(port.port_key, dest.port_key);
+    let common = Common {
+        nexthop: tunnel.nexthop_mac,
+        src_mac: up.mac,
+        sport,
+        udp_len,
+        gnv: geneve::header(port.vni, opts, flags),
+        opt: (opts != 0).then(|| geneve::ovn_option(port.port_key, dest.port_key)),
+    };
 
     if tunnel.flags & TUNNEL_IPV6 == 0 {
         if up.flags & UPLINK_HAS_IP4 == 0 {
@@ -71,10 +96,10 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
             return Err(Drop::MtuExceeded);
         }
         push(ctx, ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN + geneve::HLEN + opts)?;
-        let h = unsafe { &mut *ptr_at_mut::<Outer4>(ctx, 0).ok_or(Drop::NoHeadroom)? };
-        h.eth.dst_addr = tunnel.nexthop_mac;
-        h.eth.src_addr = up.mac;
-        h.eth.ether_type = ETH_P_IPV4.to_be();
+        let h = unsafe { &mut *ptr_at_mut::<Outer<Ipv4Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
+        // IPv4: a zero UDP checksum, as RFC 8926 section 3.3 allows and Open
+        // vSwitch sends; the inner frame carries its own checksums.
+        h.fill(ETH_P_IPV4, &common);
         let dst: [u8; 4] = [tunnel.remote[12], tunnel.remote[13], tunnel.remote[14], tunnel.remote[15]];
         let tot_len = (ip_len as u16).to_be_bytes();
         h.ip.vihl = 0x45;
@@ -92,13 +117,6 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
         sum = csum::add_words(sum, &up.ip4);
         sum = csum::add_words(sum, &dst);
         h.ip.check = csum::finish(sum).to_be_bytes();
-        // IPv4: a zero UDP checksum, as RFC 8926 section 3.3 allows and Open
-        // vSwitch sends; the inner frame carries its own checksums.
-        udp_geneve(&mut h.udp, sport, udp_len, [0, 0]);
-        h.geneve = gnv;
-        if opts != 0 {
-            h.opt = opt;
-        }
     } else {
         if up.flags & UPLINK_HAS_IP6 == 0 {
             return Err(Drop::NoUnderlay);
@@ -107,10 +125,8 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
             return Err(Drop::MtuExceeded);
         }
         push(ctx, ETH_HLEN + IPV6_HLEN + UDP_HLEN + geneve::HLEN + opts)?;
-        let h = unsafe { &mut *ptr_at_mut::<Outer6>(ctx, 0).ok_or(Drop::NoHeadroom)? };
-        h.eth.dst_addr = tunnel.nexthop_mac;
-        h.eth.src_addr = up.mac;
-        h.eth.ether_type = ETH_P_IPV6.to_be();
+        let h = unsafe { &mut *ptr_at_mut::<Outer<Ipv6Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
+        h.fill(ETH_P_IPV6, &common);
         // Flow label from the same hash (RFC 6438): ECMP on the IPv6 underlay.
         h.ip.vcf = (0x6000_0000 | (hash & 0x000f_ffff)).to_be_bytes();
         h.ip.payload_len = (udp_len as u16).to_be_bytes();
@@ -118,11 +134,6 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
         h.ip.hop_limit = OUTER_TTL;
         h.ip.src_addr = up.ip6;
         h.ip.dst_addr = tunnel.remote;
-        udp_geneve(&mut h.udp, sport, udp_len, [0, 0]);
-        h.geneve = gnv;
-        if opts != 0 {
-            h.opt = opt;
-        }
         // IPv6: a real UDP checksum. RFC 6935 permits zero for tunnels, but
         // Linux (and so the Open vSwitch kernel datapath) drops zero-checksum
         // Geneve over IPv6 unless told otherwise.
@@ -138,14 +149,6 @@ pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -
         udp.check = c.to_be_bytes();
     }
     Ok(())
-}
-
-#[inline(always)]
-fn udp_geneve(udp: &mut UdpHdr, sport: u16, len: usize, check: [u8; 2]) {
-    udp.src = sport.to_be_bytes();
-    udp.dst = GENEVE_PORT.to_be_bytes();
-    udp.len = (len as u16).to_be_bytes();
-    udp.check = check;
 }
 
 #[inline(always)]
