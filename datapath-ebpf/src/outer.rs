@@ -52,7 +52,7 @@ pub fn parse(ctx: &XdpContext, up: &Uplink) -> Option<Outer> {
         }
         ETH_P_IPV6 => {
             let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)? };
-            if up.flags & UPLINK_HAS_IP6 == 0 || ip.next_hdr != IPPROTO_UDP || ip.dst_addr != up.ip6 {
+            if up.flags & UPLINK_HAS_IP6 == 0 || ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_UDP || ip.dst_addr != up.ip6 {
                 return None;
             }
             let udp_len = geneve_port(ctx, ETH_HLEN + IPV6_HLEN)?;

@@ -110,7 +110,7 @@ fn nd(ctx: &XdpContext, vni: u32) -> bool {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return false };
     let ip = unsafe { &*ip };
     // RFC 4861 section 7.1.1: hop limit 255 proves the sender is on-link.
-    if ip.next_hdr != IPPROTO_ICMPV6 || ip.hop_limit != 255 {
+    if ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_ICMPV6 || ip.hop_limit != 255 {
         return false;
     }
     // A solicitation cut short is not one.

@@ -75,6 +75,42 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) 
     v
 }
 
+/// A neighbour solicitation (RFC 4861 4.3) for `target` from `src` (MAC
+/// `mac`), with a source link-layer address option unless `src` is
+/// unspecified (duplicate address detection).
+pub fn neighbour_solicitation(mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let snm = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, target[13], target[14], target[15]];
+    let mut body = target.to_vec();
+    if src != [0; 16] {
+        body.extend([1, 1]);
+        body.extend(mac);
+    }
+    let icmp = etherparse::Icmpv6Header::with_checksum(
+        etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] },
+        src,
+        snm,
+        &body,
+    )
+    .unwrap();
+    let mut v = Vec::new();
+    v.extend_from_slice(&[0x33, 0x33, 0xff, target[13], target[14], target[15]]);
+    v.extend_from_slice(&mac);
+    v.extend_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = etherparse::Ipv6Header {
+        traffic_class: 0,
+        flow_label: etherparse::Ipv6FlowLabel::ZERO,
+        payload_length: (8 + body.len()) as u16,
+        next_header: IpNumber::IPV6_ICMP,
+        hop_limit: 255,
+        source: src,
+        destination: snm,
+    };
+    ip.write(&mut v).unwrap();
+    icmp.write(&mut v).unwrap();
+    v.extend(body);
+    v
+}
+
 /// An Ethernet header with `ethertype` followed by `payload`.
 pub fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(14 + payload.len());

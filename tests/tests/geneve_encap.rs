@@ -295,49 +295,15 @@ fn broadcast_that_is_not_answered_is_dropped_never_flooded() {
     assert_eq!(gw.replies()["arp"], 0);
 }
 
-/// A neighbour solicitation (RFC 4861 4.3) for `target` from `src`, with a
-/// source link-layer address option unless `src` is unspecified.
-fn neighbour_solicitation(src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
-    let snm = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, target[13], target[14], target[15]];
-    let mut body = target.to_vec();
-    if src != [0; 16] {
-        body.extend([1, 1]);
-        body.extend(VM_MAC);
-    }
-    let icmp = Icmpv6Header::with_checksum(
-        Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] },
-        src,
-        snm,
-        &body,
-    )
-    .unwrap();
-    let mut v = Vec::new();
-    v.extend_from_slice(&[0x33, 0x33, 0xff, target[13], target[14], target[15]]);
-    v.extend_from_slice(&VM_MAC);
-    v.extend_from_slice(&0x86ddu16.to_be_bytes());
-    let ip = Ipv6Header {
-        traffic_class: 0,
-        flow_label: Ipv6FlowLabel::ZERO,
-        payload_length: (8 + body.len()) as u16,
-        next_header: IpNumber::IPV6_ICMP,
-        hop_limit: 255,
-        source: src,
-        destination: snm,
-    };
-    ip.write(&mut v).unwrap();
-    icmp.write(&mut v).unwrap();
-    v.extend(body);
-    v
-}
 
 #[test]
 fn neighbour_solicitation_for_a_bound_address_is_answered() {
     require_root!();
     let gw = gateway();
     let me = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    for ns in [neighbour_solicitation(me, REMOTE_IP6), {
+    for ns in [neighbour_solicitation(VM_MAC, me, REMOTE_IP6), {
         // Without the source link-layer option: the reply grows the frame.
-        let mut f = neighbour_solicitation(me, REMOTE_IP6);
+        let mut f = neighbour_solicitation(VM_MAC, me, REMOTE_IP6);
         f.truncate(f.len() - 8);
         f[18..20].copy_from_slice(&24u16.to_be_bytes());
         let sum = Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] }
@@ -379,7 +345,7 @@ fn neighbour_solicitation_for_a_bound_address_is_answered() {
         assert_eq!(run.data, want);
     }
     // Duplicate address detection (from ::) is never answered.
-    let run = test_run_on(gw.program("xgw_local"), &neighbour_solicitation([0; 16], REMOTE_IP6), LO);
+    let run = test_run_on(gw.program("xgw_local"), &neighbour_solicitation(VM_MAC, [0; 16], REMOTE_IP6), LO);
     assert_eq!(run.verdict, XDP_DROP);
     assert_eq!(gw.replies()["nd"], 2);
 }
@@ -389,7 +355,7 @@ fn truncated_requests_are_never_answered_with_garbage() {
     require_root!();
     let gw = gateway();
     let me = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    for pkt in [arp_request(VM_MAC, VM_IP, REMOTE_IP), neighbour_solicitation(me, REMOTE_IP6)] {
+    for pkt in [arp_request(VM_MAC, VM_IP, REMOTE_IP), neighbour_solicitation(VM_MAC, me, REMOTE_IP6)] {
         for cut in 14..pkt.len() {
             let run = test_run_on(gw.program("xgw_local"), &pkt[..cut], LO);
             assert_eq!(run.verdict, XDP_DROP, "cut at {cut}");

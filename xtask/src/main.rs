@@ -41,6 +41,20 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Packet fuzzing through every XDP program (BPF_PROG_TEST_RUN): the
+    /// full run, a million generated packets by default. CI runs a bounded
+    /// pass as the `fuzz_packets` test.
+    Fuzz {
+        /// Generated packets.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Generator seed (the same seed replays the same packets).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Append packets with outcomes not yet in tests/fuzz/corpus.txt to it.
+        #[arg(long)]
+        save_corpus: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -181,6 +195,22 @@ fn main() -> ExitCode {
             cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-portbench", "--"]);
             if quick {
                 cmd.arg("--quick");
+            }
+            run(&mut cmd)
+        })(),
+        Cmd::Fuzz { packets, seed, save_corpus } => (|| {
+            if !is_root() {
+                bail!("fuzzing loads XDP programs, which needs root; run `sudo -E cargo xtask fuzz`");
+            }
+            setup()?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-fuzz", "--"]);
+            cmd.args(["--packets", &packets.to_string()]);
+            if let Some(seed) = seed {
+                cmd.args(["--seed", &seed.to_string()]);
+            }
+            if save_corpus {
+                cmd.arg("--save-corpus");
             }
             run(&mut cmd)
         })(),
