@@ -210,3 +210,125 @@ pub fn assert_no_reserved_numbers<'a>(maps: &Maps, records: impl IntoIterator<It
         assert!((1..0xff00).contains(&r.ofport.get()), "store holds {} on {}", r.name(), r.ofport);
     }
 }
+
+/// The port map as the controller runs it on real maps.
+pub type Pm = xgw::ofport::PortMap<xgw::ofport::BpfDatapath, xgw::ofport::RedbStore>;
+
+/// A gateway namespace with its own bpffs (the pinned maps) and state
+/// directory (redb), all removed on drop.
+pub struct PortGw {
+    pub ns: crate::Netns,
+    pub bpffs: crate::BpfFs,
+    pub state: TempDir,
+}
+
+impl PortGw {
+    pub fn new(tag: &str, max_entries: &[(&str, u32)]) -> PortGw {
+        let gw = PortGw { ns: crate::Netns::new(tag), bpffs: crate::BpfFs::new(tag), state: TempDir::new(tag) };
+        // Creates and pins the maps; the controller below reopens them.
+        xgw::datapath::load_with(xgw::datapath::LoadOptions { pin_dir: Some(&gw.bpffs.dir), max_entries })
+            .expect("load datapath");
+        gw
+    }
+
+    pub fn pins(&self) -> &Path {
+        &self.bpffs.dir
+    }
+
+    /// The port map as a (re)started controller opens it: pinned maps,
+    /// durable store in `state_dir` (normally `self.state`).
+    pub fn open_in(&self, state_dir: &Path, config: xgw::ofport::AllocatorConfig) -> Pm {
+        let dp = xgw::ofport::BpfDatapath::open_pinned(self.pins()).expect("open pinned maps");
+        let store = xgw::ofport::RedbStore::open(state_dir).expect("open store");
+        xgw::ofport::PortMap::open(dp, store, config).expect("open port map")
+    }
+
+    pub fn open(&self, config: xgw::ofport::AllocatorConfig) -> Pm {
+        self.open_in(&self.state.path, config)
+    }
+
+    /// A veth pair inside the namespace; returns the ifindex of `name`.
+    pub fn veth(&self, name: &str) -> u32 {
+        let peer = format!("{name}p");
+        self.ns.ok(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+        self.ns.ifindex(name)
+    }
+}
+
+/// What `xgw-churn`'s journal says happened, across its restarts.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Port name -> its number if the last acknowledged operation added
+    /// it, `None` if it deleted it.
+    pub want: BTreeMap<String, Option<u16>>,
+    /// Ports whose operation was begun but not acknowledged when a kill
+    /// came (it may or may not have happened), until a later acknowledged
+    /// operation on that port settles it.
+    pub uncertain: std::collections::BTreeSet<String>,
+    /// The `start` line of each run (its reconcile report).
+    pub restarts: Vec<String>,
+    /// Acknowledged operations.
+    pub acked: usize,
+    /// The operation begun and not yet answered, if the journal ends there.
+    pub inflight: Option<String>,
+}
+
+impl Journal {
+    /// The whole journal, after the last kill.
+    pub fn replay(text: &str) -> Journal {
+        let mut j = Journal::default();
+        j.feed(text);
+        j.uncertain.extend(j.inflight.take());
+        j
+    }
+
+    /// Takes more complete lines of the journal.
+    pub fn feed(&mut self, text: &str) {
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["start", rest @ ..] => {
+                    self.uncertain.extend(self.inflight.take());
+                    self.restarts.push(rest.join(" "));
+                }
+                ["begin", _, name] => self.inflight = Some(name.to_string()),
+                ["ok", op, name, n] => {
+                    let n: u16 = n.parse().expect("number");
+                    self.want.insert(name.to_string(), (*op == "add").then_some(n));
+                    self.uncertain.remove(*name);
+                    self.inflight = None;
+                    self.acked += 1;
+                }
+                // Refused: nothing changed, the outcome is known.
+                ["err", ..] => self.inflight = None,
+                _ => panic!("unexpected journal line {line:?}"),
+            }
+        }
+    }
+
+    /// Whether `name`'s last operation may or may not have happened.
+    pub fn is_uncertain(&self, name: &str) -> bool {
+        self.uncertain.contains(name) || self.inflight.as_deref() == Some(name)
+    }
+}
+
+/// Reads a growing file's complete lines, from where the last call stopped.
+#[derive(Debug, Default)]
+pub struct Tail {
+    offset: u64,
+}
+
+impl Tail {
+    pub fn read(&mut self, path: &Path) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+        let mut buf = String::new();
+        f.seek(SeekFrom::Start(self.offset)).expect("seek");
+        f.read_to_string(&mut buf).expect("read");
+        // A line still being written stays for the next call.
+        let complete = buf.rfind('\n').map_or(0, |i| i + 1);
+        buf.truncate(complete);
+        self.offset += complete as u64;
+        buf
+    }
+}

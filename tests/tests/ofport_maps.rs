@@ -9,12 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xgw::{
-    datapath::{load_with, LoadOptions},
-    ofport::*,
-};
+use xgw::ofport::*;
 use xgw_common::maps::{self as wire, names::*};
-use xgw_tests::{ports::*, require_root, BpfFs, Netns};
+use xgw_tests::{ports::{PortGw as Gw, *}, require_root};
 
 type Pm = PortMap<BpfDatapath, RedbStore>;
 
@@ -26,42 +23,6 @@ fn config() -> AllocatorConfig {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-/// A gateway namespace with its own bpffs (the pinned maps) and state
-/// directory (redb), all removed on drop.
-struct Gw {
-    ns: Netns,
-    bpffs: BpfFs,
-    state: TempDir,
-}
-
-impl Gw {
-    fn new(tag: &str, max_entries: &[(&str, u32)]) -> Gw {
-        let gw = Gw { ns: Netns::new(tag), bpffs: BpfFs::new(tag), state: TempDir::new(tag) };
-        // Creates and pins the maps; the controller below reopens them.
-        load_with(LoadOptions { pin_dir: Some(&gw.bpffs.dir), max_entries }).expect("load datapath");
-        gw
-    }
-
-    fn pins(&self) -> &Path {
-        &self.bpffs.dir
-    }
-
-    /// The port map as a (re)started controller opens it: pinned maps,
-    /// durable store.
-    fn open(&self) -> Pm {
-        let dp = BpfDatapath::open_pinned(self.pins()).expect("open pinned maps");
-        let store = RedbStore::open(&self.state.path).expect("open store");
-        PortMap::open(dp, store, config()).expect("open port map")
-    }
-
-    /// A veth pair inside the namespace; returns the ifindex of `name`.
-    fn veth(&self, name: &str) -> u32 {
-        let peer = format!("{name}p");
-        self.ns.ok(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
-        self.ns.ifindex(name)
-    }
 }
 
 fn records(pm: &Pm) -> Vec<PortRecord> {
@@ -99,7 +60,7 @@ fn three_healthy_tunnels() -> Vec<PortSpec> {
 fn seed_redundant_chassis_refused_before_any_map_100k_times() {
     require_root!();
     let gw = Gw::new("seeda", &[]);
-    let mut pm = gw.open();
+    let mut pm = gw.open(config());
     let t0 = Instant::now();
     let mut desired = three_healthy_tunnels();
     let report = pm.apply_desired(&desired, t0).expect("apply");
@@ -139,7 +100,7 @@ fn seed_redundant_chassis_refused_before_any_map_100k_times() {
 fn seed_failing_map_insert_retried_100k_times_leaks_nothing() {
     require_root!();
     let gw = Gw::new("seedb", &[]);
-    let mut pm = gw.open();
+    let mut pm = gw.open(config());
     let t0 = Instant::now();
     pm.apply_desired(&three_healthy_tunnels(), t0).expect("apply");
 
@@ -190,7 +151,7 @@ fn seed_failing_map_insert_retried_100k_times_leaks_nothing() {
 fn full_map_is_reported_and_rolled_back() {
     require_root!();
     let gw = Gw::new("full", &[(TUNNEL_BY_REMOTE, 16)]);
-    let mut pm = gw.open();
+    let mut pm = gw.open(config());
     let t0 = Instant::now();
     assert_eq!(pm.datapath().max_entries(Step::TunnelByRemote), 16);
     for i in 0..16 {
@@ -221,7 +182,7 @@ fn missing_interface_is_named_and_costs_nothing() {
     let gw = Gw::new("noif", &[]);
     let vm1 = gw.veth("vm1");
     gw.ns.enter(|| {
-        let mut pm = gw.open();
+        let mut pm = gw.open(config());
         let t0 = Instant::now();
         let err = pm.add(&local("vm9", "nosuch0", 9, None), t0).expect_err("no such interface");
         assert_eq!(err.to_string(), "port \"vm9\": devmap: ifname: no interface \"nosuch0\"");
@@ -240,7 +201,7 @@ fn missing_interface_is_named_and_costs_nothing() {
 fn exhaustion_on_real_maps() {
     require_root!();
     let gw = Gw::new("exh", &[(TUNNELS, 40_000), (TUNNEL_BY_REMOTE, 40_000)]);
-    let mut pm = gw.open();
+    let mut pm = gw.open(config());
     let t0 = Instant::now();
     let auto = u32::from(OfPort::AUTO_MAX.get());
     let desired: Vec<PortSpec> = (0..auto - 1).map(tunnel_n).collect();
@@ -291,7 +252,7 @@ fn reconcile_repairs_missing_orphan_and_stale_entries() {
     };
     gw.ns.enter(|| {
         let t0 = Instant::now();
-        let mut pm = gw.open();
+        let mut pm = gw.open(config());
         let mut desired: Vec<PortSpec> = (0..3).map(tunnel_n).collect();
         desired.push(local("vm1", "vm1", 1, None));
         desired.push(local("vm2", "vm2", 2, Some(ip("2001:db8:5::2"))));
@@ -325,7 +286,7 @@ fn reconcile_repairs_missing_orphan_and_stale_entries() {
         lp.port_key = 77;
         locals.insert(ifx[0], lp, 2).expect("stale local port");
 
-        let mut pm = gw.open();
+        let mut pm = gw.open(config());
         let report = pm.reconcile();
         let set = |v: &[(Step, MapEntry)]| -> Vec<(Step, String)> {
             let mut v: Vec<_> = v.iter().map(|(s, e)| (*s, e.to_string())).collect();
@@ -376,7 +337,7 @@ fn ip16_of(spec: &PortSpec) -> [u8; 16] {
 /// port that was acknowledged deleted, and maps equal to the store.
 #[test]
 fn sigkill_mid_churn_then_restart_keeps_every_committed_number() {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     use std::os::unix::process::ExitStatusExt;
     require_root!();
     let gw = Gw::new("kill", &[]);
@@ -402,30 +363,7 @@ fn sigkill_mid_churn_then_restart_keeps_every_committed_number() {
         assert_eq!(status.signal(), Some(9), "xgw-churn died on its own: {stderr}");
     }
 
-    // Replay the journal: the last acknowledged outcome of each port. An
-    // operation begun but not acknowledged when a kill came may or may not
-    // have happened, until a later acknowledged operation on that port.
-    let text = std::fs::read_to_string(&journal).expect("journal");
-    let (mut want, mut uncertain, mut inflight) = (BTreeMap::new(), BTreeSet::new(), None::<String>);
-    let mut restarts = Vec::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["start", rest @ ..] => {
-                uncertain.extend(inflight.take());
-                restarts.push(rest.join(" "));
-            }
-            ["begin", _, name] => inflight = Some(name.to_string()),
-            ["ok", op, name, n] => {
-                let n: u16 = n.parse().expect("number");
-                want.insert(name.to_string(), (*op == "add").then_some(n));
-                uncertain.remove(*name);
-                inflight = None;
-            }
-            _ => panic!("unexpected journal line {line:?}"),
-        }
-    }
-    uncertain.extend(inflight);
+    let Journal { want, uncertain, restarts, .. } = Journal::replay(&std::fs::read_to_string(&journal).expect("journal"));
     eprintln!("xgw-churn restarts: {restarts:?}; uncertain at the last kill: {uncertain:?}");
 
     gw.ns.enter(|| {

@@ -42,6 +42,22 @@ pub enum OpenMapsError {
         name: &'static str,
         cause: AyaMapError,
     },
+    /// aya's error says only which syscall failed; the path and the OS
+    /// error are what an operator can act on (no bpffs, not pinned yet).
+    #[error("pinned map {}: {}", path.display(), with_sources(cause))]
+    Pinned { path: std::path::PathBuf, cause: AyaMapError },
+}
+
+/// `e` followed by its sources: "`BPF_OBJ_GET` failed: No such file or directory".
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// The configuration maps a port may have entries in.
@@ -74,8 +90,8 @@ impl BpfDatapath {
     /// as a restarted controller does.
     pub fn open_pinned(dir: &Path) -> Result<Self, OpenMapsError> {
         Self::build(|name| {
-            let data = MapData::from_pin(dir.join(name))
-                .map_err(|cause| OpenMapsError::Map { name, cause })?;
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|cause| OpenMapsError::Pinned { path, cause })?;
             Map::from_map_data(data).map_err(|cause| OpenMapsError::Map { name, cause })
         })
     }
