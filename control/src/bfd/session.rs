@@ -154,12 +154,24 @@ impl Session {
     /// The state as seen through both halves: a Down declared by detection
     /// counts from the moment it was declared, before the datapath applies it.
     pub fn view(&self, rx: &Rx) -> View {
-        let (state, diag, remote_disc) = if rx.down_ack != self.down_seq {
-            (State::Down, Diag::ControlDetectionTimeExpired, 0)
-        } else {
-            (State::from_bits(rx.state), Diag::from_bits(rx.diag), rx.remote_disc)
-        };
-        View { state, diag, remote_state: State::from_bits(rx.remote_state), remote_diag: Diag::from_bits(rx.remote_diag), remote_disc }
+        // Until the datapath applies a declared Down, the remote is unheard
+        // of: reported Down, as Open vSwitch resets it on expiry.
+        if rx.down_ack != self.down_seq {
+            return View {
+                state: State::Down,
+                diag: Diag::ControlDetectionTimeExpired,
+                remote_state: State::Down,
+                remote_diag: Diag::from_bits(rx.remote_diag),
+                remote_disc: 0,
+            };
+        }
+        View {
+            state: State::from_bits(rx.state),
+            diag: Diag::from_bits(rx.diag),
+            remote_state: State::from_bits(rx.remote_state),
+            remote_diag: Diag::from_bits(rx.remote_diag),
+            remote_disc: rx.remote_disc,
+        }
     }
 
     /// Detection time for packets from the remote, in microseconds (6.8.4).
@@ -430,7 +442,7 @@ mod tests {
         assert_eq!((p.state, p.diag, p.your_disc), (State::Down, Diag::ControlDetectionTimeExpired, 0));
         assert_eq!(p.desired_min_tx, 1_000_000, "back to 1 s while not Up");
         let v = s.view(&rx);
-        assert_eq!((v.state, v.diag), (State::Down, Diag::ControlDetectionTimeExpired));
+        assert_eq!((v.state, v.diag, v.remote_state), (State::Down, Diag::ControlDetectionTimeExpired, State::Down));
         assert_eq!(s.flaps, 2, "up, then down");
         // Declared once; the datapath acknowledges on its next packet.
         assert_eq!(s.tick(40 * MS, &rx, 0.0).down_seq, None);
