@@ -117,7 +117,7 @@ fn xgw_and_frr_bfdd_single_hop_10ms_with_echo() {
     assert!(r1 - r0 >= 20, "xgw reflected only {} echoes in 1 s", r1 - r0);
     assert!(e1 - e0 >= 20, "FRR got back only {} echoes in 1 s", e1 - e0);
     let flaps = t.ours().flap_count;
-    assert_eq!(t.ours().state, "up");
+    assert_eq!(t.ours().state, "up", "{:?}\nFRR {}\n{}", t.ours(), t.frr.peer("198.51.100.1"), t.frr.log());
     assert!(xgw::bfd::drops(&t.dp.ebpf).unwrap().values().all(|&n| n == 0), "{:?}", xgw::bfd::drops(&t.dp.ebpf));
 
     // Cut the link on FRR's side: xgw detects within 3 x 10 ms (+ slack for
