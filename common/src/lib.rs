@@ -3,6 +3,7 @@
 //! and value. One definition, so the kernel and userspace cannot drift apart.
 #![no_std]
 
+pub mod bfd;
 pub mod counters;
 pub mod geneve;
 pub mod maps;

@@ -15,6 +15,11 @@ pub mod names {
     pub const TUNNEL_BY_REMOTE: &str = "TUNNEL_BY_REMOTE";
     pub const DEVMAP: &str = "DEVMAP";
     pub const NEIGH: &str = "NEIGH";
+    pub const BFD_SESSIONS: &str = "BFD_SESSIONS";
+    pub const BFD_PATHS: &str = "BFD_PATHS";
+    pub const BFD_EVENTS: &str = "BFD_EVENTS";
+    pub const BFD_DROPS: &str = "BFD_DROPS";
+    pub const BFD_COUNTERS: &str = "BFD_COUNTERS";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -142,6 +147,105 @@ pub const fn ipv4_mapped(ip: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3]]
 }
 
+/// BFD sessions: slots of the `BFD_SESSIONS` array. A session's local
+/// discriminator carries its slot in the low 16 bits, so a packet's Your
+/// Discriminator finds its session without a hash lookup.
+pub const MAX_BFD_SESSIONS: u32 = 4096;
+pub const BFD_SLOT_MASK: u32 = 0xffff;
+
+pub const BFD_PATH_GENEVE: u32 = 1;
+pub const BFD_PATH_SINGLE_HOP: u32 = 2;
+
+/// `BfdSession::ctl_flags`.
+pub const BFD_ENABLED: u32 = 1;
+pub const BFD_ADMIN_DOWN: u32 = 2;
+/// Reflect this peer's echo packets (UDP 3785) in XDP.
+pub const BFD_ECHO: u32 = 4;
+
+/// Where a session's packets arrive: a Geneve tunnel (id = VNI, peer = the
+/// tunnel's remote IP), or an underlay interface (id = ifindex, peer = the
+/// router's IP). Looks up the session of packets whose Your Discriminator is
+/// still zero, and is checked against every packet, so a packet naming one
+/// session's discriminator on another session's path changes nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BfdPathKey {
+    /// `BFD_PATH_*`.
+    pub kind: u32,
+    pub id: u32,
+    pub peer: [u8; 16],
+}
+
+/// One BFD session, shared by the controller and the datapath in an
+/// mmap-able array. Each field has one writer: the `ctl_*` half is the
+/// controller's, the rest the datapath's (written on every valid packet).
+/// Neither side ever rewrites the whole value while the session is live, so
+/// no lock is needed (BPF spin locks need BTF-defined maps, which aya 0.14's
+/// legacy map sections cannot express).
+///
+/// Detection runs in the controller; it cannot write `state`. It declares
+/// the session Down by bumping `ctl_down_seq`; the datapath, on the next
+/// packet, sees `down_ack != ctl_down_seq`, applies Down with diagnostic 1
+/// (Control Detection Time Expired) and only then the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BfdSession {
+    // Controller-written.
+    pub ctl_local_disc: u32,
+    /// `BFD_ENABLED | BFD_ADMIN_DOWN | BFD_ECHO`.
+    pub ctl_flags: u32,
+    pub ctl_path: BfdPathKey,
+    pub ctl_down_seq: u32,
+    pub _ctl_pad: u32,
+    // Datapath-written.
+    pub state: u8,
+    pub diag: u8,
+    pub remote_state: u8,
+    pub remote_diag: u8,
+    pub remote_disc: u32,
+    pub remote_min_tx: u32,
+    pub remote_min_rx: u32,
+    pub remote_min_echo_rx: u32,
+    pub remote_mult: u8,
+    /// The flag bits of the last packet received (`bfd::FLAG_*`).
+    pub remote_flags: u8,
+    pub _pad: [u8; 2],
+    /// The `ctl_down_seq` last applied.
+    pub down_ack: u32,
+    /// Bumped on every received Poll: the controller owes a Final.
+    pub poll_seq: u32,
+    /// Bumped on every received Final: the peer acknowledged our Poll.
+    pub final_seq: u32,
+    /// Bumped on every state change the datapath makes.
+    pub changes: u32,
+    pub rx_packets: u64,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last valid packet.
+    pub last_rx_ns: u64,
+}
+
+/// A state change made by the datapath, or a Poll to answer: one ring
+/// buffer record, so the controller wakes at once instead of polling.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BfdEvent {
+    pub slot: u32,
+    pub local_disc: u32,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub diag: u8,
+    pub remote_state: u8,
+    /// `BFD_EVENT_*`.
+    pub kind: u32,
+}
+pub const BFD_EVENT_STATE: u32 = 1;
+pub const BFD_EVENT_POLL: u32 = 2;
+
+/// `BFD_COUNTERS` slots (per CPU).
+pub const BFD_CNT_RX: u32 = 0;
+pub const BFD_CNT_ECHO_REFLECTED: u32 = 1;
+pub const BFD_CNT_EVENTS_LOST: u32 = 2;
+pub const BFD_COUNTERS_LEN: u32 = 4;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -154,6 +258,9 @@ mod pod {
     unsafe impl aya::Pod for TunnelKey {}
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for Neigh {}
+    unsafe impl aya::Pod for BfdPathKey {}
+    unsafe impl aya::Pod for BfdSession {}
+    unsafe impl aya::Pod for BfdEvent {}
 }
 
 // Layouts are part of the kernel/userspace contract: fail the build if one
@@ -168,4 +275,7 @@ const _: () = {
     assert!(core::mem::size_of::<TunnelKey>() == 20);
     assert!(core::mem::size_of::<NeighKey>() == 20);
     assert!(core::mem::size_of::<Neigh>() == 8);
+    assert!(core::mem::size_of::<BfdPathKey>() == 24);
+    assert!(core::mem::size_of::<BfdSession>() == 96);
+    assert!(core::mem::size_of::<BfdEvent>() == 16);
 };

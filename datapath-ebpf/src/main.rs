@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bfd;
 mod csum;
 mod decap;
 mod encap;
@@ -24,9 +25,12 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let Some(outer) = outer::parse(&ctx, uplink) else {
-        return xdp_action::XDP_PASS;
+        return bfd::underlay(&ctx);
     };
     let len = ctx.data_end() - ctx.data();
+    if let Some(action) = bfd::geneve(&ctx, &outer, len) {
+        return action;
+    }
     let decap = match decap::geneve(&ctx, &outer, len) {
         Ok(d) => d,
         Err(reason) => {

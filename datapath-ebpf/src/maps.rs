@@ -2,9 +2,10 @@
 //! writer); the datapath owns the counters (it is their only writer).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
 };
 use xgw_common::{
+    bfd::DecodeError,
     counters::{Counter, Drop, PortStats, Proto, Reply},
     maps::*,
 };
@@ -39,6 +40,21 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
 /// Indexed by OpenFlow number (0..0xff00).
 #[map(name = "PORT_STATS")]
 static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(0xff00, 0);
+
+/// BFD sessions, shared with the controller by mmap (BPF_F_MMAPABLE): it
+/// reads state and writes its own fields without a syscall per access.
+#[map(name = "BFD_SESSIONS")]
+pub static BFD_SESSIONS: Array<BfdSession> = Array::with_max_entries(MAX_BFD_SESSIONS, BPF_F_MMAPABLE);
+#[map(name = "BFD_PATHS")]
+pub static BFD_PATHS: HashMap<BfdPathKey, u32> = HashMap::with_max_entries(MAX_BFD_SESSIONS, 0);
+#[map(name = "BFD_EVENTS")]
+pub static BFD_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+/// Discarded BFD packets, one slot per `bfd::DecodeError`.
+#[map(name = "BFD_DROPS")]
+static BFD_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecodeError::COUNT, 0);
+#[map(name = "BFD_COUNTERS")]
+static BFD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BFD_COUNTERS_LEN, 0);
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 // Counter slots are per CPU: no other CPU writes them, plain adds are safe.
 
@@ -80,5 +96,19 @@ pub fn count_rx(ofport: u32, len: usize) {
 pub fn count_tx(ofport: u32, len: usize) {
     if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
         bump(unsafe { &mut (*s).tx }, len);
+    }
+}
+
+#[inline(always)]
+pub fn count_bfd_drop(reason: DecodeError) {
+    if let Some(c) = BFD_DROPS.get_ptr_mut(reason as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_bfd(slot: u32) {
+    if let Some(c) = BFD_COUNTERS.get_ptr_mut(slot) {
+        unsafe { *c += 1 };
     }
 }

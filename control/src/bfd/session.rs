@@ -1,0 +1,480 @@
+//! The transmit and detection half of one BFD session (RFC 5880 sections
+//! 6.8.1-6.8.7), pure: no I/O, no clock. The receive half runs in XDP
+//! (`xgw_common::bfd::on_receive`, applied to the session map); this side
+//! reads what it wrote (`Rx`) and decides, for a given time, which packet
+//! to send and whether the detection time has expired.
+//!
+//! Asynchronous mode only (no Demand mode, no authentication).
+use xgw_common::bfd::{self, Control, Diag, State};
+
+/// Per-session settings, in milliseconds as Open vSwitch and FRR configure them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    /// Desired Min TX Interval once Up.
+    pub min_tx_ms: u32,
+    /// Required Min RX Interval.
+    pub min_rx_ms: u32,
+    /// Detect Mult.
+    pub mult: u8,
+    /// Advertise a Required Min Echo RX Interval of `min_rx_ms` and reflect
+    /// the peer's echo packets in XDP (single-hop only).
+    pub echo: bool,
+}
+
+impl Default for Config {
+    /// Open vSwitch's defaults.
+    fn default() -> Config {
+        Config { min_tx_ms: bfd::ovs::MIN_TX_MS, min_rx_ms: bfd::ovs::MIN_RX_MS, mult: bfd::ovs::MULT, echo: false }
+    }
+}
+
+/// Which setting is out of range, for an error that names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("bfd min_tx must be 1..=60000 ms, got {0}")]
+    MinTx(u32),
+    #[error("bfd min_rx must be 1..=60000 ms, got {0}")]
+    MinRx(u32),
+    #[error("bfd mult must be 1..=255, got 0")]
+    Mult,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=60_000).contains(&self.min_tx_ms) {
+            return Err(ConfigError::MinTx(self.min_tx_ms));
+        }
+        if !(1..=60_000).contains(&self.min_rx_ms) {
+            return Err(ConfigError::MinRx(self.min_rx_ms));
+        }
+        if self.mult == 0 {
+            return Err(ConfigError::Mult);
+        }
+        Ok(())
+    }
+    fn tx_us(&self) -> u32 {
+        self.min_tx_ms * 1000
+    }
+    fn rx_us(&self) -> u32 {
+        self.min_rx_ms * 1000
+    }
+}
+
+/// What the datapath last wrote for this session (a copy of the kernel-owned
+/// half of `BfdSession`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rx {
+    pub state: u8,
+    pub diag: u8,
+    pub remote_state: u8,
+    pub remote_diag: u8,
+    pub remote_disc: u32,
+    pub remote_min_tx: u32,
+    pub remote_min_rx: u32,
+    pub remote_min_echo_rx: u32,
+    pub remote_mult: u8,
+    pub remote_flags: u8,
+    pub down_ack: u32,
+    pub poll_seq: u32,
+    pub final_seq: u32,
+    pub rx_packets: u64,
+    pub last_rx_ns: u64,
+}
+
+/// What `tick` asks the caller to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Write this value to the session's `ctl_down_seq`: the detection time
+    /// expired, the datapath must treat the session as Down.
+    pub down_seq: Option<u32>,
+    /// Send this control packet now.
+    pub send: Option<Control>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Poll {
+    /// `Rx::final_seq` when the poll began: any newer Final ends it.
+    final_seq: u32,
+    /// Required Min RX in force before the change: detection keeps using the
+    /// larger of old and new until the peer has acknowledged (6.8.3).
+    old_rx_us: u32,
+    /// Desired Min TX before the change: an increase takes effect on the
+    /// wire only once the peer has acknowledged (6.8.3).
+    old_tx_us: u32,
+}
+
+/// One session's transmit/detection state.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub config: Config,
+    pub local_disc: u32,
+    /// The `ctl_down_seq` this side last wrote.
+    down_seq: u32,
+    /// Desired Min TX / Required Min RX we advertise now.
+    adv_tx_us: u32,
+    adv_rx_us: u32,
+    poll: Option<Poll>,
+    /// `Rx::poll_seq` last answered with a Final.
+    finals_sent: u32,
+    next_tx_ns: u64,
+    /// The state of the last tick: a change is sent at once and, to or
+    /// from Up, counted as a flap.
+    last_state: State,
+    pub flaps: u64,
+    pub tx_packets: u64,
+}
+
+/// The session as `bfd/show` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub state: State,
+    pub diag: Diag,
+    pub remote_state: State,
+    pub remote_diag: Diag,
+    pub remote_disc: u32,
+}
+
+impl Session {
+    pub fn new(config: Config, local_disc: u32, now_ns: u64) -> Session {
+        Session {
+            config,
+            local_disc,
+            down_seq: 0,
+            adv_tx_us: config.tx_us().max(bfd::SLOW_TX_US),
+            adv_rx_us: config.rx_us(),
+            poll: None,
+            finals_sent: 0,
+            next_tx_ns: now_ns,
+            last_state: State::Down,
+            flaps: 0,
+            tx_packets: 0,
+        }
+    }
+
+    /// The state as seen through both halves: a Down declared by detection
+    /// counts from the moment it was declared, before the datapath applies it.
+    pub fn view(&self, rx: &Rx) -> View {
+        // Until the datapath applies a declared Down, the remote is unheard
+        // of: reported Down, as Open vSwitch resets it on expiry.
+        if rx.down_ack != self.down_seq {
+            return View {
+                state: State::Down,
+                diag: Diag::ControlDetectionTimeExpired,
+                remote_state: State::Down,
+                remote_diag: Diag::from_bits(rx.remote_diag),
+                remote_disc: 0,
+            };
+        }
+        View {
+            state: State::from_bits(rx.state),
+            diag: Diag::from_bits(rx.diag),
+            remote_state: State::from_bits(rx.remote_state),
+            remote_diag: Diag::from_bits(rx.remote_diag),
+            remote_disc: rx.remote_disc,
+        }
+    }
+
+    /// Detection time for packets from the remote, in microseconds (6.8.4).
+    pub fn detect_time_us(&self, rx: &Rx) -> u64 {
+        let rx_us = match self.poll {
+            Some(p) => p.old_rx_us.max(self.adv_rx_us),
+            None => self.adv_rx_us,
+        };
+        bfd::detection_time_us(rx.remote_mult.max(1), rx_us, rx.remote_min_tx)
+    }
+
+    /// The interval at which we send now (6.8.7), before jitter.
+    pub fn tx_interval_us(&self, rx: &Rx) -> Option<u32> {
+        let ours = match self.poll {
+            Some(p) if p.old_tx_us < self.adv_tx_us => p.old_tx_us,
+            _ => self.adv_tx_us,
+        };
+        if rx.rx_packets == 0 {
+            return Some(ours);
+        }
+        bfd::tx_interval_us(ours, rx.remote_min_rx)
+    }
+
+    /// Desired Min TX and Required Min RX to advertise in `state` (6.8.3:
+    /// at least one second while not Up).
+    fn wanted(&self, state: State) -> (u32, u32) {
+        let tx = if state == State::Up { self.config.tx_us() } else { self.config.tx_us().max(bfd::SLOW_TX_US) };
+        (tx, self.config.rx_us())
+    }
+
+    /// Changes the intervals or multiplier of a running session; a change of
+    /// advertised intervals while Up goes through a Poll Sequence.
+    pub fn reconfigure(&mut self, config: Config) {
+        self.config = config;
+    }
+
+    /// The earliest time `tick` has something to do, given `rx`.
+    pub fn deadline(&self, rx: &Rx) -> u64 {
+        let mut d = self.next_tx_ns;
+        let v = self.view(rx);
+        if matches!(v.state, State::Init | State::Up) && rx.rx_packets > 0 {
+            d = d.min(rx.last_rx_ns + self.detect_time_us(rx) * 1000);
+        }
+        d
+    }
+
+    /// Advances the session to `now_ns`. `jitter` is uniform in [0, 1).
+    pub fn tick(&mut self, now_ns: u64, rx: &Rx, jitter: f64) -> Actions {
+        let mut out = Actions::default();
+        let mut v = self.view(rx);
+        // 6.8.4: detection applies once the remote has been heard and the
+        // session is not (yet) Down.
+        if matches!(v.state, State::Init | State::Up)
+            && rx.rx_packets > 0
+            && now_ns > rx.last_rx_ns + self.detect_time_us(rx) * 1000
+        {
+            self.down_seq = self.down_seq.wrapping_add(1);
+            out.down_seq = Some(self.down_seq);
+            v = self.view(rx);
+            // A poll in flight is moot once the peer is gone.
+            self.poll = None;
+        }
+        let up = v.state == State::Up;
+        if v.state != self.last_state {
+            if up || self.last_state == State::Up {
+                self.flaps += 1;
+            }
+            self.last_state = v.state;
+            self.next_tx_ns = now_ns;
+        }
+
+        // Advertised intervals follow the state; while Up a change is polled.
+        let (tx, rxi) = self.wanted(v.state);
+        if (tx, rxi) != (self.adv_tx_us, self.adv_rx_us) {
+            if up && self.poll.is_none() {
+                self.poll = Some(Poll { final_seq: rx.final_seq, old_rx_us: self.adv_rx_us, old_tx_us: self.adv_tx_us });
+            }
+            self.adv_tx_us = tx;
+            self.adv_rx_us = rxi;
+            // Send the new values (with P) now rather than at the old pace.
+            if up {
+                self.next_tx_ns = now_ns;
+            }
+        }
+        if let Some(p) = self.poll {
+            if rx.final_seq != p.final_seq {
+                self.poll = None;
+            }
+        }
+
+        let owe_final = rx.poll_seq != self.finals_sent && rx.rx_packets > 0;
+        if owe_final || now_ns >= self.next_tx_ns {
+            let mut flags = 0;
+            if owe_final {
+                // 6.8.7: a Final goes out at once, and never together with Poll.
+                self.finals_sent = rx.poll_seq;
+                flags |= bfd::FLAG_FINAL;
+            } else if self.poll.is_some() {
+                flags |= bfd::FLAG_POLL;
+            }
+            out.send = Some(Control {
+                diag: v.diag,
+                state: v.state,
+                flags,
+                detect_mult: self.config.mult,
+                my_disc: self.local_disc,
+                your_disc: v.remote_disc,
+                desired_min_tx: self.adv_tx_us,
+                required_min_rx: self.adv_rx_us,
+                required_min_echo_rx: if self.config.echo { self.adv_rx_us } else { 0 },
+            });
+            self.tx_packets += 1;
+            if now_ns >= self.next_tx_ns {
+                self.schedule(now_ns, rx, jitter);
+            }
+        }
+        out
+    }
+
+    /// 6.8.7: the next periodic packet after 75-100 % of the interval
+    /// (75-90 % with Detect Mult 1). A peer asking for no packets (Required
+    /// Min RX 0) is still sent one per second, so it learns our state.
+    fn schedule(&mut self, now_ns: u64, rx: &Rx, jitter: f64) {
+        let interval = self.tx_interval_us(rx).unwrap_or(bfd::SLOW_TX_US) as f64;
+        let top = if self.config.mult == 1 { 0.90 } else { 1.0 };
+        let us = interval * (top - (top - 0.75) * jitter.clamp(0.0, 1.0));
+        self.next_tx_ns = now_ns + (us * 1000.0) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn cfg(tx: u32, rx: u32, mult: u8) -> Config {
+        Config { min_tx_ms: tx, min_rx_ms: rx, mult, echo: false }
+    }
+
+    /// A remote that has sent one packet in `state` at `at_ns`.
+    fn heard(state: State, local: State, at_ns: u64, remote_tx_us: u32, remote_rx_us: u32) -> Rx {
+        Rx {
+            state: local as u8,
+            remote_state: state as u8,
+            remote_disc: 0x1234,
+            remote_min_tx: remote_tx_us,
+            remote_min_rx: remote_rx_us,
+            remote_mult: 3,
+            rx_packets: 1,
+            last_rx_ns: at_ns,
+            ..Rx::default()
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(cfg(0, 10, 3).validate(), Err(ConfigError::MinTx(0)));
+        assert_eq!(cfg(10, 70_000, 3).validate(), Err(ConfigError::MinRx(70_000)));
+        assert_eq!(cfg(10, 10, 0).validate(), Err(ConfigError::Mult));
+        assert!(ConfigError::MinRx(0).to_string().contains("min_rx"));
+        assert_eq!(Config::default(), cfg(100, 1000, 3));
+    }
+
+    #[test]
+    fn down_sends_at_one_second_with_zero_your_discriminator() {
+        let mut s = Session::new(cfg(10, 10, 3), 0xabcd_0001, 0);
+        let rx = Rx { state: State::Down as u8, ..Rx::default() };
+        let a = s.tick(0, &rx, 0.0);
+        let p = a.send.expect("first packet at once");
+        assert_eq!((p.state, p.your_disc, p.my_disc), (State::Down, 0, 0xabcd_0001));
+        assert_eq!((p.desired_min_tx, p.required_min_rx, p.detect_mult), (1_000_000, 10_000, 3));
+        assert_eq!(p.flags, 0);
+        // No jitter draw of 0 -> full interval; nothing before it.
+        assert_eq!(s.tick(999 * MS, &rx, 0.0).send, None);
+        assert!(s.tick(1000 * MS, &rx, 0.0).send.is_some());
+        assert_eq!(a.down_seq, None);
+    }
+
+    #[test]
+    fn jitter_is_75_to_100_percent_and_75_to_90_with_mult_1() {
+        for (mult, top) in [(3u8, 1000), (1, 900)] {
+            let mut s = Session::new(cfg(1000, 1000, mult), 1, 0);
+            let rx = Rx { state: State::Down as u8, ..Rx::default() };
+            s.tick(0, &rx, 1.0);
+            assert_eq!(s.next_tx_ns, 750 * MS, "mult {mult}, jitter 1.0");
+            s.tick(s.next_tx_ns, &rx, 0.0);
+            assert_eq!(s.next_tx_ns, (750 + top) * MS, "mult {mult}, jitter 0.0");
+        }
+    }
+
+    #[test]
+    fn answers_a_poll_with_a_final_at_once_and_never_with_both_bits() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        s.tick(0, &rx, 0.0); // Up: starts its own poll (1 s -> 10 ms)
+        rx.poll_seq = 1;
+        let p = s.tick(MS / 2, &rx, 0.0).send.expect("final at once, off-schedule");
+        assert_eq!(p.flags, bfd::FLAG_FINAL);
+        // Only one Final per Poll received.
+        assert_eq!(s.tick(MS / 2 + 1, &rx, 0.0).send, None);
+    }
+
+    #[test]
+    fn entering_up_polls_the_faster_interval_and_final_ends_it() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let mut rx = heard(State::Init, State::Up, 0, 1_000_000, 10_000);
+        let p = s.tick(0, &rx, 0.0).send.unwrap();
+        assert_eq!(p.flags, bfd::FLAG_POLL);
+        assert_eq!(p.desired_min_tx, 10_000);
+        assert_eq!(s.view(&rx).state, State::Up);
+        // A decrease of Desired Min TX applies at once: next packet 10 ms later.
+        assert_eq!(s.next_tx_ns, 10 * MS);
+        let p = s.tick(10 * MS, &rx, 0.0).send.unwrap();
+        assert_eq!(p.flags, bfd::FLAG_POLL, "poll repeats until Final");
+        rx.final_seq = 1;
+        rx.last_rx_ns = 15 * MS;
+        let p = s.tick(20 * MS, &rx, 0.0).send.unwrap();
+        assert_eq!(p.flags, 0, "Final received: poll over");
+    }
+
+    #[test]
+    fn an_increase_of_min_tx_waits_for_the_final() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        s.tick(0, &rx, 0.0);
+        rx.final_seq = 1;
+        s.tick(1, &rx, 0.0);
+        assert_eq!(s.tx_interval_us(&rx), Some(10_000));
+        s.reconfigure(cfg(50, 50, 3));
+        rx.last_rx_ns = 5 * MS;
+        let p = s.tick(6 * MS, &rx, 0.0).send.unwrap();
+        assert_eq!((p.flags, p.desired_min_tx, p.required_min_rx), (bfd::FLAG_POLL, 50_000, 50_000));
+        assert_eq!(s.tx_interval_us(&rx), Some(10_000), "old (faster) rate until the Final");
+        rx.final_seq = 2;
+        s.tick(7 * MS, &rx, 0.0);
+        assert_eq!(s.tx_interval_us(&rx), Some(50_000));
+    }
+
+    #[test]
+    fn a_decrease_of_min_rx_keeps_the_old_detection_time_until_the_final() {
+        let mut s = Session::new(cfg(10, 100, 3), 7, 0);
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        s.tick(0, &rx, 0.0);
+        rx.final_seq = 1;
+        s.tick(1, &rx, 0.0);
+        assert_eq!(s.detect_time_us(&rx), 300_000);
+        s.reconfigure(cfg(10, 10, 3));
+        s.tick(2, &rx, 0.0);
+        assert_eq!(s.detect_time_us(&rx), 300_000);
+        rx.final_seq = 2;
+        s.tick(3, &rx, 0.0);
+        assert_eq!(s.detect_time_us(&rx), 30_000);
+    }
+
+    #[test]
+    fn detection_expiry_declares_down_with_diag_1_and_forgets_the_remote() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        rx.final_seq = 0;
+        s.tick(0, &rx, 0.0);
+        // Detection time 3 x max(10 ms, 10 ms) = 30 ms after the last packet.
+        assert_eq!(s.deadline(&rx).min(30 * MS), s.deadline(&rx));
+        assert_eq!(s.tick(30 * MS, &rx, 0.0).down_seq, None);
+        let a = s.tick(30 * MS + 1, &rx, 0.0);
+        assert_eq!(a.down_seq, Some(1));
+        let p = a.send.expect("sent with the new state");
+        assert_eq!((p.state, p.diag, p.your_disc), (State::Down, Diag::ControlDetectionTimeExpired, 0));
+        assert_eq!(p.desired_min_tx, 1_000_000, "back to 1 s while not Up");
+        let v = s.view(&rx);
+        assert_eq!((v.state, v.diag, v.remote_state), (State::Down, Diag::ControlDetectionTimeExpired, State::Down));
+        assert_eq!(s.flaps, 2, "up, then down");
+        // Declared once; the datapath acknowledges on its next packet.
+        assert_eq!(s.tick(40 * MS, &rx, 0.0).down_seq, None);
+        rx.down_ack = 1;
+        rx.state = State::Down as u8;
+        assert_eq!(s.tick(50 * MS, &rx, 0.0).down_seq, None, "Down: no detection");
+    }
+
+    #[test]
+    fn init_also_times_out_but_down_never_does() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let rx = heard(State::Down, State::Init, 0, 1_000_000, 10_000);
+        // Remote at 1 s: detection 3 s.
+        assert_eq!(s.tick(3000 * MS, &rx, 0.0).down_seq, None);
+        assert_eq!(s.tick(3000 * MS + 1, &rx, 0.0).down_seq, Some(1));
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let rx = heard(State::Down, State::Down, 0, 1_000_000, 10_000);
+        assert_eq!(s.tick(10_000 * MS, &rx, 0.0).down_seq, None);
+    }
+
+    #[test]
+    fn echo_advertises_required_min_echo_rx() {
+        let mut s = Session::new(Config { echo: true, ..cfg(10, 20, 3) }, 7, 0);
+        let p = s.tick(0, &Rx::default(), 0.0).send.unwrap();
+        assert_eq!(p.required_min_echo_rx, 20_000);
+    }
+
+    #[test]
+    fn a_peer_asking_for_no_packets_gets_one_per_second() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let rx = heard(State::Up, State::Up, 0, 10_000, 0);
+        s.tick(0, &rx, 0.0);
+        assert_eq!(s.next_tx_ns, 1000 * MS);
+    }
+}

@@ -1,0 +1,118 @@
+//! An FRR router (Debian frr: zebra + bfdd) in a test namespace with private
+//! config, run and log directories, one single-hop BFD peer. Both daemons run
+//! in the foreground under `Process` guards, so they are stopped by PID.
+//!
+//! bfdd's echo mode sends packets from its own address to its own address,
+//! to the peer's MAC, and counts those that come back: the peer must route
+//! them back (here xgw's XDP program reflects them).
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{netns::unique_name, Netns, Process};
+
+/// Single-hop BFD settings, milliseconds.
+#[derive(Debug, Clone)]
+pub struct FrrBfd {
+    pub peer: String,
+    pub local: String,
+    pub ifname: String,
+    pub tx_ms: u32,
+    pub rx_ms: u32,
+    pub mult: u8,
+    pub echo_ms: Option<u32>,
+}
+
+pub struct Frr {
+    // Drop order: daemons first, then files.
+    bfdd: Option<Process>,
+    zebra: Option<Process>,
+    dir: PathBuf,
+    ns_name: String,
+}
+
+impl Frr {
+    pub fn start(ns: &Netns, cfg: &FrrBfd) -> Frr {
+        let dir = std::env::temp_dir().join(unique_name("frr"));
+        for d in ["etc", "run", "log"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+        fs::write(dir.join("etc/vtysh.conf"), "service integrated-vtysh-config\n").unwrap();
+        fs::write(dir.join("etc/zebra.conf"), format!("hostname frr\nlog file {}\n", p("log/zebra.log"))).unwrap();
+        let mut conf = format!(
+            "hostname frr\nlog file {}\nbfd\n peer {} interface {} local-address {}\n  detect-multiplier {}\n  receive-interval {}\n  transmit-interval {}\n",
+            p("log/bfdd.log"),
+            cfg.peer,
+            cfg.ifname,
+            cfg.local,
+            cfg.mult,
+            cfg.rx_ms,
+            cfg.tx_ms
+        );
+        if let Some(e) = cfg.echo_ms {
+            conf += &format!("  echo-mode\n  echo transmit-interval {e}\n  echo receive-interval {e}\n");
+        }
+        conf += "  no shutdown\n exit\nexit\n";
+        fs::write(dir.join("etc/bfdd.conf"), conf).unwrap();
+        crate::sh(&["chown", "-R", "frr:frr", dir.to_str().unwrap()]);
+        let mut frr = Frr { bfdd: None, zebra: None, dir: dir.clone(), ns_name: ns.name.clone() };
+        frr.zebra = Some(ns.spawn(&[
+            "/usr/lib/frr/zebra", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/zebra.conf"), "-i", &p("run/zebra.pid"),
+            "-z", &p("run/zserv.api"), "--vty_socket", &p("run"),
+        ]));
+        frr.wait_file("run/zserv.api");
+        frr.bfdd = Some(ns.spawn(&[
+            "/usr/lib/frr/bfdd", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/bfdd.conf"), "-i", &p("run/bfdd.pid"),
+            "-z", &p("run/zserv.api"), "--vty_socket", &p("run"), "--bfdctl", &p("run/bfdd.sock"),
+        ]));
+        frr.wait_file("run/bfdd.vty");
+        frr
+    }
+
+    fn wait_file(&self, rel: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.dir.join(rel).exists() {
+            assert!(Instant::now() < deadline, "FRR did not create {rel}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `vtysh -c <cmd>` against this instance.
+    pub fn vtysh(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns_name, "vtysh", "--vty_socket"])
+            .arg(self.dir.join("run"))
+            .arg("--config_dir")
+            .arg(self.dir.join("etc"))
+            .args(["-c", cmd])
+            .output()
+            .expect("vtysh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `show bfd peer <ip> json`.
+    pub fn peer(&self, ip: &str) -> serde_json::Value {
+        serde_json::from_str(&self.vtysh(&format!("show bfd peer {ip} json"))).unwrap_or_default()
+    }
+
+    /// `show bfd peer <ip> counters json`.
+    pub fn counters(&self, ip: &str) -> serde_json::Value {
+        serde_json::from_str(&self.vtysh(&format!("show bfd peer {ip} counters json"))).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        let t = fs::read_to_string(self.dir.join("log/bfdd.log")).unwrap_or_default();
+        t.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        self.bfdd.take();
+        self.zebra.take();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
