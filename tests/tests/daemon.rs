@@ -288,8 +288,9 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ofport", "10"]);
     d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
     d.cli(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--tunnel", "hv2", "--port-key", "34"]);
+    // Once the next hop is in, nothing changes the maps but requests.
+    let show = wait_resolved(d, "hv2");
     let maps = read_maps(&d.pins());
-    let show = d.json(&["show"]);
 
     let cases: &[(&[&str], &str)] = &[
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.300", "--vni", "1"], "198.51.100.300"),
@@ -512,4 +513,38 @@ fn forwarding_survives_a_sigkilled_daemon_without_losing_a_packet() {
     let tunnel = stats["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap();
     assert!(tunnel["tx_packets"].as_u64().unwrap() >= 500 && tunnel["rx_packets"].as_u64().unwrap() >= 500, "{stats}");
     let _ = &t.gw2;
+}
+
+#[test]
+fn keep_datapath_leaves_forwarding_running_and_uninstall_removes_it() {
+    require_root!();
+    let mut gw = gateway("dkeep");
+    gw.daemon.extra = vec!["--keep-datapath".into()];
+    gw.daemon.start();
+    gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
+    gw.daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    wait_resolved(&gw.daemon, "hv2");
+    let maps = read_maps(&gw.daemon.pins());
+    gw.daemon.stop();
+    // Stopped with --keep-datapath: programs attached, maps as they were.
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(net.contains("ul(") && net.contains("p1("), "{net}");
+    assert_eq!(read_maps(&gw.daemon.pins()), maps);
+
+    let pins = gw.daemon.pins();
+    let out = std::process::Command::new(xgw_tests::xgw_bin())
+        .args(["uninstall", "--bpffs", pins.to_str().unwrap(), "--state-dir", gw.daemon.state_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.exists());
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(!net.contains("ul(") && !net.contains("p1("), "uninstall left programs attached: {net}");
+
+    // The stores stayed: a new daemon restores both ports under their numbers.
+    gw.daemon.extra.clear();
+    gw.daemon.start();
+    let show = wait_resolved(&gw.daemon, "hv2");
+    assert_eq!(show["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
 }
