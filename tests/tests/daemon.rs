@@ -316,6 +316,23 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     }
     assert_eq!(d.json(&["show"]), show, "refused commands changed the daemon's state");
 
+    // The socket itself: root only, bounded requests, JSON or nothing.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o600, 0), "socket mode and owner");
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let mut big = vec![b' '; 70_000];
+    big.push(b'\n');
+    assert!(raw(&big).contains("request larger than 65536 bytes refused"));
+    assert!(raw(b"{\"op\":\"port_add\",\"name\":1}\n").contains("bad request"));
+    assert_eq!(read_maps(&d.pins()), maps);
+
     // A second daemon on the same uplink is refused, in one line; the first
     // keeps running untouched.
     let out = d.run_command(&[]).output().unwrap();
