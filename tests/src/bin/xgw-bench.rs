@@ -10,6 +10,10 @@
 //!   one frame and performs its redirect for real), frames are counted where
 //!   they arrive (a sink dropping them in XDP on the far veth end), beside
 //!   a trivial redirect program on the same path.
+//!
+//! `--only decap|encap` runs just that veth row (with its baseline) and
+//! writes no results: a steady load to attach a profiler to
+//! (`perf record -e cpu-clock -a -- xgw-bench --only decap`).
 use std::{
     fs,
     path::PathBuf,
@@ -70,10 +74,20 @@ fn ns_per_packet(gw: &TestGateway, prog: &str, pkt: &[u8], packets: u32, ifindex
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).cloned().expect("--only decap|encap"));
     let (repeat, runs, frames) = if quick { (10_000u32, 3, 200_000u32) } else { (1_000_000, 7, 5_000_000) };
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
 
+    if let Some(only) = &only {
+        assert!(only == "decap" || only == "encap", "--only decap|encap, not {only}");
+        for r in veth_pps(frames, runs, Some(only)) {
+            println!("{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}, {:.1} ns/pkt more", r.name, r.value.median / 1e3,
+                     r.baseline, r.base.median / 1e3, r.value.median / r.base.median, 1e9 / r.value.median - 1e9 / r.base.median);
+        }
+        return;
+    }
     let mut gw = TestGateway::load(&["xgw_pass", "xgw_uplink", "xgw_local"]);
     let (decap_pkt, encap_pkt) = bench_setup(&mut gw);
     // Interleave measured and baseline runs so drift on a noisy VM hits both.
@@ -93,7 +107,7 @@ fn main() {
         Row { name: "encap (Geneve+OVN option, IPv4)", unit: "ns/pkt", baseline: "xgw_pass", value: stats(encap), base: pass },
     ];
     drop(gw);
-    rows.extend(veth_pps(frames, runs));
+    rows.extend(veth_pps(frames, runs, None));
 
     let mut md = format!(
         "| benchmark | unit | value (median, min-max) | baseline | baseline value | ratio |\n|---|---|---|---|---|---|\n"
@@ -142,7 +156,7 @@ fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
 /// the same frame from the same interface to the same destination.
 ///
 ///   [hv: sink] hv0 -- ul [gw: xgw_uplink / xgw_local] p -- eth0 [vm: sink]
-fn veth_pps(frames: u32, runs: usize) -> Vec<Row> {
+fn veth_pps(frames: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
     let gw_ns = Netns::new("bgw");
     let hv = Netns::new("bhv");
     let vm = Netns::new("bvm");
@@ -185,18 +199,31 @@ fn veth_pps(frames: u32, runs: usize) -> Vec<Row> {
         delivered as f64 / elapsed.as_secs_f64()
     };
     let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
+    let (do_decap, do_encap) = (only != Some("encap"), only != Some("decap"));
     for _ in 0..runs {
-        decap.push(run(&gw, "xgw_uplink", &decap_pkt, ul, &vm, "eth0"));
-        encap.push(run(&gw, "xgw_local", &encap_pkt, p, &hv, "hv0"));
-        gw.devmap_set(0, p);
-        decap_base.push(run(&gw, "xgw_redirect", &decap_pkt, ul, &vm, "eth0"));
-        gw.devmap_set(0, ul);
-        encap_base.push(run(&gw, "xgw_redirect", &encap_pkt, p, &hv, "hv0"));
+        if do_decap {
+            decap.push(run(&gw, "xgw_uplink", &decap_pkt, ul, &vm, "eth0"));
+        }
+        if do_encap {
+            encap.push(run(&gw, "xgw_local", &encap_pkt, p, &hv, "hv0"));
+        }
+        if do_decap {
+            gw.devmap_set(0, p);
+            decap_base.push(run(&gw, "xgw_redirect", &decap_pkt, ul, &vm, "eth0"));
+        }
+        if do_encap {
+            gw.devmap_set(0, ul);
+            encap_base.push(run(&gw, "xgw_redirect", &encap_pkt, p, &hv, "hv0"));
+        }
     }
-    vec![
-        Row { name: "decap on the veth path (uplink -> port)", unit: "pkt/s", baseline: "xgw_redirect", value: stats(decap), base: stats(decap_base) },
-        Row { name: "encap on the veth path (port -> uplink)", unit: "pkt/s", baseline: "xgw_redirect", value: stats(encap), base: stats(encap_base) },
-    ]
+    let mut rows = vec![];
+    if do_decap {
+        rows.push(Row { name: "decap on the veth path (uplink -> port)", unit: "pkt/s", baseline: "xgw_redirect", value: stats(decap), base: stats(decap_base) });
+    }
+    if do_encap {
+        rows.push(Row { name: "encap on the veth path (port -> uplink)", unit: "pkt/s", baseline: "xgw_redirect", value: stats(encap), base: stats(encap_base) });
+    }
+    rows
 }
 
 /// Configures one tunnel and one local port on lo (test_run only needs an
