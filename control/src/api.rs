@@ -38,6 +38,13 @@ pub enum Request {
     Stats,
 }
 
+impl Request {
+    /// Reads nothing but state: a refusal of one is not worth a log line.
+    pub fn is_query(&self) -> bool {
+        matches!(self, Request::PortList | Request::TunnelList | Request::BindingList | Request::Show | Request::Stats)
+    }
+}
+
 /// A local port, as the operator names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
