@@ -73,15 +73,35 @@ pub fn render(d: &Daemon) -> Result<String> {
 
     let bfd_state = Family::<Labels, Gauge>::default();
     let bfd_flaps = Family::<Labels, Counter>::default();
-    for (tunnel, status) in d.bfd_sessions() {
-        let Some(s) = status else { continue };
+    let bfd_packets = Family::<Labels, Counter>::default();
+    for v in d.bfd_sessions() {
         for state in ["admin_down", "down", "init", "up"] {
-            bfd_state.get_or_create(&labels(&[("tunnel", &tunnel), ("state", state)])).set((s.state == state) as i64);
+            let l = labels(&[("session", &v.name), ("type", &v.kind), ("state", state)]);
+            bfd_state.get_or_create(&l).set((v.local_state == state) as i64);
         }
-        bfd_flaps.get_or_create(&labels(&[("tunnel", &tunnel)])).inc_by(s.flaps);
+        bfd_flaps.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind)])).inc_by(v.flap_count);
+        for (dir, n) in [("rx", v.rx_packets), ("tx", v.tx_packets)] {
+            bfd_packets.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind), ("direction", dir)])).inc_by(n);
+        }
     }
     registry.register("bfd_state", "1 for the BFD session's current state", bfd_state);
     registry.register("bfd_flaps", "Times the BFD session left up", bfd_flaps);
+    registry.register("bfd_session_packets", "BFD control packets per session and direction", bfd_packets);
+
+    let bfd_drops = Family::<Labels, Counter>::default();
+    for (reason, n) in &stats.bfd.drops {
+        bfd_drops.get_or_create(&labels(&[("reason", reason)])).inc_by(*n);
+    }
+    registry.register("bfd_drops", "BFD packets the datapath discarded, by reason", bfd_drops);
+    let bfd_rx: Counter = Counter::default();
+    bfd_rx.inc_by(stats.bfd.rx);
+    registry.register("bfd_rx_packets", "Valid BFD control packets received in XDP", bfd_rx);
+    let bfd_echo: Counter = Counter::default();
+    bfd_echo.inc_by(stats.bfd.echo_reflected);
+    registry.register("bfd_echo_reflected", "BFD echo packets reflected in XDP", bfd_echo);
+    let bfd_lost: Counter = Counter::default();
+    bfd_lost.inc_by(stats.bfd.events_lost);
+    registry.register("bfd_events_lost", "BFD state events the ring buffer could not hold", bfd_lost);
 
     let mut out = String::new();
     encode(&mut out, &registry)?;

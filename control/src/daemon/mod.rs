@@ -12,6 +12,7 @@
 //! unless `--keep-datapath`; the stores stay, so the next start restores
 //! every port under its number. SIGKILL leaves the datapath running; the
 //! next daemon adopts it. SIGHUP re-reads the config file.
+pub mod bfd;
 pub mod hooks;
 pub mod netlink;
 pub mod pins;
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     pub keep_datapath: bool,
     pub nexthop_refresh: Duration,
+    /// SCHED_FIFO priority of the BFD transmit thread (0: ordinary).
+    pub bfd_rt_priority: i32,
 }
 
 impl RunOptions {
@@ -150,6 +153,7 @@ pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Result<serde_json::Value>>),
     Metrics(oneshot::Sender<Result<String>>),
     RefreshNexthops,
+    WatchBfd,
     Reload(PathBuf),
     Stop { keep_datapath: bool, done: oneshot::Sender<Result<()>> },
 }
@@ -165,13 +169,13 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// at a time, so no lock is needed and a blocking fsync or netlink call
 /// delays the requests queued behind it but never the accepting, reading
 /// and timing out of other connections.
-pub fn run(opts: RunOptions, hooks: Box<dyn hooks::TunnelHooks>) -> Result<()> {
+pub fn run(opts: RunOptions) -> Result<()> {
     let checked = check_options(&opts)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
-    rt.block_on(serve(opts, checked, hooks))
+    rt.block_on(serve(opts, checked))
 }
 
-async fn serve(opts: RunOptions, checked: Checked, hooks: Box<dyn hooks::TunnelHooks>) -> Result<()> {
+async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     let (config, metrics, uplink_index, ip4, ip6) = checked;
     let uplink_index = uplink_index.expect("checked");
     // Handlers before anything is touched: a SIGTERM during the start then
@@ -211,7 +215,7 @@ async fn serve(opts: RunOptions, checked: Checked, hooks: Box<dyn hooks::TunnelH
     let owner = {
         let (opts, pins) = (opts.clone(), pins.clone());
         std::thread::Builder::new().name("xgw-state".into()).spawn(move || {
-            match start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6, hooks) {
+            match start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6) {
                 Ok(daemon) => {
                     let _ = ready_tx.send(Ok(()));
                     own(daemon, rx);
@@ -241,6 +245,7 @@ async fn serve(opts: RunOptions, checked: Checked, hooks: Box<dyn hooks::TunnelH
         tokio::spawn(crate::metrics::serve(tokio::net::TcpListener::from_std(listener)?, tx.clone()));
     }
     tokio::spawn(every(opts.nexthop_refresh, tx.clone(), || Msg::RefreshNexthops));
+    tokio::spawn(every(bfd::WATCH_PERIOD, tx.clone(), || Msg::WatchBfd));
     notify_systemd("READY=1");
     tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
 
@@ -301,6 +306,7 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>) {
                 let _ = reply.send(crate::metrics::render(&d));
             }
             Msg::RefreshNexthops => d.refresh_nexthops(false),
+            Msg::WatchBfd => d.watch_bfd(),
             Msg::Reload(path) => match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
                 Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                 Err(e) => tracing::error!("config not reloaded: {e:#}"),
@@ -328,7 +334,6 @@ fn start(
     uplink_index: u32,
     ip4: Option<[u8; 4]>,
     ip6: Option<[u8; 16]>,
-    hooks: Box<dyn hooks::TunnelHooks>,
 ) -> Result<Daemon> {
     let mut ebpf = pins.load()?;
     start_ebpf_logger(&mut ebpf);
@@ -373,6 +378,15 @@ fn start(
             AttachMode::Skb => "skb".into(),
         },
     };
+    // The BFD engine takes its maps out of the object and opens its sockets
+    // here, in the daemon's network namespace.
+    let engine = crate::bfd::Engine::start(
+        &mut ebpf,
+        crate::bfd::Uplink { ifname: opts.uplink.clone(), mac },
+        crate::bfd::Options { rt_priority: opts.bfd_rt_priority },
+    )
+    .context("starting the BFD engine")?;
+    let hooks = Box::new(bfd::BfdHooks::new(engine, &opts.uplink, ip4, ip6));
     let mut daemon = Daemon::open(ebpf, pins.clone(), opts.mode, view, &opts.state_dir, hooks)?;
     daemon.adopt()?;
     if let Some(config) = config {
