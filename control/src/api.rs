@@ -180,7 +180,7 @@ pub struct BfdSessionView {
     pub remote_min_tx_ms: f64,
     pub remote_min_rx_ms: f64,
     pub remote_detect_mult: u8,
-    /// Times the session left Up.
+    /// Changes to or from Up (as Open vSwitch counts `flap_count`).
     pub flap_count: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,

@@ -85,7 +85,7 @@ pub fn render(d: &Daemon) -> Result<String> {
         }
     }
     registry.register("bfd_state", "1 for the BFD session's current state", bfd_state);
-    registry.register("bfd_flaps", "Times the BFD session left up", bfd_flaps);
+    registry.register("bfd_flaps", "Changes of the BFD session to or from up (as Open vSwitch counts flap_count)", bfd_flaps);
     registry.register("bfd_session_packets", "BFD control packets per session and direction", bfd_packets);
 
     let bfd_drops = Family::<Labels, Counter>::default();
