@@ -245,3 +245,74 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
     let show = d.json(&["show"]);
     assert_eq!(show["ports"][0]["bfd"]["state"], "up", "{show}");
 }
+
+#[test]
+fn single_hop_peers_from_the_api_and_the_config_file() {
+    require_root!();
+    let na = Netns::new("bsa");
+    let nb = Netns::new("bsb");
+    Veth::new(&na, "ul", &format!("{}/24", IP[0]), &nb, "ul", &format!("{}/24", IP[1]));
+    let mut a = Daemon::new(&na, "ul", &[IP[0]]);
+    a.start();
+    // B's peer comes from its config file.
+    let mut b = Daemon::new(&nb, "ul", &[IP[1]]);
+    let config = b.state.path.join("xgw.toml");
+    let file = |ms: u32| format!("[[bfd_peers]]\nname = \"tor\"\npeer_ip = \"{}\"\nmin_tx_ms = {ms}\nmin_rx_ms = {ms}\n", IP[0]);
+    std::fs::write(&config, file(50)).unwrap();
+    b.extra = vec!["--config".into(), config.display().to_string()];
+    b.start();
+    let p = a.json(&["bfd", "peer", "add", "tor", "--peer-ip", IP[1], "--min-tx", "50", "--min-rx", "50"]);
+    assert_eq!((p["ifname"].as_str(), p["local_ip"].as_str(), p["from_config"].as_bool()), (Some("ul"), Some(IP[0]), Some(false)), "{p}");
+
+    let (sa, took) = wait(&a, "tor", "up", Duration::from_secs(10), up);
+    let (sb, _) = wait(&b, "tor", "up", Duration::from_secs(5), up);
+    eprintln!("single-hop Up in {took:?}");
+    assert_eq!((sa["type"].as_str(), sa["ifname"].as_str(), sa["remote_ip"].as_str()), (Some("peer"), Some("ul"), Some(IP[1])), "{sa}");
+    assert_eq!((sa["tx_interval_ms"].as_f64(), sa["detect_time_ms"].as_f64()), (Some(50.0), Some(150.0)), "{sa}");
+    assert_eq!(sa["remote_discriminator"], sb["local_discriminator"]);
+    matches_the_session_map(&a, &sa);
+    matches_the_session_map(&b, &sb);
+    let list = b.json(&["bfd", "peer", "list"]);
+    assert_eq!((list[0]["name"].as_str(), list[0]["from_config"].as_bool(), list[0]["state"].as_str()), (Some("tor"), Some(true), Some("up")), "{list}");
+
+    // Bad input: one line naming the field, no session or tunnel more.
+    let sessions = |d: &Daemon| -> Vec<String> {
+        d.json(&["bfd", "show"]).as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["bfd", "peer", "add", "r6", "--peer-ip", "2001:db8::1"], "peer_ip: 2001:db8::1"),
+        (&["bfd", "peer", "add", "tor", "--peer-ip", "198.51.100.9"], "\"tor\" already exists"),
+        (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--min-tx", "0"], "min_tx_ms: 0"),
+        (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--ifname", "nope0"], "\"nope0\""),
+        (&["tunnel", "add", "t9", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd", "--bfd-mult", "0"], "bfd_detect_mult: 0"),
+        (&["tunnel", "add", "t9", "--remote-ip", "2001:db8::9", "--vni", "7", "--bfd"], "no --local-ip"),
+        (&["tunnel", "add", "tor", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd"], "\"tor\""),
+        (&["bfd", "peer", "del", "nope"], "\"nope\""),
+        (&["bfd", "show", "nope"], "\"nope\""),
+    ];
+    for (args, names) in cases {
+        let err = a.refused(args);
+        assert!(err.contains(names), "xgw {args:?}: {err:?} does not name {names:?}");
+    }
+    assert_eq!(sessions(&a), ["tor"]);
+    assert_eq!(a.json(&["tunnel", "list"]), Value::Array(vec![]));
+
+    // The file changes the timers; SIGHUP applies them to the running session.
+    std::fs::write(&config, file(20)).unwrap();
+    b.process.as_ref().unwrap().signal(nix::sys::signal::Signal::SIGHUP);
+    let (sb, _) = wait(&b, "tor", "at min_tx 20 ms", Duration::from_secs(5), |s| up(s) && s["local_min_tx_ms"] == 20);
+    assert_eq!(sb["flap_count"], 1, "{sb}");
+
+    // A restarted daemon runs its stored peer again.
+    a.kill9();
+    a.start();
+    let (sa, took) = wait(&a, "tor", "up after a restart", Duration::from_secs(10), up);
+    eprintln!("single-hop Up again {took:?} after the restart");
+    assert_eq!(sa["local_min_tx_ms"], 50);
+
+    // Deleting the peer stops its packets: B declares the session Down.
+    a.json(&["bfd", "peer", "del", "tor"]);
+    assert!(sessions(&a).is_empty());
+    let (sb, _) = wait(&b, "tor", "down", Duration::from_secs(3), |s| s["local_state"] == "down");
+    assert_eq!(sb["local_diagnostic"], DETECT_EXPIRED, "{sb}");
+}
