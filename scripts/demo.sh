@@ -75,7 +75,7 @@ daemon() {
 
 wait_bfd_up() {   # CLI-FUNCTION NAME
     for _ in $(seq 100); do
-        "$1" bfd show "$2" --json 2>/dev/null | grep -q '"state": *"up"' && return 0
+        "$1" bfd show "$2" --json 2>/dev/null | grep -Eq '"forwarding": ?true' && return 0
         sleep 0.1
     done
     "$1" bfd show "$2"; die "BFD on $2 did not come up"
@@ -146,7 +146,7 @@ ip netns exec "$GW" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9477; printf "GET /metri
     | grep -E '^xgw_(port_packets|bfd|ofport)' | sed -n 1,12p
 step "Open vSwitch's view on hv1: ovs-appctl bfd/show"
 "$HERE/ovs-hv.sh" ctl hv1 ovs-appctl bfd/show | grep -E "State|Forwarding|Interface|Flap" | sed -n 1,8p
-step "the maps behind it, through bpftool: DROPS (per-CPU)"
-bpftool map dump pinned "$RUN/bpffs/gw/DROPS" | sed -n 1,4p
+step "the maps behind it, through bpftool: TUNNELS (OpenFlow number -> remote, next hop, flags, VNI)"
+bpftool map dump pinned "$RUN/bpffs/gw/TUNNELS" | sed -n 1,12p
 
 step "tear down"
