@@ -1,9 +1,14 @@
 //! `xgw`: one binary for the operator. Subcommands grow with the daemon.
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xgw::{datapath::AttachMode, probe};
+use xgw::{
+    cli::{self, BindingCmd, Common, PortCmd, TunnelCmd},
+    daemon::{self, hooks::NoBfd, RunOptions},
+    datapath::AttachMode,
+    probe,
+};
 
 #[derive(Parser)]
 #[command(name = "xgw", version, about = "xgw: XDP gateway datapath for Geneve overlays")]
@@ -14,9 +19,87 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway daemon on an uplink.
+    Run(RunArgs),
+    /// Local ports (through the daemon).
+    Port {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: PortCmd,
+    },
+    /// Geneve tunnels (through the daemon).
+    Tunnel {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: TunnelCmd,
+    },
+    /// Remote MACs behind tunnels (through the daemon).
+    Binding {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: BindingCmd,
+    },
+    /// Overview of the gateway: uplink, ports with OpenFlow numbers, bindings.
+    Show {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Per-port packets and bytes, drops by reason, replies.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove the pinned programs, links and maps a daemon left behind.
+    Uninstall {
+        /// The daemon's bpffs directory.
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+        /// With --uplink: the default bpffs directory of that uplink.
+        #[arg(long)]
+        uplink: Option<String>,
+        #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Per-protocol packet counter on one interface (the first XDP program).
     #[command(subcommand)]
     Probe(ProbeCmd),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The underlay interface (Geneve arrives and leaves here).
+    #[arg(long)]
+    uplink: String,
+    /// The gateway's tunnel endpoint address on the uplink; once per family.
+    #[arg(long = "local-ip", required = true)]
+    local_ip: Vec<IpAddr>,
+    /// TOML file with ports, tunnels, bindings and BFD settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the committed ports and bindings live.
+    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/xgw/<uplink>].
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// The API socket (mode 0600, root only).
+    #[arg(long, default_value = xgw::api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Serve Prometheus metrics on this loopback address:port (overrides the config file's).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// XDP attach mode; `skb` (generic) is slow and only for drivers without XDP.
+    #[arg(long, value_enum, default_value_t = AttachMode::Native)]
+    mode: AttachMode,
+    /// On SIGTERM/SIGINT leave the datapath running (for an upgrade).
+    #[arg(long)]
+    keep_datapath: bool,
+    /// How often tunnel next hops are re-resolved, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    nexthop_refresh_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +141,35 @@ fn pins(bpffs: &std::path::Path, iface: &str) -> probe::Pins {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(a) => {
+            let opts = RunOptions {
+                uplink: a.uplink,
+                local_ips: a.local_ip,
+                mode: a.mode,
+                config: a.config,
+                state_dir: a.state_dir,
+                bpffs: a.bpffs,
+                socket: a.socket,
+                metrics: a.metrics,
+                keep_datapath: a.keep_datapath,
+                nexthop_refresh: Duration::from_millis(a.nexthop_refresh_ms.max(10)),
+            };
+            daemon::run(opts, Box::new(NoBfd))?;
+        }
+        Command::Port { common, cmd } => cli::port(&common, cmd)?,
+        Command::Tunnel { common, cmd } => cli::tunnel(&common, cmd)?,
+        Command::Binding { common, cmd } => cli::binding(&common, cmd)?,
+        Command::Show { common } => cli::show(&common)?,
+        Command::Stats { common } => cli::stats(&common)?,
+        Command::Uninstall { bpffs, uplink, state_dir } => {
+            let dir = match (bpffs, uplink) {
+                (Some(d), _) => d,
+                (None, Some(u)) => PathBuf::from(daemon::DEFAULT_BPFFS_ROOT).join(u),
+                (None, None) => anyhow::bail!("uninstall: give --bpffs DIR or --uplink IF"),
+            };
+            let removed = daemon::uninstall(&dir, &state_dir)?;
+            println!("removed {} pins under {}", removed.len(), dir.display());
+        }
         Command::Probe(ProbeCmd::Attach { iface, mode, bpffs }) => {
             if mode == AttachMode::Skb {
                 tracing::warn!("attaching in generic (skb) mode: every packet pays for an skb; use native mode in production");
@@ -88,11 +200,26 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XGW_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                | clap::error::ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // One line naming the argument and the value, like every other error.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("xgw: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xgw: {e:#}");
+            // One line: scripts and tests read it whole.
+            eprintln!("xgw: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }

@@ -10,6 +10,7 @@
 pub mod addrs;
 pub mod bpftool;
 pub mod capture;
+pub mod daemon;
 pub mod frr;
 pub mod fuzz;
 pub mod gateway;

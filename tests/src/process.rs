@@ -68,6 +68,11 @@ impl Process {
         Some((out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 
+    /// Whether the process has exited (it is not reaped from the guard).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
     pub fn describe(&self) -> &str {
         &self.what
     }

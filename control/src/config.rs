@@ -1,0 +1,429 @@
+//! The daemon's TOML configuration file: ports, tunnels, remote bindings,
+//! BFD settings, the metrics address.
+//!
+//! Parsing is in two steps so that every error names its field: serde reads
+//! the file into loose types (numbers as i64, addresses as strings; unknown
+//! keys refused), then `validate` checks each value and reports
+//! `config: tunnels[2].vni: 16777216 is above 2^24-1`. A file with any error
+//! changes nothing: the daemon refuses to start.
+//!
+//! ```toml
+//! metrics = "127.0.0.1:9477"
+//!
+//! [bfd]
+//! min_rx_ms = 1000
+//! min_tx_ms = 100
+//! detect_mult = 3
+//!
+//! [[ports]]
+//! name = "vm1"
+//! ifname = "tap1"
+//! vni = 5001
+//! port_key = 17
+//! mac = "02:00:5e:20:00:01"
+//! ip = "203.0.113.1"
+//!
+//! [[tunnels]]
+//! name = "hv2"
+//! remote_ip = "198.51.100.2"
+//! vni = 5001
+//! bfd = true
+//! ovn_metadata = true
+//! ofport = 10
+//!
+//! [[bindings]]
+//! vni = 5001
+//! mac = "02:00:5e:20:00:02"
+//! ip = "203.0.113.2"
+//! tunnel = "hv2"
+//! port_key = 34
+//! ```
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Display,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{
+    api::{BindingArgs, PortArgs, TunnelArgs},
+    ofport::{spec::IFNAME_MAX, MacAddr, OfPort},
+};
+
+const VNI_MAX: i64 = (1 << 24) - 1;
+const PORT_KEY_MAX: i64 = (1 << 15) - 1;
+
+/// One line: the field's path and what is wrong with its value.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(path: impl Display, what: impl Display) -> ConfigError {
+    ConfigError(format!("{path}: {what}"))
+}
+
+/// BFD timers for every tunnel with `bfd = true` (RFC 5880 terms; defaults
+/// as Open vSwitch's `bfd:min_rx`, `bfd:min_tx`, `bfd:mult`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdSettings {
+    pub min_rx_ms: u32,
+    pub min_tx_ms: u32,
+    pub detect_mult: u8,
+}
+
+impl Default for BfdSettings {
+    fn default() -> Self {
+        BfdSettings { min_rx_ms: 1000, min_tx_ms: 100, detect_mult: 3 }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub metrics: Option<SocketAddr>,
+    pub bfd: BfdSettings,
+    pub ports: Vec<PortArgs>,
+    pub tunnels: Vec<TunnelArgs>,
+    pub bindings: Vec<BindingArgs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    metrics: Option<String>,
+    bfd: Option<RawBfd>,
+    #[serde(default)]
+    ports: Vec<RawPort>,
+    #[serde(default)]
+    tunnels: Vec<RawTunnel>,
+    #[serde(default)]
+    bindings: Vec<RawBinding>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBfd {
+    min_rx_ms: Option<i64>,
+    min_tx_ms: Option<i64>,
+    detect_mult: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: String,
+    ifname: String,
+    vni: i64,
+    port_key: i64,
+    mac: String,
+    ip: Option<String>,
+    ofport: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    name: String,
+    remote_ip: String,
+    vni: i64,
+    #[serde(default)]
+    bfd: bool,
+    #[serde(default)]
+    ovn_metadata: bool,
+    ofport: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBinding {
+    vni: i64,
+    mac: String,
+    ip: Option<String>,
+    tunnel: String,
+    port_key: i64,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(path.display(), e))?;
+        Config::parse(&text).map_err(|ConfigError(e)| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's own rendering spans several lines; keep one.
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().replace('\n', " ");
+            match line {
+                Some(line) => ConfigError(format!("line {line}: {message}")),
+                None => ConfigError(message),
+            }
+        })?;
+        raw.validate()
+    }
+}
+
+fn vni(path: &str, v: i64) -> Result<u32, ConfigError> {
+    match v {
+        0..=VNI_MAX => Ok(v as u32),
+        v if v < 0 => Err(err(format!("{path}.vni"), format_args!("{v} is negative"))),
+        v => Err(err(format!("{path}.vni"), format_args!("{v} is above 2^24-1"))),
+    }
+}
+
+fn port_key(path: &str, v: i64) -> Result<u16, ConfigError> {
+    match v {
+        1..=PORT_KEY_MAX => Ok(v as u16),
+        v => Err(err(format!("{path}.port_key"), format_args!("{v} is out of range (1..={PORT_KEY_MAX})"))),
+    }
+}
+
+fn ofport(path: &str, v: Option<i64>) -> Result<Option<u16>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    match u16::try_from(v).ok().and_then(|n| OfPort::new(n).ok()) {
+        Some(p) => Ok(Some(p.get())),
+        None => Err(err(format!("{path}.ofport"), format_args!("{v} is out of range (1..={})", OfPort::MAX.get()))),
+    }
+}
+
+fn mac(path: &str, s: &str) -> Result<MacAddr, ConfigError> {
+    let m: MacAddr = s.parse().map_err(|_| err(format!("{path}.mac"), format_args!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
+    if !m.is_unicast() {
+        return Err(err(format!("{path}.mac"), format_args!("{m} is not a unicast address")));
+    }
+    Ok(m)
+}
+
+fn ip(path: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    let a: IpAddr = s.parse().map_err(|_| err(format!("{path}.{field}"), format_args!("{s:?} is not an IP address")))?;
+    let unicast = match a {
+        IpAddr::V4(v) => !(v.is_unspecified() || v.is_multicast() || v.is_broadcast()),
+        IpAddr::V6(v) => !(v.is_unspecified() || v.is_multicast()),
+    };
+    if !unicast {
+        return Err(err(format!("{path}.{field}"), format_args!("{a} is not a unicast address")));
+    }
+    Ok(a)
+}
+
+fn name(path: &str, s: &str) -> Result<String, ConfigError> {
+    if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(format!("{path}.name"), format_args!("{s:?} is not a port name (1..=64 characters, no whitespace)")));
+    }
+    Ok(s.to_owned())
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let metrics = match self.metrics {
+            None => None,
+            Some(s) => {
+                let a: SocketAddr = s.parse().map_err(|_| err("metrics", format_args!("{s:?} is not an address:port")))?;
+                if !a.ip().is_loopback() {
+                    return Err(err("metrics", format_args!("{a} is not a loopback address (metrics are served on loopback only)")));
+                }
+                Some(a)
+            }
+        };
+        let mut bfd = BfdSettings::default();
+        if let Some(b) = self.bfd {
+            let ms = |field: &str, v: Option<i64>, default: u32| match v {
+                None => Ok(default),
+                Some(v @ 1..=60_000) => Ok(v as u32),
+                Some(v) => Err(err(format!("bfd.{field}"), format_args!("{v} is out of range (1..=60000)"))),
+            };
+            bfd.min_rx_ms = ms("min_rx_ms", b.min_rx_ms, bfd.min_rx_ms)?;
+            bfd.min_tx_ms = ms("min_tx_ms", b.min_tx_ms, bfd.min_tx_ms)?;
+            bfd.detect_mult = match b.detect_mult {
+                None => bfd.detect_mult,
+                Some(v @ 1..=255) => v as u8,
+                Some(v) => return Err(err("bfd.detect_mult", format_args!("{v} is out of range (1..=255)"))),
+            };
+        }
+
+        // Names are one space across ports and tunnels; numbers too.
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut numbers: BTreeMap<u16, String> = BTreeMap::new();
+        let mut claim = |path: &str, n: &str, number: Option<u16>| -> Result<(), ConfigError> {
+            if let Some(first) = names.insert(n.to_owned(), path.to_owned()) {
+                return Err(err(format!("{path}.name"), format_args!("{n:?} is already used by {first}")));
+            }
+            if let Some(number) = number {
+                if let Some(first) = numbers.insert(number, path.to_owned()) {
+                    return Err(err(format!("{path}.ofport"), format_args!("{number} is already requested by {first}")));
+                }
+            }
+            Ok(())
+        };
+
+        let mut ports = Vec::new();
+        let mut ifnames: BTreeMap<String, String> = BTreeMap::new();
+        for (i, p) in self.ports.into_iter().enumerate() {
+            let path = format!("ports[{i}]");
+            let n = name(&path, &p.name)?;
+            let bad_ifname = p.ifname.is_empty()
+                || p.ifname.len() > IFNAME_MAX
+                || p.ifname.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace());
+            if bad_ifname {
+                return Err(err(format!("{path}.ifname"), format_args!("{:?} is not a Linux interface name", p.ifname)));
+            }
+            if let Some(first) = ifnames.insert(p.ifname.clone(), path.clone()) {
+                return Err(err(format!("{path}.ifname"), format_args!("{:?} is already used by {first}", p.ifname)));
+            }
+            let args = PortArgs {
+                name: n,
+                ifname: p.ifname,
+                vni: vni(&path, p.vni)?,
+                port_key: port_key(&path, p.port_key)?,
+                mac: mac(&path, &p.mac)?,
+                ip: p.ip.as_deref().map(|s| ip(&path, "ip", s)).transpose()?,
+                ofport: ofport(&path, p.ofport)?,
+            };
+            claim(&path, &args.name, args.ofport)?;
+            ports.push(args);
+        }
+
+        let mut tunnels = Vec::new();
+        let mut keys: BTreeMap<(IpAddr, u32), String> = BTreeMap::new();
+        for (i, t) in self.tunnels.into_iter().enumerate() {
+            let path = format!("tunnels[{i}]");
+            let args = TunnelArgs {
+                name: name(&path, &t.name)?,
+                remote_ip: ip(&path, "remote_ip", &t.remote_ip)?,
+                vni: vni(&path, t.vni)?,
+                bfd: t.bfd,
+                ovn_metadata: t.ovn_metadata,
+                ofport: ofport(&path, t.ofport)?,
+            };
+            if let Some(first) = keys.insert((args.remote_ip.to_canonical(), args.vni), path.clone()) {
+                return Err(err(
+                    format!("{path}.remote_ip"),
+                    format_args!("{} with VNI {} duplicates {first}: a redundant tunnel can never carry traffic", args.remote_ip, args.vni),
+                ));
+            }
+            claim(&path, &args.name, args.ofport)?;
+            tunnels.push(args);
+        }
+
+        let tunnel_names: BTreeSet<&str> = tunnels.iter().map(|t| t.name.as_str()).collect();
+        let mut bindings = Vec::new();
+        let mut macs: BTreeMap<(u32, MacAddr), String> = BTreeMap::new();
+        let mut ips: BTreeMap<(u32, IpAddr), String> = BTreeMap::new();
+        for p in &ports {
+            macs.insert((p.vni, p.mac), format!("port {:?}", p.name));
+            if let Some(a) = p.ip {
+                ips.insert((p.vni, a.to_canonical()), format!("port {:?}", p.name));
+            }
+        }
+        for (i, b) in self.bindings.into_iter().enumerate() {
+            let path = format!("bindings[{i}]");
+            let args = BindingArgs {
+                vni: vni(&path, b.vni)?,
+                mac: mac(&path, &b.mac)?,
+                ip: b.ip.as_deref().map(|s| ip(&path, "ip", s)).transpose()?,
+                tunnel: b.tunnel,
+                port_key: port_key(&path, b.port_key)?,
+            };
+            if !tunnel_names.contains(args.tunnel.as_str()) {
+                return Err(err(format!("{path}.tunnel"), format_args!("{:?} is not a tunnel of this file", args.tunnel)));
+            }
+            if let Some(first) = macs.insert((args.vni, args.mac), path.clone()) {
+                return Err(err(format!("{path}.mac"), format_args!("{} in VNI {} is already bound by {first}", args.mac, args.vni)));
+            }
+            if let Some(a) = args.ip {
+                if let Some(first) = ips.insert((args.vni, a.to_canonical()), path.clone()) {
+                    return Err(err(format!("{path}.ip"), format_args!("{a} in VNI {} is already bound by {first}", args.vni)));
+                }
+            }
+            bindings.push(args);
+        }
+        Ok(Config { metrics, bfd, ports, tunnels, bindings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+metrics = "127.0.0.1:9477"
+[bfd]
+min_rx_ms = 300
+[[ports]]
+name = "vm1"
+ifname = "p1"
+vni = 5001
+port_key = 17
+mac = "02:00:5e:20:00:01"
+ip = "203.0.113.1"
+[[tunnels]]
+name = "hv2"
+remote_ip = "198.51.100.2"
+vni = 5001
+bfd = true
+ofport = 10
+[[bindings]]
+vni = 5001
+mac = "02:00:5e:20:00:02"
+ip = "203.0.113.2"
+tunnel = "hv2"
+port_key = 34
+"#;
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = Config::parse(GOOD).expect("parses");
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        assert_eq!(c.bfd, BfdSettings { min_rx_ms: 300, min_tx_ms: 100, detect_mult: 3 });
+        assert_eq!(c.ports[0].port_key, 17);
+        assert_eq!(c.tunnels[0].ofport, Some(10));
+        assert!(c.tunnels[0].bfd && !c.tunnels[0].ovn_metadata);
+        assert_eq!(c.bindings[0].tunnel, "hv2");
+        assert_eq!(Config::parse("").expect("empty is fine"), Config::default());
+    }
+
+    fn error(text: &str) -> String {
+        Config::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let bad_vni = GOOD.replace("vni = 5001\nbfd", "vni = 16777216\nbfd");
+        assert_eq!(error(&bad_vni), "config: tunnels[0].vni: 16777216 is above 2^24-1");
+        assert_eq!(
+            error(&GOOD.replace("198.51.100.2", "198.51.100.300")),
+            "config: tunnels[0].remote_ip: \"198.51.100.300\" is not an IP address"
+        );
+        assert_eq!(error(&GOOD.replace("ofport = 10", "ofport = 65280")), "config: tunnels[0].ofport: 65280 is out of range (1..=65279)");
+        assert_eq!(error(&GOOD.replace("port_key = 17", "port_key = 0")), "config: ports[0].port_key: 0 is out of range (1..=32767)");
+        assert_eq!(
+            error(&GOOD.replace("02:00:5e:20:00:01", "01:00:5e:20:00:01")),
+            "config: ports[0].mac: 01:00:5e:20:00:01 is not a unicast address"
+        );
+        assert_eq!(error(&GOOD.replace("name = \"hv2\"", "name = \"vm1\"")), "config: tunnels[0].name: \"vm1\" is already used by ports[0]");
+        assert_eq!(error(&GOOD.replace("tunnel = \"hv2\"", "tunnel = \"nope\"")), "config: bindings[0].tunnel: \"nope\" is not a tunnel of this file");
+        assert_eq!(
+            error(&GOOD.replace("\"127.0.0.1:9477\"", "\"198.51.100.1:9477\"")),
+            "config: metrics: 198.51.100.1:9477 is not a loopback address (metrics are served on loopback only)"
+        );
+        assert_eq!(error(&GOOD.replace("min_rx_ms = 300", "min_rx_ms = 0")), "config: bfd.min_rx_ms: 0 is out of range (1..=60000)");
+        assert_eq!(
+            error(&GOOD.replace("203.0.113.2", "203.0.113.1")),
+            "config: bindings[0].ip: 203.0.113.1 in VNI 5001 is already bound by port \"vm1\""
+        );
+    }
+
+    #[test]
+    fn malformed_files_are_one_line_errors_with_the_line() {
+        let e = error(&GOOD.replace("bfd = true", "bfd = true\ncolour = \"red\""));
+        assert!(e.starts_with("config: line 17: unknown field `colour`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = error("[[ports]]\nname = \"a\"\nvni = \"five\"\n");
+        assert!(e.starts_with("config: line 3: invalid type"), "{e}");
+        let e = error("ports = [ 1, ");
+        assert!(e.starts_with("config: line 1:"), "{e}");
+    }
+}

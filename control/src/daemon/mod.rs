@@ -1,0 +1,424 @@
+//! `xgw run`: the daemon.
+//!
+//! Start: check the config file and flags (nothing is touched before they
+//! pass), take the state directory's lock (one daemon per uplink), load the
+//! datapath against the maps pinned under the bpffs directory, put
+//! `xgw_uplink` on the uplink (swapping the program of a pinned link in
+//! place when a previous daemon left one: forwarding never stops), write the
+//! uplink's entries, reconcile the maps with the stores, apply the config
+//! file, then serve the API socket and the metrics.
+//!
+//! Stop: SIGTERM or SIGINT removes what the daemon attached and pinned,
+//! unless `--keep-datapath`; the stores stay, so the next start restores
+//! every port under its number. SIGKILL leaves the datapath running; the
+//! next daemon adopts it. SIGHUP re-reads the config file.
+pub mod hooks;
+pub mod netlink;
+pub mod pins;
+pub mod state;
+pub mod store;
+
+use std::{
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            fs::PermissionsExt,
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, DevMapHash, Map, MapData};
+use nix::sys::signal::{SigSet, Signal};
+use xgw_common::maps::{names, Uplink, DEVMAP_UPLINK, UPLINK_HAS_IP4, UPLINK_HAS_IP6};
+
+use crate::{
+    api::{self, Request, Response, UplinkView},
+    config::Config,
+    datapath::{self, AttachMode},
+};
+use pins::{Pins, UPLINK_PROGRAM};
+pub use state::Daemon;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xgw";
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/xgw";
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub uplink: String,
+    pub local_ips: Vec<IpAddr>,
+    pub mode: AttachMode,
+    pub config: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Defaults to `/sys/fs/bpf/xgw/<uplink>`.
+    pub bpffs: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub keep_datapath: bool,
+    pub nexthop_refresh: Duration,
+}
+
+impl RunOptions {
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.bpffs.clone().unwrap_or_else(|| Path::new(DEFAULT_BPFFS_ROOT).join(&self.uplink))
+    }
+}
+
+/// The interface index of `ifname` in this process's network namespace.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    let c = CString::new(ifname).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}
+
+/// Holds the state directory's lock for the daemon's life; the kernel
+/// drops it when the process dies, however it dies.
+struct Lock {
+    _file: File,
+}
+
+fn lock(state_dir: &Path, uplink: &str) -> Result<Lock> {
+    fs::create_dir_all(state_dir).with_context(|| format!("state-dir: creating {}", state_dir.display()))?;
+    let path = state_dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("state-dir: opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim().replace('\n', ", ");
+        bail!("uplink {uplink}: another xgw daemon ({holder}) already runs with state directory {}", state_dir.display());
+    }
+    file.set_len(0)?;
+    write!(file, "pid {} uplink {uplink}", std::process::id())?;
+    Ok(Lock { _file: file })
+}
+
+/// What `check_options` found: the config, the metrics address, the
+/// uplink's ifindex and the tunnel endpoint addresses.
+type Checked = (Option<Config>, Option<SocketAddr>, Option<u32>, Option<[u8; 4]>, Option<[u8; 16]>);
+
+/// Checks what can be checked without touching anything.
+fn check_options(opts: &RunOptions) -> Result<Checked> {
+    let config = opts.config.as_deref().map(Config::load).transpose()?;
+    let metrics = opts.metrics.or(config.as_ref().and_then(|c| c.metrics));
+    if let Some(a) = metrics {
+        if !a.ip().is_loopback() {
+            bail!("metrics: {a} is not a loopback address (metrics are served on loopback only)");
+        }
+    }
+    let (mut ip4, mut ip6) = (None, None);
+    for ip in &opts.local_ips {
+        match ip.to_canonical() {
+            IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
+                bail!("local-ip: {ip} is not a unicast address")
+            }
+            IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => bail!("local-ip: {ip} is not a unicast address"),
+            IpAddr::V4(a) if ip4.replace(a.octets()).is_some() => bail!("local-ip: {ip} is a second IPv4 address (one per family)"),
+            IpAddr::V6(a) if ip6.replace(a.octets()).is_some() => bail!("local-ip: {ip} is a second IPv6 address (one per family)"),
+            _ => {}
+        }
+    }
+    if opts.local_ips.is_empty() {
+        bail!("local-ip: at least one tunnel endpoint address is needed");
+    }
+    let uplink = ifindex(&opts.uplink);
+    if uplink.is_none() {
+        bail!("uplink: {:?}: no such interface", opts.uplink);
+    }
+    Ok((config, metrics, uplink, ip4, ip6))
+}
+
+pub fn run(opts: RunOptions, hooks: Box<dyn hooks::TunnelHooks>) -> Result<()> {
+    let (config, metrics, uplink_index, ip4, ip6) = check_options(&opts)?;
+    let uplink_index = uplink_index.expect("checked");
+    // Signals are taken by one thread with sigwait; every thread spawned
+    // from here inherits the mask.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let _lock = lock(&opts.state_dir, &opts.uplink)?;
+    if opts.mode == AttachMode::Skb {
+        tracing::warn!(
+            "attaching in generic (skb) mode as asked: every packet pays for an skb allocation; use native mode in production"
+        );
+    }
+    // Everything that can fail on a busy address is taken before the
+    // datapath is touched.
+    let listener = bind_socket(&opts.socket)?;
+    let metrics_listener = match metrics {
+        Some(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(l) => Some((addr, l)),
+            Err(e) => {
+                let _ = fs::remove_file(&opts.socket);
+                bail!("metrics: binding {addr}: {e}");
+            }
+        },
+        None => None,
+    };
+    let pins = Pins::new(opts.bpffs_dir());
+    let fresh = !pins.uplink_link().exists();
+    if let Err(e) = pins.prepare() {
+        let _ = fs::remove_file(&opts.socket);
+        return Err(e);
+    }
+    let started = start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6, hooks);
+    let daemon = match started {
+        Ok(d) => d,
+        Err(e) => {
+            // A daemon that never ran must not leave a datapath behind; one
+            // that adopted a running datapath leaves it running.
+            if fresh {
+                let _ = pins.remove_all();
+            }
+            let _ = fs::remove_file(&opts.socket);
+            return Err(e);
+        }
+    };
+    let daemon = Arc::new(Mutex::new(daemon));
+    {
+        let daemon = daemon.clone();
+        std::thread::Builder::new().name("api".into()).spawn(move || serve_api(listener, daemon))?;
+    }
+    if let Some((addr, listener)) = metrics_listener {
+        tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
+        let daemon = daemon.clone();
+        std::thread::Builder::new().name("metrics".into()).spawn(move || crate::metrics::serve(listener, daemon))?;
+    }
+    {
+        let daemon = daemon.clone();
+        let every = opts.nexthop_refresh;
+        std::thread::Builder::new().name("nexthop".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            daemon.lock().unwrap_or_else(|p| p.into_inner()).refresh_nexthops(false);
+        })?;
+    }
+    notify_systemd("READY=1");
+    tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
+
+    loop {
+        let sig = signals.wait().context("waiting for signals")?;
+        match sig {
+            Signal::SIGHUP => {
+                let Some(path) = &opts.config else {
+                    tracing::info!("SIGHUP without --config: nothing to reload");
+                    continue;
+                };
+                let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+                match Config::load(path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
+                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                    Err(e) => tracing::error!("config not reloaded: {e:#}"),
+                }
+            }
+            _ => break,
+        }
+    }
+    notify_systemd("STOPPING=1");
+    let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = fs::remove_file(&opts.socket);
+    d.hooks.shutdown(opts.keep_datapath);
+    if opts.keep_datapath {
+        tracing::info!(bpffs = %pins.dir.display(), "stopping; the datapath keeps running (--keep-datapath)");
+    } else {
+        let removed = d.pins.remove_all()?;
+        tracing::info!(pins = removed.len(), "stopped; XDP programs detached and maps unpinned");
+    }
+    Ok(())
+}
+
+fn start(
+    opts: &RunOptions,
+    pins: &Pins,
+    config: Option<&Config>,
+    uplink_index: u32,
+    ip4: Option<[u8; 4]>,
+    ip6: Option<[u8; 16]>,
+    hooks: Box<dyn hooks::TunnelHooks>,
+) -> Result<Daemon> {
+    let mut ebpf = pins.load()?;
+    start_ebpf_logger(&mut ebpf);
+    for prog in [UPLINK_PROGRAM, pins::LOCAL_PROGRAM] {
+        datapath::xdp_program(&mut ebpf, prog)?;
+    }
+    let mut netlink = netlink::Netlink::open()?;
+    let (mac, mtu) = netlink.link(uplink_index).with_context(|| format!("uplink: reading {}", opts.uplink))?;
+
+    // The uplink's map entries before its program: a program adopted from a
+    // previous daemon already reads them, a new one needs them at once.
+    let mut up: Array<MapData, Uplink> = Array::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::UPLINK))?)?)?;
+    let mut flags = 0;
+    if ip4.is_some() {
+        flags |= UPLINK_HAS_IP4;
+    }
+    if ip6.is_some() {
+        flags |= UPLINK_HAS_IP6;
+    }
+    let value = Uplink { ifindex: uplink_index, mtu, mac, flags, _pad: 0, ip4: ip4.unwrap_or_default(), ip6: ip6.unwrap_or_default() };
+    up.set(0, value, 0).context("writing the UPLINK map")?;
+    let mut devmap = DevMapHash::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::DEVMAP))?)?)?;
+    devmap.insert(DEVMAP_UPLINK, uplink_index, None, 0).context("writing the uplink's DEVMAP slot")?;
+
+    let prog: &mut aya::programs::Xdp = ebpf.program_mut(UPLINK_PROGRAM).expect("loaded above").try_into()?;
+    let how = pins::attach(prog, &opts.uplink, opts.mode, &pins.uplink_link())?;
+    match how {
+        pins::Attached::Adopted => tracing::info!(uplink = opts.uplink, "adopted the running datapath; xgw_uplink swapped in place"),
+        pins::Attached::New => tracing::info!(uplink = opts.uplink, mode = ?opts.mode, "xgw_uplink attached"),
+    }
+    let mut local_ips = Vec::new();
+    local_ips.extend(ip4.map(IpAddr::from));
+    local_ips.extend(ip6.map(IpAddr::from));
+    let view = UplinkView {
+        ifname: opts.uplink.clone(),
+        ifindex: uplink_index,
+        mac: crate::ofport::MacAddr(mac).to_string(),
+        mtu,
+        local_ips,
+        mode: match opts.mode {
+            AttachMode::Native => "native".into(),
+            AttachMode::Skb => "skb".into(),
+        },
+    };
+    let mut daemon = Daemon::open(ebpf, pins.clone(), opts.mode, view, &opts.state_dir, hooks)?;
+    daemon.adopt()?;
+    if let Some(config) = config {
+        daemon.apply_config(config)?;
+    }
+    Ok(daemon)
+}
+
+/// The kernel side's aya-log records, into tracing (through the `log`
+/// bridge tracing-subscriber installs). The datapath may carry no log map.
+fn start_ebpf_logger(ebpf: &mut aya::Ebpf) {
+    let mut logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("no kernel-side log: {e}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("ebpf-log".into()).spawn(move || loop {
+        let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        logger.flush();
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("kernel-side log reader not started: {e}");
+    }
+}
+
+/// Binds the API socket: owned by the daemon's user (root), mode 0600. A
+/// socket file no one answers on is a leftover of a killed daemon.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("socket: creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("socket: {} is served by another daemon", path.display());
+        }
+        fs::remove_file(path).with_context(|| format!("socket: removing the stale {}", path.display()))?;
+    }
+    // SAFETY: umask only changes this process's file creation mask; the
+    // socket is created 0600 with no window where others could connect.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("socket: binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given length.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+fn serve_api(listener: UnixListener, daemon: Arc<Mutex<Daemon>>) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let response = match answer(&mut stream, &daemon) {
+            Ok(v) => Response::Ok(v),
+            Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
+        };
+        let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+        line.push(b'\n');
+        let _ = stream.write_all(&line);
+    }
+}
+
+fn answer(stream: &mut UnixStream, daemon: &Mutex<Daemon>) -> Result<serde_json::Value> {
+    match peer_uid(stream) {
+        Some(0) => {}
+        uid => bail!("permission denied: the xgw API serves root only (peer uid {uid:?})"),
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = Vec::new();
+    BufReader::new(&mut *stream).take(api::MAX_REQUEST + 1).read_until(b'\n', &mut line)?;
+    if line.len() as u64 > api::MAX_REQUEST {
+        bail!("request larger than {} bytes refused", api::MAX_REQUEST);
+    }
+    let request: Request = serde_json::from_slice(&line).map_err(|e| anyhow!("bad request: {e}"))?;
+    let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let is_change = !matches!(request, Request::PortList | Request::TunnelList | Request::BindingList | Request::Show | Request::Stats);
+    let result = d.handle(request);
+    if is_change {
+        if let Err(e) = &result {
+            tracing::info!("request refused: {e:#}");
+        }
+    }
+    result
+}
+
+/// sd_notify(3) without libsystemd: one datagram to `$NOTIFY_SOCKET`.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
+}
+
+/// `xgw uninstall`: removes the pins a daemon left (with `--keep-datapath`
+/// or after SIGKILL), which detaches its programs. Refused while a daemon
+/// holds the state directory.
+pub fn uninstall(bpffs: &Path, state_dir: &Path) -> Result<Vec<PathBuf>> {
+    if state_dir.join("lock").exists() {
+        let _lock = lock(state_dir, "?").context("uninstall: stop the daemon first")?;
+    }
+    if !bpffs.exists() {
+        return Ok(Vec::new());
+    }
+    Pins::new(bpffs).remove_all()
+}

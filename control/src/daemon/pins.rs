@@ -1,0 +1,170 @@
+//! The daemon's objects on bpffs, under one directory per uplink:
+//!
+//! ```text
+//! <bpffs>/<MAP NAME>            configuration and counter maps
+//! <bpffs>/links/uplink          xgw_uplink on the uplink
+//! <bpffs>/links/local-<ifname>  xgw_local on each local port's interface
+//! ```
+//!
+//! Pinned links keep the programs attached and pinned maps keep their
+//! contents while no daemon runs: forwarding does not depend on the daemon.
+//! A new daemon loads the (possibly upgraded) object against the same maps
+//! and swaps each link's program atomically (`bpf_link_update`); it never
+//! detaches and reattaches, which would drop packets.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+
+use crate::datapath::{self, AttachMode, CONFIG_MAPS};
+
+/// Counters the datapath writes; pinned too, so they survive a restart.
+pub const COUNTER_MAPS: &[&str] = &["DROPS", "REPLIES", "PORT_STATS"];
+
+pub const UPLINK_PROGRAM: &str = "xgw_uplink";
+pub const LOCAL_PROGRAM: &str = "xgw_local";
+
+#[derive(Debug, Clone)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(dir: impl Into<PathBuf>) -> Pins {
+        Pins { dir: dir.into() }
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    pub fn uplink_link(&self) -> PathBuf {
+        self.links().join("uplink")
+    }
+
+    pub fn local_link(&self, ifname: &str) -> PathBuf {
+        self.links().join(format!("local-{ifname}"))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Interfaces with a pinned `xgw_local` link.
+    pub fn local_links(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.links()) else { return Vec::new() };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("local-").map(str::to_owned)).collect()
+    }
+
+    /// Creates the directories; the parent of `dir` must be on bpffs (or be
+    /// bpffs itself).
+    pub fn prepare(&self) -> Result<()> {
+        let mount = self.dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+        if !is_bpffs(mount) {
+            bail!(
+                "bpffs: {} is not on a bpffs mount; mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpffs",
+                self.dir.display()
+            );
+        }
+        fs::create_dir_all(self.links()).with_context(|| format!("bpffs: creating {}", self.links().display()))
+    }
+
+    /// Loads the datapath object with every configuration and counter map
+    /// pinned here, reusing the maps already pinned (a restart or an
+    /// upgrade keeps their contents).
+    pub fn load(&self) -> Result<Ebpf> {
+        let mut loader = EbpfLoader::new();
+        for &name in CONFIG_MAPS.iter().chain(COUNTER_MAPS) {
+            loader.map_pin_path(name, self.map(name));
+        }
+        loader
+            .load(datapath::OBJECT)
+            .with_context(|| format!("loading the xgw datapath with its maps pinned in {}", self.dir.display()))
+    }
+
+    /// Removes every pin: links first (which detaches the programs), then
+    /// maps, then the directories. Returns what was removed.
+    pub fn remove_all(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        if let Ok(dir) = fs::read_dir(self.links()) {
+            for e in dir.flatten() {
+                fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(e.path());
+            }
+        }
+        let _ = fs::remove_dir(self.links());
+        if let Ok(dir) = fs::read_dir(&self.dir) {
+            for e in dir.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                    removed.push(e.path());
+                }
+            }
+        }
+        if self.dir.exists() {
+            fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A pinned link existed: its program was swapped in place.
+    Adopted,
+    /// Attached now and pinned.
+    New,
+}
+
+/// Puts `prog` on `ifname` through the link pinned at `pin`: swaps the
+/// program of an existing pinned link atomically, or attaches and pins a new
+/// link.
+pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Result<Attached> {
+    if pin.exists() {
+        let link: FdLink = PinnedLink::from_pin(pin)
+            .with_context(|| format!("opening the pinned link {}", pin.display()))?
+            .into();
+        let link = XdpLink::try_from(link).with_context(|| format!("{} is not an XDP link", pin.display()))?;
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("updating the program of the XDP link on {ifname} ({})", pin.display()))?;
+        // The pin holds the link; this process's handle can go.
+        let _ = prog.take_link(id)?;
+        return Ok(Attached::Adopted);
+    }
+    let id = prog.attach(ifname, mode.xdp_mode()).map_err(|e| datapath::explain_attach_error(ifname, mode, e))?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .with_context(|| format!("the kernel attached XDP to {ifname} without a bpf_link; cannot pin it"))?;
+    link.pin(pin).with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
+    Ok(Attached::New)
+}
+
+/// Detaches by removing the pin (the last reference to the link).
+pub fn detach(pin: &Path) -> Result<()> {
+    match fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", pin.display())),
+    }
+}
+
+pub fn is_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: a zeroed statfs is a valid out-parameter; `c` outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}

@@ -1,0 +1,161 @@
+//! The `xgw run` daemon started by a test inside a gateway namespace, with
+//! its own state directory, bpffs and socket, and the `xgw` CLI pointed at
+//! it. The daemon is a `Process` (killed by PID on drop); the bpffs and the
+//! state directory are guards too, so nothing outlives the test.
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::{netns::Netns, ports::TempDir, process::Process, xgw_bin, BpfFs};
+
+pub struct Daemon {
+    pub netns: String,
+    pub uplink: String,
+    pub local_ips: Vec<String>,
+    pub extra: Vec<String>,
+    pub state: TempDir,
+    pub bpffs: BpfFs,
+    pub socket: PathBuf,
+    pub process: Option<Process>,
+}
+
+impl Daemon {
+    /// A daemon for `uplink` in `ns`, not started yet.
+    pub fn new(ns: &Netns, uplink: &str, local_ips: &[&str]) -> Daemon {
+        let state = TempDir::new("state");
+        let socket = state.path.join("xgw.sock");
+        Daemon {
+            netns: ns.name.clone(),
+            uplink: uplink.into(),
+            local_ips: local_ips.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
+            state,
+            bpffs: BpfFs::new("dbpf"),
+            socket,
+            process: None,
+        }
+    }
+
+    pub fn bpffs_dir(&self) -> PathBuf {
+        self.bpffs.dir.join("gw")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path.join("state")
+    }
+
+    /// The `xgw run` command line, with `extra` arguments.
+    pub fn run_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(xgw_bin()).args(["run", "--uplink", &self.uplink]);
+        for ip in &self.local_ips {
+            cmd.args(["--local-ip", ip]);
+        }
+        cmd.arg("--state-dir").arg(self.state_dir());
+        cmd.arg("--bpffs").arg(self.bpffs_dir());
+        cmd.arg("--socket").arg(&self.socket);
+        cmd.args(&self.extra).args(extra);
+        cmd.env("XGW_LOG", "info");
+        cmd
+    }
+
+    /// Starts the daemon and waits until it answers `show`.
+    pub fn start(&mut self) {
+        assert!(self.process.is_none(), "daemon already running");
+        let p = Process::spawn(self.run_command(&[]), "xgw run");
+        self.process = Some(p);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.try_cli(&["show", "--json"]).status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (out, err) = self.process.take().unwrap().stop(Duration::from_secs(1));
+                panic!("xgw run did not become ready:\n{out}{err}");
+            }
+            if self.process.as_mut().unwrap().has_exited() {
+                let (out, err) = self.process.take().unwrap().stop(Duration::from_secs(1));
+                panic!("xgw run exited:\n{out}{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        let p = self.process.take().expect("running");
+        p.signal(Signal::SIGKILL);
+        let _ = p.wait(Duration::from_secs(5));
+    }
+
+    /// SIGTERM and wait: a clean shutdown. Returns the daemon's stderr.
+    pub fn stop(&mut self) -> String {
+        let p = self.process.take().expect("running");
+        p.signal(Signal::SIGTERM);
+        let (status, _, err) = p.wait(Duration::from_secs(10)).expect("daemon stops on SIGTERM");
+        assert!(status.success(), "daemon exit {status}:\n{err}");
+        err
+    }
+
+    /// Runs `xgw <args> --socket S` in the namespace.
+    pub fn try_cli(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(xgw_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run xgw")
+    }
+
+    /// `xgw <args>`, which must succeed; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.try_cli(args);
+        assert!(
+            out.status.success(),
+            "xgw {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `xgw <args> --json`: exactly one JSON document.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let text = self.cli(&a);
+        let mut docs = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+        let v = docs.next().expect("one JSON document").unwrap_or_else(|e| panic!("xgw {args:?} --json: {e}\n{text}"));
+        assert!(docs.next().is_none(), "xgw {args:?} --json printed more than one document:\n{text}");
+        v
+    }
+
+    /// `xgw <args>`, which must fail: returns its stderr, which must be one line.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let out = self.try_cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "xgw {args:?} succeeded but must not:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(err.trim_end().lines().count(), 1, "xgw {args:?}: error is not one line:\n{err}");
+        err.trim_end().to_owned()
+    }
+
+    pub fn pins(&self) -> PathBuf {
+        self.bpffs_dir()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // The process guard kills the daemon; the bpffs guard then unmounts,
+        // which releases the pinned links and maps.
+        self.process.take();
+    }
+}

@@ -1,0 +1,567 @@
+//! The `xgw run` daemon in a gateway namespace, driven through the `xgw` CLI
+//! as an operator would: every command's `--json` output is compared with
+//! the pinned BPF maps read back through aya (byte for byte, against the
+//! bytes `xgw_common::maps` says the ports need); bad input is refused with
+//! one line and leaves the maps and the stores as they were; a second
+//! daemon is refused; the metrics endpoint is scraped and parsed; and
+//! traffic across a tunnel does not lose a packet while the daemon is
+//! SIGKILLed and restarted.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xgw::{
+    daemon::store::DaemonStore,
+    ofport::{LocalPort, MacAddr, OfPort, PortRecord, PortSpec, RedbStore, Store, TunnelPort},
+};
+use xgw_common::maps::{self as wire, names::*, *};
+use xgw_tests::{
+    daemon::Daemon,
+    gateway::TestGateway,
+    netns::{Netns, Veth},
+    ports::{bytes, expected_maps, read_maps, Maps, TempDir},
+    require_root,
+};
+
+const VNI: u32 = 5001;
+const GW_MAC: [[u8; 6]; 2] = [[0x02, 0x00, 0x5e, 0x10, 0, 1], [0x02, 0x00, 0x5e, 0x10, 0, 2]];
+const VM_MAC: [[u8; 6]; 2] = [[0x02, 0x00, 0x5e, 0x20, 0, 1], [0x02, 0x00, 0x5e, 0x20, 0, 2]];
+const GW_IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
+const VM_IP: [&str; 2] = ["203.0.113.1", "203.0.113.2"];
+const VM_KEY: [u16; 2] = [0x0011, 0x0022];
+
+fn mac(m: [u8; 6]) -> String {
+    MacAddr(m).to_string()
+}
+
+/// A gateway namespace with an uplink toward a peer namespace (which holds
+/// the next hop, 198.51.100.2) and two veth pairs for local ports.
+struct Gw {
+    ns: Netns,
+    peer: Netns,
+    daemon: Daemon,
+}
+
+fn gateway(tag: &str) -> Gw {
+    let ns = Netns::new(tag);
+    let peer = Netns::new("peer");
+    Veth::new(&ns, "ul", &format!("{}/24", GW_IP[0]), &peer, "w", &format!("{}/24", GW_IP[1]));
+    for p in ["p1", "p2"] {
+        ns.ok(&["ip", "link", "add", p, "type", "veth", "peer", "name", &format!("{p}x")]);
+        ns.ok(&["ip", "link", "set", p, "up"]);
+        ns.ok(&["ip", "link", "set", &format!("{p}x"), "up"]);
+    }
+    let daemon = Daemon::new(&ns, "ul", &[GW_IP[0]]);
+    Gw { ns, peer, daemon }
+}
+
+/// The maps as the daemon's `show --json` says they must be: the ports'
+/// entries (from the map contract), each tunnel's resolved next hop, each
+/// binding's FDB_REMOTE and NEIGH entries, and the uplink's DEVMAP slot.
+fn maps_from_show(ns: &Netns, show: &Value) -> Maps {
+    let mut records = Vec::new();
+    let mut nexthops = Vec::new();
+    for p in show["ports"].as_array().expect("ports array") {
+        let name = p["name"].as_str().unwrap().to_owned();
+        let ofport = OfPort::new(p["ofport"].as_u64().unwrap() as u16).expect("usable number");
+        let vni = p["vni"].as_u64().unwrap() as u32;
+        let spec = match p["type"].as_str().unwrap() {
+            "local" => PortSpec::Local(LocalPort {
+                name,
+                ifname: p["ifname"].as_str().unwrap().into(),
+                vni,
+                port_key: p["port_key"].as_u64().unwrap() as u16,
+                mac: p["mac"].as_str().unwrap().parse().unwrap(),
+                ip: p["ip"].as_str().map(|s| s.parse().unwrap()),
+                ofport_request: None,
+            }),
+            "tunnel" => {
+                if let Some(m) = p["nexthop"]["mac"].as_str() {
+                    nexthops.push((ofport, m.parse::<MacAddr>().unwrap()));
+                }
+                PortSpec::Tunnel(TunnelPort {
+                    name,
+                    remote: p["remote_ip"].as_str().unwrap().parse().unwrap(),
+                    vni,
+                    bfd: p["bfd"]["enabled"].as_bool() == Some(true),
+                    ovn_metadata: p["ovn_metadata"].as_bool().unwrap(),
+                    ofport_request: None,
+                })
+            }
+            other => panic!("port type {other}"),
+        };
+        records.push(PortRecord { ofport, spec });
+    }
+    let mut m = expected_maps(&records, |ifname| ns.ifindex(ifname));
+    for (ofport, nh) in nexthops {
+        let v = m.get_mut(TUNNELS).unwrap().get_mut(&bytes(&u32::from(ofport.get()))).expect("tunnel entry");
+        v[16..22].copy_from_slice(&nh.0);
+    }
+    for b in show["bindings"].as_array().unwrap() {
+        let vni = b["vni"].as_u64().unwrap() as u32;
+        let bmac: MacAddr = b["mac"].as_str().unwrap().parse().unwrap();
+        let entry = FdbEntry {
+            ofport: b["ofport"].as_u64().unwrap() as u16,
+            port_key: b["port_key"].as_u64().unwrap() as u16,
+            kind: FDB_REMOTE,
+            _pad: [0; 3],
+        };
+        m.get_mut(FDB).unwrap().insert(bytes(&FdbKey { vni, mac: bmac.0, _pad: [0; 2] }), bytes(&entry));
+        if let Some(ip) = b["ip"].as_str() {
+            let ip = match ip.parse::<IpAddr>().unwrap() {
+                IpAddr::V4(a) => wire::ipv4_mapped(a.octets()),
+                IpAddr::V6(a) => a.octets(),
+            };
+            m.get_mut(NEIGH).unwrap().insert(bytes(&NeighKey { vni, ip }), bytes(&Neigh { mac: bmac.0, _pad: [0; 2] }));
+        }
+    }
+    let up = show["uplink"]["ifindex"].as_u64().unwrap() as u32;
+    assert_eq!(up, ns.ifindex("ul"));
+    m.get_mut(DEVMAP).unwrap().insert(bytes(&DEVMAP_UPLINK), bytes(&up));
+    m
+}
+
+fn wait_resolved(d: &Daemon, tunnel: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let show = d.json(&["show"]);
+        let t = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown");
+        if t["nexthop"]["resolved"] == true {
+            return show;
+        }
+        assert!(Instant::now() < deadline, "next hop of {tunnel} never resolved: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET /metrics from inside the namespace; returns name{labels} -> value.
+fn scrape(ns: &Netns, addr: &str) -> BTreeMap<String, f64> {
+    let text = ns.enter(|| {
+        let mut s = TcpStream::connect(addr).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    let mut samples = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("metric line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
+        assert!(samples.insert(series.to_owned(), value).is_none(), "series twice: {series}");
+    }
+    samples
+}
+
+#[test]
+fn every_command_goes_through_the_daemon_and_matches_the_maps() {
+    require_root!();
+    let mut gw = gateway("dcmd");
+    gw.daemon.extra = vec!["--metrics".into(), "127.0.0.1:9477".into()];
+    gw.daemon.start();
+    let d = &gw.daemon;
+
+    let t = d.json(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--bfd", "--ovn-metadata", "--ofport", "10"]);
+    assert_eq!((t["name"].as_str(), t["ofport"].as_u64(), t["type"].as_str()), (Some("hv2"), Some(10), Some("tunnel")));
+    let p = d.json(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    assert_eq!(p["type"], "local");
+    d.cli(&["port", "add", "vm3", "--ifname", "p2", "--vni", "5001", "--port-key", "19", "--mac", "02:00:5e:20:00:03", "--ofport", "65024"]);
+    let b = d.json(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--ip", VM_IP[1], "--tunnel", "hv2", "--port-key", "34"]);
+    assert_eq!(b["ofport"], 10);
+    // Adding the identical port again is a no-op that costs no number.
+    let again = d.json(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    assert_eq!(again["ofport"], p["ofport"]);
+
+    let show = wait_resolved(d, "hv2");
+    let ports = show["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 3);
+    let hv2 = ports.iter().find(|p| p["name"] == "hv2").unwrap();
+    assert_eq!(hv2["remote_ip"], GW_IP[1]);
+    assert_eq!(hv2["vni"], 5001);
+    assert_eq!(hv2["bfd"]["enabled"], true);
+    assert!(hv2["bfd"].get("state").is_some(), "bfd.state is present when BFD is on");
+    // The next hop is the peer's MAC, as the kernel's neighbour table has it.
+    let peer_mac = gw.peer.ok(&["cat", "/sys/class/net/w/address"]).trim().to_owned();
+    assert_eq!(hv2["nexthop"]["mac"], peer_mac.as_str());
+    let vm3 = ports.iter().find(|p| p["name"] == "vm3").unwrap();
+    assert_eq!(vm3["ofport"], 65024, "a requested number is granted");
+    assert_eq!(show["ofports"]["used"], 3);
+    assert_eq!(show["ofports"]["free"], 65279 - 3);
+
+    // The maps hold exactly what `show` describes, and nothing else.
+    assert_eq!(read_maps(&d.pins()), maps_from_show(&gw.ns, &show));
+    // xgw_local is on both local ports' interfaces, xgw_uplink on the uplink.
+    let net = gw.ns.ok(&["bpftool", "-j", "net", "show"]);
+    let net: Value = serde_json::from_str(&net).unwrap();
+    let xdp: BTreeMap<String, String> = net[0]["xdp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["devname"].as_str().unwrap().to_owned(), e["mode"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(xdp.keys().collect::<Vec<_>>(), ["p1", "p2", "ul"], "{net}");
+    assert!(xdp.values().all(|m| m == "driver"), "native mode: {xdp:?}");
+
+    // Lists agree with show.
+    let tunnels = d.json(&["tunnel", "list"]);
+    assert_eq!(tunnels.as_array().unwrap(), &vec![hv2.clone()]);
+    let locals = d.json(&["port", "list"]);
+    assert_eq!(locals.as_array().unwrap().len(), 2);
+    assert!(locals.as_array().unwrap().iter().all(|p| p["type"] == "local"));
+    let bindings = d.json(&["binding", "list"]);
+    assert_eq!(bindings, show["bindings"]);
+    let human = d.cli(&["show"]);
+    assert!(human.contains("Port hv2 (ofport 10)") && human.contains(&format!("nexthop {peer_mac}")), "{human}");
+
+    // Stats are the PORT_STATS, DROPS and REPLIES counters. Traffic: an ARP
+    // request from the VM side for the remote binding's IP is answered in XDP.
+    let vmns = &gw.ns;
+    vmns.ok(&["ip", "link", "set", "p1x", "address", &mac(VM_MAC[0])]);
+    vmns.ok(&["ip", "addr", "add", &format!("{}/24", VM_IP[0]), "dev", "p1x"]);
+    let _ = vmns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "p1x", VM_IP[1]]);
+    let stats = d.json(&["stats"]);
+    let per_cpu: aya::maps::PerCpuArray<aya::maps::MapData, xgw_common::counters::PortStats> = aya::maps::PerCpuArray::try_from(
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(d.pins().join("PORT_STATS")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    for s in stats["ports"].as_array().unwrap() {
+        let n = s["ofport"].as_u64().unwrap() as u32;
+        let rx: u64 = per_cpu.get(&n, 0).unwrap().iter().map(|c| c.rx.packets).sum();
+        assert_eq!(s["rx_packets"].as_u64().unwrap(), rx, "{s}");
+    }
+    let drops = stats["drops"].as_object().unwrap();
+    assert_eq!(drops.len(), xgw_common::counters::Drop::COUNT as usize);
+    assert!(stats["replies"]["arp"].as_u64().unwrap() >= 1, "the ARP responder answered: {stats}");
+
+    // Metrics agree with stats and show.
+    let m = scrape(&gw.ns, "127.0.0.1:9477");
+    assert_eq!(m["xgw_ofports{state=\"used\"}"], 3.0);
+    assert_eq!(m["xgw_ofports{state=\"free\"}"], 65276.0);
+    assert_eq!(m["xgw_tunnel_nexthop_resolved{tunnel=\"hv2\"}"], 1.0);
+    let stats = d.json(&["stats"]);
+    for s in stats["ports"].as_array().unwrap() {
+        let kind = if s["name"] == "hv2" { "tunnel" } else { "local" };
+        let key = format!("xgw_port_packets_total{{port=\"{}\",ofport=\"{}\",type=\"{kind}\",direction=\"rx\"}}", s["name"].as_str().unwrap(), s["ofport"]);
+        assert_eq!(m[&key], s["rx_packets"].as_u64().unwrap() as f64, "{key}");
+    }
+    for (reason, n) in stats["drops"].as_object().unwrap() {
+        assert_eq!(m[&format!("xgw_drops_total{{reason=\"{reason}\"}}")], n.as_u64().unwrap() as f64);
+    }
+
+    // Deletions take every entry with them.
+    d.json(&["binding", "del", "--vni", "5001", "--mac", &mac(VM_MAC[1])]);
+    d.json(&["port", "del", "vm3"]);
+    d.json(&["tunnel", "del", "hv2"]);
+    let show = d.json(&["show"]);
+    assert_eq!(show["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(read_maps(&d.pins()), maps_from_show(&gw.ns, &show));
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(!net.contains("p2("), "xgw_local left p2 with its port: {net}");
+
+    // A clean stop removes what the daemon attached and pinned.
+    let pins = d.pins();
+    gw.daemon.stop();
+    assert!(!pins.exists(), "pins left after a clean stop");
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(!net.contains("ul(") && !net.contains("p1("), "{net}");
+}
+
+/// Maps plus both stores, read while no daemon runs.
+fn stored(d: &Daemon) -> (Vec<PortRecord>, Vec<String>) {
+    let ports = RedbStore::open(&d.state_dir()).unwrap().load().unwrap();
+    let bindings = DaemonStore::open(&d.state_dir()).unwrap().bindings().unwrap();
+    (ports, bindings.iter().map(|b| serde_json::to_string(b).unwrap()).collect())
+}
+
+#[test]
+fn bad_input_is_refused_in_one_line_and_changes_nothing() {
+    require_root!();
+    let mut gw = gateway("dbad");
+    gw.daemon.start();
+    let d = &gw.daemon;
+    d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ofport", "10"]);
+    d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    d.cli(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--tunnel", "hv2", "--port-key", "34"]);
+    // Once the next hop is in, nothing changes the maps but requests.
+    let show = wait_resolved(d, "hv2");
+    let maps = read_maps(&d.pins());
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.300", "--vni", "1"], "198.51.100.300"),
+        (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "16777216"], "vni: 16777216"),
+        (&["port", "add", "vm2", "--ifname", "nope0", "--vni", "5001", "--port-key", "18", "--mac", "02:00:5e:20:00:09"], "\"nope0\""),
+        (&["tunnel", "add", "vm1", "--remote-ip", "198.51.100.3", "--vni", "1"], "\"vm1\""),
+        (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "65280"], "65280"),
+        (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "10"], "10"),
+        (&["tunnel", "add", "t2", "--remote-ip", GW_IP[1], "--vni", "5001"], "duplicates tunnel \"hv2\""),
+        (&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "17", "--mac", "02:00:5e:20:00:09"], "port_key 17"),
+        (&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", &mac(VM_MAC[1])], &mac(VM_MAC[1])),
+        (&["binding", "add", "--vni", "5001", "--mac", "02:00:5e:20:00:07", "--tunnel", "nope", "--port-key", "3"], "\"nope\""),
+        (&["binding", "add", "--vni", "5001", "--mac", "02:00:5e:20:00:07", "--tunnel", "hv2", "--port-key", "40000"], "40000"),
+        (&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[0]), "--tunnel", "hv2", "--port-key", "3"], &mac(VM_MAC[0])),
+        (&["tunnel", "del", "hv2"], "binding"),
+        (&["port", "del", "hv2"], "\"hv2\""),
+        (&["tunnel", "del", "nope"], "\"nope\""),
+    ];
+    for (args, names) in cases {
+        let err = d.refused(args);
+        assert!(err.contains(names), "xgw {args:?}: {err:?} does not name {names:?}");
+        assert_eq!(read_maps(&d.pins()), maps, "xgw {args:?} changed the maps");
+    }
+    assert_eq!(d.json(&["show"]), show, "refused commands changed the daemon's state");
+
+    // The socket itself: root only, bounded requests, JSON or nothing.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o600, 0), "socket mode and owner");
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let mut big = vec![b' '; 70_000];
+    big.push(b'\n');
+    assert!(raw(&big).contains("request larger than 65536 bytes refused"));
+    assert!(raw(b"{\"op\":\"port_add\",\"name\":1}\n").contains("bad request"));
+    assert_eq!(read_maps(&d.pins()), maps);
+
+    // A second daemon on the same uplink is refused, in one line; the first
+    // keeps running untouched.
+    let out = d.run_command(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("another xgw daemon") && err.contains("ul"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let other = TempDir::new("other");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &gw.ns.name])
+        .arg(xgw_tests::xgw_bin())
+        .args(["run", "--uplink", "ul", "--local-ip", GW_IP[0], "--socket"])
+        .arg(other.path.join("s"))
+        .arg("--state-dir")
+        .arg(other.path.join("state"))
+        .arg("--bpffs")
+        .arg(d.bpffs.dir.join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ul") && err.contains("already has an XDP program"), "{err}");
+    assert!(!d.bpffs.dir.join("other").join("links").exists(), "the refused daemon left pins behind");
+    assert_eq!(read_maps(&d.pins()), maps);
+    assert_eq!(d.json(&["show"]), show);
+
+    // Stores after a SIGKILL: what was acknowledged, nothing refused.
+    gw.daemon.kill9();
+    let (ports, bindings) = stored(&gw.daemon);
+    assert_eq!(ports.len(), 2);
+    assert_eq!(bindings.len(), 1);
+
+    // A malformed config file: one line naming the field, nothing changed.
+    let bad = gw.daemon.state.path.join("bad.toml");
+    std::fs::write(&bad, "[[tunnels]]\nname = \"t9\"\nremote_ip = \"198.51.100.9\"\nvni = 16777216\n").unwrap();
+    let out = gw.daemon.run_command(&["--config", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.starts_with("xgw: config: ") && err.trim_end().ends_with(": tunnels[0].vni: 16777216 is above 2^24-1"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    std::fs::write(&bad, "[[tunnels]]\nname = \"t9\"\ncolour = 1\n").unwrap();
+    let out = gw.daemon.run_command(&["--config", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 3: unknown field `colour`"), "{err}");
+    assert_eq!(read_maps(&gw.daemon.pins()), maps);
+    assert_eq!(stored(&gw.daemon), (ports, bindings));
+}
+
+#[test]
+fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
+    require_root!();
+    let mut gw = gateway("dcfg");
+    let cfg = gw.daemon.state.path.join("xgw.toml");
+    let full = format!(
+        "[bfd]\nmin_rx_ms = 300\n\n[[ports]]\nname = \"vm1\"\nifname = \"p1\"\nvni = {VNI}\nport_key = 17\nmac = \"{}\"\nip = \"{}\"\n\n\
+         [[tunnels]]\nname = \"hv2\"\nremote_ip = \"{}\"\nvni = {VNI}\nbfd = true\novn_metadata = true\nofport = 10\n\n\
+         [[bindings]]\nvni = {VNI}\nmac = \"{}\"\nip = \"{}\"\ntunnel = \"hv2\"\nport_key = 34\n",
+        mac(VM_MAC[0]),
+        VM_IP[0],
+        GW_IP[1],
+        mac(VM_MAC[1]),
+        VM_IP[1]
+    );
+    std::fs::write(&cfg, &full).unwrap();
+    gw.daemon.extra = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    gw.daemon.start();
+    let show = wait_resolved(&gw.daemon, "hv2");
+    assert!(show["ports"].as_array().unwrap().iter().all(|p| p["from_config"] == true));
+    assert_eq!(show["bindings"][0]["from_config"], true);
+    assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
+    gw.daemon.cli(&["tunnel", "add", "api1", "--remote-ip", "198.51.100.7", "--vni", "7"]);
+    let numbers: BTreeMap<String, u64> =
+        show["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().into(), p["ofport"].as_u64().unwrap())).collect();
+
+    // Restart with the binding and the local port gone from the file: they
+    // go, the tunnel keeps its number, the API's tunnel stays.
+    gw.daemon.stop();
+    let short = full.split("[[ports]]").next().unwrap().to_owned() + "[[tunnels]]" + full.split("[[tunnels]]").nth(1).unwrap().split("[[bindings]]").next().unwrap();
+    std::fs::write(&cfg, short).unwrap();
+    gw.daemon.start();
+    let show = wait_resolved(&gw.daemon, "hv2");
+    let names: Vec<&str> = show["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["api1", "hv2"], "{show}");
+    let hv2 = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap();
+    assert_eq!(hv2["ofport"].as_u64(), numbers.get("hv2").copied());
+    assert!(show["bindings"].as_array().unwrap().is_empty());
+    assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
+}
+
+
+/// gw1 is driven by the daemon; gw2, the other end of the tunnel, is a
+/// datapath configured by hand as in `e2e_geneve.rs`.
+///
+///   vm1 [eth0] -- [p1] gw1 [ul] -- w1 [br0 in wire] w2 -- [ul] gw2 [p2] -- [eth0] vm2
+struct TwoGateways {
+    // Field order is drop order: datapaths go before namespaces.
+    daemon: Daemon,
+    gw2: TestGateway,
+    vm: [Netns; 2],
+    gw: [Netns; 2],
+    _wire: Netns,
+}
+
+fn two_gateways() -> TwoGateways {
+    let wire = Netns::new("wire");
+    wire.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    wire.ok(&["ip", "link", "set", "br0", "up"]);
+    let gw = [Netns::new("hgw1"), Netns::new("hgw2")];
+    let vm = [Netns::new("hvm1"), Netns::new("hvm2")];
+    let mut pass = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_pass"]);
+    for i in 0..2 {
+        let w = format!("w{}", i + 1);
+        Veth::new(&gw[i], "ul", &format!("{}/24", GW_IP[i]), &wire, &w, "");
+        gw[i].ok(&["ip", "link", "set", "ul", "address", &mac(GW_MAC[i])]);
+        wire.ok(&["ip", "link", "set", &w, "master", "br0"]);
+        Veth::new(&gw[i], &format!("p{}", i + 1), "", &vm[i], "eth0", &format!("{}/24", VM_IP[i]));
+        vm[i].ok(&["ip", "link", "set", "eth0", "address", &mac(VM_MAC[i])]);
+        vm[i].ok(&["ethtool", "-K", "eth0", "tx", "off"]);
+        vm[i].ok(&["ip", "link", "set", "eth0", "mtu", "1422"]);
+        vm[i].disable_ipv6();
+        // Redirected frames reach a veth peer only if it runs XDP itself.
+        pass.attach(&vm[i], "xgw_pass", "eth0");
+        pass.attach(&wire, "xgw_pass", &w);
+    }
+    // gw2 by hand.
+    let gw2 = &gw[1];
+    pass.in_netns(gw2);
+    let up = gw2.ifindex("ul");
+    let ip4 = [198, 51, 100, 2];
+    pass.set_uplink(Uplink { ifindex: up, mtu: 1500, mac: GW_MAC[1], flags: UPLINK_HAS_IP4, _pad: 0, ip4, ip6: [0; 16] });
+    pass.set_uplink_devmap(up);
+    let tunnel = Tunnel { remote: ipv4_mapped([198, 51, 100, 1]), nexthop_mac: GW_MAC[0], flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI };
+    pass.add_tunnel(10, tunnel);
+    let port = LocalPortWire { vni: VNI, ofport: 3, port_key: VM_KEY[1], mac: VM_MAC[1], _pad: [0; 2] };
+    pass.add_local_port(gw2.ifindex("p2"), port);
+    pass.add_neigh(VNI, ipv4_mapped([203, 0, 113, 2]), VM_MAC[1]);
+    pass.add_remote(VNI, VM_MAC[0], Some(ipv4_mapped([203, 0, 113, 1])), 10, VM_KEY[0]);
+    pass.attach(gw2, "xgw_uplink", "ul");
+    pass.attach(gw2, "xgw_local", "p2");
+
+    // gw1 through the daemon.
+    let mut daemon = Daemon::new(&gw[0], "ul", &[GW_IP[0]]);
+    daemon.start();
+    daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ovn-metadata", "--ofport", "10"]);
+    let key = VM_KEY[0].to_string();
+    daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", &key, "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    let key = VM_KEY[1].to_string();
+    daemon.cli(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--ip", VM_IP[1], "--tunnel", "hv2", "--port-key", &key]);
+    TwoGateways { daemon, gw2: pass, vm, gw, _wire: wire }
+}
+
+use xgw_common::maps::LocalPort as LocalPortWire;
+
+#[test]
+fn forwarding_survives_a_sigkilled_daemon_without_losing_a_packet() {
+    require_root!();
+    let mut t = two_gateways();
+    let before = wait_resolved(&t.daemon, "hv2");
+    assert_eq!(before["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap()["nexthop"]["mac"], mac(GW_MAC[1]));
+    t.vm[0].ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", VM_IP[1]]);
+
+    // Continuous ping (100/s) and an iperf3 transfer while the daemon is
+    // SIGKILLed and restarted.
+    let srv = t.vm[1].spawn(&["iperf3", "-s", "-1", "-p", "5302"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ping = t.vm[0].spawn(&["ping", "-i", "0.01", "-c", "500", "-W", "1", VM_IP[1]]);
+    let iperf = t.vm[0].spawn(&["iperf3", "-c", VM_IP[1], "-p", "5302", "-t", "5", "-J"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    t.daemon.kill9();
+    // Nothing runs the control plane now; the pinned datapath forwards.
+    std::thread::sleep(Duration::from_millis(300));
+    t.daemon.start();
+    let gap = killed.elapsed();
+    let after = t.daemon.json(&["show"]);
+
+    let (status, out, err) = ping.wait(Duration::from_secs(20)).expect("ping finishes");
+    assert!(status.success(), "ping: {out}{err}");
+    let summary = out.lines().find(|l| l.contains("packets transmitted")).expect("ping summary").to_owned();
+    assert!(summary.starts_with("500 packets transmitted, 500 received"), "{summary}");
+    let (status, out, _) = iperf.wait(Duration::from_secs(20)).expect("iperf3 finishes");
+    assert!(status.success(), "iperf3: {out}");
+    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    assert!(bps > 1e6, "iperf3 only {bps} bit/s");
+    let _ = srv.wait(Duration::from_secs(5));
+    eprintln!("daemon down for {:.0} ms; {summary}; iperf3 {:.2} Gbit/s", gap.as_secs_f64() * 1e3, bps / 1e9);
+
+    // Same ports, same numbers, same next hop; the maps still match.
+    assert_eq!(after["ports"], before["ports"]);
+    assert_eq!(after["bindings"], before["bindings"]);
+    assert_eq!(read_maps(&t.daemon.pins()), maps_from_show(&t.gw[0], &after));
+    let stats = t.daemon.json(&["stats"]);
+    let tunnel = stats["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap();
+    assert!(tunnel["tx_packets"].as_u64().unwrap() >= 500 && tunnel["rx_packets"].as_u64().unwrap() >= 500, "{stats}");
+    let _ = &t.gw2;
+}
+
+#[test]
+fn keep_datapath_leaves_forwarding_running_and_uninstall_removes_it() {
+    require_root!();
+    let mut gw = gateway("dkeep");
+    gw.daemon.extra = vec!["--keep-datapath".into()];
+    gw.daemon.start();
+    gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
+    gw.daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    wait_resolved(&gw.daemon, "hv2");
+    let maps = read_maps(&gw.daemon.pins());
+    gw.daemon.stop();
+    // Stopped with --keep-datapath: programs attached, maps as they were.
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(net.contains("ul(") && net.contains("p1("), "{net}");
+    assert_eq!(read_maps(&gw.daemon.pins()), maps);
+
+    let pins = gw.daemon.pins();
+    let out = std::process::Command::new(xgw_tests::xgw_bin())
+        .args(["uninstall", "--bpffs", pins.to_str().unwrap(), "--state-dir", gw.daemon.state_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.exists());
+    let net = gw.ns.ok(&["bpftool", "net", "show"]);
+    assert!(!net.contains("ul(") && !net.contains("p1("), "uninstall left programs attached: {net}");
+
+    // The stores stayed: a new daemon restores both ports under their numbers.
+    gw.daemon.extra.clear();
+    gw.daemon.start();
+    let show = wait_resolved(&gw.daemon, "hv2");
+    assert_eq!(show["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
+}
