@@ -160,6 +160,31 @@ impl Session {
         }
     }
 
+    /// Takes over a session a previous controller ran (its half is in the
+    /// pinned session map): same discriminator, the intervals it advertised,
+    /// its pending Down if any, and the datapath's state as the starting
+    /// point, so nothing on the wire changes and no flap is counted. A Poll
+    /// it may have had in flight is not resumed: the peer accepts the values
+    /// in every packet, and a change still owed is polled by the next tick.
+    pub fn adopt(config: Config, local_disc: u32, advertised: (u32, u32), down_seq: u32, rx: &Rx, now_ns: u64) -> Session {
+        let mut s = Session::new(config, local_disc, now_ns);
+        (s.adv_tx_us, s.adv_rx_us) = advertised;
+        s.down_seq = down_seq;
+        s.finals_sent = rx.poll_seq;
+        s.last_state = s.view(rx).state;
+        s
+    }
+
+    /// Desired Min TX and Required Min RX advertised now (microseconds).
+    pub fn advertised(&self) -> (u32, u32) {
+        (self.adv_tx_us, self.adv_rx_us)
+    }
+
+    /// When the last periodic packet went out (the heartbeat).
+    pub fn last_tx_ns(&self) -> u64 {
+        self.last_tx_ns
+    }
+
     /// The state as seen through both halves: a Down declared by detection
     /// counts from the moment it was declared, before the datapath applies it.
     pub fn view(&self, rx: &Rx) -> View {
@@ -439,6 +464,26 @@ mod tests {
         rx.remote_min_rx = 50_000;
         s.tick(11 * MS, &rx, 0.0);
         assert_eq!(s.next_tx_ns, 20 * MS);
+    }
+
+    #[test]
+    fn an_adopted_up_session_sends_at_once_as_before_without_a_flap() {
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        rx.poll_seq = 4;
+        let mut s = Session::adopt(cfg(10, 10, 3), 0x55_0003, (10_000, 10_000), 2, &Rx { down_ack: 2, ..rx }, 5 * MS);
+        let p = s.tick(5 * MS, &Rx { down_ack: 2, ..rx }, 0.0).send.expect("at once");
+        assert_eq!((p.state, p.flags, p.my_disc, p.your_disc), (State::Up, 0, 0x55_0003, 0x1234), "no Poll, no Final");
+        assert_eq!((p.desired_min_tx, p.required_min_rx), (10_000, 10_000));
+        assert_eq!((s.flaps, s.next_tx_ns), (0, 15 * MS));
+        // A Down the previous controller declared and the datapath has not
+        // applied yet stays declared.
+        let s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 3, &Rx { down_ack: 2, ..rx }, 0);
+        assert_eq!(s.view(&Rx { down_ack: 2, ..rx }).state, State::Down);
+        // Adopted with other settings: the change is polled.
+        let mut s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 0, &rx, 0);
+        s.reconfigure(cfg(20, 20, 3));
+        let p = s.tick(0, &rx, 0.0).send.unwrap();
+        assert_eq!((p.flags, p.desired_min_tx), (bfd::FLAG_POLL, 20_000));
     }
 
     #[test]
