@@ -250,6 +250,12 @@ struct Entry {
     session: Session,
     tx: Tx,
     error: Option<String>,
+    /// When `tick` has something to do for this session, as of its last
+    /// pass over it. Only ever early: a received packet moves detection
+    /// later, and what could move it earlier (a state change, a Poll with
+    /// new intervals) arrives as an event, which clears it. Sessions not due
+    /// are skipped without reading the map, so a pass costs O(sessions due).
+    due: u64,
 }
 
 struct Inner {
@@ -264,6 +270,8 @@ struct Inner {
     /// Enabled sessions found in a pinned session map at start (a previous
     /// controller's), by path, until `add` adopts them.
     orphans: HashMap<BfdPathKey, u32>,
+    /// Slots of `entries` in use.
+    active: Vec<u32>,
 }
 
 enum Cmd {
@@ -359,6 +367,7 @@ impl Engine {
                 packet: Some(packet),
                 events: 0,
                 orphans,
+                active: Vec::new(),
             }),
             stop: AtomicBool::new(false),
             wake,
@@ -709,13 +718,15 @@ impl Inner {
             .map_err(|source| Error::Map { what: format!("BFD_PATHS insert for {name}"), source })?;
         self.by_path.insert(key, slot);
         self.by_name.insert(name.clone(), slot);
-        self.entries[slot as usize] = Some(Entry { name, path, key, session, tx, error: None });
+        self.entries[slot as usize] = Some(Entry { name, path, key, session, tx, error: None, due: 0 });
+        self.active.push(slot);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) -> Result<(), Error> {
         let slot = self.by_name.remove(name).ok_or_else(|| Error::NotFound(name.into()))?;
         let e = self.entries[slot as usize].take().expect("indexed entry");
+        self.active.retain(|&s| s != slot);
         self.slots.set_flags(slot, 0);
         self.by_path.remove(&e.key);
         self.paths
@@ -731,16 +742,23 @@ impl Inner {
             return Err(Error::EchoOnTunnel { name: name.into() });
         }
         e.session.reconfigure(config);
+        e.due = 0;
         self.slots.set_config(slot, &config);
         self.slots.set_flags(slot, BFD_ENABLED | if config.echo { BFD_ECHO } else { 0 });
         Ok(())
     }
 
-    /// One pass over every session; returns the earliest next deadline.
+    /// One pass over the sessions that are due; returns the earliest next
+    /// deadline.
     fn tick(&mut self, now: u64, rng: &mut fastrand::Rng) -> u64 {
         let mut next = now + 1_000_000_000;
-        for slot in 0..self.entries.len() {
+        for &slot in &self.active {
+            let slot = slot as usize;
             let Some(e) = self.entries[slot].as_mut() else { continue };
+            if e.due > now {
+                next = next.min(e.due);
+                continue;
+            }
             let rx = self.slots.rx(slot as u32);
             let a = e.session.tick(now, &rx, rng.f64());
             if let Some(seq) = a.down_seq {
@@ -758,7 +776,8 @@ impl Inner {
                 };
                 e.error = r.err().map(|err| err.to_string());
             }
-            next = next.min(e.session.deadline(&rx));
+            e.due = e.session.deadline(&rx);
+            next = next.min(e.due);
         }
         next
     }
@@ -794,6 +813,9 @@ fn run(shared: Arc<Shared>, cmds: mpsc::Receiver<Cmd>, mut events: RingBuf<MapDa
                 inner.events += 1;
                 if item.len() >= std::mem::size_of::<BfdEvent>() {
                     let ev: BfdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BfdEvent) };
+                    if let Some(Some(e)) = inner.entries.get_mut(ev.slot as usize) {
+                        e.due = 0;
+                    }
                     if ev.kind == BFD_EVENT_STATE {
                         let name = inner.entries.get(ev.slot as usize).and_then(|e| e.as_ref()).map(|e| e.name.clone());
                         tracing::info!(
