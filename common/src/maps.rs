@@ -196,7 +196,23 @@ pub struct BfdSession {
     pub ctl_flags: u32,
     pub ctl_path: BfdPathKey,
     pub ctl_down_seq: u32,
-    pub _ctl_pad: u32,
+    /// Detect Mult we send.
+    pub ctl_mult: u8,
+    pub _ctl_pad: u8,
+    /// UDP source port of single-hop packets (RFC 5881 section 4: one per
+    /// session), so the datapath can answer from it.
+    pub ctl_sport: u16,
+    /// The configured Desired Min TX once Up (microseconds): with the
+    /// advertised values below, what a restarted controller adopts.
+    pub ctl_cfg_tx_us: u32,
+    /// Desired Min TX and Required Min RX advertised now (microseconds).
+    pub ctl_adv_tx_us: u32,
+    pub ctl_adv_rx_us: u32,
+    pub _ctl_pad2: u32,
+    /// CLOCK_MONOTONIC of the controller's last periodic packet: the
+    /// heartbeat the datapath watches. While it is stale (the controller is
+    /// starved or restarting) the datapath answers received packets itself.
+    pub ctl_last_tx_ns: u64,
     // Datapath-written.
     pub state: u8,
     pub diag: u8,
@@ -221,6 +237,10 @@ pub struct BfdSession {
     pub rx_packets: u64,
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the last valid packet.
     pub last_rx_ns: u64,
+    /// Packets the datapath answered itself (XDP_TX) while the controller's
+    /// heartbeat was stale, and when it last did.
+    pub xdp_tx_packets: u64,
+    pub xdp_tx_ns: u64,
 }
 
 /// A state change made by the datapath, or a Poll to answer: one ring
@@ -244,6 +264,8 @@ pub const BFD_EVENT_POLL: u32 = 2;
 pub const BFD_CNT_RX: u32 = 0;
 pub const BFD_CNT_ECHO_REFLECTED: u32 = 1;
 pub const BFD_CNT_EVENTS_LOST: u32 = 2;
+/// Control packets the datapath answered itself (XDP_TX, receive-clocked).
+pub const BFD_CNT_XDP_TX: u32 = 3;
 pub const BFD_COUNTERS_LEN: u32 = 4;
 
 #[cfg(feature = "user")]
@@ -276,6 +298,6 @@ const _: () = {
     assert!(core::mem::size_of::<NeighKey>() == 20);
     assert!(core::mem::size_of::<Neigh>() == 8);
     assert!(core::mem::size_of::<BfdPathKey>() == 24);
-    assert!(core::mem::size_of::<BfdSession>() == 96);
+    assert!(core::mem::size_of::<BfdSession>() == 136);
     assert!(core::mem::size_of::<BfdEvent>() == 16);
 };

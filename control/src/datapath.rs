@@ -47,6 +47,13 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::NEIGH,
     names::TUNNELS,
     names::TUNNEL_BY_REMOTE,
+    // BFD: the sessions' shared state (both halves) and the datapath's
+    // events, so that a restarted controller adopts running sessions
+    // (`bfd::Engine::start`) and the program left attached meanwhile keeps
+    // writing where the new controller reads.
+    names::BFD_SESSIONS,
+    names::BFD_PATHS,
+    names::BFD_EVENTS,
 ];
 
 /// How to load the datapath object.

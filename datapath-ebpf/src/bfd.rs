@@ -3,7 +3,10 @@
 //! `BFD_SESSIONS`; state changes and Polls reach the controller through
 //! `BFD_EVENTS`. Echo packets a configured router sends to itself through
 //! us are reflected with XDP_TX. Transmission and the detection timer are
-//! the controller's (XDP cannot originate packets).
+//! the controller's (XDP cannot originate packets). While the controller's
+//! heartbeat is stale (it is starved or restarting), a received packet of an
+//! Up session is answered here with XDP_TX, at most once per negotiated
+//! interval: the peer keeps hearing us, clocked by its own packets.
 //!
 //! A packet only ever touches the session of the path it arrived on
 //! (tunnel remote + VNI, or ingress interface + source IP): a duplicate
@@ -19,6 +22,7 @@ use xgw_common::{
 };
 
 use crate::{
+    csum,
     maps::{count_bfd, count_bfd_drop, BFD_EVENTS, BFD_PATHS, BFD_SESSIONS},
     outer::Outer,
     parse::{ptr_at, ptr_at_mut},
@@ -38,10 +42,87 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Option<u32> {
         return None;
     }
     let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: u32::from_be_bytes([0, g[4], g[5], g[6]]), peer: outer.remote };
-    Some(match geneve_control(ctx, outer, len, inner, g[1]) {
-        Ok((b, payload)) => receive(&path, &b, payload),
-        Err(e) => drop(e),
+    let (b, payload) = match geneve_control(ctx, outer, len, inner, g[1]) {
+        Ok(v) => v,
+        Err(e) => return Some(drop(e)),
+    };
+    let Some(&slot) = (unsafe { BFD_PATHS.get(&path) }) else {
+        return Some(drop(DecodeError::NoSessionForPeer));
+    };
+    Some(match receive_slot(&path, slot, &b, payload) {
+        Some(reply) if outer.geneve == ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN => geneve_reply(ctx, inner, &reply),
+        _ => xdp_action::XDP_DROP,
     })
+}
+
+/// Turns the received Geneve frame into ours: outer addresses swapped (the
+/// UDP ports stay: its source port is the peer's flow hash, the destination
+/// 6081), outer TTL 64 and UDP checksum 0 as Open vSwitch sends them; the
+/// inner frame keeps its addresses (both ends send 169.254.1.1 -> .0 from
+/// UDP 49152 to 3784) but carries our MAC and our control packet. IPv4 outer
+/// only (an IPv6 outer needs a full UDP checksum).
+#[inline(always)]
+fn geneve_reply(ctx: &XdpContext, inner: usize, reply: &[u8; bfd::LEN]) -> u32 {
+    // One bounds check per block, constant offsets inside: the verifier
+    // follows those (separate checks of overlapping headers get merged by
+    // LLVM into ones it cannot).
+    let Some(o) = ptr_at_mut::<[u8; UDP_PAYLOAD]>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let o = unsafe { &mut *o };
+    swap_macs(o);
+    let tos = o[ETH_HLEN + 1];
+    swap_ip(o, 64, tos);
+    // Outer UDP checksum 0; inner source MAC ours; inner UDP checksum 0.
+    o[UDP_PAYLOAD - 2] = 0;
+    o[UDP_PAYLOAD - 1] = 0;
+    let ours = [o[6], o[7], o[8], o[9], o[10], o[11]];
+    let Some(i) = ptr_at_mut::<[u8; UDP_PAYLOAD + bfd::LEN]>(ctx, inner) else {
+        return xdp_action::XDP_DROP;
+    };
+    let i = unsafe { &mut *i };
+    for k in 0..6 {
+        i[6 + k] = ours[k];
+    }
+    i[UDP_PAYLOAD - 2] = 0;
+    i[UDP_PAYLOAD - 1] = 0;
+    for k in 0..bfd::LEN {
+        i[UDP_PAYLOAD + k] = reply[k];
+    }
+    count_bfd(BFD_CNT_XDP_TX);
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn swap_macs(f: &mut [u8; UDP_PAYLOAD]) {
+    for k in 0..6 {
+        let t = f[k];
+        f[k] = f[6 + k];
+        f[6 + k] = t;
+    }
+}
+
+/// The IPv4 header after Ethernet: source and destination exchanged, TTL
+/// and TOS set, checksum recomputed.
+#[inline(always)]
+fn swap_ip(f: &mut [u8; UDP_PAYLOAD], ttl: u8, tos: u8) {
+    const IP: usize = ETH_HLEN;
+    for k in 0..4 {
+        let t = f[IP + 12 + k];
+        f[IP + 12 + k] = f[IP + 16 + k];
+        f[IP + 16 + k] = t;
+    }
+    f[IP + 1] = tos;
+    f[IP + 8] = ttl;
+    f[IP + 10] = 0;
+    f[IP + 11] = 0;
+    let mut sum = 0u32;
+    for k in 0..IPV4_HLEN_MIN / 2 {
+        sum += u16::from_be_bytes([f[IP + 2 * k], f[IP + 2 * k + 1]]) as u32;
+    }
+    let c = csum::finish(sum).to_be_bytes();
+    f[IP + 10] = c[0];
+    f[IP + 11] = c[1];
 }
 
 /// What Open vSwitch accepts inside the tunnel (see the probe results in
@@ -118,7 +199,35 @@ pub fn underlay(ctx: &XdpContext) -> u32 {
     let Some(b) = ptr_at::<[u8; bfd::LEN]>(ctx, UDP_PAYLOAD) else {
         return drop(DecodeError::Truncated);
     };
-    receive_slot(&path, slot, unsafe { &*b }, udp_len.saturating_sub(UDP_HLEN))
+    let Some(reply) = receive_slot(&path, slot, unsafe { &*b }, udp_len.saturating_sub(UDP_HLEN)) else {
+        return xdp_action::XDP_DROP;
+    };
+    // Answered from our session's source port (RFC 5881 section 4), TTL 255
+    // and TOS CS6 (section 5), UDP checksum 0 (IPv4).
+    let Some(s) = BFD_SESSIONS.get(slot) else {
+        return xdp_action::XDP_DROP;
+    };
+    let sport = s.ctl_sport.to_be_bytes();
+    let Some(f) = ptr_at_mut::<[u8; UDP_PAYLOAD + bfd::LEN]>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let f = unsafe { &mut *f };
+    let (h, b) = f.split_at_mut(UDP_PAYLOAD);
+    let Ok(h) = <&mut [u8; UDP_PAYLOAD]>::try_from(h) else {
+        return xdp_action::XDP_DROP;
+    };
+    swap_macs(h);
+    swap_ip(h, bfd::TTL, bfd::ovs::TOS);
+    const UDP: usize = ETH_HLEN + IPV4_HLEN_MIN;
+    let dport = bfd::CONTROL_PORT.to_be_bytes();
+    (h[UDP], h[UDP + 1], h[UDP + 2], h[UDP + 3], h[UDP + 6], h[UDP + 7]) = (sport[0], sport[1], dport[0], dport[1], 0, 0);
+    for k in 0..bfd::LEN {
+        if let Some(x) = b.get_mut(k) {
+            *x = reply[k];
+        }
+    }
+    count_bfd(BFD_CNT_XDP_TX);
+    xdp_action::XDP_TX
 }
 
 /// Sends the echo back the way a router forwarding it would: to the MAC it
@@ -154,34 +263,34 @@ fn drop(e: DecodeError) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// Counts a discarded packet; no answer.
 #[inline(always)]
-fn receive(path: &BfdPathKey, b: &[u8; bfd::LEN], payload: usize) -> u32 {
-    match unsafe { BFD_PATHS.get(path) } {
-        Some(&slot) => receive_slot(path, slot, b, payload),
-        None => drop(DecodeError::NoSessionForPeer),
-    }
+fn refuse(e: DecodeError) -> Option<[u8; bfd::LEN]> {
+    count_bfd_drop(e);
+    None
 }
 
 /// RFC 5880 section 6.8.6, after the session-independent checks of
-/// `Control::decode`. Always consumes the packet.
+/// `Control::decode`. The packet is consumed; `Some` is the control packet
+/// to send back in its place (see `answer`).
 #[inline(always)]
-fn receive_slot(path: &BfdPathKey, slot: u32, b: &[u8; bfd::LEN], payload: usize) -> u32 {
+fn receive_slot(path: &BfdPathKey, slot: u32, b: &[u8; bfd::LEN], payload: usize) -> Option<[u8; bfd::LEN]> {
     let Some(s) = BFD_SESSIONS.get_ptr_mut(slot) else {
-        return drop(DecodeError::NoSessionForPeer);
+        return refuse(DecodeError::NoSessionForPeer);
     };
     let s = unsafe { &mut *s };
     if s.ctl_flags & BFD_ENABLED == 0 || s.ctl_path != *path {
-        return drop(DecodeError::NoSessionForPeer);
+        return refuse(DecodeError::NoSessionForPeer);
     }
     if s.ctl_flags & BFD_ADMIN_DOWN != 0 {
-        return drop(DecodeError::AdminDown);
+        return refuse(DecodeError::AdminDown);
     }
     let c = match Control::decode(b, payload) {
         Ok(c) => c,
-        Err(e) => return drop(e),
+        Err(e) => return refuse(e),
     };
     if c.your_disc != 0 && c.your_disc != s.ctl_local_disc {
-        return drop(DecodeError::UnknownSession);
+        return refuse(DecodeError::UnknownSession);
     }
     let mut state = State::from_bits(s.state);
     // The controller's detection timer declared the session Down: apply it
@@ -204,7 +313,8 @@ fn receive_slot(path: &BfdPathKey, slot: u32, b: &[u8; bfd::LEN], payload: usize
     s.remote_mult = c.detect_mult;
     s.remote_flags = c.flags;
     s.rx_packets += 1;
-    s.last_rx_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    s.last_rx_ns = now;
     count_bfd(BFD_CNT_RX);
     if c.flags & bfd::FLAG_FINAL != 0 {
         s.final_seq = s.final_seq.wrapping_add(1);
@@ -218,12 +328,51 @@ fn receive_slot(path: &BfdPathKey, slot: u32, b: &[u8; bfd::LEN], payload: usize
         s.changes = s.changes.wrapping_add(1);
         event(s, slot, BFD_EVENT_STATE, state, next);
     }
-    if c.flags & bfd::FLAG_POLL != 0 {
+    let poll = c.flags & bfd::FLAG_POLL != 0;
+    if poll {
         s.poll_seq = s.poll_seq.wrapping_add(1);
         let st = State::from_bits(s.state);
         event(s, slot, BFD_EVENT_POLL, st, st);
     }
-    xdp_action::XDP_DROP
+    answer(s, poll, now)
+}
+
+/// Receive-clocked transmission: the controller sends at 75-100 % of the
+/// interval, so a heartbeat older than 1.25 intervals means it missed its
+/// slot. Then an Up session answers the peer's packet itself, no more often
+/// than 75 % of the interval (the controller's own lower bound), except a
+/// Final, which is owed at once. The controller keeps the only say on state:
+/// this answers with the state the session is in, it never moves it.
+#[inline(always)]
+fn answer(s: &mut BfdSession, poll: bool, now: u64) -> Option<[u8; bfd::LEN]> {
+    if s.state != State::Up as u8 || s.down_ack != s.ctl_down_seq || s.remote_min_rx == 0 {
+        return None;
+    }
+    let us = if s.ctl_adv_tx_us > s.remote_min_rx { s.ctl_adv_tx_us } else { s.remote_min_rx };
+    let interval = us as u64 * 1000;
+    if now.saturating_sub(s.ctl_last_tx_ns) <= interval + interval / 4 {
+        return None;
+    }
+    if !poll && now.saturating_sub(s.xdp_tx_ns) < interval - interval / 4 {
+        return None;
+    }
+    s.xdp_tx_ns = now;
+    s.xdp_tx_packets += 1;
+    let echo = if s.ctl_flags & BFD_ECHO != 0 { s.ctl_adv_rx_us } else { 0 };
+    Some(
+        Control {
+            diag: Diag::from_bits(s.diag),
+            state: State::Up,
+            flags: if poll { bfd::FLAG_FINAL } else { 0 },
+            detect_mult: s.ctl_mult,
+            my_disc: s.ctl_local_disc,
+            your_disc: s.remote_disc,
+            desired_min_tx: s.ctl_adv_tx_us,
+            required_min_rx: s.ctl_adv_rx_us,
+            required_min_echo_rx: echo,
+        }
+        .encode(),
+    )
 }
 
 #[inline(always)]

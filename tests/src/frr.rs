@@ -42,8 +42,10 @@ impl Frr {
         let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
         fs::write(dir.join("etc/vtysh.conf"), "service integrated-vtysh-config\n").unwrap();
         fs::write(dir.join("etc/zebra.conf"), format!("hostname frr\nlog file {}\n", p("log/zebra.log"))).unwrap();
+        // Microsecond log timestamps and state-change lines: when bfdd
+        // declared a peer Down, for the benchmark's detection times.
         let mut conf = format!(
-            "hostname frr\nlog file {}\nbfd\n peer {} interface {} local-address {}\n  detect-multiplier {}\n  receive-interval {}\n  transmit-interval {}\n",
+            "hostname frr\nlog file {}\nlog timestamp precision 6\ndebug bfd peer\nbfd\n peer {} interface {} local-address {}\n  detect-multiplier {}\n  receive-interval {}\n  transmit-interval {}\n",
             p("log/bfdd.log"),
             cfg.peer,
             cfg.ifname,
@@ -59,13 +61,14 @@ impl Frr {
         fs::write(dir.join("etc/bfdd.conf"), conf).unwrap();
         crate::sh(&["chown", "-R", "frr:frr", dir.to_str().unwrap()]);
         let mut frr = Frr { bfdd: None, zebra: None, dir: dir.clone(), ns_name: ns.name.clone() };
+        // UTC: the log's timestamps are compared with the system clock.
         frr.zebra = Some(ns.spawn(&[
-            "/usr/lib/frr/zebra", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/zebra.conf"), "-i", &p("run/zebra.pid"),
+            "env", "TZ=UTC", "/usr/lib/frr/zebra", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/zebra.conf"), "-i", &p("run/zebra.pid"),
             "-z", &p("run/zserv.api"), "--vty_socket", &p("run"),
         ]));
         frr.wait_file("run/zserv.api");
         frr.bfdd = Some(ns.spawn(&[
-            "/usr/lib/frr/bfdd", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/bfdd.conf"), "-i", &p("run/bfdd.pid"),
+            "env", "TZ=UTC", "/usr/lib/frr/bfdd", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/bfdd.conf"), "-i", &p("run/bfdd.pid"),
             "-z", &p("run/zserv.api"), "--vty_socket", &p("run"), "--bfdctl", &p("run/bfdd.sock"),
         ]));
         frr.wait_file("run/bfdd.vty");
@@ -101,6 +104,23 @@ impl Frr {
     /// `show bfd peer <ip> counters json`.
     pub fn counters(&self, ip: &str) -> serde_json::Value {
         serde_json::from_str(&self.vtysh(&format!("show bfd peer {ip} counters json"))).unwrap_or_default()
+    }
+
+    /// bfdd's `up -> down` state changes: (seconds since midnight UTC, as
+    /// logged to the microsecond, the reason).
+    pub fn downs(&self) -> Vec<(f64, String)> {
+        let t = fs::read_to_string(self.dir.join("log/bfdd.log")).unwrap_or_default();
+        t.lines()
+            .filter(|l| l.contains("state-change:") && l.contains(" up -> down"))
+            .filter_map(|l| {
+                // "2026/11/24 03:27:29.347123 BFD: ... reason:control-expired"
+                let time = l.split_whitespace().nth(1)?;
+                let mut hms = time.split(':');
+                let (h, m, s): (f64, f64, f64) = (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
+                let reason = l.rsplit("reason:").next().unwrap_or("").trim().to_string();
+                Some((h * 3600.0 + m * 60.0 + s, reason))
+            })
+            .collect()
     }
 
     pub fn log(&self) -> String {

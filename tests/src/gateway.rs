@@ -31,6 +31,16 @@ impl TestGateway {
         TestGateway { ebpf, netns: None }
     }
 
+    /// As `load`, with the maps pinned in `dir` (created there, or reused:
+    /// another process loading from `dir` shares them).
+    pub fn load_pinned(dir: &std::path::Path, programs: &[&str]) -> TestGateway {
+        let mut ebpf = xgw::datapath::load_pinned(dir).expect("load datapath");
+        for p in programs {
+            xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
+        }
+        TestGateway { ebpf, netns: None }
+    }
+
     /// Devmap entries written from now on resolve ifindexes in `ns`.
     pub fn in_netns(&mut self, ns: &crate::netns::Netns) {
         self.netns = Some(ns.name.clone());

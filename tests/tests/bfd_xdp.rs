@@ -249,3 +249,63 @@ fn single_hop_control_needs_ttl_255_and_echo_is_reflected_for_configured_peers()
     let err = f.engine.add("t", tunnel(VNI), Config { echo: true, ..FAST }).unwrap_err().to_string();
     assert!(err.contains("echo"), "{err}");
 }
+
+/// Receive-clocked transmission: with the engine gone (its heartbeat
+/// stale), the datapath answers an Up session's peer itself: the Geneve
+/// frame comes back as Open vSwitch would send ours (outer addresses
+/// swapped, TTL 64, UDP checksums 0, our MAC inside, our control packet),
+/// at most once per 0.75 interval, and a Poll gets its Final at once.
+#[test]
+fn with_the_engine_gone_the_datapath_answers_an_up_peer_itself() {
+    require_root!();
+    let Fixture { engine, gw, _ns } = fixture();
+    let fast = Config { min_tx_ms: 10, min_rx_ms: 10, mult: 3, echo: false };
+    engine.add("t1", tunnel(VNI), fast).unwrap();
+    let me = engine.status(Some("t1")).pop().unwrap().local_discriminator;
+    let run = |pkt: &[u8]| test_run_on(gw.program("xgw_uplink"), pkt, 1);
+    assert_eq!(run(&in_geneve(VNI, 0, 255, &ctrl(1, 0, DOWN, 0, 3, 24, PEER_DISC, 0))).verdict, XDP_DROP);
+    let up = in_geneve(VNI, 0, 255, &ctrl(1, 0, UP, 0, 3, 24, PEER_DISC, me));
+    assert_eq!(run(&up).verdict, XDP_DROP, "the engine is alive: it answers, not the datapath");
+    // The engine advertises 10 ms once Up; then it leaves, sessions kept.
+    let start = Instant::now();
+    while engine.status(Some("t1")).pop().unwrap().tx_interval_ms != 10.0 {
+        assert!(start.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(run(&up).verdict, XDP_DROP);
+    engine.leave();
+    std::thread::sleep(Duration::from_millis(30));
+
+    let answer = |flags: u8| {
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2(GW_MAC, BFD_MAC)
+            .ipv4([169, 254, 1, 1], [169, 254, 1, 0], 255)
+            .udp(49152, 3784)
+            .write(&mut inner, &ctrl(1, 0, UP, flags, 3, 24, me, PEER_DISC))
+            .unwrap();
+        let mut g = geneve_hdr(0, 0, 0, 0x6558, VNI);
+        g.extend(inner);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(GW_MAC, HV_MAC).ipv4(GW_IP4, HV_IP4, 64).udp(59437, 6081).write(&mut v, &g).unwrap();
+        // UDP checksums 0, outer and inner, as Open vSwitch sends them.
+        let inner_udp = 14 + 20 + 8 + 8 + 14 + 20;
+        for i in [14 + 20 + 6, 14 + 20 + 7, inner_udp + 6, inner_udp + 7] {
+            v[i] = 0;
+        }
+        v
+    };
+    let r = run(&up);
+    assert_eq!(r.verdict, XDP_TX);
+    assert_eq!(r.data, answer(0));
+    // Within 0.75 x 10 ms of that answer: nothing more, except a Final.
+    assert_eq!(run(&up).verdict, XDP_DROP);
+    let poll = in_geneve(VNI, 0, 255, &ctrl(1, 0, UP, 0x20, 3, 24, PEER_DISC, me));
+    let r = run(&poll);
+    assert_eq!((r.verdict, &r.data), (XDP_TX, &answer(0x10)));
+    std::thread::sleep(Duration::from_millis(8));
+    assert_eq!(run(&up).verdict, XDP_TX);
+    // A peer saying Down is applied (the session goes Down), not answered.
+    assert_eq!(run(&in_geneve(VNI, 0, 255, &ctrl(1, 1, DOWN, 0, 3, 24, PEER_DISC, me))).verdict, XDP_DROP);
+    std::thread::sleep(Duration::from_millis(8));
+    assert_eq!(run(&up).verdict, XDP_DROP, "the session is no longer Up");
+}

@@ -222,6 +222,14 @@ fn main() -> ExitCode {
             if quick {
                 cmd.arg("--quick");
             }
+            run(&mut cmd)?;
+            // BFD: detection after link cuts (xgw and FRR bfdd), sessions
+            // sustained at 10 ms and their CPU, flaps under CPU hogs.
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-bfdbench", "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
             run(&mut cmd)
         })(),
         Cmd::Fuzz { packets, seed, save_corpus, kills, target_seconds } => (|| {

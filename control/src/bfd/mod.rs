@@ -44,7 +44,7 @@ pub use frame::GeneveHeaders;
 pub use session::{Config, ConfigError, Rx, Session};
 
 /// Where a session runs.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Path {
     /// Inside a Geneve tunnel, toward Open vSwitch (or another xgw). Frames
     /// leave through the uplink with `nexthop_mac` as destination.
@@ -179,16 +179,13 @@ impl Slots {
 
     /// A fresh session: the whole value is written while `ctl_flags` is 0
     /// (the datapath ignores the slot), flags last.
-    fn init(&self, slot: u32, disc: u32, flags: u32, path: BfdPathKey) {
+    fn init(&self, slot: u32, flags: u32, ctl: BfdSession) {
         assert!((slot as usize) < self.len);
         unsafe {
             let p = self.base.add(slot as usize);
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_flags), 0);
             std::sync::atomic::fence(Ordering::SeqCst);
-            std::ptr::write_volatile(
-                p,
-                BfdSession { ctl_local_disc: disc, ctl_path: path, state: State::Down as u8, ..BfdSession::default() },
-            );
+            std::ptr::write_volatile(p, BfdSession { ctl_flags: 0, state: State::Down as u8, ..ctl });
             std::sync::atomic::fence(Ordering::SeqCst);
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_flags), flags);
         }
@@ -197,6 +194,26 @@ impl Slots {
     fn set_flags(&self, slot: u32, flags: u32) {
         assert!((slot as usize) < self.len);
         unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*self.base.add(slot as usize)).ctl_flags), flags) }
+    }
+
+    /// What the datapath needs to answer for the session, and the heartbeat.
+    fn set_tx(&self, slot: u32, (adv_tx_us, adv_rx_us): (u32, u32), last_tx_ns: u64) {
+        assert!((slot as usize) < self.len);
+        unsafe {
+            let p = self.base.add(slot as usize);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_adv_tx_us), adv_tx_us);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_adv_rx_us), adv_rx_us);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_last_tx_ns), last_tx_ns);
+        }
+    }
+
+    fn set_config(&self, slot: u32, config: &Config) {
+        assert!((slot as usize) < self.len);
+        unsafe {
+            let p = self.base.add(slot as usize);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_mult), config.mult);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_cfg_tx_us), config.min_tx_ms * 1000);
+        }
     }
 
     fn set_down_seq(&self, slot: u32, seq: u32) {
@@ -233,6 +250,12 @@ struct Entry {
     session: Session,
     tx: Tx,
     error: Option<String>,
+    /// When `tick` has something to do for this session, as of its last
+    /// pass over it. Only ever early: a received packet moves detection
+    /// later, and what could move it earlier (a state change, a Poll with
+    /// new intervals) arrives as an event, which clears it. Sessions not due
+    /// are skipped without reading the map, so a pass costs O(sessions due).
+    due: u64,
 }
 
 struct Inner {
@@ -244,6 +267,11 @@ struct Inner {
     uplink: Uplink,
     packet: Option<PacketSocket>,
     events: u64,
+    /// Enabled sessions found in a pinned session map at start (a previous
+    /// controller's), by path, until `add` adopts them.
+    orphans: HashMap<BfdPathKey, u32>,
+    /// Slots of `entries` in use.
+    active: Vec<u32>,
 }
 
 enum Cmd {
@@ -272,6 +300,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     cmds: mpsc::Sender<Cmd>,
     thread: Option<JoinHandle<()>>,
+    /// `leave`: stop without disabling the sessions (a restart follows).
+    keep_sessions: bool,
 }
 
 /// Options of `Engine::start`.
@@ -292,6 +322,13 @@ impl Default for Options {
 impl Engine {
     /// Takes the BFD maps out of `ebpf` and starts the transmit thread.
     /// Sockets are opened in the calling thread's network namespace.
+    ///
+    /// With the maps pinned (`datapath::load_with` and a pin directory),
+    /// the sessions a previous controller left enabled are kept as they are
+    /// (the datapath goes on receiving for them) and `add` of the same path
+    /// adopts one instead of starting it from Down: same discriminator,
+    /// state and remote, nothing visible to the peer. `release_unclaimed`
+    /// ends those no `add` claimed.
     pub fn start(ebpf: &mut Ebpf, uplink: Uplink, options: Options) -> Result<Engine, Error> {
         let sessions = match ebpf.take_map(names::BFD_SESSIONS).ok_or(Error::NoMap(names::BFD_SESSIONS))? {
             Map::Array(m) => m,
@@ -303,6 +340,14 @@ impl Engine {
         let events = RingBuf::try_from(ebpf.take_map(names::BFD_EVENTS).ok_or(Error::NoMap(names::BFD_EVENTS))?)
             .map_err(|source| Error::Map { what: "BFD_EVENTS".into(), source })?;
         let slots = Slots::open(sessions)?;
+        let orphans: HashMap<BfdPathKey, u32> = (0..MAX_BFD_SESSIONS)
+            .map(|slot| (slot, slots.get(slot)))
+            .filter(|(_, s)| s.ctl_flags & BFD_ENABLED != 0)
+            .map(|(slot, s)| (s.ctl_path, slot))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!("bfd: {} session(s) left running by a previous controller, to adopt", orphans.len());
+        }
         let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if wake < 0 {
             return Err(Error::Io { what: "eventfd".into(), source: io::Error::last_os_error() });
@@ -321,6 +366,8 @@ impl Engine {
                 uplink,
                 packet: Some(packet),
                 events: 0,
+                orphans,
+                active: Vec::new(),
             }),
             stop: AtomicBool::new(false),
             wake,
@@ -331,7 +378,35 @@ impl Engine {
             .name("xgw-bfd".into())
             .spawn(move || run(s, rx, events, options))
             .map_err(io_err("spawning the bfd thread"))?;
-        Ok(Engine { shared, cmds, thread: Some(thread) })
+        Ok(Engine { shared, cmds, thread: Some(thread), keep_sessions: false })
+    }
+
+    /// Stops the engine but leaves its sessions enabled in the (pinned)
+    /// maps, for the next controller to adopt: the datapath keeps receiving,
+    /// and answering while the heartbeat is stale.
+    pub fn leave(mut self) {
+        self.keep_sessions = true;
+    }
+
+    /// Sessions of a previous controller that no `add` has adopted (by
+    /// path key), e.g. removed from the configuration while no controller
+    /// ran: disables them and removes their paths. Returns how many.
+    pub fn release_unclaimed(&self) -> Result<usize, Error> {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let orphans: Vec<_> = inner.orphans.drain().collect();
+        for (key, slot) in &orphans {
+            inner.slots.set_flags(*slot, 0);
+            match inner.paths.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(Error::Map { what: "BFD_PATHS remove of an unclaimed session".into(), source }),
+            }
+        }
+        Ok(orphans.len())
+    }
+
+    /// Sessions found at start and not adopted yet.
+    pub fn unclaimed(&self) -> usize {
+        self.shared.inner.lock().unwrap().orphans.len()
     }
 
     fn call(&self, make: impl FnOnce(mpsc::SyncSender<Result<(), Error>>) -> Cmd) -> Result<(), Error> {
@@ -341,7 +416,8 @@ impl Engine {
         rx.recv().map_err(|_| Error::Stopped)?
     }
 
-    /// Adds a session; it starts Down, sending once a second until Up.
+    /// Adds a session; it starts Down, sending once a second until Up, or
+    /// adopts the one a previous controller left on the same path (see `start`).
     pub fn add(&self, name: &str, path: Path, config: Config) -> Result<(), Error> {
         self.call(|r| Cmd::Add(name.into(), path, config, r))
     }
@@ -396,7 +472,7 @@ impl Drop for Engine {
         }
         let inner = self.shared.inner.lock().unwrap();
         for (slot, e) in inner.entries.iter().enumerate() {
-            if e.is_some() {
+            if e.is_some() && !self.keep_sessions {
                 inner.slots.set_flags(slot as u32, 0);
             }
         }
@@ -483,8 +559,9 @@ fn path_key(path: &Path) -> Result<BfdPathKey, Error> {
 /// A UDP socket for single-hop control packets: TTL 255 and TOS CS6 (RFC
 /// 5881 section 5), source port in 49152-65535 (section 4), bound to the
 /// interface so the packets leave on the path the session watches.
-fn single_hop_socket(ifname: &str, local: Ipv4Addr, disc: u32) -> Result<UdpSocket, Error> {
-    let first = wire::SRC_PORT_MIN + (disc % 16384) as u16;
+fn single_hop_socket(ifname: &str, local: Ipv4Addr, disc: u32, preferred: u16) -> Result<(UdpSocket, u16), Error> {
+    // An adopted session keeps its port (RFC 5881 section 4: one per session).
+    let first = if preferred >= wire::SRC_PORT_MIN { preferred } else { wire::SRC_PORT_MIN + (disc % 16384) as u16 };
     let mut last_err = None;
     for i in 0..16384u16 {
         let port = wire::SRC_PORT_MIN + (first - wire::SRC_PORT_MIN).wrapping_add(i) % 16384;
@@ -504,7 +581,7 @@ fn single_hop_socket(ifname: &str, local: Ipv4Addr, disc: u32) -> Result<UdpSock
                     return Err(Error::Io { what: format!("binding the bfd socket to {ifname}"), source: io::Error::last_os_error() });
                 }
                 s.set_nonblocking(true).map_err(io_err("bfd socket"))?;
-                return Ok(s);
+                return Ok((s, port));
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_err = Some(e),
             Err(e) => return Err(Error::Io { what: format!("binding a bfd socket to {local}:{port}"), source: e }),
@@ -571,10 +648,23 @@ impl Inner {
             let other = self.entries[other as usize].as_ref().map(|e| e.name.clone()).unwrap_or_default();
             return Err(Error::DuplicatePath { name, other });
         }
-        let slot = self.entries.iter().position(Option::is_none).ok_or(Error::Full(MAX_BFD_SESSIONS))? as u32;
-        // Random high half: a restarted engine does not reuse the
-        // discriminators its peers still remember.
-        let disc = (u32::from(fastrand::u16(1..)) << 16) | slot;
+        let adopted = self.orphans.remove(&key).map(|slot| (slot, self.slots.get(slot)));
+        let slot = match adopted {
+            Some((slot, _)) => slot,
+            None => self
+                .entries
+                .iter()
+                .enumerate()
+                .position(|(i, e)| e.is_none() && !self.orphans.values().any(|&o| o as usize == i))
+                .ok_or(Error::Full(MAX_BFD_SESSIONS))? as u32,
+        };
+        // Random high half: a controller that starts afresh does not reuse
+        // the discriminators its peers still remember.
+        let disc = match adopted {
+            Some((_, s)) => s.ctl_local_disc,
+            None => (u32::from(fastrand::u16(1..)) << 16) | slot,
+        };
+        let mut sport = 0;
         let tx = match &path {
             Path::Geneve { remote_ip, local_ip, vni, nexthop_mac, .. } => Tx::Geneve(GeneveHeaders {
                 src_mac: self.uplink.mac,
@@ -586,26 +676,70 @@ impl Inner {
                 inner_src_mac: self.uplink.mac,
                 inner_sport: wire::SRC_PORT_MIN,
             }),
-            Path::SingleHop { ifname, peer_ip, local_ip } => Tx::SingleHop {
-                sock: single_hop_socket(ifname, *local_ip, disc)?,
-                peer: SocketAddrV4::new(*peer_ip, wire::CONTROL_PORT),
-            },
+            Path::SingleHop { ifname, peer_ip, local_ip } => {
+                let (sock, port) = match single_hop_socket(ifname, *local_ip, disc, adopted.map_or(0, |(_, s)| s.ctl_sport)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if let Some((slot, _)) = adopted {
+                            self.orphans.insert(key, slot);
+                        }
+                        return Err(e);
+                    }
+                };
+                sport = port;
+                Tx::SingleHop { sock, peer: SocketAddrV4::new(*peer_ip, wire::CONTROL_PORT) }
+            }
         };
         let flags = BFD_ENABLED | if config.echo { BFD_ECHO } else { 0 };
-        self.slots.init(slot, disc, flags, key);
+        let now = monotonic_ns();
+        let session = match adopted {
+            Some((slot, s)) => {
+                // The settings the previous controller ran with; if they
+                // differ from `config`, the next tick polls the change.
+                let before = Config {
+                    min_tx_ms: s.ctl_cfg_tx_us / 1000,
+                    min_rx_ms: s.ctl_adv_rx_us / 1000,
+                    mult: s.ctl_mult,
+                    echo: s.ctl_flags & BFD_ECHO != 0,
+                };
+                let mut session = Session::adopt(before, disc, (s.ctl_adv_tx_us, s.ctl_adv_rx_us), s.ctl_down_seq, &self.slots.rx(slot), now);
+                session.reconfigure(config);
+                self.slots.set_config(slot, &config);
+                self.slots.set_flags(slot, flags);
+                tracing::info!(session = %name, "bfd: adopted (discriminator {disc:#x}, {})", session.view(&self.slots.rx(slot)).state.name());
+                session
+            }
+            None => {
+                let session = Session::new(config, disc, now);
+                let ctl = BfdSession {
+                    ctl_local_disc: disc,
+                    ctl_path: key,
+                    ctl_mult: config.mult,
+                    ctl_sport: sport,
+                    ctl_cfg_tx_us: config.min_tx_ms * 1000,
+                    ctl_adv_tx_us: session.advertised().0,
+                    ctl_adv_rx_us: session.advertised().1,
+                    ctl_last_tx_ns: now,
+                    ..BfdSession::default()
+                };
+                self.slots.init(slot, flags, ctl);
+                session
+            }
+        };
         self.paths
             .insert(key, slot, 0)
             .map_err(|source| Error::Map { what: format!("BFD_PATHS insert for {name}"), source })?;
         self.by_path.insert(key, slot);
         self.by_name.insert(name.clone(), slot);
-        self.entries[slot as usize] =
-            Some(Entry { name, path, key, session: Session::new(config, disc, monotonic_ns()), tx, error: None });
+        self.entries[slot as usize] = Some(Entry { name, path, key, session, tx, error: None, due: 0 });
+        self.active.push(slot);
         Ok(())
     }
 
     fn remove(&mut self, name: &str) -> Result<(), Error> {
         let slot = self.by_name.remove(name).ok_or_else(|| Error::NotFound(name.into()))?;
         let e = self.entries[slot as usize].take().expect("indexed entry");
+        self.active.retain(|&s| s != slot);
         self.slots.set_flags(slot, 0);
         self.by_path.remove(&e.key);
         self.paths
@@ -621,21 +755,30 @@ impl Inner {
             return Err(Error::EchoOnTunnel { name: name.into() });
         }
         e.session.reconfigure(config);
+        e.due = 0;
+        self.slots.set_config(slot, &config);
         self.slots.set_flags(slot, BFD_ENABLED | if config.echo { BFD_ECHO } else { 0 });
         Ok(())
     }
 
-    /// One pass over every session; returns the earliest next deadline.
+    /// One pass over the sessions that are due; returns the earliest next
+    /// deadline.
     fn tick(&mut self, now: u64, rng: &mut fastrand::Rng) -> u64 {
         let mut next = now + 1_000_000_000;
-        for slot in 0..self.entries.len() {
+        for &slot in &self.active {
+            let slot = slot as usize;
             let Some(e) = self.entries[slot].as_mut() else { continue };
+            if e.due > now {
+                next = next.min(e.due);
+                continue;
+            }
             let rx = self.slots.rx(slot as u32);
             let a = e.session.tick(now, &rx, rng.f64());
             if let Some(seq) = a.down_seq {
                 self.slots.set_down_seq(slot as u32, seq);
                 tracing::info!(session = %e.name, "bfd: detection time expired, session down");
             }
+            self.slots.set_tx(slot as u32, e.session.advertised(), e.session.last_tx_ns());
             if let Some(c) = a.send {
                 let r = match &e.tx {
                     Tx::Geneve(h) => match &self.packet {
@@ -646,7 +789,8 @@ impl Inner {
                 };
                 e.error = r.err().map(|err| err.to_string());
             }
-            next = next.min(e.session.deadline(&rx));
+            e.due = e.session.deadline(&rx);
+            next = next.min(e.due);
         }
         next
     }
@@ -682,6 +826,9 @@ fn run(shared: Arc<Shared>, cmds: mpsc::Receiver<Cmd>, mut events: RingBuf<MapDa
                 inner.events += 1;
                 if item.len() >= std::mem::size_of::<BfdEvent>() {
                     let ev: BfdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BfdEvent) };
+                    if let Some(Some(e)) = inner.entries.get_mut(ev.slot as usize) {
+                        e.due = 0;
+                    }
                     if ev.kind == BFD_EVENT_STATE {
                         let name = inner.entries.get(ev.slot as usize).and_then(|e| e.as_ref()).map(|e| e.name.clone());
                         tracing::info!(

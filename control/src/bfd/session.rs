@@ -117,6 +117,12 @@ pub struct Session {
     /// `Rx::poll_seq` last answered with a Final.
     finals_sent: u32,
     next_tx_ns: u64,
+    /// The last periodic packet: when it went out, the interval its
+    /// successor was scheduled with and the jitter fraction drawn for it.
+    /// A shorter interval learnt meanwhile pulls the next packet in.
+    last_tx_ns: u64,
+    sched_us: u32,
+    sched_frac: f64,
     /// The state of the last tick: a change is sent at once and, to or
     /// from Up, counted as a flap.
     last_state: State,
@@ -145,10 +151,38 @@ impl Session {
             poll: None,
             finals_sent: 0,
             next_tx_ns: now_ns,
+            last_tx_ns: now_ns,
+            sched_us: u32::MAX,
+            sched_frac: 1.0,
             last_state: State::Down,
             flaps: 0,
             tx_packets: 0,
         }
+    }
+
+    /// Takes over a session a previous controller ran (its half is in the
+    /// pinned session map): same discriminator, the intervals it advertised,
+    /// its pending Down if any, and the datapath's state as the starting
+    /// point, so nothing on the wire changes and no flap is counted. A Poll
+    /// it may have had in flight is not resumed: the peer accepts the values
+    /// in every packet, and a change still owed is polled by the next tick.
+    pub fn adopt(config: Config, local_disc: u32, advertised: (u32, u32), down_seq: u32, rx: &Rx, now_ns: u64) -> Session {
+        let mut s = Session::new(config, local_disc, now_ns);
+        (s.adv_tx_us, s.adv_rx_us) = advertised;
+        s.down_seq = down_seq;
+        s.finals_sent = rx.poll_seq;
+        s.last_state = s.view(rx).state;
+        s
+    }
+
+    /// Desired Min TX and Required Min RX advertised now (microseconds).
+    pub fn advertised(&self) -> (u32, u32) {
+        (self.adv_tx_us, self.adv_rx_us)
+    }
+
+    /// When the last periodic packet went out (the heartbeat).
+    pub fn last_tx_ns(&self) -> u64 {
+        self.last_tx_ns
     }
 
     /// The state as seen through both halves: a Down declared by detection
@@ -262,6 +296,19 @@ impl Session {
             }
         }
 
+        // 6.8.7: we send at the larger of our Desired Min TX and the remote's
+        // Required Min RX as they are now, not as they were when the next
+        // packet was scheduled. The peer times us out on what it advertised:
+        // FRR, whose Init (at its slow 1 s) brought us Up, polls 10 ms at
+        // once, adopts 10 ms on our Final and expects a packet within 30 ms,
+        // while ours was still due a second later.
+        let interval = self.tx_interval_us(rx).unwrap_or(bfd::SLOW_TX_US);
+        if interval < self.sched_us {
+            let sooner = self.last_tx_ns + (interval as f64 * self.sched_frac * 1000.0) as u64;
+            self.next_tx_ns = self.next_tx_ns.min(sooner);
+            self.sched_us = interval;
+        }
+
         let owe_final = rx.poll_seq != self.finals_sent && rx.rx_packets > 0;
         if owe_final || now_ns >= self.next_tx_ns {
             let mut flags = 0;
@@ -295,10 +342,11 @@ impl Session {
     /// (75-90 % with Detect Mult 1). A peer asking for no packets (Required
     /// Min RX 0) is still sent one per second, so it learns our state.
     fn schedule(&mut self, now_ns: u64, rx: &Rx, jitter: f64) {
-        let interval = self.tx_interval_us(rx).unwrap_or(bfd::SLOW_TX_US) as f64;
+        let interval = self.tx_interval_us(rx).unwrap_or(bfd::SLOW_TX_US);
         let top = if self.config.mult == 1 { 0.90 } else { 1.0 };
-        let us = interval * (top - (top - 0.75) * jitter.clamp(0.0, 1.0));
-        self.next_tx_ns = now_ns + (us * 1000.0) as u64;
+        let frac = top - (top - 0.75) * jitter.clamp(0.0, 1.0);
+        self.next_tx_ns = now_ns + (interval as f64 * frac * 1000.0) as u64;
+        (self.last_tx_ns, self.sched_us, self.sched_frac) = (now_ns, interval, frac);
     }
 }
 
@@ -391,6 +439,51 @@ mod tests {
         rx.last_rx_ns = 15 * MS;
         let p = s.tick(20 * MS, &rx, 0.0).send.unwrap();
         assert_eq!(p.flags, 0, "Final received: poll over");
+    }
+
+    /// The FRR flap: Up on the remote's Init, which still carries its slow
+    /// 1 s Required Min RX; its Poll then asks for 10 ms. The packet due a
+    /// second later must be pulled in to 10 ms after the last one.
+    #[test]
+    fn a_lower_remote_min_rx_pulls_the_next_packet_in() {
+        let mut s = Session::new(cfg(10, 10, 3), 7, 0);
+        let mut rx = heard(State::Init, State::Up, 0, 1_000_000, 1_000_000);
+        let p = s.tick(0, &rx, 0.0).send.unwrap();
+        assert_eq!((p.state, p.flags), (State::Up, bfd::FLAG_POLL));
+        assert_eq!(s.next_tx_ns, 1000 * MS, "the remote still asks for 1 s");
+        // Its Poll: Up, 10 ms. The Final goes out at once, the next periodic
+        // packet 10 ms after the last periodic one, not 1 s.
+        rx = Rx { remote_state: State::Up as u8, remote_min_tx: 10_000, remote_min_rx: 10_000, ..rx };
+        (rx.poll_seq, rx.rx_packets, rx.last_rx_ns) = (1, 2, MS / 5);
+        assert_eq!(s.tick(MS / 5, &rx, 0.0).send.unwrap().flags, bfd::FLAG_FINAL);
+        assert_eq!(s.next_tx_ns, 10 * MS);
+        assert_eq!(s.tick(10 * MS - 1, &rx, 0.0).send, None);
+        assert!(s.tick(10 * MS, &rx, 0.0).send.is_some());
+        assert_eq!(s.next_tx_ns, 20 * MS);
+        // An interval that grows is not pulled in the other way.
+        rx.remote_min_rx = 50_000;
+        s.tick(11 * MS, &rx, 0.0);
+        assert_eq!(s.next_tx_ns, 20 * MS);
+    }
+
+    #[test]
+    fn an_adopted_up_session_sends_at_once_as_before_without_a_flap() {
+        let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
+        rx.poll_seq = 4;
+        let mut s = Session::adopt(cfg(10, 10, 3), 0x55_0003, (10_000, 10_000), 2, &Rx { down_ack: 2, ..rx }, 5 * MS);
+        let p = s.tick(5 * MS, &Rx { down_ack: 2, ..rx }, 0.0).send.expect("at once");
+        assert_eq!((p.state, p.flags, p.my_disc, p.your_disc), (State::Up, 0, 0x55_0003, 0x1234), "no Poll, no Final");
+        assert_eq!((p.desired_min_tx, p.required_min_rx), (10_000, 10_000));
+        assert_eq!((s.flaps, s.next_tx_ns), (0, 15 * MS));
+        // A Down the previous controller declared and the datapath has not
+        // applied yet stays declared.
+        let s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 3, &Rx { down_ack: 2, ..rx }, 0);
+        assert_eq!(s.view(&Rx { down_ack: 2, ..rx }).state, State::Down);
+        // Adopted with other settings: the change is polled.
+        let mut s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 0, &rx, 0);
+        s.reconfigure(cfg(20, 20, 3));
+        let p = s.tick(0, &rx, 0.0).send.unwrap();
+        assert_eq!((p.flags, p.desired_min_tx), (bfd::FLAG_POLL, 20_000));
     }
 
     #[test]
