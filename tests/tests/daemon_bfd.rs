@@ -316,3 +316,34 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
     let (sb, _) = wait(&b, "tor", "down", Duration::from_secs(3), |s| s["local_state"] == "down");
     assert_eq!(sb["local_diagnostic"], DETECT_EXPIRED, "{sb}");
 }
+
+/// Issue 6's hitless restart, BFD included: a SIGKILLed daemon's sessions
+/// stay in the pinned maps (the kernel keeps answering the peer while no
+/// controller transmits), and the next daemon adopts them: same
+/// discriminators, still Up, and no flap on either side.
+#[test]
+fn a_sigkilled_daemon_adopts_its_bfd_sessions_without_a_flap() {
+    require_root!();
+    let mut t = pair();
+    tunnel(&t.a, IP[1], 100, 3);
+    tunnel(&t.b, IP[0], 100, 3);
+    let (sa, _) = wait(&t.a, "gw", "up", Duration::from_secs(10), up);
+    let (sb, _) = wait(&t.b, "gw", "up", Duration::from_secs(5), up);
+    for round in 0..3 {
+        t.a.kill9();
+        // Longer than B's detect time (300 ms): without the kernel's
+        // answers B would declare the session down.
+        std::thread::sleep(Duration::from_millis(500));
+        t.a.start();
+        let (now_a, took) = wait(&t.a, "gw", "up", Duration::from_secs(5), up);
+        let now_b = session(&t.b, "gw");
+        eprintln!("round {round}: restarted daemon reports Up {took:?} after start");
+        assert_eq!(now_a["local_discriminator"], sa["local_discriminator"], "A's session was not adopted: {now_a}");
+        assert_eq!(now_b["remote_discriminator"], sa["local_discriminator"], "{now_b}");
+        assert_eq!(num(&now_b["flap_count"]), num(&sb["flap_count"]), "B saw a flap across A's restart: {now_b}");
+        // The flap count is the controller's, counted since it started (as
+        // ovs-vswitchd's is): an adopted session that stayed Up shows 0.
+        assert_eq!(num(&now_a["flap_count"]), 0, "A's adopted session flapped: {now_a}");
+        assert!(up(&now_b), "{now_b}");
+    }
+}
