@@ -4,7 +4,7 @@
 //!
 //! Measured:
 //! - program cost through BPF_PROG_TEST_RUN (ns per packet, timed by the
-//!   kernel), decap and encap beside a trivial XDP_PASS;
+//!   kernel), decap, encap and the ARP reply beside a trivial XDP_PASS;
 //! - packets per second on the veth path: BPF_PROG_TEST_RUN in live-frames
 //!   mode is the generator (the kernel runs the program on fresh copies of
 //!   one frame and performs its redirect for real), frames are counted where
@@ -27,6 +27,9 @@ use xgw_tests::{
     netns::{self, Netns, Veth},
     packet::geneve::*,
 };
+
+const VM_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x20, 0, 1];
+const REMOTE_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x20, 0, 2];
 
 struct Row {
     name: &'static str,
@@ -90,21 +93,28 @@ fn main() {
     }
     let mut gw = TestGateway::load(&["xgw_pass", "xgw_uplink", "xgw_local"]);
     let (decap_pkt, encap_pkt) = bench_setup(&mut gw);
+    // The VM asks for its peer's MAC; xgw_local answers from NEIGH in place.
+    let (vm_ip, peer_ip) = ([203, 0, 113, 1], [203, 0, 113, 2]);
+    gw.add_neigh(5001, xgw_common::maps::ipv4_mapped(peer_ip), REMOTE_MAC);
+    let arp_pkt = xgw_tests::packet::arp_request(VM_MAC, vm_ip, peer_ip);
     // Interleave measured and baseline runs so drift on a noisy VM hits both.
-    let (mut pass, mut decap, mut encap) = (vec![], vec![], vec![]);
+    let (mut pass, mut decap, mut encap, mut arp) = (vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         pass.push(ns_per_packet(&gw, "xgw_pass", &decap_pkt, repeat, 0));
         decap.push(ns_per_packet(&gw, "xgw_uplink", &decap_pkt, repeat, 0));
         encap.push(ns_per_packet(&gw, "xgw_local", &encap_pkt, repeat, 1));
+        arp.push(ns_per_packet(&gw, "xgw_local", &arp_pkt, repeat, 1));
     }
     // Every run must have done the work for real, or the figure is meaningless.
     let n = repeat as u64 * runs as u64;
     assert_eq!(gw.port_stats(7).rx.packets, n, "not every decap run decapsulated");
     assert_eq!(gw.port_stats(7).tx.packets, n, "not every encap run encapsulated");
+    assert_eq!(gw.replies()["arp"], n, "not every ARP request was answered");
     let pass = stats(pass);
     let mut rows = vec![
         Row { name: "decap (Geneve+OVN option, IPv4)", unit: "ns/pkt", baseline: "xgw_pass", value: stats(decap), base: pass },
         Row { name: "encap (Geneve+OVN option, IPv4)", unit: "ns/pkt", baseline: "xgw_pass", value: stats(encap), base: pass },
+        Row { name: "ARP reply (request for a bound IP)", unit: "ns/pkt", baseline: "xgw_pass", value: stats(arp), base: pass },
     ];
     drop(gw);
     rows.extend(veth_pps(frames, runs, None));
@@ -236,7 +246,7 @@ fn bench_setup(gw: &mut TestGateway) -> (Vec<u8>, Vec<u8>) {
 fn bench_setup_on(gw: &mut TestGateway, uplink: u32, port: u32) -> (Vec<u8>, Vec<u8>) {
     use xgw_common::maps::*;
     let (gw_ip, hv_ip) = ([198, 51, 100, 1], [198, 51, 100, 2]);
-    let (vm_mac, remote_mac) = ([0x02, 0, 0x5e, 0x20, 0, 1], [0x02, 0, 0x5e, 0x20, 0, 2]);
+    let (vm_mac, remote_mac) = (VM_MAC, REMOTE_MAC);
     let (gw_mac, hv_mac) = ([2, 0, 0x5e, 0x10, 0, 1], [2, 0, 0x5e, 0x10, 0, 2]);
     gw.set_uplink(Uplink { ifindex: uplink, mtu: 1500, mac: gw_mac, flags: UPLINK_HAS_IP4, _pad: 0, ip4: gw_ip, ip6: [0; 16] });
     gw.set_uplink_devmap(uplink);
