@@ -8,17 +8,21 @@
 //!   kernel), decap, encap and the ARP reply beside a trivial XDP_PASS;
 //! - packets per second on the veth path against inner frame size, decap
 //!   and encap, beside a trivial redirect program on the same path
-//!   (`bench::veth`).
+//!   (`bench::veth`);
+//! - xgw against Open vSwitch (userspace datapath) doing the same Geneve
+//!   decap and encap between the same kind of veths (`bench::versus`).
 //!
 //! `--only decap|encap` runs just that veth row (64-byte frames, with its
 //! baseline) and writes no results: a steady load to attach a profiler to
-//! (`perf record -e cpu-clock -a -- xgw-bench --only decap`).
-use std::path::PathBuf;
+//! (`perf record -e cpu-clock -a -- xgw-bench --only decap`). `--only ovs`
+//! runs just the Open vSwitch comparison, likewise. With XGW_BENCH_VERBOSE
+//! set, each comparison window also prints the rate the generator offered.
+use std::{path::PathBuf, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
 
 use xgw_tests::{
-    bench::{self, stats, veth, Row},
+    bench::{self, stats, versus, veth, Row},
     gateway::TestGateway,
 };
 
@@ -58,13 +62,27 @@ fn main() {
     let only = args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).cloned().expect("--only decap|encap"));
     let (repeat, runs, frames) = if quick { (10_000u32, 3, 200_000u32) } else { (1_000_000, 7, 5_000_000) };
     let sizes: &[u32] = if quick { &QUICK_SIZES } else { &FULL_SIZES };
+    // OVS needs its warm-up (the first frames go to its slow path); short
+    // windows are enough in quick mode, which checks only that it all works.
+    let (ovs_sizes, timing): (&[u32], _) = if quick {
+        (&[64], versus::Timing { runs: 3, warmup: Duration::from_millis(300), window: Duration::from_millis(300) })
+    } else {
+        (&FULL_SIZES, versus::Timing { runs, warmup: Duration::from_millis(300), window: Duration::from_secs(1) })
+    };
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
 
     if let Some(only) = &only {
-        assert!(only == "decap" || only == "encap", "--only decap|encap, not {only}");
-        for r in veth::pps_by_size(&[64], frames, runs, Some(only)) {
-            println!("{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}, {:.1} ns/pkt more", r.name, r.value.median / 1e3,
-                     r.baseline, r.base.median / 1e3, r.ratio(), 1e9 / r.value.median - 1e9 / r.base.median);
+        assert!(["decap", "encap", "ovs"].contains(&only.as_str()), "--only decap|encap|ovs, not {only}");
+        let rows = match only.as_str() {
+            "ovs" => versus::versus_ovs(ovs_sizes, timing, true),
+            _ => veth::pps_by_size(&[64], frames, runs, Some(only)),
+        };
+        for r in rows {
+            print!("{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}", r.name, r.value.median / 1e3, r.baseline, r.base.median / 1e3, r.ratio());
+            if only != "ovs" {
+                print!(", {:.1} ns/pkt more", 1e9 / r.value.median - 1e9 / r.base.median);
+            }
+            println!();
         }
         return;
     }
@@ -97,15 +115,20 @@ fn main() {
         .collect();
     drop(gw);
     rows.extend(veth::pps_by_size(sizes, frames, runs, None));
+    rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
 
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
     expected.extend(veth::row_names(sizes));
+    expected.extend(versus::row_names(ovs_sizes, true));
     bench::check(&rows, &expected);
     println!(
         "mode: {}, test_run: {repeat} packets per run; veth: {frames} frames per run; {runs} runs each\n\n{}",
         if quick { "quick" } else { "full" },
         bench::markdown(&rows)
     );
-    let header = serde_json::json!({"repeat": repeat, "frames": frames, "runs": runs, "sizes": sizes});
+    let header = serde_json::json!({
+        "repeat": repeat, "frames": frames, "runs": runs, "sizes": sizes,
+        "ovs": {"sizes": ovs_sizes, "runs": timing.runs, "warmup_s": timing.warmup.as_secs_f64(), "window_s": timing.window.as_secs_f64()},
+    });
     bench::write(&out_dir, "bench", if quick { "-quick" } else { "" }, &rows, header);
 }
