@@ -2,6 +2,7 @@
 //! measured figures beside a baseline from the same run, their statistics,
 //! the markdown table and JSON under bench/results/, the checks that every
 //! figure was really produced, and the plot of packet rate against size.
+pub mod plot;
 pub mod versus;
 pub mod veth;
 
@@ -122,7 +123,8 @@ pub fn json(rows: &[Row], header: serde_json::Value) -> serde_json::Value {
     j
 }
 
-/// Writes `<stem><suffix>.md` and `<stem><suffix>.json` into `dir`.
+/// Writes `<stem><suffix>.md`, `<stem><suffix>.json` and, when any row
+/// has a packet size, `pps-size<suffix>.svg` into `dir`.
 pub fn write(dir: &Path, stem: &str, suffix: &str, rows: &[Row], header: serde_json::Value) {
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let put = |name: String, text: String| {
@@ -131,6 +133,9 @@ pub fn write(dir: &Path, stem: &str, suffix: &str, rows: &[Row], header: serde_j
     };
     put(format!("{stem}{suffix}.md"), markdown(rows));
     put(format!("{stem}{suffix}.json"), serde_json::to_string_pretty(&json(rows, header)).unwrap());
+    if rows.iter().any(|r| r.plot.is_some()) {
+        put(format!("pps-size{suffix}.svg"), plot::pps_size(rows));
+    }
 }
 
 #[cfg(test)]
