@@ -36,6 +36,30 @@ pub enum Request {
     BindingList,
     Show,
     Stats,
+    /// Every BFD session, or the one named.
+    BfdShow {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    BfdPeerAdd(BfdPeerArgs),
+    BfdPeerDel { name: String },
+    BfdPeerList,
+}
+
+impl Request {
+    /// Reads nothing but state: a refusal of one is not worth a log line.
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Request::PortList
+                | Request::TunnelList
+                | Request::BindingList
+                | Request::Show
+                | Request::Stats
+                | Request::BfdShow { .. }
+                | Request::BfdPeerList
+        )
+    }
 }
 
 /// A local port, as the operator names it.
@@ -66,6 +90,106 @@ pub struct TunnelArgs {
     pub ovn_metadata: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
+    /// This tunnel's BFD timers where they differ from the daemon's `[bfd]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_min_tx_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_min_rx_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_detect_mult: Option<u8>,
+}
+
+/// A single-hop BFD session (RFC 5881) toward a router on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdPeerArgs {
+    pub name: String,
+    /// The router's address (IPv4).
+    pub peer_ip: IpAddr,
+    /// The interface toward it; the uplink by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// The source address; the daemon's IPv4 `--local-ip` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ip: Option<IpAddr>,
+    /// Reflect the router's echo packets in XDP (FRR's echo mode).
+    #[serde(default)]
+    pub echo: bool,
+    /// Timers where they differ from the daemon's `[bfd]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tx_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rx_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_mult: Option<u8>,
+}
+
+/// A peer as `bfd peer list` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdPeerView {
+    pub name: String,
+    pub peer_ip: IpAddr,
+    pub ifname: String,
+    pub local_ip: IpAddr,
+    pub echo: bool,
+    pub min_tx_ms: u32,
+    pub min_rx_ms: u32,
+    pub detect_mult: u8,
+    /// The session's state, `null` if it is not running.
+    pub state: Option<String>,
+    pub from_config: bool,
+}
+
+/// One BFD session: the fields of `ovs-appctl bfd/show`, plus where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BfdSessionView {
+    pub name: String,
+    /// `tunnel` (Geneve, toward Open vSwitch or another xgw) or `peer`
+    /// (single-hop on the underlay).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ofport: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// The tunnel's remote, or the peer's address.
+    pub remote_ip: IpAddr,
+    pub local_ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Where the tunnel's BFD frames go on the underlay (zeroes until resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexthop_mac: Option<String>,
+    pub echo: bool,
+    /// Both sides Up (OVS: `forwarding`).
+    pub forwarding: bool,
+    pub detect_mult: u8,
+    pub concatenated_path_down: bool,
+    /// Negotiated: the interval we send at, the remote's.
+    pub tx_interval_ms: f64,
+    pub rx_interval_ms: f64,
+    pub detect_time_ms: f64,
+    pub local_state: String,
+    pub local_diagnostic: String,
+    pub local_discriminator: u32,
+    pub local_min_tx_ms: u32,
+    pub local_min_rx_ms: u32,
+    pub remote_state: String,
+    pub remote_diagnostic: String,
+    pub remote_discriminator: u32,
+    pub remote_min_tx_ms: f64,
+    pub remote_min_rx_ms: f64,
+    pub remote_detect_mult: u8,
+    /// Changes to or from Up (as Open vSwitch counts `flap_count`).
+    pub flap_count: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Milliseconds since the daemon saw the local or remote state change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_ms: Option<u64>,
+    /// The last transmit error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A MAC (and optionally an IP) of a remote logical port, behind a tunnel.
@@ -128,12 +252,21 @@ pub struct Nexthop {
     pub resolved: bool,
 }
 
-/// BFD of one tunnel. `state` is the session state once a BFD module runs
-/// sessions (`down`, `init`, `up`, `admin_down`); `null` until then.
+/// BFD of one tunnel: the session's state (`down`, `init`, `up`,
+/// `admin_down`) and flap count; `null` if no session runs (which the log
+/// explains).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BfdView {
     pub enabled: bool,
     pub state: Option<String>,
+    #[serde(default)]
+    pub flaps: Option<u64>,
+    /// Local and remote both Up.
+    #[serde(default)]
+    pub forwarding: bool,
+    pub min_tx_ms: u32,
+    pub min_rx_ms: u32,
+    pub detect_mult: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +327,20 @@ pub struct StatsView {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Reply kind -> packets.
     pub replies: std::collections::BTreeMap<String, u64>,
+    pub bfd: BfdCountersView,
+}
+
+/// The datapath's BFD counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdCountersView {
+    /// Valid control packets received (all sessions).
+    pub rx: u64,
+    /// Echo packets reflected in XDP.
+    pub echo_reflected: u64,
+    /// State-change events the ring buffer could not hold.
+    pub events_lost: u64,
+    /// Discarded packets by reason (`bfd::DecodeError` names).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// Sends one request and returns the daemon's answer (an error for

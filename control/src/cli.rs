@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    api::{self, BindingArgs, BindingView, PortArgs, PortView, Request, ShowView, StatsView, TunnelArgs},
+    api::{
+        self, BfdPeerArgs, BfdPeerView, BfdSessionView, BindingArgs, BindingView, PortArgs, PortView, Request, ShowView, StatsView,
+        TunnelArgs,
+    },
     ofport::MacAddr,
 };
 
@@ -67,6 +70,58 @@ pub enum TunnelCmd {
         /// Ask for this OpenFlow number.
         #[arg(long)]
         ofport: Option<u16>,
+        /// This tunnel's BFD Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
+        /// Adding the same tunnel again with other timers changes them on the running session.
+        #[arg(long, requires = "bfd")]
+        bfd_min_tx: Option<u32>,
+        /// This tunnel's BFD Required Min RX Interval, ms.
+        #[arg(long, requires = "bfd")]
+        bfd_min_rx: Option<u32>,
+        /// This tunnel's BFD Detect Mult.
+        #[arg(long, requires = "bfd")]
+        bfd_mult: Option<u8>,
+    },
+    Del {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BfdCmd {
+    /// Every BFD session, or the one named (the fields of `ovs-appctl bfd/show`).
+    Show { name: Option<String> },
+    /// Single-hop BFD sessions (RFC 5881) toward underlay routers.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeerCmd {
+    /// Add a single-hop session toward a router.
+    Add {
+        name: String,
+        /// The router's IPv4 address.
+        #[arg(long)]
+        peer_ip: IpAddr,
+        /// The interface toward it [default: the uplink].
+        #[arg(long)]
+        ifname: Option<String>,
+        /// Source address [default: the daemon's IPv4 --local-ip].
+        #[arg(long)]
+        local_ip: Option<IpAddr>,
+        /// Reflect the router's echo packets in XDP (FRR's echo mode).
+        #[arg(long)]
+        echo: bool,
+        /// Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
+        #[arg(long)]
+        min_tx: Option<u32>,
+        /// Required Min RX Interval, ms.
+        #[arg(long)]
+        min_rx: Option<u32>,
+        /// Detect Mult.
+        #[arg(long)]
+        mult: Option<u8>,
     },
     Del {
         name: String,
@@ -111,8 +166,18 @@ pub fn port(c: &Common, cmd: PortCmd) -> Result<()> {
 
 pub fn tunnel(c: &Common, cmd: TunnelCmd) -> Result<()> {
     let req = match cmd {
-        TunnelCmd::Add { name, remote_ip, vni, bfd, ovn_metadata, ofport } => {
-            Request::TunnelAdd(TunnelArgs { name, remote_ip, vni, bfd, ovn_metadata, ofport })
+        TunnelCmd::Add { name, remote_ip, vni, bfd, ovn_metadata, ofport, bfd_min_tx, bfd_min_rx, bfd_mult } => {
+            Request::TunnelAdd(TunnelArgs {
+                name,
+                remote_ip,
+                vni,
+                bfd,
+                ovn_metadata,
+                ofport,
+                bfd_min_tx_ms: bfd_min_tx,
+                bfd_min_rx_ms: bfd_min_rx,
+                bfd_detect_mult: bfd_mult,
+            })
         }
         TunnelCmd::Del { name } => Request::TunnelDel { name },
         TunnelCmd::List => Request::TunnelList,
@@ -125,6 +190,18 @@ pub fn binding(c: &Common, cmd: BindingCmd) -> Result<()> {
         BindingCmd::Add { vni, mac, ip, tunnel, port_key } => Request::BindingAdd(BindingArgs { vni, mac, ip, tunnel, port_key }),
         BindingCmd::Del { vni, mac } => Request::BindingDel { vni, mac },
         BindingCmd::List => Request::BindingList,
+    };
+    send(c, &req)
+}
+
+pub fn bfd(c: &Common, cmd: BfdCmd) -> Result<()> {
+    let req = match cmd {
+        BfdCmd::Show { name } => Request::BfdShow { name },
+        BfdCmd::Peer(PeerCmd::Add { name, peer_ip, ifname, local_ip, echo, min_tx, min_rx, mult }) => {
+            Request::BfdPeerAdd(BfdPeerArgs { name, peer_ip, ifname, local_ip, echo, min_tx_ms: min_tx, min_rx_ms: min_rx, detect_mult: mult })
+        }
+        BfdCmd::Peer(PeerCmd::Del { name }) => Request::BfdPeerDel { name },
+        BfdCmd::Peer(PeerCmd::List) => Request::BfdPeerList,
     };
     send(c, &req)
 }
@@ -167,7 +244,83 @@ fn human(req: &Request, v: Value) -> Result<String> {
         Request::BindingList => bindings_table(&parse::<Vec<BindingView>>(v)?),
         Request::Show => show_text(&parse(v)?),
         Request::Stats => stats_text(&parse(v)?),
+        Request::BfdShow { name } => bfd_show_text(&parse::<Vec<BfdSessionView>>(v)?, name.is_some()),
+        Request::BfdPeerAdd(_) => {
+            let p: BfdPeerView = parse(v)?;
+            format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip)
+        }
+        Request::BfdPeerDel { .. } => format!("deleted bfd peer {}\n", v["name"]),
+        Request::BfdPeerList => peers_table(&parse::<Vec<BfdPeerView>>(v)?),
     })
+}
+
+/// As `ovs-appctl bfd/show` lays it out (OVS prints one session without its
+/// header line); what OVS reads from its timers but xgw does not track
+/// (next/last TX time, flags) is left out, the path and counters are added.
+fn bfd_show_text(sessions: &[BfdSessionView], one: bool) -> String {
+    let mut s = String::new();
+    for v in sessions {
+        if !one {
+            s += &format!("---- {} ----\n", v.name);
+        }
+        let path = match (v.ofport, v.vni, &v.ifname) {
+            (Some(ofport), Some(vni), _) => format!("tunnel ofport {ofport}, vni {vni}, {} -> {}", v.local_ip, v.remote_ip),
+            (_, _, Some(ifname)) => format!("single-hop on {ifname}, {} -> {}", v.local_ip, v.remote_ip),
+            _ => format!("{} -> {}", v.local_ip, v.remote_ip),
+        };
+        s += &format!("\tPath: {path}{}\n", if v.echo { ", echo" } else { "" });
+        if let Some(mac) = &v.nexthop_mac {
+            s += &format!("\tNext Hop: {mac}\n");
+        }
+        s += &format!("\tForwarding: {}\n", v.forwarding);
+        s += &format!("\tDetect Multiplier: {}\n", v.detect_mult);
+        s += &format!("\tConcatenated Path Down: {}\n", v.concatenated_path_down);
+        s += &format!("\tTX Interval: Approx {}ms\n", v.tx_interval_ms.round());
+        s += &format!("\tRX Interval: Approx {}ms\n", v.rx_interval_ms.round());
+        s += &format!("\tDetect Time: {}ms\n", v.detect_time_ms.round());
+        if let Some(ms) = v.last_change_ms {
+            s += &format!("\tLast State Change: now -{ms}ms\n");
+        }
+        s += &format!("\tFlap Count: {}\n", v.flap_count);
+        s += &format!("\tPackets: rx {}, tx {}\n", v.rx_packets, v.tx_packets);
+        if let Some(e) = &v.error {
+            s += &format!("\tLast TX Error: {e}\n");
+        }
+        s += "\n";
+        s += &format!("\tLocal Session State: {}\n", v.local_state);
+        s += &format!("\tLocal Diagnostic: {}\n", v.local_diagnostic);
+        s += &format!("\tLocal Discriminator: 0x{:x}\n", v.local_discriminator);
+        s += &format!("\tLocal Minimum TX Interval: {}ms\n", v.local_min_tx_ms);
+        s += &format!("\tLocal Minimum RX Interval: {}ms\n", v.local_min_rx_ms);
+        s += "\n";
+        s += &format!("\tRemote Session State: {}\n", v.remote_state);
+        s += &format!("\tRemote Diagnostic: {}\n", v.remote_diagnostic);
+        s += &format!("\tRemote Discriminator: 0x{:x}\n", v.remote_discriminator);
+        s += &format!("\tRemote Minimum TX Interval: {}ms\n", v.remote_min_tx_ms.round());
+        s += &format!("\tRemote Minimum RX Interval: {}ms\n", v.remote_min_rx_ms.round());
+        s += &format!("\tRemote Detect Multiplier: {}\n", v.remote_detect_mult);
+    }
+    s
+}
+
+fn peers_table(peers: &[BfdPeerView]) -> String {
+    let mut s = format!("{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}\n", "name", "peer_ip", "ifname", "local_ip", "min_tx", "min_rx", "mult", "echo", "state");
+    for p in peers {
+        s += &format!(
+            "{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}{}\n",
+            p.name,
+            p.peer_ip,
+            p.ifname,
+            p.local_ip,
+            p.min_tx_ms,
+            p.min_rx_ms,
+            p.detect_mult,
+            p.echo,
+            p.state.as_deref().unwrap_or("(no session)"),
+            if p.from_config { ", from config" } else { "" }
+        );
+    }
+    s
 }
 
 fn ports_table(ports: &[PortView]) -> String {
@@ -206,7 +359,10 @@ fn details(p: &PortView) -> String {
         });
     }
     if let Some(b) = &p.bfd {
-        d.push(format!("bfd {}", b.state.as_deref().unwrap_or("(no session)")));
+        d.push(match (&b.state, b.flaps) {
+            (Some(state), Some(flaps)) => format!("bfd {state} ({flaps} flaps)"),
+            _ => "bfd (no session)".into(),
+        });
     }
     if p.from_config {
         d.push("from config".into());
@@ -262,6 +418,11 @@ fn stats_text(v: &StatsView) -> String {
     s += "\nreplies:";
     for (k, n) in &v.replies {
         s += &format!(" {k}={n}");
+    }
+    let b = &v.bfd;
+    s += &format!("\nbfd: rx={} echo_reflected={} events_lost={}", b.rx, b.echo_reflected, b.events_lost);
+    for (k, n) in b.drops.iter().filter(|(_, n)| **n > 0) {
+        s += &format!(" drop_{k}={n}");
     }
     s + "\n"
 }

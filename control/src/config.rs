@@ -37,6 +37,19 @@
 //! ip = "203.0.113.2"
 //! tunnel = "hv2"
 //! port_key = 34
+//!
+//! # A tunnel's own BFD timers: bfd_min_tx_ms, bfd_min_rx_ms, bfd_detect_mult.
+//!
+//! # Single-hop BFD (RFC 5881) toward an underlay router; ifname defaults
+//! # to the uplink, local_ip to the daemon's IPv4 --local-ip, the timers to
+//! # [bfd]'s.
+//! [[bfd_peers]]
+//! name = "tor1"
+//! peer_ip = "198.51.100.254"
+//! echo = true
+//! min_tx_ms = 10
+//! min_rx_ms = 10
+//! detect_mult = 3
 //! ```
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -49,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    api::{BindingArgs, PortArgs, TunnelArgs},
+    api::{BfdPeerArgs, BindingArgs, PortArgs, TunnelArgs},
     ofport::{spec::IFNAME_MAX, MacAddr, OfPort},
 };
 
@@ -80,6 +93,52 @@ impl Default for BfdSettings {
     }
 }
 
+/// The timers of one tunnel or peer, where they differ from `[bfd]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdOverride {
+    pub min_tx_ms: Option<u32>,
+    pub min_rx_ms: Option<u32>,
+    pub detect_mult: Option<u8>,
+}
+
+pub const BFD_MS_MAX: u32 = 60_000;
+
+impl BfdOverride {
+    pub fn of_tunnel(t: &TunnelArgs) -> BfdOverride {
+        BfdOverride { min_tx_ms: t.bfd_min_tx_ms, min_rx_ms: t.bfd_min_rx_ms, detect_mult: t.bfd_detect_mult }
+    }
+
+    pub fn of_peer(p: &BfdPeerArgs) -> BfdOverride {
+        BfdOverride { min_tx_ms: p.min_tx_ms, min_rx_ms: p.min_rx_ms, detect_mult: p.detect_mult }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == BfdOverride::default()
+    }
+
+    pub fn over(&self, base: &BfdSettings) -> BfdSettings {
+        BfdSettings {
+            min_tx_ms: self.min_tx_ms.unwrap_or(base.min_tx_ms),
+            min_rx_ms: self.min_rx_ms.unwrap_or(base.min_rx_ms),
+            detect_mult: self.detect_mult.unwrap_or(base.detect_mult),
+        }
+    }
+
+    /// Range checks; `fields` name the three values where the caller has
+    /// them (`tunnels[0].bfd_min_tx_ms`, ...).
+    pub fn check(&self, fields: [&str; 3]) -> Result<(), ConfigError> {
+        for (field, v) in [(fields[0], self.min_tx_ms), (fields[1], self.min_rx_ms)] {
+            if let Some(v) = v.filter(|v| !(1..=BFD_MS_MAX).contains(v)) {
+                return Err(err(field, format_args!("{v} is out of range (1..={BFD_MS_MAX})")));
+            }
+        }
+        if self.detect_mult == Some(0) {
+            return Err(err(fields[2], "0 is out of range (1..=255)"));
+        }
+        Ok(())
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -88,6 +147,7 @@ pub struct Config {
     pub ports: Vec<PortArgs>,
     pub tunnels: Vec<TunnelArgs>,
     pub bindings: Vec<BindingArgs>,
+    pub bfd_peers: Vec<BfdPeerArgs>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +161,22 @@ struct RawConfig {
     tunnels: Vec<RawTunnel>,
     #[serde(default)]
     bindings: Vec<RawBinding>,
+    #[serde(default)]
+    bfd_peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    peer_ip: String,
+    ifname: Option<String>,
+    local_ip: Option<String>,
+    #[serde(default)]
+    echo: bool,
+    min_tx_ms: Option<i64>,
+    min_rx_ms: Option<i64>,
+    detect_mult: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +210,9 @@ struct RawTunnel {
     #[serde(default)]
     ovn_metadata: bool,
     ofport: Option<i64>,
+    bfd_min_tx_ms: Option<i64>,
+    bfd_min_rx_ms: Option<i64>,
+    bfd_detect_mult: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +266,29 @@ fn ofport(path: &str, v: Option<i64>) -> Result<Option<u16>, ConfigError> {
         Some(p) => Ok(Some(p.get())),
         None => Err(err(format!("{path}.ofport"), format_args!("{v} is out of range (1..={})", OfPort::MAX.get()))),
     }
+}
+
+fn bfd_ms(field: String, v: Option<i64>) -> Result<Option<u32>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(v) if (1..=i64::from(BFD_MS_MAX)).contains(&v) => Ok(Some(v as u32)),
+        Some(v) => Err(err(field, format_args!("{v} is out of range (1..={BFD_MS_MAX})"))),
+    }
+}
+
+fn bfd_mult(field: String, v: Option<i64>) -> Result<Option<u8>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(v @ 1..=255) => Ok(Some(v as u8)),
+        Some(v) => Err(err(field, format_args!("{v} is out of range (1..=255)"))),
+    }
+}
+
+fn ifname(field: &str, s: &str) -> Result<String, ConfigError> {
+    if s.is_empty() || s.len() > IFNAME_MAX || s.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace()) {
+        return Err(err(field, format_args!("{s:?} is not a Linux interface name")));
+    }
+    Ok(s.to_owned())
 }
 
 fn mac(path: &str, s: &str) -> Result<MacAddr, ConfigError> {
@@ -264,12 +366,7 @@ impl RawConfig {
         for (i, p) in self.ports.into_iter().enumerate() {
             let path = format!("ports[{i}]");
             let n = name(&path, &p.name)?;
-            let bad_ifname = p.ifname.is_empty()
-                || p.ifname.len() > IFNAME_MAX
-                || p.ifname.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace());
-            if bad_ifname {
-                return Err(err(format!("{path}.ifname"), format_args!("{:?} is not a Linux interface name", p.ifname)));
-            }
+            ifname(&format!("{path}.ifname"), &p.ifname)?;
             if let Some(first) = ifnames.insert(p.ifname.clone(), path.clone()) {
                 return Err(err(format!("{path}.ifname"), format_args!("{:?} is already used by {first}", p.ifname)));
             }
@@ -297,7 +394,16 @@ impl RawConfig {
                 bfd: t.bfd,
                 ovn_metadata: t.ovn_metadata,
                 ofport: ofport(&path, t.ofport)?,
+                bfd_min_tx_ms: bfd_ms(format!("{path}.bfd_min_tx_ms"), t.bfd_min_tx_ms)?,
+                bfd_min_rx_ms: bfd_ms(format!("{path}.bfd_min_rx_ms"), t.bfd_min_rx_ms)?,
+                bfd_detect_mult: bfd_mult(format!("{path}.bfd_detect_mult"), t.bfd_detect_mult)?,
             };
+            if !args.bfd {
+                let set = [("bfd_min_tx_ms", t.bfd_min_tx_ms), ("bfd_min_rx_ms", t.bfd_min_rx_ms), ("bfd_detect_mult", t.bfd_detect_mult)];
+                if let Some((field, _)) = set.iter().find(|(_, v)| v.is_some()) {
+                    return Err(err(format!("{path}.{field}"), "is set, but bfd is off for this tunnel"));
+                }
+            }
             if let Some(first) = keys.insert((args.remote_ip.to_canonical(), args.vni), path.clone()) {
                 return Err(err(
                     format!("{path}.remote_ip"),
@@ -340,7 +446,36 @@ impl RawConfig {
             }
             bindings.push(args);
         }
-        Ok(Config { metrics, bfd, ports, tunnels, bindings })
+
+        let mut bfd_peers = Vec::new();
+        let mut peer_paths: BTreeMap<(Option<String>, IpAddr), String> = BTreeMap::new();
+        for (i, p) in self.bfd_peers.into_iter().enumerate() {
+            let path = format!("bfd_peers[{i}]");
+            let peer_ip = ip(&path, "peer_ip", &p.peer_ip)?;
+            if !peer_ip.is_ipv4() {
+                return Err(err(format!("{path}.peer_ip"), format_args!("{peer_ip} is not an IPv4 address (single-hop BFD runs over IPv4)")));
+            }
+            let local_ip = p.local_ip.as_deref().map(|s| ip(&path, "local_ip", s)).transpose()?;
+            if let Some(a) = local_ip.filter(|a| !a.is_ipv4()) {
+                return Err(err(format!("{path}.local_ip"), format_args!("{a} is not an IPv4 address")));
+            }
+            let args = BfdPeerArgs {
+                name: name(&path, &p.name)?,
+                peer_ip,
+                ifname: p.ifname.as_deref().map(|s| ifname(&format!("{path}.ifname"), s)).transpose()?,
+                local_ip,
+                echo: p.echo,
+                min_tx_ms: bfd_ms(format!("{path}.min_tx_ms"), p.min_tx_ms)?,
+                min_rx_ms: bfd_ms(format!("{path}.min_rx_ms"), p.min_rx_ms)?,
+                detect_mult: bfd_mult(format!("{path}.detect_mult"), p.detect_mult)?,
+            };
+            if let Some(first) = peer_paths.insert((args.ifname.clone(), peer_ip), path.clone()) {
+                return Err(err(format!("{path}.peer_ip"), format_args!("{peer_ip} is already the peer of {first}")));
+            }
+            claim(&path, &args.name, None)?;
+            bfd_peers.push(args);
+        }
+        Ok(Config { metrics, bfd, ports, tunnels, bindings, bfd_peers })
     }
 }
 
@@ -387,6 +522,45 @@ port_key = 34
 
     fn error(text: &str) -> String {
         Config::parse(text).expect_err("must be refused").to_string()
+    }
+
+    const BFD: &str = r#"
+[[tunnels]]
+name = "hv2"
+remote_ip = "198.51.100.2"
+vni = 5001
+bfd = true
+bfd_min_tx_ms = 50
+bfd_detect_mult = 5
+[[bfd_peers]]
+name = "tor1"
+peer_ip = "198.51.100.254"
+echo = true
+min_tx_ms = 10
+"#;
+
+    #[test]
+    fn bfd_timers_and_peers_parse_and_are_checked() {
+        let c = Config::parse(BFD).expect("parses");
+        let t = &c.tunnels[0];
+        let over = BfdOverride::of_tunnel(t);
+        assert_eq!(over, BfdOverride { min_tx_ms: Some(50), min_rx_ms: None, detect_mult: Some(5) });
+        assert_eq!(over.over(&BfdSettings::default()), BfdSettings { min_tx_ms: 50, min_rx_ms: 1000, detect_mult: 5 });
+        let p = &c.bfd_peers[0];
+        assert_eq!((p.name.as_str(), p.peer_ip, p.echo, p.min_tx_ms, p.ifname.as_deref()), ("tor1", "198.51.100.254".parse().unwrap(), true, Some(10), None));
+
+        assert_eq!(error(&BFD.replace("bfd_min_tx_ms = 50", "bfd_min_tx_ms = 0")), "config: tunnels[0].bfd_min_tx_ms: 0 is out of range (1..=60000)");
+        assert_eq!(error(&BFD.replace("bfd_detect_mult = 5", "bfd_detect_mult = 256")), "config: tunnels[0].bfd_detect_mult: 256 is out of range (1..=255)");
+        assert_eq!(error(&BFD.replace("bfd = true", "bfd = false")), "config: tunnels[0].bfd_min_tx_ms: is set, but bfd is off for this tunnel");
+        assert_eq!(
+            error(&BFD.replace("198.51.100.254", "2001:db8::1")),
+            "config: bfd_peers[0].peer_ip: 2001:db8::1 is not an IPv4 address (single-hop BFD runs over IPv4)"
+        );
+        assert_eq!(error(&BFD.replace("name = \"tor1\"", "name = \"hv2\"")), "config: bfd_peers[0].name: \"hv2\" is already used by tunnels[0]");
+        assert_eq!(error(&BFD.replace("min_tx_ms = 10", "min_tx_ms = 60001")), "config: bfd_peers[0].min_tx_ms: 60001 is out of range (1..=60000)");
+        let twice = format!("{BFD}[[bfd_peers]]\nname = \"tor2\"\npeer_ip = \"198.51.100.254\"\n");
+        assert_eq!(error(&twice), "config: bfd_peers[1].peer_ip: 198.51.100.254 is already the peer of bfd_peers[0]");
+        assert!(error(&BFD.replace("echo = true", "echo = true\ncolour = 1")).contains("unknown field `colour`"));
     }
 
     #[test]

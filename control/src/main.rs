@@ -4,8 +4,8 @@ use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, time::
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xgw::{
-    cli::{self, BindingCmd, Common, PortCmd, TunnelCmd},
-    daemon::{self, hooks::NoBfd, RunOptions},
+    cli::{self, BfdCmd, BindingCmd, Common, PortCmd, TunnelCmd},
+    daemon::{self, RunOptions},
     datapath::AttachMode,
     probe,
 };
@@ -41,6 +41,13 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         cmd: BindingCmd,
+    },
+    /// BFD sessions: `show` (like `ovs-appctl bfd/show`), single-hop `peer`s.
+    Bfd {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: BfdCmd,
     },
     /// Overview of the gateway: uplink, ports with OpenFlow numbers, bindings.
     Show {
@@ -100,6 +107,9 @@ struct RunArgs {
     /// How often tunnel next hops are re-resolved, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     nexthop_refresh_ms: u64,
+    /// SCHED_FIFO priority of the BFD transmit thread (1-99; 0 for the ordinary scheduler, see docs/bfd.md).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(0..=99))]
+    bfd_rt_priority: i32,
 }
 
 #[derive(Subcommand)]
@@ -153,12 +163,14 @@ fn run(cli: Cli) -> Result<()> {
                 metrics: a.metrics,
                 keep_datapath: a.keep_datapath,
                 nexthop_refresh: Duration::from_millis(a.nexthop_refresh_ms.max(10)),
+                bfd_rt_priority: a.bfd_rt_priority,
             };
-            daemon::run(opts, Box::new(NoBfd))?;
+            daemon::run(opts)?;
         }
         Command::Port { common, cmd } => cli::port(&common, cmd)?,
         Command::Tunnel { common, cmd } => cli::tunnel(&common, cmd)?,
         Command::Binding { common, cmd } => cli::binding(&common, cmd)?,
+        Command::Bfd { common, cmd } => cli::bfd(&common, cmd)?,
         Command::Show { common } => cli::show(&common)?,
         Command::Stats { common } => cli::stats(&common)?,
         Command::Uninstall { bpffs, uplink, state_dir } => {

@@ -1,22 +1,23 @@
 //! Prometheus metrics, in the OpenMetrics text format Prometheus scrapes,
-//! served on a loopback address by a deliberately small HTTP responder: one
-//! `GET /metrics` per connection, nothing else. Values are read from the
+//! served on a loopback address by a deliberately small HTTP responder (tokio
+//! tasks): one `GET /metrics` per connection, nothing else. Values are read from the
 //! maps at scrape time, so a scrape costs nothing between scrapes.
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::daemon::Daemon;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot, Semaphore},
+};
+
+use crate::daemon::{Daemon, Msg};
 
 type Labels = Vec<(String, String)>;
 
@@ -72,58 +73,101 @@ pub fn render(d: &Daemon) -> Result<String> {
 
     let bfd_state = Family::<Labels, Gauge>::default();
     let bfd_flaps = Family::<Labels, Counter>::default();
-    for (tunnel, status) in d.bfd_sessions() {
-        let Some(s) = status else { continue };
+    let bfd_packets = Family::<Labels, Counter>::default();
+    for v in d.bfd_sessions() {
         for state in ["admin_down", "down", "init", "up"] {
-            bfd_state.get_or_create(&labels(&[("tunnel", &tunnel), ("state", state)])).set((s.state == state) as i64);
+            let l = labels(&[("session", &v.name), ("type", &v.kind), ("state", state)]);
+            bfd_state.get_or_create(&l).set((v.local_state == state) as i64);
         }
-        bfd_flaps.get_or_create(&labels(&[("tunnel", &tunnel)])).inc_by(s.flaps);
+        bfd_flaps.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind)])).inc_by(v.flap_count);
+        for (dir, n) in [("rx", v.rx_packets), ("tx", v.tx_packets)] {
+            bfd_packets.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind), ("direction", dir)])).inc_by(n);
+        }
     }
     registry.register("bfd_state", "1 for the BFD session's current state", bfd_state);
-    registry.register("bfd_flaps", "Times the BFD session left up", bfd_flaps);
+    registry.register("bfd_flaps", "Changes of the BFD session to or from up (as Open vSwitch counts flap_count)", bfd_flaps);
+    registry.register("bfd_session_packets", "BFD control packets per session and direction", bfd_packets);
+
+    let bfd_drops = Family::<Labels, Counter>::default();
+    for (reason, n) in &stats.bfd.drops {
+        bfd_drops.get_or_create(&labels(&[("reason", reason)])).inc_by(*n);
+    }
+    registry.register("bfd_drops", "BFD packets the datapath discarded, by reason", bfd_drops);
+    let bfd_rx: Counter = Counter::default();
+    bfd_rx.inc_by(stats.bfd.rx);
+    registry.register("bfd_rx_packets", "Valid BFD control packets received in XDP", bfd_rx);
+    let bfd_echo: Counter = Counter::default();
+    bfd_echo.inc_by(stats.bfd.echo_reflected);
+    registry.register("bfd_echo_reflected", "BFD echo packets reflected in XDP", bfd_echo);
+    let bfd_lost: Counter = Counter::default();
+    bfd_lost.inc_by(stats.bfd.events_lost);
+    registry.register("bfd_events_lost", "BFD state events the ring buffer could not hold", bfd_lost);
 
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
 }
 
-pub fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if let Err(e) = respond(stream, &daemon) {
-            tracing::debug!("metrics request: {e:#}");
-        }
+/// Scrapes served at once; Prometheus sends one at a time.
+const MAX_CONNECTIONS: usize = 8;
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn serve(listener: TcpListener, tx: mpsc::Sender<Msg>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, tx).await {
+                tracing::debug!("metrics request: {e:#}");
+            }
+            drop(permit);
+        });
     }
 }
 
-fn respond(mut stream: TcpStream, daemon: &Mutex<Daemon>) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+async fn respond(stream: TcpStream, tx: mpsc::Sender<Msg>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    // A request line and headers; nothing a scraper sends is larger.
+    let mut reader = BufReader::new(read.take(16 * 1024));
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Drain the headers (bounded) so the client sees a clean close.
-    let mut header = String::new();
-    for _ in 0..100 {
-        header.clear();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
-            break;
+    let head = async {
+        reader.read_line(&mut request_line).await?;
+        // Drain the headers (bounded) so the client sees a clean close.
+        let mut header = String::new();
+        for _ in 0..100 {
+            header.clear();
+            if reader.read_line(&mut header).await? == 0 || header == "\r\n" || header == "\n" {
+                break;
+            }
         }
-    }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(READ_TIMEOUT, head).await.map_err(|_| anyhow!("no request within {READ_TIMEOUT:?}"))??;
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-        let body = render(&daemon.lock().unwrap_or_else(|p| p.into_inner()));
-        match body {
+        let (reply, rendered) = oneshot::channel();
+        tx.send(Msg::Metrics(reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
+        match rendered.await.map_err(|_| anyhow!("the daemon is stopping"))? {
             Ok(b) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", b),
             Err(e) => ("500 Internal Server Error", "text/plain", format!("{e:#}\n")),
         }
     } else {
         ("404 Not Found", "text/plain", "only GET /metrics is served here\n".to_owned())
     };
-    write!(
-        stream,
+    let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    tokio::time::timeout(READ_TIMEOUT, write.write_all(response.as_bytes())).await.map_err(|_| anyhow!("client too slow"))??;
     Ok(())
 }

@@ -150,6 +150,25 @@ impl Daemon {
     pub fn pins(&self) -> PathBuf {
         self.bpffs_dir()
     }
+
+    /// A map the running daemon holds open, by name: for maps it does not
+    /// pin (the BFD session array). Found through its file descriptors
+    /// (`/proc/<pid>/fdinfo` gives each map's id), opened by id.
+    pub fn held_map(&self, name: &str) -> aya::maps::MapData {
+        let pid = self.process.as_ref().expect("daemon running").pid();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("the daemon's fdinfo");
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+            let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(map) = aya::maps::MapData::from_id(id) else { continue };
+            if map.info().ok().and_then(|i| i.name_as_str().map(|n| n == name)) == Some(true) {
+                return map;
+            }
+        }
+        panic!("the daemon (pid {pid}) holds no map named {name}");
+    }
 }
 
 impl Drop for Daemon {

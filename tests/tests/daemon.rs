@@ -333,6 +333,21 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     assert!(raw(b"{\"op\":\"port_add\",\"name\":1}\n").contains("bad request"));
     assert_eq!(read_maps(&d.pins()), maps);
 
+    // A client that connects and stalls mid-request holds no one up: others
+    // are answered at once, and the stalled one is told off after 5 s.
+    let mut stalled = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    stalled.write_all(b"{\"op\":\"show\"").unwrap();
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(d.json(&["show"]), show);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "5 requests behind a stalled client took {:?}", t0.elapsed());
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = String::new();
+    stalled.read_to_string(&mut out).unwrap();
+    assert!(out.contains("no complete request line within 5 s"), "{out}");
+    assert!(t0.elapsed() >= Duration::from_secs(4), "the stalled client was cut after {:?}", t0.elapsed());
+
     // A second daemon on the same uplink is refused, in one line; the first
     // keeps running untouched.
     let out = d.run_command(&[]).output().unwrap();

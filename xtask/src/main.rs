@@ -44,9 +44,10 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// Packet fuzzing through every XDP program (BPF_PROG_TEST_RUN): the
-    /// full run, a million generated packets by default. CI runs a bounded
-    /// pass as the `fuzz_packets` test.
+    /// Hostile input and faults, the full pass (CI runs bounded versions as
+    /// tests): packets through every XDP program (BPF_PROG_TEST_RUN), the
+    /// controller SIGKILLed at random points, and the cargo-fuzz (libFuzzer)
+    /// targets for the userspace parsers (tests/cargo-fuzz).
     Fuzz {
         /// Generated packets.
         #[arg(long, default_value_t = 1_000_000)]
@@ -57,6 +58,12 @@ enum Cmd {
         /// Append packets with outcomes not yet in tests/fuzz/corpus.txt to it.
         #[arg(long)]
         save_corpus: bool,
+        /// SIGKILLs of the port-map controller at random points (0: skip).
+        #[arg(long, default_value_t = 10_000)]
+        kills: u64,
+        /// Seconds per cargo-fuzz target (0: skip; needs cargo-fuzz, installed if missing).
+        #[arg(long, default_value_t = 60)]
+        target_seconds: u64,
     },
 }
 
@@ -161,6 +168,25 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs every cargo-fuzz target in tests/cargo-fuzz for `seconds` each.
+fn fuzz_targets(seconds: u64) -> Result<()> {
+    let have = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output();
+    if !matches!(have, Ok(o) if o.status.success()) {
+        println!("xtask: installing cargo-fuzz (once)");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let dir = "tests/cargo-fuzz";
+    let list = Command::new("cargo").args(["+nightly", "fuzz", "list", "--fuzz-dir", dir]).current_dir(root()).output()?;
+    let targets = String::from_utf8(list.stdout)?;
+    for t in targets.lines().filter(|l| !l.is_empty()) {
+        println!("xtask: cargo-fuzz target {t}, {seconds} s");
+        run(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", "--fuzz-dir", dir, t, "--"])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup(),
@@ -201,21 +227,33 @@ fn main() -> ExitCode {
             }
             run(&mut cmd)
         })(),
-        Cmd::Fuzz { packets, seed, save_corpus } => (|| {
+        Cmd::Fuzz { packets, seed, save_corpus, kills, target_seconds } => (|| {
             if !is_root() {
                 bail!("fuzzing loads XDP programs, which needs root; run `sudo -E cargo xtask fuzz`");
             }
             setup()?;
-            let mut cmd = cargo();
-            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-fuzz", "--"]);
-            cmd.args(["--packets", &packets.to_string()]);
-            if let Some(seed) = seed {
-                cmd.args(["--seed", &seed.to_string()]);
+            if packets > 0 {
+                let mut cmd = cargo();
+                cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-fuzz", "--"]);
+                cmd.args(["--packets", &packets.to_string()]);
+                if let Some(seed) = seed {
+                    cmd.args(["--seed", &seed.to_string()]);
+                }
+                if save_corpus {
+                    cmd.arg("--save-corpus");
+                }
+                run(&mut cmd)?;
             }
-            if save_corpus {
-                cmd.arg("--save-corpus");
+            if kills > 0 {
+                let mut cmd = cargo();
+                cmd.args(["test", "--release", "--locked", "-p", "xgw-tests", "--test", "faults", "--"]);
+                cmd.args(["--exact", "killed_at_random_points_loses_and_leaks_nothing", "--nocapture"]);
+                run(cmd.env("XGW_KILLS", kills.to_string()))?;
             }
-            run(&mut cmd)
+            if target_seconds > 0 {
+                fuzz_targets(target_seconds)?;
+            }
+            Ok(())
         })(),
     };
     match result {

@@ -355,6 +355,19 @@ impl Engine {
         self.call(|r| Cmd::Reconfigure(name.into(), config, r))
     }
 
+    /// A Geneve session's underlay next hop changed (or resolved late): its
+    /// frames go to `mac` from the next one on, the session keeps its state.
+    pub fn set_nexthop(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let slot = *inner.by_name.get(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        let e = inner.entries[slot as usize].as_mut().expect("indexed entry");
+        if let (Tx::Geneve(h), Path::Geneve { nexthop_mac, .. }) = (&mut e.tx, &mut e.path) {
+            h.dst_mac = mac;
+            *nexthop_mac = mac;
+        }
+        Ok(())
+    }
+
     /// All sessions, or the one named.
     pub fn status(&self, name: Option<&str>) -> Vec<Status> {
         let inner = self.shared.inner.lock().unwrap();

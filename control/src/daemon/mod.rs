@@ -12,6 +12,7 @@
 //! unless `--keep-datapath`; the stores stay, so the next start restores
 //! every port under its number. SIGKILL leaves the datapath running; the
 //! next daemon adopts it. SIGHUP re-reads the config file.
+pub mod bfd;
 pub mod hooks;
 pub mod netlink;
 pub mod pins;
@@ -21,23 +22,22 @@ pub mod store;
 use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{IpAddr, SocketAddr},
-    os::{
-        fd::AsRawFd,
-        unix::{
-            fs::PermissionsExt,
-            net::{UnixListener, UnixStream},
-        },
-    },
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, DevMapHash, Map, MapData};
-use nix::sys::signal::{SigSet, Signal};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot, Semaphore},
+};
 use xgw_common::maps::{names, Uplink, DEVMAP_UPLINK, UPLINK_HAS_IP4, UPLINK_HAS_IP6};
 
 use crate::{
@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
     pub keep_datapath: bool,
     pub nexthop_refresh: Duration,
+    /// SCHED_FIFO priority of the BFD transmit thread (0: ordinary).
+    pub bfd_rt_priority: i32,
 }
 
 impl RunOptions {
@@ -145,16 +147,42 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
     Ok((config, metrics, uplink, ip4, ip6))
 }
 
-pub fn run(opts: RunOptions, hooks: Box<dyn hooks::TunnelHooks>) -> Result<()> {
-    let (config, metrics, uplink_index, ip4, ip6) = check_options(&opts)?;
+/// The daemon's connections and timers ask the state's owner (see `own`)
+/// through one channel; each request carries its own reply channel.
+pub(crate) enum Msg {
+    Request(Request, oneshot::Sender<Result<serde_json::Value>>),
+    Metrics(oneshot::Sender<Result<String>>),
+    RefreshNexthops,
+    WatchBfd,
+    Reload(PathBuf),
+    Stop { keep_datapath: bool, done: oneshot::Sender<Result<()>> },
+}
+
+/// API connections served at once; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send its request line, and again to take the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until SIGTERM or SIGINT. The connections, the timers and
+/// the signals are tokio tasks on one thread; the state (port map, stores,
+/// maps, BFD sessions) has one owner, a plain thread that takes one message
+/// at a time, so no lock is needed and a blocking fsync or netlink call
+/// delays the requests queued behind it but never the accepting, reading
+/// and timing out of other connections.
+pub fn run(opts: RunOptions) -> Result<()> {
+    let checked = check_options(&opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(serve(opts, checked))
+}
+
+async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
+    let (config, metrics, uplink_index, ip4, ip6) = checked;
     let uplink_index = uplink_index.expect("checked");
-    // Signals are taken by one thread with sigwait; every thread spawned
-    // from here inherits the mask.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    // Handlers before anything is touched: a SIGTERM during the start then
+    // waits for the start to finish and stops cleanly.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let _lock = lock(&opts.state_dir, &opts.uplink)?;
     if opts.mode == AttachMode::Skb {
@@ -181,68 +209,122 @@ pub fn run(opts: RunOptions, hooks: Box<dyn hooks::TunnelHooks>) -> Result<()> {
         let _ = fs::remove_file(&opts.socket);
         return Err(e);
     }
-    let started = start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6, hooks);
-    let daemon = match started {
-        Ok(d) => d,
-        Err(e) => {
-            // A daemon that never ran must not leave a datapath behind; one
-            // that adopted a running datapath leaves it running.
-            if fresh {
-                let _ = pins.remove_all();
+
+    let (tx, rx) = mpsc::channel::<Msg>(256);
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+    let owner = {
+        let (opts, pins) = (opts.clone(), pins.clone());
+        std::thread::Builder::new().name("xgw-state".into()).spawn(move || {
+            match start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6) {
+                Ok(daemon) => {
+                    let _ = ready_tx.send(Ok(()));
+                    own(daemon, rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
             }
-            let _ = fs::remove_file(&opts.socket);
-            return Err(e);
-        }
+        })?
     };
-    let daemon = Arc::new(Mutex::new(daemon));
-    {
-        let daemon = daemon.clone();
-        std::thread::Builder::new().name("api".into()).spawn(move || serve_api(listener, daemon))?;
+    let started = ready_rx.await.unwrap_or_else(|_| Err(anyhow!("the state thread died while starting")));
+    if let Err(e) = started {
+        // A daemon that never ran must not leave a datapath behind; one
+        // that adopted a running datapath leaves it running.
+        if fresh {
+            let _ = pins.remove_all();
+        }
+        let _ = fs::remove_file(&opts.socket);
+        return Err(e);
     }
+
+    listener.set_nonblocking(true)?;
+    tokio::spawn(serve_api(UnixListener::from_std(listener)?, tx.clone()));
     if let Some((addr, listener)) = metrics_listener {
         tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
-        let daemon = daemon.clone();
-        std::thread::Builder::new().name("metrics".into()).spawn(move || crate::metrics::serve(listener, daemon))?;
+        listener.set_nonblocking(true)?;
+        tokio::spawn(crate::metrics::serve(tokio::net::TcpListener::from_std(listener)?, tx.clone()));
     }
-    {
-        let daemon = daemon.clone();
-        let every = opts.nexthop_refresh;
-        std::thread::Builder::new().name("nexthop".into()).spawn(move || loop {
-            std::thread::sleep(every);
-            daemon.lock().unwrap_or_else(|p| p.into_inner()).refresh_nexthops(false);
-        })?;
-    }
+    tokio::spawn(every(opts.nexthop_refresh, tx.clone(), || Msg::RefreshNexthops));
+    tokio::spawn(every(bfd::WATCH_PERIOD, tx.clone(), || Msg::WatchBfd));
     notify_systemd("READY=1");
     tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
 
     loop {
-        let sig = signals.wait().context("waiting for signals")?;
-        match sig {
-            Signal::SIGHUP => {
-                let Some(path) = &opts.config else {
-                    tracing::info!("SIGHUP without --config: nothing to reload");
-                    continue;
-                };
-                let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
-                match Config::load(path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
-                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-                    Err(e) => tracing::error!("config not reloaded: {e:#}"),
+        tokio::select! {
+            _ = hup.recv() => match &opts.config {
+                Some(path) => {
+                    let _ = tx.send(Msg::Reload(path.clone())).await;
                 }
-            }
-            _ => break,
+                None => tracing::info!("SIGHUP without --config: nothing to reload"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
         }
     }
     notify_systemd("STOPPING=1");
-    let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
     let _ = fs::remove_file(&opts.socket);
-    d.hooks.shutdown(opts.keep_datapath);
+    let (done, stopped) = oneshot::channel();
+    tx.send(Msg::Stop { keep_datapath: opts.keep_datapath, done }).await.map_err(|_| anyhow!("the state thread has stopped"))?;
+    let result = stopped.await.unwrap_or_else(|_| Err(anyhow!("the state thread died while stopping")));
+    let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     if opts.keep_datapath {
-        tracing::info!(bpffs = %pins.dir.display(), "stopping; the datapath keeps running (--keep-datapath)");
-    } else {
-        let removed = d.pins.remove_all()?;
-        tracing::info!(pins = removed.len(), "stopped; XDP programs detached and maps unpinned");
+        tracing::info!(bpffs = %pins.dir.display(), "stopped; the datapath keeps running (--keep-datapath)");
     }
-    Ok(())
+    result
+}
+
+/// Sends `msg()` every `period`. A tick the owner has not taken yet makes
+/// the next one redundant, so a full queue drops it instead of waiting.
+async fn every(period: Duration, tx: mpsc::Sender<Msg>, msg: fn() -> Msg) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the start has just done the work.
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg()) {
+            return;
+        }
+    }
+}
+
+/// The state's owner: applies the messages in arrival order until `Stop`.
+fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>) {
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Request(request, reply) => {
+                let is_change = !request.is_query();
+                let result = d.handle(request);
+                if is_change {
+                    if let Err(e) = &result {
+                        tracing::info!("request refused: {e:#}");
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Msg::Metrics(reply) => {
+                let _ = reply.send(crate::metrics::render(&d));
+            }
+            Msg::RefreshNexthops => d.refresh_nexthops(false),
+            Msg::WatchBfd => d.watch_bfd(),
+            Msg::Reload(path) => match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
+                Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                Err(e) => tracing::error!("config not reloaded: {e:#}"),
+            },
+            Msg::Stop { keep_datapath, done } => {
+                d.hooks.shutdown(keep_datapath);
+                let result = if keep_datapath {
+                    Ok(())
+                } else {
+                    d.pins.remove_all().map(|removed| {
+                        tracing::info!(pins = removed.len(), "stopped; XDP programs detached and maps unpinned");
+                    })
+                };
+                let _ = done.send(result);
+                return;
+            }
+        }
+    }
 }
 
 fn start(
@@ -252,7 +334,6 @@ fn start(
     uplink_index: u32,
     ip4: Option<[u8; 4]>,
     ip6: Option<[u8; 16]>,
-    hooks: Box<dyn hooks::TunnelHooks>,
 ) -> Result<Daemon> {
     let mut ebpf = pins.load()?;
     start_ebpf_logger(&mut ebpf);
@@ -297,6 +378,15 @@ fn start(
             AttachMode::Skb => "skb".into(),
         },
     };
+    // The BFD engine takes its maps out of the object and opens its sockets
+    // here, in the daemon's network namespace.
+    let engine = crate::bfd::Engine::start(
+        &mut ebpf,
+        crate::bfd::Uplink { ifname: opts.uplink.clone(), mac },
+        crate::bfd::Options { rt_priority: opts.bfd_rt_priority },
+    )
+    .context("starting the BFD engine")?;
+    let hooks = Box::new(bfd::BfdHooks::new(engine, &opts.uplink, ip4, ip6));
     let mut daemon = Daemon::open(ebpf, pins.clone(), opts.mode, view, &opts.state_dir, hooks)?;
     daemon.adopt()?;
     if let Some(config) = config {
@@ -328,12 +418,12 @@ fn start_ebpf_logger(ebpf: &mut aya::Ebpf) {
 
 /// Binds the API socket: owned by the daemon's user (root), mode 0600. A
 /// socket file no one answers on is a leftover of a killed daemon.
-fn bind_socket(path: &Path) -> Result<UnixListener> {
+fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("socket: creating {}", dir.display()))?;
     }
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("socket: {} is served by another daemon", path.display());
         }
         fs::remove_file(path).with_context(|| format!("socket: removing the stale {}", path.display()))?;
@@ -341,57 +431,61 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     // SAFETY: umask only changes this process's file creation mask; the
     // socket is created 0600 with no window where others could connect.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = std::os::unix::net::UnixListener::bind(path);
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("socket: binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the given length.
-    let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
-    };
-    (rc == 0).then_some(cred.uid)
-}
-
-fn serve_api(listener: UnixListener, daemon: Arc<Mutex<Daemon>>) {
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let response = match answer(&mut stream, &daemon) {
-            Ok(v) => Response::Ok(v),
-            Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
+async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and the like: wait rather than spin.
+                tracing::warn!("api: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
-        line.push(b'\n');
-        let _ = stream.write_all(&line);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            connection(stream, tx).await;
+            drop(permit);
+        });
     }
 }
 
-fn answer(stream: &mut UnixStream, daemon: &Mutex<Daemon>) -> Result<serde_json::Value> {
-    match peer_uid(stream) {
+async fn connection(mut stream: UnixStream, tx: mpsc::Sender<Msg>) {
+    let response = match answer(&mut stream, &tx).await {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
+    };
+    let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    line.push(b'\n');
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(&line)).await;
+}
+
+async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Msg>) -> Result<serde_json::Value> {
+    match stream.peer_cred().ok().map(|c| c.uid()) {
         Some(0) => {}
         uid => bail!("permission denied: the xgw API serves root only (peer uid {uid:?})"),
     }
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = Vec::new();
-    BufReader::new(&mut *stream).take(api::MAX_REQUEST + 1).read_until(b'\n', &mut line)?;
+    let mut reader = AsyncBufReader::new(AsyncReadExt::take(&mut *stream, api::MAX_REQUEST + 1));
+    tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| anyhow!("no complete request line within {} s", CLIENT_TIMEOUT.as_secs()))??;
     if line.len() as u64 > api::MAX_REQUEST {
         bail!("request larger than {} bytes refused", api::MAX_REQUEST);
     }
     let request: Request = serde_json::from_slice(&line).map_err(|e| anyhow!("bad request: {e}"))?;
-    let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
-    let is_change = !matches!(request, Request::PortList | Request::TunnelList | Request::BindingList | Request::Show | Request::Stats);
-    let result = d.handle(request);
-    if is_change {
-        if let Err(e) = &result {
-            tracing::info!("request refused: {e:#}");
-        }
-    }
-    result
+    let (reply, answer) = oneshot::channel();
+    tx.send(Msg::Request(request, reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
+    answer.await.map_err(|_| anyhow!("the daemon is stopping"))?
 }
 
 /// sd_notify(3) without libsystemd: one datagram to `$NOTIFY_SOCKET`.

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     api::*,
-    config::{BfdSettings, Config},
+    config::{BfdOverride, BfdSettings, Config},
     datapath::AttachMode,
     ofport::{
         spec::{PORT_KEY_MAX, VNI_MAX},
@@ -68,7 +68,12 @@ pub struct Daemon {
     store: DaemonStore,
     bindings: BTreeMap<(u32, MacAddr), BindingArgs>,
     owned: ConfigOwned,
+    /// `[bfd]`: the timers of every session that does not set its own.
     bfd: BfdSettings,
+    /// Tunnels' own BFD timers.
+    tunnel_bfd: BTreeMap<String, BfdOverride>,
+    /// Single-hop BFD peers.
+    peers: BTreeMap<String, BfdPeerArgs>,
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     neigh: HashMap<MapData, NeighKey, Neigh>,
     tunnels: HashMap<MapData, u32, Tunnel>,
@@ -146,6 +151,8 @@ impl Daemon {
         let bindings = dstore.bindings()?.into_iter().map(|b| ((b.vni, b.mac), b)).collect();
         let owned = dstore.config_owned()?;
         let bfd = dstore.bfd()?;
+        let tunnel_bfd = dstore.tunnel_bfd()?;
+        let peers = dstore.bfd_peers()?;
         Ok(Daemon {
             fdb: open_map(&pins, names::FDB)?,
             neigh: open_map(&pins, names::NEIGH)?,
@@ -164,6 +171,8 @@ impl Daemon {
             bindings,
             owned,
             bfd,
+            tunnel_bfd,
+            peers,
             nexthops: BTreeMap::new(),
             hooks,
         })
@@ -188,10 +197,64 @@ impl Daemon {
         let tunnels: Vec<PortRecord> = self.tunnel_records().cloned().collect();
         for r in &tunnels {
             if let PortSpec::Tunnel(t) = &r.spec {
-                self.hooks.tunnel_added(t, r.ofport, &self.bfd);
+                if let Err(e) = self.hooks.tunnel_added(t, r.ofport, &self.bfd_of(&t.name), None) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+        let peers: Vec<BfdPeerArgs> = self.peers.values().cloned().collect();
+        for p in &peers {
+            if let Err(e) = self.hooks.peer_added(p, &BfdOverride::of_peer(p).over(&self.bfd)) {
+                tracing::warn!("{e:#}");
             }
         }
         self.refresh_nexthops(true);
+        Ok(())
+    }
+
+    /// The BFD timers of tunnel `name`.
+    fn bfd_of(&self, name: &str) -> BfdSettings {
+        self.tunnel_bfd.get(name).copied().unwrap_or_default().over(&self.bfd)
+    }
+
+    /// The gateway's address of `remote`'s family.
+    fn local_ip_for(&self, remote: IpAddr) -> Option<IpAddr> {
+        let v4 = remote.to_canonical().is_ipv4();
+        self.uplink.local_ips.iter().copied().find(|a| a.is_ipv4() == v4)
+    }
+
+    /// Records a tunnel's own timers (none: `[bfd]`'s), durably.
+    fn set_tunnel_bfd(&mut self, name: &str, over: BfdOverride) -> Result<()> {
+        let old = self.tunnel_bfd.get(name).copied();
+        if old.unwrap_or_default() == over {
+            return Ok(());
+        }
+        if over.is_empty() {
+            self.tunnel_bfd.remove(name);
+        } else {
+            self.tunnel_bfd.insert(name.to_owned(), over);
+        }
+        self.store.set_tunnel_bfd(&self.tunnel_bfd).inspect_err(|_| {
+            match old {
+                Some(o) => self.tunnel_bfd.insert(name.to_owned(), o),
+                None => self.tunnel_bfd.remove(name),
+            };
+        })
+    }
+
+    /// Why tunnel `a` cannot run BFD, checked before anything changes.
+    fn check_tunnel_bfd(&self, a: &TunnelArgs, fields: [&str; 3]) -> Result<()> {
+        let over = BfdOverride::of_tunnel(a);
+        over.check(fields).map_err(|e| anyhow!("{}", e.0))?;
+        if !a.bfd {
+            if !over.is_empty() {
+                bail!("{}: BFD timers given, but bfd is off for tunnel {:?}", fields[0], a.name);
+            }
+            return Ok(());
+        }
+        if self.local_ip_for(a.remote_ip).is_none() {
+            bail!("tunnel {:?}: bfd: the gateway has no --local-ip of {}'s family to send from", a.name, a.remote_ip);
+        }
         Ok(())
     }
 
@@ -238,7 +301,108 @@ impl Daemon {
             Request::BindingList => Ok(json!(self.binding_views())),
             Request::Show => Ok(serde_json::to_value(self.show())?),
             Request::Stats => Ok(serde_json::to_value(self.stats()?)?),
+            Request::BfdShow { name } => {
+                let mut sessions = self.hooks.bfd_sessions();
+                if let Some(name) = &name {
+                    sessions.retain(|s| &s.name == name);
+                    if sessions.is_empty() {
+                        bail!("no bfd session named {name:?}");
+                    }
+                }
+                Ok(serde_json::to_value(sessions)?)
+            }
+            Request::BfdPeerAdd(p) => self.peer_add(&p),
+            Request::BfdPeerDel { name } => self.peer_del(&name),
+            Request::BfdPeerList => Ok(json!(self.peer_views())),
         }
+    }
+
+    /// Notices BFD state changes (called every `bfd::WATCH_PERIOD`).
+    pub(super) fn watch_bfd(&mut self) {
+        self.hooks.watch();
+    }
+
+    // --- Single-hop BFD peers --------------------------------------------
+
+    fn check_peer(&self, p: &BfdPeerArgs, field: &str) -> Result<()> {
+        if p.name.is_empty() || p.name.len() > 64 || p.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("{field}.name: {:?} is not a session name (1..=64 characters, no whitespace)", p.name);
+        }
+        let fields = [format!("{field}.min_tx_ms"), format!("{field}.min_rx_ms"), format!("{field}.detect_mult")];
+        BfdOverride::of_peer(p).check([&fields[0], &fields[1], &fields[2]]).map_err(|e| anyhow!("{}", e.0))?;
+        if !p.peer_ip.to_canonical().is_ipv4() {
+            bail!("{field}.peer_ip: {} is not an IPv4 address (single-hop BFD runs over IPv4)", p.peer_ip);
+        }
+        match p.local_ip {
+            Some(a) if !a.to_canonical().is_ipv4() => bail!("{field}.local_ip: {a} is not an IPv4 address"),
+            None if !self.uplink.local_ips.iter().any(|a| a.is_ipv4()) => {
+                bail!("{field}.local_ip: the gateway has no IPv4 --local-ip; give one")
+            }
+            _ => {}
+        }
+        if let Some(ifname) = &p.ifname {
+            if super::ifindex(ifname).is_none() {
+                bail!("{field}.ifname: {ifname:?}: no such interface");
+            }
+        }
+        Ok(())
+    }
+
+    fn peer_add(&mut self, p: &BfdPeerArgs) -> Result<Value> {
+        self.check_peer(p, "bfd peer")?;
+        if let Some(old) = self.peers.get(&p.name) {
+            if old == p {
+                return Ok(json!(self.peer_view(old)));
+            }
+            bail!("bfd peer {:?} already exists with other settings; delete it first", p.name);
+        }
+        if self.ports.get(&p.name).is_some() {
+            bail!("bfd peer: name: {:?} is already a port or tunnel", p.name);
+        }
+        self.hooks.peer_added(p, &BfdOverride::of_peer(p).over(&self.bfd))?;
+        self.peers.insert(p.name.clone(), p.clone());
+        if let Err(e) = self.store.set_bfd_peers(&self.peers) {
+            self.peers.remove(&p.name);
+            self.hooks.peer_removed(&p.name);
+            return Err(e.context("bfd peer: storing it"));
+        }
+        tracing::info!(peer = p.name, ip = %p.peer_ip, "bfd peer added");
+        Ok(json!(self.peer_view(p)))
+    }
+
+    fn peer_del(&mut self, name: &str) -> Result<Value> {
+        let p = self.peers.remove(name).ok_or_else(|| anyhow!("no bfd peer named {name:?}"))?;
+        if let Err(e) = self.store.set_bfd_peers(&self.peers) {
+            self.peers.insert(name.to_owned(), p);
+            return Err(e.context("bfd peer: storing the deletion"));
+        }
+        self.hooks.peer_removed(name);
+        tracing::info!(peer = name, "bfd peer deleted");
+        Ok(json!({ "name": name }))
+    }
+
+    fn peer_view(&self, p: &BfdPeerArgs) -> BfdPeerView {
+        let s = BfdOverride::of_peer(p).over(&self.bfd);
+        let session = self.hooks.bfd_sessions().into_iter().find(|v| v.name == p.name && v.kind == "peer");
+        BfdPeerView {
+            name: p.name.clone(),
+            peer_ip: p.peer_ip,
+            ifname: p.ifname.clone().unwrap_or_else(|| self.uplink.ifname.clone()),
+            local_ip: p
+                .local_ip
+                .or_else(|| self.uplink.local_ips.iter().copied().find(|a| a.is_ipv4()))
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            echo: p.echo,
+            min_tx_ms: s.min_tx_ms,
+            min_rx_ms: s.min_rx_ms,
+            detect_mult: s.detect_mult,
+            state: session.map(|v| v.local_state),
+            from_config: self.owned.bfd_peers.contains(&p.name),
+        }
+    }
+
+    fn peer_views(&self) -> Vec<BfdPeerView> {
+        self.peers.values().map(|p| self.peer_view(p)).collect()
     }
 
     fn port_add(&mut self, a: &PortArgs) -> Result<Value> {
@@ -255,7 +419,7 @@ impl Daemon {
             }
         }
         tracing::info!(port = a.name, ofport = added.ofport().get(), "local port added");
-        Ok(json!(self.view(self.ports.get(&a.name).expect("just added"))))
+        Ok(json!(self.view(self.ports.get(&a.name).expect("just added"), &BTreeMap::new())))
     }
 
     /// A local port may not take a MAC or IP a remote binding holds.
@@ -283,14 +447,45 @@ impl Daemon {
     }
 
     fn tunnel_add(&mut self, a: &TunnelArgs) -> Result<Value> {
+        self.check_tunnel_bfd(a, ["tunnel: bfd_min_tx_ms", "tunnel: bfd_min_rx_ms", "tunnel: bfd_detect_mult"])?;
+        if a.bfd && self.peers.contains_key(&a.name) {
+            bail!("tunnel: name: {:?} is already a bfd peer", a.name);
+        }
+        let over = BfdOverride::of_tunnel(a);
         let spec = tunnel_spec(a);
         let added = self.ports.add(&spec, Instant::now())?;
-        if let (Added::Created(ofport), PortSpec::Tunnel(t)) = (added, &spec) {
-            self.hooks.tunnel_added(t, ofport, &self.bfd);
-            self.resolve_nexthop(&a.name, ofport, a.remote_ip);
-            tracing::info!(tunnel = a.name, ofport = ofport.get(), "tunnel added");
+        match (added, &spec) {
+            (Added::Created(ofport), PortSpec::Tunnel(t)) => {
+                self.resolve_nexthop(&a.name, ofport, a.remote_ip);
+                let nexthop = self.nexthops.get(&a.name).and_then(|n| n.mac);
+                let mut hooked = false;
+                let done = self.set_tunnel_bfd(&a.name, over).and_then(|()| {
+                    hooked = true;
+                    self.hooks.tunnel_added(t, ofport, &over.over(&self.bfd), nexthop)
+                });
+                if let Err(e) = done {
+                    // All or nothing: the tunnel goes again, its entries with it.
+                    if hooked {
+                        let _ = self.set_tunnel_bfd(&a.name, BfdOverride::default());
+                    }
+                    if let Err(undo) = self.ports.delete(&a.name, Instant::now()) {
+                        tracing::warn!("undoing tunnel {:?} after BFD refused it: {undo}", a.name);
+                    }
+                    self.nexthops.remove(&a.name);
+                    return Err(e);
+                }
+                tracing::info!(tunnel = a.name, ofport = ofport.get(), "tunnel added");
+            }
+            // The same tunnel again: its BFD timers may be new (a Poll
+            // Sequence moves a running session to them).
+            (Added::Existing(_), _) if a.bfd && self.tunnel_bfd.get(&a.name).copied().unwrap_or_default() != over => {
+                self.hooks.bfd_settings_changed(&a.name, &over.over(&self.bfd))?;
+                self.set_tunnel_bfd(&a.name, over)?;
+                tracing::info!(tunnel = a.name, "tunnel's bfd timers changed");
+            }
+            _ => {}
         }
-        Ok(json!(self.view(self.ports.get(&a.name).expect("just added"))))
+        Ok(json!(self.view(self.ports.get(&a.name).expect("just added"), &self.bfd_map())))
     }
 
     fn tunnel_del(&mut self, name: &str) -> Result<Value> {
@@ -310,6 +505,9 @@ impl Daemon {
         self.ports.delete(name, Instant::now())?;
         self.hooks.tunnel_removed(name, record.ofport);
         self.nexthops.remove(name);
+        if let Err(e) = self.set_tunnel_bfd(name, BfdOverride::default()) {
+            tracing::warn!(tunnel = name, "forgetting its bfd timers: {e:#}");
+        }
         tracing::info!(tunnel = name, ofport = record.ofport.get(), "tunnel deleted");
         Ok(json!({ "name": name, "ofport": record.ofport.get() }))
     }
@@ -498,6 +696,30 @@ impl Daemon {
                 bail!("config: ports[{i}].ifname: {:?}: no such interface", p.ifname);
             }
         }
+        for (i, t) in config.tunnels.iter().enumerate() {
+            let f = |k: &str| format!("tunnels[{i}].{k}");
+            self.check_tunnel_bfd(t, [&f("bfd_min_tx_ms"), &f("bfd_min_rx_ms"), &f("bfd_detect_mult")])
+                .map_err(|e| anyhow!("config: {e:#}"))?;
+        }
+        // Peers the API added stay, unless the file names them.
+        let file_peers: BTreeSet<&str> = config.bfd_peers.iter().map(|p| p.name.as_str()).collect();
+        let kept_peers: Vec<BfdPeerArgs> = self
+            .peers
+            .values()
+            .filter(|p| !self.owned.bfd_peers.contains(&p.name) && !file_peers.contains(p.name.as_str()))
+            .cloned()
+            .collect();
+        for (i, p) in config.bfd_peers.iter().enumerate() {
+            self.check_peer(p, &format!("bfd_peers[{i}]")).map_err(|e| anyhow!("config: {e:#}"))?;
+            if let Some(r) = self.ports.get(&p.name).filter(|r| !names.contains_key(r.name()) && !self.owned.ports.contains(r.name())) {
+                bail!("config: bfd_peers[{i}].name: {:?} is already a port or tunnel (added through the API)", r.name());
+            }
+        }
+        for p in &kept_peers {
+            if names.contains_key(p.name.as_str()) {
+                bail!("config: {}.name: {:?} is already a bfd peer (added through the API)", names[p.name.as_str()], p.name);
+            }
+        }
         let mut desired: Vec<PortSpec> = self
             .ports
             .ports()
@@ -558,12 +780,31 @@ impl Daemon {
             }
         }
 
+        // BFD timers first: the tunnels added below start with them.
+        self.bfd = config.bfd;
+        for t in &config.tunnels {
+            self.tunnel_bfd.remove(&t.name);
+            let over = BfdOverride::of_tunnel(t);
+            if !over.is_empty() {
+                self.tunnel_bfd.insert(t.name.clone(), over);
+            }
+        }
+
         let before: BTreeMap<String, PortRecord> = self.ports.ports().map(|r| (r.name().to_owned(), r.clone())).collect();
         let report = self.ports.apply_desired(&desired, Instant::now())?;
         if let Some((name, e)) = report.failed.first() {
             bail!("config: applying port {name:?}: {e}");
         }
         self.after_ports_changed(&before);
+        let tunnels: BTreeSet<String> = self.tunnel_records().map(|r| r.name().to_owned()).collect();
+        self.tunnel_bfd.retain(|name, _| tunnels.contains(name));
+        // Sessions that stayed: new `[bfd]` or own timers by Poll Sequence.
+        for name in &tunnels {
+            if let Err(e) = self.hooks.bfd_settings_changed(name, &self.bfd_of(name)) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        self.apply_config_peers(config, kept_peers)?;
 
         for b in &config.bindings {
             self.binding_add(b).map_err(|e| anyhow!("config: {e:#}"))?;
@@ -572,10 +813,12 @@ impl Daemon {
         self.owned = ConfigOwned {
             ports: names.keys().map(|n| n.to_string()).collect(),
             bindings: config_bindings,
+            bfd_peers: file_peers.iter().map(|n| n.to_string()).collect(),
         };
         self.store.set_config_owned(&self.owned)?;
-        self.bfd = config.bfd;
         self.store.set_bfd(&self.bfd)?;
+        self.store.set_tunnel_bfd(&self.tunnel_bfd)?;
+        self.store.set_bfd_peers(&self.peers)?;
         tracing::info!(
             added = report.added.len(),
             replaced = report.replaced.len(),
@@ -584,6 +827,33 @@ impl Daemon {
             bindings = config.bindings.len(),
             "config applied"
         );
+        Ok(())
+    }
+
+    /// The file's peers and the API's kept ones become the sessions; those
+    /// that stay follow new timers.
+    fn apply_config_peers(&mut self, config: &Config, kept: Vec<BfdPeerArgs>) -> Result<()> {
+        let mut wanted: BTreeMap<String, (BfdPeerArgs, String)> =
+            kept.into_iter().map(|p| (p.name.clone(), (p, "bfd peer".to_owned()))).collect();
+        for (i, p) in config.bfd_peers.iter().enumerate() {
+            wanted.insert(p.name.clone(), (p.clone(), format!("config: bfd_peers[{i}]")));
+        }
+        let gone: Vec<String> = self.peers.iter().filter(|(n, p)| wanted.get(*n).is_none_or(|(w, _)| w != *p)).map(|(n, _)| n.clone()).collect();
+        for name in gone {
+            self.peers.remove(&name);
+            self.hooks.peer_removed(&name);
+        }
+        for (name, (p, path)) in wanted {
+            let settings = BfdOverride::of_peer(&p).over(&self.bfd);
+            if self.peers.contains_key(&name) {
+                if let Err(e) = self.hooks.bfd_settings_changed(&name, &settings) {
+                    tracing::warn!("{e:#}");
+                }
+                continue;
+            }
+            self.hooks.peer_added(&p, &settings).map_err(|e| anyhow!("{path}: {e:#}"))?;
+            self.peers.insert(name, p);
+        }
         Ok(())
     }
 
@@ -601,8 +871,11 @@ impl Daemon {
         for (name, new) in &after {
             if before.get(name) != Some(new) {
                 if let PortSpec::Tunnel(t) = &new.spec {
-                    self.hooks.tunnel_added(t, new.ofport, &self.bfd);
                     self.resolve_nexthop(name, new.ofport, t.remote);
+                    let nexthop = self.nexthops.get(name).and_then(|n| n.mac);
+                    if let Err(e) = self.hooks.tunnel_added(t, new.ofport, &self.bfd_of(name), nexthop) {
+                        tracing::warn!("{e:#}");
+                    }
                 }
             }
         }
@@ -650,12 +923,14 @@ impl Daemon {
         })();
         let state = self.nexthops.entry(name.to_owned()).or_default();
         state.checked = Some(Instant::now());
+        let mut changed = false;
         match result {
             Ok(Some(mac)) => {
                 state.resolved = true;
                 state.error = None;
                 if state.mac != Some(mac) {
                     tracing::info!(tunnel = name, nexthop = %MacAddr(mac), "tunnel next hop resolved");
+                    changed = true;
                 }
                 state.mac = Some(mac);
             }
@@ -672,6 +947,9 @@ impl Daemon {
             }
         }
         let Some(mac) = state.mac else { return };
+        if changed {
+            self.hooks.nexthop_changed(name, mac);
+        }
         let key = u32::from(ofport.get());
         match self.tunnels.get(&key, 0) {
             Ok(t) if t.nexthop_mac != mac => {
@@ -686,7 +964,12 @@ impl Daemon {
 
     // --- Views --------------------------------------------------------------
 
-    fn view(&self, r: &PortRecord) -> PortView {
+    /// The BFD sessions by name, read once for a whole view.
+    fn bfd_map(&self) -> BTreeMap<String, BfdSessionView> {
+        self.hooks.bfd_sessions().into_iter().map(|s| (s.name.clone(), s)).collect()
+    }
+
+    fn view(&self, r: &PortRecord, bfd: &BTreeMap<String, BfdSessionView>) -> PortView {
         let from_config = self.owned.ports.contains(r.name());
         match &r.spec {
             PortSpec::Local(p) => PortView {
@@ -718,7 +1001,19 @@ impl Daemon {
                     remote_ip: Some(t.remote),
                     ovn_metadata: Some(t.ovn_metadata),
                     nexthop: Some(Nexthop { mac: nh.mac.map(mac_str), resolved: nh.resolved }),
-                    bfd: t.bfd.then(|| BfdView { enabled: true, state: self.hooks.bfd_status(&t.name).map(|s| s.state) }),
+                    bfd: t.bfd.then(|| {
+                        let s = bfd.get(&t.name).filter(|s| s.kind == "tunnel");
+                        let timers = self.bfd_of(&t.name);
+                        BfdView {
+                            enabled: true,
+                            state: s.map(|s| s.local_state.clone()),
+                            flaps: s.map(|s| s.flap_count),
+                            forwarding: s.is_some_and(|s| s.forwarding),
+                            min_tx_ms: timers.min_tx_ms,
+                            min_rx_ms: timers.min_rx_ms,
+                            detect_mult: timers.detect_mult,
+                        }
+                    }),
                     from_config,
                 }
             }
@@ -726,7 +1021,8 @@ impl Daemon {
     }
 
     fn port_views(&self, kind: Option<&str>) -> Vec<PortView> {
-        let mut v: Vec<PortView> = self.ports.ports().map(|r| self.view(r)).filter(|v| kind.is_none_or(|k| v.kind == k)).collect();
+        let bfd = self.bfd_map();
+        let mut v: Vec<PortView> = self.ports.ports().map(|r| self.view(r, &bfd)).filter(|v| kind.is_none_or(|k| v.kind == k)).collect();
         v.sort_by_key(|p| p.ofport);
         v
     }
@@ -793,17 +1089,14 @@ impl Daemon {
         for r in Reply::ALL {
             replies.insert(r.name().to_owned(), sum(&self.replies, r as u32)?);
         }
-        Ok(StatsView { ports, drops, replies })
+        let (rx, echo_reflected, events_lost) = crate::bfd::counters(&self.ebpf)?;
+        let bfd_drops = crate::bfd::drops(&self.ebpf)?.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        Ok(StatsView { ports, drops, replies, bfd: BfdCountersView { rx, echo_reflected, events_lost, drops: bfd_drops } })
     }
 
-    /// Names of tunnels with BFD on, and their sessions (for the metrics).
-    pub fn bfd_sessions(&self) -> Vec<(String, Option<super::hooks::BfdStatus>)> {
-        self.tunnel_records()
-            .filter_map(|r| match &r.spec {
-                PortSpec::Tunnel(t) if t.bfd => Some((t.name.clone(), self.hooks.bfd_status(&t.name))),
-                _ => None,
-            })
-            .collect()
+    /// Every BFD session (for the metrics).
+    pub fn bfd_sessions(&self) -> Vec<BfdSessionView> {
+        self.hooks.bfd_sessions()
     }
 
     /// Counts per port kind, for the metrics.

@@ -1,9 +1,10 @@
 //! What the daemon keeps beside the port map's own store (`ofports.redb`),
-//! in `daemon.redb` in the same state directory: remote bindings, and which
-//! ports and bindings came from the config file (so that removing one from
-//! the file removes it, while what the API added stays).
+//! in `daemon.redb` in the same state directory: remote bindings, BFD timers
+//! and single-hop peers, and which ports, bindings and peers came from the
+//! config file (so that removing one from the file removes it, while what
+//! the API added stays).
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -11,7 +12,11 @@ use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::{api::BindingArgs, config::BfdSettings, ofport::MacAddr};
+use crate::{
+    api::{BfdPeerArgs, BindingArgs},
+    config::{BfdOverride, BfdSettings},
+    ofport::MacAddr,
+};
 
 /// "<vni>/<mac>" -> JSON `BindingArgs`.
 const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bindings_v1");
@@ -19,12 +24,18 @@ const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bindings_v1"
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta_v1");
 const META_CONFIG_OWNED: &str = "config_owned";
 const META_BFD: &str = "bfd";
+/// Tunnel name -> its own BFD timers (`BfdOverride`).
+const META_TUNNEL_BFD: &str = "tunnel_bfd";
+/// Peer name -> `BfdPeerArgs`.
+const META_BFD_PEERS: &str = "bfd_peers";
 
 /// What the config file put in place at the last start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigOwned {
     pub ports: BTreeSet<String>,
     pub bindings: BTreeSet<(u32, MacAddr)>,
+    #[serde(default)]
+    pub bfd_peers: BTreeSet<String>,
 }
 
 pub struct DaemonStore {
@@ -118,5 +129,21 @@ impl DaemonStore {
 
     pub fn set_bfd(&self, bfd: &BfdSettings) -> Result<()> {
         self.put_meta(META_BFD, bfd)
+    }
+
+    pub fn tunnel_bfd(&self) -> Result<BTreeMap<String, BfdOverride>> {
+        self.meta(META_TUNNEL_BFD)
+    }
+
+    pub fn set_tunnel_bfd(&self, overrides: &BTreeMap<String, BfdOverride>) -> Result<()> {
+        self.put_meta(META_TUNNEL_BFD, overrides)
+    }
+
+    pub fn bfd_peers(&self) -> Result<BTreeMap<String, BfdPeerArgs>> {
+        self.meta(META_BFD_PEERS)
+    }
+
+    pub fn set_bfd_peers(&self, peers: &BTreeMap<String, BfdPeerArgs>) -> Result<()> {
+        self.put_meta(META_BFD_PEERS, peers)
     }
 }

@@ -28,8 +28,9 @@ fn main() -> Result<()> {
     let mut rng: u64 = rest.first().map_or(Ok(0x9e37_79b9_7f4a_7c15), |s| s.parse()).context("SEED")?;
     let pins = PathBuf::from(pins);
 
-    let mut ebpf = xgw::datapath::load_pinned(&pins)?;
-    let dp = BpfDatapath::from_ebpf(&mut ebpf)?;
+    // The maps were pinned by whoever loaded the datapath; reopening them is
+    // what a restarted controller does first, and skips parsing the object.
+    let dp = BpfDatapath::open_pinned(&pins)?;
     let store = RedbStore::open(state.as_ref())?;
     // Hold-down short enough that numbers come back within a run.
     let config = AllocatorConfig { hold_down: std::time::Duration::from_millis(50) };
