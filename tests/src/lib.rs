@@ -8,6 +8,7 @@
 //! they print a visible SKIP line and return; in CI (`CI` set) a missing
 //! privilege is a failure, never a silent pass.
 pub mod addrs;
+pub mod bench;
 pub mod bpftool;
 pub mod capture;
 pub mod daemon;

@@ -34,8 +34,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Performance table, every figure beside a baseline from the same run
-    /// (bench/results/). So far: XDP program cost through BPF_PROG_TEST_RUN,
-    /// and the port map on real maps and redb (xgw-portbench).
+    /// (bench/results/): XDP program cost through BPF_PROG_TEST_RUN, packet
+    /// rate on the veth path against frame size, xgw against Open vSwitch,
+    /// the plot pps-size.svg (xgw-bench); the port map on real maps and redb
+    /// (xgw-portbench). --quick (what CI runs) takes seconds and fails
+    /// unless every figure was produced.
     Bench {
         /// Seconds instead of minutes: checks the harness, not the goals.
         #[arg(long)]

@@ -1,0 +1,207 @@
+//! Packets per second on the veth path with the gateway's own program as
+//! the generator: BPF_PROG_TEST_RUN in live-frames mode runs the program on
+//! fresh copies of one frame and performs its redirect for real; frames are
+//! counted where they arrive, at an XDP sink on the far veth end. Beside it,
+//! `xgw_redirect` forwards the same frame over the same path doing nothing
+//! else.
+//!
+//!   [hv: sink] hv0 -- ul [gw: xgw_uplink / xgw_local] p -- eth0 [vm: sink]
+use std::time::{Duration, Instant};
+
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use xgw_common::maps::*;
+
+use super::{stats, PlotPoint, Row, DECAP, ENCAP};
+use crate::{
+    gateway::TestGateway,
+    netns::{self, Netns, Veth},
+    packet::geneve::*,
+};
+
+pub const GW_IP: [u8; 4] = [198, 51, 100, 1];
+pub const HV_IP: [u8; 4] = [198, 51, 100, 2];
+pub const GW_MAC: [u8; 6] = [2, 0, 0x5e, 0x10, 0, 1];
+pub const HV_MAC: [u8; 6] = [2, 0, 0x5e, 0x10, 0, 2];
+pub const VM_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x20, 0, 1];
+pub const REMOTE_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x20, 0, 2];
+pub const VM_IP: [u8; 4] = [203, 0, 113, 1];
+pub const REMOTE_IP: [u8; 4] = [203, 0, 113, 2];
+pub const VNI: u32 = 5001;
+pub const TUNNEL: u16 = 7;
+/// OVN logical port keys: the local VM's and the remote one's.
+pub const VM_KEY: u16 = 0x11;
+pub const REMOTE_KEY: u16 = 0x22;
+/// Outer Ethernet, IPv4, UDP, Geneve and the 8-byte OVN option.
+pub const GENEVE_OVERHEAD: u32 = 14 + 20 + 8 + 8 + 8;
+
+/// struct xdp_md for test_run: the frame as received on `ifindex`.
+pub fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
+    [0, len as u32, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect()
+}
+
+/// One tunnel to the hypervisor and one local port (the VM) behind `port`,
+/// with the remote VM's MAC behind the tunnel.
+pub fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
+    gw.set_uplink(Uplink { ifindex: uplink, mtu: 1500, mac: GW_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: GW_IP, ip6: [0; 16] });
+    gw.set_uplink_devmap(uplink);
+    gw.add_tunnel(TUNNEL as u32, Tunnel { remote: ipv4_mapped(HV_IP), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_local_port(port, LocalPort { vni: VNI, ofport: 3, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw.add_remote(VNI, REMOTE_MAC, None, TUNNEL, REMOTE_KEY);
+}
+
+/// A UDP/IPv4 Ethernet frame of exactly `size` bytes (no FCS).
+fn inner(size: u32, src: [u8; 6], dst: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
+    assert!((60..=1500).contains(&size), "inner frame size {size}: 60..=1500 bytes");
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src, dst)
+        .ipv4(sip, dip, 64)
+        .udp(1000, 2000)
+        .write(&mut v, &vec![0; size as usize - 42])
+        .unwrap();
+    v
+}
+
+/// For inner frames of `size` bytes: the Geneve frame (OVN option) the
+/// hypervisor sends to the VM, and the frame the VM sends to the remote VM.
+pub fn frames(size: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut decap: Vec<u8> = Vec::new();
+    etherparse::PacketBuilder::ethernet2(HV_MAC, GW_MAC)
+        .ipv4(HV_IP, GW_IP, 64)
+        .udp(50123, 6081)
+        .write(&mut decap, &geneve_payload(&[ovn_option(REMOTE_KEY, VM_KEY)], VNI, &inner(size, REMOTE_MAC, VM_MAC, REMOTE_IP, VM_IP)))
+        .unwrap();
+    assert_eq!(decap.len() as u32, size + GENEVE_OVERHEAD);
+    // Outer UDP checksum 0, as OVS sends Geneve over IPv4 by default (its
+    // `csum` option is off): a receiver that verifies a non-zero checksum
+    // over the whole frame (OVS's userspace datapath does) is not charged
+    // for work real senders do not ask for.
+    decap[14 + 20 + 6..14 + 20 + 8].fill(0);
+    (decap, inner(size, VM_MAC, REMOTE_MAC, VM_IP, REMOTE_IP))
+}
+
+/// XDP counters of a sink's veth end (summed over its queues): frames seen
+/// by its program, their bytes, and how many it dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkCount {
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+}
+
+pub fn sink(ns: &Netns, ifname: &str) -> SinkCount {
+    let mut c = SinkCount::default();
+    for l in ns.ok(&["ethtool", "-S", ifname]).lines() {
+        let Some((k, v)) = l.trim().split_once(':') else { continue };
+        let Some(k) = k.strip_prefix("rx_queue_") else { continue };
+        let v: u64 = v.trim().parse().unwrap_or_else(|_| panic!("ethtool -S {ifname}: {l}"));
+        match k.split_once('_').map(|(_, name)| name) {
+            Some("xdp_packets") => c.packets += v,
+            Some("xdp_bytes") => c.bytes += v,
+            Some("xdp_drops") => c.drops += v,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Rows of pps for each inner frame size in `sizes`, decap and encap (or
+/// only one with `only`), each beside `xgw_redirect` on the same path.
+pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
+    let gw_ns = Netns::new("bgw");
+    let hv = Netns::new("bhv");
+    let vm = Netns::new("bvm");
+    Veth::new(&gw_ns, "ul", "198.51.100.1/24", &hv, "hv0", "198.51.100.2/24");
+    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
+    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
+    gw.in_netns(&gw_ns);
+    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
+    setup(&mut gw, ul, p);
+    gw.attach(&hv, "xgw_drop", "hv0");
+    gw.attach(&vm, "xgw_drop", "eth0");
+
+    // Frames delivered to the sink per second of generator time.
+    let run = |gw: &TestGateway, prog: &str, pkt: &[u8], ifindex: u32, sink_ns: &Netns, sink_if: &str| -> f64 {
+        let before = sink(sink_ns, sink_if).drops;
+        let md = xdp_md(pkt.len(), ifindex);
+        let p: &Xdp = gw.program(prog);
+        let elapsed = netns::enter(&gw_ns.name, || {
+            let t = Instant::now();
+            let opts = TestRunOptions {
+                data_in: Some(pkt),
+                ctx_in: Some(&md),
+                repeat: frames_per_run,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..TestRunOptions::new()
+            };
+            p.test_run(opts).unwrap_or_else(|e| panic!("live test_run of {prog}: {e}"));
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let delivered = sink(sink_ns, sink_if).drops - before;
+        assert!(
+            delivered * 10 >= frames_per_run as u64 * 9,
+            "{prog}, {}-byte frames: only {delivered} of {frames_per_run} frames arrived",
+            pkt.len()
+        );
+        delivered as f64 / elapsed.as_secs_f64()
+    };
+    let (do_decap, do_encap) = (only != Some("encap"), only != Some("decap"));
+    let (mut decap_rows, mut encap_rows) = (vec![], vec![]);
+    for &size in sizes {
+        let (decap_pkt, encap_pkt) = frames(size);
+        let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
+        let decap_before = gw.port_stats(TUNNEL as u32).rx.packets;
+        let encap_before = gw.port_stats(TUNNEL as u32).tx.packets;
+        // Interleave measured and baseline runs so drift on a noisy VM hits both.
+        for _ in 0..runs {
+            if do_decap {
+                decap.push(run(&gw, "xgw_uplink", &decap_pkt, ul, &vm, "eth0"));
+            }
+            if do_encap {
+                encap.push(run(&gw, "xgw_local", &encap_pkt, p, &hv, "hv0"));
+            }
+            if do_decap {
+                gw.devmap_set(0, p);
+                decap_base.push(run(&gw, "xgw_redirect", &decap_pkt, ul, &vm, "eth0"));
+            }
+            if do_encap {
+                gw.devmap_set(0, ul);
+                encap_base.push(run(&gw, "xgw_redirect", &encap_pkt, p, &hv, "hv0"));
+            }
+        }
+        // The rows count only if the gateway really did the work on every frame.
+        let n = frames_per_run as u64 * runs as u64;
+        if do_decap {
+            assert_eq!(gw.port_stats(TUNNEL as u32).rx.packets - decap_before, n, "{size} B: not every frame decapsulated");
+            decap_rows.push(
+                Row::new(decap_name(size), "pkt/s", "xgw_redirect", stats(decap), stats(decap_base))
+                    .plot(PlotPoint { panel: DECAP, size, value: XGW, base: REDIRECT }),
+            );
+        }
+        if do_encap {
+            assert_eq!(gw.port_stats(TUNNEL as u32).tx.packets - encap_before, n, "{size} B: not every frame encapsulated");
+            encap_rows.push(
+                Row::new(encap_name(size), "pkt/s", "xgw_redirect", stats(encap), stats(encap_base))
+                    .plot(PlotPoint { panel: ENCAP, size, value: XGW, base: REDIRECT }),
+            );
+        }
+    }
+    decap_rows.extend(encap_rows);
+    decap_rows
+}
+
+pub const XGW: &str = "xgw (test_run generator)";
+pub const REDIRECT: &str = "xgw_redirect, same path (test_run generator)";
+
+pub fn decap_name(size: u32) -> String {
+    format!("decap on the veth path, {size} B inner (uplink -> port)")
+}
+pub fn encap_name(size: u32) -> String {
+    format!("encap on the veth path, {size} B inner (port -> uplink)")
+}
+/// The row names [`pps_by_size`] produces, for the completeness check.
+pub fn row_names(sizes: &[u32]) -> Vec<String> {
+    let mut v: Vec<String> = sizes.iter().map(|&s| decap_name(s)).collect();
+    v.extend(sizes.iter().map(|&s| encap_name(s)));
+    v
+}
