@@ -29,7 +29,10 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::{
+    sched::{sched_setaffinity, CpuSet},
+    sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
+};
 
 use super::{
     stats,
@@ -39,6 +42,8 @@ use super::{
 use crate::{gateway::TestGateway, ovs::mac_str, Geneve, Netns, OvnKeys, OvsHypervisor, Veth};
 
 pub const XGW: &str = "xgw (veth generator, as OVS)";
+const GENERATOR_CPU: usize = 0;
+const OVS_CPU: usize = 1;
 pub const OVS: &str = "Open vSwitch 3.1 userspace (veth generator)";
 pub const BASELINE: &str = "Open vSwitch 3.1 (userspace datapath)";
 
@@ -106,6 +111,15 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
     // xgw's next hop comes from its tunnel table; OVS's from its neighbour
     // cache, filled here rather than by ARP the sink would swallow.
     ovs.appctl(&["tnl/neigh/set", crate::ovs::BR_PHY, "198.51.100.2", &mac_str(HV_MAC)]);
+    // OVS gets a core of its own, the generator the other: left to the
+    // scheduler, OVS sometimes shared the generator's core and its rate
+    // halved from one run to the next. This favours OVS: xgw's work runs in
+    // the softirqs the generator raises, on the generator's core.
+    let pinned = std::thread::available_parallelism().map_or(false, |n| n.get() >= 2);
+    if pinned {
+        let pid = std::fs::read_to_string(ovs.dir().join("run/ovs-vswitchd.pid")).expect("ovs-vswitchd pidfile");
+        crate::sh(&["taskset", "-a", "-p", "-c", &OVS_CPU.to_string(), pid.trim()]);
+    }
     let ovm = ovs.vm();
 
     let mut gen = TestGateway::load(&["xgw_redirect", "xgw_drop", "xgw_pass"]);
@@ -132,8 +146,8 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
             let before = dut.port_stats(TUNNEL as u32);
             let (mut x, mut o) = (vec![], vec![]);
             for _ in 0..t.runs {
-                x.push(rate(&mut gen, xp, pkt, out_size, t, "xgw"));
-                o.push(rate(&mut gen, op, pkt, out_size, t, "OVS"));
+                x.push(rate(&mut gen, xp, pkt, out_size, t, pinned, "xgw"));
+                o.push(rate(&mut gen, op, pkt, out_size, t, pinned, "OVS"));
             }
             // The xgw figure must be xgw's work: its tunnel counters moved.
             let after = dut.port_stats(TUNNEL as u32);
@@ -157,7 +171,7 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
 /// (the kernel checks for one between batches): each call swaps the XDP
 /// dispatcher and waits for an RCU grace period, so a loop of short calls
 /// would idle the generator for milliseconds at a time.
-fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing, who: &str) -> f64 {
+fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing, pin: bool, who: &str) -> f64 {
     install_wakeup();
     gen.in_netns(path.gen_ns);
     let out = path.gen_ns.ifindex(path.gen_if);
@@ -169,6 +183,11 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
     let (c0, c1, secs) = std::thread::scope(|s| {
         let flood = s.spawn(|| {
             path.gen_ns.enter(|| {
+                if pin {
+                    let mut cpus = CpuSet::new();
+                    cpus.set(GENERATOR_CPU).expect("CPU set");
+                    sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pin the generator");
+                }
                 // SAFETY: pthread_self has no preconditions.
                 thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                 while !stop.load(Ordering::SeqCst) {
