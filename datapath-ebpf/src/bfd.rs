@@ -16,7 +16,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpCon
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use xgw_common::{
     bfd::{self, Control, DecodeError, Diag, State},
-    geneve::{FLAG_CRITICAL, HLEN},
+    geneve::FLAG_CRITICAL,
     maps::*,
     wire::*,
 };
@@ -30,29 +30,22 @@ use crate::{
 
 const UDP_PAYLOAD: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN;
 
-/// Geneve for this gateway whose inner frame goes to Open vSwitch's BFD MAC:
-/// consumed here (`Some`). Any other Geneve packet: `None`, decapsulation
-/// proceeds. Only the inner destination MAC is read for those.
+/// Geneve for this gateway, valid as decapsulation judges it, whose inner
+/// frame at `inner` goes to Open vSwitch's BFD MAC: consumed here.
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Option<u32> {
-    let g = unsafe { *ptr_at::<[u8; HLEN]>(ctx, outer.geneve)? };
-    let inner = outer.geneve + HLEN + (g[0] & 0x3f) as usize * 4;
-    let dst = unsafe { *ptr_at::<[u8; 6]>(ctx, inner)? };
-    if dst != bfd::ovs::DST_MAC {
-        return None;
-    }
-    let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: u32::from_be_bytes([0, g[4], g[5], g[6]]), peer: outer.remote };
-    let (b, payload) = match geneve_control(ctx, outer, len, inner, g[1]) {
+pub fn geneve(ctx: &XdpContext, outer: &Outer, inner: usize, vni: u32, gflags: u8) -> u32 {
+    let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: vni, peer: outer.remote };
+    let (b, payload) = match geneve_control(ctx, inner, gflags) {
         Ok(v) => v,
-        Err(e) => return Some(drop(e)),
+        Err(e) => return drop(e),
     };
     let Some(&slot) = (unsafe { BFD_PATHS.get(&path) }) else {
-        return Some(drop(DecodeError::NoSessionForPeer));
+        return drop(DecodeError::NoSessionForPeer);
     };
-    Some(match receive_slot(&path, slot, &b, payload) {
+    match receive_slot(&path, slot, &b, payload) {
         Some(reply) if outer.geneve == ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN => geneve_reply(ctx, inner, &reply),
         _ => xdp_action::XDP_DROP,
-    })
+    }
 }
 
 /// Turns the received Geneve frame into ours: outer addresses swapped (the
@@ -128,10 +121,7 @@ fn swap_ip(f: &mut [u8; UDP_PAYLOAD], ttl: u8, tos: u8) {
 /// What Open vSwitch accepts inside the tunnel (see the probe results in
 /// docs): IPv4 without options, UDP 3784, TTL 255, no critical option.
 #[inline(always)]
-fn geneve_control(ctx: &XdpContext, outer: &Outer, len: usize, inner: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
-    if outer.ip_end != len || outer.udp_end != len {
-        return Err(DecodeError::Truncated);
-    }
+fn geneve_control(ctx: &XdpContext, inner: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
     if gflags & FLAG_CRITICAL != 0 {
         return Err(DecodeError::Encapsulation);
     }

@@ -3,6 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
 use xgw_common::{
+    bfd,
     counters::Drop,
     geneve::*,
     maps::{FdbEntry, FdbKey, PortKey, TunnelKey, FDB_LOCAL},
@@ -15,12 +16,14 @@ use crate::{
     parse::ptr_at,
 };
 
-/// A packet this gateway accepted: strip `inner` bytes of outer headers and
-/// deliver to `dest`; it arrived on tunnel `tunnel`.
-pub struct Decap {
-    pub inner: usize,
-    pub tunnel: u32,
-    pub dest: FdbEntry,
+/// A packet this gateway accepted.
+pub enum Decap {
+    /// Strip `inner` bytes of outer headers and deliver to `dest`; it
+    /// arrived on tunnel `tunnel`.
+    Port { inner: usize, tunnel: u32, dest: FdbEntry },
+    /// Open vSwitch's BFD for the session of (remote, `vni`): the inner
+    /// frame at `inner` goes to the BFD receive path, not to a port.
+    Bfd { inner: usize, vni: u32, flags: u8 },
 }
 
 /// Options walked per packet. OVN sends one; a handful covers every
@@ -48,20 +51,27 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
     let vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
     let opts = outer.geneve + HLEN;
     let inner = opts + opts_len;
-    let eth = ptr_at::<EthHdr>(ctx, inner).ok_or(Drop::GeneveTruncated)?;
+    // Options before the inner header: had the inner header's bounds check
+    // come first, LLVM would drop the options' own as implied, and the
+    // verifier cannot follow that across the variable Opt Len.
+    let egress = if opts_len == 0 { 0 } else { ovn_egress_key(ctx, opts, opts_len, g[1] & FLAG_CRITICAL != 0)? };
+    let mac = unsafe { (*ptr_at::<EthHdr>(ctx, inner).ok_or(Drop::GeneveTruncated)?).dst_addr };
+    // BFD passes every check above too; its session (BFD_PATHS), not the
+    // tunnel table, decides whether anyone listens.
+    if mac == bfd::ovs::DST_MAC {
+        return Ok(Decap::Bfd { inner, vni, flags: g[1] });
+    }
 
     let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote: outer.remote, vni }) }
         .ok_or(Drop::UnknownTunnel)?;
-    let egress = if opts_len == 0 { 0 } else { ovn_egress_key(ctx, opts, opts_len, g[1] & FLAG_CRITICAL != 0)? };
     // Key 0 is "no port" in OVN: without a key, the inner MAC decides.
     let dest = if egress != 0 {
         unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
     } else {
-        let mac = unsafe { (*eth).dst_addr };
         unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
     }
     .ok_or(Drop::UnknownDestination)?;
-    Ok(Decap { inner, tunnel, dest: *dest })
+    Ok(Decap::Port { inner, tunnel, dest: *dest })
 }
 
 /// Walks the options: returns OVN's egress port key (0 if absent), rejects

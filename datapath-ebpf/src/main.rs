@@ -28,24 +28,22 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         return bfd::underlay(&ctx);
     };
     let len = ctx.data_end() - ctx.data();
-    if let Some(action) = bfd::geneve(&ctx, &outer, len) {
-        return action;
-    }
-    let decap = match decap::geneve(&ctx, &outer, len) {
-        Ok(d) => d,
+    let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, len) {
+        Ok(decap::Decap::Port { inner, tunnel, dest }) => (inner, tunnel, dest),
+        Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, inner, vni, flags),
         Err(reason) => {
             maps::count_drop(reason);
             return xdp_action::XDP_DROP;
         }
     };
-    maps::count_rx(decap.tunnel, len);
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, decap.inner as i32) } != 0 {
+    maps::count_rx(tunnel, len);
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner as i32) } != 0 {
         maps::count_drop(Drop::GeneveTruncated);
         return xdp_action::XDP_DROP;
     }
-    match maps::DEVMAP.redirect(decap.dest.ofport as u32, 0) {
+    match maps::DEVMAP.redirect(dest.ofport as u32, 0) {
         Ok(action) => {
-            maps::count_tx(decap.dest.ofport as u32, len - decap.inner);
+            maps::count_tx(dest.ofport as u32, len - inner);
             action
         }
         Err(_) => {

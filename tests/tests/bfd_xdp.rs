@@ -44,13 +44,17 @@ const PEER_DISC: u32 = 0x0bad_cafe;
 /// OVS's BFD inside Geneve: inner Ethernet to 00:23:20:00:00:01, IPv4
 /// 169.254.1.1 -> 169.254.1.0, UDP 49152 -> 3784.
 fn in_geneve(vni: u32, gflags: u8, ttl: u8, bfd: &[u8]) -> Vec<u8> {
+    in_geneve_hdr(geneve_hdr(0, 0, gflags, 0x6558, vni), ttl, bfd)
+}
+
+/// The same inside any Geneve header (with its options).
+fn in_geneve_hdr(mut g: Vec<u8>, ttl: u8, bfd: &[u8]) -> Vec<u8> {
     let mut inner = Vec::new();
     PacketBuilder::ethernet2(PEER_MAC, BFD_MAC)
         .ipv4([169, 254, 1, 1], [169, 254, 1, 0], ttl)
         .udp(49152, 3784)
         .write(&mut inner, bfd)
         .unwrap();
-    let mut g = geneve_hdr(0, 0, gflags, 0x6558, vni);
     g.extend(inner);
     let mut v = Vec::new();
     PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(HV_IP4, GW_IP4, 64).udp(59437, 6081).write(&mut v, &g).unwrap();
@@ -185,6 +189,36 @@ fn malformed_control_packets_are_dropped_counted_and_change_nothing() {
     }
     // Unchanged, the session still comes up on the next valid packet (Init + remote Init -> Up).
     f.run(&in_geneve(VNI, 0, 255, &ctrl(1, 0, INIT, 0, 3, 24, PEER_DISC, me)));
+    assert_eq!(f.status("t1").state, "up");
+}
+
+/// The Geneve header around OVS's BFD is held to what decapsulation demands
+/// of every packet (RFC 8926): a version we do not speak, another payload
+/// protocol or an unknown critical option is dropped under the Geneve
+/// reason before BFD reads a byte, and the session is untouched.
+#[test]
+fn bfd_inside_bad_geneve_is_dropped_by_the_geneve_checks() {
+    require_root!();
+    let f = fixture();
+    f.engine.add("t1", tunnel(VNI), FAST).unwrap();
+    f.run(&in_geneve(VNI, 0, 255, &ctrl(1, 0, DOWN, 0, 3, 24, PEER_DISC, 0)));
+    let before = f.status("t1");
+    let me = before.local_discriminator;
+    let init = ctrl(1, 0, INIT, 0, 3, 24, PEER_DISC, me);
+    let version = in_geneve_hdr(geneve_hdr(1, 0, 0, 0x6558, VNI), 255, &init);
+    let protocol = in_geneve_hdr(geneve_hdr(0, 0, 0, 0x0800, VNI), 255, &init);
+    let mut g = geneve_hdr(0, 2, 0, 0x6558, VNI);
+    g.extend(option(0xffff, 0x80, &[0; 4]));
+    let critical = in_geneve_hdr(g, 255, &init);
+    for (reason, pkt) in [("geneve_version", &version), ("geneve_protocol", &protocol), ("geneve_critical_option", &critical)] {
+        let was = f.gw.drops()[reason];
+        assert_eq!(f.run(pkt), XDP_DROP, "{reason}");
+        assert_eq!(f.gw.drops()[reason], was + 1, "{reason}: {:?}", f.gw.drops());
+        let now = f.status("t1");
+        assert_eq!((now.state, now.rx_packets), (before.state, before.rx_packets), "{reason}");
+    }
+    // The same packet in a valid header still brings the session up.
+    f.run(&in_geneve(VNI, 0, 255, &init));
     assert_eq!(f.status("t1").state, "up");
 }
 
