@@ -33,9 +33,9 @@ const UDP_PAYLOAD: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN;
 /// Geneve for this gateway, valid as decapsulation judges it, whose inner
 /// frame at `inner` goes to Open vSwitch's BFD MAC: consumed here.
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer, inner: usize, vni: u32, gflags: u8) -> u32 {
+pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize, inner: usize, vni: u32, gflags: u8) -> u32 {
     let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: vni, peer: outer.remote };
-    let (b, payload) = match geneve_control(ctx, inner, gflags) {
+    let (b, payload) = match geneve_control(ctx, inner, len, gflags) {
         Ok(v) => v,
         Err(e) => return drop(e),
     };
@@ -121,7 +121,7 @@ fn swap_ip(f: &mut [u8; UDP_PAYLOAD], ttl: u8, tos: u8) {
 /// What Open vSwitch accepts inside the tunnel (see the probe results in
 /// docs): IPv4 without options, UDP 3784, TTL 255, no critical option.
 #[inline(always)]
-fn geneve_control(ctx: &XdpContext, inner: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
+fn geneve_control(ctx: &XdpContext, inner: usize, len: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
     if gflags & FLAG_CRITICAL != 0 {
         return Err(DecodeError::Encapsulation);
     }
@@ -140,15 +140,19 @@ fn geneve_control(ctx: &XdpContext, inner: usize, gflags: u8) -> Result<([u8; bf
     if u16::from_be_bytes(udp.dst) != bfd::CONTROL_PORT {
         return Err(DecodeError::Encapsulation);
     }
+    let (tot_len, udp_len) = (u16::from_be_bytes(ip.tot_len) as usize, u16::from_be_bytes(udp.len) as usize);
+    if inner + ETH_HLEN + tot_len > len || udp_len + IPV4_HLEN_MIN > tot_len {
+        return Err(DecodeError::Truncated);
+    }
     let b = unsafe { *ptr_at::<[u8; bfd::LEN]>(ctx, inner + UDP_PAYLOAD).ok_or(DecodeError::Truncated)? };
-    Ok((b, (u16::from_be_bytes(udp.len) as usize).saturating_sub(UDP_HLEN)))
+    Ok((b, udp_len.saturating_sub(UDP_HLEN)))
 }
 
 /// Traffic on the uplink that is not Geneve for this gateway: single-hop
 /// control packets (UDP 3784) and echo packets (UDP 3785) from a configured
 /// peer are handled; everything else goes to the kernel stack.
 #[inline(always)]
-pub fn underlay(ctx: &XdpContext) -> u32 {
+pub fn underlay(ctx: &XdpContext, uplink: &Uplink) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
@@ -183,8 +187,19 @@ pub fn underlay(ctx: &XdpContext) -> u32 {
         }
         return echo(ctx, eth as *mut EthHdr, ip, slot);
     }
+    // A control packet to another address is not ours to answer, even
+    // from a peer (RFC 5881 section 4: sent to the neighbour's address).
+    if ip.dst_addr != uplink.ip4 || uplink.flags & UPLINK_HAS_IP4 == 0 {
+        return xdp_action::XDP_PASS;
+    }
     if ip.ttl != bfd::TTL {
         return drop(DecodeError::Ttl);
+    }
+    // The answer reuses these headers: lengths that disagree with the frame
+    // (or each other) would go back out as a malformed packet.
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ETH_HLEN + tot_len > ctx.data_end() - ctx.data() || udp_len + IPV4_HLEN_MIN > tot_len {
+        return drop(DecodeError::Truncated);
     }
     let Some(b) = ptr_at::<[u8; bfd::LEN]>(ctx, UDP_PAYLOAD) else {
         return drop(DecodeError::Truncated);

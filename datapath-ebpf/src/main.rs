@@ -25,12 +25,12 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let Some(outer) = outer::parse(&ctx, uplink) else {
-        return bfd::underlay(&ctx);
+        return bfd::underlay(&ctx, uplink);
     };
     let len = ctx.data_end() - ctx.data();
     let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, len) {
         Ok(decap::Decap::Port { inner, tunnel, dest }) => (inner, tunnel, dest),
-        Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, inner, vni, flags),
+        Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, len, inner, vni, flags),
         Err(reason) => {
             maps::count_drop(reason);
             return xdp_action::XDP_DROP;

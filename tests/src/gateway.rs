@@ -151,4 +151,31 @@ impl TestGateway {
             a
         })
     }
+
+    /// Writes BFD session `slot` whole (both halves), as a test sets one up.
+    pub fn set_bfd_session(&mut self, slot: u32, session: BfdSession) {
+        let mut m: Array<&mut MapData, BfdSession> = Array::try_from(self.ebpf.map_mut(BFD_SESSIONS).unwrap()).unwrap();
+        m.set(slot, session, 0).unwrap();
+    }
+
+    /// Routes packets arriving on `path` to session `slot`.
+    pub fn add_bfd_path(&mut self, path: BfdPathKey, slot: u32) {
+        self.hash::<BfdPathKey, u32>(BFD_PATHS).insert(path, slot, 0).unwrap();
+    }
+
+    pub fn bfd_session(&self, slot: u32) -> BfdSession {
+        let m: Array<&MapData, BfdSession> = Array::try_from(self.ebpf.map(BFD_SESSIONS).unwrap()).unwrap();
+        m.get(&slot, 0).unwrap()
+    }
+
+    /// Discarded BFD packets by reason, summed over CPUs.
+    pub fn bfd_drops(&self) -> BTreeMap<&'static str, u64> {
+        xgw::bfd::drops(&self.ebpf).unwrap()
+    }
+
+    /// `BFD_COUNTERS`, each slot summed over CPUs.
+    pub fn bfd_counters(&self) -> [u64; BFD_COUNTERS_LEN as usize] {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(BFD_COUNTERS).unwrap()).unwrap();
+        core::array::from_fn(|i| m.get(&(i as u32), 0).unwrap().iter().sum())
+    }
 }

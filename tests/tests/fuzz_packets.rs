@@ -2,6 +2,7 @@
 //! corpus and a truncation sweep) through every XDP program, each judged by
 //! `xgw_tests::fuzz::check`. `cargo xtask fuzz` runs the full million.
 //! `XGW_FUZZ_SEED` / `XGW_FUZZ_PACKETS` override the defaults.
+use xgw_common::maps::{BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX};
 use xgw_tests::{
     fuzz::{self, Config},
     packet::{XDP_DROP, XDP_REDIRECT, XDP_TX},
@@ -24,7 +25,7 @@ fn every_program_survives_generated_and_mutated_packets() {
 
     // The generators must reach every outcome the oracle judges; otherwise
     // a generator that broke (everything dropped early, say) would pass.
-    for (prog, verdict) in [("xgw_uplink", XDP_REDIRECT), ("xgw_uplink", XDP_DROP), ("xgw_local", XDP_REDIRECT), ("xgw_local", XDP_TX), ("xgw_local", XDP_DROP)] {
+    for (prog, verdict) in [("xgw_uplink", XDP_REDIRECT), ("xgw_uplink", XDP_DROP), ("xgw_uplink", XDP_TX), ("xgw_local", XDP_REDIRECT), ("xgw_local", XDP_TX), ("xgw_local", XDP_DROP)] {
         let n = report.verdicts.get(&(prog, verdict)).copied().unwrap_or(0);
         assert!(n >= (cfg.packets / 1000).max(1), "{prog} verdict {verdict} reached only {n} times: {:?}", report.verdicts);
     }
@@ -45,5 +46,23 @@ fn every_program_survives_generated_and_mutated_packets() {
     }
     for reply in ["arp", "nd", "too_big"] {
         assert!(report.replies.get(reply).copied().unwrap_or(0) > 0, "reply {reply} never sent: {:?}", report.replies);
+    }
+    // BFD: packets consumed by a session, echoes reflected, answers sent by
+    // the datapath, and the discard reasons the generators aim at.
+    for (slot, what) in [(BFD_CNT_RX, "received"), (BFD_CNT_ECHO_REFLECTED, "echo reflected"), (BFD_CNT_XDP_TX, "answered in XDP")] {
+        assert!(report.bfd.get(&slot).copied().unwrap_or(0) > 0, "no BFD packet {what}: {:?}", report.bfd);
+    }
+    for reason in [
+        "truncated",
+        "version",
+        "length",
+        "detect_mult",
+        "my_discriminator",
+        "unknown_session",
+        "no_session_for_peer",
+        "ttl",
+        "encapsulation",
+    ] {
+        assert!(report.bfd_drops.get(reason).copied().unwrap_or(0) > 0, "BFD discard {reason} never reached: {:?}", report.bfd_drops);
     }
 }

@@ -2,8 +2,9 @@
 //! configuration. It never asks the datapath what it meant; it reads the
 //! input bytes with its own parser (RFC 791 / 8200 / 768 / 8926 layouts),
 //! the output bytes, the verdict and the counters the datapath moved.
-use super::world::{Delta, Port, World, MTU};
+use super::world::{BfdPeer, Delta, Ingress, Port, World, BFD_ADV_US, BFD_MULT, MTU};
 use crate::{addrs::*, packet::*};
+use xgw_common::maps::{ipv4_mapped, BfdPathKey, BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX, BFD_PATH_GENEVE, BFD_PATH_SINGLE_HOP};
 
 /// The outer headers of a frame that is Geneve addressed to the gateway,
 /// exactly as the datapath must accept it: no VLAN tag, IPv4 without
@@ -69,11 +70,13 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Checks one run of `program` on `input`, which arrived on `ingress` (for
-/// `xgw_local`; `None` is an interface that is not a port).
-pub fn check(w: &World, program: &str, ingress: Option<&Port>, input: &[u8], run: &Run, d: &Delta) -> Result<(), String> {
+/// Checks one run of `program` on `input`, which arrived on `ingress`.
+pub fn check(w: &World, program: &str, ingress: &Ingress, input: &[u8], run: &Run, d: &Delta) -> Result<(), String> {
     if !matches!(run.verdict, XDP_DROP | XDP_PASS | XDP_TX | XDP_REDIRECT) {
         return Err(format!("illegal verdict {}", run.verdict));
+    }
+    if program != "xgw_uplink" && !d.bfd_quiet() {
+        return Err(format!("{program} moved BFD counters or sessions: {d:?}"));
     }
     let unchanged = || {
         if run.data != input {
@@ -87,21 +90,32 @@ pub fn check(w: &World, program: &str, ingress: Option<&Port>, input: &[u8], run
         n => Err(format!("dropped with {n} drop counts {:?}", d.drops)),
     };
     let quiet = || {
-        if d.drop_count() != 0 || !d.tx.is_empty() || d.reply_count() != 0 {
+        if d.drop_count() != 0 || !d.tx.is_empty() || d.reply_count() != 0 || !d.bfd_quiet() {
             return Err(format!("counters moved on a pass: {d:?}"));
         }
         Ok(())
     };
+    let bfd = Bfd::classify(w, ingress, input);
     match (program, run.verdict) {
         ("xgw_uplink", XDP_PASS) => unchanged().and_then(|_| quiet()).and_then(|_| {
-            match parse_geneve(input, GW_IP4, GW_IP6) {
-                Some(g) => Err(format!("Geneve to the gateway passed to the stack: {g:?}")),
-                None => Ok(()),
+            if let Some(g) = parse_geneve(input, GW_IP4, GW_IP6) {
+                return Err(format!("Geneve to the gateway passed to the stack: {g:?}"));
+            }
+            match bfd {
+                Bfd::Control { .. } => Err("a control packet of a configured BFD session passed to the stack".into()),
+                Bfd::Echo { .. } => Err("an echo packet of a session with echo passed to the stack".into()),
+                _ => Ok(()),
             }
         }),
-        ("xgw_uplink", XDP_DROP) => counted_drop(),
-        ("xgw_uplink", XDP_REDIRECT) => check_decap(w, input, run, d),
-        ("xgw_local", v) => check_local(w, ingress, input, run, d, v, counted_drop, unchanged),
+        ("xgw_uplink", XDP_DROP) => check_uplink_drop(&bfd, d),
+        ("xgw_uplink", XDP_TX) => check_bfd_tx(&bfd, input, run, d),
+        ("xgw_uplink", XDP_REDIRECT) => {
+            if !d.bfd_quiet() {
+                return Err(format!("decapsulated and moved BFD state: {d:?}"));
+            }
+            check_decap(w, input, run, d)
+        }
+        ("xgw_local", v) => check_local(w, ingress.port(), input, run, d, v, counted_drop, unchanged),
         ("xgw_probe" | "xgw_pass", XDP_PASS) => unchanged(),
         ("xgw_drop", XDP_DROP) => Ok(()),
         // The redirect baseline's DEVMAP slot 0 is left empty here.
@@ -126,6 +140,9 @@ fn check_decap(w: &World, input: &[u8], run: &Run, d: &Delta) -> Result<(), Stri
         return Err(format!("VNI {:#x} delivered to port {} of VNI {:#x}", g.vni, port.ifname, port.vni));
     }
     let inner = input.get(g.inner..).ok_or("inner offset past the frame")?;
+    if inner.get(0..6) == Some(&xgw_common::bfd::ovs::DST_MAC[..]) {
+        return Err("delivered Open vSwitch's BFD to a port".into());
+    }
     let by_key = g.ovn_egress.iter().any(|&k| k != 0 && k == port.key);
     let by_mac = inner.get(0..6) == Some(&port.mac[..]);
     if !by_key && !by_mac {
@@ -263,6 +280,265 @@ fn check_forward(w: &World, port: &Port, input: &[u8], run: &Run, d: &Delta) -> 
     }
     if run.data.len() > MTU as usize + 14 {
         return Err(format!("encapsulated frame of {} bytes exceeds the uplink MTU", run.data.len()));
+    }
+    Ok(())
+}
+
+// BFD on the uplink.
+
+/// What the uplink program must make of a packet, as far as BFD goes,
+/// decided from the bytes and the configured sessions only.
+#[derive(Debug)]
+enum Bfd<'w> {
+    /// Not BFD for any session: the Geneve and pass rules apply.
+    None,
+    /// A single-hop control packet to the gateway on a session's path
+    /// (RFC 5881: IPv4 to our address, UDP 3784). `valid`: it passes every
+    /// session-independent check of RFC 5880 section 6.8.6 and its IP and
+    /// UDP lengths agree with the frame.
+    Control { peer: &'w BfdPeer, ctl: usize, valid: bool },
+    /// Open vSwitch's BFD inside valid Geneve to us (inner Ethernet to
+    /// 00:23:20:00:00:01). `peer`: the session on (remote, VNI), if any;
+    /// `valid` as above, for the inner packet and OVS's rules.
+    Geneve { peer: Option<&'w BfdPeer>, inner: usize, valid: bool, ipv4: bool },
+    /// An echo packet a session with echo must reflect (RFC 5880 6.4:
+    /// from the peer's address to itself, UDP 3785, TTL left to spend).
+    Echo,
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// An IPv4 header checksum over `h` sums to 0xffff (RFC 1071).
+fn ipv4_csum_ok(h: &[u8]) -> bool {
+    let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// The IPv4 / UDP headers at `ip`: (source, destination, TTL, UDP
+/// destination port), if it is IPv4 without options or fragmentation and
+/// carries UDP.
+fn ipv4_udp(f: &[u8], ip: usize) -> Option<([u8; 4], [u8; 4], u8, u16)> {
+    let h = f.get(ip..ip + 28)?;
+    if h[0] != 0x45 || h[9] != 17 || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    Some((h[12..16].try_into().unwrap(), h[16..20].try_into().unwrap(), h[8], u16::from_be_bytes([h[22], h[23]])))
+}
+
+/// IP total length and UDP length agree with each other and with the frame
+/// (IPv4 at `ip`, no options), and the datagram holds `min` bytes.
+fn lengths_ok(f: &[u8], ip: usize, min: usize) -> bool {
+    let (Some(tot), Some(udp)) = (be16(f, ip + 2), be16(f, ip + 24)) else { return false };
+    let (tot, udp) = (tot as usize, udp as usize);
+    ip + tot <= f.len() && udp + 20 <= tot && udp >= 8 + min
+}
+
+/// RFC 5880 section 6.8.6, the checks that need no session, over a
+/// control packet at `at` in a datagram of `payload` bytes.
+fn control_ok(f: &[u8], at: usize, payload: usize) -> bool {
+    let Some(b) = f.get(at..at + 24) else { return false };
+    let flags = b[1] & 0x3f;
+    let len = b[3] as usize;
+    b[0] >> 5 == 1
+        && len >= 24
+        && len <= payload
+        && b[2] != 0
+        && flags & 0x01 == 0 // M
+        && flags & 0x30 != 0x30 // P and F
+        && flags & 0x04 == 0 // A: no authentication is configured
+        && be32(b, 4) != Some(0)
+}
+
+impl<'w> Bfd<'w> {
+    fn classify(w: &'w World, ingress: &Ingress, f: &[u8]) -> Bfd<'w> {
+        if let Some(g) = parse_geneve(f, GW_IP4, GW_IP6) {
+            if f.get(g.inner..g.inner + 6) != Some(&xgw_common::bfd::ovs::DST_MAC[..]) {
+                return Bfd::None;
+            }
+            let Some(flags) = geneve_valid(f) else { return Bfd::None };
+            let peer = w.bfd_on(&BfdPathKey { kind: BFD_PATH_GENEVE, id: g.vni, peer: g.remote });
+            let i = g.inner;
+            let valid = flags & 0x40 == 0 // C: OVS refuses critical options
+                && be16(f, i + 12) == Some(0x0800)
+                && ipv4_udp(f, i + 14).is_some_and(|(_, _, ttl, dport)| ttl == 255 && dport == 3784)
+                && lengths_ok(&f[i..], 14, 24)
+                && control_ok(f, i + 42, be16(f, i + 38).unwrap() as usize - 8);
+            return Bfd::Geneve { peer, inner: i, valid, ipv4: be16(f, 12) == Some(0x0800) };
+        }
+        if !matches!(ingress, Ingress::Uplink) || be16(f, 12) != Some(0x0800) {
+            return Bfd::None;
+        }
+        let Some((src, dst, ttl, dport)) = ipv4_udp(f, 14) else { return Bfd::None };
+        let path = BfdPathKey { kind: BFD_PATH_SINGLE_HOP, id: w.uplink_ifindex, peer: ipv4_mapped(src) };
+        let Some(peer) = w.bfd_on(&path) else { return Bfd::None };
+        match dport {
+            3784 if dst == GW_IP4 => {
+                let valid = ttl == 255 && lengths_ok(f, 14, 24) && control_ok(f, 42, be16(f, 38).unwrap() as usize - 8);
+                Bfd::Control { peer, ctl: 42, valid }
+            }
+            3785 if src == dst && peer.echo && ttl > 1 => Bfd::Echo,
+            _ => Bfd::None,
+        }
+    }
+}
+
+/// The Geneve header's flags byte if decapsulation must accept the header:
+/// version 0, Ethernet payload, outer lengths exact, options adding up and
+/// none critical but OVN's (within the eight the datapath walks).
+fn geneve_valid(f: &[u8]) -> Option<u8> {
+    let (ip_len_ok, udp) = match be16(f, 12) {
+        Some(0x0800) => (be16(f, 16).map(|l| l as usize + 14) == Some(f.len()), 34),
+        _ => (be16(f, 18).map(|l| l as usize + 54) == Some(f.len()), 54),
+    };
+    let udp_len_ok = be16(f, udp + 4).map(|l| l as usize + udp) == Some(f.len());
+    let gen = udp + 8;
+    let (h0, proto) = (f[gen], be16(f, gen + 2).unwrap_or(0));
+    let opts_end = gen + 8 + (h0 & 0x3f) as usize * 4;
+    let mut off = gen + 8;
+    for _ in 0..8 {
+        if off >= opts_end {
+            break;
+        }
+        let o = f.get(off..off + 4)?;
+        let ovn = o[0] == 0x01 && o[1] == 0x02 && o[2] == 0x80 && o[3] & 0x1f == 1;
+        if o[2] & 0x80 != 0 && !ovn {
+            return None;
+        }
+        off += 4 + (o[3] & 0x1f) as usize * 4;
+    }
+    let flags = f[gen + 1];
+    // More than eight options: the rest is unread, fine unless C says one of them may be critical.
+    let walked = off == opts_end || (off < opts_end && flags & 0x40 == 0);
+    (ip_len_ok && udp_len_ok && h0 >> 6 == 0 && proto == 0x6558 && walked).then_some(flags)
+}
+
+/// A drop on the uplink is counted exactly once: under a Geneve reason, a
+/// BFD discard reason, or as a control packet a session consumed.
+fn check_uplink_drop(bfd: &Bfd, d: &Delta) -> Result<(), String> {
+    let (drops, bfd_drops, rx) = (d.drop_count(), d.bfd_drop_count(), d.bfd(BFD_CNT_RX));
+    if drops + bfd_drops + rx != 1 || !d.tx.is_empty() || d.reply_count() != 0 || d.bfd(BFD_CNT_XDP_TX) != 0 {
+        return Err(format!("a drop must be counted once: {d:?}"));
+    }
+    let slot = match bfd {
+        Bfd::Control { peer, valid, .. } | Bfd::Geneve { peer: Some(peer), valid, .. } => {
+            if rx == 1 && !valid {
+                return Err("a session consumed a packet RFC 5880 6.8.6 discards".into());
+            }
+            Some(peer.slot)
+        }
+        Bfd::Geneve { peer: None, .. } if rx == 1 => return Err("consumed BFD on a path with no session".into()),
+        Bfd::Geneve { peer: None, .. } => None,
+        _ if rx + bfd_drops != 0 => return Err(format!("BFD counted a packet that is not BFD for a session: {d:?}")),
+        _ => None,
+    };
+    // Only a consumed packet may touch a session, and only its own.
+    match (rx, d.sessions.as_slice()) {
+        (_, []) => Ok(()),
+        (1, [s]) if Some(*s) == slot => Ok(()),
+        _ => Err(format!("sessions {:?} changed by a packet for slot {slot:?}", d.sessions)),
+    }
+}
+
+/// XDP_TX on the uplink: an echo reflected, or a session's answer sent by
+/// the datapath itself (heartbeat stale), byte for byte as RFC 5880/5881
+/// and Open vSwitch lay it out.
+fn check_bfd_tx(bfd: &Bfd, input: &[u8], run: &Run, d: &Delta) -> Result<(), String> {
+    let out = &run.data;
+    if d.drop_count() + d.bfd_drop_count() + d.reply_count() != 0 || !d.tx.is_empty() || !d.rx.is_empty() {
+        return Err(format!("BFD transmit moved other counters: {d:?}"));
+    }
+    if out.len() != input.len() || out.get(0..6) != input.get(6..12) || out.get(6..12) != input.get(0..6) {
+        return Err(format!("BFD transmit not sent back to the sender's MAC, same length: {}", hex(out)));
+    }
+    let swapped = |a: usize, b: usize| out[a..a + 4] == input[b..b + 4] && out[b..b + 4] == input[a..a + 4];
+    match bfd {
+        Bfd::Echo => {
+            if d.bfd != [(BFD_CNT_ECHO_REFLECTED, 1)] || !d.sessions.is_empty() {
+                return Err(format!("echo reflected but counted as {d:?}"));
+            }
+            // A router forwarding it back: only the TTL (and checksum) change.
+            let same = out[12..22] == input[12..22] && out[23] == input[23] && out[26..] == input[26..];
+            let csum = !ipv4_csum_ok(&input[14..34]) || ipv4_csum_ok(&out[14..34]);
+            if !same || out[22] != input[22] - 1 || !csum {
+                return Err(format!("echo reflection altered more than TTL: {}", hex(out)));
+            }
+            Ok(())
+        }
+        Bfd::Control { peer, ctl, valid: true } => {
+            answered(peer, d)?;
+            let ip_ok = out[12..14] == [8, 0]
+                && out[14] == 0x45
+                && out[15] == 0xc0 // CS6, RFC 5881 section 5
+                && out[16..22] == input[16..22]
+                && out[22] == 255
+                && out[23] == 17
+                && ipv4_csum_ok(&out[14..34])
+                && swapped(26, 30);
+            let udp_ok = out[34..36] == peer.sport.to_be_bytes() && out[36..38] == [0x0e, 0xc8] && out[38..40] == input[38..40] && out[40..42] == [0, 0];
+            if !ip_ok || !udp_ok || out[66..] != input[66..] {
+                return Err(format!("single-hop answer headers wrong: {}", hex(out)));
+            }
+            answer_body(&out[*ctl..], peer, &input[*ctl..])
+        }
+        Bfd::Geneve { peer: Some(peer), inner, valid: true, ipv4: true } => {
+            answered(peer, d)?;
+            let i = *inner;
+            // Outer: as Open vSwitch sends (TTL 64, UDP checksum 0), ports kept.
+            let outer_ok = out[12..22] == input[12..22]
+                && out[22] == 64
+                && out[23] == 17
+                && ipv4_csum_ok(&out[14..34])
+                && swapped(26, 30)
+                && out[34..40] == input[34..40]
+                && out[40..42] == [0, 0]
+                && out[42..i] == input[42..i];
+            // Inner: our MAC as source, addresses and ports kept, checksum 0.
+            let inner_ok = out[i..i + 6] == xgw_common::bfd::ovs::DST_MAC
+                && out[i + 6..i + 12] == input[0..6]
+                && out[i + 12..i + 40] == input[i + 12..i + 40]
+                && out[i + 40..i + 42] == [0, 0]
+                && out[i + 66..] == input[i + 66..];
+            if !outer_ok || !inner_ok {
+                return Err(format!("Geneve BFD answer headers wrong: {}", hex(out)));
+            }
+            answer_body(&out[i + 42..], peer, &input[i + 42..])
+        }
+        b => Err(format!("XDP_TX on the uplink for a packet that is no BFD to answer ({b:?}): {}", hex(input))),
+    }
+}
+
+/// An answer counts one received packet and one datapath transmit, and
+/// changes only its own session.
+fn answered(peer: &BfdPeer, d: &Delta) -> Result<(), String> {
+    if d.bfd(BFD_CNT_RX) != 1 || d.bfd(BFD_CNT_XDP_TX) != 1 || d.sessions != [peer.slot] {
+        return Err(format!("answer for slot {} counted as {d:?}", peer.slot));
+    }
+    Ok(())
+}
+
+/// The control packet the session must send (RFC 5880 section 4.1): Up,
+/// our discriminator and the sender's, Final iff it polled, the intervals
+/// and multiplier the controller configured.
+fn answer_body(b: &[u8], peer: &BfdPeer, asked: &[u8]) -> Result<(), String> {
+    let poll = asked[1] & 0x20 != 0;
+    let echo = if peer.echo { BFD_ADV_US } else { 0 };
+    let ok = b[0] >> 5 == 1
+        && b[1] >> 6 == 3
+        && b[1] & 0x3f == if poll { 0x10 } else { 0 }
+        && b[2] == BFD_MULT
+        && b[3] == 24
+        && be32(b, 4) == Some(peer.local_disc)
+        && be32(b, 8) == be32(asked, 4)
+        && be32(b, 12) == Some(BFD_ADV_US)
+        && be32(b, 16) == Some(BFD_ADV_US)
+        && be32(b, 20) == Some(echo);
+    if !ok {
+        return Err(format!("answer is not session {}'s control packet: {}", peer.slot, hex(&b[..24])));
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use etherparse::PacketBuilder;
 use rand::{Rng, RngExt};
 
-use super::world::{Port, World};
+use super::world::{Port, World, ROUTER2_IP4, ROUTER_IP4, VNI_A};
 use crate::{addrs::*, packet::geneve::*};
 
 pub type Rand = rand_xorshift::XorShiftRng;
@@ -108,6 +108,98 @@ pub fn geneve(r: &mut Rand, w: &World) -> Vec<u8> {
         let dst = if r.random_bool(0.97) { GW_IP4 } else { r.random() };
         b.ipv4(src, dst, 64).udp(sport, 6081).write(&mut v, &g).unwrap();
     }
+    v
+}
+
+/// A BFD control packet (RFC 5880 section 4.1), mostly valid: every state,
+/// Poll, our discriminators or others, small intervals; sometimes a field
+/// that must be refused (version, Length, Detect Mult, M, P+F, A).
+fn bfd_control(r: &mut Rand, w: &World) -> Vec<u8> {
+    let mut vers_diag = (1 << 5) | r.random_range(0..9);
+    let mut flags = if r.random_bool(0.2) { 0x20 } else { 0 };
+    let (mut mult, mut len) = (r.random_range(1..6), 24u8);
+    match r.random_range(0..16) {
+        0 => vers_diag = r.random(),
+        1 => len = *pick(r, &[0, 23, 25, 26, 255]),
+        2 => mult = 0,
+        3 => flags = r.random::<u8>() & 0x3f,
+        _ => {}
+    }
+    let state = *pick(r, &[0u8, 1, 2, 3, 3, 3]);
+    let mine = if r.random_bool(0.95) { r.random_range(1..u32::MAX) } else { 0 };
+    let yours = match r.random_range(0..4) {
+        0 => 0,
+        1 => r.random(),
+        _ => pick(r, &w.bfd).local_disc,
+    };
+    let mut v = vec![vers_diag, (state << 6) | flags, mult, len];
+    v.extend(mine.to_be_bytes());
+    v.extend(yours.to_be_bytes());
+    for _ in 0..3 {
+        let any = r.random();
+        v.extend(pick(r, &[0u32, 1, 10, 1000, 10_000, any]).to_be_bytes());
+    }
+    if r.random_bool(0.05) {
+        let n = r.random_range(1..8);
+        v.extend(bytes(r, n)); // more than Length says
+    }
+    v
+}
+
+/// Open vSwitch's BFD inside Geneve (inner Ethernet to 00:23:20:00:00:01,
+/// IPv4 169.254.1.1 -> .0, UDP 3784, TTL 255), from a tunnel with a session
+/// mostly; options and flags as `geneve` draws them, now and then.
+pub fn bfd_geneve(r: &mut Rand, w: &World) -> Vec<u8> {
+    let t = pick(r, &w.tunnels).clone();
+    let any = r.random::<u32>() & 0xff_ffff;
+    let vni = if r.random_bool(0.9) { t.vni } else { *pick(r, &[VNI_A, any]) };
+    let opts = if r.random_bool(0.2) { options(r, w, vni) } else { Vec::new() };
+    let flags = *pick(r, &[0u8, 0, 0, 0x80, 0x40]);
+    let mut g = geneve_hdr(0, (opts.len() / 4) as u8, flags, 0x6558, vni);
+    g.extend(opts);
+    let ttl = if r.random_bool(0.9) { 255 } else { r.random() };
+    let (dport, ctl) = (if r.random_bool(0.95) { 3784 } else { 3785 }, bfd_control(r, w));
+    PacketBuilder::ethernet2(HV_MAC, xgw_common::bfd::ovs::DST_MAC)
+        .ipv4(xgw_common::bfd::ovs::SRC_IP, xgw_common::bfd::ovs::DST_IP, ttl)
+        .udp(49152, dport)
+        .write(&mut g, &ctl)
+        .unwrap();
+    let sport = 49152 + r.random_range(0..16384);
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(HV_MAC, GW_MAC);
+    if t.v6 {
+        b.ipv6(t.remote, GW_IP6, 64).udp(sport, 6081).write(&mut v, &g).unwrap();
+    } else {
+        b.ipv4(t.remote[12..].try_into().unwrap(), GW_IP4, 64).udp(sport, 6081).write(&mut v, &g).unwrap();
+    }
+    v
+}
+
+/// A single-hop control packet (RFC 5881) to the gateway on UDP 3784,
+/// from a configured peer mostly, TTL 255 mostly.
+pub fn bfd_single_hop(r: &mut Rand, w: &World) -> Vec<u8> {
+    let any = r.random();
+    let src = *pick(r, &[ROUTER_IP4, ROUTER_IP4, ROUTER2_IP4, any]);
+    let dst = if r.random_bool(0.95) { GW_IP4 } else { r.random() };
+    let any = r.random();
+    let ttl = if r.random_bool(0.9) { 255 } else { *pick(r, &[254, 1, 0, any]) };
+    let mut v = Vec::new();
+    let ctl = bfd_control(r, w);
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, dst, ttl).udp(49152 + r.random_range(0..16384), 3784).write(&mut v, &ctl).unwrap();
+    v
+}
+
+/// A BFD echo packet (UDP 3785): a router's own address to itself (RFC 5880
+/// section 6.4), with whatever payload it likes; sometimes not to itself.
+pub fn bfd_echo(r: &mut Rand) -> Vec<u8> {
+    let any = r.random();
+    let src = *pick(r, &[ROUTER_IP4, ROUTER_IP4, ROUTER2_IP4, any]);
+    let dst = if r.random_bool(0.9) { src } else { GW_IP4 };
+    let ttl = *pick(r, &[255, 255, 64, 2, 1, 0]);
+    let n = r.random_range(0..48);
+    let payload = bytes(r, n);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, dst, ttl).udp(3785, 3785).write(&mut v, &payload).unwrap();
     v
 }
 

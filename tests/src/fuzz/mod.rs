@@ -17,7 +17,7 @@ use rand::{RngExt, SeedableRng};
 
 use self::{
     gen::Rand,
-    world::{Delta, Port, World, PROGRAMS},
+    world::{Delta, Ingress, World, PROGRAMS},
 };
 use crate::packet::{test_run_on, Run};
 
@@ -49,6 +49,10 @@ pub struct Report {
     pub drops: BTreeMap<&'static str, u64>,
     /// Reply kind -> packets.
     pub replies: BTreeMap<&'static str, u64>,
+    /// BFD discard reason -> packets.
+    pub bfd_drops: BTreeMap<&'static str, u64>,
+    /// `BFD_COUNTERS` slot -> total moved.
+    pub bfd: BTreeMap<u32, u64>,
     pub failures: Vec<String>,
     pub new_corpus: u64,
 }
@@ -68,6 +72,10 @@ impl Report {
         for (p, n) in &self.by_program {
             let _ = writeln!(s, "  {p:<13} {n:>9}");
         }
+        let _ = writeln!(s, "  verdicts {:?}", self.verdicts);
+        let _ = writeln!(s, "  drops {:?}", self.drops);
+        let _ = writeln!(s, "  replies {:?}", self.replies);
+        let _ = writeln!(s, "  BFD counters (slot: n) {:?}, BFD discards {:?}", self.bfd, self.bfd_drops);
         s
     }
 }
@@ -77,8 +85,11 @@ pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus.txt")
 
 const MAX_FAILURES: usize = 20;
 
+/// Sessions are put back Up this often (in packets): BFD packets move them.
+const BFD_RESET_EVERY: u64 = 8;
+
 struct Runner<'a> {
-    w: &'a World,
+    w: &'a mut World,
     before: world::Snapshot,
     report: Report,
     seen: std::collections::BTreeSet<Outcome>,
@@ -86,10 +97,13 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn one(&mut self, program: &'static str, ingress: Option<&Port>, packet: &[u8]) {
+    fn one(&mut self, program: &'static str, ingress: &Ingress, packet: &[u8]) {
+        if self.report.tried % BFD_RESET_EVERY == 0 {
+            self.w.reset_bfd();
+            self.before = self.w.snapshot();
+        }
         let prog = self.w.gw.program(program);
-        let ifindex = ingress.map_or(1, |p| p.ifindex); // lo: exists, not a port
-        let run: Run = test_run_on(prog, packet, ifindex);
+        let run: Run = test_run_on(prog, packet, self.w.ingress_ifindex(ingress));
         let after = self.w.snapshot();
         let d = Delta::between(&self.before, &after);
         self.before = after;
@@ -102,7 +116,21 @@ impl Runner<'_> {
         for (k, n) in &d.replies {
             *self.report.replies.entry(k).or_default() += n;
         }
-        let outcome = format!("{program} v{} drops{:?} replies{:?} tx{:?}", run.verdict, d.drops, d.replies, d.tx.keys().collect::<Vec<_>>());
+        for (k, n) in &d.bfd_drops {
+            *self.report.bfd_drops.entry(k).or_default() += n;
+        }
+        for (k, n) in &d.bfd {
+            *self.report.bfd.entry(*k).or_default() += n;
+        }
+        let outcome = format!(
+            "{program} v{} drops{:?} replies{:?} tx{:?} bfd{:?}{:?}",
+            run.verdict,
+            d.drops,
+            d.replies,
+            d.tx.keys().collect::<Vec<_>>(),
+            d.bfd_drops,
+            d.bfd.iter().map(|c| c.0).collect::<Vec<_>>()
+        );
         if let Err(e) = check::check(self.w, program, ingress, packet, &run, &d) {
             if self.report.failures.len() < MAX_FAILURES {
                 let line = corpus_line(program, ingress, packet);
@@ -120,9 +148,9 @@ impl Runner<'_> {
     }
 }
 
-fn corpus_line(program: &str, ingress: Option<&Port>, packet: &[u8]) -> String {
+fn corpus_line(program: &str, ingress: &Ingress, packet: &[u8]) -> String {
     let hex: String = packet.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{program} {} {hex}", ingress.map_or("-", |p| p.ifname))
+    format!("{program} {} {hex}", ingress.name())
 }
 
 fn parse_corpus_line(line: &str) -> Option<(&str, &str, Vec<u8>)> {
@@ -134,15 +162,17 @@ fn parse_corpus_line(line: &str) -> Option<(&str, &str, Vec<u8>)> {
 
 /// Runs the fuzzer; the caller decides what failures mean (the test fails).
 pub fn run(cfg: &Config) -> Report {
-    let w = World::new();
-    w.ns.enter(|| run_in(&w, cfg))
+    let mut w = World::new();
+    let ns = w.ns.name.clone();
+    crate::netns::enter(&ns, || run_in(&mut w, cfg))
 }
 
-fn run_in(w: &World, cfg: &Config) -> Report {
+fn run_in(w: &mut World, cfg: &Config) -> Report {
     let save = cfg.save_corpus.as_ref().map(|p| {
         std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     });
-    let mut r = Runner { w, before: w.snapshot(), report: Report::default(), seen: Default::default(), save: None };
+    let before = w.snapshot();
+    let mut r = Runner { w, before, report: Report::default(), seen: Default::default(), save: None };
 
     // 1. The kept corpus, replayed as is; it seeds the outcomes already known.
     for (n, line) in std::fs::read_to_string(Path::new(CORPUS)).unwrap_or_default().lines().enumerate() {
@@ -151,8 +181,8 @@ fn run_in(w: &World, cfg: &Config) -> Report {
         }
         let (prog, ingress, bytes) = parse_corpus_line(line).unwrap_or_else(|| panic!("{CORPUS}:{}: malformed line", n + 1));
         let prog = *PROGRAMS.iter().find(|p| **p == prog).unwrap_or_else(|| panic!("{CORPUS}:{}: unknown program {prog}", n + 1));
-        let port = w.ports.iter().find(|p| p.ifname == ingress);
-        r.one(prog, port, &bytes);
+        let ingress = r.w.ingress_named(ingress);
+        r.one(prog, &ingress, &bytes);
         r.report.corpus += 1;
     }
     r.save = save;
@@ -160,39 +190,59 @@ fn run_in(w: &World, cfg: &Config) -> Report {
     let mut rng = Rand::seed_from_u64(cfg.seed);
 
     // 2. Every truncation of a few valid frames, through their program.
+    let w = &*r.w;
     let p1 = w.ports[0].clone();
-    let mut templates: Vec<(&'static str, Option<Port>, Vec<u8>)> = Vec::new();
+    let local = Ingress::Port(p1.clone());
+    let mut templates: Vec<(&'static str, Ingress, Vec<u8>)> = Vec::new();
     for _ in 0..4 {
-        templates.push(("xgw_uplink", None, gen::geneve(&mut rng, w)));
+        templates.push(("xgw_uplink", Ingress::Uplink, gen::geneve(&mut rng, w)));
     }
+    templates.push(("xgw_uplink", Ingress::Uplink, gen::bfd_geneve(&mut rng, w)));
+    templates.push(("xgw_uplink", Ingress::Uplink, gen::bfd_single_hop(&mut rng, w)));
+    templates.push(("xgw_uplink", Ingress::Uplink, gen::bfd_echo(&mut rng)));
     let remote = w.remotes[0].mac;
-    templates.push(("xgw_local", Some(p1.clone()), gen::l2_frame(&mut rng, p1.mac, remote, 64)));
-    templates.push(("xgw_local", Some(p1.clone()), crate::packet::arp_request(p1.mac, p1.ip4, w.remotes[0].ip4)));
-    templates.push(("xgw_local", Some(p1.clone()), crate::packet::neighbour_solicitation(p1.mac, p1.ip6, w.ports[1].ip6)));
-    for (prog, port, t) in &templates {
+    templates.push(("xgw_local", local.clone(), gen::l2_frame(&mut rng, p1.mac, remote, 64)));
+    templates.push(("xgw_local", local.clone(), crate::packet::arp_request(p1.mac, p1.ip4, w.remotes[0].ip4)));
+    templates.push(("xgw_local", local, crate::packet::neighbour_solicitation(p1.mac, p1.ip6, w.ports[1].ip6)));
+    for (prog, ingress, t) in &templates {
         for len in 14..=t.len() {
-            r.one(prog, port.as_ref(), &t[..len]);
+            r.one(prog, ingress, &t[..len]);
             r.report.sweep += 1;
         }
     }
 
     // 3. Generated packets.
     for _ in 0..cfg.packets {
+        let w = &*r.w;
         let roll = rng.random_range(0..100);
         if roll < 45 {
-            let v = match rng.random_range(0..20) {
+            let v = match rng.random_range(0..26) {
                 0..=2 => gen::random(&mut rng),
                 3..=5 => gen::underlay_other(&mut rng),
                 6..=9 => gen::geneve(&mut rng, w),
-                _ => {
+                10..=19 => {
                     let mut v = gen::geneve(&mut rng, w);
                     for _ in 0..rng.random_range(1..3) {
                         v = gen::mutate(&mut rng, v);
                     }
                     v
                 }
+                n => {
+                    let mut v = match n {
+                        20 | 21 => gen::bfd_geneve(&mut rng, w),
+                        22 | 23 => gen::bfd_single_hop(&mut rng, w),
+                        _ => gen::bfd_echo(&mut rng),
+                    };
+                    if rng.random_bool(0.4) {
+                        v = gen::mutate(&mut rng, v);
+                    }
+                    v
+                }
             };
-            r.one("xgw_uplink", None, &v);
+            // Now and then from another interface: single-hop peers are
+            // known per interface, so there nothing is theirs.
+            let ingress = if rng.random_range(0..10) != 0 { Ingress::Uplink } else { Ingress::Other };
+            r.one("xgw_uplink", &ingress, &v);
         } else if roll < 92 {
             let port = (rng.random_range(0..12) != 0).then(|| w.ports[rng.random_range(0..w.ports.len())].clone());
             let src = port.clone().unwrap_or_else(|| p1.clone());
@@ -200,11 +250,11 @@ fn run_in(w: &World, cfg: &Config) -> Report {
             if rng.random_bool(0.4) {
                 v = gen::mutate(&mut rng, v);
             }
-            r.one("xgw_local", port.as_ref(), &v);
+            r.one("xgw_local", &port.map_or(Ingress::Other, Ingress::Port), &v);
         } else {
             let prog = PROGRAMS[2 + rng.random_range(0..PROGRAMS.len() - 2)];
             let v = if rng.random_bool(0.5) { gen::random(&mut rng) } else { gen::geneve(&mut rng, w) };
-            r.one(prog, None, &v);
+            r.one(prog, &Ingress::Other, &v);
         }
         r.report.generated += 1;
     }

@@ -1,13 +1,16 @@
 //! The configuration the fuzzer runs against: a gateway with an uplink, three
 //! local ports in two VNIs, three tunnels (IPv4 with OVN's option, IPv6
 //! without, and one in the second VNI) and a remote binding behind each.
+//! BFD sessions listen on two of the tunnels (OVS-style, inside Geneve) and
+//! for two single-hop peers on the uplink, one of them with echo.
 //! Everything lives in one namespace so that the ifindexes test_run and the
 //! devmap resolve are real interfaces.
 use std::collections::BTreeMap;
 
 use xgw_common::{
     counters::PortStats,
-    maps::{ipv4_mapped, LocalPort, Tunnel, Uplink, TUNNEL_IPV6, TUNNEL_OVN_METADATA, UPLINK_HAS_IP4, UPLINK_HAS_IP6},
+    bfd::State,
+    maps::*,
 };
 
 use crate::{addrs::*, gateway::TestGateway, netns::Netns};
@@ -32,6 +35,33 @@ pub struct Port {
     pub ip6: [u8; 16],
 }
 
+/// Where a packet enters the program under test (its ingress ifindex).
+#[derive(Debug, Clone)]
+pub enum Ingress {
+    Port(Port),
+    Uplink,
+    /// An interface that is neither (`lo`).
+    Other,
+}
+
+impl Ingress {
+    pub fn port(&self) -> Option<&Port> {
+        match self {
+            Ingress::Port(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The corpus's name for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Ingress::Port(p) => p.ifname,
+            Ingress::Uplink => "up0",
+            Ingress::Other => "-",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Tun {
     pub ofport: u16,
@@ -50,6 +80,23 @@ pub struct Remote {
     pub key: u16,
 }
 
+/// A BFD session of the gateway: its slot, the path its packets arrive on,
+/// and what the controller configured (what answers must carry).
+#[derive(Debug, Clone)]
+pub struct BfdPeer {
+    pub slot: u32,
+    pub path: BfdPathKey,
+    pub local_disc: u32,
+    pub sport: u16,
+    pub echo: bool,
+}
+
+/// Desired Min TX and Required Min RX the sessions advertise (µs): tiny, so
+/// that the datapath's own answers (rate-limited to 3/4 of the interval)
+/// are not all suppressed at fuzzing speed.
+pub const BFD_ADV_US: u32 = 1;
+pub const BFD_MULT: u8 = 3;
+
 pub struct World {
     pub gw: TestGateway,
     pub ns: Netns,
@@ -57,6 +104,7 @@ pub struct World {
     pub ports: Vec<Port>,
     pub tunnels: Vec<Tun>,
     pub remotes: Vec<Remote>,
+    pub bfd: Vec<BfdPeer>,
 }
 
 const fn mac(last: u8) -> [u8; 6] {
@@ -66,6 +114,9 @@ const fn ip6(last: u8) -> [u8; 16] {
     [0x20, 0x01, 0x0d, 0xb8, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]
 }
 pub const HV2_IP4: [u8; 4] = [198, 51, 100, 3];
+/// Single-hop BFD peers on the uplink: a router with echo, one without.
+pub const ROUTER_IP4: [u8; 4] = HV_IP4;
+pub const ROUTER2_IP4: [u8; 4] = [198, 51, 100, 4];
 
 impl World {
     pub fn new() -> World {
@@ -123,7 +174,75 @@ impl World {
         for r in &remotes {
             gw.add_remote(r.vni, r.mac, Some(ipv4_mapped(r.ip4)), r.tunnel, r.key);
         }
-        World { gw, ns, uplink_ifindex, ports, tunnels, remotes }
+        let geneve = |vni, peer| BfdPathKey { kind: BFD_PATH_GENEVE, id: vni, peer };
+        let single = |ip| BfdPathKey { kind: BFD_PATH_SINGLE_HOP, id: uplink_ifindex, peer: ipv4_mapped(ip) };
+        let bfd = [
+            (geneve(VNI_A, tunnels[0].remote), false),
+            (geneve(VNI_A, tunnels[1].remote), false),
+            (single(ROUTER_IP4), true),
+            (single(ROUTER2_IP4), false),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, echo))| BfdPeer { slot: i as u32, path, local_disc: 0x5eed_0000 | i as u32, sport: 49152 + i as u16, echo })
+        .collect();
+        let mut w = World { gw, ns, uplink_ifindex, ports, tunnels, remotes, bfd };
+        for b in w.bfd.clone() {
+            w.gw.add_bfd_path(b.path, b.slot);
+        }
+        w.reset_bfd();
+        w
+    }
+
+    /// Every session Up with a stale controller heartbeat, as after a
+    /// controller crash: the state in which the datapath answers peers
+    /// itself. The fuzzer calls it now and then, since its packets move the
+    /// sessions' state.
+    pub fn reset_bfd(&mut self) {
+        for b in self.bfd.clone() {
+            let echo = if b.echo { BFD_ECHO } else { 0 };
+            self.gw.set_bfd_session(
+                b.slot,
+                BfdSession {
+                    ctl_local_disc: b.local_disc,
+                    ctl_flags: BFD_ENABLED | echo,
+                    ctl_path: b.path,
+                    ctl_mult: BFD_MULT,
+                    ctl_sport: b.sport,
+                    ctl_cfg_tx_us: BFD_ADV_US,
+                    ctl_adv_tx_us: BFD_ADV_US,
+                    ctl_adv_rx_us: BFD_ADV_US,
+                    state: State::Up as u8,
+                    remote_state: State::Up as u8,
+                    remote_disc: 0x0bad_cafe,
+                    remote_min_rx: BFD_ADV_US,
+                    remote_min_tx: BFD_ADV_US,
+                    remote_mult: BFD_MULT,
+                    ..BfdSession::default()
+                },
+            );
+        }
+    }
+
+    /// The session listening on `path`, if any.
+    pub fn bfd_on(&self, path: &BfdPathKey) -> Option<&BfdPeer> {
+        self.bfd.iter().find(|b| b.path == *path)
+    }
+
+    pub fn ingress_ifindex(&self, i: &Ingress) -> u32 {
+        match i {
+            Ingress::Port(p) => p.ifindex,
+            Ingress::Uplink => self.uplink_ifindex,
+            Ingress::Other => 1,
+        }
+    }
+
+    pub fn ingress_named(&self, name: &str) -> Ingress {
+        match self.ports.iter().find(|p| p.ifname == name) {
+            Some(p) => Ingress::Port(p.clone()),
+            None if name == "up0" => Ingress::Uplink,
+            None => Ingress::Other,
+        }
     }
 
     pub fn port_by_ofport(&self, ofport: u32) -> Option<&Port> {
@@ -152,6 +271,9 @@ impl World {
             drops: self.gw.drops(),
             replies: self.gw.replies(),
             ports: self.ofports().into_iter().map(|o| (o, self.gw.port_stats(o))).collect(),
+            bfd_drops: self.gw.bfd_drops(),
+            bfd: self.gw.bfd_counters(),
+            sessions: self.bfd.iter().map(|b| self.gw.bfd_session(b.slot)).collect(),
         }
     }
 }
@@ -168,6 +290,10 @@ pub struct Snapshot {
     pub drops: BTreeMap<&'static str, u64>,
     pub replies: BTreeMap<&'static str, u64>,
     pub ports: BTreeMap<u32, PortStats>,
+    pub bfd_drops: BTreeMap<&'static str, u64>,
+    pub bfd: [u64; BFD_COUNTERS_LEN as usize],
+    /// Each BFD session, by slot.
+    pub sessions: Vec<BfdSession>,
 }
 
 /// What one packet changed in the counters.
@@ -178,6 +304,11 @@ pub struct Delta {
     /// ofport -> (rx packets, tx packets) added.
     pub rx: BTreeMap<u32, u64>,
     pub tx: BTreeMap<u32, u64>,
+    pub bfd_drops: Vec<(&'static str, u64)>,
+    /// `BFD_COUNTERS` slots that moved: (slot, added).
+    pub bfd: Vec<(u32, u64)>,
+    /// Slots of the BFD sessions whose value changed.
+    pub sessions: Vec<u32>,
 }
 
 impl Delta {
@@ -185,7 +316,14 @@ impl Delta {
         let diff = |x: &BTreeMap<&'static str, u64>, y: &BTreeMap<&'static str, u64>| {
             y.iter().filter_map(|(k, v)| (*v != x[k]).then(|| (*k, v - x[k]))).collect()
         };
-        let mut d = Delta { drops: diff(&a.drops, &b.drops), replies: diff(&a.replies, &b.replies), ..Delta::default() };
+        let mut d = Delta {
+            drops: diff(&a.drops, &b.drops),
+            replies: diff(&a.replies, &b.replies),
+            bfd_drops: diff(&a.bfd_drops, &b.bfd_drops),
+            bfd: (0..a.bfd.len()).filter(|&i| a.bfd[i] != b.bfd[i]).map(|i| (i as u32, b.bfd[i] - a.bfd[i])).collect(),
+            sessions: (0..a.sessions.len()).filter(|&i| a.sessions[i] != b.sessions[i]).map(|i| i as u32).collect(),
+            ..Delta::default()
+        };
         for (o, s) in &b.ports {
             let before = &a.ports[o];
             if s.rx.packets != before.rx.packets {
@@ -200,6 +338,20 @@ impl Delta {
 
     pub fn drop_count(&self) -> u64 {
         self.drops.iter().map(|d| d.1).sum()
+    }
+
+    pub fn bfd_drop_count(&self) -> u64 {
+        self.bfd_drops.iter().map(|d| d.1).sum()
+    }
+
+    /// How much `BFD_COUNTERS` slot `slot` moved.
+    pub fn bfd(&self, slot: u32) -> u64 {
+        self.bfd.iter().find(|c| c.0 == slot).map_or(0, |c| c.1)
+    }
+
+    /// Nothing BFD moved: no counter, no drop, no session.
+    pub fn bfd_quiet(&self) -> bool {
+        self.bfd.is_empty() && self.bfd_drops.is_empty() && self.sessions.is_empty()
     }
 
     pub fn reply_count(&self) -> u64 {
