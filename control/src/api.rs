@@ -243,6 +243,10 @@ pub struct PortView {
     pub bfd: Option<BfdView>,
     /// Whether the port came from the config file (and goes with it).
     pub from_config: bool,
+    /// Why the port does not forward now (a local port whose interface is
+    /// gone), as Open vSwitch's Interface `error` column says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

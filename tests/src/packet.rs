@@ -222,7 +222,8 @@ pub mod geneve {
     }
 
     /// Parses an Ethernet frame carrying UDP to port 6081. None for anything
-    /// else; panics on a Geneve frame whose lengths do not add up.
+    /// else; panics on a Geneve frame whose lengths do not add up (or whose
+    /// version is not 0).
     pub fn parse(frame: &[u8]) -> Option<Parsed> {
         use etherparse::{NetSlice, SlicedPacket, TransportSlice};
         let p = SlicedPacket::from_ethernet(frame).ok()?;
@@ -256,17 +257,12 @@ pub mod geneve {
             }
         };
         let g = udp.payload();
-        assert!(g.len() >= 8, "Geneve payload shorter than its header: {g:02x?}");
-        let opts_len = (g[0] & 0x3f) as usize * 4;
-        assert!(g.len() >= 8 + opts_len, "Geneve options run past the packet");
-        let mut options = Vec::new();
-        let mut o = 8;
-        while o < 8 + opts_len {
-            let len = (g[o + 3] & 0x1f) as usize * 4;
-            assert!(o + 4 + len <= 8 + opts_len, "option runs past Opt Len");
-            options.push(Opt { class: u16::from_be_bytes([g[o], g[o + 1]]), typ: g[o + 2], data: g[o + 4..o + 4 + len].to_vec() });
-            o += 4 + len;
-        }
+        let v = xgw_common::geneve::View::decode(g).unwrap_or_else(|e| panic!("Geneve header {g:02x?}: {e:?}"));
+        let options = v
+            .options()
+            .map(|o| o.map(|o| Opt { class: o.class, typ: o.typ, data: o.data.to_vec() }))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("Geneve options {:02x?}: {e:?}", v.options));
         Some(Parsed {
             eth_dst: frame[0..6].try_into().unwrap(),
             eth_src: frame[6..12].try_into().unwrap(),
@@ -277,12 +273,12 @@ pub mod geneve {
             udp_csum_ok,
             header: g[..8].try_into().unwrap(),
             version: g[0] >> 6,
-            flags: g[1],
-            protocol: u16::from_be_bytes([g[2], g[3]]),
-            vni: u32::from_be_bytes([0, g[4], g[5], g[6]]),
-            reserved: g[7],
+            flags: v.flags,
+            protocol: v.protocol,
+            vni: v.vni,
+            reserved: v.reserved,
             options,
-            inner: g[8 + opts_len..].to_vec(),
+            inner: v.payload.to_vec(),
         })
     }
 }

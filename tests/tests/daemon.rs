@@ -583,3 +583,78 @@ fn keep_datapath_leaves_forwarding_running_and_uninstall_removes_it() {
     assert_eq!(show["ports"].as_array().unwrap().len(), 2);
     assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
 }
+
+/// A VM's interface deleted under the running daemon (the hypervisor tore
+/// the VM down), then created again with a new ifindex: the daemon lives on
+/// and says so in `show` and its log, the port keeps its OpenFlow number
+/// and its store record, nothing of it lingers in DEVMAP or LOCAL_PORTS
+/// while the interface is gone, the other ports are untouched and new ones
+/// can be added; when the interface returns, the maps follow the new
+/// ifindex, xgw_local is attached to it, and traffic crosses again.
+#[test]
+fn a_port_interface_deleted_under_the_daemon_keeps_its_number_and_comes_back() {
+    require_root!();
+    let mut t = two_gateways();
+    wait_resolved(&t.daemon, "hv2");
+    t.vm[0].ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", VM_IP[1]]);
+    let before = t.daemon.json(&["show"]);
+    let port = |show: &Value| show["ports"].as_array().unwrap().iter().find(|p| p["name"] == "vm1").unwrap().clone();
+    let ofport = port(&before)["ofport"].as_u64().unwrap();
+    let old_ifindex = t.gw[0].ifindex("p1");
+
+    // The veth pair goes (p1 in the gateway, eth0 in the VM).
+    t.gw[0].ok(&["ip", "link", "del", "p1"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let show = t.daemon.json(&["show"]);
+        if port(&show)["error"].is_string() {
+            break show;
+        }
+        assert!(Instant::now() < deadline, "show never reported the missing interface: {show}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let vm1 = port(&gone);
+    assert!(vm1["error"].as_str().unwrap().contains("p1"), "{vm1}");
+    assert_eq!(vm1["ofport"].as_u64(), Some(ofport), "the port keeps its number");
+    assert_eq!(gone["ofports"], before["ofports"], "no number freed or taken");
+    let maps = read_maps(&t.daemon.pins());
+    assert!(!maps[DEVMAP].contains_key(&bytes(&(ofport as u32))), "DEVMAP still has the deleted interface's port");
+    assert!(!maps[LOCAL_PORTS].contains_key(&bytes(&old_ifindex)), "LOCAL_PORTS still has the old ifindex");
+    // The tunnel and its binding are untouched, and the daemon still
+    // changes things: a new tunnel gets a fresh number, then goes.
+    let hv2 = |show: &Value| show["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap().clone();
+    assert_eq!(hv2(&gone), hv2(&before));
+    assert_eq!(gone["bindings"], before["bindings"]);
+    let t3 = t.daemon.json(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--vni", "5002"]);
+    assert_ne!(t3["ofport"].as_u64(), Some(ofport));
+    t.daemon.cli(&["tunnel", "del", "hv3"]);
+
+    // The VM comes back: same names, new ifindex.
+    Veth::new(&t.gw[0], "p1", "", &t.vm[0], "eth0", &format!("{}/24", VM_IP[0]));
+    t.vm[0].ok(&["ip", "link", "set", "eth0", "address", &mac(VM_MAC[0])]);
+    t.vm[0].ok(&["ethtool", "-K", "eth0", "tx", "off"]);
+    t.vm[0].ok(&["ip", "link", "set", "eth0", "mtu", "1422"]);
+    t.gw2.attach(&t.vm[0], "xgw_pass", "eth0");
+    let new_ifindex = t.gw[0].ifindex("p1");
+    assert_ne!(new_ifindex, old_ifindex);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let back = loop {
+        let show = t.daemon.json(&["show"]);
+        if port(&show).get("error").is_none() {
+            break show;
+        }
+        assert!(Instant::now() < deadline, "the port never recovered: {show}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(back["ports"], before["ports"], "same ports, same numbers");
+    assert_eq!(read_maps(&t.daemon.pins()), maps_from_show(&t.gw[0], &back), "the maps follow the new ifindex");
+    let net = t.gw[0].ok(&["bpftool", "-j", "net", "show"]);
+    let xdp: Value = serde_json::from_str(&net).unwrap();
+    let on_p1 = xdp[0]["xdp"].as_array().unwrap().iter().any(|e| e["devname"] == "p1" && e["ifindex"] == new_ifindex);
+    assert!(on_p1, "xgw_local is not on the new p1: {net}");
+    t.vm[0].ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", VM_IP[1]]);
+
+    let log = t.daemon.stop();
+    assert!(log.contains("interface is gone"), "{log}");
+    assert!(log.contains("interface is back"), "{log}");
+}

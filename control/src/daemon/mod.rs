@@ -75,6 +75,9 @@ impl RunOptions {
 }
 
 /// The interface index of `ifname` in this process's network namespace.
+/// How often local ports' interfaces are looked up (`Daemon::watch_links`).
+const LINK_WATCH_PERIOD: Duration = Duration::from_secs(1);
+
 pub fn ifindex(ifname: &str) -> Option<u32> {
     let c = CString::new(ifname).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string for the whole call.
@@ -154,6 +157,7 @@ pub(crate) enum Msg {
     Metrics(oneshot::Sender<Result<String>>),
     RefreshNexthops,
     WatchBfd,
+    WatchLinks,
     Reload(PathBuf),
     Stop { keep_datapath: bool, done: oneshot::Sender<Result<()>> },
 }
@@ -246,6 +250,7 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     }
     tokio::spawn(every(opts.nexthop_refresh, tx.clone(), || Msg::RefreshNexthops));
     tokio::spawn(every(bfd::WATCH_PERIOD, tx.clone(), || Msg::WatchBfd));
+    tokio::spawn(every(LINK_WATCH_PERIOD, tx.clone(), || Msg::WatchLinks));
     notify_systemd("READY=1");
     tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
 
@@ -307,6 +312,7 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>) {
             }
             Msg::RefreshNexthops => d.refresh_nexthops(false),
             Msg::WatchBfd => d.watch_bfd(),
+            Msg::WatchLinks => d.watch_links(),
             Msg::Reload(path) => match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
                 Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                 Err(e) => tracing::error!("config not reloaded: {e:#}"),
@@ -363,6 +369,7 @@ fn start(
     match how {
         pins::Attached::Adopted => tracing::info!(uplink = opts.uplink, "adopted the running datapath; xgw_uplink swapped in place"),
         pins::Attached::New => tracing::info!(uplink = opts.uplink, mode = ?opts.mode, "xgw_uplink attached"),
+        pins::Attached::Renewed => tracing::warn!(uplink = opts.uplink, "the pinned xgw_uplink link had lost its interface; attached anew"),
     }
     let mut local_ips = Vec::new();
     local_ips.extend(ip4.map(IpAddr::from));

@@ -21,8 +21,9 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        Xdp,
+        ProgramError, Xdp,
     },
+    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 
@@ -125,23 +126,38 @@ pub enum Attached {
     Adopted,
     /// Attached now and pinned.
     New,
+    /// The pinned link had lost its interface (deleted, maybe recreated
+    /// since): replaced by a new one.
+    Renewed,
 }
 
 /// Puts `prog` on `ifname` through the link pinned at `pin`: swaps the
 /// program of an existing pinned link atomically, or attaches and pins a new
 /// link.
+/// A pinned link whose interface was deleted is defunct: its update fails
+/// with ENOLINK, and it is replaced by a new link on the interface now
+/// bearing the name (`Attached::Renewed`).
 pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Result<Attached> {
+    let mut renewed = false;
     if pin.exists() {
         let link: FdLink = PinnedLink::from_pin(pin)
             .with_context(|| format!("opening the pinned link {}", pin.display()))?
             .into();
         let link = XdpLink::try_from(link).with_context(|| format!("{} is not an XDP link", pin.display()))?;
-        let id = prog
-            .attach_to_link(link)
-            .with_context(|| format!("updating the program of the XDP link on {ifname} ({})", pin.display()))?;
-        // The pin holds the link; this process's handle can go.
-        let _ = prog.take_link(id)?;
-        return Ok(Attached::Adopted);
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // The pin holds the link; this process's handle can go.
+                let _ = prog.take_link(id)?;
+                return Ok(Attached::Adopted);
+            }
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. })) if io_error.raw_os_error() == Some(libc::ENOLINK) => {
+                detach(pin)?;
+                renewed = true;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("updating the program of the XDP link on {ifname} ({})", pin.display()))
+            }
+        }
     }
     let id = prog.attach(ifname, mode.xdp_mode()).map_err(|e| datapath::explain_attach_error(ifname, mode, e))?;
     let link: FdLink = prog
@@ -149,7 +165,7 @@ pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Res
         .try_into()
         .with_context(|| format!("the kernel attached XDP to {ifname} without a bpf_link; cannot pin it"))?;
     link.pin(pin).with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
-    Ok(Attached::New)
+    Ok(if renewed { Attached::Renewed } else { Attached::New })
 }
 
 /// Detaches by removing the pin (the last reference to the link).

@@ -82,6 +82,9 @@ pub struct Daemon {
     port_stats: PerCpuArray<MapData, PortStats>,
     netlink: Netlink,
     nexthops: BTreeMap<String, NexthopState>,
+    /// Local port name -> the ifindex its interface had when last looked at
+    /// (`None`: no such interface). See `watch_links`.
+    links: BTreeMap<String, Option<u32>>,
     pub(super) hooks: Box<dyn TunnelHooks>,
 }
 
@@ -174,6 +177,7 @@ impl Daemon {
             tunnel_bfd,
             peers,
             nexthops: BTreeMap::new(),
+            links: BTreeMap::new(),
             hooks,
         })
     }
@@ -209,6 +213,7 @@ impl Daemon {
             }
         }
         self.refresh_nexthops(true);
+        self.watch_links();
         Ok(())
     }
 
@@ -285,6 +290,59 @@ impl Daemon {
                 Ok(how) => tracing::info!(ifname, ?how, "xgw_local attached"),
                 Err(e) => tracing::warn!(ifname, "cannot attach xgw_local: {e:#}"),
             }
+        }
+    }
+
+    /// Interfaces of local ports that vanished or came back (a VM's veth
+    /// deleted and recreated, with a new ifindex): the port keeps its
+    /// OpenFlow number and its store record; its DEVMAP and LOCAL_PORTS
+    /// entries follow the interface through `reconcile` (the kernel drops
+    /// a deleted device's DEVMAP entry itself; a stale LOCAL_PORTS entry is
+    /// removed), and `xgw_local` is attached to the new interface. Called
+    /// every `LINK_WATCH_PERIOD`: one if_nametoindex per local port.
+    pub(super) fn watch_links(&mut self) {
+        let now: BTreeMap<String, (String, OfPort, Option<u32>)> = self
+            .ports
+            .ports()
+            .filter_map(|r| match &r.spec {
+                PortSpec::Local(p) => Some((p.name.clone(), (p.ifname.clone(), r.ofport, super::ifindex(&p.ifname)))),
+                PortSpec::Tunnel(_) => None,
+            })
+            .collect();
+        let mut changed = false;
+        for (name, (ifname, ofport, ifindex)) in &now {
+            match (self.links.get(name), ifindex) {
+                (Some(before), now) if before == now => continue,
+                (None, Some(_)) => {}
+                (None, None) => {
+                    tracing::warn!(port = name, ifname, ofport = ofport.get(), "interface does not exist; the port keeps its OpenFlow number and forwards once the interface appears");
+                }
+                (Some(_), None) => {
+                    tracing::warn!(port = name, ifname, ofport = ofport.get(), "interface is gone; the port keeps its OpenFlow number and forwards again when the interface returns");
+                    changed = true;
+                }
+                (Some(_), Some(i)) => {
+                    tracing::info!(port = name, ifname, ifindex = i, "interface is back (or was recreated); repairing its map entries and XDP link");
+                    changed = true;
+                }
+            }
+        }
+        self.links = now.into_iter().map(|(name, (_, _, i))| (name, i)).collect();
+        if changed {
+            let report = self.ports.reconcile();
+            // A missing interface cannot be written into DEVMAP: expected
+            // until it returns, so not worth more than a debug line.
+            tracing::info!(
+                recreated = report.recreated.len(),
+                removed = report.removed.len(),
+                rewritten = report.rewritten.len(),
+                pending = report.failed.len(),
+                "port maps reconciled after an interface change"
+            );
+            for f in &report.failed {
+                tracing::debug!("{f}");
+            }
+            self.sync_local_links();
         }
     }
 
@@ -973,6 +1031,11 @@ impl Daemon {
         let from_config = self.owned.ports.contains(r.name());
         match &r.spec {
             PortSpec::Local(p) => PortView {
+                error: self
+                    .links
+                    .get(&p.name)
+                    .is_some_and(Option::is_none)
+                    .then(|| format!("interface {} is gone; forwarding resumes when it returns", p.ifname)),
                 name: p.name.clone(),
                 ofport: r.ofport.get(),
                 kind: "local".into(),
@@ -1001,6 +1064,7 @@ impl Daemon {
                     remote_ip: Some(t.remote),
                     ovn_metadata: Some(t.ovn_metadata),
                     nexthop: Some(Nexthop { mac: nh.mac.map(mac_str), resolved: nh.resolved }),
+                    error: None,
                     bfd: t.bfd.then(|| {
                         let s = bfd.get(&t.name).filter(|s| s.kind == "tunnel");
                         let timers = self.bfd_of(&t.name);
