@@ -295,6 +295,9 @@ pub struct UplinkView {
     pub local_ips: Vec<IpAddr>,
     /// `native` or `skb`.
     pub mode: String,
+    /// Set while the uplink interface is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

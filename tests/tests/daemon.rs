@@ -658,3 +658,56 @@ fn a_port_interface_deleted_under_the_daemon_keeps_its_number_and_comes_back() {
     assert!(log.contains("interface is gone"), "{log}");
     assert!(log.contains("interface is back"), "{log}");
 }
+
+/// The uplink itself deleted under the daemon: it keeps running, says so
+/// in `show` and its log, and still takes changes. Recreated (a new
+/// ifindex), it exits non-zero with the reason, leaving the datapath and
+/// its pins in place, so that the service manager's restart sets up the
+/// new uplink: the restarted daemon has the same ports and numbers, its
+/// xgw_uplink on the new interface and the next hop resolved again.
+#[test]
+fn the_uplink_deleted_under_the_daemon_is_reported_and_its_return_restarts_it() {
+    require_root!();
+    let mut gw = gateway("dupl");
+    gw.daemon.start();
+    gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--bfd"]);
+    gw.daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    let before = wait_resolved(&gw.daemon, "hv2");
+
+    gw.ns.ok(&["ip", "link", "del", "ul"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let show = gw.daemon.json(&["show"]);
+        if show["uplink"]["error"].is_string() {
+            break show;
+        }
+        assert!(Instant::now() < deadline, "show never reported the missing uplink: {show}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(gone["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(gone["ofports"], before["ofports"]);
+    gw.daemon.cli(&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", "02:00:5e:20:00:09"]);
+
+    Veth::new(&gw.ns, "ul", &format!("{}/24", GW_IP[0]), &gw.peer, "w2", &format!("{}/24", GW_IP[1]));
+    let p = gw.daemon.process.take().expect("running");
+    let (status, _, log) = p.wait(Duration::from_secs(10)).expect("the daemon exits once the uplink is back");
+    assert!(!status.success(), "exit {status}");
+    assert!(log.contains("uplink interface is gone") && log.contains("was recreated"), "{log}");
+    let pins = gw.daemon.pins();
+    assert!(pins.join("links/uplink").exists() && pins.join(FDB).exists(), "the datapath's pins must stay");
+
+    gw.daemon.start();
+    let after = wait_resolved(&gw.daemon, "hv2");
+    let numbers = |v: &Value| v["ports"].as_array().unwrap().iter().map(|p| (p["name"].clone(), p["ofport"].clone())).collect::<Vec<_>>();
+    assert_eq!(numbers(&after).len(), 3);
+    assert!(numbers(&before).iter().all(|n| numbers(&after).contains(n)), "numbers kept: {after}");
+    assert_eq!(after["uplink"]["ifindex"].as_u64(), Some(gw.ns.ifindex("ul") as u64));
+    assert!(after["uplink"].get("error").is_none());
+    let peer_mac = gw.peer.ok(&["cat", "/sys/class/net/w2/address"]).trim().to_owned();
+    let hv2 = after["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap().clone();
+    assert_eq!(hv2["nexthop"]["mac"], peer_mac.as_str());
+    assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &after));
+    let net: Value = serde_json::from_str(&gw.ns.ok(&["bpftool", "-j", "net", "show"])).unwrap();
+    let on_ul = net[0]["xdp"].as_array().unwrap().iter().any(|e| e["devname"] == "ul");
+    assert!(on_ul, "xgw_uplink is not on the new uplink: {net}");
+}

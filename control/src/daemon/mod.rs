@@ -215,6 +215,7 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     }
 
     let (tx, rx) = mpsc::channel::<Msg>(256);
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
     let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
     let owner = {
         let (opts, pins) = (opts.clone(), pins.clone());
@@ -222,7 +223,7 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
             match start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6) {
                 Ok(daemon) => {
                     let _ = ready_tx.send(Ok(()));
-                    own(daemon, rx);
+                    own(daemon, rx, fatal_tx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -264,6 +265,13 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(e) = fatal_rx.recv() => {
+                // The state thread has stopped, leaving the datapath running.
+                notify_systemd("STOPPING=1");
+                let _ = fs::remove_file(&opts.socket);
+                let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+                return Err(e);
+            }
         }
     }
     notify_systemd("STOPPING=1");
@@ -294,7 +302,10 @@ async fn every(period: Duration, tx: mpsc::Sender<Msg>, msg: fn() -> Msg) {
 }
 
 /// The state's owner: applies the messages in arrival order until `Stop`.
-fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>) {
+/// A condition only a restart resolves ends the loop through `fatal`: the
+/// datapath stays (pins kept, BFD sessions left for adoption) and the
+/// daemon exits with the error, for the service manager to restart it.
+fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<anyhow::Error>) {
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Request(request, reply) => {
@@ -312,7 +323,14 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>) {
             }
             Msg::RefreshNexthops => d.refresh_nexthops(false),
             Msg::WatchBfd => d.watch_bfd(),
-            Msg::WatchLinks => d.watch_links(),
+            Msg::WatchLinks => {
+                if let Err(e) = d.watch_links() {
+                    tracing::error!("{e:#}");
+                    d.hooks.shutdown(true);
+                    let _ = fatal.send(e);
+                    return;
+                }
+            }
             Msg::Reload(path) => match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
                 Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                 Err(e) => tracing::error!("config not reloaded: {e:#}"),
@@ -384,6 +402,7 @@ fn start(
             AttachMode::Native => "native".into(),
             AttachMode::Skb => "skb".into(),
         },
+        error: None,
     };
     // The BFD engine takes its maps out of the object and opens its sockets
     // here, in the daemon's network namespace.

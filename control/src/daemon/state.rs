@@ -213,8 +213,7 @@ impl Daemon {
             }
         }
         self.refresh_nexthops(true);
-        self.watch_links();
-        Ok(())
+        self.watch_links()
     }
 
     /// The BFD timers of tunnel `name`.
@@ -300,7 +299,26 @@ impl Daemon {
     /// a deleted device's DEVMAP entry itself; a stale LOCAL_PORTS entry is
     /// removed), and `xgw_local` is attached to the new interface. Called
     /// every `LINK_WATCH_PERIOD`: one if_nametoindex per local port.
-    pub(super) fn watch_links(&mut self) {
+    ///
+    /// The uplink too: gone, it is logged and shown; back as a new
+    /// interface, everything bound to its ifindex (the UPLINK map, the
+    /// uplink's XDP link, the BFD engine's sockets) must be set up anew,
+    /// which is what a start does: the error asks for a restart.
+    pub(super) fn watch_links(&mut self) -> Result<()> {
+        let up = super::ifindex(&self.uplink.ifname);
+        match up {
+            Some(i) if i != self.uplink.ifindex => bail!(
+                "uplink {} was recreated (ifindex {} -> {i}); exiting so that the service manager restarts xgw on it (the datapath keeps running)",
+                self.uplink.ifname,
+                self.uplink.ifindex
+            ),
+            Some(_) => self.uplink.error = None,
+            None if self.uplink.error.is_none() => {
+                tracing::warn!(uplink = self.uplink.ifname, "uplink interface is gone: no Geneve in or out until it returns");
+                self.uplink.error = Some(format!("uplink interface {} is gone", self.uplink.ifname));
+            }
+            None => {}
+        }
         let now: BTreeMap<String, (String, OfPort, Option<u32>)> = self
             .ports
             .ports()
@@ -344,6 +362,7 @@ impl Daemon {
             }
             self.sync_local_links();
         }
+        Ok(())
     }
 
     pub fn handle(&mut self, req: Request) -> Result<Value> {
