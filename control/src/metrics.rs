@@ -2,7 +2,7 @@
 //! served on a loopback address by a deliberately small HTTP responder (tokio
 //! tasks): one `GET /metrics` per connection, nothing else. Values are read from the
 //! maps at scrape time, so a scrape costs nothing between scrapes.
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use prometheus_client::{
@@ -14,7 +14,7 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot},
 };
 
 use crate::daemon::{Daemon, Msg};
@@ -113,25 +113,17 @@ const MAX_CONNECTIONS: usize = 8;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) async fn serve(listener: TcpListener, tx: mpsc::Sender<Msg>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!("metrics: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let l = &listener;
+    let accept = || async move { l.accept().await.map(|(s, _)| s) };
+    crate::daemon::accept_loop("metrics", MAX_CONNECTIONS, accept, |stream| {
         let tx = tx.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = respond(stream, tx).await {
                 tracing::debug!("metrics request: {e:#}");
             }
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn respond(stream: TcpStream, tx: mpsc::Sender<Msg>) -> Result<()> {

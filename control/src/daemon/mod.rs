@@ -465,21 +465,35 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
 }
 
 async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let l = &listener;
+    accept_loop("api", MAX_CONNECTIONS, || async move { l.accept().await.map(|(s, _)| s) }, |stream| connection(stream, tx.clone())).await
+}
+
+/// Accepts connections for ever, serving at most `max` at once (the rest
+/// wait in the kernel's backlog): the API socket's loop and the metrics
+/// endpoint's.
+pub(crate) async fn accept_loop<S, A, AF, H, HF>(what: &str, max: usize, mut accept: A, serve: H)
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = std::io::Result<S>>,
+    H: Fn(S) -> HF,
+    HF: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let stream = match accept().await {
+            Ok(s) => s,
             Err(e) => {
                 // EMFILE and the like: wait rather than spin.
-                tracing::warn!("api: accept: {e}");
+                tracing::warn!("{what}: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let tx = tx.clone();
+        let served = serve(stream);
         tokio::spawn(async move {
-            connection(stream, tx).await;
+            served.await;
             drop(permit);
         });
     }
