@@ -343,3 +343,21 @@ fn with_the_engine_gone_the_datapath_answers_an_up_peer_itself() {
     std::thread::sleep(Duration::from_millis(8));
     assert_eq!(run(&up).verdict, XDP_DROP, "the session is no longer Up");
 }
+
+/// Until the tunnel's next hop resolves there is no one to send to: the
+/// engine sends nothing (a frame to 00:00:00:00:00:00 would be flooded by
+/// the underlay) and says why; once the next hop is known it sends.
+#[test]
+fn no_frame_leaves_before_the_next_hop_resolves() {
+    require_root!();
+    let f = fixture();
+    let Path::Geneve { ofport, remote_ip, local_ip, vni, .. } = tunnel(VNI) else { unreachable!() };
+    let unresolved = Path::Geneve { ofport, remote_ip, local_ip, vni, nexthop_mac: [0; 6] };
+    f.engine.add("t1", unresolved, Config { min_tx_ms: 10, min_rx_ms: 10, mult: 3, echo: false }).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = f.status("t1");
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("next hop is unresolved")), "{s:?}");
+    f.engine.set_nexthop("t1", HV_MAC).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(f.status("t1").error, None);
+}

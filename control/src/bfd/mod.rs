@@ -781,6 +781,9 @@ impl Inner {
             self.slots.set_tx(slot as u32, e.session.advertised(), e.session.last_tx_ns());
             if let Some(c) = a.send {
                 let r = match &e.tx {
+                    // A frame to 00:00:00:00:00:00 would only be flooded
+                    // (or dropped) by the underlay: wait for the next hop.
+                    Tx::Geneve(h) if h.dst_mac == [0; 6] => Err(io::Error::other("not sent: the next hop is unresolved")),
                     Tx::Geneve(h) => match &self.packet {
                         Some(p) => p.send(&frame::geneve_frame(h, &c)),
                         None => Err(io::ErrorKind::NotConnected.into()),
