@@ -119,7 +119,8 @@ fn swap_ip(f: &mut [u8; UDP_PAYLOAD], ttl: u8, tos: u8) {
 }
 
 /// What Open vSwitch accepts inside the tunnel (see the probe results in
-/// docs): IPv4 without options, UDP 3784, TTL 255, no critical option.
+/// docs): IPv4 without options, unfragmented, UDP 3784, TTL 255, no
+/// critical option.
 #[inline(always)]
 fn geneve_control(ctx: &XdpContext, inner: usize, len: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
     if gflags & FLAG_CRITICAL != 0 {
@@ -130,7 +131,8 @@ fn geneve_control(ctx: &XdpContext, inner: usize, len: usize, gflags: u8) -> Res
         return Err(DecodeError::Encapsulation);
     }
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, inner + ETH_HLEN).ok_or(DecodeError::Truncated)? };
-    if ip.vihl != 0x45 || ip.proto != IPPROTO_UDP {
+    // A fragment is not a whole control packet (found by the fuzzer).
+    if ip.vihl != 0x45 || ip.proto != IPPROTO_UDP || u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
         return Err(DecodeError::Encapsulation);
     }
     if ip.ttl != bfd::TTL {
