@@ -123,6 +123,44 @@ impl Frr {
             .collect()
     }
 
+    /// Adds single-hop peers to the running bfdd through vtysh, a batch of
+    /// them per call (the argument list stays bounded); fails naming
+    /// vtysh's complaint if a peer is refused.
+    pub fn add_peers(&self, peers: &[FrrBfd]) {
+        for batch in peers.chunks(200) {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", &self.ns_name, "vtysh", "--vty_socket"])
+                .arg(self.dir.join("run"))
+                .arg("--config_dir")
+                .arg(self.dir.join("etc"))
+                .args(["-c", "configure terminal", "-c", "bfd"]);
+            for p in batch {
+                cmd.args(["-c", &format!("peer {} interface {} local-address {}", p.peer, p.ifname, p.local)]);
+                cmd.args(["-c", &format!("detect-multiplier {}", p.mult)]);
+                cmd.args(["-c", &format!("receive-interval {}", p.rx_ms)]);
+                cmd.args(["-c", &format!("transmit-interval {}", p.tx_ms)]);
+                if let Some(e) = p.echo_ms {
+                    cmd.args(["-c", "echo-mode", "-c", &format!("echo transmit-interval {e}"), "-c", &format!("echo receive-interval {e}")]);
+                }
+                cmd.args(["-c", "exit"]);
+            }
+            let out = cmd.output().expect("vtysh");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && !text.contains('%'), "vtysh refused a bfd peer ({}): {text}", out.status);
+        }
+    }
+
+    /// Sessions whose status is up, from `show bfd peers brief` (the plain
+    /// table: much less work for bfdd than the JSON of every peer).
+    pub fn peers_up(&self) -> usize {
+        self.vtysh("show bfd peers brief").lines().filter(|l| l.split_whitespace().last() == Some("up")).count()
+    }
+
+    /// The bfdd process (its CPU time is in /proc/<pid>/stat).
+    pub fn bfdd_pid(&self) -> u32 {
+        self.bfdd.as_ref().expect("bfdd running").pid()
+    }
+
     pub fn log(&self) -> String {
         let t = fs::read_to_string(self.dir.join("log/bfdd.log")).unwrap_or_default();
         t.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")

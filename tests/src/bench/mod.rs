@@ -2,6 +2,7 @@
 //! measured figures beside a baseline from the same run, their statistics,
 //! the markdown table and JSON under bench/results/, the checks that every
 //! figure was really produced, and the plot of packet rate against size.
+pub mod bfd;
 pub mod plot;
 pub mod versus;
 pub mod veth;

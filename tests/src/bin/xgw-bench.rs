@@ -5,7 +5,8 @@
 //!
 //! Measured:
 //! - program cost through BPF_PROG_TEST_RUN (ns per packet, timed by the
-//!   kernel), decap, encap and the ARP reply beside a trivial XDP_PASS;
+//!   kernel), decap, encap, the ARP reply, BFD receive (single-hop and
+//!   inside Geneve) and BFD echo reflection beside a trivial XDP_PASS;
 //! - packets per second on the veth path against inner frame size, decap
 //!   and encap, beside a trivial redirect program on the same path
 //!   (`bench::veth`);
@@ -22,18 +23,20 @@ use std::{path::PathBuf, time::Duration};
 use aya::programs::{TestRun, TestRunOptions};
 
 use xgw_tests::{
-    bench::{self, stats, versus, veth, Row},
+    bench::{self, bfd::{BfdCost, Kind}, stats, versus, veth, Row},
     gateway::TestGateway,
+    packet::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
-/// Mean ns per packet of `prog` on `pkt` over `packets` runs.
+/// Mean ns per packet of `prog` on `pkt` over `packets` runs; every run
+/// must end in `verdict`, or the figure measured some other path.
 ///
 /// One packet per BPF_PROG_TEST_RUN call: with `repeat` > 1 the kernel runs
 /// the program again on the *same* buffer, so after the first decap every
 /// further run sees an already stripped frame and measures nothing useful.
 /// The kernel times each call around the program alone, so the syscall's
 /// own cost stays out of the figure.
-fn ns_per_packet(gw: &TestGateway, prog: &str, pkt: &[u8], packets: u32, ifindex: u32) -> f64 {
+fn ns_per_packet(gw: &TestGateway, prog: &str, pkt: &[u8], packets: u32, ifindex: u32, verdict: u32) -> f64 {
     let p = gw.program(prog);
     let mut out = vec![0u8; pkt.len() + 256];
     let md = veth::xdp_md(pkt.len(), ifindex);
@@ -46,15 +49,23 @@ fn ns_per_packet(gw: &TestGateway, prog: &str, pkt: &[u8], packets: u32, ifindex
             repeat: 1,
             ..TestRunOptions::new()
         };
-        total += p.test_run(opts).expect("test_run").duration.as_nanos();
+        let r = p.test_run(opts).expect("test_run");
+        assert_eq!(r.return_value, verdict, "{prog}: verdict {} instead of {verdict}", r.return_value);
+        total += r.duration.as_nanos();
     }
     total as f64 / packets as f64
 }
 
 const FULL_SIZES: [u32; 6] = [64, 128, 256, 512, 1024, 1400];
 const QUICK_SIZES: [u32; 2] = [64, 1400];
-const COST_ROWS: [&str; 3] =
-    ["decap (Geneve+OVN option, IPv4)", "encap (Geneve+OVN option, IPv4)", "ARP reply (request for a bound IP)"];
+const COST_ROWS: [&str; 6] = [
+    "decap (Geneve+OVN option, IPv4)",
+    "encap (Geneve+OVN option, IPv4)",
+    "ARP reply (request for a bound IP)",
+    "BFD receive, single-hop (session Up, packet Up)",
+    "BFD receive inside Geneve, OVS-style (session Up, packet Up)",
+    "BFD echo reflection (single-hop peer, echo on)",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -93,14 +104,24 @@ fn main() {
     // The VM asks for its peer's MAC; xgw_local answers from NEIGH in place.
     gw.add_neigh(veth::VNI, xgw_common::maps::ipv4_mapped(veth::REMOTE_IP), veth::REMOTE_MAC);
     let arp_pkt = xgw_tests::packet::arp_request(veth::VM_MAC, veth::VM_IP, veth::REMOTE_IP);
+    // BFD sessions held by the real engine (in a namespace of its own),
+    // brought Up through the datapath itself.
+    let bfd = BfdCost::new(&mut gw);
     // Interleave measured and baseline runs so drift on a noisy VM hits both.
     let (mut pass, mut decap, mut encap, mut arp) = (vec![], vec![], vec![], vec![]);
+    let (mut bfd_rx, mut bfd_geneve, mut bfd_echo) = (vec![], vec![], vec![]);
     for _ in 0..runs {
-        pass.push(ns_per_packet(&gw, "xgw_pass", &decap_pkt, repeat, 0));
-        decap.push(ns_per_packet(&gw, "xgw_uplink", &decap_pkt, repeat, 0));
-        encap.push(ns_per_packet(&gw, "xgw_local", &encap_pkt, repeat, 1));
-        arp.push(ns_per_packet(&gw, "xgw_local", &arp_pkt, repeat, 1));
+        pass.push(ns_per_packet(&gw, "xgw_pass", &decap_pkt, repeat, 0, XDP_PASS));
+        decap.push(ns_per_packet(&gw, "xgw_uplink", &decap_pkt, repeat, 0, XDP_REDIRECT));
+        encap.push(ns_per_packet(&gw, "xgw_local", &encap_pkt, repeat, 1, XDP_REDIRECT));
+        arp.push(ns_per_packet(&gw, "xgw_local", &arp_pkt, repeat, 1, XDP_TX));
+        // Each BFD run must leave the sessions as it found them (Up) and
+        // move their counters by exactly `repeat`: see `bench::bfd`.
+        bfd_rx.push(bfd.measure(&gw, Kind::SingleHop, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)));
+        bfd_geneve.push(bfd.measure(&gw, Kind::Geneve, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)));
+        bfd_echo.push(bfd.measure(&gw, Kind::Echo, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_TX)));
     }
+    drop(bfd);
     // Every run must have done the work for real, or the figure is meaningless.
     let n = repeat as u64 * runs as u64;
     let tunnel = gw.port_stats(veth::TUNNEL as u32);
@@ -108,7 +129,7 @@ fn main() {
     assert_eq!(tunnel.tx.packets, n, "not every encap run encapsulated");
     assert_eq!(gw.replies()["arp"], n, "not every ARP request was answered");
     let pass = stats(pass);
-    let mut rows: Vec<Row> = [decap, encap, arp]
+    let mut rows: Vec<Row> = [decap, encap, arp, bfd_rx, bfd_geneve, bfd_echo]
         .into_iter()
         .zip(COST_ROWS)
         .map(|(v, name)| Row::new(name, "ns/pkt", "xgw_pass", stats(v), pass))
