@@ -199,7 +199,10 @@ pub struct DecapFlow {
 pub struct EncapFlowKey {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 6],
+    // Scalars, not a byte array: LLVM zeroes a 6-byte array with a call to
+    // a memset subprogram, a call and return per packet.
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 /// What LOCAL_PORTS, FDB and (for a remote destination) TUNNELS said.

@@ -71,63 +71,46 @@ pub fn decap(remote: [u8; 16], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
     Ok((tunnel, dest))
 }
 
-/// Where a frame from a local port goes. Copies, not references into the
-/// maps: a reference into the cache on a hit and into the hash maps on a
-/// miss would be two pointer types, and the verifier would walk everything
-/// after the lookup once for each.
-#[derive(Clone, Copy)]
-pub enum Dest {
-    /// Another local port (`FDB_LOCAL`).
-    Local(FdbEntry),
-    /// A remote binding (`FDB_REMOTE`) and its tunnel.
-    Remote(FdbEntry, Tunnel),
-}
-
-impl Dest {
-    #[inline(always)]
-    pub fn entry(&self) -> &FdbEntry {
-        match self {
-            Dest::Local(e) | Dest::Remote(e, _) => e,
-        }
-    }
-}
-
 /// Encap: the local port a frame arrived on (LOCAL_PORTS by ifindex; `None`
 /// if the interface is not one) and, for a unicast destination MAC `dst`,
-/// where it lives in the port's VNI (FDB, then TUNNELS for a remote one;
-/// `None` if unknown). `dst` is `None` for a frame too short to have one.
+/// where it lives in the port's VNI: the flow's slot, holding the FDB entry
+/// and, for a remote one, its tunnel (`None` if FDB or TUNNELS has no
+/// entry). `dst` is `None` for a frame too short to have one.
+///
+/// The destination is always read from the slot, filled first on a miss:
+/// one pointer type on every path, so the verifier walks what follows once.
+/// The slot's index is below FLOW_SLOTS by construction, so its lookup
+/// cannot fail; if it did, the destination would count as unknown, never
+/// as another flow's.
 #[inline(always)]
-pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<Dest>)> {
+pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'static EncapFlow>)> {
     let generation = generation();
     let unicast = dst.filter(|d| d[0] & 1 == 0);
     let mut slot = None;
     if let Some(mac) = unicast {
-        let key = EncapFlowKey { ifindex, mac, _pad: [0; 6] };
+        let key = EncapFlowKey { ifindex, mac, _pad0: 0, _pad1: 0 };
         if let Some(e) = ENCAP_FLOWS.get_ptr_mut(key.slot()) {
             let f = unsafe { &*e };
             if f.filled != 0 && f.generation == generation && same(&f.key.words(), &key.words()) {
-                let dest = if f.dest.kind == FDB_LOCAL { Dest::Local(f.dest) } else { Dest::Remote(f.dest, f.tunnel) };
-                return Some((f.port, Some(dest)));
+                return Some((f.port, Some(f)));
             }
             slot = Some((e, key));
         }
     }
 
     let port = *unsafe { LOCAL_PORTS.get(&ifindex) }?;
-    let Some(mac) = unicast else { return Some((port, None)) };
-    let Some(entry) = (unsafe { FDB.get(&FdbKey { vni: port.vni, mac, _pad: [0; 2] }) }).copied() else {
+    let (Some(mac), Some((e, key))) = (unicast, slot) else { return Some((port, None)) };
+    let Some(dest) = (unsafe { FDB.get(&FdbKey { vni: port.vni, mac, _pad: [0; 2] }) }).copied() else {
         return Some((port, None));
     };
-    let (dest, tunnel) = if entry.kind == FDB_LOCAL {
-        (Dest::Local(entry), Tunnel::default())
+    let tunnel = if dest.kind == FDB_LOCAL {
+        Tunnel::default()
     } else {
-        let Some(tunnel) = (unsafe { TUNNELS.get(&(entry.ofport as u32)) }).copied() else {
-            return Some((port, None));
-        };
-        (Dest::Remote(entry, tunnel), tunnel)
+        match unsafe { TUNNELS.get(&(dest.ofport as u32)) } {
+            Some(t) => *t,
+            None => return Some((port, None)),
+        }
     };
-    if let Some((e, key)) = slot {
-        unsafe { *e = EncapFlow { key, generation, port, dest: entry, tunnel, filled: 1 } };
-    }
-    Some((port, Some(dest)))
+    unsafe { *e = EncapFlow { key, generation, port, dest, tunnel, filled: 1 } };
+    Some((port, Some(unsafe { &*e })))
 }

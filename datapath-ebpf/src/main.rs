@@ -16,8 +16,7 @@ mod responder;
 mod toobig;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
-use flows::Dest;
-use xgw_common::{counters::{Drop, Reply}, maps::DEVMAP_UPLINK};
+use xgw_common::{counters::{Drop, Reply}, maps::{DEVMAP_UPLINK, FDB_LOCAL}};
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
@@ -64,7 +63,7 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let len = ctx.data_end() - ctx.data();
     let dst = parse::ptr_at::<network_types::eth::EthHdr>(&ctx, 0).map(|eth| unsafe { (*eth).dst_addr });
-    let Some((port, dest)) = flows::local(ifindex, dst) else {
+    let Some((port, flow)) = flows::local(ifindex, dst) else {
         return xdp_action::XDP_PASS;
     };
     maps::count_rx(port.ofport as u32, len);
@@ -81,32 +80,30 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
             None => drop(Drop::Flood),
         };
     }
-    let Some(dest) = dest else {
+    let Some(flow) = flow else {
         return drop(Drop::UnknownDestination);
     };
-    let out = match dest {
-        Dest::Local(to) => {
-            if to.ofport == port.ofport {
-                return drop(Drop::Hairpin);
-            }
-            to.ofport as u32
+    let dest = &flow.dest;
+    let out = if dest.kind == FDB_LOCAL {
+        if dest.ofport == port.ofport {
+            return drop(Drop::Hairpin);
         }
-        Dest::Remote(to, tunnel) => {
-            if let Err(reason) = encap::geneve(&ctx, &port, &to, &tunnel, len) {
-                maps::count_drop(reason);
-                if reason == Drop::MtuExceeded && toobig::reply(&ctx, &tunnel) {
-                    maps::count_reply(Reply::TooBig);
-                    maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
-                    return xdp_action::XDP_TX;
-                }
-                return xdp_action::XDP_DROP;
+        dest.ofport as u32
+    } else {
+        if let Err(reason) = encap::geneve(&ctx, &port, dest, &flow.tunnel, len) {
+            maps::count_drop(reason);
+            if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel) {
+                maps::count_reply(Reply::TooBig);
+                maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
+                return xdp_action::XDP_TX;
             }
-            DEVMAP_UPLINK
+            return xdp_action::XDP_DROP;
         }
+        DEVMAP_UPLINK
     };
     match maps::DEVMAP.redirect(out, 0) {
         Ok(action) => {
-            maps::count_tx(dest.entry().ofport as u32, ctx.data_end() - ctx.data());
+            maps::count_tx(dest.ofport as u32, ctx.data_end() - ctx.data());
             action
         }
         Err(_) => drop(Drop::RedirectFailed),
