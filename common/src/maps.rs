@@ -20,6 +20,9 @@ pub mod names {
     pub const BFD_EVENTS: &str = "BFD_EVENTS";
     pub const BFD_DROPS: &str = "BFD_DROPS";
     pub const BFD_COUNTERS: &str = "BFD_COUNTERS";
+    pub const GENERATION: &str = "GENERATION";
+    pub const DECAP_FLOWS: &str = "DECAP_FLOWS";
+    pub const ENCAP_FLOWS: &str = "ENCAP_FLOWS";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -145,6 +148,114 @@ pub struct Neigh {
 /// An IPv4 address as stored in 16-byte fields.
 pub const fn ipv4_mapped(ip: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// The flow caches (`DECAP_FLOWS`, `ENCAP_FLOWS`): per-CPU, direct-mapped
+/// copies of what the hash maps above answered for recent packets, so that a
+/// packet of a known flow makes no hash lookup (each one is a helper call,
+/// ~30 ns on a CPU with return-stack mitigations). A slot holds the full key,
+/// so two keys sharing a slot only evict each other; it holds the value of
+/// `GENERATION` read before the lookups that filled it, and is used only
+/// while `GENERATION` still has that value. The controller bumps
+/// `GENERATION` after every write to LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS or
+/// TUNNEL_BY_REMOTE, so the packet after a write never sees an older value.
+pub const FLOW_SLOTS_LOG2: u32 = 10;
+pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_LOG2;
+
+/// `GENERATION` is an mmap-able array of one `u64`: the controller adds to
+/// it atomically through the mapping, without a syscall.
+pub const GENERATION_INDEX: u32 = 0;
+
+/// Decap: (remote IP, VNI, OVN egress key, inner destination MAC). The MAC
+/// is zero when the egress key (non-zero) chooses the port, so every MAC
+/// behind one port key shares the entry.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapFlowKey {
+    pub remote: [u8; 16],
+    pub vni: u32,
+    pub egress: u16,
+    pub mac: [u8; 6],
+    pub _pad: u32,
+}
+
+/// What TUNNEL_BY_REMOTE and then PORT_KEYS (or FDB) said for the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapFlow {
+    pub key: DecapFlowKey,
+    pub generation: u64,
+    /// The tunnel's OpenFlow number.
+    pub tunnel: u32,
+    /// Non-zero once filled: a slot never written is all zeros, which must
+    /// not pass for a flow.
+    pub filled: u32,
+    pub dest: FdbEntry,
+}
+
+/// Encap: (ingress ifindex, destination MAC) of a unicast frame.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapFlowKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    // Scalars, not a byte array: LLVM zeroes a 6-byte array with a call to
+    // a memset subprogram, a call and return per packet.
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+
+/// What LOCAL_PORTS, FDB and (for a remote destination) TUNNELS said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapFlow {
+    pub key: EncapFlowKey,
+    pub generation: u64,
+    pub port: LocalPort,
+    pub dest: FdbEntry,
+    /// The tunnel of an `FDB_REMOTE` destination; zeros for a local one.
+    pub tunnel: Tunnel,
+    pub filled: u32,
+}
+
+impl DecapFlowKey {
+    /// The key as machine words: what the datapath compares and hashes.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 4] {
+        // SAFETY: repr(C) with every byte a field (no padding), 32 bytes.
+        unsafe { core::mem::transmute(*self) }
+    }
+
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        flow_slot(&self.words())
+    }
+}
+
+impl EncapFlowKey {
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: repr(C) with every byte a field (no padding), 16 bytes.
+        unsafe { core::mem::transmute(*self) }
+    }
+
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        flow_slot(&self.words())
+    }
+}
+
+/// Multiplicative hashing: each step's multiply carries every bit of the
+/// words so far into the top bits, which pick the slot.
+#[inline(always)]
+fn flow_slot<const N: usize>(words: &[u64; N]) -> u32 {
+    let mut h = 0u64;
+    let mut i = 0;
+    while i < N {
+        h = (h.rotate_left(23) ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        i += 1;
+    }
+    (h >> (64 - FLOW_SLOTS_LOG2)) as u32
 }
 
 /// BFD sessions: slots of the `BFD_SESSIONS` array. A session's local
@@ -283,6 +394,8 @@ mod pod {
     unsafe impl aya::Pod for BfdPathKey {}
     unsafe impl aya::Pod for BfdSession {}
     unsafe impl aya::Pod for BfdEvent {}
+    unsafe impl aya::Pod for DecapFlow {}
+    unsafe impl aya::Pod for EncapFlow {}
 }
 
 // Layouts are part of the kernel/userspace contract: fail the build if one
@@ -300,4 +413,8 @@ const _: () = {
     assert!(core::mem::size_of::<BfdPathKey>() == 24);
     assert!(core::mem::size_of::<BfdSession>() == 136);
     assert!(core::mem::size_of::<BfdEvent>() == 16);
+    assert!(core::mem::size_of::<DecapFlowKey>() == 32);
+    assert!(core::mem::size_of::<DecapFlow>() == 56);
+    assert!(core::mem::size_of::<EncapFlowKey>() == 16);
+    assert!(core::mem::size_of::<EncapFlow>() == 80);
 };

@@ -1,10 +1,14 @@
 //! The embedded XDP object and the few operations every program shares:
 //! loading, attaching in a chosen XDP mode, and summing per-CPU counters.
-use std::path::Path;
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -47,6 +51,9 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::NEIGH,
     names::TUNNELS,
     names::TUNNEL_BY_REMOTE,
+    // The flow caches' generation: a restarted controller must bump the
+    // counter that the programs left attached read.
+    names::GENERATION,
     // BFD: the sessions' shared state (both halves) and the datapath's
     // events, so that a restarted controller adopts running sessions
     // (`bfd::Engine::start`) and the program left attached meanwhile keeps
@@ -135,3 +142,77 @@ pub fn sum_percpu(map: &PerCpuArray<MapData, Counter>, len: u32) -> Result<Vec<C
         })
         .collect()
 }
+
+/// The flow caches' generation counter (`GENERATION`, see
+/// `xgw_common::maps::FLOW_SLOTS`), mapped into this process. Every writer of
+/// LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS or TUNNEL_BY_REMOTE calls `bump`
+/// after its write, so that no packet after it uses a cached copy of what
+/// the maps held before.
+///
+/// The add is atomic on the shared mapping: writers in several threads or
+/// processes (a controller and a test, a restarted daemon) never lose a
+/// bump, so the counter never returns to a value a cache entry was tagged
+/// with.
+pub struct Generation {
+    counter: *const AtomicU64,
+}
+
+// The mapping is plain shared memory, accessed only atomically.
+unsafe impl Send for Generation {}
+unsafe impl Sync for Generation {}
+
+impl Generation {
+    /// Maps the GENERATION array of `map`. The mapping holds its own
+    /// reference to the map: `map` may be closed afterwards.
+    pub fn open(map: &Map) -> Result<Generation> {
+        let Map::Array(data) = map else { anyhow::bail!("{} is not an array map", names::GENERATION) };
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the map's one page-rounded value.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), GENERATION_BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap of the GENERATION map (created without BPF_F_MMAPABLE?)");
+        }
+        Ok(Generation { counter: p as *const AtomicU64 })
+    }
+
+    /// Opens `<dir>/GENERATION`, as pinned by `load_pinned`.
+    pub fn open_pinned(dir: &Path) -> Result<Generation> {
+        let path = dir.join(names::GENERATION);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        Generation::open(&Map::from_map_data(data)?)
+    }
+
+    /// Invalidates every flow cache entry filled before now.
+    pub fn bump(&self) {
+        // SAFETY: `counter` points into a live mapping of at least 8 bytes.
+        unsafe { &*self.counter }.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Bumps when dropped: at the end of a scope of writes, however it ends.
+    pub fn after_writes(&self) -> BumpOnDrop<'_> {
+        BumpOnDrop(self)
+    }
+
+    pub fn get(&self) -> u64 {
+        unsafe { &*self.counter }.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.counter as *mut libc::c_void, GENERATION_BYTES) };
+    }
+}
+
+pub struct BumpOnDrop<'a>(&'a Generation);
+
+impl Drop for BumpOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.bump();
+    }
+}
+
+/// One u64 (the kernel maps the whole page).
+const GENERATION_BYTES: usize = 8;

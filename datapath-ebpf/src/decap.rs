@@ -6,15 +6,11 @@ use xgw_common::{
     bfd,
     counters::Drop,
     geneve::*,
-    maps::{FdbEntry, FdbKey, PortKey, TunnelKey, FDB_LOCAL},
+    maps::FdbEntry,
     wire::ETH_P_TEB,
 };
 
-use crate::{
-    maps::{FDB, PORT_KEYS, TUNNEL_BY_REMOTE},
-    outer::Outer,
-    parse::ptr_at,
-};
+use crate::{flows, outer::Outer, parse::ptr_at};
 
 /// A packet this gateway accepted.
 pub enum Decap {
@@ -62,16 +58,8 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
         return Ok(Decap::Bfd { inner, vni, flags: g[1] });
     }
 
-    let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote: outer.remote, vni }) }
-        .ok_or(Drop::UnknownTunnel)?;
-    // Key 0 is "no port" in OVN: without a key, the inner MAC decides.
-    let dest = if egress != 0 {
-        unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
-    } else {
-        unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
-    }
-    .ok_or(Drop::UnknownDestination)?;
-    Ok(Decap::Port { inner, tunnel, dest: *dest })
+    let (tunnel, dest) = flows::decap(outer.remote, vni, egress, mac)?;
+    Ok(Decap::Port { inner, tunnel, dest })
 }
 
 /// Walks the options: returns OVN's egress port key (0 if absent), rejects

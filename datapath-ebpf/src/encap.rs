@@ -16,7 +16,7 @@ use xgw_common::{
 
 use crate::{
     csum,
-    maps::{TUNNELS, UPLINK},
+    maps::UPLINK,
     parse::{ptr_at, ptr_at_mut},
 };
 
@@ -66,10 +66,10 @@ const IP4_FLAGS_DF: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
 
 /// The frame is encapsulated in place; the caller redirects it to the uplink.
-/// `dest` is the FDB entry of a remote binding: its tunnel and remote key.
+/// `dest` is the FDB entry of a remote binding (its remote key), `tunnel`
+/// the tunnel it names.
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, len: usize) -> Result<(), Drop> {
-    let tunnel = unsafe { TUNNELS.get(&(dest.ofport as u32)) }.ok_or(Drop::UnknownDestination)?;
+pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, tunnel: &Tunnel, len: usize) -> Result<(), Drop> {
     let up = UPLINK.get(0).ok_or(Drop::NoUnderlay)?;
     let (opts, flags) = if tunnel.flags & TUNNEL_OVN_METADATA != 0 { (OVN_OPT_LEN, FLAG_CRITICAL) } else { (0, 0) };
     // Everything after the outer IP header: UDP, Geneve, options, frame.

@@ -7,6 +7,7 @@ mod bfd;
 mod csum;
 mod decap;
 mod encap;
+mod flows;
 mod maps;
 mod outer;
 mod parse;
@@ -15,7 +16,7 @@ mod responder;
 mod toobig;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
-use xgw_common::{counters::{Drop, Reply}, maps::{DEVMAP_UPLINK, FDB_LOCAL, FdbKey}};
+use xgw_common::{counters::{Drop, Reply}, maps::{DEVMAP_UPLINK, FDB_LOCAL}};
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
@@ -60,17 +61,17 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xgw_local(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(port) = (unsafe { maps::LOCAL_PORTS.get(&ifindex) }) else {
+    let len = ctx.data_end() - ctx.data();
+    let dst = parse::ptr_at::<network_types::eth::EthHdr>(&ctx, 0).map(|eth| unsafe { (*eth).dst_addr });
+    let Some((port, flow)) = flows::local(ifindex, dst) else {
         return xdp_action::XDP_PASS;
     };
-    let len = ctx.data_end() - ctx.data();
     maps::count_rx(port.ofport as u32, len);
-    let Some(eth) = parse::ptr_at::<network_types::eth::EthHdr>(&ctx, 0) else {
+    let Some(dst) = dst else {
         return drop(Drop::Runt);
     };
-    let dst = unsafe { (*eth).dst_addr };
     if dst[0] & 1 != 0 {
-        return match responder::answer(&ctx, port) {
+        return match responder::answer(&ctx, &port) {
             Some(reply) => {
                 maps::count_reply(reply);
                 maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
@@ -79,18 +80,19 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
             None => drop(Drop::Flood),
         };
     }
-    let Some(dest) = (unsafe { maps::FDB.get(&FdbKey { vni: port.vni, mac: dst, _pad: [0; 2] }) }) else {
+    let Some(flow) = flow else {
         return drop(Drop::UnknownDestination);
     };
+    let dest = &flow.dest;
     let out = if dest.kind == FDB_LOCAL {
         if dest.ofport == port.ofport {
             return drop(Drop::Hairpin);
         }
         dest.ofport as u32
     } else {
-        if let Err(reason) = encap::geneve(&ctx, port, dest, len) {
+        if let Err(reason) = encap::geneve(&ctx, &port, dest, &flow.tunnel, len) {
             maps::count_drop(reason);
-            if reason == Drop::MtuExceeded && toobig::reply(&ctx, dest) {
+            if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel) {
                 maps::count_reply(Reply::TooBig);
                 maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
                 return xdp_action::XDP_TX;

@@ -28,6 +28,15 @@ pub static TUNNELS: HashMap<u32, Tunnel> = HashMap::with_max_entries(MAX_TUNNELS
 pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
 #[map(name = "NEIGH")]
 pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH, 0);
+/// Bumped by the controller after each write to a map the flow caches
+/// mirror (see `xgw_common::maps::FLOW_SLOTS`); mmap-able so that it can do
+/// so with one atomic add.
+#[map(name = "GENERATION")]
+pub static GENERATION: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map(name = "DECAP_FLOWS")]
+pub static DECAP_FLOWS: PerCpuArray<DecapFlow> = PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
+#[map(name = "ENCAP_FLOWS")]
+pub static ENCAP_FLOWS: PerCpuArray<EncapFlow> = PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
 /// Redirect targets keyed by OpenFlow number: local ports, and the uplink
 /// under `DEVMAP_UPLINK`.
 #[map(name = "DEVMAP")]

@@ -20,7 +20,7 @@ use xgw_common::{
 
 use crate::{
     csum,
-    maps::{TUNNELS, UPLINK},
+    maps::UPLINK,
     parse::{ptr_at, ptr_at_mut},
 };
 
@@ -52,10 +52,9 @@ struct Reply6 {
     quote: [u8; QUOTE],
 }
 
-/// The largest inner IP packet that fits the tunnel toward `dest`.
+/// The largest inner IP packet that fits `tunnel`.
 #[inline(always)]
-fn inner_mtu(dest: &FdbEntry) -> Option<u32> {
-    let tunnel = unsafe { TUNNELS.get(&(dest.ofport as u32)) }?;
+fn inner_mtu(tunnel: &Tunnel) -> Option<u32> {
     let up = UPLINK.get(0)?;
     let opts = if tunnel.flags & TUNNEL_OVN_METADATA != 0 { OVN_OPT_LEN } else { 0 };
     let ip = if tunnel.flags & TUNNEL_IPV6 != 0 { IPV6_HLEN } else { IPV4_HLEN_MIN };
@@ -65,8 +64,8 @@ fn inner_mtu(dest: &FdbEntry) -> Option<u32> {
 /// Rewrites the frame into the ICMP error for it; `true` if the caller
 /// should send it back out of the ingress port.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, dest: &FdbEntry) -> bool {
-    let Some(mtu) = inner_mtu(dest) else { return false };
+pub fn reply(ctx: &XdpContext, tunnel: &Tunnel) -> bool {
+    let Some(mtu) = inner_mtu(tunnel) else { return false };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
     let eth = unsafe { &*eth };
     let (src_mac, dst_mac) = (eth.src_addr, eth.dst_addr);

@@ -19,6 +19,9 @@ pub struct TestGateway {
     /// a devmap's ifindex in the writer's namespace, so devmap writes must
     /// happen from inside it (from the host they would name host devices).
     netns: Option<String>,
+    /// Every helper below that writes a map the flow caches mirror bumps it
+    /// afterwards, as the controller does.
+    generation: xgw::datapath::Generation,
 }
 
 impl TestGateway {
@@ -28,7 +31,17 @@ impl TestGateway {
         for p in programs {
             xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
         }
-        TestGateway { ebpf, netns: None }
+        TestGateway::new(ebpf)
+    }
+
+    fn new(ebpf: Ebpf) -> TestGateway {
+        let generation = xgw::datapath::Generation::open(ebpf.map(GENERATION).expect(GENERATION)).expect("mmap GENERATION");
+        TestGateway { ebpf, netns: None, generation }
+    }
+
+    /// The flow caches' generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 
     /// As `load`, with the maps pinned in `dir` (created there, or reused:
@@ -38,7 +51,7 @@ impl TestGateway {
         for p in programs {
             xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
         }
-        TestGateway { ebpf, netns: None }
+        TestGateway::new(ebpf)
     }
 
     /// Devmap entries written from now on resolve ifindexes in `ns`.
@@ -87,6 +100,7 @@ impl TestGateway {
         self.hash::<u32, Tunnel>(TUNNELS).insert(ofport, tunnel, 0).unwrap();
         let key = TunnelKey { remote: tunnel.remote, vni: tunnel.vni };
         self.hash::<TunnelKey, u32>(TUNNEL_BY_REMOTE).insert(key, ofport, 0).unwrap();
+        self.generation.bump();
     }
 
     pub fn add_local_port(&mut self, ifindex: u32, port: LocalPort) {
@@ -96,6 +110,7 @@ impl TestGateway {
             .insert(PortKey { vni: port.vni, port_key: port.port_key, _pad: 0 }, entry, 0)
             .unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
+        self.generation.bump();
         self.devmap_insert(port.ofport as u32, ifindex);
     }
 
@@ -106,6 +121,7 @@ impl TestGateway {
         let entry = FdbEntry { ofport, port_key, kind: FDB_LOCAL, _pad: [0; 3] };
         self.hash::<PortKey, FdbEntry>(PORT_KEYS).insert(PortKey { vni, port_key, _pad: 0 }, entry, 0).unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
+        self.generation.bump();
         self.devmap_insert(ofport as u32, ifindex);
     }
 
@@ -114,6 +130,7 @@ impl TestGateway {
     pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: Option<[u8; 16]>, tunnel_ofport: u16, port_key: u16) {
         let entry = FdbEntry { ofport: tunnel_ofport, port_key, kind: FDB_REMOTE, _pad: [0; 3] };
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
+        self.generation.bump();
         if let Some(ip) = ip {
             self.add_neigh(vni, ip, mac);
         }

@@ -32,7 +32,7 @@ use super::{
 use crate::{
     api::*,
     config::{BfdOverride, BfdSettings, Config},
-    datapath::AttachMode,
+    datapath::{AttachMode, Generation},
     ofport::{
         spec::{PORT_KEY_MAX, VNI_MAX},
         Added, AllocatorConfig, BpfDatapath, LocalPort, MacAddr, MemDatapath, MemStore, OfPort, PortMap, PortRecord,
@@ -77,6 +77,8 @@ pub struct Daemon {
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     neigh: HashMap<MapData, NeighKey, Neigh>,
     tunnels: HashMap<MapData, u32, Tunnel>,
+    /// Bumped after each write to `fdb` or `tunnels` (see `Generation`).
+    generation: Generation,
     drops: PerCpuArray<MapData, u64>,
     replies: PerCpuArray<MapData, u64>,
     port_stats: PerCpuArray<MapData, PortStats>,
@@ -160,6 +162,7 @@ impl Daemon {
             fdb: open_map(&pins, names::FDB)?,
             neigh: open_map(&pins, names::NEIGH)?,
             tunnels: open_map(&pins, names::TUNNELS)?,
+            generation: Generation::open_pinned(&pins.dir)?,
             drops: open_map(&pins, "DROPS")?,
             replies: open_map(&pins, "REPLIES")?,
             port_stats: open_map(&pins, "PORT_STATS")?,
@@ -659,10 +662,12 @@ impl Daemon {
         let ofport = self.check_binding(b)?;
         let (key, entry) = Self::fdb_remote(b, ofport);
         self.fdb.insert(key, entry, NOEXIST).map_err(|e| anyhow!("binding: fdb insert: {e}"))?;
+        self.generation.bump();
         if let Some(ip) = b.ip {
             let nk = NeighKey { vni: b.vni, ip: ip16(ip) };
             if let Err(e) = self.neigh.insert(nk, Neigh { mac: b.mac.0, _pad: [0; 2] }, NOEXIST) {
                 let _ = self.fdb.remove(&key);
+                self.generation.bump();
                 bail!("binding: neighbour insert for {ip}: {e}");
             }
         }
@@ -677,6 +682,7 @@ impl Daemon {
 
     fn remove_binding_entries(&mut self, b: &BindingArgs) {
         let _ = self.fdb.remove(&FdbKey { vni: b.vni, mac: b.mac.0, _pad: [0; 2] });
+        self.generation.bump();
         if let Some(ip) = b.ip {
             let _ = self.neigh.remove(&NeighKey { vni: b.vni, ip: ip16(ip) });
         }
@@ -752,6 +758,7 @@ impl Daemon {
         if !(stale_fdb.is_empty() && stale_neigh.is_empty()) {
             tracing::info!(fdb = stale_fdb.len(), neigh = stale_neigh.len(), "removed remote entries no binding owns");
         }
+        self.generation.bump();
     }
 
     // --- The config file ------------------------------------------------
@@ -1033,6 +1040,7 @@ impl Daemon {
                 if let Err(e) = self.tunnels.insert(key, Tunnel { nexthop_mac: mac, ..t }, EXIST) {
                     tracing::warn!(tunnel = name, "writing the next hop: {e}");
                 }
+                self.generation.bump();
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(tunnel = name, "reading the tunnel entry: {e}"),

@@ -27,6 +27,7 @@ use xgw_common::maps::{
 };
 
 use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
+use crate::datapath::Generation;
 use super::number::OfPort;
 use super::spec::{self, MacAddr, PortSpec, TunnelKey};
 
@@ -46,6 +47,8 @@ pub enum OpenMapsError {
     /// error are what an operator can act on (no bpffs, not pinned yet).
     #[error("pinned map {}: {}", path.display(), with_sources(cause))]
     Pinned { path: std::path::PathBuf, cause: AyaMapError },
+    #[error("map {}: {cause:#}", names::GENERATION)]
+    Generation { cause: anyhow::Error },
 }
 
 /// `e` followed by its sources: "`BPF_OBJ_GET` failed: No such file or directory".
@@ -78,6 +81,9 @@ pub struct BpfDatapath {
     /// rebuilds the whole cache with one scan (so a restarted controller
     /// scans once, not once per port). `list` rebuilds it too.
     ifindex_of: RefCell<StdHashMap<u32, Vec<u32>>>,
+    /// Bumped after every insert and remove: the flow caches mirror most of
+    /// these maps, and a bump is cheap enough not to ask which.
+    generation: Generation,
 }
 
 impl BpfDatapath {
@@ -115,6 +121,8 @@ impl BpfDatapath {
             by_remote: typed(&mut take, names::TUNNEL_BY_REMOTE)?,
             max_entries: StdHashMap::new(),
             ifindex_of: RefCell::default(),
+            generation: Generation::open(&take(names::GENERATION)?)
+                .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
         for &step in Step::ALL {
             let name = step.map_name();
@@ -125,6 +133,11 @@ impl BpfDatapath {
             dp.max_entries.insert(step, info.max_entries());
         }
         Ok(dp)
+    }
+
+    /// The flow caches' generation, as this datapath's writes leave it.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 
     /// The capacity of `step`'s map, as the kernel reports it.
@@ -317,6 +330,7 @@ fn key_mismatch(step: Step, entry: &MapEntry) -> MapError {
 impl Datapath for BpfDatapath {
     fn insert(&mut self, step: Step, port: &PortSpec, ofport: OfPort) -> Result<(), MapError> {
         let number = u32::from(ofport.get());
+        let _bump = self.generation.after_writes();
         let result = match step {
             Step::Devmap => {
                 let ifindex = ifindex(&local(port)?.ifname)?;
@@ -382,6 +396,8 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove(&mut self, step: Step, entry: &MapEntry) -> Result<(), MapError> {
+        // LOCAL_PORTS may lose some keys and then fail: bump however it ends.
+        let _bump = self.generation.after_writes();
         let result = match (step, entry.key) {
             (Step::Devmap, EntryKey::Port(n)) => self.devmap.remove(n),
             (Step::TunnelPort, EntryKey::Port(n)) => self.tunnels.remove(&n),

@@ -1,0 +1,116 @@
+//! The flow caches (`xgw_common::maps::FLOW_SLOTS`): a packet of a flow seen
+//! before is resolved by one probe of a per-CPU array, which the verifier
+//! inlines, instead of two or three hash lookups, which are helper calls.
+//! A miss makes the lookups as before and fills the slot; what the lookups
+//! do not find is not cached, so an unknown destination costs its lookups
+//! every time, as it did before, and cannot push a live flow out of a slot.
+//!
+//! One writer per slot: the maps are per CPU, and XDP runs with bottom
+//! halves disabled (in NAPI, and under BPF_PROG_TEST_RUN), so no other
+//! program on this CPU runs between a probe and its fill.
+use xgw_common::{counters::Drop, maps::*};
+
+use crate::maps::{DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE};
+
+/// Read once per packet, before any lookup whose answer may be cached.
+///
+/// The controller writes a map and then bumps the generation. A packet whose
+/// lookups race that write may see the old value (or, as an RCU reader of a
+/// preallocated hash map, a value in the middle of being reused), but it
+/// read the generation before the bump, so it caches that value under the
+/// old generation, which no packet after the bump accepts. A packet that
+/// read the bumped generation looks up after the write completed.
+#[inline(always)]
+fn generation() -> u64 {
+    match GENERATION.get_ptr(GENERATION_INDEX) {
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
+}
+
+/// Word by word, without a branch per word.
+#[inline(always)]
+fn same<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+    let mut diff = 0;
+    let mut i = 0;
+    while i < N {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// Decap: the tunnel a Geneve packet arrived on (TUNNEL_BY_REMOTE) and the
+/// local port it is for, by OVN egress key (PORT_KEYS) or else by inner
+/// destination MAC (a local FDB entry).
+#[inline(always)]
+pub fn decap(remote: [u8; 16], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u32, FdbEntry), Drop> {
+    let generation = generation();
+    // Key 0 is "no port" in OVN: without a key, the inner MAC decides.
+    let mac = if egress != 0 { [0; 6] } else { mac };
+    let key = DecapFlowKey { remote, vni, egress, mac, _pad: 0 };
+    let slot = DECAP_FLOWS.get_ptr_mut(key.slot());
+    if let Some(e) = slot {
+        let e = unsafe { &*e };
+        if e.filled != 0 && e.generation == generation && same(&e.key.words(), &key.words()) {
+            return Ok((e.tunnel, e.dest));
+        }
+    }
+
+    let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni }) }.ok_or(Drop::UnknownTunnel)?;
+    let dest = if egress != 0 {
+        unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
+    } else {
+        unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
+    }
+    .copied()
+    .ok_or(Drop::UnknownDestination)?;
+    if let Some(e) = slot {
+        unsafe { *e = DecapFlow { key, generation, tunnel, filled: 1, dest } };
+    }
+    Ok((tunnel, dest))
+}
+
+/// Encap: the local port a frame arrived on (LOCAL_PORTS by ifindex; `None`
+/// if the interface is not one) and, for a unicast destination MAC `dst`,
+/// where it lives in the port's VNI: the flow's slot, holding the FDB entry
+/// and, for a remote one, its tunnel (`None` if FDB or TUNNELS has no
+/// entry). `dst` is `None` for a frame too short to have one.
+///
+/// The destination is always read from the slot, filled first on a miss:
+/// one pointer type on every path, so the verifier walks what follows once.
+/// The slot's index is below FLOW_SLOTS by construction, so its lookup
+/// cannot fail; if it did, the destination would count as unknown, never
+/// as another flow's.
+#[inline(always)]
+pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'static EncapFlow>)> {
+    let generation = generation();
+    let unicast = dst.filter(|d| d[0] & 1 == 0);
+    let mut slot = None;
+    if let Some(mac) = unicast {
+        let key = EncapFlowKey { ifindex, mac, _pad0: 0, _pad1: 0 };
+        if let Some(e) = ENCAP_FLOWS.get_ptr_mut(key.slot()) {
+            let f = unsafe { &*e };
+            if f.filled != 0 && f.generation == generation && same(&f.key.words(), &key.words()) {
+                return Some((f.port, Some(f)));
+            }
+            slot = Some((e, key));
+        }
+    }
+
+    let port = *unsafe { LOCAL_PORTS.get(&ifindex) }?;
+    let (Some(mac), Some((e, key))) = (unicast, slot) else { return Some((port, None)) };
+    let Some(dest) = (unsafe { FDB.get(&FdbKey { vni: port.vni, mac, _pad: [0; 2] }) }).copied() else {
+        return Some((port, None));
+    };
+    let tunnel = if dest.kind == FDB_LOCAL {
+        Tunnel::default()
+    } else {
+        match unsafe { TUNNELS.get(&(dest.ofport as u32)) } {
+            Some(t) => *t,
+            None => return Some((port, None)),
+        }
+    };
+    unsafe { *e = EncapFlow { key, generation, port, dest, tunnel, filled: 1 } };
+    Some((port, Some(unsafe { &*e })))
+}

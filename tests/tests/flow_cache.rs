@@ -1,0 +1,264 @@
+//! The flow caches (DECAP_FLOWS, ENCAP_FLOWS) in front of the hash maps:
+//! a controller write reaches the very next packet although the cache held
+//! the old answer, and two flows sharing a slot never get each other's.
+//! The caches are per CPU, so each test pins itself to one CPU and reads
+//! that CPU's slot from the real map to show the cache really was warm
+//! (or really was shared) when it mattered. Expected bytes come from the
+//! RFC layout (outer IPv4 destination, OVN option keys), not from the
+//! datapath's code.
+use std::{net::IpAddr, time::Instant};
+
+use aya::maps::{MapData, PerCpuArray};
+use etherparse::PacketBuilder;
+use xgw::ofport::{AllocatorConfig, PortSpec, TunnelPort};
+use xgw_common::maps::{names::*, *};
+use xgw_tests::{
+    addrs::*,
+    gateway::TestGateway,
+    packet::{geneve::*, *},
+    ports::{self, PortGw},
+    require_root,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const LO: u32 = 1;
+const VM_OFPORT: u16 = 3;
+const VM_KEY: u16 = 0x0011;
+const T1: u16 = 7;
+const T2: u16 = 8;
+const HV2_IP4: [u8; 4] = [198, 51, 100, 3];
+const HV2_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x03];
+
+/// Pins the calling thread (and threads it starts) to the CPU it is on, so
+/// every test run uses one CPU's cache; returns that CPU.
+fn pin_to_this_cpu() -> usize {
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+        cpu as usize
+    }
+}
+
+fn encap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> EncapFlow {
+    let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
+    m.get(&slot, 0).unwrap()[cpu]
+}
+
+fn decap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> DecapFlow {
+    let m: PerCpuArray<&MapData, DecapFlow> = PerCpuArray::try_from(gw.ebpf.map(DECAP_FLOWS).unwrap()).unwrap();
+    m.get(&slot, 0).unwrap()[cpu]
+}
+
+fn encap_key(ifindex: u32, mac: [u8; 6]) -> EncapFlowKey {
+    EncapFlowKey { ifindex, mac, _pad0: 0, _pad1: 0 }
+}
+
+fn decap_key(remote: [u8; 4], egress: u16) -> DecapFlowKey {
+    DecapFlowKey { remote: ipv4_mapped(remote), vni: VNI, egress, mac: [0; 6], _pad: 0 }
+}
+
+fn uplink() -> Uplink {
+    Uplink { ifindex: LO, mtu: 1500, mac: GW_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: GW_IP4, ip6: [0; 16] }
+}
+
+/// A UDP datagram from the local VM to the VM with MAC `dst`.
+fn from_vm(dst: [u8; 6]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(VM_MAC, dst).ipv4(VM_IP, [203, 0, 113, 2], 64).udp(40000, 7).write(&mut v, &[0x5a; 32]).unwrap();
+    v
+}
+
+/// Geneve over IPv4 from chassis `src`, with OVN's option naming local
+/// port `egress`.
+fn to_port(src: [u8; 4], egress: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2([0x02, 0, 0x5e, 0x20, 0, 0x02], VM_MAC)
+        .ipv4([203, 0, 113, 2], VM_IP, 64)
+        .udp(7, 40000)
+        .write(&mut inner, &[0xa5; 32])
+        .unwrap();
+    let payload = geneve_payload(&[ovn_option(0x0022, egress)], VNI, &inner);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, GW_IP4, 64).udp(50123, 6081).write(&mut v, &payload).unwrap();
+    (v, inner)
+}
+
+/// Where an encapsulated frame goes, read at RFC offsets: outer Ethernet
+/// destination, outer IPv4 destination, and the OVN option's egress key
+/// (Ethernet 14 + IPv4 20 + UDP 8 + Geneve 8 + option header 4 + ingress 2).
+fn encap_target(frame: &[u8]) -> ([u8; 6], [u8; 4], u16) {
+    assert!(frame.len() > 58, "not an encapsulated frame: {} bytes", frame.len());
+    (
+        frame[0..6].try_into().unwrap(),
+        frame[30..34].try_into().unwrap(),
+        u16::from_be_bytes([frame[56], frame[57]]),
+    )
+}
+
+/// A MAC other than `than` whose encap key shares its slot.
+fn colliding_mac(ifindex: u32, than: [u8; 6]) -> [u8; 6] {
+    let want = encap_key(ifindex, than).slot();
+    (0..=0xffffu32)
+        .map(|i| [0x02, 0x00, 0x5e, 0x21, (i >> 8) as u8, i as u8])
+        .find(|m| *m != than && encap_key(ifindex, *m).slot() == want)
+        .expect("a colliding MAC among 65536")
+}
+
+#[test]
+fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let mut gw = TestGateway::load(&["xgw_local"]);
+    gw.set_uplink(uplink());
+    gw.set_uplink_devmap(LO);
+    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(T2 as u32, Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    let m1 = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
+    let m2 = colliding_mac(LO, m1);
+    gw.add_remote(VNI, m1, None, T1, 0x0022);
+    gw.add_remote(VNI, m2, None, T2, 0x0023);
+    let slot = encap_key(LO, m1).slot();
+    let prog = gw.program("xgw_local");
+
+    for round in 0..4 {
+        for (mac, want) in [(m1, (HV_MAC, HV_IP4, 0x0022)), (m2, (HV2_MAC, HV2_IP4, 0x0023))] {
+            let pkt = from_vm(mac);
+            let run = test_run_on(prog, &pkt, LO);
+            assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, to {mac:02x?}");
+            assert_eq!(encap_target(&run.data), want, "round {round}, to {mac:02x?}: wrong tunnel");
+            assert_eq!(&run.data[58..], &pkt[..], "round {round}: the inner frame follows the option unchanged");
+            // The slot the datapath filled is the one both keys hash to,
+            // and now holds this flow: the next packet of the other one
+            // finds a full slot with another key in it.
+            let e = encap_slot(&gw, cpu, slot);
+            assert_eq!((e.filled, e.key), (1, encap_key(LO, mac)), "round {round}: slot {slot} on CPU {cpu}");
+            assert_eq!(e.generation, gw.generation());
+        }
+    }
+}
+
+#[test]
+fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let mut gw = TestGateway::load(&["xgw_uplink"]);
+    gw.set_uplink(uplink());
+    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    let slot = decap_key(HV_IP4, VM_KEY).slot();
+    let k2 = (1..0x8000u16).find(|k| *k != VM_KEY && decap_key(HV_IP4, *k).slot() == slot).expect("a colliding port key");
+    let port2 = VM_OFPORT + 1;
+    gw.add_local_port_entries(port2, LO, VNI, k2, [0x02, 0x00, 0x5e, 0x20, 0x00, 0x04]);
+    let prog = gw.program("xgw_uplink");
+
+    for round in 0..4u64 {
+        for (key, ofport) in [(VM_KEY, VM_OFPORT), (k2, port2)] {
+            let before = gw.port_stats(ofport as u32).tx.packets;
+            let (pkt, inner) = to_port(HV_IP4, key);
+            let run = test_run(prog, &pkt);
+            assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, key {key:#x}");
+            assert_eq!(run.data, inner, "round {round}: output is exactly the inner frame");
+            assert_eq!(gw.port_stats(ofport as u32).tx.packets, before + 1, "round {round}: key {key:#x} went to another port");
+            let e = decap_slot(&gw, cpu, slot);
+            assert_eq!((e.filled, e.key, e.dest.ofport, e.tunnel), (1, decap_key(HV_IP4, key), ofport, T1 as u32));
+        }
+    }
+}
+
+/// A tunnel `name` to `remote`, as the port map writes it.
+fn tunnel(name: &str, remote: [u8; 4]) -> PortSpec {
+    PortSpec::Tunnel(TunnelPort {
+        name: name.into(),
+        remote: IpAddr::from(remote),
+        vni: VNI,
+        bfd: false,
+        ovn_metadata: true,
+        ofport_request: None,
+    })
+}
+
+/// The controller (the port map on BpfDatapath, pinned maps) changes a
+/// tunnel's remote in place and then deletes a local port; after each
+/// change, with the old answer still in the warm cache, the very next
+/// packet through the real maps shows the new configuration.
+#[test]
+fn controller_changes_reach_the_next_packet_past_a_warm_cache() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let pgw = PortGw::new("fcache", &[]);
+    let vm_if = pgw.veth("vm1");
+    let uplink_if = pgw.veth("ul");
+    let mut gw = TestGateway::load_pinned(pgw.pins(), &["xgw_uplink", "xgw_local"]);
+    gw.in_netns(&pgw.ns);
+    gw.set_uplink(Uplink { ifindex: uplink_if, ..uplink() });
+    gw.set_uplink_devmap(uplink_if);
+    let mut pm = pgw.open(AllocatorConfig::default());
+    let now = Instant::now();
+    let t = pm.add(&tunnel("hv", HV_IP4), now).expect("add tunnel").ofport();
+    let vm = ports::local("vm1", "vm1", VM_KEY, None);
+    let vm_mac = match &vm {
+        PortSpec::Local(p) => p.mac.0,
+        PortSpec::Tunnel(_) => unreachable!(),
+    };
+    // BpfDatapath resolves interface names in the calling thread's namespace.
+    pgw.ns.enter(|| pm.add(&vm, now)).expect("add local port");
+    let remote_mac = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
+    gw.add_remote(ports::VNI, remote_mac, None, t.get(), 0x0022);
+
+    let encap = gw.program("xgw_local");
+    let decap = gw.program("xgw_uplink");
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2(vm_mac, remote_mac).ipv4(VM_IP, [203, 0, 113, 2], 64).udp(40000, 7).write(&mut inner, &[1; 16]).unwrap();
+    let send = |pkt: &[u8]| pgw.ns.enter(|| test_run_on(encap, pkt, vm_if));
+    let ekey = encap_key(vm_if, remote_mac);
+    let dkey = |remote| DecapFlowKey { remote: ipv4_mapped(remote), vni: ports::VNI, egress: VM_KEY, mac: [0; 6], _pad: 0 };
+    let geneve = |src: [u8; 4]| {
+        let payload = geneve_payload(&[ovn_option(0x0022, VM_KEY)], ports::VNI, &from_vm(vm_mac));
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, GW_IP4, 64).udp(50123, 6081).write(&mut v, &payload).unwrap();
+        v
+    };
+
+    // Warm: both directions resolved once, their slots filled on this CPU.
+    let run = send(&inner);
+    assert_eq!(run.verdict, XDP_REDIRECT);
+    assert_eq!(encap_target(&run.data).1, HV_IP4);
+    assert_eq!(test_run(decap, &geneve(HV_IP4)).verdict, XDP_REDIRECT);
+    let g0 = gw.generation();
+    let warm_encap = encap_slot(&gw, cpu, ekey.slot());
+    assert_eq!((warm_encap.filled, warm_encap.key, warm_encap.generation), (1, ekey, g0));
+    assert_eq!(warm_encap.tunnel.remote, ipv4_mapped(HV_IP4));
+    let warm_decap = decap_slot(&gw, cpu, dkey(HV_IP4).slot());
+    assert_eq!((warm_decap.filled, warm_decap.key, warm_decap.generation), (1, dkey(HV_IP4), g0));
+
+    // The tunnel moves to another chassis under the same number.
+    assert_eq!(pgw.ns.enter(|| pm.replace(&tunnel("hv", HV2_IP4), now)).expect("replace"), t);
+    assert!(gw.generation() > g0, "the controller's writes must bump the generation");
+    assert_eq!(encap_slot(&gw, cpu, ekey.slot()), warm_encap, "the cache still holds the old tunnel");
+    let run = send(&inner);
+    assert_eq!(run.verdict, XDP_REDIRECT);
+    assert_eq!(encap_target(&run.data).1, HV2_IP4, "the first packet after the change goes to the new chassis");
+    assert_eq!(&run.data[58..], &inner[..]);
+    let drops = gw.drops()["unknown_tunnel"];
+    assert_eq!(test_run(decap, &geneve(HV_IP4)).verdict, XDP_DROP, "the old chassis is no longer a tunnel");
+    assert_eq!(gw.drops()["unknown_tunnel"], drops + 1);
+    assert_eq!(test_run(decap, &geneve(HV2_IP4)).verdict, XDP_REDIRECT);
+
+    // The local port goes: decap to its key and encap from its interface
+    // stop at once, though both were just cached.
+    let g1 = gw.generation();
+    assert_eq!(decap_slot(&gw, cpu, dkey(HV2_IP4).slot()).generation, g1, "decap to the port is cached");
+    assert_eq!(encap_slot(&gw, cpu, ekey.slot()).generation, g1, "encap from the port is cached");
+    pgw.ns.enter(|| pm.delete("vm1", now)).expect("delete local port");
+    assert!(gw.generation() > g1);
+    let drops = gw.drops()["unknown_destination"];
+    assert_eq!(test_run(decap, &geneve(HV2_IP4)).verdict, XDP_DROP, "no port has the key any more");
+    assert_eq!(gw.drops()["unknown_destination"], drops + 1);
+    assert_eq!(send(&inner).verdict, XDP_PASS, "the interface is no longer a local port");
+}
