@@ -8,6 +8,7 @@ use etherparse::PacketBuilder;
 use xgw::ofport::MacAddr;
 use xgw_common::maps::{names::ENCAP_FLOWS, EncapFlow, EncapFlowKey};
 use xgw_tests::{
+    process::pin_to_this_cpu,
     daemon::Daemon,
     gateway::TestGateway,
     netns::{Netns, Veth},
@@ -18,17 +19,6 @@ use xgw_tests::{
 const XDP_DROP: u32 = 1;
 const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 1];
 const REMOTE_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 2];
-
-fn pin_to_this_cpu() -> usize {
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-        cpu as usize
-    }
-}
 
 #[test]
 fn binding_changes_reach_the_next_packet_past_a_warm_cache() {

@@ -13,6 +13,7 @@ use etherparse::PacketBuilder;
 use xgw::ofport::{AllocatorConfig, PortSpec, TunnelPort};
 use xgw_common::maps::{names::*, *};
 use xgw_tests::{
+    process::pin_to_this_cpu,
     addrs::*,
     gateway::TestGateway,
     packet::{geneve::*, *},
@@ -29,20 +30,6 @@ const T1: u16 = 7;
 const T2: u16 = 8;
 const HV2_IP4: [u8; 4] = [198, 51, 100, 3];
 const HV2_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x03];
-
-/// Pins the calling thread (and threads it starts) to the CPU it is on, so
-/// every test run uses one CPU's cache; returns that CPU.
-fn pin_to_this_cpu() -> usize {
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
-        cpu as usize
-    }
-}
 
 fn encap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> EncapFlow {
     let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
