@@ -69,7 +69,9 @@ pub struct LocalPort {
 }
 
 /// (VNI, logical port key) -> the local port's `FdbEntry`: decap with the OVN option.
-#[repr(C)]
+// align(8) adds no padding here; it keeps the key's stack slot
+// word-aligned (see datapath-ebpf/.cargo/config.toml).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortKey {
     pub vni: u32,
@@ -218,11 +220,33 @@ pub struct EncapFlow {
     pub filled: u32,
 }
 
+// The datapath builds flow keys as machine words in registers, hashes and
+// compares those, and stores the struct only to fill a slot: a key written to
+// the stack field by field and read back a word at a time stalls store
+// forwarding on every packet.
+
 impl DecapFlowKey {
-    /// The key as machine words: what the datapath compares and hashes.
+    /// The key's words, laid out as the struct (little-endian): `remote` as
+    /// two words, then `vni | egress << 32 | mac[0..2] << 48`, then
+    /// `mac[2..6]`.
+    #[inline(always)]
+    pub fn pack(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> [u64; 4] {
+        let [a, b, c, d, e, f] = mac;
+        let w2 = vni as u64 | (egress as u64) << 32 | (u16::from_le_bytes([a, b]) as u64) << 48;
+        let w3 = u32::from_le_bytes([c, d, e, f]) as u64;
+        [remote[0], remote[1], w2, w3]
+    }
+
+    #[inline(always)]
+    pub fn from_words(w: [u64; 4]) -> Self {
+        // SAFETY: repr(C) with every byte a field (no padding), 32 bytes;
+        // every bit pattern is a valid key.
+        unsafe { core::mem::transmute(w) }
+    }
+
     #[inline(always)]
     pub fn words(&self) -> [u64; 4] {
-        // SAFETY: repr(C) with every byte a field (no padding), 32 bytes.
+        // SAFETY: as above.
         unsafe { core::mem::transmute(*self) }
     }
 
@@ -231,11 +255,24 @@ impl DecapFlowKey {
         flow_slot(&self.words())
     }
 }
-
 impl EncapFlowKey {
+    /// `ifindex | mac[0..4] << 32`, then `mac[4..6]`.
+    #[inline(always)]
+    pub fn pack(ifindex: u32, mac: [u8; 6]) -> [u64; 2] {
+        let [a, b, c, d, e, f] = mac;
+        [ifindex as u64 | (u32::from_le_bytes([a, b, c, d]) as u64) << 32, u16::from_le_bytes([e, f]) as u64]
+    }
+
+    #[inline(always)]
+    pub fn from_words(w: [u64; 2]) -> Self {
+        // SAFETY: repr(C) with every byte a field (no padding), 16 bytes;
+        // every bit pattern is a valid key.
+        unsafe { core::mem::transmute(w) }
+    }
+
     #[inline(always)]
     pub fn words(&self) -> [u64; 2] {
-        // SAFETY: repr(C) with every byte a field (no padding), 16 bytes.
+        // SAFETY: as above.
         unsafe { core::mem::transmute(*self) }
     }
 
@@ -245,16 +282,24 @@ impl EncapFlowKey {
     }
 }
 
-/// Multiplicative hashing: each step's multiply carries every bit of the
-/// words so far into the top bits, which pick the slot.
+/// Multiplicative hashing, the slot from the product's top bits. Words are
+/// paired by XOR and the pairs multiplied independently, so the hash costs
+/// one multiply's latency, not one per word: it sits between the packet's
+/// headers and the slot's load. A poor spread only costs evictions; the slot
+/// holds the full key.
 #[inline(always)]
-fn flow_slot<const N: usize>(words: &[u64; N]) -> u32 {
-    let mut h = 0u64;
+pub fn flow_slot<const N: usize>(words: &[u64; N]) -> u32 {
+    let (mut even, mut odd) = (0u64, 0u64);
     let mut i = 0;
     while i < N {
-        h = (h.rotate_left(23) ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if i % 2 == 0 {
+            even ^= words[i];
+        } else {
+            odd ^= words[i];
+        }
         i += 1;
     }
+    let h = even.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ odd.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     (h >> (64 - FLOW_SLOTS_LOG2)) as u32
 }
 
@@ -278,7 +323,9 @@ pub const BFD_ECHO: u32 = 4;
 /// router's IP). Looks up the session of packets whose Your Discriminator is
 /// still zero, and is checked against every packet, so a packet naming one
 /// session's discriminator on another session's path changes nothing.
-#[repr(C)]
+// align(8) adds no padding here; it keeps the key's stack slot
+// word-aligned (see datapath-ebpf/.cargo/config.toml).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BfdPathKey {
     /// `BFD_PATH_*`.

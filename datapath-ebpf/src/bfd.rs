@@ -34,7 +34,7 @@ const UDP_PAYLOAD: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN;
 /// frame at `inner` goes to Open vSwitch's BFD MAC: consumed here.
 #[inline(always)]
 pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize, inner: usize, vni: u32, gflags: u8) -> u32 {
-    let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: vni, peer: outer.remote };
+    let path = BfdPathKey { kind: BFD_PATH_GENEVE, id: vni, peer: outer.remote_bytes() };
     let (b, payload) = match geneve_control(ctx, inner, len, gflags) {
         Ok(v) => v,
         Err(e) => return drop(e),
@@ -384,15 +384,11 @@ fn answer(s: &mut BfdSession, poll: bool, now: u64) -> Option<[u8; bfd::LEN]> {
 
 #[inline(always)]
 fn event(s: &BfdSession, slot: u32, kind: u32, old: State, new: State) {
-    let ev = BfdEvent {
-        slot,
-        local_disc: s.ctl_local_disc,
-        old_state: old as u8,
-        new_state: new as u8,
-        diag: s.diag,
-        remote_state: s.remote_state,
-        kind,
-    };
+    // As four words: built field by field, LLVM merges the byte fields into
+    // stores the verifier rejects as misaligned on the stack.
+    let states = u32::from_le_bytes([old as u8, new as u8, s.diag, s.remote_state]);
+    // SAFETY: BfdEvent is repr(C), four u32-sized words, no padding.
+    let ev: BfdEvent = unsafe { core::mem::transmute([slot, s.ctl_local_disc, states, kind]) };
     if BFD_EVENTS.output::<BfdEvent>(&ev, 0).is_err() {
         count_bfd(BFD_CNT_EVENTS_LOST);
     }

@@ -44,19 +44,20 @@ fn same<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
 /// local port it is for, by OVN egress key (PORT_KEYS) or else by inner
 /// destination MAC (a local FDB entry).
 #[inline(always)]
-pub fn decap(remote: [u8; 16], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u32, FdbEntry), Drop> {
+pub fn decap(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u32, FdbEntry), Drop> {
     let generation = generation();
     // Key 0 is "no port" in OVN: without a key, the inner MAC decides.
     let mac = if egress != 0 { [0; 6] } else { mac };
-    let key = DecapFlowKey { remote, vni, egress, mac, _pad: 0 };
-    let slot = DECAP_FLOWS.get_ptr_mut(key.slot());
+    let key = DecapFlowKey::pack(remote, vni, egress, mac);
+    let slot = DECAP_FLOWS.get_ptr_mut(flow_slot(&key));
     if let Some(e) = slot {
         let e = unsafe { &*e };
-        if e.filled != 0 && e.generation == generation && same(&e.key.words(), &key.words()) {
+        if e.filled != 0 && e.generation == generation && same(&e.key.words(), &key) {
             return Ok((e.tunnel, e.dest));
         }
     }
 
+    let remote = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(remote) };
     let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni }) }.ok_or(Drop::UnknownTunnel)?;
     let dest = if egress != 0 {
         unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
@@ -66,7 +67,7 @@ pub fn decap(remote: [u8; 16], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
     .copied()
     .ok_or(Drop::UnknownDestination)?;
     if let Some(e) = slot {
-        unsafe { *e = DecapFlow { key, generation, tunnel, filled: 1, dest } };
+        unsafe { *e = DecapFlow { key: DecapFlowKey::from_words(key), generation, tunnel, filled: 1, dest } };
     }
     Ok((tunnel, dest))
 }
@@ -86,20 +87,23 @@ pub fn decap(remote: [u8; 16], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
 pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'static EncapFlow>)> {
     let generation = generation();
     let unicast = dst.filter(|d| d[0] & 1 == 0);
-    let mut slot = None;
-    if let Some(mac) = unicast {
-        let key = EncapFlowKey { ifindex, mac, _pad0: 0, _pad1: 0 };
-        if let Some(e) = ENCAP_FLOWS.get_ptr_mut(key.slot()) {
-            let f = unsafe { &*e };
-            if f.filled != 0 && f.generation == generation && same(&f.key.words(), &key.words()) {
+    // Built on every path: a key left undefined where there is no
+    // destination becomes a register the verifier sees read uninitialized.
+    let key = EncapFlowKey::pack(ifindex, unicast.unwrap_or([0; 6]));
+    // Likewise a null pointer, not an `Option` whose `None` leaves it undefined.
+    let mut e: *mut EncapFlow = core::ptr::null_mut();
+    if unicast.is_some() {
+        if let Some(p) = ENCAP_FLOWS.get_ptr_mut(flow_slot(&key)) {
+            let f = unsafe { &*p };
+            if f.filled != 0 && f.generation == generation && same(&f.key.words(), &key) {
                 return Some((f.port, Some(f)));
             }
-            slot = Some((e, key));
+            e = p;
         }
     }
 
     let port = *unsafe { LOCAL_PORTS.get(&ifindex) }?;
-    let (Some(mac), Some((e, key))) = (unicast, slot) else { return Some((port, None)) };
+    let Some(mac) = unicast.filter(|_| !e.is_null()) else { return Some((port, None)) };
     let Some(dest) = (unsafe { FDB.get(&FdbKey { vni: port.vni, mac, _pad: [0; 2] }) }).copied() else {
         return Some((port, None));
     };
@@ -111,6 +115,6 @@ pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'
             None => return Some((port, None)),
         }
     };
-    unsafe { *e = EncapFlow { key, generation, port, dest, tunnel, filled: 1 } };
+    unsafe { *e = EncapFlow { key: EncapFlowKey::from_words(key), generation, port, dest, tunnel, filled: 1 } };
     Some((port, Some(unsafe { &*e })))
 }

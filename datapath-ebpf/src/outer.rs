@@ -13,11 +13,12 @@ use xgw_common::{
 
 use crate::parse::ptr_at;
 
-/// A Geneve packet for us: where its Geneve header starts, who sent it, and
-/// where its IP and UDP headers claim the packet ends.
+/// A Geneve packet for us: where its Geneve header starts, who sent it (as
+/// the words of its 16-byte form, IPv4 mapped), and where its IP and UDP
+/// headers claim the packet ends.
 pub struct Outer {
     pub geneve: usize,
-    pub remote: [u8; 16],
+    pub remote: [u64; 2],
     pub ip_end: usize,
     pub udp_end: usize,
 }
@@ -81,14 +82,20 @@ fn geneve_port(ctx: &XdpContext, udp: usize) -> Option<usize> {
 
 /// `ipv4_mapped`, as words.
 #[inline(always)]
-fn mapped(ip: [u8; 4]) -> [u8; 16] {
-    let low = 0xffff_0000 | (u32::from_ne_bytes(ip) as u64) << 32;
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, low]) }
+fn mapped(ip: [u8; 4]) -> [u64; 2] {
+    [0, 0xffff_0000 | (u32::from_ne_bytes(ip) as u64) << 32]
 }
 
 #[inline(always)]
-fn words(ip: &[u8; 16]) -> [u8; 16] {
+fn words(ip: &[u8; 16]) -> [u64; 2] {
     let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *ip;
-    let w = [u64::from_ne_bytes([a, b, c, d, e, f, g, h]), u64::from_ne_bytes([i, j, k, l, m, n, o, p])];
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) }
+    [u64::from_ne_bytes([a, b, c, d, e, f, g, h]), u64::from_ne_bytes([i, j, k, l, m, n, o, p])]
+}
+
+impl Outer {
+    /// The remote address as the maps' 16-byte fields hold it.
+    #[inline(always)]
+    pub fn remote_bytes(&self) -> [u8; 16] {
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(self.remote) }
+    }
 }

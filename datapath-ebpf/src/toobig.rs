@@ -109,8 +109,10 @@ fn reply4(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> boo
     if ip.proto == IPPROTO_ICMP {
         // RFC 1122 3.2.2: no ICMP error about an ICMP error.
         let ihl = (ip.vihl & 0x0f) as usize * 4;
-        let Some(t) = ptr_at::<u8>(ctx, ETH_HLEN + (ihl & 0x3c)) else { return false };
-        let t = unsafe { *t };
+        // Type and code: a one-byte read lets LLVM turn the bounds check
+        // into `p >= end`, from which the verifier learns no range.
+        let Some(t) = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + (ihl & 0x3c)) else { return false };
+        let t = unsafe { (*t)[0] };
         if t != ICMP_ECHO && t != ICMP_ECHOREPLY {
             return false;
         }
@@ -152,8 +154,8 @@ fn reply6(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> boo
     let ip = unsafe { &*ip };
     let (src, dst) = (ip.src_addr, ip.dst_addr);
     if ip.next_hdr == IPPROTO_ICMPV6 {
-        let Some(t) = ptr_at::<u8>(ctx, ETH_HLEN + IPV6_HLEN) else { return false };
-        if unsafe { *t } < ICMPV6_INFO_MIN {
+        let Some(t) = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + IPV6_HLEN) else { return false };
+        if unsafe { (*t)[0] } < ICMPV6_INFO_MIN {
             return false;
         }
     }

@@ -16,7 +16,8 @@
 //! `--only decap|encap` runs just that veth row (64-byte frames, with its
 //! baseline) and writes no results: a steady load to attach a profiler to
 //! (`perf record -e cpu-clock -a -- xgw-bench --only decap`). `--only ovs`
-//! runs just the Open vSwitch comparison, likewise. With XGW_BENCH_VERBOSE
+//! runs just the Open vSwitch comparison, likewise, and `--only cost` just
+//! the decap and encap program costs. With XGW_BENCH_VERBOSE
 //! set, each comparison window also prints the rate the generator offered.
 use std::{path::PathBuf, time::Duration};
 
@@ -67,6 +68,25 @@ const COST_ROWS: [&str; 6] = [
     "BFD echo reflection (single-hop peer, echo on)",
 ];
 
+/// `--only cost`: decap and encap through BPF_PROG_TEST_RUN beside
+/// `xgw_pass`, the quickest figure to watch while changing the fast path.
+fn program_cost(repeat: u32, runs: usize) {
+    let mut gw = TestGateway::load(&["xgw_pass", "xgw_uplink", "xgw_local"]);
+    veth::setup(&mut gw, 1, 1);
+    let (decap_pkt, encap_pkt) = veth::frames(64);
+    let (mut pass, mut decap, mut encap) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        pass.push(ns_per_packet(&gw, "xgw_pass", &decap_pkt, repeat, 0, XDP_PASS));
+        decap.push(ns_per_packet(&gw, "xgw_uplink", &decap_pkt, repeat, 0, XDP_REDIRECT));
+        encap.push(ns_per_packet(&gw, "xgw_local", &encap_pkt, repeat, 1, XDP_REDIRECT));
+    }
+    let pass = stats(pass);
+    for (name, v) in COST_ROWS.iter().zip([decap, encap]) {
+        let r = Row::new(*name, "ns/pkt", "xgw_pass", stats(v), pass);
+        println!("{}: {:.1} ns/pkt, xgw_pass {:.1}, {:.1} ns more", r.name, r.value.median, r.base.median, r.value.median - r.base.median);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -83,7 +103,10 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
 
     if let Some(only) = &only {
-        assert!(["decap", "encap", "ovs"].contains(&only.as_str()), "--only decap|encap|ovs, not {only}");
+        assert!(["decap", "encap", "ovs", "cost"].contains(&only.as_str()), "--only decap|encap|ovs|cost, not {only}");
+        if only == "cost" {
+            return program_cost(repeat, runs);
+        }
         let rows = match only.as_str() {
             "ovs" => versus::versus_ovs(ovs_sizes, timing, true),
             _ => veth::pps_by_size(&[64], frames, runs, Some(only)),
