@@ -159,8 +159,9 @@ pub const fn ipv4_mapped(ip: [u8; 4]) -> [u8; 16] {
 /// so two keys sharing a slot only evict each other; it holds the value of
 /// `GENERATION` read before the lookups that filled it, and is used only
 /// while `GENERATION` still has that value. The controller bumps
-/// `GENERATION` after every write to LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS or
-/// TUNNEL_BY_REMOTE, so the packet after a write never sees an older value.
+/// `GENERATION` after every write to LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS,
+/// TUNNEL_BY_REMOTE or UPLINK (encap slots hold outer headers built from
+/// it), so the packet after a write never sees an older value.
 pub const FLOW_SLOTS_LOG2: u32 = 10;
 pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_LOG2;
 
@@ -207,7 +208,8 @@ pub struct EncapFlowKey {
     pub _pad1: u32,
 }
 
-/// What LOCAL_PORTS, FDB and (for a remote destination) TUNNELS said.
+/// What LOCAL_PORTS, FDB and (for a remote destination) TUNNELS and UPLINK
+/// said, and for a remote destination the outer headers they make.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncapFlow {
@@ -218,7 +220,30 @@ pub struct EncapFlow {
     /// The tunnel of an `FDB_REMOTE` destination; zeros for a local one.
     pub tunnel: Tunnel,
     pub filled: u32,
+    /// `OUTER_*`: which headers `outer` holds, if any.
+    pub outer_kind: u32,
+    /// Bytes of `outer` pushed in front of the frame.
+    pub outer_len: u32,
+    /// The longest inner frame that fits the uplink's MTU once encapsulated.
+    pub max_frame: u32,
+    /// IPv4: the outer header's 16-bit words summed, all but the total
+    /// length (and the zero checksum and ID), not yet folded.
+    pub ip_sum: u32,
+    /// Outer Ethernet, IP, UDP, Geneve and the OVN option if the tunnel
+    /// carries it, as sent, but for what changes per frame: the UDP source
+    /// port, the lengths, the IPv4 checksum, the IPv6 flow label and UDP
+    /// checksum (all zero here).
+    pub outer: [u64; OUTER_WORDS],
 }
+
+/// `EncapFlow::outer_kind`: a local destination (or none) needs no headers;
+/// `OUTER_NO_UNDERLAY`: the uplink has no address of the tunnel's family.
+pub const OUTER_NONE: u32 = 0;
+pub const OUTER_NO_UNDERLAY: u32 = 1;
+pub const OUTER_IPV4: u32 = 2;
+pub const OUTER_IPV6: u32 = 3;
+/// Ethernet + IPv6 + UDP + Geneve + the OVN option, 78 bytes, in words.
+pub const OUTER_WORDS: usize = 10;
 
 // The datapath builds flow keys as machine words in registers, hashes and
 // compares those, and stores the struct only to fill a slot: a key written to
@@ -463,5 +488,5 @@ const _: () = {
     assert!(core::mem::size_of::<DecapFlowKey>() == 32);
     assert!(core::mem::size_of::<DecapFlow>() == 56);
     assert!(core::mem::size_of::<EncapFlowKey>() == 16);
-    assert!(core::mem::size_of::<EncapFlow>() == 80);
+    assert!(core::mem::size_of::<EncapFlow>() == 176);
 };

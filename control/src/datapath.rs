@@ -145,8 +145,8 @@ pub fn sum_percpu(map: &PerCpuArray<MapData, Counter>, len: u32) -> Result<Vec<C
 
 /// The flow caches' generation counter (`GENERATION`, see
 /// `xgw_common::maps::FLOW_SLOTS`), mapped into this process. Every writer of
-/// LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS or TUNNEL_BY_REMOTE calls `bump`
-/// after its write, so that no packet after it uses a cached copy of what
+/// LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS, TUNNEL_BY_REMOTE or UPLINK calls
+/// `bump` after its write, so that no packet after it uses a cached copy of what
 /// the maps held before.
 ///
 /// The add is atomic on the shared mapping: writers in several threads or

@@ -1,6 +1,11 @@
 //! Geneve encapsulation (RFC 8926) of a frame from a local port toward the
 //! chassis that hosts its destination: push outer Ethernet / IP / UDP /
 //! Geneve, plus OVN's option when the tunnel carries OVN metadata.
+//!
+//! The outer headers of a destination are the same for every frame but for
+//! a few fields, so they are built once, when the destination's flow-cache
+//! slot is filled (`template`), and each frame copies them and patches in
+//! its UDP source port, lengths and checksum (`geneve`).
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use network_types::{
     eth::EthHdr,
@@ -20,9 +25,9 @@ use crate::{
     parse::{ptr_at, ptr_at_mut},
 };
 
-/// The headers pushed in front of the inner frame. The OVN option's bytes
-/// are written only when the tunnel carries it; without it the inner frame
-/// starts where the option would.
+/// The outer headers as they lie in front of the inner frame. The OVN
+/// option's bytes are sent only when the tunnel carries it; without it the
+/// inner frame starts where the option would.
 #[repr(C)]
 struct Outer<Ip> {
     eth: EthHdr,
@@ -32,121 +37,168 @@ struct Outer<Ip> {
     opt: [u8; OVN_OPT_LEN],
 }
 
-/// What both address families share around their IP header.
-struct Common {
-    nexthop: [u8; 6],
-    src_mac: [u8; 6],
-    sport: u16,
-    udp_len: usize,
-    gnv: [u8; geneve::HLEN],
-    opt: Option<[u8; OVN_OPT_LEN]>,
+/// Outer headers up to UDP: the part patched per frame.
+#[repr(C)]
+struct Head<Ip> {
+    eth: EthHdr,
+    ip: Ip,
+    udp: UdpHdr,
 }
 
-impl<Ip> Outer<Ip> {
-    /// Ethernet, UDP (checksum 0 for now), Geneve and the option if any.
-    #[inline(always)]
-    fn fill(&mut self, ether_type: u16, c: &Common) {
-        self.eth.dst_addr = c.nexthop;
-        self.eth.src_addr = c.src_mac;
-        self.eth.ether_type = ether_type.to_be();
-        self.udp.src = c.sport.to_be_bytes();
-        self.udp.dst = GENEVE_PORT.to_be_bytes();
-        self.udp.len = (c.udp_len as u16).to_be_bytes();
-        self.udp.check = [0, 0];
-        self.geneve = c.gnv;
-        if let Some(opt) = c.opt {
-            self.opt = opt;
-        }
-    }
-}
+const V4: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN + geneve::HLEN;
+const V6: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN + geneve::HLEN;
+const _: () = assert!(V6 + OVN_OPT_LEN <= OUTER_WORDS * 8);
 
 /// Outer IPv4 as Open vSwitch sends it: DF set, TTL 64, ID 0 (RFC 6864
 /// allows any ID on an atomic datagram).
 const IP4_FLAGS_DF: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
 
-/// The frame is encapsulated in place; the caller redirects it to the uplink.
-/// `dest` is the FDB entry of a remote binding (its remote key), `tunnel`
-/// the tunnel it names.
+/// Fills the outer-header fields of `f`, a slot for a remote destination
+/// whose `port`, `dest` and `tunnel` are set, from UPLINK. Runs on a cache
+/// miss only; the controller bumps GENERATION after writing UPLINK, as
+/// after the other maps, so a slot never outlives the uplink it was built
+/// from.
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, port: &LocalPort, dest: &FdbEntry, tunnel: &Tunnel, len: usize) -> Result<(), Drop> {
-    let up = UPLINK.get(0).ok_or(Drop::NoUnderlay)?;
+pub fn template(f: &mut EncapFlow) {
+    f.outer_kind = OUTER_NO_UNDERLAY;
+    let Some(up) = UPLINK.get(0) else { return };
+    let tunnel = f.tunnel;
     let (opts, flags) = if tunnel.flags & TUNNEL_OVN_METADATA != 0 { (OVN_OPT_LEN, FLAG_CRITICAL) } else { (0, 0) };
-    // Everything after the outer IP header: UDP, Geneve, options, frame.
-    let udp_len = UDP_HLEN + geneve::HLEN + opts + len;
-    let hash = flow_hash(ctx);
-    // RFC 8926 section 3.3: source port from the inner flow, in the dynamic
-    // range, so the underlay's ECMP spreads flows but keeps each in order.
-    let sport = (0xc000 | (hash & 0x3fff)) as u16;
-    let common = Common {
-        nexthop: tunnel.nexthop_mac,
-        src_mac: up.mac,
-        sport,
-        udp_len,
-        gnv: geneve::header(port.vni, opts, flags),
-        opt: (opts != 0).then(|| geneve::ovn_option(port.port_key, dest.port_key)),
-    };
-
-    if tunnel.flags & TUNNEL_IPV6 == 0 {
-        if up.flags & UPLINK_HAS_IP4 == 0 {
-            return Err(Drop::NoUnderlay);
-        }
-        let ip_len = IPV4_HLEN_MIN + udp_len;
-        if ip_len > up.mtu as usize {
-            return Err(Drop::MtuExceeded);
-        }
-        push(ctx, ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN + geneve::HLEN + opts)?;
-        let h = unsafe { &mut *ptr_at_mut::<Outer<Ipv4Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
-        // IPv4: a zero UDP checksum, as RFC 8926 section 3.3 allows and Open
-        // vSwitch sends; the inner frame carries its own checksums.
-        h.fill(ETH_P_IPV4, &common);
-        let dst: [u8; 4] = [tunnel.remote[12], tunnel.remote[13], tunnel.remote[14], tunnel.remote[15]];
-        let tot_len = (ip_len as u16).to_be_bytes();
-        h.ip.vihl = 0x45;
-        h.ip.tos = 0;
-        h.ip.tot_len = tot_len;
-        h.ip.id = [0, 0];
-        h.ip.frags = IP4_FLAGS_DF.to_be_bytes();
-        h.ip.ttl = OUTER_TTL;
-        h.ip.proto = IPPROTO_UDP;
-        h.ip.src_addr = up.ip4;
-        h.ip.dst_addr = dst;
-        // The header is 0x45 00 | len | 0 | DF | TTL proto | csum | src | dst.
-        let mut sum = 0x4500 + IP4_FLAGS_DF as u32 + ((OUTER_TTL as u32) << 8 | IPPROTO_UDP as u32);
-        sum += ip_len as u32;
-        sum = csum::add_words(sum, &up.ip4);
-        sum = csum::add_words(sum, &dst);
-        h.ip.check = csum::finish(sum).to_be_bytes();
-    } else {
-        if up.flags & UPLINK_HAS_IP6 == 0 {
-            return Err(Drop::NoUnderlay);
-        }
-        if IPV6_HLEN + udp_len > up.mtu as usize {
-            return Err(Drop::MtuExceeded);
-        }
-        push(ctx, ETH_HLEN + IPV6_HLEN + UDP_HLEN + geneve::HLEN + opts)?;
-        let h = unsafe { &mut *ptr_at_mut::<Outer<Ipv6Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
-        h.fill(ETH_P_IPV6, &common);
-        // Flow label from the same hash (RFC 6438): ECMP on the IPv6 underlay.
-        h.ip.vcf = (0x6000_0000 | (hash & 0x000f_ffff)).to_be_bytes();
-        h.ip.payload_len = (udp_len as u16).to_be_bytes();
+    let v6 = tunnel.flags & TUNNEL_IPV6 != 0;
+    if up.flags & if v6 { UPLINK_HAS_IP6 } else { UPLINK_HAS_IP4 } == 0 {
+        return;
+    }
+    let len = if v6 { V6 } else { V4 } + opts;
+    // What the IP header's length counts besides the frame.
+    let overhead = len - ETH_HLEN;
+    f.max_frame = (up.mtu as usize).saturating_sub(overhead) as u32;
+    f.outer_len = len as u32;
+    let gnv = geneve::header(f.port.vni, opts, flags);
+    let opt = geneve::ovn_option(f.port.port_key, f.dest.port_key);
+    let outer = &mut f.outer as *mut [u64; OUTER_WORDS];
+    if v6 {
+        let h = unsafe { &mut *(outer as *mut Outer<Ipv6Hdr>) };
+        fill(h, ETH_P_IPV6, tunnel.nexthop_mac, up.mac, gnv, opt);
+        h.ip.vcf = 0x6000_0000u32.to_be_bytes();
+        h.ip.payload_len = [0, 0];
         h.ip.next_hdr = IPPROTO_UDP;
         h.ip.hop_limit = OUTER_TTL;
         h.ip.src_addr = up.ip6;
         h.ip.dst_addr = tunnel.remote;
+        // The UDP pseudo-header but for its length.
+        let sum = csum::add_words(csum::add_words(IPPROTO_UDP as u32, &up.ip6), &tunnel.remote);
+        f.ip_sum = sum;
+        f.outer_kind = OUTER_IPV6;
+    } else {
+        let h = unsafe { &mut *(outer as *mut Outer<Ipv4Hdr>) };
+        fill(h, ETH_P_IPV4, tunnel.nexthop_mac, up.mac, gnv, opt);
+        let dst: [u8; 4] = [tunnel.remote[12], tunnel.remote[13], tunnel.remote[14], tunnel.remote[15]];
+        h.ip.vihl = 0x45;
+        h.ip.tos = 0;
+        h.ip.tot_len = [0, 0];
+        h.ip.id = [0, 0];
+        h.ip.frags = IP4_FLAGS_DF.to_be_bytes();
+        h.ip.ttl = OUTER_TTL;
+        h.ip.proto = IPPROTO_UDP;
+        h.ip.check = [0, 0];
+        h.ip.src_addr = up.ip4;
+        h.ip.dst_addr = dst;
+        // 0x45 00 | len | 0 | DF | TTL proto | csum | src | dst, but len.
+        let sum = 0x4500 + IP4_FLAGS_DF as u32 + ((OUTER_TTL as u32) << 8 | IPPROTO_UDP as u32);
+        f.ip_sum = csum::add_words(csum::add_words(sum, &up.ip4), &dst);
+        f.outer_kind = OUTER_IPV4;
+    }
+}
+
+/// Ethernet, UDP (source port, length and checksum zero until the frame's
+/// own are known), Geneve and the option.
+#[inline(always)]
+fn fill<Ip>(h: &mut Outer<Ip>, ether_type: u16, nexthop: [u8; 6], src_mac: [u8; 6], gnv: [u8; geneve::HLEN], opt: [u8; OVN_OPT_LEN]) {
+    h.eth.dst_addr = nexthop;
+    h.eth.src_addr = src_mac;
+    h.eth.ether_type = ether_type.to_be();
+    h.udp.src = [0, 0];
+    h.udp.dst = GENEVE_PORT.to_be_bytes();
+    h.udp.len = [0, 0];
+    h.udp.check = [0, 0];
+    h.geneve = gnv;
+    h.opt = opt;
+}
+
+/// Encapsulates the frame in place with the slot's headers; the caller
+/// redirects it to the uplink.
+#[inline(always)]
+pub fn geneve(ctx: &XdpContext, f: &EncapFlow, len: usize) -> Result<(), Drop> {
+    let v6 = match f.outer_kind {
+        OUTER_IPV4 => false,
+        OUTER_IPV6 => true,
+        _ => return Err(Drop::NoUnderlay),
+    };
+    if len > f.max_frame as usize {
+        return Err(Drop::MtuExceeded);
+    }
+    let hash = flow_hash(ctx);
+    // RFC 8926 section 3.3: source port from the inner flow, in the dynamic
+    // range, so the underlay's ECMP spreads flows but keeps each in order.
+    let sport = (0xc000 | (hash >> 18)) as u16;
+    let outer_len = f.outer_len as usize;
+    push(ctx, outer_len)?;
+    let with_opt = outer_len == if v6 { V6 } else { V4 } + OVN_OPT_LEN;
+    if !v6 {
+        // Copies of a constant size each: one load and store per word.
+        if with_opt { copy::<{ V4 + OVN_OPT_LEN }>(ctx, f) } else { copy::<V4>(ctx, f) }?;
+        let h = unsafe { &mut *ptr_at_mut::<Head<Ipv4Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
+        let ip_len = outer_len - ETH_HLEN + len;
+        h.ip.tot_len = (ip_len as u16).to_be_bytes();
+        h.ip.check = csum::finish(f.ip_sum + ip_len as u32).to_be_bytes();
+        h.udp.src = sport.to_be_bytes();
+        // IPv4: a zero UDP checksum, as RFC 8926 section 3.3 allows and Open
+        // vSwitch sends; the inner frame carries its own checksums.
+        h.udp.len = ((ip_len - IPV4_HLEN_MIN) as u16).to_be_bytes();
+    } else {
+        if with_opt { copy::<{ V6 + OVN_OPT_LEN }>(ctx, f) } else { copy::<V6>(ctx, f) }?;
+        let h = unsafe { &mut *ptr_at_mut::<Head<Ipv6Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
+        let udp_len = outer_len - ETH_HLEN - IPV6_HLEN + len;
+        // Flow label from the same hash (RFC 6438): ECMP on the IPv6 underlay.
+        h.ip.vcf = (0x6000_0000 | (hash >> 12)).to_be_bytes();
+        h.ip.payload_len = (udp_len as u16).to_be_bytes();
+        h.udp.src = sport.to_be_bytes();
+        h.udp.len = (udp_len as u16).to_be_bytes();
         // IPv6: a real UDP checksum. RFC 6935 permits zero for tunnels, but
         // Linux (and so the Open vSwitch kernel datapath) drops zero-checksum
         // Geneve over IPv6 unless told otherwise.
-        let mut sum = 0u32;
-        sum = csum::add_words(sum, &up.ip6);
-        sum = csum::add_words(sum, &tunnel.remote);
-        sum += udp_len as u32 + IPPROTO_UDP as u32;
         let body = csum::sum_to_end(ctx, ETH_HLEN + IPV6_HLEN).ok_or(Drop::MtuExceeded)?;
-        let c = csum::finish(sum + body);
+        let c = csum::finish(f.ip_sum + udp_len as u32 + body);
         // Zero means "no checksum" in UDP: send its one's-complement twin.
         let c = if c == 0 { 0xffff } else { c };
         let udp = unsafe { &mut *ptr_at_mut::<UdpHdr>(ctx, ETH_HLEN + IPV6_HLEN).ok_or(Drop::NoHeadroom)? };
         udp.check = c.to_be_bytes();
+    }
+    Ok(())
+}
+
+/// The slot's first `N` outer bytes to the front of the packet, a word at a
+/// time: as one `[u8; N]` assignment LLVM calls a byte-by-byte memcpy.
+#[inline(always)]
+fn copy<const N: usize>(ctx: &XdpContext, f: &EncapFlow) -> Result<(), Drop> {
+    let to = ptr_at_mut::<[u8; N]>(ctx, 0).ok_or(Drop::NoHeadroom)? as *mut u8;
+    let from = f.outer.as_ptr() as *const u8;
+    let mut i = 0;
+    // SAFETY: `to` has N bytes (checked above), `from` OUTER_WORDS * 8 >= N;
+    // the packet may be misaligned (see .cargo/config.toml), the slot not.
+    unsafe {
+        while i + 8 <= N {
+            core::ptr::write_unaligned(to.add(i) as *mut u64, *(from.add(i) as *const u64));
+            i += 8;
+        }
+        if i + 4 <= N {
+            core::ptr::write_unaligned(to.add(i) as *mut u32, *(from.add(i) as *const u32));
+            i += 4;
+        }
+        if i + 2 <= N {
+            core::ptr::write_unaligned(to.add(i) as *mut u16, *(from.add(i) as *const u16));
+        }
     }
     Ok(())
 }
@@ -160,12 +212,15 @@ fn push(ctx: &XdpContext, bytes: usize) -> Result<(), Drop> {
 }
 
 /// A hash of the inner flow: addresses, protocol and (for TCP and UDP
-/// without IP options) ports; MAC addresses for anything else.
+/// without IP options) ports; MAC addresses for anything else. The callers
+/// use the top bits of one multiply, which every lower input bit reaches;
+/// folding the high half down first lets the high input bits reach them
+/// too.
 #[inline(always)]
 fn flow_hash(ctx: &XdpContext) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return 0 };
     let eth = unsafe { &*eth };
-    let mut h: u32 = match u16::from_be(eth.ether_type) {
+    let h: u32 = match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
             Some(ip) => {
                 let ip = unsafe { &*ip };
@@ -198,12 +253,7 @@ fn flow_hash(ctx: &XdpContext) -> u32 {
             u32::from_ne_bytes([d[2], d[3], d[4], d[5]]) ^ u32::from_ne_bytes([s[2], s[3], s[4], s[5]]).rotate_left(16)
         }
     };
-    // murmur3's finalizer: every input bit reaches the low bits used above.
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+    (h ^ (h >> 16)).wrapping_mul(0x9e37_79b1)
 }
 
 #[inline(always)]

@@ -115,6 +115,17 @@ pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'
             None => return Some((port, None)),
         }
     };
-    unsafe { *e = EncapFlow { key: EncapFlowKey::from_words(key), generation, port, dest, tunnel, filled: 1 } };
-    Some((port, Some(unsafe { &*e })))
+    // Field by field in place: the slot is too big to build on the stack.
+    let f = unsafe { &mut *e };
+    f.key = EncapFlowKey::from_words(key);
+    f.generation = generation;
+    f.port = port;
+    f.dest = dest;
+    f.tunnel = tunnel;
+    f.outer_kind = OUTER_NONE;
+    if dest.kind != FDB_LOCAL {
+        crate::encap::template(f);
+    }
+    f.filled = 1;
+    Some((port, Some(f)))
 }

@@ -90,7 +90,7 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
         }
         dest.ofport as u32
     } else {
-        if let Err(reason) = encap::geneve(&ctx, &port, dest, &flow.tunnel, len) {
+        if let Err(reason) = encap::geneve(&ctx, flow, len) {
             maps::count_drop(reason);
             if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel) {
                 maps::count_reply(Reply::TooBig);

@@ -94,6 +94,8 @@ impl TestGateway {
     pub fn set_uplink(&mut self, uplink: Uplink) {
         let mut m: Array<&mut MapData, Uplink> = Array::try_from(self.ebpf.map_mut(UPLINK).unwrap()).unwrap();
         m.set(0, uplink, 0).unwrap();
+        // Encap flow-cache slots hold outer headers built from it.
+        self.generation.bump();
     }
 
     pub fn add_tunnel(&mut self, ofport: u32, tunnel: Tunnel) {

@@ -130,6 +130,61 @@ fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
     }
 }
 
+/// The encap slot holds the outer headers, built from UPLINK when it was
+/// filled: a new uplink address, MAC or MTU reaches the next frame of a warm
+/// flow, and an uplink without IPv4 stops it, each counted.
+#[test]
+fn encap_slot_headers_follow_the_uplink() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let mut gw = TestGateway::load(&["xgw_local"]);
+    gw.set_uplink(uplink());
+    gw.set_uplink_devmap(LO);
+    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    let m1 = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
+    gw.add_remote(VNI, m1, None, T1, 0x0022);
+    let slot = encap_key(LO, m1).slot();
+    let pkt = from_vm(m1);
+
+    let run = test_run_on(gw.program("xgw_local"), &pkt, LO);
+    assert_eq!(run.verdict, XDP_REDIRECT);
+    assert_eq!((&run.data[6..12], &run.data[26..30]), (&GW_MAC[..], &GW_IP4[..]), "outer source MAC and IPv4");
+    // The slot's headers are the frame's, with the per-frame fields zero:
+    // IPv4 total length (16..18) and checksum (24..26), UDP source port
+    // (34..36) and length (38..40); Geneve and the option follow as sent.
+    let e = encap_slot(&gw, cpu, slot);
+    assert_eq!((e.filled, e.key, e.outer_kind, e.outer_len), (1, encap_key(LO, m1), OUTER_IPV4, 58));
+    assert_eq!(e.max_frame, 1500 - (20 + 8 + 8 + 8), "uplink MTU less outer IPv4, UDP, Geneve and option");
+    let outer: Vec<u8> = e.outer.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut want = run.data[..58].to_vec();
+    for r in [16..18, 24..26, 34..36, 38..40] {
+        want[r].fill(0);
+    }
+    assert_eq!(&outer[..58], &want[..]);
+
+    // Another MAC and address, and an MTU the frame exactly fits.
+    let (mac2, ip2) = ([0x02, 0x00, 0x5e, 0x10, 0x00, 0x09], [198, 51, 100, 9]);
+    gw.set_uplink(Uplink { mac: mac2, ip4: ip2, mtu: (pkt.len() + 44) as u32, ..uplink() });
+    let run = test_run_on(gw.program("xgw_local"), &pkt, LO);
+    assert_eq!(run.verdict, XDP_REDIRECT, "a frame that exactly fits the MTU");
+    assert_eq!((&run.data[6..12], &run.data[26..30]), (&mac2[..], &ip2[..]), "the new uplink's MAC and address");
+    assert_eq!(u16::from_be_bytes([run.data[16], run.data[17]]) as usize, pkt.len() + 44, "outer IPv4 total length");
+    assert_eq!(encap_slot(&gw, cpu, slot).generation, gw.generation(), "refilled under the new generation");
+
+    let drops = |gw: &TestGateway, r: &str| gw.drops().get(r).copied().unwrap_or(0);
+    let (mtu0, under0) = (drops(&gw, "mtu_exceeded"), drops(&gw, "no_underlay"));
+    gw.set_uplink(Uplink { mac: mac2, ip4: ip2, mtu: (pkt.len() + 43) as u32, ..uplink() });
+    // No ICMP answer: the inner MTU it would announce (117 - 58) is below
+    // IPv4's minimum of 68.
+    assert_eq!(test_run_on(gw.program("xgw_local"), &pkt, LO).verdict, XDP_DROP, "one byte over the MTU");
+    assert_eq!(drops(&gw, "mtu_exceeded"), mtu0 + 1);
+    gw.set_uplink(Uplink { flags: UPLINK_HAS_IP6, ..uplink() });
+    assert_eq!(test_run_on(gw.program("xgw_local"), &pkt, LO).verdict, XDP_DROP, "an IPv4 tunnel over an uplink without IPv4");
+    assert_eq!(drops(&gw, "no_underlay"), under0 + 1);
+    assert_eq!(encap_slot(&gw, cpu, slot).outer_kind, OUTER_NO_UNDERLAY);
+}
+
 #[test]
 fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
     require_root!();

@@ -379,6 +379,9 @@ fn start(
     }
     let value = Uplink { ifindex: uplink_index, mtu, mac, flags, _pad: 0, ip4: ip4.unwrap_or_default(), ip6: ip6.unwrap_or_default() };
     up.set(0, value, 0).context("writing the UPLINK map")?;
+    // Encap flow-cache slots hold outer headers built from UPLINK; those a
+    // datapath left running filled before this write must not serve after it.
+    datapath::Generation::open_pinned(&pins.dir)?.bump();
     let mut devmap = DevMapHash::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::DEVMAP))?)?)?;
     devmap.insert(DEVMAP_UPLINK, uplink_index, None, 0).context("writing the uplink's DEVMAP slot")?;
 
