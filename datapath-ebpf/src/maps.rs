@@ -68,7 +68,7 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 // Counter slots are per CPU: no other CPU writes them, plain adds are safe.
 
 #[inline(always)]
-fn bump(c: &mut Counter, len: usize) {
+pub fn bump(c: &mut Counter, len: usize) {
     c.packets += 1;
     c.bytes += len as u64;
 }
@@ -99,6 +99,12 @@ pub fn count_rx(ofport: u32, len: usize) {
     if let Some(s) = PORT_STATS.get_ptr_mut(ofport) {
         bump(unsafe { &mut (*s).rx }, len);
     }
+}
+
+/// This CPU's counters of port `ofport`.
+#[inline(always)]
+pub fn port_stats(ofport: u32) -> Option<&'static mut PortStats> {
+    PORT_STATS.get_ptr_mut(ofport).map(|s| unsafe { &mut *s })
 }
 
 #[inline(always)]

@@ -169,8 +169,12 @@ fn ovs_geneve_over_ipv6_underlay() {
 fn ovs_geneve_without_options_is_the_bare_header() {
     require_root!();
     let p = pair(false, false);
-    let frames = ping_and_capture(&p, 2);
-    assert!(frames.len() >= 4);
+    let frames = ping_and_capture(&p, 3);
+    // A request may be lost while OVS's slow path installs the flows (seen
+    // once in CI-like runs: 3 frames of 4); what matters is that both
+    // directions were captured, and every frame is checked.
+    let types: Vec<u8> = frames.iter().map(|(_, g)| icmp_echo(&g.inner).unwrap().0).collect();
+    assert!(types.contains(&8) && types.contains(&0), "need a request and a reply, captured ICMP types {types:?}");
     for (_, g) in &frames {
         check_geneve(g, false);
     }

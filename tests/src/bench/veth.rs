@@ -112,7 +112,7 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
     let vm = Netns::new("bvm");
     Veth::new(&gw_ns, "ul", "198.51.100.1/24", &hv, "hv0", "198.51.100.2/24");
     Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
-    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
+    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop", "xgw_strip", "xgw_push"]);
     gw.in_netns(&gw_ns);
     let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
     setup(&mut gw, ul, p);
@@ -150,6 +150,10 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
     for &size in sizes {
         let (decap_pkt, encap_pkt) = frames(size);
         let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
+        // The floors, at the first size only: what stripping or pushing the
+        // outer headers costs on this path with no other work at all.
+        let floors = size == sizes[0];
+        let (mut strip, mut push) = (vec![], vec![]);
         let decap_before = gw.port_stats(TUNNEL as u32).rx.packets;
         let encap_before = gw.port_stats(TUNNEL as u32).tx.packets;
         // Interleave measured and baseline runs so drift on a noisy VM hits both.
@@ -163,27 +167,41 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
             if do_decap {
                 gw.devmap_set(0, p);
                 decap_base.push(run(&gw, "xgw_redirect", &decap_pkt, ul, &vm, "eth0"));
+                if floors {
+                    strip.push(run(&gw, "xgw_strip", &decap_pkt, ul, &vm, "eth0"));
+                }
             }
             if do_encap {
                 gw.devmap_set(0, ul);
                 encap_base.push(run(&gw, "xgw_redirect", &encap_pkt, p, &hv, "hv0"));
+                if floors {
+                    push.push(run(&gw, "xgw_push", &encap_pkt, p, &hv, "hv0"));
+                }
             }
         }
         // The rows count only if the gateway really did the work on every frame.
         let n = frames_per_run as u64 * runs as u64;
         if do_decap {
             assert_eq!(gw.port_stats(TUNNEL as u32).rx.packets - decap_before, n, "{size} B: not every frame decapsulated");
+            let base = stats(decap_base);
             decap_rows.push(
-                Row::new(decap_name(size), "pkt/s", "xgw_redirect", stats(decap), stats(decap_base))
+                Row::new(decap_name(size), "pkt/s", "xgw_redirect", stats(decap), base)
                     .plot(PlotPoint { panel: DECAP, size, value: XGW, base: REDIRECT }),
             );
+            if floors {
+                decap_rows.push(Row::new(floor_name("decap", size), "pkt/s", "xgw_redirect", stats(strip), base));
+            }
         }
         if do_encap {
             assert_eq!(gw.port_stats(TUNNEL as u32).tx.packets - encap_before, n, "{size} B: not every frame encapsulated");
+            let base = stats(encap_base);
             encap_rows.push(
-                Row::new(encap_name(size), "pkt/s", "xgw_redirect", stats(encap), stats(encap_base))
+                Row::new(encap_name(size), "pkt/s", "xgw_redirect", stats(encap), base)
                     .plot(PlotPoint { panel: ENCAP, size, value: XGW, base: REDIRECT }),
             );
+            if floors {
+                encap_rows.push(Row::new(floor_name("encap", size), "pkt/s", "xgw_redirect", stats(push), base));
+            }
         }
     }
     decap_rows.extend(encap_rows);
@@ -199,9 +217,17 @@ pub fn decap_name(size: u32) -> String {
 pub fn encap_name(size: u32) -> String {
     format!("encap on the veth path, {size} B inner (port -> uplink)")
 }
+/// `xgw_strip` / `xgw_push` beside `xgw_redirect`: the part of the gap to
+/// it that no decap or encap program can avoid on this path.
+pub fn floor_name(what: &str, size: u32) -> String {
+    let (verb, prog) = if what == "decap" { ("strip", "xgw_strip") } else { ("push", "xgw_push") };
+    format!("{what} floor: {verb} {GENEVE_OVERHEAD} B and redirect, nothing else ({prog}), {size} B inner")
+}
 /// The row names [`pps_by_size`] produces, for the completeness check.
 pub fn row_names(sizes: &[u32]) -> Vec<String> {
     let mut v: Vec<String> = sizes.iter().map(|&s| decap_name(s)).collect();
+    v.push(floor_name("decap", sizes[0]));
     v.extend(sizes.iter().map(|&s| encap_name(s)));
+    v.push(floor_name("encap", sizes[0]));
     v
 }

@@ -21,7 +21,7 @@ pub const MTU: u32 = 1500;
 
 /// Every program in the datapath object. The first three are the product;
 /// the last three are benchmark baselines, fuzzed all the same.
-pub const PROGRAMS: [&str; 6] = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass", "xgw_drop", "xgw_redirect"];
+pub const PROGRAMS: [&str; 8] = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass", "xgw_drop", "xgw_redirect", "xgw_strip", "xgw_push"];
 
 #[derive(Debug, Clone)]
 pub struct Port {
