@@ -96,16 +96,23 @@ fn colliding_mac(ifindex: u32, than: [u8; 6]) -> [u8; 6] {
         .expect("a colliding MAC among 65536")
 }
 
-#[test]
-fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
-    require_root!();
-    let cpu = pin_to_this_cpu();
+/// `xgw_local` on lo with the uplink, tunnel T1 toward HV_IP4 (OVN option)
+/// and the VM's port.
+fn encap_gateway() -> TestGateway {
     let mut gw = TestGateway::load(&["xgw_local"]);
     gw.set_uplink(uplink());
     gw.set_uplink_devmap(LO);
     gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
-    gw.add_tunnel(T2 as u32, Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
     gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw
+}
+
+#[test]
+fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let mut gw = encap_gateway();
+    gw.add_tunnel(T2 as u32, Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
     let m1 = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
     let m2 = colliding_mac(LO, m1);
     gw.add_remote(VNI, m1, None, T1, 0x0022);
@@ -137,11 +144,7 @@ fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
 fn encap_slot_headers_follow_the_uplink() {
     require_root!();
     let cpu = pin_to_this_cpu();
-    let mut gw = TestGateway::load(&["xgw_local"]);
-    gw.set_uplink(uplink());
-    gw.set_uplink_devmap(LO);
-    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
-    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    let mut gw = encap_gateway();
     let m1 = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
     gw.add_remote(VNI, m1, None, T1, 0x0022);
     let slot = encap_key(LO, m1).slot();
