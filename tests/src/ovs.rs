@@ -509,6 +509,19 @@ impl OvsHypervisor {
     }
 
     /// Pings `dst` from the VM; true when every echo was answered.
+    /// Pings `dst` from the VM, one request at a time, until one is answered
+    /// or `timeout` passes: the first packets toward a new peer wait on ARP
+    /// and on OVS's slow path, and a loaded machine can lose them.
+    pub fn vm_reachable(&self, dst: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.vm_ping(dst, 1) {
+                return true;
+            }
+        }
+        false
+    }
+
     pub fn vm_ping(&self, dst: &str, count: u32) -> bool {
         let out = self.vm().exec(&["ping", "-c", &count.to_string(), "-i", "0.1", "-W", "1", dst]);
         out.status.success() && text(&out).contains(&format!("{count} received"))

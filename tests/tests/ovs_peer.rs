@@ -67,6 +67,9 @@ fn icmp_echo(inner: &[u8]) -> Option<(u8, [u8; 4], [u8; 4])> {
 /// Pings VM2 from VM1 while capturing on hv1's underlay veth; returns the
 /// Geneve frames carrying ICMP echo (request or reply), raw and parsed.
 fn ping_and_capture(p: &Pair, count: u32) -> Vec<(Vec<u8>, Parsed)> {
+    // ARP and OVS's flow setup first, outside the capture: the counted
+    // pings below must all be answered.
+    assert!(p.hv1.vm_reachable("203.0.113.2", Duration::from_secs(10)), "VM1 never reached VM2 across OVS Geneve");
     let cap = Capture::start(p.hv1.ns(), "ul0", &["udp"]);
     assert!(p.hv1.vm_ping("203.0.113.2", count), "VM1 cannot ping VM2 across OVS Geneve");
     let frames = cap.stop();
