@@ -16,6 +16,19 @@ pub struct Process {
 }
 
 impl Process {
+    /// One busy loop (`sh`, nice 0) per core, stopped when the returned
+    /// processes are dropped: CPU pressure for the BFD stress runs.
+    pub fn cpu_hogs() -> Vec<Process> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        (0..cores)
+            .map(|_| {
+                let mut c = Command::new("sh");
+                c.args(["-c", "while :; do :; done"]);
+                Process::spawn(c, "cpu hog")
+            })
+            .collect()
+    }
+
     pub fn spawn(mut cmd: Command, what: &str) -> Process {
         let child = cmd
             .stdin(Stdio::null())

@@ -9,7 +9,6 @@
 //!   gw1 (XDP + engine) [ul 198.51.100.1] ---- [ul 198.51.100.2] gw2 (XDP + engine)
 use std::{
     net::IpAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -73,14 +72,8 @@ fn two_gateways_at_3x10ms_do_not_flap_under_cpu_hogs() {
     let (t1, t2) = (g1.status().tx_packets, g2.status().tx_packets);
 
     // One busy loop per core, ordinary priority (nice 0).
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let hogs: Vec<Process> = (0..cores)
-        .map(|_| {
-            let mut c = Command::new("sh");
-            c.args(["-c", "while :; do :; done"]);
-            Process::spawn(c, "cpu hog")
-        })
-        .collect();
+    let hogs = Process::cpu_hogs();
+    let cores = hogs.len();
     let run = Duration::from_secs(secs);
     let t0 = Instant::now();
     while t0.elapsed() < run {

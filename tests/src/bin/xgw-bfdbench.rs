@@ -21,7 +21,6 @@ use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -366,20 +365,14 @@ fn stress(secs: u64) -> (u64, u64, u64, u64) {
     let downs = |f: &Frr, p: &str| f.counters(p)["session-down"].as_u64().unwrap_or(0);
     let x0 = ga.status("p").flap_count + gb.status("p").flap_count;
     let r0 = downs(&f1, "203.0.113.2") + downs(&f2, "203.0.113.1");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let hogs: Vec<Process> = (0..cores)
-        .map(|_| {
-            let mut c = Command::new("sh");
-            c.args(["-c", "while :; do :; done"]);
-            Process::spawn(c, "cpu hog")
-        })
-        .collect();
+    let hogs = Process::cpu_hogs();
+    let hogs_n = hogs.len();
     std::thread::sleep(Duration::from_secs(secs));
     drop(hogs);
     // A flap is one Up -> Down; each side of a pair counts it.
     let x = (ga.status("p").flap_count + gb.status("p").flap_count - x0) / 2;
     let r = downs(&f1, "203.0.113.2") + downs(&f2, "203.0.113.1") - r0;
-    (x, r, cores as u64, secs)
+    (x, r, hogs_n as u64, secs)
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
