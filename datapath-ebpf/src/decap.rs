@@ -10,7 +10,11 @@ use xgw_common::{
     wire::ETH_P_TEB,
 };
 
-use crate::{flows, outer::Outer, parse::ptr_at};
+use crate::{
+    flows,
+    outer::Outer,
+    parse::{ptr_at, read},
+};
 
 /// A packet this gateway accepted.
 pub enum Decap {
@@ -21,6 +25,14 @@ pub enum Decap {
     /// frame at `inner` goes to the BFD receive path, not to a port.
     Bfd { inner: usize, vni: u32, flags: u8 },
 }
+
+/// Version (the top two bits of byte 0) and Protocol Type (bytes 2-3) of
+/// the fixed header as a little-endian word, checked in one compare.
+const VERSION_PROTOCOL_MASK: u64 = u64::from_le_bytes([0xc0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+const VERSION_PROTOCOL: u64 = {
+    let p = ETH_P_TEB.to_be_bytes();
+    u64::from_le_bytes([VERSION << 6, 0, p[0], p[1], 0, 0, 0, 0])
+};
 
 /// Options walked per packet. OVN sends one; a handful covers every
 /// encapsulator we know of, and a short bound keeps the verifier's work (and
@@ -36,15 +48,15 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
     if outer.ip_end != len || outer.udp_end != len {
         return Err(Drop::OuterLength);
     }
-    let g = unsafe { *ptr_at::<[u8; HLEN]>(ctx, outer.geneve).ok_or(Drop::GeneveTruncated)? };
-    if g[0] >> 6 != VERSION {
-        return Err(Drop::GeneveVersion);
+    // The fixed header as one little-endian word: Ver and Opt Len in byte
+    // 0, flags in byte 1, Protocol Type in bytes 2-3, VNI in bytes 4-6.
+    let g = read::<u64>(ctx, outer.geneve).ok_or(Drop::GeneveTruncated)?;
+    if g & VERSION_PROTOCOL_MASK != VERSION_PROTOCOL {
+        return Err(if g & 0xc0 != (VERSION as u64) << 6 { Drop::GeneveVersion } else { Drop::GeneveProtocol });
     }
-    if u16::from_be_bytes([g[2], g[3]]) != ETH_P_TEB {
-        return Err(Drop::GeneveProtocol);
-    }
-    let opts_len = (g[0] & 0x3f) as usize * 4;
-    let vni = u32::from_be_bytes([0, g[4], g[5], g[6]]);
+    let flags = (g >> 8) as u8;
+    let opts_len = (g & 0x3f) as usize * 4;
+    let vni = u32::from_be((g >> 32) as u32) >> 8;
     let opts = outer.geneve + HLEN;
     let inner = opts + opts_len;
     // Options before the inner header: had the inner header's bounds check
@@ -57,15 +69,15 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
             // Opaque to LLVM: knowing the length is 8, it would drop bounds
             // checks in the walk as implied by the one above, which the
             // verifier cannot follow across the walk's variable offsets.
-            None => ovn_egress_key(ctx, opts, core::hint::black_box(opts_len), g[1] & FLAG_CRITICAL != 0)?,
+            None => ovn_egress_key(ctx, opts, core::hint::black_box(opts_len), flags & FLAG_CRITICAL != 0)?,
         },
-        _ => ovn_egress_key(ctx, opts, opts_len, g[1] & FLAG_CRITICAL != 0)?,
+        _ => ovn_egress_key(ctx, opts, opts_len, flags & FLAG_CRITICAL != 0)?,
     };
     let mac = unsafe { (*ptr_at::<EthHdr>(ctx, inner).ok_or(Drop::GeneveTruncated)?).dst_addr };
     // BFD passes every check above too; its session (BFD_PATHS), not the
     // tunnel table, decides whether anyone listens.
     if mac == bfd::ovs::DST_MAC {
-        return Ok(Decap::Bfd { inner, vni, flags: g[1] });
+        return Ok(Decap::Bfd { inner, vni, flags });
     }
 
     let (tunnel, dest) = flows::decap(outer.remote, vni, egress, mac)?;
@@ -83,12 +95,11 @@ fn only_ovn_option(ctx: &XdpContext, start: usize) -> Result<Option<u16>, Drop> 
     };
     // The header's three reserved bits are ignored, as the walk ignores them.
     const MASK: u32 = u32::from_le_bytes([0xff, 0xff, 0xff, 0x1f]);
-    let o = unsafe { *ptr_at::<[u8; OVN_OPT_LEN]>(ctx, start).ok_or(Drop::GeneveTruncated)? };
-    let h = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
-    if h & MASK != u32::from_le_bytes(HEADER) {
+    let o = read::<u64>(ctx, start).ok_or(Drop::GeneveTruncated)?;
+    if o as u32 & MASK != u32::from_le_bytes(HEADER) {
         return Ok(None);
     }
-    Ok(Some(u16::from_be_bytes([o[6], o[7]])))
+    Ok(Some(u16::from_be((o >> 48) as u16)))
 }
 
 /// Walks the options: returns OVN's egress port key (0 if absent), rejects

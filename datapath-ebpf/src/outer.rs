@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use network_types::{
     eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
+    ip::Ipv6Hdr,
     udp::UdpHdr,
 };
 use xgw_common::{
@@ -11,7 +11,7 @@ use xgw_common::{
     wire::*,
 };
 
-use crate::parse::ptr_at;
+use crate::parse::{load, ptr_at};
 
 /// A Geneve packet for us: where its Geneve header starts, who sent it (as
 /// the words of its 16-byte form, IPv4 mapped), and where its IP and UDP
@@ -26,32 +26,43 @@ pub struct Outer {
 const IPV4_GENEVE: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN;
 const IPV6_GENEVE: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 
+/// The first word of an IPv4 header: version 4 and IHL 5 (no options) in
+/// byte 0, and no fragment (MF clear, offset 0; DF allowed) in bytes 6-7.
+const V4_VIHL_FRAGS_MASK: u64 = u64::from_le_bytes([0xff, 0, 0, 0, 0, 0, 0x3f, 0xff]);
+const V4_VIHL_FRAGS: u64 = 0x45;
+
 /// `None` means "not Geneve for this gateway": the caller passes it on.
 /// Outer IPv4 options, IPv6 extension headers and fragments are left to the
 /// stack too: Open vSwitch sends none of them.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, up: &Uplink) -> Option<Outer> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    match u16::from_be(unsafe { (*eth).ether_type }) {
-        ETH_P_IPV4 => {
-            let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)? };
+    // Compared as it lies in the packet (big-endian): no byte swap.
+    const IPV4: u16 = ETH_P_IPV4.to_be();
+    const IPV6: u16 = ETH_P_IPV6.to_be();
+    match unsafe { (*eth).ether_type } {
+        IPV4 => {
+            // IPv4 without options and UDP, 28 bytes read as three words
+            // and a half, little-endian: a field is a byte range of a word.
+            let p = ptr_at::<[u8; IPV4_HLEN_MIN + UDP_HLEN]>(ctx, ETH_HLEN)? as *const u8;
+            let (w0, w1, w2, w3) = unsafe { (load::<u64>(p, 0), load::<u64>(p, 8), load::<u64>(p, 16), load::<u32>(p, 24)) };
             if up.flags & UPLINK_HAS_IP4 == 0
-                || ip.vihl != 0x45
-                || ip.proto != IPPROTO_UDP
-                || ip.dst_addr != up.ip4
-                || u16::from_be_bytes(ip.frags) & 0x3fff != 0
+                || w0 & V4_VIHL_FRAGS_MASK != V4_VIHL_FRAGS
+                || (w1 >> 8) as u8 != IPPROTO_UDP
+                || w2 as u32 != u32::from_ne_bytes(up.ip4)
+                || (w2 >> 48) as u16 != GENEVE_PORT.to_be()
             {
                 return None;
             }
-            let udp_len = geneve_port(ctx, ETH_HLEN + IPV4_HLEN_MIN)?;
             Some(Outer {
                 geneve: IPV4_GENEVE,
-                remote: mapped(ip.src_addr),
-                ip_end: ETH_HLEN + u16::from_be_bytes(ip.tot_len) as usize,
-                udp_end: ETH_HLEN + IPV4_HLEN_MIN + udp_len,
+                // ipv4_mapped: the source address is the top half of w1.
+                remote: [0, (w1 & 0xffff_ffff_0000_0000) | 0xffff_0000],
+                ip_end: ETH_HLEN + u16::from_be((w0 >> 16) as u16) as usize,
+                udp_end: ETH_HLEN + IPV4_HLEN_MIN + u16::from_be(w3 as u16) as usize,
             })
         }
-        ETH_P_IPV6 => {
+        IPV6 => {
             let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)? };
             if up.flags & UPLINK_HAS_IP6 == 0 || ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_UDP || ip.dst_addr != up.ip6 {
                 return None;
@@ -79,12 +90,6 @@ fn geneve_port(ctx: &XdpContext, udp: usize) -> Option<usize> {
 // key is made of: built byte by byte, LLVM kept sixteen bytes on the stack
 // and shifted them back together for the key, some 60 instructions per
 // packet.
-
-/// `ipv4_mapped`, as words.
-#[inline(always)]
-fn mapped(ip: [u8; 4]) -> [u64; 2] {
-    [0, 0xffff_0000 | (u32::from_ne_bytes(ip) as u64) << 32]
-}
 
 #[inline(always)]
 fn words(ip: &[u8; 16]) -> [u64; 2] {

@@ -2,7 +2,7 @@
 //! crafted packets give exactly the expected output bytes and verdict, and
 //! every drop is counted under its reason. Expected bytes are built here from
 //! the RFC 8926 layout and etherparse, independently of the datapath code.
-use etherparse::PacketBuilder;
+use etherparse::{IpFragOffset, IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
 use xgw_common::maps::*;
 use xgw_tests::{
     addrs::*,
@@ -157,6 +157,63 @@ fn traffic_not_for_the_gateway_passes_unchanged() {
         assert_eq!((run.verdict, &run.data), (XDP_PASS, pkt));
     }
     assert!(gw.drops().values().all(|&n| n == 0));
+}
+
+/// The outer IPv4 header's own fields, which the datapath checks a word at
+/// a time: DF (Open vSwitch sets it) and the reserved bit are ignored;
+/// options, fragments and other protocols are the stack's.
+#[test]
+fn outer_ipv4_flags_options_and_fragments() {
+    require_root!();
+    let gw = gateway();
+    let inner = inner(VM_MAC);
+    let g = geneve_payload(&[ovn_option(1, VM_KEY)], VNI, &inner);
+    let outer = |edit: &dyn Fn(&mut Ipv4Header)| {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, HV_IP4, GW_IP4).unwrap();
+        ip.dont_fragment = false;
+        edit(&mut ip);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(HV_MAC, GW_MAC)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .udp(50123, 6081)
+            .write(&mut v, &g)
+            .unwrap();
+        v
+    };
+    let decapped: [(&str, &dyn Fn(&mut Ipv4Header)); 3] = [
+        ("plain", &|_| {}),
+        ("DF", &|ip| ip.dont_fragment = true),
+        ("TOS, ID and TTL", &|ip| {
+            ip.dscp = etherparse::Ipv4Dscp::try_new(46).unwrap();
+            ip.identification = 0xffff;
+            ip.time_to_live = 1;
+        }),
+    ];
+    for (what, edit) in decapped {
+        let run = test_run(gw.program("xgw_uplink"), &outer(edit));
+        assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner), "{what}");
+    }
+    let passed: [(&str, &dyn Fn(&mut Ipv4Header)); 4] = [
+        ("MF", &|ip| ip.more_fragments = true),
+        ("fragment offset 8", &|ip| ip.fragment_offset = IpFragOffset::try_new(1).unwrap()),
+        ("highest offset bit", &|ip| ip.fragment_offset = IpFragOffset::try_new(0x1000).unwrap()),
+        ("IPv4 options (IHL 6)", &|ip| ip.options = [1u8, 1, 1, 0][..].try_into().unwrap()),
+    ];
+    // The builder takes the protocol from its UDP step: TCP is patched in.
+    let tcp = {
+        let mut pkt = outer(&|_| {});
+        let (mut ip, _) = Ipv4Header::from_slice(&pkt[14..]).unwrap();
+        ip.protocol = IpNumber::TCP;
+        ip.header_checksum = ip.calc_header_checksum();
+        pkt[14..34].copy_from_slice(&ip.to_bytes());
+        pkt
+    };
+    for (what, pkt) in passed.into_iter().map(|(what, edit)| (what, outer(edit))).chain([("protocol TCP", tcp)]) {
+        let run = test_run(gw.program("xgw_uplink"), &pkt);
+        assert_eq!((run.verdict, &run.data), (XDP_PASS, &pkt), "{what}");
+    }
+    assert!(gw.drops().values().all(|&n| n == 0), "{:?}", gw.drops());
+    assert_eq!(gw.port_stats(VM_OFPORT as u32).tx.packets, decapped.len() as u64);
 }
 
 #[test]
