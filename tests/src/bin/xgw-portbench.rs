@@ -77,8 +77,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The port map under load: durable single adds, batches and churn, on real maps and redb. Results go to $XGW_BENCH_OUT (default bench/results).
+#[derive(clap::Parser)]
+struct Args {
+    /// Fewer and shorter runs: checks that everything works.
+    #[arg(long)]
+    quick: bool,
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let Args { quick } = clap::Parser::parse();
     let (singles, runs, churn_ops) = if quick { (300, 1, 100_000u64) } else { (2_000, 3, 1_000_000) };
     let batch = 10_000u32;
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
