@@ -129,8 +129,12 @@ fn main() {
         let rows = match only {
             Only::Cost => return program_cost(repeat, runs),
             Only::Ovs => versus::versus_ovs(ovs_sizes, timing, true),
-            Only::Decap => veth::pps_by_size(&[64], frames, runs, Some("decap")),
-            Only::Encap => veth::pps_by_size(&[64], frames, runs, Some("encap")),
+            Only::Decap | Only::Encap => {
+                let what = if only == Only::Decap { "decap" } else { "encap" };
+                let mut rows = veth::pps_by_size(&[64], frames, runs, Some(what));
+                rows.extend(veth::pps_received(64, frames, runs, Some(what)));
+                rows
+            }
         };
         for r in rows {
             print!("{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}", r.name, r.value.median / 1e3, r.baseline, r.base.median / 1e3, r.ratio());
@@ -180,6 +184,7 @@ fn main() {
         .collect();
     drop(gw);
     rows.extend(veth::pps_by_size(sizes, frames, runs, None));
+    rows.extend(veth::pps_received(sizes[0], frames, runs, None));
     rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
 
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
