@@ -120,10 +120,14 @@ fn ovs_resolves_the_remote_and_hashes_flows_onto_source_ports() {
     let arp = arp.expect("no ARP request from OVS");
     assert_eq!(frames[arp][28..32], HV_IP4, "ARP sender is br-phy's IP");
     assert_eq!(frames[arp][38..42], PEER_IP4, "ARP target is remote_ip");
-    let ns = frames
-        .iter()
-        .position(|f| f[6..12] == hv_mac && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f.get(54) == Some(&135));
+    // br-phy's kernel runs duplicate address detection for its link-local
+    // address at about the same time, from the same MAC: those solicitations
+    // come from the unspecified address (RFC 4862 5.4.2) and are not OVS's.
+    let ns = frames.iter().position(|f| {
+        f[6..12] == hv_mac && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f.get(54) == Some(&135) && f[22..38] != [0; 16]
+    });
     let ns = ns.expect("no neighbour solicitation from OVS");
+    assert_eq!(frames[ns][22..38], HV_IP6, "NS source is br-phy's IP");
     assert_eq!(frames[ns][62..78], PEER_IP6, "NS target is remote_ip");
 
     let gnv: Vec<(usize, Parsed)> =
