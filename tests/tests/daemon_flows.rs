@@ -1,8 +1,11 @@
-//! The daemon's own map writes (remote bindings) against the flow cache: a
-//! binding moved to another tunnel, then deleted, through `xgw binding`,
-//! reaches the very next packet although the cache held the old answer.
+//! The daemon's own map writes against the flow cache: a binding moved to
+//! another tunnel, then deleted, through `xgw binding`, and a tunnel's next
+//! hop moved by the kernel (its neighbour entry, then its route), each
+//! reach the very next packet although the cache held the old answer.
 //! Packets go through this test's own `xgw_local` on the daemon's pinned
 //! maps, pinned to one CPU whose cache slot is read back from the map.
+use std::time::{Duration, Instant};
+
 use aya::maps::{MapData, PerCpuArray};
 use etherparse::PacketBuilder;
 use xgw::ofport::MacAddr;
@@ -20,10 +23,10 @@ const XDP_DROP: u32 = 1;
 const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 1];
 const REMOTE_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 2];
 
-#[test]
-fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
-    require_root!();
-    let cpu = pin_to_this_cpu();
+/// The daemon's gateway namespace: uplink `ul` (198.51.100.1) to the peer's
+/// `w` (198.51.100.2), tunnels hv2 (on link) and hv3 (198.51.100.3, nobody
+/// there), local port vm1 on `p1`.
+fn gateway() -> (Netns, Netns, Daemon) {
     let ns = Netns::new("dflow");
     let peer = Netns::new("peer");
     Veth::new(&ns, "ul", "198.51.100.1/24", &peer, "w", "198.51.100.2/24");
@@ -35,25 +38,43 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
     d.cli(&["tunnel", "add", "hv2", "--remote-ip", "198.51.100.2", "--vni", "5001", "--ovn-metadata"]);
     d.cli(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--vni", "5001", "--ovn-metadata"]);
     d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &MacAddr(VM_MAC).to_string()]);
-    let bind = |tunnel: &str| {
-        d.cli(&["binding", "add", "--vni", "5001", "--mac", &MacAddr(REMOTE_MAC).to_string(), "--tunnel", tunnel, "--port-key", "34"])
-    };
+    (ns, peer, d)
+}
+
+fn bind(d: &Daemon, tunnel: &str) {
+    d.cli(&["binding", "add", "--vni", "5001", "--mac", &MacAddr(REMOTE_MAC).to_string(), "--tunnel", tunnel, "--port-key", "34"]);
+}
+
+/// A UDP frame from the local VM to the remote MAC.
+fn vm_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE_MAC).ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64).udp(40000, 7).write(&mut frame, &[7; 16]).unwrap();
+    frame
+}
+
+/// This CPU's encap cache slot for the remote MAC from `p1`.
+fn encap_slot(gw: &TestGateway, key: &EncapFlowKey, cpu: usize) -> EncapFlow {
+    let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
+    m.get(&key.slot(), 0).unwrap()[cpu]
+}
+
+#[test]
+fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let (ns, _peer, mut d) = gateway();
     let unbind = || d.cli(&["binding", "del", "--vni", "5001", "--mac", &MacAddr(REMOTE_MAC).to_string()]);
-    bind("hv2");
+    bind(&d, "hv2");
 
     let gw = TestGateway::load_pinned(&d.pins(), &["xgw_local"]);
     let prog = gw.program("xgw_local");
     let p1 = ns.ifindex("p1");
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(VM_MAC, REMOTE_MAC).ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64).udp(40000, 7).write(&mut frame, &[7; 16]).unwrap();
+    let frame = vm_frame();
     let send = || ns.enter(|| test_run_on(prog, &frame, p1));
     // Outer IPv4 destination: Ethernet 14 + IPv4 header bytes 16..20.
     let outer_dst = |run: &Run| -> [u8; 4] { run.data[30..34].try_into().unwrap() };
     let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
-    let slot = || -> EncapFlow {
-        let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
-        m.get(&key.slot(), 0).unwrap()[cpu]
-    };
+    let slot = || encap_slot(&gw, &key, cpu);
 
     let run = send();
     assert_eq!(run.verdict, XDP_REDIRECT);
@@ -62,7 +83,7 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
     assert_eq!((warm.filled, warm.key, warm.generation), (1, key, gw.generation()), "the flow is cached");
 
     unbind();
-    bind("hv3");
+    bind(&d, "hv3");
     assert!(gw.generation() > warm.generation, "the daemon's writes must bump the generation");
     assert_eq!(slot(), warm, "the cache still holds the old tunnel");
     let run = send();
@@ -76,5 +97,79 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
     let drops = gw.drops()["unknown_destination"];
     assert_eq!(send().verdict, XDP_DROP, "a deleted binding is unknown on the next packet");
     assert_eq!(gw.drops()["unknown_destination"], drops + 1);
+    d.stop();
+}
+
+/// `xgw show --json`: the next hop MAC of `tunnel`, once resolved.
+fn shown_nexthop(d: &Daemon, tunnel: &str) -> Option<String> {
+    let show = d.json(&["show"]);
+    let t = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown");
+    (t["nexthop"]["resolved"] == true).then(|| t["nexthop"]["mac"].as_str().unwrap().to_owned())
+}
+
+/// Waits for the generation to move past `before`, that is for the daemon
+/// to rewrite a tunnel entry after a change made at `start`. The deadline
+/// is well under the daemon's periodic re-check of resolved next hops
+/// (10 s), so only the kernel's announcement can have triggered it.
+fn wait_rewritten(gw: &TestGateway, before: u64, start: Instant, what: &str) -> Duration {
+    while gw.generation() == before {
+        assert!(start.elapsed() < Duration::from_secs(3), "{what}: the tunnel entry was not rewritten within 3 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let (ns, peer, mut d) = gateway();
+    bind(&d, "hv2");
+    let peer_mac = peer.ok(&["cat", "/sys/class/net/w/address"]).trim().parse::<MacAddr>().unwrap();
+    let start = Instant::now();
+    while shown_nexthop(&d, "hv2") != Some(peer_mac.to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "hv2's next hop never resolved to the peer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let gw = TestGateway::load_pinned(&d.pins(), &["xgw_local"]);
+    let prog = gw.program("xgw_local");
+    let p1 = ns.ifindex("p1");
+    let frame = vm_frame();
+    let send = || ns.enter(|| test_run_on(prog, &frame, p1));
+    let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
+    let outer_dst_mac = |run: &Run| -> [u8; 6] { run.data[0..6].try_into().unwrap() };
+    let run = send();
+    assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, peer_mac.0));
+    let warm = encap_slot(&gw, &key, cpu);
+    assert_eq!((warm.filled, warm.generation), (1, gw.generation()), "the flow is cached");
+
+    // The router's MAC moves (a failover): the kernel's neighbour entry
+    // changes, and nothing else.
+    let moved = MacAddr([0x00, 0x00, 0x5e, 0x00, 0x53, 0x02]);
+    let start = Instant::now();
+    ns.ok(&["ip", "neigh", "replace", "198.51.100.2", "lladdr", &moved.to_string(), "dev", "ul", "nud", "permanent"]);
+    let took = wait_rewritten(&gw, warm.generation, start, "neighbour change");
+    eprintln!("neighbour change reached the tunnel map after {took:?}");
+    assert_eq!(encap_slot(&gw, &key, cpu), warm, "the cache still holds the old next hop");
+    let run = send();
+    assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, moved.0), "the first packet after the change");
+    assert_eq!(&run.data[run.data.len() - frame.len()..], &frame[..]);
+    assert_eq!(shown_nexthop(&d, "hv2"), Some(moved.to_string()), "xgw show follows");
+
+    // A neighbour nobody's route goes through changes nothing.
+    let before = gw.generation();
+    ns.ok(&["ip", "neigh", "replace", "198.51.100.4", "lladdr", "00:00:5e:00:53:04", "dev", "ul", "nud", "permanent"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(gw.generation(), before, "an unrelated neighbour rewrote a tunnel entry");
+
+    // Then the route to the remote moves behind that neighbour.
+    let start = Instant::now();
+    ns.ok(&["ip", "route", "add", "198.51.100.2/32", "via", "198.51.100.4", "dev", "ul"]);
+    let took = wait_rewritten(&gw, before, start, "route change");
+    eprintln!("route change reached the tunnel map after {took:?}");
+    let run = send();
+    assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, [0x00, 0x00, 0x5e, 0x00, 0x53, 0x04]), "after the route change");
+    assert_eq!(shown_nexthop(&d, "hv2").as_deref(), Some("00:00:5e:00:53:04"));
     d.stop();
 }

@@ -156,6 +156,7 @@ pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Result<serde_json::Value>>),
     Metrics(oneshot::Sender<Result<String>>),
     RefreshNexthops,
+    Netlink(Vec<netlink::Event>),
     WatchBfd,
     WatchLinks,
     Reload(PathBuf),
@@ -214,6 +215,15 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
         return Err(e);
     }
 
+    // Subscribed before the start resolves anything, so that no change
+    // between the first resolution and the reader's start is missed.
+    let events = match netlink::Events::open() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = fs::remove_file(&opts.socket);
+            return Err(e);
+        }
+    };
     let (tx, rx) = mpsc::channel::<Msg>(256);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
     let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
@@ -248,6 +258,10 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
         tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
         listener.set_nonblocking(true)?;
         tokio::spawn(crate::metrics::serve(tokio::net::TcpListener::from_std(listener)?, tx.clone()));
+    }
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("xgw-netlink".into()).spawn(move || read_events(events, tx))?;
     }
     tokio::spawn(every(opts.nexthop_refresh, tx.clone(), || Msg::RefreshNexthops));
     tokio::spawn(every(bfd::WATCH_PERIOD, tx.clone(), || Msg::WatchBfd));
@@ -301,6 +315,27 @@ async fn every(period: Duration, tx: mpsc::Sender<Msg>, msg: fn() -> Msg) {
     }
 }
 
+/// Passes the kernel's link, neighbour and route announcements to the
+/// state's owner until it stops. A queue full of requests holds the reader
+/// back; the kernel then drops announcements and says so (`Overrun`), and
+/// everything is re-checked. A failing socket leaves the periodic checks.
+fn read_events(mut events: netlink::Events, tx: mpsc::Sender<Msg>) {
+    loop {
+        match events.wait() {
+            Ok(e) if e.is_empty() => {}
+            Ok(e) => {
+                if tx.blocking_send(Msg::Netlink(e)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e:#}; next hops and links are now only checked periodically");
+                return;
+            }
+        }
+    }
+}
+
 /// The state's owner: applies the messages in arrival order until `Stop`.
 /// A condition only a restart resolves ends the loop through `fatal`: the
 /// datapath stays (pins kept, BFD sessions left for adoption) and the
@@ -323,8 +358,12 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
             }
             Msg::RefreshNexthops => d.refresh_nexthops(false),
             Msg::WatchBfd => d.watch_bfd(),
-            Msg::WatchLinks => {
-                if let Err(e) = d.watch_links() {
+            Msg::WatchLinks | Msg::Netlink(_) => {
+                let result = match &msg {
+                    Msg::Netlink(events) => d.netlink_events(events),
+                    _ => d.watch_links(),
+                };
+                if let Err(e) = result {
                     tracing::error!("{e:#}");
                     d.hooks.shutdown(true);
                     let _ = fatal.send(e);

@@ -3,6 +3,7 @@
 //! that route's next hop, and a nudge (`NTF_USE`) that makes the kernel
 //! resolve or re-confirm a neighbour. XDP traffic bypasses the kernel's
 //! neighbour state machine, so without the nudge an entry only goes stale.
+//! And the announcements of link, neighbour and route changes (`Events`).
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -156,13 +157,7 @@ impl Netlink {
         let Some(RouteNetlinkMessage::NewNeighbour(n)) = answers.into_iter().next() else {
             return Ok(None);
         };
-        let mac = n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
-            _ => None,
-        });
-        let usable = !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
-        let confirmed = matches!(n.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
-        Ok(Some(Neighbour { mac: mac.filter(|_| usable), confirmed }))
+        Ok(Some(neighbour_of(&n).1))
     }
 
     /// Asks the kernel to resolve (or re-confirm) `ip` on `ifindex`, as if
@@ -178,6 +173,102 @@ impl Netlink {
         self.request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_ACK)
             .with_context(|| format!("asking the kernel to resolve {ip}"))?;
         Ok(())
+    }
+}
+
+/// What a neighbour message says: its address, and the MAC if the entry is
+/// usable (an incomplete or failed entry may still carry a stale one).
+fn neighbour_of(n: &NeighbourMessage) -> (Option<IpAddr>, Neighbour) {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(IpAddr::V6(*a)),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+            _ => {}
+        }
+    }
+    let usable = !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
+    let confirmed = matches!(n.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
+    (ip, Neighbour { mac: mac.filter(|_| usable), confirmed })
+}
+
+/// A change the kernel announced that may move a tunnel's next hop or a
+/// local port's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A neighbour entry was added or changed (deletions are not reported:
+    /// a MAC that worked is kept until another one is known).
+    Neighbour { ifindex: u32, ip: IpAddr, mac: Option<[u8; 6]> },
+    /// A route was added or removed: any next hop may have moved.
+    Route,
+    /// An interface appeared, changed or went away.
+    Link,
+    /// The socket's buffer overflowed and events were lost: re-check all.
+    Overrun,
+}
+
+/// `RTNLGRP_*` from linux/rtnetlink.h (netlink-packet-route does not
+/// export them).
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+
+/// The kernel's link, neighbour and route announcements, read with a
+/// blocking receive. They make a next-hop change (a router's MAC moving in
+/// a failover, a route to a remote changing) reach the tunnel map within
+/// milliseconds, instead of at the next periodic re-check.
+pub struct Events {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    pub fn open() -> Result<Events> {
+        let mut socket = Socket::new(NETLINK_ROUTE).context("opening the netlink event socket")?;
+        socket.bind_auto().context("binding the netlink event socket")?;
+        for group in [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
+            socket.add_membership(group).with_context(|| format!("joining rtnetlink group {group}"))?;
+        }
+        Ok(Events { socket, buf: vec![0; 64 * 1024] })
+    }
+
+    /// Waits for the next datagram of events and decodes it. Messages that
+    /// do not decode are skipped: they cannot be about what xgw watches in
+    /// a form it understands, and the periodic re-check still covers it.
+    pub fn wait(&mut self) -> Result<Vec<Event>> {
+        let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Event::Overrun]),
+            Err(e) => return Err(e).context("netlink event recv"),
+        };
+        let mut events = Vec::new();
+        let mut offset = 0;
+        while offset < n {
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n]) else { break };
+            let len = msg.header.length as usize;
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => match neighbour_of(&m) {
+                    (Some(ip), nb) => Some(Event::Neighbour { ifindex: m.header.ifindex, ip, mac: nb.mac }),
+                    (None, _) => None,
+                },
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => {
+                    Some(Event::Route)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_)) => {
+                    Some(Event::Link)
+                }
+                _ => None,
+            };
+            events.extend(event);
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+        Ok(events)
     }
 }
 

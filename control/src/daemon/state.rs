@@ -25,7 +25,7 @@ use xgw_common::{
 
 use super::{
     hooks::TunnelHooks,
-    netlink::Netlink,
+    netlink::{Event, Netlink},
     pins::{self, Pins, LOCAL_PROGRAM},
     store::{ConfigOwned, DaemonStore},
 };
@@ -56,6 +56,9 @@ struct NexthopState {
     resolved: bool,
     checked: Option<Instant>,
     error: Option<String>,
+    /// The neighbour the route to the remote goes through, as last seen:
+    /// the address whose neighbour events concern this tunnel.
+    via: Option<IpAddr>,
 }
 
 pub struct Daemon {
@@ -337,6 +340,9 @@ impl Daemon {
                 (None, Some(_)) => {}
                 (None, None) => {
                     tracing::warn!(port = name, ifname, ofport = ofport.get(), "interface does not exist; the port keeps its OpenFlow number and forwards once the interface appears");
+                    // Its entries may have been written for an interface
+                    // that went between the write and now.
+                    changed = true;
                 }
                 (Some(_), None) => {
                     tracing::warn!(port = name, ifname, ofport = ofport.get(), "interface is gone; the port keeps its OpenFlow number and forwards again when the interface returns");
@@ -498,6 +504,7 @@ impl Daemon {
                 return Err(e.context(format!("port {:?}", a.name)));
             }
         }
+        self.note_new_links();
         tracing::info!(port = a.name, ofport = added.ofport().get(), "local port added");
         Ok(json!(self.view(self.ports.get(&a.name).expect("just added"), &BTreeMap::new())))
     }
@@ -963,7 +970,21 @@ impl Daemon {
                 }
             }
         }
+        self.note_new_links();
         self.sync_local_links();
+    }
+
+    /// Records the interface a new local port's entries were just written
+    /// for, so that the link watch sees its deletion as a change even when
+    /// it comes before the watch's next run.
+    fn note_new_links(&mut self) {
+        for r in self.ports.ports() {
+            if let PortSpec::Local(p) = &r.spec {
+                if !self.links.contains_key(&p.name) {
+                    self.links.insert(p.name.clone(), super::ifindex(&p.ifname));
+                }
+            }
+        }
     }
 
     // --- Next hops --------------------------------------------------------
@@ -971,14 +992,7 @@ impl Daemon {
     /// Resolves the next hops not yet resolved, and (with `all`, or once
     /// `NEXTHOP_RECHECK` has passed) re-checks the others.
     pub(super) fn refresh_nexthops(&mut self, all: bool) {
-        let tunnels: Vec<(String, OfPort, IpAddr)> = self
-            .tunnel_records()
-            .filter_map(|r| match &r.spec {
-                PortSpec::Tunnel(t) => Some((t.name.clone(), r.ofport, t.remote)),
-                PortSpec::Local(_) => None,
-            })
-            .collect();
-        for (name, ofport, remote) in tunnels {
+        for (name, ofport, remote) in self.tunnel_remotes() {
             let due = match self.nexthops.get(&name) {
                 Some(s) => !s.resolved || s.checked.is_none_or(|t| t.elapsed() >= NEXTHOP_RECHECK),
                 None => true,
@@ -989,16 +1003,67 @@ impl Daemon {
         }
     }
 
+    /// Every tunnel's name, OpenFlow number and remote.
+    fn tunnel_remotes(&self) -> Vec<(String, OfPort, IpAddr)> {
+        self.tunnel_records()
+            .filter_map(|r| match &r.spec {
+                PortSpec::Tunnel(t) => Some((t.name.clone(), r.ofport, t.remote)),
+                PortSpec::Local(_) => None,
+            })
+            .collect()
+    }
+
+    /// Acts on the kernel's announcements: a route change re-resolves every
+    /// next hop; a neighbour on the uplink with a new usable MAC re-resolves
+    /// the tunnels that go through it (an unchanged MAC, the echo of a
+    /// nudge, costs nothing); a link change runs the link watch at once.
+    pub(super) fn netlink_events(&mut self, events: &[Event]) -> Result<()> {
+        let mut all = false;
+        let mut links = false;
+        let mut redo = BTreeSet::new();
+        for e in events {
+            match *e {
+                Event::Neighbour { ifindex, ip, mac: Some(mac) } if ifindex == self.uplink.ifindex => {
+                    let ip = ip.to_canonical();
+                    redo.extend(
+                        self.nexthops
+                            .iter()
+                            .filter(|(_, s)| s.via == Some(ip) && s.mac != Some(mac))
+                            .map(|(name, _)| name.clone()),
+                    );
+                }
+                Event::Neighbour { .. } => {}
+                Event::Route | Event::Overrun => all = true,
+                Event::Link => links = true,
+            }
+        }
+        if all {
+            self.refresh_nexthops(true);
+        } else if !redo.is_empty() {
+            for (name, ofport, remote) in self.tunnel_remotes() {
+                if redo.contains(&name) {
+                    self.resolve_nexthop(&name, ofport, remote);
+                }
+            }
+        }
+        if links {
+            self.watch_links()?;
+        }
+        Ok(())
+    }
+
     /// Looks up the route and neighbour toward `remote` and writes the MAC
     /// into the tunnel's entry when it changed. An unresolved next hop
     /// leaves the entry as it is: a MAC that worked is better than zeroes.
     fn resolve_nexthop(&mut self, name: &str, ofport: OfPort, remote: IpAddr) {
         let remote = remote.to_canonical();
+        let mut via = None;
         let result: Result<Option<[u8; 6]>> = (|| {
             let route = self.netlink.route_get(remote)?;
             if route.oif != self.uplink.ifindex {
                 bail!("the route to {remote} leaves through interface {}, not the uplink", route.oif);
             }
+            via = Some(route.via);
             let n = self.netlink.neighbour(route.oif, route.via)?;
             if !n.is_some_and(|n| n.confirmed) {
                 self.netlink.nudge(route.oif, route.via)?;
@@ -1007,6 +1072,7 @@ impl Daemon {
         })();
         let state = self.nexthops.entry(name.to_owned()).or_default();
         state.checked = Some(Instant::now());
+        state.via = via;
         let mut changed = false;
         match result {
             Ok(Some(mac)) => {
