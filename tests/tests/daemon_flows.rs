@@ -1,7 +1,8 @@
 //! The daemon's own map writes against the flow cache: a binding moved to
-//! another tunnel, then deleted, through `xgw binding`, and a tunnel's next
-//! hop moved by the kernel (its neighbour entry, then its route), each
-//! reach the very next packet although the cache held the old answer.
+//! another tunnel, then deleted, through `xgw binding`; a tunnel's next hop
+//! moved by the kernel (its neighbour entry, then its route); the uplink's
+//! MTU and MAC changed. Each reaches the very next packet although the
+//! cache held the old answer.
 //! Packets go through this test's own `xgw_local` on the daemon's pinned
 //! maps, pinned to one CPU whose cache slot is read back from the map.
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use etherparse::PacketBuilder;
 use xgw::ofport::MacAddr;
 use xgw_common::maps::{names::ENCAP_FLOWS, EncapFlow, EncapFlowKey};
 use xgw_tests::{
+    capture::Capture,
     process::pin_to_this_cpu,
     daemon::Daemon,
     gateway::TestGateway,
@@ -107,6 +109,17 @@ fn shown_nexthop(d: &Daemon, tunnel: &str) -> Option<String> {
     (t["nexthop"]["resolved"] == true).then(|| t["nexthop"]["mac"].as_str().unwrap().to_owned())
 }
 
+/// Waits until hv2's next hop is the peer's `w`; returns that MAC.
+fn wait_nexthop_is_peer(d: &Daemon, peer: &Netns) -> MacAddr {
+    let peer_mac = peer.ok(&["cat", "/sys/class/net/w/address"]).trim().parse::<MacAddr>().unwrap();
+    let start = Instant::now();
+    while shown_nexthop(d, "hv2") != Some(peer_mac.to_string()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "hv2's next hop never resolved to the peer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peer_mac
+}
+
 /// Waits for the generation to move past `before`, that is for the daemon
 /// to rewrite a tunnel entry after a change made at `start`. The deadline
 /// is well under the daemon's periodic re-check of resolved next hops
@@ -125,12 +138,7 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     let cpu = pin_to_this_cpu();
     let (ns, peer, mut d) = gateway();
     bind(&d, "hv2");
-    let peer_mac = peer.ok(&["cat", "/sys/class/net/w/address"]).trim().parse::<MacAddr>().unwrap();
-    let start = Instant::now();
-    while shown_nexthop(&d, "hv2") != Some(peer_mac.to_string()) {
-        assert!(start.elapsed() < Duration::from_secs(10), "hv2's next hop never resolved to the peer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let peer_mac = wait_nexthop_is_peer(&d, &peer);
 
     let gw = TestGateway::load_pinned(&d.pins(), &["xgw_local"]);
     let prog = gw.program("xgw_local");
@@ -171,5 +179,76 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     let run = send();
     assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, [0x00, 0x00, 0x5e, 0x00, 0x53, 0x04]), "after the route change");
     assert_eq!(shown_nexthop(&d, "hv2").as_deref(), Some("00:00:5e:00:53:04"));
+    d.stop();
+}
+
+/// The uplink's MTU raised or lowered, and its MAC changed, under the
+/// running daemon: encap's frame limit and outer source MAC follow at the
+/// next packet, past a warm cache, and so do `xgw show` and the BFD
+/// engine's Geneve frames (outer and inner source MAC).
+#[test]
+fn uplink_mtu_and_mac_changes_reach_the_next_packet_past_a_warm_cache() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let (ns, peer, mut d) = gateway();
+    bind(&d, "hv2");
+    d.cli(&["tunnel", "add", "hvb", "--remote-ip", "198.51.100.2", "--vni", "5002", "--bfd"]);
+    wait_nexthop_is_peer(&d, &peer);
+    let ul_mac = ns.ok(&["cat", "/sys/class/net/ul/address"]).trim().parse::<MacAddr>().unwrap();
+
+    let gw = TestGateway::load_pinned(&d.pins(), &["xgw_local"]);
+    let prog = gw.program("xgw_local");
+    let p1 = ns.ifindex("p1");
+    // Outer IPv4 length 20 + 8 + 8 + 8 (OVN option) + the inner frame:
+    // exactly 1500 with this one.
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE_MAC)
+        .ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64)
+        .udp(40000, 7)
+        .write(&mut frame, &vec![7; 1456 - 42])
+        .unwrap();
+    let send = || ns.enter(|| test_run_on(prog, &frame, p1));
+    let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
+    let run = send();
+    assert_eq!((run.verdict, run.data.len()), (XDP_REDIRECT, 1514), "a 1500-byte outer packet fits MTU 1500");
+    assert_eq!(run.data[6..12], ul_mac.0, "outer source is the uplink's MAC");
+    let warm = encap_slot(&gw, &key, cpu);
+    assert_eq!((warm.filled, warm.generation), (1, gw.generation()), "the flow is cached");
+    let shown = |field: &str| d.json(&["show"])["uplink"][field].clone();
+
+    let start = Instant::now();
+    ns.ok(&["ip", "link", "set", "ul", "mtu", "1400"]);
+    let took = wait_rewritten(&gw, warm.generation, start, "uplink MTU 1500 -> 1400");
+    eprintln!("uplink MTU change reached UPLINK after {took:?}");
+    assert_eq!(encap_slot(&gw, &key, cpu), warm, "the cache still holds the old limit");
+    assert_eq!(send().verdict, XDP_TX, "too big for MTU 1400: ICMP fragmentation needed, not a frame the NIC drops");
+    assert_eq!(shown("mtu"), 1400);
+
+    let before = gw.generation();
+    let start = Instant::now();
+    ns.ok(&["ip", "link", "set", "ul", "mtu", "9000"]);
+    wait_rewritten(&gw, before, start, "uplink MTU 1400 -> 9000");
+    assert_eq!(send().verdict, XDP_REDIRECT, "jumbo underlay: the frame fits again");
+    assert_eq!(shown("mtu"), 9000);
+
+    let moved = MacAddr([0x00, 0x00, 0x5e, 0x00, 0x53, 0x01]);
+    let before = gw.generation();
+    let start = Instant::now();
+    ns.ok(&["ip", "link", "set", "ul", "address", &moved.to_string()]);
+    let took = wait_rewritten(&gw, before, start, "uplink MAC change");
+    eprintln!("uplink MAC change reached UPLINK after {took:?}");
+    let run = send();
+    assert_eq!((run.verdict, run.data[6..12].to_vec()), (XDP_REDIRECT, moved.0.to_vec()), "outer source after the MAC change");
+    assert_eq!(shown("mac"), moved.to_string().as_str());
+
+    // hvb's session is Down (nobody answers) and sends once a second.
+    let cap = Capture::start(&peer, "w", &["udp", "port", "6081"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let bfd: Vec<geneve::Parsed> =
+        cap.stop().iter().filter_map(|f| geneve::parse(f)).filter(|g| g.vni == 5002).collect();
+    assert!(!bfd.is_empty(), "no BFD frame from hvb in 2.5 s");
+    for g in &bfd {
+        assert_eq!((g.eth_src, g.inner[6..12].to_vec()), (moved.0, moved.0.to_vec()), "BFD frame's outer and inner source");
+    }
     d.stop();
 }

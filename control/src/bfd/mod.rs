@@ -444,6 +444,19 @@ impl Engine {
         Ok(())
     }
 
+    /// The uplink's MAC changed: every Geneve session's frames carry it
+    /// (outer and inner source) from the next one on.
+    pub fn set_uplink_mac(&self, mac: [u8; 6]) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.uplink.mac = mac;
+        for e in inner.entries.iter_mut().flatten() {
+            if let Tx::Geneve(h) = &mut e.tx {
+                h.src_mac = mac;
+                h.inner_src_mac = mac;
+            }
+        }
+    }
+
     /// All sessions, or the one named.
     pub fn status(&self, name: Option<&str>) -> Vec<Status> {
         let inner = self.shared.inner.lock().unwrap();

@@ -200,6 +200,12 @@ impl TunnelHooks for BfdHooks {
         }
     }
 
+    fn uplink_mac_changed(&mut self, mac: [u8; 6]) {
+        if let Ok(engine) = self.engine() {
+            engine.set_uplink_mac(mac);
+        }
+    }
+
     fn bfd_settings_changed(&mut self, name: &str, bfd: &BfdSettings) -> Result<()> {
         let Some(known) = self.sessions.get(name) else { return Ok(()) };
         let config = engine_config(bfd, known.config.echo);

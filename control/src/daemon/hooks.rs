@@ -25,6 +25,8 @@ pub trait TunnelHooks: Send {
     fn tunnel_removed(&mut self, _name: &str, _ofport: OfPort) {}
     /// The tunnel's next hop resolved or changed.
     fn nexthop_changed(&mut self, _name: &str, _mac: [u8; 6]) {}
+    /// The uplink's MAC changed: the source of every Geneve frame.
+    fn uplink_mac_changed(&mut self, _mac: [u8; 6]) {}
     /// New timers for the session `name` (a tunnel's or a peer's); nothing
     /// if they are the ones it runs with.
     fn bfd_settings_changed(&mut self, _name: &str, _bfd: &BfdSettings) -> Result<()> {

@@ -13,14 +13,14 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, Map, MapData, MapError as AyaMapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError as AyaMapError, PerCpuArray},
     programs::Xdp,
     Ebpf,
 };
 use serde_json::{json, Value};
 use xgw_common::{
     counters::{Drop, PortStats, Reply},
-    maps::{self as wire, names, FdbEntry, FdbKey, Neigh, NeighKey, Tunnel, FDB_LOCAL, FDB_REMOTE},
+    maps::{self as wire, names, FdbEntry, FdbKey, Neigh, NeighKey, Tunnel, Uplink, FDB_LOCAL, FDB_REMOTE},
 };
 
 use super::{
@@ -80,7 +80,9 @@ pub struct Daemon {
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     neigh: HashMap<MapData, NeighKey, Neigh>,
     tunnels: HashMap<MapData, u32, Tunnel>,
-    /// Bumped after each write to `fdb` or `tunnels` (see `Generation`).
+    uplink_map: Array<MapData, Uplink>,
+    /// Bumped after each write to `fdb`, `tunnels` or `uplink_map` (see
+    /// `Generation`).
     generation: Generation,
     drops: PerCpuArray<MapData, u64>,
     replies: PerCpuArray<MapData, u64>,
@@ -165,6 +167,7 @@ impl Daemon {
             fdb: open_map(&pins, names::FDB)?,
             neigh: open_map(&pins, names::NEIGH)?,
             tunnels: open_map(&pins, names::TUNNELS)?,
+            uplink_map: open_map(&pins, names::UPLINK)?,
             generation: Generation::open_pinned(&pins.dir)?,
             drops: open_map(&pins, "DROPS")?,
             replies: open_map(&pins, "REPLIES")?,
@@ -318,7 +321,10 @@ impl Daemon {
                 self.uplink.ifname,
                 self.uplink.ifindex
             ),
-            Some(_) => self.uplink.error = None,
+            Some(_) => {
+                self.uplink.error = None;
+                self.follow_uplink();
+            }
             None if self.uplink.error.is_none() => {
                 tracing::warn!(uplink = self.uplink.ifname, "uplink interface is gone: no Geneve in or out until it returns");
                 self.uplink.error = Some(format!("uplink interface {} is gone", self.uplink.ifname));
@@ -372,6 +378,37 @@ impl Daemon {
             self.sync_local_links();
         }
         Ok(())
+    }
+
+    /// The uplink's MAC and MTU as the kernel has them now, into UPLINK
+    /// (encap's outer source MAC and its frame limit), the view and the
+    /// BFD engine's Geneve frames. Raising the MTU for jumbo frames, or a
+    /// new MAC, must not need a restart. A failed read or write is logged
+    /// and tried again at the next link change or watch.
+    fn follow_uplink(&mut self) {
+        let (mac, mtu) = match self.netlink.link(self.uplink.ifindex) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(uplink = self.uplink.ifname, "reading the uplink: {e:#}");
+                return;
+            }
+        };
+        let shown = MacAddr(mac).to_string();
+        if shown == self.uplink.mac && mtu == self.uplink.mtu {
+            return;
+        }
+        let written = self.uplink_map.get(&0, 0).and_then(|u| self.uplink_map.set(0, Uplink { mac, mtu, ..u }, 0));
+        if let Err(e) = written {
+            tracing::warn!(uplink = self.uplink.ifname, "writing the UPLINK map: {e}");
+            return;
+        }
+        tracing::info!(uplink = self.uplink.ifname, mac = shown, mtu, old_mac = self.uplink.mac, old_mtu = self.uplink.mtu, "uplink changed; encap follows");
+        if shown != self.uplink.mac {
+            self.hooks.uplink_mac_changed(mac);
+        }
+        self.uplink.mac = shown;
+        self.uplink.mtu = mtu;
+        self.generation.bump();
     }
 
     pub fn handle(&mut self, req: Request) -> Result<Value> {
