@@ -252,3 +252,59 @@ fn uplink_mtu_and_mac_changes_reach_the_next_packet_past_a_warm_cache() {
     }
     d.stop();
 }
+
+/// A neighbour storm on the uplink: 20,000 changes to 200 neighbours no
+/// tunnel uses, with hv2's router moved twice in the middle of it. The
+/// daemon keeps answering, does not rewrite tunnel entries for the noise,
+/// and ends on the router's last MAC (if the kernel dropped announcements,
+/// the overrun makes it re-check everything).
+#[test]
+fn a_neighbour_storm_leaves_the_right_next_hop_and_a_responsive_daemon() {
+    require_root!();
+    let (ns, peer, mut d) = gateway();
+    bind(&d, "hv2");
+    wait_nexthop_is_peer(&d, &peer);
+    let gw = TestGateway::load_pinned(&d.pins(), &["xgw_local"]);
+    let batch = std::env::temp_dir().join(format!("xgw-storm-{}", std::process::id()));
+    let mut lines = String::new();
+    for round in 0..100u32 {
+        for host in 10..210u32 {
+            lines += &format!("neigh replace 198.51.100.{host} lladdr 00:00:5e:00:53:{:02x} dev ul nud permanent\n", (round + host) % 256);
+        }
+        match round {
+            30 => lines += "neigh replace 198.51.100.2 lladdr 00:00:5e:00:53:aa dev ul nud permanent\n",
+            60 => lines += "neigh replace 198.51.100.2 lladdr 00:00:5e:00:53:bb dev ul nud permanent\n",
+            _ => {}
+        }
+    }
+    std::fs::write(&batch, lines).unwrap();
+    let before = gw.generation();
+    let mut storm = ns.spawn(&["ip", "-batch", batch.to_str().unwrap()]);
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut shows = 0;
+    while !storm.has_exited() {
+        let t = Instant::now();
+        d.json(&["show"]);
+        slowest = slowest.max(t.elapsed());
+        shows += 1;
+        assert!(start.elapsed() < Duration::from_secs(30), "the storm did not end");
+    }
+    let (status, _, err) = storm.wait(Duration::from_secs(1)).unwrap();
+    let _ = std::fs::remove_file(&batch);
+    assert!(status.success(), "ip -batch: {err}");
+    eprintln!("storm took {:?}; {shows} show requests, slowest {slowest:?}", start.elapsed());
+    assert!(slowest < Duration::from_secs(1), "show took {slowest:?} during the storm");
+    let settle = Instant::now();
+    while shown_nexthop(&d, "hv2").as_deref() != Some("00:00:5e:00:53:bb") {
+        assert!(settle.elapsed() < Duration::from_secs(3), "hv2 not on the router's last MAC: {:?}", shown_nexthop(&d, "hv2"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Two moves, at most a bump each (an overrun's full re-check adds none
+    // when nothing changed).
+    let bumps = gw.generation() - before;
+    assert!((1..=2).contains(&bumps), "{bumps} tunnel rewrites for 2 router moves");
+    let log = d.stop();
+    assert!(!log.contains("only checked periodically"), "{log}");
+    eprintln!("announcements dropped by the kernel: {}", log.contains("dropped link, neighbour or route announcements"));
+}

@@ -1070,7 +1070,12 @@ impl Daemon {
                     );
                 }
                 Event::Neighbour { .. } => {}
-                Event::Route | Event::Overrun => all = true,
+                Event::Route => all = true,
+                Event::Overrun => {
+                    tracing::info!("the kernel dropped link, neighbour or route announcements (socket buffer full); re-checking every next hop and link");
+                    all = true;
+                    links = true;
+                }
                 Event::Link => links = true,
             }
         }
