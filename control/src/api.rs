@@ -254,6 +254,10 @@ pub struct Nexthop {
     /// `null` while the route or the neighbour is unresolved.
     pub mac: Option<String>,
     pub resolved: bool,
+    /// Times the MAC moved after it first resolved (a router failover, or
+    /// an address answered from two places when it keeps climbing).
+    #[serde(default)]
+    pub changes: u64,
 }
 
 /// BFD of one tunnel: the session's state (`down`, `init`, `up`,

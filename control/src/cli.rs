@@ -357,6 +357,9 @@ fn details(p: &PortView) -> String {
             (Some(m), false) => format!("nexthop {m} (unresolved now)"),
             (None, _) => "nexthop unresolved".into(),
         });
+        if n.changes > 0 {
+            d.push(format!("nexthop_changes {}", n.changes));
+        }
     }
     if let Some(b) = &p.bfd {
         d.push(match (&b.state, b.flaps) {

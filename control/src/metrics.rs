@@ -65,11 +65,15 @@ pub fn render(d: &Daemon) -> Result<String> {
 
     let show = d.show();
     let nexthop = Family::<Labels, Gauge>::default();
+    let nexthop_changes = Family::<Labels, Counter>::default();
     for p in show.ports.iter().filter(|p| p.kind == "tunnel") {
         let resolved = p.nexthop.as_ref().is_some_and(|n| n.resolved);
         nexthop.get_or_create(&labels(&[("tunnel", &p.name)])).set(resolved as i64);
+        let changes = p.nexthop.as_ref().map_or(0, |n| n.changes);
+        nexthop_changes.get_or_create(&labels(&[("tunnel", &p.name)])).inc_by(changes);
     }
     registry.register("tunnel_nexthop_resolved", "1 when the tunnel's underlay next hop is resolved", nexthop);
+    registry.register("tunnel_nexthop_changes", "Times the tunnel's next hop MAC moved after it first resolved", nexthop_changes);
 
     let bfd_state = Family::<Labels, Gauge>::default();
     let bfd_flaps = Family::<Labels, Counter>::default();

@@ -244,6 +244,7 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     assert_eq!(m["xgw_ofports{state=\"used\"}"], 3.0);
     assert_eq!(m["xgw_ofports{state=\"free\"}"], 65276.0);
     assert_eq!(m["xgw_tunnel_nexthop_resolved{tunnel=\"hv2\"}"], 1.0);
+    assert_eq!(m["xgw_tunnel_nexthop_changes_total{tunnel=\"hv2\"}"], 0.0, "resolving is not a change");
     let stats = d.json(&["stats"]);
     for s in stats["ports"].as_array().unwrap() {
         let kind = if s["name"] == "hv2" { "tunnel" } else { "local" };

@@ -109,6 +109,12 @@ fn shown_nexthop(d: &Daemon, tunnel: &str) -> Option<String> {
     (t["nexthop"]["resolved"] == true).then(|| t["nexthop"]["mac"].as_str().unwrap().to_owned())
 }
 
+fn nexthop_changes(d: &Daemon, tunnel: &str) -> u64 {
+    let show = d.json(&["show"]);
+    let t = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown");
+    t["nexthop"]["changes"].as_u64().unwrap_or_else(|| panic!("nexthop.changes: {t}"))
+}
+
 /// Waits until hv2's next hop is the peer's `w`; returns that MAC.
 fn wait_nexthop_is_peer(d: &Daemon, peer: &Netns) -> MacAddr {
     let peer_mac = peer.ok(&["cat", "/sys/class/net/w/address"]).trim().parse::<MacAddr>().unwrap();
@@ -164,6 +170,7 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, moved.0), "the first packet after the change");
     assert_eq!(&run.data[run.data.len() - frame.len()..], &frame[..]);
     assert_eq!(shown_nexthop(&d, "hv2"), Some(moved.to_string()), "xgw show follows");
+    assert_eq!(nexthop_changes(&d, "hv2"), 1);
 
     // A neighbour nobody's route goes through changes nothing.
     let before = gw.generation();
@@ -179,6 +186,9 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     let run = send();
     assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, [0x00, 0x00, 0x5e, 0x00, 0x53, 0x04]), "after the route change");
     assert_eq!(shown_nexthop(&d, "hv2").as_deref(), Some("00:00:5e:00:53:04"));
+    assert_eq!(nexthop_changes(&d, "hv2"), 2);
+    let human = d.cli(&["show"]);
+    assert!(human.contains("nexthop 00:00:5e:00:53:04") && human.contains("nexthop_changes 2"), "{human}");
     d.stop();
 }
 
@@ -304,6 +314,7 @@ fn a_neighbour_storm_leaves_the_right_next_hop_and_a_responsive_daemon() {
     // when nothing changed).
     let bumps = gw.generation() - before;
     assert!((1..=2).contains(&bumps), "{bumps} tunnel rewrites for 2 router moves");
+    assert_eq!(nexthop_changes(&d, "hv2"), bumps, "each rewrite was a move");
     let log = d.stop();
     assert!(!log.contains("only checked periodically"), "{log}");
     eprintln!("announcements dropped by the kernel: {}", log.contains("dropped link, neighbour or route announcements"));

@@ -56,6 +56,8 @@ struct NexthopState {
     resolved: bool,
     checked: Option<Instant>,
     error: Option<String>,
+    /// Times `mac` moved after it first resolved.
+    changes: u64,
     /// The neighbour the route to the remote goes through, as last seen:
     /// the address whose neighbour events concern this tunnel.
     via: Option<IpAddr>,
@@ -1120,9 +1122,17 @@ impl Daemon {
             Ok(Some(mac)) => {
                 state.resolved = true;
                 state.error = None;
-                if state.mac != Some(mac) {
-                    tracing::info!(tunnel = name, nexthop = %MacAddr(mac), "tunnel next hop resolved");
-                    changed = true;
+                match state.mac {
+                    Some(old) if old != mac => {
+                        state.changes += 1;
+                        tracing::info!(tunnel = name, nexthop = %MacAddr(mac), old = %MacAddr(old), changes = state.changes, "tunnel next hop changed");
+                        changed = true;
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::info!(tunnel = name, nexthop = %MacAddr(mac), "tunnel next hop resolved");
+                        changed = true;
+                    }
                 }
                 state.mac = Some(mac);
             }
@@ -1198,7 +1208,7 @@ impl Daemon {
                     ip: None,
                     remote_ip: Some(t.remote),
                     ovn_metadata: Some(t.ovn_metadata),
-                    nexthop: Some(Nexthop { mac: nh.mac.map(mac_str), resolved: nh.resolved }),
+                    nexthop: Some(Nexthop { mac: nh.mac.map(mac_str), resolved: nh.resolved, changes: nh.changes }),
                     error: None,
                     bfd: t.bfd.then(|| {
                         let s = bfd.get(&t.name).filter(|s| s.kind == "tunnel");
