@@ -104,14 +104,18 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
 
 /// `xgw show --json`: the next hop MAC of `tunnel`, once resolved.
 fn shown_nexthop(d: &Daemon, tunnel: &str) -> Option<String> {
-    let show = d.json(&["show"]);
-    let t = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown");
+    let t = shown_tunnel(d, tunnel);
     (t["nexthop"]["resolved"] == true).then(|| t["nexthop"]["mac"].as_str().unwrap().to_owned())
 }
 
-fn nexthop_changes(d: &Daemon, tunnel: &str) -> u64 {
+/// `xgw show --json`: the tunnel's entry.
+fn shown_tunnel(d: &Daemon, tunnel: &str) -> serde_json::Value {
     let show = d.json(&["show"]);
-    let t = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown");
+    show["ports"].as_array().unwrap().iter().find(|p| p["name"] == tunnel).cloned().expect("tunnel shown")
+}
+
+fn nexthop_changes(d: &Daemon, tunnel: &str) -> u64 {
+    let t = shown_tunnel(d, tunnel);
     t["nexthop"]["changes"].as_u64().unwrap_or_else(|| panic!("nexthop.changes: {t}"))
 }
 
