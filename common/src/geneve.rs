@@ -211,7 +211,10 @@ mod tests {
         b.extend([0x00, 0x00, 0x01, 0x00]); // class 0, type 1, no data
         b.extend([0xaa; 14]);
         let v = View::decode(&b).unwrap();
-        assert_eq!((v.flags, v.protocol, v.vni, v.options.len(), v.payload), (FLAG_CRITICAL, 0x6558, 0xabcdef, 12, &[0xaa; 14][..]));
+        assert_eq!(
+            (v.flags, v.protocol, v.vni, v.options.len(), v.payload),
+            (FLAG_CRITICAL, 0x6558, 0xabcdef, 12, &[0xaa; 14][..])
+        );
         assert_eq!(v.ovn(), Some((0x11, 0x22)));
         assert!(!v.must_drop());
         assert_eq!(v.options().count(), 2);

@@ -26,13 +26,20 @@ pub const DEFAULT_SOCKET: &str = "/run/xgw/xgw.sock";
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     PortAdd(PortArgs),
-    PortDel { name: String },
+    PortDel {
+        name: String,
+    },
     PortList,
     TunnelAdd(TunnelArgs),
-    TunnelDel { name: String },
+    TunnelDel {
+        name: String,
+    },
     TunnelList,
     BindingAdd(BindingArgs),
-    BindingDel { vni: u32, mac: MacAddr },
+    BindingDel {
+        vni: u32,
+        mac: MacAddr,
+    },
     BindingList,
     Show,
     Stats,
@@ -42,7 +49,9 @@ pub enum Request {
         name: Option<String>,
     },
     BfdPeerAdd(BfdPeerArgs),
-    BfdPeerDel { name: String },
+    BfdPeerDel {
+        name: String,
+    },
     BfdPeerList,
 }
 

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::{
     api::{
-        self, BfdPeerArgs, BfdPeerView, BfdSessionView, BindingArgs, BindingView, PortArgs, PortView, Request, ShowView, StatsView,
-        TunnelArgs,
+        self, BfdPeerArgs, BfdPeerView, BfdSessionView, BindingArgs, BindingView, PortArgs, PortView, Request,
+        ShowView, StatsView, TunnelArgs,
     },
     ofport::MacAddr,
 };
@@ -187,7 +187,9 @@ pub fn tunnel(c: &Common, cmd: TunnelCmd) -> Result<()> {
 
 pub fn binding(c: &Common, cmd: BindingCmd) -> Result<()> {
     let req = match cmd {
-        BindingCmd::Add { vni, mac, ip, tunnel, port_key } => Request::BindingAdd(BindingArgs { vni, mac, ip, tunnel, port_key }),
+        BindingCmd::Add { vni, mac, ip, tunnel, port_key } => {
+            Request::BindingAdd(BindingArgs { vni, mac, ip, tunnel, port_key })
+        }
         BindingCmd::Del { vni, mac } => Request::BindingDel { vni, mac },
         BindingCmd::List => Request::BindingList,
     };
@@ -198,7 +200,16 @@ pub fn bfd(c: &Common, cmd: BfdCmd) -> Result<()> {
     let req = match cmd {
         BfdCmd::Show { name } => Request::BfdShow { name },
         BfdCmd::Peer(PeerCmd::Add { name, peer_ip, ifname, local_ip, echo, min_tx, min_rx, mult }) => {
-            Request::BfdPeerAdd(BfdPeerArgs { name, peer_ip, ifname, local_ip, echo, min_tx_ms: min_tx, min_rx_ms: min_rx, detect_mult: mult })
+            Request::BfdPeerAdd(BfdPeerArgs {
+                name,
+                peer_ip,
+                ifname,
+                local_ip,
+                echo,
+                min_tx_ms: min_tx,
+                min_rx_ms: min_rx,
+                detect_mult: mult,
+            })
         }
         BfdCmd::Peer(PeerCmd::Del { name }) => Request::BfdPeerDel { name },
         BfdCmd::Peer(PeerCmd::List) => Request::BfdPeerList,
@@ -234,13 +245,17 @@ fn human(req: &Request, v: Value) -> Result<String> {
             let p: PortView = parse(v)?;
             format!("{} {:?}: ofport {}\n", p.kind, p.name, p.ofport)
         }
-        Request::PortDel { .. } | Request::TunnelDel { .. } => format!("deleted {} (ofport {})\n", v["name"], v["ofport"]),
+        Request::PortDel { .. } | Request::TunnelDel { .. } => {
+            format!("deleted {} (ofport {})\n", v["name"], v["ofport"])
+        }
         Request::PortList | Request::TunnelList => ports_table(&parse::<Vec<PortView>>(v)?),
         Request::BindingAdd(_) => {
             let b: BindingView = parse(v)?;
             format!("binding vni {} mac {} -> tunnel {:?} (ofport {})\n", b.vni, b.mac, b.tunnel, b.ofport)
         }
-        Request::BindingDel { .. } => format!("deleted binding vni {} mac {}\n", v["vni"], v["mac"].as_str().unwrap_or("")),
+        Request::BindingDel { .. } => {
+            format!("deleted binding vni {} mac {}\n", v["vni"], v["mac"].as_str().unwrap_or(""))
+        }
         Request::BindingList => bindings_table(&parse::<Vec<BindingView>>(v)?),
         Request::Show => show_text(&parse(v)?),
         Request::Stats => stats_text(&parse(v)?),
@@ -264,7 +279,9 @@ fn bfd_show_text(sessions: &[BfdSessionView], one: bool) -> String {
             s += &format!("---- {} ----\n", v.name);
         }
         let path = match (v.ofport, v.vni, &v.ifname) {
-            (Some(ofport), Some(vni), _) => format!("tunnel ofport {ofport}, vni {vni}, {} -> {}", v.local_ip, v.remote_ip),
+            (Some(ofport), Some(vni), _) => {
+                format!("tunnel ofport {ofport}, vni {vni}, {} -> {}", v.local_ip, v.remote_ip)
+            }
             (_, _, Some(ifname)) => format!("single-hop on {ifname}, {} -> {}", v.local_ip, v.remote_ip),
             _ => format!("{} -> {}", v.local_ip, v.remote_ip),
         };
@@ -304,7 +321,10 @@ fn bfd_show_text(sessions: &[BfdSessionView], one: bool) -> String {
 }
 
 fn peers_table(peers: &[BfdPeerView]) -> String {
-    let mut s = format!("{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}\n", "name", "peer_ip", "ifname", "local_ip", "min_tx", "min_rx", "mult", "echo", "state");
+    let mut s = format!(
+        "{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}\n",
+        "name", "peer_ip", "ifname", "local_ip", "min_tx", "min_rx", "mult", "echo", "state"
+    );
     for p in peers {
         s += &format!(
             "{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}{}\n",
@@ -374,7 +394,8 @@ fn details(p: &PortView) -> String {
 }
 
 fn bindings_table(bindings: &[BindingView]) -> String {
-    let mut s = format!("{:>8}  {:<17}  {:<24} {:<16} {:>6} {:>8}\n", "vni", "mac", "ip", "tunnel", "ofport", "port_key");
+    let mut s =
+        format!("{:>8}  {:<17}  {:<24} {:<16} {:>6} {:>8}\n", "vni", "mac", "ip", "tunnel", "ofport", "port_key");
     for b in bindings {
         let ip = b.ip.map(|i| i.to_string()).unwrap_or_default();
         s += &format!("{:>8}  {:<17}  {:<24} {:<16} {:>6} {:>8}\n", b.vni, b.mac, ip, b.tunnel, b.ofport, b.port_key);
@@ -396,18 +417,31 @@ fn show_text(v: &ShowView) -> String {
     );
     s += &format!("    bpffs {}, state {}\n", v.bpffs, v.state_dir);
     for p in &v.ports {
-        s += &format!("    Port {} (ofport {})\n        type: {}, vni {}\n        {}\n", p.name, p.ofport, p.kind, p.vni, details(p));
+        s += &format!(
+            "    Port {} (ofport {})\n        type: {}, vni {}\n        {}\n",
+            p.name,
+            p.ofport,
+            p.kind,
+            p.vni,
+            details(p)
+        );
     }
     for b in &v.bindings {
         let ip = b.ip.map(|i| format!(" ip {i}")).unwrap_or_default();
-        s += &format!("    Binding vni {} mac {}{ip} -> {} (ofport {}) port_key {}\n", b.vni, b.mac, b.tunnel, b.ofport, b.port_key);
+        s += &format!(
+            "    Binding vni {} mac {}{ip} -> {} (ofport {}) port_key {}\n",
+            b.vni, b.mac, b.tunnel, b.ofport, b.port_key
+        );
     }
     s += &format!("    ofports: {} used, {} held down, {} free\n", v.ofports.used, v.ofports.held_down, v.ofports.free);
     s
 }
 
 fn stats_text(v: &StatsView) -> String {
-    let mut s = format!("{:>6}  {:<16} {:>12} {:>14} {:>12} {:>14}\n", "ofport", "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes");
+    let mut s = format!(
+        "{:>6}  {:<16} {:>12} {:>14} {:>12} {:>14}\n",
+        "ofport", "port", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"
+    );
     for p in &v.ports {
         s += &format!(
             "{:>6}  {:<16} {:>12} {:>14} {:>12} {:>14}\n",

@@ -292,7 +292,9 @@ fn ifname(field: &str, s: &str) -> Result<String, ConfigError> {
 }
 
 fn mac(path: &str, s: &str) -> Result<MacAddr, ConfigError> {
-    let m: MacAddr = s.parse().map_err(|_| err(format!("{path}.mac"), format_args!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
+    let m: MacAddr = s
+        .parse()
+        .map_err(|_| err(format!("{path}.mac"), format_args!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
     if !m.is_unicast() {
         return Err(err(format!("{path}.mac"), format_args!("{m} is not a unicast address")));
     }
@@ -300,7 +302,8 @@ fn mac(path: &str, s: &str) -> Result<MacAddr, ConfigError> {
 }
 
 fn ip(path: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
-    let a: IpAddr = s.parse().map_err(|_| err(format!("{path}.{field}"), format_args!("{s:?} is not an IP address")))?;
+    let a: IpAddr =
+        s.parse().map_err(|_| err(format!("{path}.{field}"), format_args!("{s:?} is not an IP address")))?;
     let unicast = match a {
         IpAddr::V4(v) => !(v.is_unspecified() || v.is_multicast() || v.is_broadcast()),
         IpAddr::V6(v) => !(v.is_unspecified() || v.is_multicast()),
@@ -313,7 +316,10 @@ fn ip(path: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
 
 fn name(path: &str, s: &str) -> Result<String, ConfigError> {
     if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(format!("{path}.name"), format_args!("{s:?} is not a port name (1..=64 characters, no whitespace)")));
+        return Err(err(
+            format!("{path}.name"),
+            format_args!("{s:?} is not a port name (1..=64 characters, no whitespace)"),
+        ));
     }
     Ok(s.to_owned())
 }
@@ -323,9 +329,13 @@ impl RawConfig {
         let metrics = match self.metrics {
             None => None,
             Some(s) => {
-                let a: SocketAddr = s.parse().map_err(|_| err("metrics", format_args!("{s:?} is not an address:port")))?;
+                let a: SocketAddr =
+                    s.parse().map_err(|_| err("metrics", format_args!("{s:?} is not an address:port")))?;
                 if !a.ip().is_loopback() {
-                    return Err(err("metrics", format_args!("{a} is not a loopback address (metrics are served on loopback only)")));
+                    return Err(err(
+                        "metrics",
+                        format_args!("{a} is not a loopback address (metrics are served on loopback only)"),
+                    ));
                 }
                 Some(a)
             }
@@ -355,7 +365,10 @@ impl RawConfig {
             }
             if let Some(number) = number {
                 if let Some(first) = numbers.insert(number, path.to_owned()) {
-                    return Err(err(format!("{path}.ofport"), format_args!("{number} is already requested by {first}")));
+                    return Err(err(
+                        format!("{path}.ofport"),
+                        format_args!("{number} is already requested by {first}"),
+                    ));
                 }
             }
             Ok(())
@@ -399,7 +412,11 @@ impl RawConfig {
                 bfd_detect_mult: bfd_mult(format!("{path}.bfd_detect_mult"), t.bfd_detect_mult)?,
             };
             if !args.bfd {
-                let set = [("bfd_min_tx_ms", t.bfd_min_tx_ms), ("bfd_min_rx_ms", t.bfd_min_rx_ms), ("bfd_detect_mult", t.bfd_detect_mult)];
+                let set = [
+                    ("bfd_min_tx_ms", t.bfd_min_tx_ms),
+                    ("bfd_min_rx_ms", t.bfd_min_rx_ms),
+                    ("bfd_detect_mult", t.bfd_detect_mult),
+                ];
                 if let Some((field, _)) = set.iter().find(|(_, v)| v.is_some()) {
                     return Err(err(format!("{path}.{field}"), "is set, but bfd is off for this tunnel"));
                 }
@@ -407,7 +424,10 @@ impl RawConfig {
             if let Some(first) = keys.insert((args.remote_ip.to_canonical(), args.vni), path.clone()) {
                 return Err(err(
                     format!("{path}.remote_ip"),
-                    format_args!("{} with VNI {} duplicates {first}: a redundant tunnel can never carry traffic", args.remote_ip, args.vni),
+                    format_args!(
+                        "{} with VNI {} duplicates {first}: a redundant tunnel can never carry traffic",
+                        args.remote_ip, args.vni
+                    ),
                 ));
             }
             claim(&path, &args.name, args.ofport)?;
@@ -434,14 +454,23 @@ impl RawConfig {
                 port_key: port_key(&path, b.port_key)?,
             };
             if !tunnel_names.contains(args.tunnel.as_str()) {
-                return Err(err(format!("{path}.tunnel"), format_args!("{:?} is not a tunnel of this file", args.tunnel)));
+                return Err(err(
+                    format!("{path}.tunnel"),
+                    format_args!("{:?} is not a tunnel of this file", args.tunnel),
+                ));
             }
             if let Some(first) = macs.insert((args.vni, args.mac), path.clone()) {
-                return Err(err(format!("{path}.mac"), format_args!("{} in VNI {} is already bound by {first}", args.mac, args.vni)));
+                return Err(err(
+                    format!("{path}.mac"),
+                    format_args!("{} in VNI {} is already bound by {first}", args.mac, args.vni),
+                ));
             }
             if let Some(a) = args.ip {
                 if let Some(first) = ips.insert((args.vni, a.to_canonical()), path.clone()) {
-                    return Err(err(format!("{path}.ip"), format_args!("{a} in VNI {} is already bound by {first}", args.vni)));
+                    return Err(err(
+                        format!("{path}.ip"),
+                        format_args!("{a} in VNI {} is already bound by {first}", args.vni),
+                    ));
                 }
             }
             bindings.push(args);
@@ -453,7 +482,10 @@ impl RawConfig {
             let path = format!("bfd_peers[{i}]");
             let peer_ip = ip(&path, "peer_ip", &p.peer_ip)?;
             if !peer_ip.is_ipv4() {
-                return Err(err(format!("{path}.peer_ip"), format_args!("{peer_ip} is not an IPv4 address (single-hop BFD runs over IPv4)")));
+                return Err(err(
+                    format!("{path}.peer_ip"),
+                    format_args!("{peer_ip} is not an IPv4 address (single-hop BFD runs over IPv4)"),
+                ));
             }
             let local_ip = p.local_ip.as_deref().map(|s| ip(&path, "local_ip", s)).transpose()?;
             if let Some(a) = local_ip.filter(|a| !a.is_ipv4()) {
@@ -547,17 +579,35 @@ min_tx_ms = 10
         assert_eq!(over, BfdOverride { min_tx_ms: Some(50), min_rx_ms: None, detect_mult: Some(5) });
         assert_eq!(over.over(&BfdSettings::default()), BfdSettings { min_tx_ms: 50, min_rx_ms: 1000, detect_mult: 5 });
         let p = &c.bfd_peers[0];
-        assert_eq!((p.name.as_str(), p.peer_ip, p.echo, p.min_tx_ms, p.ifname.as_deref()), ("tor1", "198.51.100.254".parse().unwrap(), true, Some(10), None));
+        assert_eq!(
+            (p.name.as_str(), p.peer_ip, p.echo, p.min_tx_ms, p.ifname.as_deref()),
+            ("tor1", "198.51.100.254".parse().unwrap(), true, Some(10), None)
+        );
 
-        assert_eq!(error(&BFD.replace("bfd_min_tx_ms = 50", "bfd_min_tx_ms = 0")), "config: tunnels[0].bfd_min_tx_ms: 0 is out of range (1..=60000)");
-        assert_eq!(error(&BFD.replace("bfd_detect_mult = 5", "bfd_detect_mult = 256")), "config: tunnels[0].bfd_detect_mult: 256 is out of range (1..=255)");
-        assert_eq!(error(&BFD.replace("bfd = true", "bfd = false")), "config: tunnels[0].bfd_min_tx_ms: is set, but bfd is off for this tunnel");
+        assert_eq!(
+            error(&BFD.replace("bfd_min_tx_ms = 50", "bfd_min_tx_ms = 0")),
+            "config: tunnels[0].bfd_min_tx_ms: 0 is out of range (1..=60000)"
+        );
+        assert_eq!(
+            error(&BFD.replace("bfd_detect_mult = 5", "bfd_detect_mult = 256")),
+            "config: tunnels[0].bfd_detect_mult: 256 is out of range (1..=255)"
+        );
+        assert_eq!(
+            error(&BFD.replace("bfd = true", "bfd = false")),
+            "config: tunnels[0].bfd_min_tx_ms: is set, but bfd is off for this tunnel"
+        );
         assert_eq!(
             error(&BFD.replace("198.51.100.254", "2001:db8::1")),
             "config: bfd_peers[0].peer_ip: 2001:db8::1 is not an IPv4 address (single-hop BFD runs over IPv4)"
         );
-        assert_eq!(error(&BFD.replace("name = \"tor1\"", "name = \"hv2\"")), "config: bfd_peers[0].name: \"hv2\" is already used by tunnels[0]");
-        assert_eq!(error(&BFD.replace("min_tx_ms = 10", "min_tx_ms = 60001")), "config: bfd_peers[0].min_tx_ms: 60001 is out of range (1..=60000)");
+        assert_eq!(
+            error(&BFD.replace("name = \"tor1\"", "name = \"hv2\"")),
+            "config: bfd_peers[0].name: \"hv2\" is already used by tunnels[0]"
+        );
+        assert_eq!(
+            error(&BFD.replace("min_tx_ms = 10", "min_tx_ms = 60001")),
+            "config: bfd_peers[0].min_tx_ms: 60001 is out of range (1..=60000)"
+        );
         let twice = format!("{BFD}[[bfd_peers]]\nname = \"tor2\"\npeer_ip = \"198.51.100.254\"\n");
         assert_eq!(error(&twice), "config: bfd_peers[1].peer_ip: 198.51.100.254 is already the peer of bfd_peers[0]");
         assert!(error(&BFD.replace("echo = true", "echo = true\ncolour = 1")).contains("unknown field `colour`"));
@@ -571,19 +621,34 @@ min_tx_ms = 10
             error(&GOOD.replace("198.51.100.2", "198.51.100.300")),
             "config: tunnels[0].remote_ip: \"198.51.100.300\" is not an IP address"
         );
-        assert_eq!(error(&GOOD.replace("ofport = 10", "ofport = 65280")), "config: tunnels[0].ofport: 65280 is out of range (1..=65279)");
-        assert_eq!(error(&GOOD.replace("port_key = 17", "port_key = 0")), "config: ports[0].port_key: 0 is out of range (1..=32767)");
+        assert_eq!(
+            error(&GOOD.replace("ofport = 10", "ofport = 65280")),
+            "config: tunnels[0].ofport: 65280 is out of range (1..=65279)"
+        );
+        assert_eq!(
+            error(&GOOD.replace("port_key = 17", "port_key = 0")),
+            "config: ports[0].port_key: 0 is out of range (1..=32767)"
+        );
         assert_eq!(
             error(&GOOD.replace("02:00:5e:20:00:01", "01:00:5e:20:00:01")),
             "config: ports[0].mac: 01:00:5e:20:00:01 is not a unicast address"
         );
-        assert_eq!(error(&GOOD.replace("name = \"hv2\"", "name = \"vm1\"")), "config: tunnels[0].name: \"vm1\" is already used by ports[0]");
-        assert_eq!(error(&GOOD.replace("tunnel = \"hv2\"", "tunnel = \"nope\"")), "config: bindings[0].tunnel: \"nope\" is not a tunnel of this file");
+        assert_eq!(
+            error(&GOOD.replace("name = \"hv2\"", "name = \"vm1\"")),
+            "config: tunnels[0].name: \"vm1\" is already used by ports[0]"
+        );
+        assert_eq!(
+            error(&GOOD.replace("tunnel = \"hv2\"", "tunnel = \"nope\"")),
+            "config: bindings[0].tunnel: \"nope\" is not a tunnel of this file"
+        );
         assert_eq!(
             error(&GOOD.replace("\"127.0.0.1:9477\"", "\"198.51.100.1:9477\"")),
             "config: metrics: 198.51.100.1:9477 is not a loopback address (metrics are served on loopback only)"
         );
-        assert_eq!(error(&GOOD.replace("min_rx_ms = 300", "min_rx_ms = 0")), "config: bfd.min_rx_ms: 0 is out of range (1..=60000)");
+        assert_eq!(
+            error(&GOOD.replace("min_rx_ms = 300", "min_rx_ms = 0")),
+            "config: bfd.min_rx_ms: 0 is out of range (1..=60000)"
+        );
         assert_eq!(
             error(&GOOD.replace("203.0.113.2", "203.0.113.1")),
             "config: bindings[0].ip: 203.0.113.1 in VNI 5001 is already bound by port \"vm1\""

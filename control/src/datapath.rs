@@ -118,14 +118,18 @@ pub fn explain_attach_error(iface: &str, mode: AttachMode, err: ProgramError) ->
         _ => None,
     };
     if mode == AttachMode::Native
-        && (inner == Some(Some(libc::EOPNOTSUPP)) || text.contains("not supported") || text.contains("Operation not supported"))
+        && (inner == Some(Some(libc::EOPNOTSUPP))
+            || text.contains("not supported")
+            || text.contains("Operation not supported"))
     {
         return anyhow::anyhow!(
             "interface {iface} does not support native XDP (driver mode); use a driver with XDP support, or --mode skb for the slow generic mode"
         );
     }
     if inner == Some(Some(libc::EBUSY)) || text.contains("busy") {
-        return anyhow::anyhow!("interface {iface} already has an XDP program attached; detach it first (bpftool net show dev {iface})");
+        return anyhow::anyhow!(
+            "interface {iface} already has an XDP program attached; detach it first (bpftool net show dev {iface})"
+        );
     }
     anyhow::anyhow!("attaching XDP ({mode:?} mode) to {iface} failed: {text}")
 }
@@ -169,10 +173,18 @@ impl Generation {
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of the map's one page-rounded value.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), GENERATION_BYTES, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                GENERATION_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap of the GENERATION map (created without BPF_F_MMAPABLE?)");
+            return Err(std::io::Error::last_os_error())
+                .context("mmap of the GENERATION map (created without BPF_F_MMAPABLE?)");
         }
         Ok(Generation { counter: p as *const AtomicU64 })
     }

@@ -184,7 +184,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Probe(ProbeCmd::Attach { iface, mode, bpffs }) => {
             if mode == AttachMode::Skb {
-                tracing::warn!("attaching in generic (skb) mode: every packet pays for an skb; use native mode in production");
+                tracing::warn!(
+                    "attaching in generic (skb) mode: every packet pays for an skb; use native mode in production"
+                );
             }
             probe::attach(&iface, mode, &pins(&bpffs, &iface))?;
             println!("probe attached to {iface} ({mode:?} mode), pinned at {}", pins(&bpffs, &iface).dir.display());
@@ -216,9 +218,16 @@ fn main() -> ExitCode {
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-                | clap::error::ErrorKind::DisplayVersion) => e.exit(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                    | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            e.exit()
+        }
         Err(e) => {
             // One line naming the argument and the value, like every other error.
             let text = e.render().to_string();

@@ -73,7 +73,11 @@ pub fn render(d: &Daemon) -> Result<String> {
         nexthop_changes.get_or_create(&labels(&[("tunnel", &p.name)])).inc_by(changes);
     }
     registry.register("tunnel_nexthop_resolved", "1 when the tunnel's underlay next hop is resolved", nexthop);
-    registry.register("tunnel_nexthop_changes", "Times the tunnel's next hop MAC moved after it first resolved", nexthop_changes);
+    registry.register(
+        "tunnel_nexthop_changes",
+        "Times the tunnel's next hop MAC moved after it first resolved",
+        nexthop_changes,
+    );
 
     let bfd_state = Family::<Labels, Gauge>::default();
     let bfd_flaps = Family::<Labels, Counter>::default();
@@ -85,11 +89,17 @@ pub fn render(d: &Daemon) -> Result<String> {
         }
         bfd_flaps.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind)])).inc_by(v.flap_count);
         for (dir, n) in [("rx", v.rx_packets), ("tx", v.tx_packets)] {
-            bfd_packets.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind), ("direction", dir)])).inc_by(n);
+            bfd_packets
+                .get_or_create(&labels(&[("session", &v.name), ("type", &v.kind), ("direction", dir)]))
+                .inc_by(n);
         }
     }
     registry.register("bfd_state", "1 for the BFD session's current state", bfd_state);
-    registry.register("bfd_flaps", "Changes of the BFD session to or from up (as Open vSwitch counts flap_count)", bfd_flaps);
+    registry.register(
+        "bfd_flaps",
+        "Changes of the BFD session to or from up (as Open vSwitch counts flap_count)",
+        bfd_flaps,
+    );
     registry.register("bfd_session_packets", "BFD control packets per session and direction", bfd_packets);
 
     let bfd_drops = Family::<Labels, Counter>::default();
@@ -164,6 +174,8 @@ async fn respond(stream: TcpStream, tx: mpsc::Sender<Msg>) -> Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tokio::time::timeout(READ_TIMEOUT, write.write_all(response.as_bytes())).await.map_err(|_| anyhow!("client too slow"))??;
+    tokio::time::timeout(READ_TIMEOUT, write.write_all(response.as_bytes()))
+        .await
+        .map_err(|_| anyhow!("client too slow"))??;
     Ok(())
 }

@@ -48,7 +48,11 @@ pub fn attach(iface: &str, mode: AttachMode, pins: &Pins) -> Result<()> {
     }
     let bpffs = pins.dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(bpffs) {
-        bail!("{} is not on a bpffs mount; mount one (mount -t bpf bpf {}) or pass --bpffs", bpffs.display(), bpffs.display());
+        bail!(
+            "{} is not on a bpffs mount; mount one (mount -t bpf bpf {}) or pass --bpffs",
+            bpffs.display(),
+            bpffs.display()
+        );
     }
     fs::create_dir_all(&pins.dir).with_context(|| format!("creating {}", pins.dir.display()))?;
     let attached = (|| -> Result<()> {
@@ -59,13 +63,10 @@ pub fn attach(iface: &str, mode: AttachMode, pins: &Pins) -> Result<()> {
             .context("pinning the counters")?;
         let prog = datapath::xdp_program(&mut ebpf, PROGRAM)?;
         prog.pin(pins.program()).context("pinning the program")?;
-        let link_id = prog
-            .attach(iface, mode.xdp_mode())
-            .map_err(|e| datapath::explain_attach_error(iface, mode, e))?;
-        let link: FdLink = prog
-            .take_link(link_id)?
-            .try_into()
-            .context("the kernel attached XDP without a bpf_link; cannot pin it")?;
+        let link_id =
+            prog.attach(iface, mode.xdp_mode()).map_err(|e| datapath::explain_attach_error(iface, mode, e))?;
+        let link: FdLink =
+            prog.take_link(link_id)?.try_into().context("the kernel attached XDP without a bpf_link; cannot pin it")?;
         link.pin(pins.link()).context("pinning the XDP link")?;
         Ok(())
     })();

@@ -122,7 +122,12 @@ fn swap_ip(f: &mut [u8; UDP_PAYLOAD], ttl: u8, tos: u8) {
 /// docs): IPv4 without options, unfragmented, UDP 3784, TTL 255, no
 /// critical option.
 #[inline(always)]
-fn geneve_control(ctx: &XdpContext, inner: usize, len: usize, gflags: u8) -> Result<([u8; bfd::LEN], usize), DecodeError> {
+fn geneve_control(
+    ctx: &XdpContext,
+    inner: usize,
+    len: usize,
+    gflags: u8,
+) -> Result<([u8; bfd::LEN], usize), DecodeError> {
     if gflags & FLAG_CRITICAL != 0 {
         return Err(DecodeError::Encapsulation);
     }
@@ -227,7 +232,8 @@ pub fn underlay(ctx: &XdpContext, uplink: &Uplink) -> u32 {
     swap_ip(h, bfd::TTL, bfd::ovs::TOS);
     const UDP: usize = ETH_HLEN + IPV4_HLEN_MIN;
     let dport = bfd::CONTROL_PORT.to_be_bytes();
-    (h[UDP], h[UDP + 1], h[UDP + 2], h[UDP + 3], h[UDP + 6], h[UDP + 7]) = (sport[0], sport[1], dport[0], dport[1], 0, 0);
+    (h[UDP], h[UDP + 1], h[UDP + 2], h[UDP + 3], h[UDP + 6], h[UDP + 7]) =
+        (sport[0], sport[1], dport[0], dport[1], 0, 0);
     for k in 0..bfd::LEN {
         if let Some(x) = b.get_mut(k) {
             *x = reply[k];

@@ -2,13 +2,7 @@
 //! and find the local port the inner frame is for.
 use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
-use xgw_common::{
-    bfd,
-    counters::Drop,
-    geneve::*,
-    maps::FdbEntry,
-    wire::ETH_P_TEB,
-};
+use xgw_common::{bfd, counters::Drop, geneve::*, maps::FdbEntry, wire::ETH_P_TEB};
 
 use crate::{
     flows,
@@ -115,7 +109,8 @@ fn ovn_egress_key(ctx: &XdpContext, start: usize, len: usize, critical: bool) ->
         let h = unsafe { *ptr_at::<[u8; OPT_HLEN]>(ctx, start + off).ok_or(Drop::GeneveTruncated)? };
         let data_len = (h[3] & 0x1f) as usize * 4;
         if u16::from_be_bytes([h[0], h[1]]) == OVN_OPT_CLASS && h[2] == OVN_OPT_TYPE && data_len == OVN_OPT_DATA_LEN {
-            let d = unsafe { *ptr_at::<[u8; OVN_OPT_DATA_LEN]>(ctx, start + off + OPT_HLEN).ok_or(Drop::GeneveTruncated)? };
+            let d =
+                unsafe { *ptr_at::<[u8; OVN_OPT_DATA_LEN]>(ctx, start + off + OPT_HLEN).ok_or(Drop::GeneveTruncated)? };
             egress = u16::from_be_bytes([d[2], d[3]]);
         } else if h[2] & OPT_TYPE_CRITICAL != 0 {
             return Err(Drop::GeneveCriticalOption);

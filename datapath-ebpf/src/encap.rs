@@ -114,7 +114,14 @@ pub fn template(f: &mut EncapFlow) {
 /// Ethernet, UDP (source port, length and checksum zero until the frame's
 /// own are known), Geneve and the option.
 #[inline(always)]
-fn fill<Ip>(h: &mut Outer<Ip>, ether_type: u16, nexthop: [u8; 6], src_mac: [u8; 6], gnv: [u8; geneve::HLEN], opt: [u8; OVN_OPT_LEN]) {
+fn fill<Ip>(
+    h: &mut Outer<Ip>,
+    ether_type: u16,
+    nexthop: [u8; 6],
+    src_mac: [u8; 6],
+    gnv: [u8; geneve::HLEN],
+    opt: [u8; OVN_OPT_LEN],
+) {
     h.eth.dst_addr = nexthop;
     h.eth.src_addr = src_mac;
     h.eth.ether_type = ether_type.to_be();
@@ -224,7 +231,8 @@ fn flow_hash(ctx: &XdpContext) -> u32 {
         ETH_P_IPV4 => match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
             Some(ip) => {
                 let ip = unsafe { &*ip };
-                let mut h = u32::from_ne_bytes(ip.src_addr) ^ u32::from_ne_bytes(ip.dst_addr).rotate_left(16) ^ ip.proto as u32;
+                let mut h =
+                    u32::from_ne_bytes(ip.src_addr) ^ u32::from_ne_bytes(ip.dst_addr).rotate_left(16) ^ ip.proto as u32;
                 if ip.vihl == 0x45 && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
                     if let Some(p) = ptr_at::<[u8; 4]>(ctx, ETH_HLEN + IPV4_HLEN_MIN) {
                         h ^= u32::from_ne_bytes(unsafe { *p }).rotate_left(8);

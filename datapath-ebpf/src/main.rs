@@ -16,7 +16,10 @@ mod responder;
 mod toobig;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
-use xgw_common::{counters::{Drop, Reply}, maps::{DEVMAP_UPLINK, FDB_LOCAL}};
+use xgw_common::{
+    counters::{Drop, Reply},
+    maps::{DEVMAP_UPLINK, FDB_LOCAL},
+};
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.

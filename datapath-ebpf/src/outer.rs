@@ -1,11 +1,7 @@
 //! The outer headers of a packet arriving on the uplink: is it Geneve
 //! addressed to this gateway? Anything else belongs to the kernel stack.
 use aya_ebpf::programs::XdpContext;
-use network_types::{
-    eth::EthHdr,
-    ip::Ipv6Hdr,
-    udp::UdpHdr,
-};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr, udp::UdpHdr};
 use xgw_common::{
     maps::{Uplink, UPLINK_HAS_IP4, UPLINK_HAS_IP6},
     wire::*,
@@ -45,7 +41,8 @@ pub fn parse(ctx: &XdpContext, up: &Uplink) -> Option<Outer> {
             // IPv4 without options and UDP, 28 bytes read as three words
             // and a half, little-endian: a field is a byte range of a word.
             let p = ptr_at::<[u8; IPV4_HLEN_MIN + UDP_HLEN]>(ctx, ETH_HLEN)? as *const u8;
-            let (w0, w1, w2, w3) = unsafe { (load::<u64>(p, 0), load::<u64>(p, 8), load::<u64>(p, 16), load::<u32>(p, 24)) };
+            let (w0, w1, w2, w3) =
+                unsafe { (load::<u64>(p, 0), load::<u64>(p, 8), load::<u64>(p, 16), load::<u32>(p, 24)) };
             if up.flags & UPLINK_HAS_IP4 == 0
                 || w0 & V4_VIHL_FRAGS_MASK != V4_VIHL_FRAGS
                 || (w1 >> 8) as u8 != IPPROTO_UDP
@@ -64,7 +61,11 @@ pub fn parse(ctx: &XdpContext, up: &Uplink) -> Option<Outer> {
         }
         IPV6 => {
             let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)? };
-            if up.flags & UPLINK_HAS_IP6 == 0 || ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_UDP || ip.dst_addr != up.ip6 {
+            if up.flags & UPLINK_HAS_IP6 == 0
+                || ip.vcf[0] >> 4 != 6
+                || ip.next_hdr != IPPROTO_UDP
+                || ip.dst_addr != up.ip6
+            {
                 return None;
             }
             let udp_len = geneve_port(ctx, ETH_HLEN + IPV6_HLEN)?;

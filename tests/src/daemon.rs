@@ -142,7 +142,11 @@ impl Daemon {
     pub fn refused(&self, args: &[&str]) -> String {
         let out = self.try_cli(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "xgw {args:?} succeeded but must not:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "xgw {args:?} succeeded but must not:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "xgw {args:?}: error is not one line:\n{err}");
         err.trim_end().to_owned()
     }
@@ -159,7 +163,9 @@ impl Daemon {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("the daemon's fdinfo");
         for fd in fds.flatten() {
             let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-            let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u32>().ok()) else {
+            let Some(id) =
+                info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(map) = aya::maps::MapData::from_id(id) else { continue };

@@ -63,13 +63,45 @@ impl Frr {
         let mut frr = Frr { bfdd: None, zebra: None, dir: dir.clone(), ns_name: ns.name.clone() };
         // UTC: the log's timestamps are compared with the system clock.
         frr.zebra = Some(ns.spawn(&[
-            "env", "TZ=UTC", "/usr/lib/frr/zebra", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/zebra.conf"), "-i", &p("run/zebra.pid"),
-            "-z", &p("run/zserv.api"), "--vty_socket", &p("run"),
+            "env",
+            "TZ=UTC",
+            "/usr/lib/frr/zebra",
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "-P",
+            "0",
+            "-f",
+            &p("etc/zebra.conf"),
+            "-i",
+            &p("run/zebra.pid"),
+            "-z",
+            &p("run/zserv.api"),
+            "--vty_socket",
+            &p("run"),
         ]));
         frr.wait_file("run/zserv.api");
         frr.bfdd = Some(ns.spawn(&[
-            "env", "TZ=UTC", "/usr/lib/frr/bfdd", "-u", "frr", "-g", "frr", "-P", "0", "-f", &p("etc/bfdd.conf"), "-i", &p("run/bfdd.pid"),
-            "-z", &p("run/zserv.api"), "--vty_socket", &p("run"), "--bfdctl", &p("run/bfdd.sock"),
+            "env",
+            "TZ=UTC",
+            "/usr/lib/frr/bfdd",
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "-P",
+            "0",
+            "-f",
+            &p("etc/bfdd.conf"),
+            "-i",
+            &p("run/bfdd.pid"),
+            "-z",
+            &p("run/zserv.api"),
+            "--vty_socket",
+            &p("run"),
+            "--bfdctl",
+            &p("run/bfdd.sock"),
         ]));
         frr.wait_file("run/bfdd.vty");
         frr
@@ -116,7 +148,8 @@ impl Frr {
                 // "2026/11/24 03:27:29.347123 BFD: ... reason:control-expired"
                 let time = l.split_whitespace().nth(1)?;
                 let mut hms = time.split(':');
-                let (h, m, s): (f64, f64, f64) = (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
+                let (h, m, s): (f64, f64, f64) =
+                    (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
                 let reason = l.rsplit("reason:").next().unwrap_or("").trim().to_string();
                 Some((h * 3600.0 + m * 60.0 + s, reason))
             })
@@ -140,7 +173,14 @@ impl Frr {
                 cmd.args(["-c", &format!("receive-interval {}", p.rx_ms)]);
                 cmd.args(["-c", &format!("transmit-interval {}", p.tx_ms)]);
                 if let Some(e) = p.echo_ms {
-                    cmd.args(["-c", "echo-mode", "-c", &format!("echo transmit-interval {e}"), "-c", &format!("echo receive-interval {e}")]);
+                    cmd.args([
+                        "-c",
+                        "echo-mode",
+                        "-c",
+                        &format!("echo transmit-interval {e}"),
+                        "-c",
+                        &format!("echo receive-interval {e}"),
+                    ]);
                 }
                 cmd.args(["-c", "exit"]);
             }

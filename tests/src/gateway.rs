@@ -35,7 +35,8 @@ impl TestGateway {
     }
 
     fn new(ebpf: Ebpf) -> TestGateway {
-        let generation = xgw::datapath::Generation::open(ebpf.map(GENERATION).expect(GENERATION)).expect("mmap GENERATION");
+        let generation =
+            xgw::datapath::Generation::open(ebpf.map(GENERATION).expect(GENERATION)).expect("mmap GENERATION");
         TestGateway { ebpf, netns: None, generation }
     }
 
@@ -111,7 +112,9 @@ impl TestGateway {
         self.hash::<PortKey, FdbEntry>(PORT_KEYS)
             .insert(PortKey { vni: port.vni, port_key: port.port_key, _pad: 0 }, entry, 0)
             .unwrap();
-        self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0).unwrap();
+        self.hash::<FdbKey, FdbEntry>(FDB)
+            .insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0)
+            .unwrap();
         self.generation.bump();
         self.devmap_insert(port.ofport as u32, ifindex);
     }

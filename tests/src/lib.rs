@@ -43,7 +43,13 @@ macro_rules! require_root {
             // Straight to fd 2: libtest captures eprintln! of passing tests,
             // and a skip must be visible (cargo xtask test counts these lines).
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "SKIP {} ({}:{}): needs root (namespaces, XDP, bpffs)", module_path!(), file!(), line!());
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {} ({}:{}): needs root (namespaces, XDP, bpffs)",
+                module_path!(),
+                file!(),
+                line!()
+            );
             return;
         }
     };

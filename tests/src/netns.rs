@@ -40,9 +40,7 @@ impl Netns {
 
     /// Runs a command inside the namespace and returns its output, whatever its status.
     pub fn exec(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.name))
+        self.command(args).output().unwrap_or_else(|e| panic!("cannot run {args:?} in {}: {e}", self.name))
     }
 
     /// Runs a command inside the namespace; fails the test if it fails. Returns stdout.
@@ -81,10 +79,7 @@ impl Netns {
 
     /// The interface index of `ifname` inside this namespace.
     pub fn ifindex(&self, ifname: &str) -> u32 {
-        self.ok(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])
-            .trim()
-            .parse()
-            .expect("ifindex")
+        self.ok(&["cat", &format!("/sys/class/net/{ifname}/ifindex")]).trim().parse().expect("ifindex")
     }
 }
 

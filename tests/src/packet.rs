@@ -24,13 +24,23 @@ fn build(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 pub fn ipv4_icmp_echo(payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).icmpv4_echo_request(1, 1).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(IP4_A, IP4_B, 64)
+            .icmpv4_echo_request(1, 1)
+            .write(v, payload)
+            .unwrap()
+    })
 }
 pub fn ipv4_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).udp(sport, dport).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).udp(sport, dport).write(v, payload).unwrap()
+    })
 }
 pub fn ipv4_tcp(payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).tcp(40000, 80, 1, 1024).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).tcp(40000, 80, 1, 1024).write(v, payload).unwrap()
+    })
 }
 pub fn ipv4_proto(proto: u8, payload: &[u8]) -> Vec<u8> {
     build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(IP4_A, IP4_B, 64).write(v, IpNumber(proto), payload).unwrap())
@@ -46,13 +56,23 @@ pub fn ipv4_udp_vlan(vid: u16, payload: &[u8]) -> Vec<u8> {
     })
 }
 pub fn ipv6_icmp_echo(payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).icmpv6_echo_request(1, 1).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(IP6_A, IP6_B, 64)
+            .icmpv6_echo_request(1, 1)
+            .write(v, payload)
+            .unwrap()
+    })
 }
 pub fn ipv6_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).udp(sport, dport).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).udp(sport, dport).write(v, payload).unwrap()
+    })
 }
 pub fn ipv6_tcp(payload: &[u8]) -> Vec<u8> {
-    build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).tcp(40000, 80, 1, 1024).write(v, payload).unwrap())
+    build(|v| {
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).tcp(40000, 80, 1, 1024).write(v, payload).unwrap()
+    })
 }
 pub fn ipv6_proto(proto: u8, payload: &[u8]) -> Vec<u8> {
     build(|v| PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(IP6_A, IP6_B, 64).write(v, IpNumber(proto), payload).unwrap())
@@ -299,7 +319,8 @@ pub fn udp_checksum_verifies(src: &[u8], dst: &[u8], udp: &[u8]) -> bool {
 }
 
 fn pseudo_sum(src: &[u8], dst: &[u8], udp: &[u8]) -> u64 {
-    let words = |b: &[u8]| b.chunks(2).map(|c| (u64::from(c[0]) << 8) | u64::from(*c.get(1).unwrap_or(&0))).sum::<u64>();
+    let words =
+        |b: &[u8]| b.chunks(2).map(|c| (u64::from(c[0]) << 8) | u64::from(*c.get(1).unwrap_or(&0))).sum::<u64>();
     // Both pseudo-headers add up to: addresses + protocol 17 + UDP length.
     words(src) + words(dst) + 17 + udp.len() as u64 + words(udp)
 }

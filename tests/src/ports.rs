@@ -100,10 +100,7 @@ fn read_hash<K: Pod, V: Pod>(dir: &Path, name: &str) -> Raw {
 /// Every port map pinned in `dir`, read through aya. DEVMAP values are the
 /// ifindex (4 bytes).
 pub fn read_maps(dir: &Path) -> Maps {
-    let devmap = devmap(dir)
-        .iter()
-        .map(|r| r.map(|(k, v)| (bytes(&k), bytes(&v.if_index))).expect("DEVMAP"))
-        .collect();
+    let devmap = devmap(dir).iter().map(|r| r.map(|(k, v)| (bytes(&k), bytes(&v.if_index))).expect("DEVMAP")).collect();
     BTreeMap::from([
         (DEVMAP, devmap),
         (LOCAL_PORTS, read_hash::<u32, wire::LocalPort>(dir, LOCAL_PORTS)),
@@ -161,7 +158,11 @@ pub fn expected_maps<'a>(records: impl IntoIterator<Item = &'a PortRecord>, ifin
                 put(PORT_KEYS, bytes(&wire::PortKey { vni: p.vni, port_key: p.port_key, _pad: 0 }), bytes(&fdb));
                 put(FDB, bytes(&wire::FdbKey { vni: p.vni, mac: p.mac.0, _pad: [0; 2] }), bytes(&fdb));
                 if let Some(ip) = p.ip {
-                    put(NEIGH, bytes(&wire::NeighKey { vni: p.vni, ip: ip16(ip) }), bytes(&wire::Neigh { mac: p.mac.0, _pad: [0; 2] }));
+                    put(
+                        NEIGH,
+                        bytes(&wire::NeighKey { vni: p.vni, ip: ip16(ip) }),
+                        bytes(&wire::Neigh { mac: p.mac.0, _pad: [0; 2] }),
+                    );
                 }
             }
             PortSpec::Tunnel(t) => {

@@ -78,7 +78,11 @@ impl Process {
             }
         }
         let out = self.child.take().unwrap().wait_with_output().ok()?;
-        Some((out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        Some((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Whether the process has exited (it is not reaped from the guard).

@@ -53,7 +53,11 @@ fn topology() -> Topology {
     engine
         .add(
             "r1",
-            Path::SingleHop { ifname: "ul".into(), peer_ip: Ipv4Addr::new(198, 51, 100, 2), local_ip: Ipv4Addr::new(198, 51, 100, 1) },
+            Path::SingleHop {
+                ifname: "ul".into(),
+                peer_ip: Ipv4Addr::new(198, 51, 100, 2),
+                local_ip: Ipv4Addr::new(198, 51, 100, 1),
+            },
             Config { min_tx_ms: 10, min_rx_ms: 10, mult: 3, echo: true },
         )
         .expect("add session");

@@ -40,7 +40,15 @@ fn topology() -> Topology {
     let mut dp = TestGateway::load(&["xgw_uplink", "xgw_pass"]);
     dp.in_netns(&gw);
     let ul = gw.ifindex("ul");
-    dp.set_uplink(maps::Uplink { ifindex: ul, mtu: 1500, mac: GW_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: [198, 51, 100, 1], ip6: [0; 16] });
+    dp.set_uplink(maps::Uplink {
+        ifindex: ul,
+        mtu: 1500,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: [198, 51, 100, 1],
+        ip6: [0; 16],
+    });
     dp.add_tunnel(
         TUNNEL as u32,
         Tunnel { remote: ipv4_mapped([198, 51, 100, 2]), nexthop_mac: HV_MAC, flags: TUNNEL_BFD, _pad: 0, vni: VNI },
@@ -77,7 +85,12 @@ impl Topology {
             if self.ours().state == state {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < timeout, "xgw not {state} after {timeout:?}: {:?}\n{}", self.ours(), self.ovs.bfd_show(Some("gnv0")));
+            assert!(
+                start.elapsed() < timeout,
+                "xgw not {state} after {timeout:?}: {:?}\n{}",
+                self.ours(),
+                self.ovs.bfd_show(Some("gnv0"))
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -88,7 +101,11 @@ impl Topology {
             if self.ovs.bfd_states("gnv0").0 == state {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < timeout, "OVS not {state} after {timeout:?}:\n{}", self.ovs.bfd_show(Some("gnv0")));
+            assert!(
+                start.elapsed() < timeout,
+                "OVS not {state} after {timeout:?}:\n{}",
+                self.ovs.bfd_show(Some("gnv0"))
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -100,7 +117,9 @@ impl Topology {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let st = self.ovs.bfd_status("gnv0");
-            if st.get("state").map(String::as_str) == Some("up") && st.get("remote_state").map(String::as_str) == Some("up") {
+            if st.get("state").map(String::as_str) == Some("up")
+                && st.get("remote_state").map(String::as_str) == Some("up")
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "bfd_status: {st:?}");

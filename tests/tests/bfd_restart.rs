@@ -26,7 +26,10 @@ use std::{
 use aya::maps::{Array, MapData};
 use nix::sys::signal::Signal;
 use xgw::bfd::{Config, Engine, Options, Path, Status, Uplink};
-use xgw_common::{bfd::State, maps::{self, *}};
+use xgw_common::{
+    bfd::State,
+    maps::{self, *},
+};
 use xgw_tests::{gateway::TestGateway, require_root, BpfFs, Geneve, Netns, OvsHypervisor, Process, Veth};
 
 const VNI: u32 = 5001;
@@ -52,8 +55,20 @@ struct Topology {
 
 /// A's sessions as the child is told them: OVS in slot 0, B in slot 1.
 fn a_sessions() -> String {
-    let ovs = Path::Geneve { ofport: 10, remote_ip: IpAddr::from(OVS_IP), local_ip: IpAddr::from(A_IP), vni: VNI, nexthop_mac: OVS_MAC };
-    let b = Path::Geneve { ofport: 11, remote_ip: IpAddr::from(B_IP), local_ip: IpAddr::from(A_IP), vni: VNI, nexthop_mac: B_MAC };
+    let ovs = Path::Geneve {
+        ofport: 10,
+        remote_ip: IpAddr::from(OVS_IP),
+        local_ip: IpAddr::from(A_IP),
+        vni: VNI,
+        nexthop_mac: OVS_MAC,
+    };
+    let b = Path::Geneve {
+        ofport: 11,
+        remote_ip: IpAddr::from(B_IP),
+        local_ip: IpAddr::from(A_IP),
+        vni: VNI,
+        nexthop_mac: B_MAC,
+    };
     serde_json::json!([
         ["ovs", ovs, Config { min_tx_ms: 100, min_rx_ms: 1000, mult: 3, echo: false }],
         ["b", b, Config { min_tx_ms: 100, min_rx_ms: 100, mult: 3, echo: false }],
@@ -82,19 +97,43 @@ fn topology() -> Topology {
 
     let pins = BpfFs::new("bfdpin");
     let mut a_dp = TestGateway::load_pinned(&pins.dir, &["xgw_uplink", "xgw_pass"]);
-    a_dp.set_uplink(maps::Uplink { ifindex: a.ifindex("ul"), mtu: 1500, mac: A_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: A_IP, ip6: [0; 16] });
+    a_dp.set_uplink(maps::Uplink {
+        ifindex: a.ifindex("ul"),
+        mtu: 1500,
+        mac: A_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: A_IP,
+        ip6: [0; 16],
+    });
     a_dp.attach(&a, "xgw_uplink", "ul");
     // A's XDP_TX answers reach the bridge only if its veth end runs XDP.
     a_dp.attach(&sw, "xgw_pass", "pa");
 
     let mut b_dp = TestGateway::load(&["xgw_uplink"]);
-    b_dp.set_uplink(maps::Uplink { ifindex: b.ifindex("ul"), mtu: 1500, mac: B_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: B_IP, ip6: [0; 16] });
+    b_dp.set_uplink(maps::Uplink {
+        ifindex: b.ifindex("ul"),
+        mtu: 1500,
+        mac: B_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: B_IP,
+        ip6: [0; 16],
+    });
     b_dp.attach(&b, "xgw_uplink", "ul");
-    let b_engine = b.enter(|| Engine::start(&mut b_dp.ebpf, Uplink { ifname: "ul".into(), mac: B_MAC }, Options::default())).expect("engine B");
+    let b_engine = b
+        .enter(|| Engine::start(&mut b_dp.ebpf, Uplink { ifname: "ul".into(), mac: B_MAC }, Options::default()))
+        .expect("engine B");
     b_engine
         .add(
             "a",
-            Path::Geneve { ofport: 10, remote_ip: IpAddr::from(A_IP), local_ip: IpAddr::from(B_IP), vni: VNI, nexthop_mac: A_MAC },
+            Path::Geneve {
+                ofport: 10,
+                remote_ip: IpAddr::from(A_IP),
+                local_ip: IpAddr::from(B_IP),
+                vni: VNI,
+                nexthop_mac: A_MAC,
+            },
             Config { min_tx_ms: 100, min_rx_ms: 100, mult: 3, echo: false },
         )
         .expect("add on B");
@@ -148,19 +187,32 @@ impl Topology {
 
     fn ovs_flaps(&self) -> (String, u64) {
         let st = self.ovs.bfd_status("gnv0");
-        (st.get("state").cloned().unwrap_or_default(), st.get("flap_count").and_then(|f| f.parse().ok()).unwrap_or(u64::MAX))
+        (
+            st.get("state").cloned().unwrap_or_default(),
+            st.get("flap_count").and_then(|f| f.parse().ok()).unwrap_or(u64::MAX),
+        )
     }
 
     fn all_up(&self) -> bool {
         let up = State::Up as u8;
         let (k0, k1) = (self.kernel(0), self.kernel(1));
-        k0.state == up && k0.remote_state == up && k1.state == up && k1.remote_state == up && self.b().forwarding && self.ovs_flaps().0 == "up"
+        k0.state == up
+            && k0.remote_state == up
+            && k1.state == up
+            && k1.remote_state == up
+            && self.b().forwarding
+            && self.ovs_flaps().0 == "up"
     }
 
     /// Everything that moves on a flap, on all three sides.
     fn flap_marks(&self) -> (Kernel, Kernel, u64, u64) {
         let (k0, k1) = (self.kernel(0), self.kernel(1));
-        (Kernel { last_tx_ns: 0, xdp_tx: 0, ..k0 }, Kernel { last_tx_ns: 0, xdp_tx: 0, ..k1 }, self.b().flap_count, self.ovs_flaps().1)
+        (
+            Kernel { last_tx_ns: 0, xdp_tx: 0, ..k0 },
+            Kernel { last_tx_ns: 0, xdp_tx: 0, ..k1 },
+            self.b().flap_count,
+            self.ovs_flaps().1,
+        )
     }
 
     /// Restarts A's engine after `gap`; returns how long A sent nothing
@@ -188,7 +240,14 @@ fn sessions_survive_a_sigkill_restart_of_the_engine() {
     let mut t = topology();
     let start = Instant::now();
     while !t.all_up() {
-        assert!(start.elapsed() < Duration::from_secs(20), "not Up: {:?} {:?}\nB {:?}\n{}", t.kernel(0), t.kernel(1), t.b(), t.ovs.bfd_show(None));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not Up: {:?} {:?}\nB {:?}\n{}",
+            t.kernel(0),
+            t.kernel(1),
+            t.b(),
+            t.ovs.bfd_show(None)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // OVS writes bfd_status lazily; let every side settle at its pace.
@@ -205,7 +264,10 @@ fn sessions_survive_a_sigkill_restart_of_the_engine() {
     let gap = t.restart(Duration::ZERO);
     std::thread::sleep(Duration::from_secs(2));
     let after = t.flap_marks();
-    eprintln!("restart: A silent on the B session for {gap:?}; kernel {:?} / {:?}, B flaps {}, OVS flaps {}", after.0, after.1, after.2, after.3);
+    eprintln!(
+        "restart: A silent on the B session for {gap:?}; kernel {:?} / {:?}, B flaps {}, OVS flaps {}",
+        after.0, after.1, after.2, after.3
+    );
     assert_eq!(after, marks, "a flap across the restart:\nB {:?}\n{}", t.b(), t.ovs.bfd_show(None));
     assert!(t.all_up());
 

@@ -27,15 +27,28 @@ struct Gw {
 fn gateway(ns: Netns, mac: [u8; 6], ip: [u8; 4], peer_mac: [u8; 6], peer_ip: [u8; 4]) -> Gw {
     ns.ok(&["ip", "link", "set", "ul", "address", &xgw_tests::ovs::mac_str(mac)]);
     let mut dp = TestGateway::load(&["xgw_uplink"]);
-    dp.set_uplink(maps::Uplink { ifindex: ns.ifindex("ul"), mtu: 1500, mac, flags: UPLINK_HAS_IP4, _pad: 0, ip4: ip, ip6: [0; 16] });
+    dp.set_uplink(maps::Uplink {
+        ifindex: ns.ifindex("ul"),
+        mtu: 1500,
+        mac,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: ip,
+        ip6: [0; 16],
+    });
     dp.attach(&ns, "xgw_uplink", "ul");
-    let engine = ns
-        .enter(|| Engine::start(&mut dp.ebpf, Uplink { ifname: "ul".into(), mac }, options()))
-        .expect("bfd engine");
+    let engine =
+        ns.enter(|| Engine::start(&mut dp.ebpf, Uplink { ifname: "ul".into(), mac }, options())).expect("bfd engine");
     engine
         .add(
             "peer",
-            Path::Geneve { ofport: 10, remote_ip: IpAddr::from(peer_ip), local_ip: IpAddr::from(ip), vni: VNI, nexthop_mac: peer_mac },
+            Path::Geneve {
+                ofport: 10,
+                remote_ip: IpAddr::from(peer_ip),
+                local_ip: IpAddr::from(ip),
+                vni: VNI,
+                nexthop_mac: peer_mac,
+            },
             Config { min_tx_ms: 10, min_rx_ms: 10, mult: 3, echo: false },
         )
         .expect("add");

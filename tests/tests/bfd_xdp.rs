@@ -80,10 +80,9 @@ fn fixture() -> Fixture {
     ns.ok(&["ip", "addr", "add", "198.51.100.1/32", "dev", "lo"]);
     let mut gw = TestGateway::load(&["xgw_uplink"]);
     gw.set_uplink(uplink());
-    let engine = ns.enter(|| {
-        Engine::start(&mut gw.ebpf, Uplink { ifname: "lo".into(), mac: GW_MAC }, Options { rt_priority: 0 })
-    })
-    .expect("engine");
+    let engine = ns
+        .enter(|| Engine::start(&mut gw.ebpf, Uplink { ifname: "lo".into(), mac: GW_MAC }, Options { rt_priority: 0 }))
+        .expect("engine");
     Fixture { engine, gw, _ns: ns }
 }
 
@@ -140,7 +139,10 @@ fn ovs_geneve_bfd_completes_the_three_way_handshake_in_the_kernel() {
     // Peer signals Down -> Down, diagnostic 3.
     f.run(&in_geneve(VNI, 0, 255, &ctrl(1, 1, DOWN, 0, 3, 24, PEER_DISC, me)));
     let s = f.status("t1");
-    assert_eq!((s.state, s.diagnostic, s.remote_diagnostic), ("down", "Neighbor Signaled Session Down", "Control Detection Time Expired"));
+    assert_eq!(
+        (s.state, s.diagnostic, s.remote_diagnostic),
+        ("down", "Neighbor Signaled Session Down", "Control Detection Time Expired")
+    );
     assert!(f.drops().values().all(|&n| n == 0), "{:?}", f.drops());
     // The kernel pushed each change through the ring buffer.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -185,7 +187,11 @@ fn malformed_control_packets_are_dropped_counted_and_change_nothing() {
         assert_eq!(f.run(pkt), XDP_DROP, "{reason}");
         assert_eq!(f.drops()[reason], was + 1, "{reason}: {:?}", f.drops());
         let now = f.status("t1");
-        assert_eq!((now.state, now.rx_packets, now.remote_state), (before.state, before.rx_packets, before.remote_state), "{reason}");
+        assert_eq!(
+            (now.state, now.rx_packets, now.remote_state),
+            (before.state, before.rx_packets, before.remote_state),
+            "{reason}"
+        );
     }
     // Unchanged, the session still comes up on the next valid packet (Init + remote Init -> Up).
     f.run(&in_geneve(VNI, 0, 255, &ctrl(1, 0, INIT, 0, 3, 24, PEER_DISC, me)));
@@ -210,7 +216,9 @@ fn bfd_inside_bad_geneve_is_dropped_by_the_geneve_checks() {
     let mut g = geneve_hdr(0, 2, 0, 0x6558, VNI);
     g.extend(option(0xffff, 0x80, &[0; 4]));
     let critical = in_geneve_hdr(g, 255, &init);
-    for (reason, pkt) in [("geneve_version", &version), ("geneve_protocol", &protocol), ("geneve_critical_option", &critical)] {
+    for (reason, pkt) in
+        [("geneve_version", &version), ("geneve_protocol", &protocol), ("geneve_critical_option", &critical)]
+    {
         let was = f.gw.drops()[reason];
         assert_eq!(f.run(pkt), XDP_DROP, "{reason}");
         assert_eq!(f.gw.drops()[reason], was + 1, "{reason}: {:?}", f.gw.drops());
@@ -251,7 +259,8 @@ fn a_packet_on_one_path_never_touches_another_session() {
 fn single_hop_control_needs_ttl_255_and_echo_is_reflected_for_configured_peers() {
     require_root!();
     let f = fixture();
-    let path = Path::SingleHop { ifname: "lo".into(), peer_ip: Ipv4Addr::from(ROUTER_IP), local_ip: Ipv4Addr::from(GW_IP4) };
+    let path =
+        Path::SingleHop { ifname: "lo".into(), peer_ip: Ipv4Addr::from(ROUTER_IP), local_ip: Ipv4Addr::from(GW_IP4) };
     f.engine.add("r", path.clone(), Config { echo: true, ..FAST }).unwrap();
     let down = ctrl(1, 0, DOWN, 0, 3, 24, PEER_DISC, 0);
     assert_eq!(f.run(&single_hop(GW_IP4, 49152, 3784, 254, &down, ROUTER_IP)), XDP_DROP);
@@ -270,7 +279,11 @@ fn single_hop_control_needs_ttl_255_and_echo_is_reflected_for_configured_peers()
     // Back to the router's MAC, from ours, TTL 254 with a valid checksum,
     // everything else untouched.
     let mut want = Vec::new();
-    PacketBuilder::ethernet2(GW_MAC, PEER_MAC).ipv4(ROUTER_IP, ROUTER_IP, 254).udp(3785, 3785).write(&mut want, &payload).unwrap();
+    PacketBuilder::ethernet2(GW_MAC, PEER_MAC)
+        .ipv4(ROUTER_IP, ROUTER_IP, 254)
+        .udp(3785, 3785)
+        .write(&mut want, &payload)
+        .unwrap();
     assert_eq!(run.data, want);
     assert_eq!(xgw::bfd::counters(&f.gw.ebpf).unwrap().1, 1);
     // Not an echo coming home (to someone else's address): not ours to bounce.

@@ -167,15 +167,82 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     gw.daemon.start();
     let d = &gw.daemon;
 
-    let t = d.json(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--bfd", "--ovn-metadata", "--ofport", "10"]);
+    let t = d.json(&[
+        "tunnel",
+        "add",
+        "hv2",
+        "--remote-ip",
+        GW_IP[1],
+        "--vni",
+        "5001",
+        "--bfd",
+        "--ovn-metadata",
+        "--ofport",
+        "10",
+    ]);
     assert_eq!((t["name"].as_str(), t["ofport"].as_u64(), t["type"].as_str()), (Some("hv2"), Some(10), Some("tunnel")));
-    let p = d.json(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    let p = d.json(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &mac(VM_MAC[0]),
+        "--ip",
+        VM_IP[0],
+    ]);
     assert_eq!(p["type"], "local");
-    d.cli(&["port", "add", "vm3", "--ifname", "p2", "--vni", "5001", "--port-key", "19", "--mac", "02:00:5e:20:00:03", "--ofport", "65024"]);
-    let b = d.json(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--ip", VM_IP[1], "--tunnel", "hv2", "--port-key", "34"]);
+    d.cli(&[
+        "port",
+        "add",
+        "vm3",
+        "--ifname",
+        "p2",
+        "--vni",
+        "5001",
+        "--port-key",
+        "19",
+        "--mac",
+        "02:00:5e:20:00:03",
+        "--ofport",
+        "65024",
+    ]);
+    let b = d.json(&[
+        "binding",
+        "add",
+        "--vni",
+        "5001",
+        "--mac",
+        &mac(VM_MAC[1]),
+        "--ip",
+        VM_IP[1],
+        "--tunnel",
+        "hv2",
+        "--port-key",
+        "34",
+    ]);
     assert_eq!(b["ofport"], 10);
     // Adding the identical port again is a no-op that costs no number.
-    let again = d.json(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    let again = d.json(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &mac(VM_MAC[0]),
+        "--ip",
+        VM_IP[0],
+    ]);
     assert_eq!(again["ofport"], p["ofport"]);
 
     let show = wait_resolved(d, "hv2");
@@ -226,10 +293,11 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     vmns.ok(&["ip", "addr", "add", &format!("{}/24", VM_IP[0]), "dev", "p1x"]);
     let _ = vmns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "p1x", VM_IP[1]]);
     let stats = d.json(&["stats"]);
-    let per_cpu: aya::maps::PerCpuArray<aya::maps::MapData, xgw_common::counters::PortStats> = aya::maps::PerCpuArray::try_from(
-        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(d.pins().join("PORT_STATS")).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let per_cpu: aya::maps::PerCpuArray<aya::maps::MapData, xgw_common::counters::PortStats> =
+        aya::maps::PerCpuArray::try_from(
+            aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(d.pins().join("PORT_STATS")).unwrap()).unwrap(),
+        )
+        .unwrap();
     for s in stats["ports"].as_array().unwrap() {
         let n = s["ofport"].as_u64().unwrap() as u32;
         let rx: u64 = per_cpu.get(&n, 0).unwrap().iter().map(|c| c.rx.packets).sum();
@@ -248,7 +316,11 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     let stats = d.json(&["stats"]);
     for s in stats["ports"].as_array().unwrap() {
         let kind = if s["name"] == "hv2" { "tunnel" } else { "local" };
-        let key = format!("xgw_port_packets_total{{port=\"{}\",ofport=\"{}\",type=\"{kind}\",direction=\"rx\"}}", s["name"].as_str().unwrap(), s["ofport"]);
+        let key = format!(
+            "xgw_port_packets_total{{port=\"{}\",ofport=\"{}\",type=\"{kind}\",direction=\"rx\"}}",
+            s["name"].as_str().unwrap(),
+            s["ofport"]
+        );
         assert_eq!(m[&key], s["rx_packets"].as_u64().unwrap() as f64, "{key}");
     }
     for (reason, n) in stats["drops"].as_object().unwrap() {
@@ -296,16 +368,69 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let cases: &[(&[&str], &str)] = &[
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.300", "--vni", "1"], "198.51.100.300"),
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "16777216"], "vni: 16777216"),
-        (&["port", "add", "vm2", "--ifname", "nope0", "--vni", "5001", "--port-key", "18", "--mac", "02:00:5e:20:00:09"], "\"nope0\""),
+        (
+            &[
+                "port",
+                "add",
+                "vm2",
+                "--ifname",
+                "nope0",
+                "--vni",
+                "5001",
+                "--port-key",
+                "18",
+                "--mac",
+                "02:00:5e:20:00:09",
+            ],
+            "\"nope0\"",
+        ),
         (&["tunnel", "add", "vm1", "--remote-ip", "198.51.100.3", "--vni", "1"], "\"vm1\""),
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "65280"], "65280"),
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "10"], "10"),
         (&["tunnel", "add", "t2", "--remote-ip", GW_IP[1], "--vni", "5001"], "duplicates tunnel \"hv2\""),
-        (&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "17", "--mac", "02:00:5e:20:00:09"], "port_key 17"),
-        (&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", &mac(VM_MAC[1])], &mac(VM_MAC[1])),
-        (&["binding", "add", "--vni", "5001", "--mac", "02:00:5e:20:00:07", "--tunnel", "nope", "--port-key", "3"], "\"nope\""),
-        (&["binding", "add", "--vni", "5001", "--mac", "02:00:5e:20:00:07", "--tunnel", "hv2", "--port-key", "40000"], "40000"),
-        (&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[0]), "--tunnel", "hv2", "--port-key", "3"], &mac(VM_MAC[0])),
+        (
+            &[
+                "port",
+                "add",
+                "vm2",
+                "--ifname",
+                "p2",
+                "--vni",
+                "5001",
+                "--port-key",
+                "17",
+                "--mac",
+                "02:00:5e:20:00:09",
+            ],
+            "port_key 17",
+        ),
+        (
+            &["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", &mac(VM_MAC[1])],
+            &mac(VM_MAC[1]),
+        ),
+        (
+            &["binding", "add", "--vni", "5001", "--mac", "02:00:5e:20:00:07", "--tunnel", "nope", "--port-key", "3"],
+            "\"nope\"",
+        ),
+        (
+            &[
+                "binding",
+                "add",
+                "--vni",
+                "5001",
+                "--mac",
+                "02:00:5e:20:00:07",
+                "--tunnel",
+                "hv2",
+                "--port-key",
+                "40000",
+            ],
+            "40000",
+        ),
+        (
+            &["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[0]), "--tunnel", "hv2", "--port-key", "3"],
+            &mac(VM_MAC[0]),
+        ),
         (&["tunnel", "del", "hv2"], "binding"),
         (&["port", "del", "hv2"], "\"hv2\""),
         (&["tunnel", "del", "nope"], "\"nope\""),
@@ -386,7 +511,10 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let out = gw.daemon.run_command(&["--config", bad.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.starts_with("xgw: config: ") && err.trim_end().ends_with(": tunnels[0].vni: 16777216 is above 2^24-1"), "{err}");
+    assert!(
+        err.starts_with("xgw: config: ") && err.trim_end().ends_with(": tunnels[0].vni: 16777216 is above 2^24-1"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     std::fs::write(&bad, "[[tunnels]]\nname = \"t9\"\ncolour = 1\n").unwrap();
     let out = gw.daemon.run_command(&["--config", bad.to_str().unwrap()]).output().unwrap();
@@ -419,13 +547,19 @@ fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
     assert_eq!(show["bindings"][0]["from_config"], true);
     assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
     gw.daemon.cli(&["tunnel", "add", "api1", "--remote-ip", "198.51.100.7", "--vni", "7"]);
-    let numbers: BTreeMap<String, u64> =
-        show["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().into(), p["ofport"].as_u64().unwrap())).collect();
+    let numbers: BTreeMap<String, u64> = show["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().into(), p["ofport"].as_u64().unwrap()))
+        .collect();
 
     // Restart with the binding and the local port gone from the file: they
     // go, the tunnel keeps its number, the API's tunnel stays.
     gw.daemon.stop();
-    let short = full.split("[[ports]]").next().unwrap().to_owned() + "[[tunnels]]" + full.split("[[tunnels]]").nth(1).unwrap().split("[[bindings]]").next().unwrap();
+    let short = full.split("[[ports]]").next().unwrap().to_owned()
+        + "[[tunnels]]"
+        + full.split("[[tunnels]]").nth(1).unwrap().split("[[bindings]]").next().unwrap();
     std::fs::write(&cfg, short).unwrap();
     gw.daemon.start();
     let show = wait_resolved(&gw.daemon, "hv2");
@@ -438,7 +572,6 @@ fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
     assert!(show["bindings"].as_array().unwrap().is_empty());
     assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
 }
-
 
 /// gw1 is driven by the daemon; gw2, the other end of the tunnel, is a
 /// datapath configured by hand as in `e2e_geneve.rs`.
@@ -479,9 +612,23 @@ fn two_gateways() -> TwoGateways {
     pass.in_netns(gw2);
     let up = gw2.ifindex("ul");
     let ip4 = [198, 51, 100, 2];
-    pass.set_uplink(Uplink { ifindex: up, mtu: 1500, mac: GW_MAC[1], flags: UPLINK_HAS_IP4, _pad: 0, ip4, ip6: [0; 16] });
+    pass.set_uplink(Uplink {
+        ifindex: up,
+        mtu: 1500,
+        mac: GW_MAC[1],
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4,
+        ip6: [0; 16],
+    });
     pass.set_uplink_devmap(up);
-    let tunnel = Tunnel { remote: ipv4_mapped([198, 51, 100, 1]), nexthop_mac: GW_MAC[0], flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI };
+    let tunnel = Tunnel {
+        remote: ipv4_mapped([198, 51, 100, 1]),
+        nexthop_mac: GW_MAC[0],
+        flags: TUNNEL_OVN_METADATA,
+        _pad: 0,
+        vni: VNI,
+    };
     pass.add_tunnel(10, tunnel);
     let port = LocalPortWire { vni: VNI, ofport: 3, port_key: VM_KEY[1], mac: VM_MAC[1], _pad: [0; 2] };
     pass.add_local_port(gw2.ifindex("p2"), port);
@@ -495,9 +642,36 @@ fn two_gateways() -> TwoGateways {
     daemon.start();
     daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ovn-metadata", "--ofport", "10"]);
     let key = VM_KEY[0].to_string();
-    daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", &key, "--mac", &mac(VM_MAC[0]), "--ip", VM_IP[0]]);
+    daemon.cli(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        &key,
+        "--mac",
+        &mac(VM_MAC[0]),
+        "--ip",
+        VM_IP[0],
+    ]);
     let key = VM_KEY[1].to_string();
-    daemon.cli(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--ip", VM_IP[1], "--tunnel", "hv2", "--port-key", &key]);
+    daemon.cli(&[
+        "binding",
+        "add",
+        "--vni",
+        "5001",
+        "--mac",
+        &mac(VM_MAC[1]),
+        "--ip",
+        VM_IP[1],
+        "--tunnel",
+        "hv2",
+        "--port-key",
+        &key,
+    ]);
     TwoGateways { daemon, gw2: pass, vm, gw, _wire: wire }
 }
 
@@ -508,7 +682,10 @@ fn forwarding_survives_a_sigkilled_daemon_without_losing_a_packet() {
     require_root!();
     let mut t = two_gateways();
     let before = wait_resolved(&t.daemon, "hv2");
-    assert_eq!(before["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap()["nexthop"]["mac"], mac(GW_MAC[1]));
+    assert_eq!(
+        before["ports"].as_array().unwrap().iter().find(|p| p["name"] == "hv2").unwrap()["nexthop"]["mac"],
+        mac(GW_MAC[1])
+    );
     t.vm[0].ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", VM_IP[1]]);
 
     // Continuous ping (100/s) and an iperf3 transfer while the daemon is
@@ -558,7 +735,19 @@ fn keep_datapath_leaves_forwarding_running_and_uninstall_removes_it() {
     gw.daemon.extra = vec!["--keep-datapath".into()];
     gw.daemon.start();
     gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
-    gw.daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    gw.daemon.cli(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &mac(VM_MAC[0]),
+    ]);
     wait_resolved(&gw.daemon, "hv2");
     let maps = read_maps(&gw.daemon.pins());
     gw.daemon.stop();
@@ -672,7 +861,19 @@ fn the_uplink_deleted_under_the_daemon_is_reported_and_its_return_restarts_it() 
     let mut gw = gateway("dupl");
     gw.daemon.start();
     gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--bfd"]);
-    gw.daemon.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    gw.daemon.cli(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &mac(VM_MAC[0]),
+    ]);
     let before = wait_resolved(&gw.daemon, "hv2");
 
     gw.ns.ok(&["ip", "link", "del", "ul"]);
@@ -687,7 +888,19 @@ fn the_uplink_deleted_under_the_daemon_is_reported_and_its_return_restarts_it() 
     };
     assert_eq!(gone["ports"].as_array().unwrap().len(), 2);
     assert_eq!(gone["ofports"], before["ofports"]);
-    gw.daemon.cli(&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", "02:00:5e:20:00:09"]);
+    gw.daemon.cli(&[
+        "port",
+        "add",
+        "vm2",
+        "--ifname",
+        "p2",
+        "--vni",
+        "5001",
+        "--port-key",
+        "18",
+        "--mac",
+        "02:00:5e:20:00:09",
+    ]);
 
     Veth::new(&gw.ns, "ul", &format!("{}/24", GW_IP[0]), &gw.peer, "w2", &format!("{}/24", GW_IP[1]));
     let p = gw.daemon.process.take().expect("running");
@@ -699,7 +912,9 @@ fn the_uplink_deleted_under_the_daemon_is_reported_and_its_return_restarts_it() 
 
     gw.daemon.start();
     let after = wait_resolved(&gw.daemon, "hv2");
-    let numbers = |v: &Value| v["ports"].as_array().unwrap().iter().map(|p| (p["name"].clone(), p["ofport"].clone())).collect::<Vec<_>>();
+    let numbers = |v: &Value| {
+        v["ports"].as_array().unwrap().iter().map(|p| (p["name"].clone(), p["ofport"].clone())).collect::<Vec<_>>()
+    };
     assert_eq!(numbers(&after).len(), 3);
     assert!(numbers(&before).iter().all(|n| numbers(&after).contains(n)), "numbers kept: {after}");
     assert_eq!(after["uplink"]["ifindex"].as_u64(), Some(gw.ns.ifindex("ul") as u64));

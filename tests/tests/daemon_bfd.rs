@@ -56,8 +56,8 @@ fn num(v: &Value) -> u64 {
 /// What `bfd show` says equals the kernel's half of the session: the slot
 /// named by the local discriminator's low bits, as XDP last wrote it.
 fn matches_the_session_map(d: &Daemon, s: &Value) {
-    let map: Array<MapData, BfdSession> =
-        Array::try_from(Map::from_map_data(d.held_map("BFD_SESSIONS")).unwrap()).expect("BFD_SESSIONS is an array of BfdSession");
+    let map: Array<MapData, BfdSession> = Array::try_from(Map::from_map_data(d.held_map("BFD_SESSIONS")).unwrap())
+        .expect("BFD_SESSIONS is an array of BfdSession");
     let disc = num(&s["local_discriminator"]) as u32;
     let m = map.get(&(disc & BFD_SLOT_MASK), 0).expect("the session's slot");
     assert_eq!(m.ctl_local_disc, disc, "{s}");
@@ -114,7 +114,22 @@ fn pair() -> Pair {
 /// `tunnel add` with BFD at `ms` x `mult` (adding it again changes the timers).
 fn tunnel(d: &Daemon, remote: &str, ms: u32, mult: u8) -> Value {
     let (ms, mult) = (ms.to_string(), mult.to_string());
-    d.json(&["tunnel", "add", "gw", "--remote-ip", remote, "--vni", VNI, "--bfd", "--bfd-min-tx", &ms, "--bfd-min-rx", &ms, "--bfd-mult", &mult])
+    d.json(&[
+        "tunnel",
+        "add",
+        "gw",
+        "--remote-ip",
+        remote,
+        "--vni",
+        VNI,
+        "--bfd",
+        "--bfd-min-tx",
+        &ms,
+        "--bfd-min-rx",
+        &ms,
+        "--bfd-mult",
+        &mult,
+    ])
 }
 
 #[test]
@@ -128,9 +143,16 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     let (sb, _) = wait(&t.b, "gw", "up", Duration::from_secs(5), up);
     eprintln!("Up on both {:?} after the tunnels were added (A: {took:?})", t0.elapsed());
     for s in [&sa, &sb] {
-        assert_eq!((s["type"].as_str(), s["ofport"].as_u64(), s["vni"].as_u64()), (Some("tunnel"), Some(1), Some(5001)), "{s}");
+        assert_eq!(
+            (s["type"].as_str(), s["ofport"].as_u64(), s["vni"].as_u64()),
+            (Some("tunnel"), Some(1), Some(5001)),
+            "{s}"
+        );
         assert_eq!((s["tx_interval_ms"].as_f64(), s["detect_time_ms"].as_f64()), (Some(100.0), Some(300.0)), "{s}");
-        assert_eq!((s["detect_mult"].as_u64(), s["local_min_tx_ms"].as_u64(), s["local_min_rx_ms"].as_u64()), (Some(3), Some(100), Some(100)));
+        assert_eq!(
+            (s["detect_mult"].as_u64(), s["local_min_tx_ms"].as_u64(), s["local_min_rx_ms"].as_u64()),
+            (Some(3), Some(100), Some(100))
+        );
         // Open vSwitch's flap count: every change of forwarding, the first Up included.
         assert_eq!((s["local_diagnostic"].as_str(), s["flap_count"].as_u64()), (Some("No Diagnostic"), Some(1)), "{s}");
     }
@@ -150,7 +172,13 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     let port = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == "gw").cloned().unwrap();
     assert_eq!((port["bfd"]["state"].as_str(), port["bfd"]["flaps"].as_u64()), (Some("up"), Some(1)), "{port}");
     let human = t.a.cli(&["bfd", "show"]);
-    for line in ["---- gw ----", "\tForwarding: true", "\tDetect Multiplier: 3", "\tLocal Session State: up", "\tRemote Session State: up"] {
+    for line in [
+        "---- gw ----",
+        "\tForwarding: true",
+        "\tDetect Multiplier: 3",
+        "\tLocal Session State: up",
+        "\tRemote Session State: up",
+    ] {
         assert!(human.contains(line), "{line:?} missing from:\n{human}");
     }
     assert!(human.contains(&format!("\tLocal Discriminator: 0x{:x}\n", num(&sa["local_discriminator"]))), "{human}");
@@ -164,7 +192,8 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     // Faster timers on a running session: a Poll Sequence, no flap.
     tunnel(&t.a, IP[1], 30, 3);
     tunnel(&t.b, IP[0], 30, 3);
-    let fast = |s: &Value| up(s) && s["tx_interval_ms"].as_f64() == Some(30.0) && s["detect_time_ms"].as_f64() == Some(90.0);
+    let fast =
+        |s: &Value| up(s) && s["tx_interval_ms"].as_f64() == Some(30.0) && s["detect_time_ms"].as_f64() == Some(90.0);
     let (sa, took) = wait(&t.a, "gw", "at 3 x 30 ms", Duration::from_secs(5), fast);
     let (sb, _) = wait(&t.b, "gw", "at 3 x 30 ms", Duration::from_secs(5), fast);
     eprintln!("3 x 30 ms negotiated in {took:?}");
@@ -220,7 +249,20 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
     d.start();
     // Added before its next hop is known: the session's frames must follow
     // once it resolves, or OVS never hears from us.
-    d.json(&["tunnel", "add", "gnv0", "--remote-ip", IP[1], "--vni", VNI, "--bfd", "--bfd-min-tx", "100", "--bfd-min-rx", "100"]);
+    d.json(&[
+        "tunnel",
+        "add",
+        "gnv0",
+        "--remote-ip",
+        IP[1],
+        "--vni",
+        VNI,
+        "--bfd",
+        "--bfd-min-tx",
+        "100",
+        "--bfd-min-rx",
+        "100",
+    ]);
 
     ovs.wait_bfd_state("gnv0", "up", Duration::from_secs(15));
     let (s, _) = wait(&d, "gnv0", "up", Duration::from_secs(5), up);
@@ -229,7 +271,8 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = ovs.bfd_status("gnv0");
-        if st.get("state").map(String::as_str) == Some("up") && st.get("remote_state").map(String::as_str) == Some("up") {
+        if st.get("state").map(String::as_str) == Some("up") && st.get("remote_state").map(String::as_str) == Some("up")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "bfd_status: {st:?}");
@@ -237,7 +280,9 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
     }
     // Each side names the other's discriminator.
     let show = ovs.bfd_show(Some("gnv0"));
-    let field = |key: &str| show.lines().find_map(|l| l.trim().strip_prefix(key)).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let field = |key: &str| {
+        show.lines().find_map(|l| l.trim().strip_prefix(key)).map(|v| v.trim().to_owned()).unwrap_or_default()
+    };
     assert_eq!(field("Remote Discriminator:"), format!("0x{:x}", num(&s["local_discriminator"])), "{show}");
     assert_eq!(field("Local Discriminator:"), format!("0x{:x}", num(&s["remote_discriminator"])), "{show}");
     assert_eq!((s["tx_interval_ms"].as_f64(), s["detect_time_ms"].as_f64()), (Some(100.0), Some(300.0)), "{s}");
@@ -257,23 +302,37 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
     // B's peer comes from its config file.
     let mut b = Daemon::new(&nb, "ul", &[IP[1]]);
     let config = b.state.path.join("xgw.toml");
-    let file = |ms: u32| format!("[[bfd_peers]]\nname = \"tor\"\npeer_ip = \"{}\"\nmin_tx_ms = {ms}\nmin_rx_ms = {ms}\n", IP[0]);
+    let file = |ms: u32| {
+        format!("[[bfd_peers]]\nname = \"tor\"\npeer_ip = \"{}\"\nmin_tx_ms = {ms}\nmin_rx_ms = {ms}\n", IP[0])
+    };
     std::fs::write(&config, file(50)).unwrap();
     b.extra = vec!["--config".into(), config.display().to_string()];
     b.start();
     let p = a.json(&["bfd", "peer", "add", "tor", "--peer-ip", IP[1], "--min-tx", "50", "--min-rx", "50"]);
-    assert_eq!((p["ifname"].as_str(), p["local_ip"].as_str(), p["from_config"].as_bool()), (Some("ul"), Some(IP[0]), Some(false)), "{p}");
+    assert_eq!(
+        (p["ifname"].as_str(), p["local_ip"].as_str(), p["from_config"].as_bool()),
+        (Some("ul"), Some(IP[0]), Some(false)),
+        "{p}"
+    );
 
     let (sa, took) = wait(&a, "tor", "up", Duration::from_secs(10), up);
     let (sb, _) = wait(&b, "tor", "up", Duration::from_secs(5), up);
     eprintln!("single-hop Up in {took:?}");
-    assert_eq!((sa["type"].as_str(), sa["ifname"].as_str(), sa["remote_ip"].as_str()), (Some("peer"), Some("ul"), Some(IP[1])), "{sa}");
+    assert_eq!(
+        (sa["type"].as_str(), sa["ifname"].as_str(), sa["remote_ip"].as_str()),
+        (Some("peer"), Some("ul"), Some(IP[1])),
+        "{sa}"
+    );
     assert_eq!((sa["tx_interval_ms"].as_f64(), sa["detect_time_ms"].as_f64()), (Some(50.0), Some(150.0)), "{sa}");
     assert_eq!(sa["remote_discriminator"], sb["local_discriminator"]);
     matches_the_session_map(&a, &sa);
     matches_the_session_map(&b, &sb);
     let list = b.json(&["bfd", "peer", "list"]);
-    assert_eq!((list[0]["name"].as_str(), list[0]["from_config"].as_bool(), list[0]["state"].as_str()), (Some("tor"), Some(true), Some("up")), "{list}");
+    assert_eq!(
+        (list[0]["name"].as_str(), list[0]["from_config"].as_bool(), list[0]["state"].as_str()),
+        (Some("tor"), Some(true), Some("up")),
+        "{list}"
+    );
 
     // Bad input: one line naming the field, no session or tunnel more.
     let sessions = |d: &Daemon| -> Vec<String> {
@@ -284,7 +343,10 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
         (&["bfd", "peer", "add", "tor", "--peer-ip", "198.51.100.9"], "\"tor\" already exists"),
         (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--min-tx", "0"], "min_tx_ms: 0"),
         (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--ifname", "nope0"], "\"nope0\""),
-        (&["tunnel", "add", "t9", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd", "--bfd-mult", "0"], "bfd_detect_mult: 0"),
+        (
+            &["tunnel", "add", "t9", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd", "--bfd-mult", "0"],
+            "bfd_detect_mult: 0",
+        ),
         (&["tunnel", "add", "t9", "--remote-ip", "2001:db8::9", "--vni", "7", "--bfd"], "no --local-ip"),
         (&["tunnel", "add", "tor", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd"], "\"tor\""),
         (&["bfd", "peer", "del", "nope"], "\"nope\""),

@@ -13,11 +13,11 @@ use xgw::ofport::MacAddr;
 use xgw_common::maps::{names::ENCAP_FLOWS, EncapFlow, EncapFlowKey};
 use xgw_tests::{
     capture::Capture,
-    process::pin_to_this_cpu,
     daemon::Daemon,
     gateway::TestGateway,
     netns::{Netns, Veth},
     packet::*,
+    process::pin_to_this_cpu,
     require_root,
 };
 
@@ -39,18 +39,45 @@ fn gateway() -> (Netns, Netns, Daemon) {
     d.start();
     d.cli(&["tunnel", "add", "hv2", "--remote-ip", "198.51.100.2", "--vni", "5001", "--ovn-metadata"]);
     d.cli(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--vni", "5001", "--ovn-metadata"]);
-    d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &MacAddr(VM_MAC).to_string()]);
+    d.cli(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &MacAddr(VM_MAC).to_string(),
+    ]);
     (ns, peer, d)
 }
 
 fn bind(d: &Daemon, tunnel: &str) {
-    d.cli(&["binding", "add", "--vni", "5001", "--mac", &MacAddr(REMOTE_MAC).to_string(), "--tunnel", tunnel, "--port-key", "34"]);
+    d.cli(&[
+        "binding",
+        "add",
+        "--vni",
+        "5001",
+        "--mac",
+        &MacAddr(REMOTE_MAC).to_string(),
+        "--tunnel",
+        tunnel,
+        "--port-key",
+        "34",
+    ]);
 }
 
 /// A UDP frame from the local VM to the remote MAC.
 fn vm_frame() -> Vec<u8> {
     let mut frame = Vec::new();
-    PacketBuilder::ethernet2(VM_MAC, REMOTE_MAC).ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64).udp(40000, 7).write(&mut frame, &[7; 16]).unwrap();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE_MAC)
+        .ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64)
+        .udp(40000, 7)
+        .write(&mut frame, &[7; 16])
+        .unwrap();
     frame
 }
 
@@ -188,7 +215,11 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     let took = wait_rewritten(&gw, before, start, "route change");
     eprintln!("route change reached the tunnel map after {took:?}");
     let run = send();
-    assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, [0x00, 0x00, 0x5e, 0x00, 0x53, 0x04]), "after the route change");
+    assert_eq!(
+        (run.verdict, outer_dst_mac(&run)),
+        (XDP_REDIRECT, [0x00, 0x00, 0x5e, 0x00, 0x53, 0x04]),
+        "after the route change"
+    );
     assert_eq!(shown_nexthop(&d, "hv2").as_deref(), Some("00:00:5e:00:53:04"));
     assert_eq!(nexthop_changes(&d, "hv2"), 2);
     let human = d.cli(&["show"]);
@@ -252,7 +283,11 @@ fn uplink_mtu_and_mac_changes_reach_the_next_packet_past_a_warm_cache() {
     let took = wait_rewritten(&gw, before, start, "uplink MAC change");
     eprintln!("uplink MAC change reached UPLINK after {took:?}");
     let run = send();
-    assert_eq!((run.verdict, run.data[6..12].to_vec()), (XDP_REDIRECT, moved.0.to_vec()), "outer source after the MAC change");
+    assert_eq!(
+        (run.verdict, run.data[6..12].to_vec()),
+        (XDP_REDIRECT, moved.0.to_vec()),
+        "outer source after the MAC change"
+    );
     assert_eq!(shown("mac"), moved.to_string().as_str());
 
     // hvb's session is Down (nobody answers) and sends once a second.
@@ -262,7 +297,11 @@ fn uplink_mtu_and_mac_changes_reach_the_next_packet_past_a_warm_cache() {
         cap.stop().iter().filter_map(|f| geneve::parse(f)).filter(|g| g.vni == 5002).collect();
     assert!(!bfd.is_empty(), "no BFD frame from hvb in 2.5 s");
     for g in &bfd {
-        assert_eq!((g.eth_src, g.inner[6..12].to_vec()), (moved.0, moved.0.to_vec()), "BFD frame's outer and inner source");
+        assert_eq!(
+            (g.eth_src, g.inner[6..12].to_vec()),
+            (moved.0, moved.0.to_vec()),
+            "BFD frame's outer and inner source"
+        );
     }
     d.stop();
 }
@@ -283,7 +322,10 @@ fn a_neighbour_storm_leaves_the_right_next_hop_and_a_responsive_daemon() {
     let mut lines = String::new();
     for round in 0..100u32 {
         for host in 10..210u32 {
-            lines += &format!("neigh replace 198.51.100.{host} lladdr 00:00:5e:00:53:{:02x} dev ul nud permanent\n", (round + host) % 256);
+            lines += &format!(
+                "neigh replace 198.51.100.{host} lladdr 00:00:5e:00:53:{:02x} dev ul nud permanent\n",
+                (round + host) % 256
+            );
         }
         match round {
             30 => lines += "neigh replace 198.51.100.2 lladdr 00:00:5e:00:53:aa dev ul nud permanent\n",
@@ -311,7 +353,11 @@ fn a_neighbour_storm_leaves_the_right_next_hop_and_a_responsive_daemon() {
     assert!(slowest < Duration::from_secs(1), "show took {slowest:?} during the storm");
     let settle = Instant::now();
     while shown_nexthop(&d, "hv2").as_deref() != Some("00:00:5e:00:53:bb") {
-        assert!(settle.elapsed() < Duration::from_secs(3), "hv2 not on the router's last MAC: {:?}", shown_nexthop(&d, "hv2"));
+        assert!(
+            settle.elapsed() < Duration::from_secs(3),
+            "hv2 not on the router's last MAC: {:?}",
+            shown_nexthop(&d, "hv2")
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // Two moves, at most a bump each (an overrun's full re-check adds none
@@ -321,5 +367,8 @@ fn a_neighbour_storm_leaves_the_right_next_hop_and_a_responsive_daemon() {
     assert_eq!(nexthop_changes(&d, "hv2"), bumps, "each rewrite was a move");
     let log = d.stop();
     assert!(!log.contains("only checked periodically"), "{log}");
-    eprintln!("announcements dropped by the kernel: {}", log.contains("dropped link, neighbour or route announcements"));
+    eprintln!(
+        "announcements dropped by the kernel: {}",
+        log.contains("dropped link, neighbour or route announcements")
+    );
 }

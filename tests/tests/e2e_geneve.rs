@@ -101,8 +101,14 @@ impl Topology {
             } else {
                 (ipv4_mapped(GW_IP4[other]), TUNNEL_OVN_METADATA)
             };
-            dp.add_tunnel(TUNNEL_OFPORT as u32, Tunnel { remote, nexthop_mac: GW_MAC[other], flags, _pad: 0, vni: VNI });
-            dp.add_local_port(port, LocalPort { vni: VNI, ofport: PORT_OFPORT, port_key: VM_KEY[i], mac: VM_MAC[i], _pad: [0; 2] });
+            dp.add_tunnel(
+                TUNNEL_OFPORT as u32,
+                Tunnel { remote, nexthop_mac: GW_MAC[other], flags, _pad: 0, vni: VNI },
+            );
+            dp.add_local_port(
+                port,
+                LocalPort { vni: VNI, ofport: PORT_OFPORT, port_key: VM_KEY[i], mac: VM_MAC[i], _pad: [0; 2] },
+            );
             dp.add_neigh(VNI, ipv4_mapped(VM_IP4[i]), VM_MAC[i]);
             dp.add_neigh(VNI, VM_IP6[i], VM_MAC[i]);
             dp.add_remote(VNI, VM_MAC[other], Some(ipv4_mapped(VM_IP4[other])), TUNNEL_OFPORT, VM_KEY[other]);
@@ -240,7 +246,12 @@ fn cross_the_tunnel(v6_underlay: bool) {
     t.ping(1, &ip6(VM_IP6[0]));
     let up = iperf(&t, vm1, vm2, &ip4(VM_IP4[1]));
     let down = iperf(&t, vm2, vm1, &ip4(VM_IP4[0]));
-    eprintln!("iperf3 TCP over {} underlay: {:.2} / {:.2} Gbit/s", if v6_underlay { "IPv6" } else { "IPv4" }, up / 1e9, down / 1e9);
+    eprintln!(
+        "iperf3 TCP over {} underlay: {:.2} / {:.2} Gbit/s",
+        if v6_underlay { "IPv6" } else { "IPv4" },
+        up / 1e9,
+        down / 1e9
+    );
 
     // A VM that does not know about the tunnel (MTU 1500): its full-size
     // frames are answered with ICMP too-big, path MTU discovery shrinks the

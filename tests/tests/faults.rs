@@ -222,10 +222,16 @@ fn killed_at_random_points_loses_and_leaks_nothing() {
             checked += 1;
         }
         for r in pm.ports() {
-            assert!(j.want.contains_key(r.name()) || j.is_uncertain(r.name()), "round {round}: {} never added", r.name());
+            assert!(
+                j.want.contains_key(r.name()) || j.is_uncertain(r.name()),
+                "round {round}: {} never added",
+                r.name()
+            );
         }
         assert_consistent(&gw, &pm, &format!("after kill {round}"));
     }
-    eprintln!("{kills} kills, {mid_txn} inside a transaction (journal ended on `begin`), {checked} port outcomes checked");
+    eprintln!(
+        "{kills} kills, {mid_txn} inside a transaction (journal ended on `begin`), {checked} port outcomes checked"
+    );
     assert!(mid_txn > 0, "no kill landed inside a transaction");
 }

@@ -13,11 +13,11 @@ use etherparse::PacketBuilder;
 use xgw::ofport::{AllocatorConfig, PortSpec, TunnelPort};
 use xgw_common::maps::{names::*, *};
 use xgw_tests::{
-    process::pin_to_this_cpu,
     addrs::*,
     gateway::TestGateway,
     packet::{geneve::*, *},
     ports::{self, PortGw},
+    process::pin_to_this_cpu,
     require_root,
 };
 
@@ -56,7 +56,11 @@ fn uplink() -> Uplink {
 /// A UDP datagram from the local VM to the VM with MAC `dst`.
 fn from_vm(dst: [u8; 6]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(VM_MAC, dst).ipv4(VM_IP, [203, 0, 113, 2], 64).udp(40000, 7).write(&mut v, &[0x5a; 32]).unwrap();
+    PacketBuilder::ethernet2(VM_MAC, dst)
+        .ipv4(VM_IP, [203, 0, 113, 2], 64)
+        .udp(40000, 7)
+        .write(&mut v, &[0x5a; 32])
+        .unwrap();
     v
 }
 
@@ -80,11 +84,7 @@ fn to_port(src: [u8; 4], egress: u16) -> (Vec<u8>, Vec<u8>) {
 /// (Ethernet 14 + IPv4 20 + UDP 8 + Geneve 8 + option header 4 + ingress 2).
 fn encap_target(frame: &[u8]) -> ([u8; 6], [u8; 4], u16) {
     assert!(frame.len() > 58, "not an encapsulated frame: {} bytes", frame.len());
-    (
-        frame[0..6].try_into().unwrap(),
-        frame[30..34].try_into().unwrap(),
-        u16::from_be_bytes([frame[56], frame[57]]),
-    )
+    (frame[0..6].try_into().unwrap(), frame[30..34].try_into().unwrap(), u16::from_be_bytes([frame[56], frame[57]]))
 }
 
 /// A MAC other than `than` whose encap key shares its slot.
@@ -102,7 +102,10 @@ fn encap_gateway() -> TestGateway {
     let mut gw = TestGateway::load(&["xgw_local"]);
     gw.set_uplink(uplink());
     gw.set_uplink_devmap(LO);
-    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(
+        T1 as u32,
+        Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
     gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
     gw
 }
@@ -112,7 +115,10 @@ fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
     require_root!();
     let cpu = pin_to_this_cpu();
     let mut gw = encap_gateway();
-    gw.add_tunnel(T2 as u32, Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(
+        T2 as u32,
+        Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
     let m1 = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x02];
     let m2 = colliding_mac(LO, m1);
     gw.add_remote(VNI, m1, None, T1, 0x0022);
@@ -183,7 +189,11 @@ fn encap_slot_headers_follow_the_uplink() {
     assert_eq!(test_run_on(gw.program("xgw_local"), &pkt, LO).verdict, XDP_DROP, "one byte over the MTU");
     assert_eq!(drops(&gw, "mtu_exceeded"), mtu0 + 1);
     gw.set_uplink(Uplink { flags: UPLINK_HAS_IP6, ..uplink() });
-    assert_eq!(test_run_on(gw.program("xgw_local"), &pkt, LO).verdict, XDP_DROP, "an IPv4 tunnel over an uplink without IPv4");
+    assert_eq!(
+        test_run_on(gw.program("xgw_local"), &pkt, LO).verdict,
+        XDP_DROP,
+        "an IPv4 tunnel over an uplink without IPv4"
+    );
     assert_eq!(drops(&gw, "no_underlay"), under0 + 1);
     assert_eq!(encap_slot(&gw, cpu, slot).outer_kind, OUTER_NO_UNDERLAY);
 }
@@ -194,10 +204,14 @@ fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
     let cpu = pin_to_this_cpu();
     let mut gw = TestGateway::load(&["xgw_uplink"]);
     gw.set_uplink(uplink());
-    gw.add_tunnel(T1 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(
+        T1 as u32,
+        Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
     gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
     let slot = decap_key(HV_IP4, VM_KEY).slot();
-    let k2 = (1..0x8000u16).find(|k| *k != VM_KEY && decap_key(HV_IP4, *k).slot() == slot).expect("a colliding port key");
+    let k2 =
+        (1..0x8000u16).find(|k| *k != VM_KEY && decap_key(HV_IP4, *k).slot() == slot).expect("a colliding port key");
     let port2 = VM_OFPORT + 1;
     gw.add_local_port_entries(port2, LO, VNI, k2, [0x02, 0x00, 0x5e, 0x20, 0x00, 0x04]);
     let prog = gw.program("xgw_uplink");
@@ -209,7 +223,11 @@ fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
             let run = test_run(prog, &pkt);
             assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, key {key:#x}");
             assert_eq!(run.data, inner, "round {round}: output is exactly the inner frame");
-            assert_eq!(gw.port_stats(ofport as u32).tx.packets, before + 1, "round {round}: key {key:#x} went to another port");
+            assert_eq!(
+                gw.port_stats(ofport as u32).tx.packets,
+                before + 1,
+                "round {round}: key {key:#x} went to another port"
+            );
             let e = decap_slot(&gw, cpu, slot);
             assert_eq!((e.filled, e.key, e.dest.ofport, e.tunnel), (1, decap_key(HV_IP4, key), ofport, T1 as u32));
         }
@@ -259,14 +277,23 @@ fn controller_changes_reach_the_next_packet_past_a_warm_cache() {
     let encap = gw.program("xgw_local");
     let decap = gw.program("xgw_uplink");
     let mut inner = Vec::new();
-    PacketBuilder::ethernet2(vm_mac, remote_mac).ipv4(VM_IP, [203, 0, 113, 2], 64).udp(40000, 7).write(&mut inner, &[1; 16]).unwrap();
+    PacketBuilder::ethernet2(vm_mac, remote_mac)
+        .ipv4(VM_IP, [203, 0, 113, 2], 64)
+        .udp(40000, 7)
+        .write(&mut inner, &[1; 16])
+        .unwrap();
     let send = |pkt: &[u8]| pgw.ns.enter(|| test_run_on(encap, pkt, vm_if));
     let ekey = encap_key(vm_if, remote_mac);
-    let dkey = |remote| DecapFlowKey { remote: ipv4_mapped(remote), vni: ports::VNI, egress: VM_KEY, mac: [0; 6], _pad: 0 };
+    let dkey =
+        |remote| DecapFlowKey { remote: ipv4_mapped(remote), vni: ports::VNI, egress: VM_KEY, mac: [0; 6], _pad: 0 };
     let geneve = |src: [u8; 4]| {
         let payload = geneve_payload(&[ovn_option(0x0022, VM_KEY)], ports::VNI, &from_vm(vm_mac));
         let mut v = Vec::new();
-        PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, GW_IP4, 64).udp(50123, 6081).write(&mut v, &payload).unwrap();
+        PacketBuilder::ethernet2(HV_MAC, GW_MAC)
+            .ipv4(src, GW_IP4, 64)
+            .udp(50123, 6081)
+            .write(&mut v, &payload)
+            .unwrap();
         v
     };
 

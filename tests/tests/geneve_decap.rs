@@ -32,7 +32,10 @@ fn gateway() -> TestGateway {
         let ofport = if remote == HV_IP6 { TUNNEL_OFPORT + 1 } else { TUNNEL_OFPORT };
         gw.add_tunnel(ofport, Tunnel { remote, nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
     }
-    gw.add_local_port(VM_IFINDEX, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw.add_local_port(
+        VM_IFINDEX,
+        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] },
+    );
     gw
 }
 
@@ -146,11 +149,11 @@ fn traffic_not_for_the_gateway_passes_unchanged() {
     let gw = gateway();
     let g = geneve_payload(&[], VNI, &inner(VM_MAC));
     let cases = [
-        over_ipv4(HV_IP4, GW_IP4, 4789, &g),                  // VXLAN port, not Geneve
-        over_ipv4(HV_IP4, [198, 51, 100, 9], 6081, &g),       // Geneve for another host
+        over_ipv4(HV_IP4, GW_IP4, 4789, &g),            // VXLAN port, not Geneve
+        over_ipv4(HV_IP4, [198, 51, 100, 9], 6081, &g), // Geneve for another host
         arp_request(HV_MAC, HV_IP4, GW_IP4),
         ipv4_icmp_echo(&[0; 8]),
-        ipv6_udp(1000, 6081, &g[..20]),                        // to another IPv6 host
+        ipv6_udp(1000, 6081, &g[..20]), // to another IPv6 host
     ];
     for pkt in &cases {
         let run = test_run(gw.program("xgw_uplink"), pkt);

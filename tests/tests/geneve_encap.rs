@@ -44,7 +44,10 @@ fn gateway() -> TestGateway {
         ip6: GW_IP6,
     });
     gw.set_uplink_devmap(LO);
-    gw.add_tunnel(T4 as u32, Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(
+        T4 as u32,
+        Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
     gw.add_tunnel(T6 as u32, Tunnel { remote: HV_IP6, nexthop_mac: HV_MAC, flags: TUNNEL_IPV6, _pad: 0, vni: VNI });
     gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
     gw.add_neigh(VNI, ipv4_mapped(VM_IP), VM_MAC);
@@ -295,7 +298,6 @@ fn broadcast_that_is_not_answered_is_dropped_never_flooded() {
     assert_eq!(gw.replies()["arp"], 0);
 }
 
-
 #[test]
 fn neighbour_solicitation_for_a_bound_address_is_answered() {
     require_root!();
@@ -372,9 +374,21 @@ fn unknown_destinations_and_missing_underlay_are_counted() {
     assert_eq!(run.verdict, XDP_DROP);
     assert_eq!(gw.drops()["unknown_destination"], 1);
     // The uplink loses its IPv6 address: IPv6 tunnels cannot send.
-    gw.set_uplink(Uplink { ifindex: LO, mtu: MTU, mac: GW_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: GW_IP4, ip6: [0; 16] });
+    gw.set_uplink(Uplink {
+        ifindex: LO,
+        mtu: MTU,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: GW_IP4,
+        ip6: [0; 16],
+    });
     let mut inner = Vec::new();
-    PacketBuilder::ethernet2(VM_MAC, REMOTE6_MAC).ipv6(GW_IP6, REMOTE_IP6, 64).udp(1, 7).write(&mut inner, b"x").unwrap();
+    PacketBuilder::ethernet2(VM_MAC, REMOTE6_MAC)
+        .ipv6(GW_IP6, REMOTE_IP6, 64)
+        .udp(1, 7)
+        .write(&mut inner, b"x")
+        .unwrap();
     let run = test_run_on(gw.program("xgw_local"), &inner, LO);
     assert_eq!(run.verdict, XDP_DROP);
     assert_eq!(gw.drops()["no_underlay"], 1);

@@ -11,7 +11,10 @@ use std::{
 
 use xgw::ofport::*;
 use xgw_common::maps::{self as wire, names::*};
-use xgw_tests::{ports::{PortGw as Gw, *}, require_root};
+use xgw_tests::{
+    ports::{PortGw as Gw, *},
+    require_root,
+};
 
 type Pm = PortMap<BpfDatapath, RedbStore>;
 
@@ -137,7 +140,10 @@ fn seed_failing_map_insert_retried_100k_times_leaks_nothing() {
     // The rogue entry belongs to no port: reconcile removes it, and the
     // tunnel then gets number 4. None of the 100,000 attempts used one up.
     let report = pm.reconcile();
-    let rogue = MapEntry { key: EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.9"), vni: 5 }), ofport: OfPort::new(4000).ok() };
+    let rogue = MapEntry {
+        key: EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.9"), vni: 5 }),
+        ofport: OfPort::new(4000).ok(),
+    };
     assert_eq!(report.removed, [(Step::TunnelByRemote, rogue)]);
     assert!(report.recreated.is_empty() && report.rewritten.is_empty() && report.failed.is_empty());
     assert_eq!(pm.add(&doomed, t0).expect("add"), Added::Created(four));
@@ -221,10 +227,7 @@ fn exhaustion_on_real_maps() {
     let maps_before = read_maps(gw.pins());
     assert_eq!(maps_before[TUNNELS].len() as u32, auto);
     let err = pm.add(&tunnel_n(auto + 2), t0 + HOLD).expect_err("exhausted");
-    assert!(
-        matches!(err, PortError::Txn { cause: TxnError::Number { cause: AllocError::Exhausted }, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, PortError::Txn { cause: TxnError::Number { cause: AllocError::Exhausted }, .. }), "{err}");
     assert_eq!(
         err.to_string(),
         "port \"t32769\": ofport: no OpenFlow port number left: all automatic numbers 1..=32767 are in use"
@@ -311,7 +314,10 @@ fn reconcile_repairs_missing_orphan_and_stale_entries() {
                 (Step::TunnelPort, "ofport 65535 (no owner)".into()),
             ]
         );
-        assert_eq!(set(&report.rewritten), [(Step::LocalPort, format!("ofport {vm1}")), (Step::TunnelPort, format!("ofport {t2}"))]);
+        assert_eq!(
+            set(&report.rewritten),
+            [(Step::LocalPort, format!("ofport {vm1}")), (Step::TunnelPort, format!("ofport {t2}"))]
+        );
         assert_maps_match_store(&gw, &pm, &|n| ifindex(n), Some(ifx[2]));
         assert_eq!(devmap(gw.pins()).get(wire::DEVMAP_UPLINK, 0).expect("uplink kept").if_index, ifx[2]);
         assert!(pm.reconcile().is_noop());
@@ -344,7 +350,8 @@ fn sigkill_mid_churn_then_restart_keeps_every_committed_number() {
     let ifx: BTreeMap<String, u32> = (0..4).map(|i| format!("vm{i}")).map(|n| (n.clone(), gw.veth(&n))).collect();
     let journal = gw.state.path.join("journal");
     let state = gw.state.path.join("db");
-    let acked = |j: &Path| std::fs::read_to_string(j).unwrap_or_default().lines().filter(|l| l.starts_with("ok ")).count();
+    let acked =
+        |j: &Path| std::fs::read_to_string(j).unwrap_or_default().lines().filter(|l| l.starts_with("ok ")).count();
     let churn = env!("CARGO_BIN_EXE_xgw-churn");
     for round in 0..3u64 {
         let target = acked(&journal) + 150;
@@ -363,7 +370,8 @@ fn sigkill_mid_churn_then_restart_keeps_every_committed_number() {
         assert_eq!(status.signal(), Some(9), "xgw-churn died on its own: {stderr}");
     }
 
-    let Journal { want, uncertain, restarts, .. } = Journal::replay(&std::fs::read_to_string(&journal).expect("journal"));
+    let Journal { want, uncertain, restarts, .. } =
+        Journal::replay(&std::fs::read_to_string(&journal).expect("journal"));
     eprintln!("xgw-churn restarts: {restarts:?}; uncertain at the last kill: {uncertain:?}");
 
     gw.ns.enter(|| {

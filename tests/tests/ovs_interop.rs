@@ -77,7 +77,10 @@ fn topology(v6: bool) -> Topology {
     };
     // OVS decapsulates only frames sent to br-phy's MAC.
     dp.add_tunnel(TUNNEL as u32, Tunnel { remote, nexthop_mac: ovs.underlay_mac(), flags, _pad: 0, vni: VNI });
-    dp.add_local_port(gw.ifindex("p"), LocalPort { vni: VNI, ofport: PORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    dp.add_local_port(
+        gw.ifindex("p"),
+        LocalPort { vni: VNI, ofport: PORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] },
+    );
     dp.add_neigh(VNI, ipv4_mapped([203, 0, 113, 1]), VM_MAC);
     dp.add_remote(VNI, OVS_VM_MAC, Some(ipv4_mapped([203, 0, 113, 2])), TUNNEL, OVS_VM_KEY);
     dp.attach(&gw, "xgw_uplink", "ul");
@@ -105,10 +108,8 @@ impl Topology {
         // first echo of a fresh tunnel may be lost, so allow retries.
         let out = from.exec(&["ping", "-c", "4", "-i", "0.3", "-W", "2", to]);
         let text = String::from_utf8_lossy(&out.stdout);
-        let received: u32 = text
-            .split(',')
-            .find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
+        let received: u32 =
+            text.split(',').find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0);
         assert!(received >= 3, "ping {to} from {}: {text}\n{}", from.name, self.counters());
     }
 

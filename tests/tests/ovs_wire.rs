@@ -124,7 +124,11 @@ fn ovs_resolves_the_remote_and_hashes_flows_onto_source_ports() {
     // address at about the same time, from the same MAC: those solicitations
     // come from the unspecified address (RFC 4862 5.4.2) and are not OVS's.
     let ns = frames.iter().position(|f| {
-        f[6..12] == hv_mac && f[12..14] == [0x86, 0xdd] && f[20] == 58 && f.get(54) == Some(&135) && f[22..38] != [0; 16]
+        f[6..12] == hv_mac
+            && f[12..14] == [0x86, 0xdd]
+            && f[20] == 58
+            && f.get(54) == Some(&135)
+            && f[22..38] != [0; 16]
     });
     let ns = ns.expect("no neighbour solicitation from OVS");
     assert_eq!(frames[ns][22..38], HV_IP6, "NS source is br-phy's IP");

@@ -32,12 +32,12 @@ fn test_run_classifies_crafted_packets_and_passes_them_unchanged() {
         (Proto::Ipv6Icmp, ipv6_icmp_echo(&[1; 8])),
         (Proto::Ipv6Tcp, ipv6_tcp(b"x")),
         (Proto::Ipv6Udp, ipv6_udp(49152, 3784, &[0; 24])),
-        (Proto::Ipv6Other, ipv6_proto(59, &[])), // No Next Header
+        (Proto::Ipv6Other, ipv6_proto(59, &[])),             // No Next Header
         (Proto::OtherEthertype, ethernet(0x88cc, &[0; 46])), // LLDP
-        (Proto::Malformed, ethernet(0x0800, &[0x45; 19])), // IPv4 header cut short
-        (Proto::Malformed, ethernet(0x86dd, &[0x60; 39])), // IPv6 header cut short
-        (Proto::Malformed, ethernet(0x0806, &[0; 27])),    // ARP cut short
-        (Proto::Malformed, ethernet(0x8100, &[0; 3])),     // VLAN tag cut short
+        (Proto::Malformed, ethernet(0x0800, &[0x45; 19])),   // IPv4 header cut short
+        (Proto::Malformed, ethernet(0x86dd, &[0x60; 39])),   // IPv6 header cut short
+        (Proto::Malformed, ethernet(0x0806, &[0; 27])),      // ARP cut short
+        (Proto::Malformed, ethernet(0x8100, &[0; 3])),       // VLAN tag cut short
         (Proto::Malformed, ipv4_bad_ihl),
         (Proto::Malformed, ipv6_bad_version),
     ];

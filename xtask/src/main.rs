@@ -176,7 +176,8 @@ fn fuzz_targets(seconds: u64) -> Result<()> {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
     let dir = "tests/cargo-fuzz";
-    let list = Command::new("cargo").args(["+nightly", "fuzz", "list", "--fuzz-dir", dir]).current_dir(root()).output()?;
+    let list =
+        Command::new("cargo").args(["+nightly", "fuzz", "list", "--fuzz-dir", dir]).current_dir(root()).output()?;
     let targets = String::from_utf8(list.stdout)?;
     for t in targets.lines().filter(|l| !l.is_empty()) {
         println!("xtask: cargo-fuzz target {t}, {seconds} s");

@@ -398,7 +398,9 @@ impl Engine {
             inner.slots.set_flags(*slot, 0);
             match inner.paths.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(Error::Map { what: "BFD_PATHS remove of an unclaimed session".into(), source }),
+                Err(source) => {
+                    return Err(Error::Map { what: "BFD_PATHS remove of an unclaimed session".into(), source })
+                }
             }
         }
         Ok(orphans.len())
@@ -525,8 +527,9 @@ fn status_of(e: &Entry, rx: &Rx) -> Status {
 
 /// Discarded BFD packets by reason (`bfd::DecodeError`), summed over CPUs.
 pub fn drops(ebpf: &Ebpf) -> Result<BTreeMap<&'static str, u64>, Error> {
-    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(ebpf.map(names::BFD_DROPS).ok_or(Error::NoMap(names::BFD_DROPS))?)
-        .map_err(|source| Error::Map { what: "BFD_DROPS".into(), source })?;
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map(names::BFD_DROPS).ok_or(Error::NoMap(names::BFD_DROPS))?)
+            .map_err(|source| Error::Map { what: "BFD_DROPS".into(), source })?;
     DecodeError::ALL
         .iter()
         .map(|d| {
@@ -558,8 +561,10 @@ fn path_key(path: &Path) -> Result<BfdPathKey, Error> {
             BfdPathKey { kind: BFD_PATH_GENEVE, id: *vni, peer }
         }
         Path::SingleHop { ifname, peer_ip, .. } => {
-            let c = std::ffi::CString::new(ifname.as_str())
-                .map_err(|_| Error::Io { what: format!("interface name {ifname:?}"), source: io::ErrorKind::InvalidInput.into() })?;
+            let c = std::ffi::CString::new(ifname.as_str()).map_err(|_| Error::Io {
+                what: format!("interface name {ifname:?}"),
+                source: io::ErrorKind::InvalidInput.into(),
+            })?;
             let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
             if ifindex == 0 {
                 return Err(Error::Io { what: format!("interface {ifname}"), source: io::Error::last_os_error() });
@@ -585,13 +590,25 @@ fn single_hop_socket(ifname: &str, local: Ipv4Addr, disc: u32, preferred: u16) -
                     libc::setsockopt(fd, level, opt, &v as *const _ as *const libc::c_void, 4)
                 };
                 if set(libc::IPPROTO_IP, libc::IP_TTL, 255) != 0 || set(libc::IPPROTO_IP, libc::IP_TOS, 0xc0) != 0 {
-                    return Err(Error::Io { what: "setting TTL 255 / TOS on the bfd socket".into(), source: io::Error::last_os_error() });
+                    return Err(Error::Io {
+                        what: "setting TTL 255 / TOS on the bfd socket".into(),
+                        source: io::Error::last_os_error(),
+                    });
                 }
                 let r = unsafe {
-                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_ptr() as *const libc::c_void, ifname.len() as u32)
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_BINDTODEVICE,
+                        ifname.as_ptr() as *const libc::c_void,
+                        ifname.len() as u32,
+                    )
                 };
                 if r != 0 {
-                    return Err(Error::Io { what: format!("binding the bfd socket to {ifname}"), source: io::Error::last_os_error() });
+                    return Err(Error::Io {
+                        what: format!("binding the bfd socket to {ifname}"),
+                        source: io::Error::last_os_error(),
+                    });
                 }
                 s.set_nonblocking(true).map_err(io_err("bfd socket"))?;
                 return Ok((s, port));
@@ -690,15 +707,16 @@ impl Inner {
                 inner_sport: wire::SRC_PORT_MIN,
             }),
             Path::SingleHop { ifname, peer_ip, local_ip } => {
-                let (sock, port) = match single_hop_socket(ifname, *local_ip, disc, adopted.map_or(0, |(_, s)| s.ctl_sport)) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if let Some((slot, _)) = adopted {
-                            self.orphans.insert(key, slot);
+                let (sock, port) =
+                    match single_hop_socket(ifname, *local_ip, disc, adopted.map_or(0, |(_, s)| s.ctl_sport)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            if let Some((slot, _)) = adopted {
+                                self.orphans.insert(key, slot);
+                            }
+                            return Err(e);
                         }
-                        return Err(e);
-                    }
-                };
+                    };
                 sport = port;
                 Tx::SingleHop { sock, peer: SocketAddrV4::new(*peer_ip, wire::CONTROL_PORT) }
             }
@@ -715,7 +733,14 @@ impl Inner {
                     mult: s.ctl_mult,
                     echo: s.ctl_flags & BFD_ECHO != 0,
                 };
-                let mut session = Session::adopt(before, disc, (s.ctl_adv_tx_us, s.ctl_adv_rx_us), s.ctl_down_seq, &self.slots.rx(slot), now);
+                let mut session = Session::adopt(
+                    before,
+                    disc,
+                    (s.ctl_adv_tx_us, s.ctl_adv_rx_us),
+                    s.ctl_down_seq,
+                    &self.slots.rx(slot),
+                    now,
+                );
                 session.reconfigure(config);
                 self.slots.set_config(slot, &config);
                 self.slots.set_flags(slot, flags);
@@ -755,9 +780,7 @@ impl Inner {
         self.active.retain(|&s| s != slot);
         self.slots.set_flags(slot, 0);
         self.by_path.remove(&e.key);
-        self.paths
-            .remove(&e.key)
-            .map_err(|source| Error::Map { what: format!("BFD_PATHS remove for {name}"), source })
+        self.paths.remove(&e.key).map_err(|source| Error::Map { what: format!("BFD_PATHS remove for {name}"), source })
     }
 
     fn reconfigure(&mut self, name: &str, config: Config) -> Result<(), Error> {
@@ -796,7 +819,9 @@ impl Inner {
                 let r = match &e.tx {
                     // A frame to 00:00:00:00:00:00 would only be flooded
                     // (or dropped) by the underlay: wait for the next hop.
-                    Tx::Geneve(h) if h.dst_mac == [0; 6] => Err(io::Error::other("not sent: the next hop is unresolved")),
+                    Tx::Geneve(h) if h.dst_mac == [0; 6] => {
+                        Err(io::Error::other("not sent: the next hop is unresolved"))
+                    }
                     Tx::Geneve(h) => match &self.packet {
                         Some(p) => p.send(&frame::geneve_frame(h, &c)),
                         None => Err(io::ErrorKind::NotConnected.into()),
@@ -819,7 +844,10 @@ fn set_realtime(priority: i32) {
     let param = libc::sched_param { sched_priority: priority };
     let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
     if r != 0 {
-        tracing::warn!("bfd: cannot run the transmit thread at SCHED_FIFO {priority} ({}); using the ordinary scheduler", io::Error::from_raw_os_error(r));
+        tracing::warn!(
+            "bfd: cannot run the transmit thread at SCHED_FIFO {priority} ({}); using the ordinary scheduler",
+            io::Error::from_raw_os_error(r)
+        );
     }
 }
 

@@ -166,7 +166,14 @@ impl Session {
     /// point, so nothing on the wire changes and no flap is counted. A Poll
     /// it may have had in flight is not resumed: the peer accepts the values
     /// in every packet, and a change still owed is polled by the next tick.
-    pub fn adopt(config: Config, local_disc: u32, advertised: (u32, u32), down_seq: u32, rx: &Rx, now_ns: u64) -> Session {
+    pub fn adopt(
+        config: Config,
+        local_disc: u32,
+        advertised: (u32, u32),
+        down_seq: u32,
+        rx: &Rx,
+        now_ns: u64,
+    ) -> Session {
         let mut s = Session::new(config, local_disc, now_ns);
         (s.adv_tx_us, s.adv_rx_us) = advertised;
         s.down_seq = down_seq;
@@ -281,7 +288,8 @@ impl Session {
         let (tx, rxi) = self.wanted(v.state);
         if (tx, rxi) != (self.adv_tx_us, self.adv_rx_us) {
             if up && self.poll.is_none() {
-                self.poll = Some(Poll { final_seq: rx.final_seq, old_rx_us: self.adv_rx_us, old_tx_us: self.adv_tx_us });
+                self.poll =
+                    Some(Poll { final_seq: rx.final_seq, old_rx_us: self.adv_rx_us, old_tx_us: self.adv_tx_us });
             }
             self.adv_tx_us = tx;
             self.adv_rx_us = rxi;

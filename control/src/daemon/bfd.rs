@@ -99,9 +99,9 @@ impl BfdHooks {
         let local_ip = match p.local_ip.map(|a| a.to_canonical()) {
             Some(IpAddr::V4(a)) => a,
             Some(a) => bail!("bfd peer {:?}: local_ip: {a} is not an IPv4 address", p.name),
-            None => self
-                .ip4
-                .ok_or_else(|| anyhow!("bfd peer {:?}: local_ip: the daemon has no IPv4 --local-ip; give one", p.name))?,
+            None => self.ip4.ok_or_else(|| {
+                anyhow!("bfd peer {:?}: local_ip: the daemon has no IPv4 --local-ip; give one", p.name)
+            })?,
         };
         Ok(Path::SingleHop { ifname: p.ifname.clone().unwrap_or_else(|| self.uplink.clone()), peer_ip, local_ip })
     }
@@ -118,9 +118,15 @@ impl BfdHooks {
     fn view(&self, s: Status) -> BfdSessionView {
         let known = self.sessions.get(&s.name);
         let (kind, ofport, vni, remote_ip, local_ip, ifname, nexthop_mac) = match &s.path {
-            Path::Geneve { ofport, remote_ip, local_ip, vni, nexthop_mac } => {
-                ("tunnel", Some(*ofport), Some(*vni), *remote_ip, *local_ip, None, Some(MacAddr(*nexthop_mac).to_string()))
-            }
+            Path::Geneve { ofport, remote_ip, local_ip, vni, nexthop_mac } => (
+                "tunnel",
+                Some(*ofport),
+                Some(*vni),
+                *remote_ip,
+                *local_ip,
+                None,
+                Some(MacAddr(*nexthop_mac).to_string()),
+            ),
             Path::SingleHop { ifname, peer_ip, local_ip } => {
                 ("peer", None, None, IpAddr::V4(*peer_ip), IpAddr::V4(*local_ip), Some(ifname.clone()), None)
             }
@@ -163,7 +169,13 @@ impl BfdHooks {
 }
 
 impl TunnelHooks for BfdHooks {
-    fn tunnel_added(&mut self, t: &TunnelPort, ofport: OfPort, bfd: &BfdSettings, nexthop: Option<[u8; 6]>) -> Result<()> {
+    fn tunnel_added(
+        &mut self,
+        t: &TunnelPort,
+        ofport: OfPort,
+        bfd: &BfdSettings,
+        nexthop: Option<[u8; 6]>,
+    ) -> Result<()> {
         if !t.bfd {
             return Ok(());
         }
@@ -180,7 +192,13 @@ impl TunnelHooks for BfdHooks {
         };
         self.add(&t.name, Kind::Tunnel, path, engine_config(bfd, false))
             .map_err(|e| anyhow!("tunnel {:?}: bfd: {e:#}", t.name))?;
-        tracing::info!(tunnel = t.name, min_tx_ms = bfd.min_tx_ms, min_rx_ms = bfd.min_rx_ms, mult = bfd.detect_mult, "bfd session added");
+        tracing::info!(
+            tunnel = t.name,
+            min_tx_ms = bfd.min_tx_ms,
+            min_rx_ms = bfd.min_rx_ms,
+            mult = bfd.detect_mult,
+            "bfd session added"
+        );
         Ok(())
     }
 
@@ -213,7 +231,13 @@ impl TunnelHooks for BfdHooks {
             return Ok(());
         }
         self.engine()?.reconfigure(name, config).map_err(|e| anyhow!("bfd session {name:?}: {e}"))?;
-        tracing::info!(session = name, min_tx_ms = bfd.min_tx_ms, min_rx_ms = bfd.min_rx_ms, mult = bfd.detect_mult, "bfd session reconfigured");
+        tracing::info!(
+            session = name,
+            min_tx_ms = bfd.min_tx_ms,
+            min_rx_ms = bfd.min_rx_ms,
+            mult = bfd.detect_mult,
+            "bfd session reconfigured"
+        );
         if let Some(k) = self.sessions.get_mut(name) {
             k.config = config;
         }
@@ -222,7 +246,8 @@ impl TunnelHooks for BfdHooks {
 
     fn peer_added(&mut self, p: &BfdPeerArgs, bfd: &BfdSettings) -> Result<()> {
         let path = self.peer_path(p)?;
-        self.add(&p.name, Kind::Peer, path, engine_config(bfd, p.echo)).map_err(|e| anyhow!("bfd peer {:?}: {e:#}", p.name))?;
+        self.add(&p.name, Kind::Peer, path, engine_config(bfd, p.echo))
+            .map_err(|e| anyhow!("bfd peer {:?}: {e:#}", p.name))?;
         tracing::info!(peer = p.name, ip = %p.peer_ip, echo = p.echo, "bfd single-hop session added");
         Ok(())
     }

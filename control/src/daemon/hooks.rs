@@ -18,7 +18,13 @@ pub trait TunnelHooks: Send {
     /// (re)started daemon adopts the datapath. `bfd` are the tunnel's
     /// timers, `nexthop` its underlay next hop if resolved. An error refuses
     /// the tunnel (`tunnel add` takes it out again).
-    fn tunnel_added(&mut self, _tunnel: &TunnelPort, _ofport: OfPort, _bfd: &BfdSettings, _nexthop: Option<[u8; 6]>) -> Result<()> {
+    fn tunnel_added(
+        &mut self,
+        _tunnel: &TunnelPort,
+        _ofport: OfPort,
+        _bfd: &BfdSettings,
+        _nexthop: Option<[u8; 6]>,
+    ) -> Result<()> {
         Ok(())
     }
     /// The tunnel's map entries are gone.

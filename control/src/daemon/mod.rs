@@ -108,7 +108,10 @@ fn lock(state_dir: &Path, uplink: &str) -> Result<Lock> {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim().replace('\n', ", ");
-        bail!("uplink {uplink}: another xgw daemon ({holder}) already runs with state directory {}", state_dir.display());
+        bail!(
+            "uplink {uplink}: another xgw daemon ({holder}) already runs with state directory {}",
+            state_dir.display()
+        );
     }
     file.set_len(0)?;
     write!(file, "pid {} uplink {uplink}", std::process::id())?;
@@ -135,8 +138,12 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
                 bail!("local-ip: {ip} is not a unicast address")
             }
             IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => bail!("local-ip: {ip} is not a unicast address"),
-            IpAddr::V4(a) if ip4.replace(a.octets()).is_some() => bail!("local-ip: {ip} is a second IPv4 address (one per family)"),
-            IpAddr::V6(a) if ip6.replace(a.octets()).is_some() => bail!("local-ip: {ip} is a second IPv6 address (one per family)"),
+            IpAddr::V4(a) if ip4.replace(a.octets()).is_some() => {
+                bail!("local-ip: {ip} is a second IPv4 address (one per family)")
+            }
+            IpAddr::V6(a) if ip6.replace(a.octets()).is_some() => {
+                bail!("local-ip: {ip} is a second IPv6 address (one per family)")
+            }
             _ => {}
         }
     }
@@ -176,7 +183,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// and timing out of other connections.
 pub fn run(opts: RunOptions) -> Result<()> {
     let checked = check_options(&opts)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(serve(opts, checked))
 }
 
@@ -291,7 +299,9 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     notify_systemd("STOPPING=1");
     let _ = fs::remove_file(&opts.socket);
     let (done, stopped) = oneshot::channel();
-    tx.send(Msg::Stop { keep_datapath: opts.keep_datapath, done }).await.map_err(|_| anyhow!("the state thread has stopped"))?;
+    tx.send(Msg::Stop { keep_datapath: opts.keep_datapath, done })
+        .await
+        .map_err(|_| anyhow!("the state thread has stopped"))?;
     let result = stopped.await.unwrap_or_else(|_| Err(anyhow!("the state thread died while stopping")));
     let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     if opts.keep_datapath {
@@ -370,10 +380,12 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                     return;
                 }
             }
-            Msg::Reload(path) => match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
-                Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-                Err(e) => tracing::error!("config not reloaded: {e:#}"),
-            },
+            Msg::Reload(path) => {
+                match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
+                    Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                    Err(e) => tracing::error!("config not reloaded: {e:#}"),
+                }
+            }
             Msg::Stop { keep_datapath, done } => {
                 d.hooks.shutdown(keep_datapath);
                 let result = if keep_datapath {
@@ -408,7 +420,8 @@ fn start(
 
     // The uplink's map entries before its program: a program adopted from a
     // previous daemon already reads them, a new one needs them at once.
-    let mut up: Array<MapData, Uplink> = Array::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::UPLINK))?)?)?;
+    let mut up: Array<MapData, Uplink> =
+        Array::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::UPLINK))?)?)?;
     let mut flags = 0;
     if ip4.is_some() {
         flags |= UPLINK_HAS_IP4;
@@ -416,7 +429,15 @@ fn start(
     if ip6.is_some() {
         flags |= UPLINK_HAS_IP6;
     }
-    let value = Uplink { ifindex: uplink_index, mtu, mac, flags, _pad: 0, ip4: ip4.unwrap_or_default(), ip6: ip6.unwrap_or_default() };
+    let value = Uplink {
+        ifindex: uplink_index,
+        mtu,
+        mac,
+        flags,
+        _pad: 0,
+        ip4: ip4.unwrap_or_default(),
+        ip6: ip6.unwrap_or_default(),
+    };
     up.set(0, value, 0).context("writing the UPLINK map")?;
     // Encap flow-cache slots hold outer headers built from UPLINK; those a
     // datapath left running filled before this write must not serve after it.
@@ -427,9 +448,13 @@ fn start(
     let prog: &mut aya::programs::Xdp = ebpf.program_mut(UPLINK_PROGRAM).expect("loaded above").try_into()?;
     let how = pins::attach(prog, &opts.uplink, opts.mode, &pins.uplink_link())?;
     match how {
-        pins::Attached::Adopted => tracing::info!(uplink = opts.uplink, "adopted the running datapath; xgw_uplink swapped in place"),
+        pins::Attached::Adopted => {
+            tracing::info!(uplink = opts.uplink, "adopted the running datapath; xgw_uplink swapped in place")
+        }
         pins::Attached::New => tracing::info!(uplink = opts.uplink, mode = ?opts.mode, "xgw_uplink attached"),
-        pins::Attached::Renewed => tracing::warn!(uplink = opts.uplink, "the pinned xgw_uplink link had lost its interface; attached anew"),
+        pins::Attached::Renewed => {
+            tracing::warn!(uplink = opts.uplink, "the pinned xgw_uplink link had lost its interface; attached anew")
+        }
     }
     let mut local_ips = Vec::new();
     local_ips.extend(ip4.map(IpAddr::from));
@@ -508,7 +533,13 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
 
 async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
     let l = &listener;
-    accept_loop("api", MAX_CONNECTIONS, || async move { l.accept().await.map(|(s, _)| s) }, |stream| connection(stream, tx.clone())).await
+    accept_loop(
+        "api",
+        MAX_CONNECTIONS,
+        || async move { l.accept().await.map(|(s, _)| s) },
+        |stream| connection(stream, tx.clone()),
+    )
+    .await
 }
 
 /// Accepts connections for ever, serving at most `max` at once (the rest

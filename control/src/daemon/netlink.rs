@@ -7,9 +7,7 @@
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
@@ -126,7 +124,8 @@ impl Netlink {
         msg.header.address_family = family(dst);
         msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
         msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
-        let answers = self.request(RouteNetlinkMessage::GetRoute(msg), 0).with_context(|| format!("no route to {dst}"))?;
+        let answers =
+            self.request(RouteNetlinkMessage::GetRoute(msg), 0).with_context(|| format!("no route to {dst}"))?;
         let Some(RouteNetlinkMessage::NewRoute(route)) = answers.into_iter().next() else {
             bail!("no route to {dst}");
         };
@@ -151,7 +150,9 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::Destination(neigh_addr(ip)));
         let answers = match self.request(RouteNetlinkMessage::GetNeighbour(msg), 0) {
             Ok(a) => a,
-            Err(e) if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::ENOENT) => {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
         let Some(RouteNetlinkMessage::NewNeighbour(n)) = answers.into_iter().next() else {
@@ -190,7 +191,8 @@ fn neighbour_of(n: &NeighbourMessage) -> (Option<IpAddr>, Neighbour) {
         }
     }
     let usable = !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
-    let confirmed = matches!(n.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
+    let confirmed =
+        matches!(n.header.state, NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp);
     (ip, Neighbour { mac: mac.filter(|_| usable), confirmed })
 }
 

@@ -140,9 +140,8 @@ pub enum Attached {
 pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Result<Attached> {
     let mut renewed = false;
     if pin.exists() {
-        let link: FdLink = PinnedLink::from_pin(pin)
-            .with_context(|| format!("opening the pinned link {}", pin.display()))?
-            .into();
+        let link: FdLink =
+            PinnedLink::from_pin(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?.into();
         let link = XdpLink::try_from(link).with_context(|| format!("{} is not an XDP link", pin.display()))?;
         match prog.attach_to_link(link) {
             Ok(id) => {
@@ -150,12 +149,15 @@ pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Res
                 let _ = prog.take_link(id)?;
                 return Ok(Attached::Adopted);
             }
-            Err(ProgramError::SyscallError(SyscallError { io_error, .. })) if io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
                 detach(pin)?;
                 renewed = true;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("updating the program of the XDP link on {ifname} ({})", pin.display()))
+                return Err(e)
+                    .with_context(|| format!("updating the program of the XDP link on {ifname} ({})", pin.display()))
             }
         }
     }

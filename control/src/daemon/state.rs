@@ -357,7 +357,12 @@ impl Daemon {
                     changed = true;
                 }
                 (Some(_), Some(i)) => {
-                    tracing::info!(port = name, ifname, ifindex = i, "interface is back (or was recreated); repairing its map entries and XDP link");
+                    tracing::info!(
+                        port = name,
+                        ifname,
+                        ifindex = i,
+                        "interface is back (or was recreated); repairing its map entries and XDP link"
+                    );
                     changed = true;
                 }
             }
@@ -404,7 +409,14 @@ impl Daemon {
             tracing::warn!(uplink = self.uplink.ifname, "writing the UPLINK map: {e}");
             return;
         }
-        tracing::info!(uplink = self.uplink.ifname, mac = shown, mtu, old_mac = self.uplink.mac, old_mtu = self.uplink.mtu, "uplink changed; encap follows");
+        tracing::info!(
+            uplink = self.uplink.ifname,
+            mac = shown,
+            mtu,
+            old_mac = self.uplink.mac,
+            old_mtu = self.uplink.mtu,
+            "uplink changed; encap follows"
+        );
         if shown != self.uplink.mac {
             self.hooks.uplink_mac_changed(mac);
         }
@@ -551,11 +563,26 @@ impl Daemon {
     /// A local port may not take a MAC or IP a remote binding holds.
     fn check_port_vs_bindings(&self, a: &PortArgs) -> Result<()> {
         if let Some(b) = self.bindings.get(&(a.vni, a.mac)) {
-            bail!("port {:?}: mac {} in VNI {} is bound to a remote port behind tunnel {:?}", a.name, a.mac, a.vni, b.tunnel);
+            bail!(
+                "port {:?}: mac {} in VNI {} is bound to a remote port behind tunnel {:?}",
+                a.name,
+                a.mac,
+                a.vni,
+                b.tunnel
+            );
         }
         if let Some(ip) = a.ip {
-            if let Some(b) = self.bindings.values().find(|b| b.vni == a.vni && b.ip.map(|i| i.to_canonical()) == Some(ip.to_canonical())) {
-                bail!("port {:?}: ip {ip} in VNI {} is bound to a remote port behind tunnel {:?}", a.name, a.vni, b.tunnel);
+            if let Some(b) = self
+                .bindings
+                .values()
+                .find(|b| b.vni == a.vni && b.ip.map(|i| i.to_canonical()) == Some(ip.to_canonical()))
+            {
+                bail!(
+                    "port {:?}: ip {ip} in VNI {} is bound to a remote port behind tunnel {:?}",
+                    a.name,
+                    a.vni,
+                    b.tunnel
+                );
             }
         }
         Ok(())
@@ -682,7 +709,9 @@ impl Daemon {
         }
         if let Some(ip) = b.ip {
             let clash = self.bindings.values().find(|o| {
-                (o.vni, o.mac) != (b.vni, b.mac) && o.vni == b.vni && o.ip.map(|i| i.to_canonical()) == Some(ip.to_canonical())
+                (o.vni, o.mac) != (b.vni, b.mac)
+                    && o.vni == b.vni
+                    && o.ip.map(|i| i.to_canonical()) == Some(ip.to_canonical())
             });
             if let Some(o) = clash {
                 bail!("binding: ip: {ip} in VNI {} is already bound to mac {}", b.vni, o.mac);
@@ -841,13 +870,24 @@ impl Daemon {
             .collect();
         for (i, p) in config.bfd_peers.iter().enumerate() {
             self.check_peer(p, &format!("bfd_peers[{i}]")).map_err(|e| anyhow!("config: {e:#}"))?;
-            if let Some(r) = self.ports.get(&p.name).filter(|r| !names.contains_key(r.name()) && !self.owned.ports.contains(r.name())) {
-                bail!("config: bfd_peers[{i}].name: {:?} is already a port or tunnel (added through the API)", r.name());
+            if let Some(r) = self
+                .ports
+                .get(&p.name)
+                .filter(|r| !names.contains_key(r.name()) && !self.owned.ports.contains(r.name()))
+            {
+                bail!(
+                    "config: bfd_peers[{i}].name: {:?} is already a port or tunnel (added through the API)",
+                    r.name()
+                );
             }
         }
         for p in &kept_peers {
             if names.contains_key(p.name.as_str()) {
-                bail!("config: {}.name: {:?} is already a bfd peer (added through the API)", names[p.name.as_str()], p.name);
+                bail!(
+                    "config: {}.name: {:?} is already a bfd peer (added through the API)",
+                    names[p.name.as_str()],
+                    p.name
+                );
             }
         }
         let mut desired: Vec<PortSpec> = self
@@ -861,11 +901,8 @@ impl Daemon {
 
         // Bindings kept from the API must still find their tunnel.
         let config_bindings: BTreeSet<(u32, MacAddr)> = config.bindings.iter().map(|b| (b.vni, b.mac)).collect();
-        let desired_tunnels: BTreeSet<&str> = desired
-            .iter()
-            .filter(|s| matches!(s, PortSpec::Tunnel(_)))
-            .map(|s| s.name())
-            .collect();
+        let desired_tunnels: BTreeSet<&str> =
+            desired.iter().filter(|s| matches!(s, PortSpec::Tunnel(_))).map(|s| s.name()).collect();
         for b in self.bindings.values() {
             let kept = !self.owned.bindings.contains(&(b.vni, b.mac)) && !config_bindings.contains(&(b.vni, b.mac));
             if kept && !desired_tunnels.contains(b.tunnel.as_str()) {
@@ -920,7 +957,8 @@ impl Daemon {
             }
         }
 
-        let before: BTreeMap<String, PortRecord> = self.ports.ports().map(|r| (r.name().to_owned(), r.clone())).collect();
+        let before: BTreeMap<String, PortRecord> =
+            self.ports.ports().map(|r| (r.name().to_owned(), r.clone())).collect();
         let report = self.ports.apply_desired(&desired, Instant::now())?;
         if let Some((name, e)) = report.failed.first() {
             bail!("config: applying port {name:?}: {e}");
@@ -968,7 +1006,12 @@ impl Daemon {
         for (i, p) in config.bfd_peers.iter().enumerate() {
             wanted.insert(p.name.clone(), (p.clone(), format!("config: bfd_peers[{i}]")));
         }
-        let gone: Vec<String> = self.peers.iter().filter(|(n, p)| wanted.get(*n).is_none_or(|(w, _)| w != *p)).map(|(n, _)| n.clone()).collect();
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(n, p)| wanted.get(*n).is_none_or(|(w, _)| w != *p))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in gone {
             self.peers.remove(&name);
             self.hooks.peer_removed(&name);
@@ -989,7 +1032,8 @@ impl Daemon {
 
     /// Links, BFD hooks and next hops follow a batch of port changes.
     fn after_ports_changed(&mut self, before: &BTreeMap<String, PortRecord>) {
-        let after: BTreeMap<String, PortRecord> = self.ports.ports().map(|r| (r.name().to_owned(), r.clone())).collect();
+        let after: BTreeMap<String, PortRecord> =
+            self.ports.ports().map(|r| (r.name().to_owned(), r.clone())).collect();
         for (name, old) in before {
             if after.get(name) != Some(old) {
                 if let PortSpec::Tunnel(_) = old.spec {
@@ -1231,7 +1275,8 @@ impl Daemon {
 
     fn port_views(&self, kind: Option<&str>) -> Vec<PortView> {
         let bfd = self.bfd_map();
-        let mut v: Vec<PortView> = self.ports.ports().map(|r| self.view(r, &bfd)).filter(|v| kind.is_none_or(|k| v.kind == k)).collect();
+        let mut v: Vec<PortView> =
+            self.ports.ports().map(|r| self.view(r, &bfd)).filter(|v| kind.is_none_or(|k| v.kind == k)).collect();
         v.sort_by_key(|p| p.ofport);
         v
     }
@@ -1300,7 +1345,12 @@ impl Daemon {
         }
         let (rx, echo_reflected, events_lost) = crate::bfd::counters(&self.ebpf)?;
         let bfd_drops = crate::bfd::drops(&self.ebpf)?.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        Ok(StatsView { ports, drops, replies, bfd: BfdCountersView { rx, echo_reflected, events_lost, drops: bfd_drops } })
+        Ok(StatsView {
+            ports,
+            drops,
+            replies,
+            bfd: BfdCountersView { rx, echo_reflected, events_lost, drops: bfd_drops },
+        })
     }
 
     /// Every BFD session (for the metrics).
@@ -1312,7 +1362,9 @@ impl Daemon {
     pub fn port_kinds(&self) -> BTreeMap<String, String> {
         self.ports
             .ports()
-            .map(|r| (r.name().to_owned(), if matches!(r.spec, PortSpec::Local(_)) { "local" } else { "tunnel" }.to_owned()))
+            .map(|r| {
+                (r.name().to_owned(), if matches!(r.spec, PortSpec::Local(_)) { "local" } else { "tunnel" }.to_owned())
+            })
             .collect()
     }
 }

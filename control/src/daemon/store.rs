@@ -60,7 +60,10 @@ impl DaemonStore {
 
     /// One durable write transaction (redb's default durability: on disk
     /// when `commit` returns).
-    fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &str>, &mut redb::Table<&str, &str>) -> Result<()>) -> Result<()> {
+    fn write(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &str>, &mut redb::Table<&str, &str>) -> Result<()>,
+    ) -> Result<()> {
         let txn = self.db.begin_write().with_context(|| format!("writing {}", self.path.display()))?;
         {
             let mut bindings = txn.open_table(BINDINGS)?;
@@ -77,7 +80,8 @@ impl DaemonStore {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let b: BindingArgs = serde_json::from_str(v.value()).with_context(|| format!("stored binding {:?}", k.value()))?;
+            let b: BindingArgs =
+                serde_json::from_str(v.value()).with_context(|| format!("stored binding {:?}", k.value()))?;
             out.push(b);
         }
         Ok(out)

@@ -28,25 +28,17 @@ pub struct AllocatorConfig {
 
 impl Default for AllocatorConfig {
     fn default() -> Self {
-        AllocatorConfig {
-            hold_down: DEFAULT_HOLD_DOWN,
-        }
+        AllocatorConfig { hold_down: DEFAULT_HOLD_DOWN }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AllocError {
-    #[error(
-        "no OpenFlow port number left: all automatic numbers 1..={} are in use",
-        OfPort::AUTO_MAX
-    )]
+    #[error("no OpenFlow port number left: all automatic numbers 1..={} are in use", OfPort::AUTO_MAX)]
     Exhausted,
     #[error("requested OpenFlow port {port} is already in use")]
     RequestedInUse { port: OfPort },
-    #[error(
-        "requested OpenFlow port {value} is out of range (1..={})",
-        OfPort::MAX
-    )]
+    #[error("requested OpenFlow port {value} is out of range (1..={})", OfPort::MAX)]
     RequestedOutOfRange { value: u16 },
     /// Restoring a number twice means the persisted state is corrupt.
     #[error("OpenFlow port {port} restored twice")]
@@ -108,9 +100,7 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(config: AllocatorConfig) -> Self {
-        let free_auto = (OfPort::MIN.get()..=OfPort::AUTO_MAX.get())
-            .filter_map(|n| OfPort::new(n).ok())
-            .collect();
+        let free_auto = (OfPort::MIN.get()..=OfPort::AUTO_MAX.get()).filter_map(|n| OfPort::new(n).ok()).collect();
         Allocator {
             hold_down: config.hold_down,
             slots: BTreeMap::new(),
@@ -121,11 +111,7 @@ impl Allocator {
     }
 
     /// Reserves `request` if given, else the next automatic number.
-    pub fn reserve(
-        &mut self,
-        request: Option<u16>,
-        now: Instant,
-    ) -> Result<Reservation, AllocError> {
+    pub fn reserve(&mut self, request: Option<u16>, now: Instant) -> Result<Reservation, AllocError> {
         match request {
             Some(value) => self.reserve_requested(value),
             None => self.reserve_auto(now),
@@ -281,10 +267,7 @@ impl Allocator {
 
     /// Committed numbers, ascending.
     pub fn committed(&self) -> impl Iterator<Item = OfPort> + '_ {
-        self.slots
-            .iter()
-            .filter(|(_, slot)| **slot == Slot::Committed)
-            .map(|(port, _)| *port)
+        self.slots.iter().filter(|(_, slot)| **slot == Slot::Committed).map(|(port, _)| *port)
     }
 
     /// Moves numbers whose hold-down has run out back to the free pool.
@@ -317,20 +300,12 @@ impl Allocator {
             assert!(port.is_auto(), "held {port} is not automatic");
             assert_eq!(self.slots.get(port), Some(&Slot::Held(*since)));
         }
-        let held_slots = self
-            .slots
-            .values()
-            .filter(|s| matches!(s, Slot::Held(_)))
-            .count();
+        let held_slots = self.slots.values().filter(|s| matches!(s, Slot::Held(_))).count();
         assert_eq!(held_slots, self.held.len());
         for port in &self.stranded {
             assert_eq!(self.slots.get(port), Some(&Slot::Stranded));
         }
-        let stranded_slots = self
-            .slots
-            .values()
-            .filter(|s| **s == Slot::Stranded)
-            .count();
+        let stranded_slots = self.slots.values().filter(|s| **s == Slot::Stranded).count();
         assert_eq!(stranded_slots, self.stranded.len());
         let auto_used = self.slots.keys().filter(|p| p.is_auto()).count();
         assert_eq!(
@@ -350,9 +325,7 @@ mod tests {
     }
 
     fn alloc(hold: u64) -> Allocator {
-        Allocator::new(AllocatorConfig {
-            hold_down: Duration::from_secs(hold),
-        })
+        Allocator::new(AllocatorConfig { hold_down: Duration::from_secs(hold) })
     }
 
     #[test]
@@ -380,14 +353,8 @@ mod tests {
         assert_eq!(a.reserve_auto(t), Err(AllocError::Exhausted));
         let r = a.reserve_requested(0x8000).expect("upper half is free");
         a.commit(r);
-        assert_eq!(
-            a.reserve_requested(0x8000),
-            Err(AllocError::RequestedInUse { port: port(0x8000) })
-        );
-        assert_eq!(
-            a.reserve_requested(5),
-            Err(AllocError::RequestedInUse { port: port(5) })
-        );
+        assert_eq!(a.reserve_requested(0x8000), Err(AllocError::RequestedInUse { port: port(0x8000) }));
+        assert_eq!(a.reserve_requested(5), Err(AllocError::RequestedInUse { port: port(5) }));
         assert_eq!(a.in_use(), 0x8000);
         a.check_invariants();
     }
@@ -396,10 +363,7 @@ mod tests {
     fn requested_out_of_range() {
         let mut a = alloc(3600);
         for value in [0, 0xff00, 0xfffe, 0xffff] {
-            assert_eq!(
-                a.reserve_requested(value),
-                Err(AllocError::RequestedOutOfRange { value })
-            );
+            assert_eq!(a.reserve_requested(value), Err(AllocError::RequestedOutOfRange { value }));
         }
         let r = a.reserve_requested(0xfeff).expect("highest usable");
         a.abort(r);
@@ -437,12 +401,9 @@ mod tests {
             let r = a.reserve_auto(t0).expect("free");
             a.commit(r);
         }
-        a.release(port(200), t0 + Duration::from_secs(1))
-            .expect("c");
-        a.release(port(100), t0 + Duration::from_secs(2))
-            .expect("c");
-        a.release(port(300), t0 + Duration::from_secs(3))
-            .expect("c");
+        a.release(port(200), t0 + Duration::from_secs(1)).expect("c");
+        a.release(port(100), t0 + Duration::from_secs(2)).expect("c");
+        a.release(port(300), t0 + Duration::from_secs(3)).expect("c");
         let later = t0 + Duration::from_secs(4);
         for expect in [200, 100, 300] {
             let r = a.reserve_auto(later).expect("held number");
@@ -475,16 +436,11 @@ mod tests {
         let t = Instant::now();
         let p = a.reserve_requested(7).map(|r| a.commit(r)).expect("free");
         a.release(p, t).expect("committed");
-        let r = a
-            .reserve_requested(7)
-            .expect("held, but explicitly requested");
+        let r = a.reserve_requested(7).expect("held, but explicitly requested");
         assert_eq!(a.commit(r), p);
         assert_eq!(a.held_down(), 0);
         // Upper-half numbers skip hold-down: only requests can take them.
-        let q = a
-            .reserve_requested(0x9000)
-            .map(|r| a.commit(r))
-            .expect("free");
+        let q = a.reserve_requested(0x9000).map(|r| a.commit(r)).expect("free");
         a.release(q, t).expect("committed");
         assert_eq!(a.state(q), PortState::Free);
         a.check_invariants();
@@ -498,10 +454,7 @@ mod tests {
         let p = r.port();
         a.strand(r);
         assert_eq!(a.state(p), PortState::Stranded);
-        assert_eq!(
-            a.reserve_requested(p.get()),
-            Err(AllocError::RequestedInUse { port: p })
-        );
+        assert_eq!(a.reserve_requested(p.get()), Err(AllocError::RequestedInUse { port: p }));
         let r = a.reserve_auto(t).expect("free");
         assert_ne!(r.port(), p);
         a.abort(r);
@@ -516,10 +469,7 @@ mod tests {
         let mut a = alloc(3600);
         a.restore(port(1)).expect("fresh");
         a.restore(port(0x9000)).expect("fresh");
-        assert_eq!(
-            a.restore(port(1)),
-            Err(AllocError::AlreadyRestored { port: port(1) })
-        );
+        assert_eq!(a.restore(port(1)), Err(AllocError::AlreadyRestored { port: port(1) }));
         let r = a.reserve_auto(Instant::now()).expect("free");
         assert_eq!(r.port(), port(2));
         a.abort(r);

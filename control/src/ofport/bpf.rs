@@ -22,14 +22,14 @@ use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError as AyaMapError};
 use aya::Ebpf;
 use thiserror::Error;
 use xgw_common::maps::{
-    self as wire, names, FdbEntry, FdbKey, LocalPort, Neigh, NeighKey, PortKey, Tunnel,
-    DEVMAP_UPLINK, FDB_LOCAL, TUNNEL_BFD, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
+    self as wire, names, FdbEntry, FdbKey, LocalPort, Neigh, NeighKey, PortKey, Tunnel, DEVMAP_UPLINK, FDB_LOCAL,
+    TUNNEL_BFD, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
 };
 
 use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
-use crate::datapath::Generation;
 use super::number::OfPort;
 use super::spec::{self, MacAddr, PortSpec, TunnelKey};
+use crate::datapath::Generation;
 
 /// `BPF_NOEXIST`: fail with EEXIST rather than overwrite.
 const NOEXIST: u64 = 1;
@@ -39,10 +39,7 @@ pub enum OpenMapsError {
     #[error("the datapath has no map {name}")]
     Missing { name: &'static str },
     #[error("map {name}: {cause}")]
-    Map {
-        name: &'static str,
-        cause: AyaMapError,
-    },
+    Map { name: &'static str, cause: AyaMapError },
     /// aya's error says only which syscall failed; the path and the OS
     /// error are what an operator can act on (no bpffs, not pinned yet).
     #[error("pinned map {}: {}", path.display(), with_sources(cause))]
@@ -102,9 +99,7 @@ impl BpfDatapath {
         })
     }
 
-    fn build(
-        mut take: impl FnMut(&'static str) -> Result<Map, OpenMapsError>,
-    ) -> Result<Self, OpenMapsError> {
+    fn build(mut take: impl FnMut(&'static str) -> Result<Map, OpenMapsError>) -> Result<Self, OpenMapsError> {
         fn typed<T: TryFrom<Map, Error = AyaMapError>>(
             take: &mut impl FnMut(&'static str) -> Result<Map, OpenMapsError>,
             name: &'static str,
@@ -126,10 +121,7 @@ impl BpfDatapath {
         };
         for &step in Step::ALL {
             let name = step.map_name();
-            let info = dp
-                .map_data(step)
-                .info()
-                .map_err(|cause| OpenMapsError::Map { name, cause })?;
+            let info = dp.map_data(step).info().map_err(|cause| OpenMapsError::Map { name, cause })?;
             dp.max_entries.insert(step, info.max_entries());
         }
         Ok(dp)
@@ -165,9 +157,7 @@ impl BpfDatapath {
             _ => None,
         };
         match errno {
-            Some(libc::E2BIG | libc::ENOSPC) => MapError::Full {
-                max_entries: self.max_entries(step),
-            },
+            Some(libc::E2BIG | libc::ENOSPC) => MapError::Full { max_entries: self.max_entries(step) },
             Some(libc::EEXIST) => MapError::Exists,
             Some(libc::ENOENT) => MapError::NotFound,
             Some(errno) => MapError::Os { errno },
@@ -178,31 +168,20 @@ impl BpfDatapath {
     /// LOCAL_PORTS keys holding `ofport`: the cached one if it still does,
     /// else every key found by a scan.
     fn local_port_keys(&self, ofport: u32) -> Result<Vec<u32>, MapError> {
-        let owns = |ifindex: &u32| {
-            self.local_ports
-                .get(ifindex, 0)
-                .is_ok_and(|v| u32::from(v.ofport) == ofport)
-        };
+        let owns = |ifindex: &u32| self.local_ports.get(ifindex, 0).is_ok_and(|v| u32::from(v.ofport) == ofport);
         let cached = self.ifindex_of.borrow().get(&ofport).cloned();
         if let Some(keys) = cached.filter(|k| k.iter().all(owns)) {
             return Ok(keys);
         }
         self.rescan_local_ports()?;
-        Ok(self
-            .ifindex_of
-            .borrow()
-            .get(&ofport)
-            .cloned()
-            .unwrap_or_default())
+        Ok(self.ifindex_of.borrow().get(&ofport).cloned().unwrap_or_default())
     }
 
     fn rescan_local_ports(&self) -> Result<(), MapError> {
         let mut all: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
         for row in self.local_ports.iter() {
             let (ifindex, value) = row.map_err(|e| self.error(Step::LocalPort, e))?;
-            all.entry(u32::from(value.ofport))
-                .or_default()
-                .push(ifindex);
+            all.entry(u32::from(value.ofport)).or_default().push(ifindex);
         }
         *self.ifindex_of.borrow_mut() = all;
         Ok(())
@@ -210,9 +189,7 @@ impl BpfDatapath {
 }
 
 fn ifindex(ifname: &str) -> Result<u32, MapError> {
-    let missing = || MapError::NoInterface {
-        ifname: ifname.to_owned(),
-    };
+    let missing = || MapError::NoInterface { ifname: ifname.to_owned() };
     let c = CString::new(ifname).map_err(|_| missing())?;
     // SAFETY: `c` is a valid NUL-terminated string for the whole call.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -239,40 +216,23 @@ fn owner(n: u32) -> Option<OfPort> {
 fn local(port: &PortSpec) -> Result<&spec::LocalPort, MapError> {
     match port {
         PortSpec::Local(p) => Ok(p),
-        PortSpec::Tunnel(t) => Err(MapError::Other(format!(
-            "tunnel {:?} has no local-port entry",
-            t.name
-        ))),
+        PortSpec::Tunnel(t) => Err(MapError::Other(format!("tunnel {:?} has no local-port entry", t.name))),
     }
 }
 
 fn tunnel(port: &PortSpec) -> Result<&spec::TunnelPort, MapError> {
     match port {
         PortSpec::Tunnel(t) => Ok(t),
-        PortSpec::Local(p) => Err(MapError::Other(format!(
-            "local port {:?} has no tunnel entry",
-            p.name
-        ))),
+        PortSpec::Local(p) => Err(MapError::Other(format!("local port {:?} has no tunnel entry", p.name))),
     }
 }
 
 fn fdb_entry(p: &spec::LocalPort, ofport: OfPort) -> FdbEntry {
-    FdbEntry {
-        ofport: ofport.get(),
-        port_key: p.port_key,
-        kind: FDB_LOCAL,
-        _pad: [0; 3],
-    }
+    FdbEntry { ofport: ofport.get(), port_key: p.port_key, kind: FDB_LOCAL, _pad: [0; 3] }
 }
 
 fn local_port_value(p: &spec::LocalPort, ofport: OfPort) -> LocalPort {
-    LocalPort {
-        vni: p.vni,
-        ofport: ofport.get(),
-        port_key: p.port_key,
-        mac: p.mac.0,
-        _pad: [0; 2],
-    }
+    LocalPort { vni: p.vni, ofport: ofport.get(), port_key: p.port_key, mac: p.mac.0, _pad: [0; 2] }
 }
 
 fn tunnel_value(t: &spec::TunnelPort) -> Tunnel {
@@ -287,29 +247,15 @@ fn tunnel_value(t: &spec::TunnelPort) -> Tunnel {
     if t.bfd {
         flags |= TUNNEL_BFD;
     }
-    Tunnel {
-        remote: ip16(remote),
-        nexthop_mac: [0; 6],
-        flags,
-        _pad: 0,
-        vni: t.vni,
-    }
+    Tunnel { remote: ip16(remote), nexthop_mac: [0; 6], flags, _pad: 0, vni: t.vni }
 }
 
 fn port_key(vni: u32, port_key: u16) -> PortKey {
-    PortKey {
-        vni,
-        port_key,
-        _pad: 0,
-    }
+    PortKey { vni, port_key, _pad: 0 }
 }
 
 fn fdb_key(vni: u32, mac: MacAddr) -> FdbKey {
-    FdbKey {
-        vni,
-        mac: mac.0,
-        _pad: [0; 2],
-    }
+    FdbKey { vni, mac: mac.0, _pad: [0; 2] }
 }
 
 fn neigh_key(vni: u32, ip: IpAddr) -> NeighKey {
@@ -317,10 +263,7 @@ fn neigh_key(vni: u32, ip: IpAddr) -> NeighKey {
 }
 
 fn remote_key(k: &TunnelKey) -> wire::TunnelKey {
-    wire::TunnelKey {
-        remote: ip16(k.remote),
-        vni: k.vni,
-    }
+    wire::TunnelKey { remote: ip16(k.remote), vni: k.vni }
 }
 
 fn key_mismatch(step: Step, entry: &MapEntry) -> MapError {
@@ -343,9 +286,7 @@ impl Datapath for BpfDatapath {
             Step::LocalPort => {
                 let p = local(port)?;
                 let ifindex = ifindex(&p.ifname)?;
-                let r = self
-                    .local_ports
-                    .insert(ifindex, local_port_value(p, ofport), NOEXIST);
+                let r = self.local_ports.insert(ifindex, local_port_value(p, ofport), NOEXIST);
                 if r.is_ok() {
                     let mut cache = self.ifindex_of.borrow_mut();
                     cache.entry(number).or_default().push(ifindex);
@@ -354,40 +295,21 @@ impl Datapath for BpfDatapath {
             }
             Step::PortKey => {
                 let p = local(port)?;
-                self.port_keys
-                    .insert(port_key(p.vni, p.port_key), fdb_entry(p, ofport), NOEXIST)
+                self.port_keys.insert(port_key(p.vni, p.port_key), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Fdb => {
                 let p = local(port)?;
-                self.fdb
-                    .insert(fdb_key(p.vni, p.mac), fdb_entry(p, ofport), NOEXIST)
+                self.fdb.insert(fdb_key(p.vni, p.mac), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Neigh => {
                 let p = local(port)?;
-                let ip = p
-                    .ip
-                    .ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name)))?;
-                self.neigh.insert(
-                    neigh_key(p.vni, ip),
-                    Neigh {
-                        mac: p.mac.0,
-                        _pad: [0; 2],
-                    },
-                    NOEXIST,
-                )
+                let ip = p.ip.ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name)))?;
+                self.neigh.insert(neigh_key(p.vni, ip), Neigh { mac: p.mac.0, _pad: [0; 2] }, NOEXIST)
             }
-            Step::TunnelPort => self
-                .tunnels
-                .insert(number, tunnel_value(tunnel(port)?), NOEXIST),
+            Step::TunnelPort => self.tunnels.insert(number, tunnel_value(tunnel(port)?), NOEXIST),
             Step::TunnelByRemote => {
                 let key = port.tunnel_key().ok_or_else(|| {
-                    key_mismatch(
-                        step,
-                        &MapEntry {
-                            key: EntryKey::Port(number),
-                            ofport: Some(ofport),
-                        },
-                    )
+                    key_mismatch(step, &MapEntry { key: EntryKey::Port(number), ofport: Some(ofport) })
                 })?;
                 self.by_remote.insert(remote_key(&key), number, NOEXIST)
             }
@@ -407,16 +329,12 @@ impl Datapath for BpfDatapath {
                     return Err(MapError::NotFound);
                 }
                 for ifindex in keys {
-                    self.local_ports
-                        .remove(&ifindex)
-                        .map_err(|e| self.error(step, e))?;
+                    self.local_ports.remove(&ifindex).map_err(|e| self.error(step, e))?;
                 }
                 self.ifindex_of.borrow_mut().remove(&n);
                 Ok(())
             }
-            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => {
-                self.port_keys.remove(&port_key(vni, key))
-            }
+            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self.port_keys.remove(&port_key(vni, key)),
             (Step::Fdb, EntryKey::Mac { vni, mac }) => self.fdb.remove(&fdb_key(vni, mac)),
             (Step::Neigh, EntryKey::Neigh { vni, ip }) => self.neigh.remove(&neigh_key(vni, ip)),
             (Step::TunnelByRemote, EntryKey::Tunnel(k)) => self.by_remote.remove(&remote_key(&k)),
@@ -434,42 +352,27 @@ impl Datapath for BpfDatapath {
                     let key = key.map_err(err)?;
                     // The uplink is not a port: no port map owns it.
                     if key != DEVMAP_UPLINK {
-                        out.push(MapEntry {
-                            key: EntryKey::Port(key),
-                            ofport: owner(key),
-                        });
+                        out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
                     }
                 }
             }
             Step::TunnelPort => {
                 for key in self.tunnels.keys() {
                     let key = key.map_err(err)?;
-                    out.push(MapEntry {
-                        key: EntryKey::Port(key),
-                        ofport: owner(key),
-                    });
+                    out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
                 }
             }
             Step::LocalPort => {
                 self.rescan_local_ports()?;
                 for &n in self.ifindex_of.borrow().keys() {
-                    out.push(MapEntry {
-                        key: EntryKey::Port(n),
-                        ofport: owner(n),
-                    });
+                    out.push(MapEntry { key: EntryKey::Port(n), ofport: owner(n) });
                 }
             }
             Step::PortKey => {
                 for row in self.port_keys.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let key = EntryKey::PortKey {
-                        vni: k.vni,
-                        port_key: k.port_key,
-                    };
-                    out.push(MapEntry {
-                        key,
-                        ofport: owner(v.ofport.into()),
-                    });
+                    let key = EntryKey::PortKey { vni: k.vni, port_key: k.port_key };
+                    out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
                 }
             }
             Step::Fdb => {
@@ -477,14 +380,8 @@ impl Datapath for BpfDatapath {
                     let (k, v) = row.map_err(err)?;
                     // Remote MACs (behind tunnels) have another owner.
                     if v.kind == FDB_LOCAL {
-                        let key = EntryKey::Mac {
-                            vni: k.vni,
-                            mac: MacAddr(k.mac),
-                        };
-                        out.push(MapEntry {
-                            key,
-                            ofport: owner(v.ofport.into()),
-                        });
+                        let key = EntryKey::Mac { vni: k.vni, mac: MacAddr(k.mac) };
+                        out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
                     }
                 }
             }
@@ -494,37 +391,21 @@ impl Datapath for BpfDatapath {
                 // one whose MAC is in no FDB entry is nobody's.
                 for row in self.neigh.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let ofport = match self.fdb.get(
-                        &FdbKey {
-                            vni: k.vni,
-                            mac: v.mac,
-                            _pad: [0; 2],
-                        },
-                        0,
-                    ) {
+                    let ofport = match self.fdb.get(&FdbKey { vni: k.vni, mac: v.mac, _pad: [0; 2] }, 0) {
                         Ok(f) if f.kind == FDB_LOCAL => owner(f.ofport.into()),
                         Ok(_) => continue,
                         Err(AyaMapError::KeyNotFound) => None,
                         Err(e) => return Err(self.error(Step::Fdb, e)),
                     };
-                    let key = EntryKey::Neigh {
-                        vni: k.vni,
-                        ip: ip_from16(k.ip),
-                    };
+                    let key = EntryKey::Neigh { vni: k.vni, ip: ip_from16(k.ip) };
                     out.push(MapEntry { key, ofport });
                 }
             }
             Step::TunnelByRemote => {
                 for row in self.by_remote.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let key = EntryKey::Tunnel(TunnelKey {
-                        remote: ip_from16(k.remote),
-                        vni: k.vni,
-                    });
-                    out.push(MapEntry {
-                        key,
-                        ofport: owner(v),
-                    });
+                    let key = EntryKey::Tunnel(TunnelKey { remote: ip_from16(k.remote), vni: k.vni });
+                    out.push(MapEntry { key, ofport: owner(v) });
                 }
             }
         }
@@ -552,45 +433,24 @@ impl Datapath for BpfDatapath {
                 };
                 // Also stale: the number under another interface too.
                 let only_here = self.local_port_keys(number)? == [ifindex];
-                found(
-                    self.local_ports
-                        .get(&ifindex, 0)
-                        .map(|v| only_here && v == local_port_value(p, ofport)),
-                )
+                found(self.local_ports.get(&ifindex, 0).map(|v| only_here && v == local_port_value(p, ofport)))
             }
             Step::PortKey => {
                 let p = local(port)?;
-                found(
-                    self.port_keys
-                        .get(&port_key(p.vni, p.port_key), 0)
-                        .map(|v| v == fdb_entry(p, ofport)),
-                )
+                found(self.port_keys.get(&port_key(p.vni, p.port_key), 0).map(|v| v == fdb_entry(p, ofport)))
             }
             Step::Fdb => {
                 let p = local(port)?;
-                found(
-                    self.fdb
-                        .get(&fdb_key(p.vni, p.mac), 0)
-                        .map(|v| v == fdb_entry(p, ofport)),
-                )
+                found(self.fdb.get(&fdb_key(p.vni, p.mac), 0).map(|v| v == fdb_entry(p, ofport)))
             }
             Step::Neigh => {
                 let p = local(port)?;
                 let Some(ip) = p.ip else { return Ok(false) };
-                found(
-                    self.neigh
-                        .get(&neigh_key(p.vni, ip), 0)
-                        .map(|v| v.mac == p.mac.0),
-                )
+                found(self.neigh.get(&neigh_key(p.vni, ip), 0).map(|v| v.mac == p.mac.0))
             }
             Step::TunnelPort => {
                 let want = tunnel_value(tunnel(port)?);
-                found(self.tunnels.get(&number, 0).map(|v| {
-                    Tunnel {
-                        nexthop_mac: [0; 6],
-                        ..v
-                    } == want
-                }))
+                found(self.tunnels.get(&number, 0).map(|v| Tunnel { nexthop_mac: [0; 6], ..v } == want))
             }
             // Key and value (the number) are all there is; `list` saw both.
             Step::TunnelByRemote => Ok(true),

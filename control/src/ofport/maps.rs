@@ -37,15 +37,8 @@ impl Step {
     /// Every map, in the order `reconcile` visits them. `Neigh` comes
     /// before `Fdb` because a NEIGH entry's owner is found through FDB:
     /// removing FDB orphans first would hide the NEIGH orphans behind them.
-    pub const ALL: &'static [Step] = &[
-        Step::Devmap,
-        Step::LocalPort,
-        Step::PortKey,
-        Step::Neigh,
-        Step::Fdb,
-        Step::TunnelPort,
-        Step::TunnelByRemote,
-    ];
+    pub const ALL: &'static [Step] =
+        &[Step::Devmap, Step::LocalPort, Step::PortKey, Step::Neigh, Step::Fdb, Step::TunnelPort, Step::TunnelByRemote];
 
     /// What an operator reads in an error.
     pub const fn name(self) -> &'static str {
@@ -89,13 +82,7 @@ impl PortKind {
         match self {
             // The redirect target exists before any lookup can lead to it;
             // FDB and NEIGH, which make the port's MAC and IP known, last.
-            PortKind::Local => &[
-                Step::Devmap,
-                Step::LocalPort,
-                Step::PortKey,
-                Step::Fdb,
-                Step::Neigh,
-            ],
+            PortKind::Local => &[Step::Devmap, Step::LocalPort, Step::PortKey, Step::Fdb, Step::Neigh],
             // Ingress finds a tunnel through the remote index, which must
             // only point at a number the tunnel table already describes.
             PortKind::Tunnel => &[Step::TunnelPort, Step::TunnelByRemote],
@@ -161,25 +148,13 @@ impl MapEntry {
         let number = u32::from(ofport.get());
         let key = match (step, port) {
             (Step::Devmap | Step::LocalPort | Step::TunnelPort, _) => EntryKey::Port(number),
-            (Step::PortKey, PortSpec::Local(p)) => EntryKey::PortKey {
-                vni: p.vni,
-                port_key: p.port_key,
-            },
-            (Step::Fdb, PortSpec::Local(p)) => EntryKey::Mac {
-                vni: p.vni,
-                mac: p.mac,
-            },
-            (Step::Neigh, PortSpec::Local(p)) => EntryKey::Neigh {
-                vni: p.vni,
-                ip: p.ip?.to_canonical(),
-            },
+            (Step::PortKey, PortSpec::Local(p)) => EntryKey::PortKey { vni: p.vni, port_key: p.port_key },
+            (Step::Fdb, PortSpec::Local(p)) => EntryKey::Mac { vni: p.vni, mac: p.mac },
+            (Step::Neigh, PortSpec::Local(p)) => EntryKey::Neigh { vni: p.vni, ip: p.ip?.to_canonical() },
             (Step::TunnelByRemote, _) => EntryKey::Tunnel(port.tunnel_key()?),
             _ => return None,
         };
-        Some(MapEntry {
-            key,
-            ofport: Some(ofport),
-        })
+        Some(MapEntry { key, ofport: Some(ofport) })
     }
 }
 

@@ -32,13 +32,7 @@ pub struct Fault {
 impl Fault {
     /// The next matching operation on `step` fails with `error`.
     pub fn once(step: Step, op: FaultOp, error: MapError) -> Self {
-        Fault {
-            step,
-            op,
-            port_name: None,
-            remaining: Some(1),
-            error,
-        }
+        Fault { step, op, port_name: None, remaining: Some(1), error }
     }
 }
 
@@ -75,20 +69,14 @@ impl MemDatapath {
             .get(&step)
             .into_iter()
             .flatten()
-            .map(|(key, ofport)| MapEntry {
-                key: *key,
-                ofport: *ofport,
-            })
+            .map(|(key, ofport)| MapEntry { key: *key, ofport: *ofport })
             .collect()
     }
 
     /// Writes an entry behind the port map's back, as a crashed controller
     /// or a stray tool would; for reconciliation tests.
     pub fn put_raw(&mut self, step: Step, entry: MapEntry) {
-        self.maps
-            .entry(step)
-            .or_default()
-            .insert(entry.key, entry.ofport);
+        self.maps.entry(step).or_default().insert(entry.key, entry.ofport);
     }
 
     /// Deletes an entry behind the port map's back.
@@ -148,10 +136,7 @@ impl Datapath for MemDatapath {
     fn list(&self, step: Step) -> Result<Vec<MapEntry>, MapError> {
         // `list` takes `&self`, so list faults are checked without being
         // consumed: they last until `clear_faults`.
-        let fault = self
-            .faults
-            .iter()
-            .find(|f| f.step == step && f.op == FaultOp::List);
+        let fault = self.faults.iter().find(|f| f.step == step && f.op == FaultOp::List);
         if let Some(f) = fault {
             return Err(f.error.clone());
         }
@@ -197,8 +182,7 @@ impl Store for MemStore {
 
     fn put(&mut self, record: &PortRecord) -> Result<(), StoreError> {
         self.take_fault()?;
-        self.records
-            .insert(record.name().to_owned(), record.clone());
+        self.records.insert(record.name().to_owned(), record.clone());
         Ok(())
     }
 

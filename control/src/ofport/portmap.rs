@@ -37,28 +37,18 @@ pub enum PortError {
     Invalid { name: String, cause: SpecError },
     #[error("port {name:?} already exists with a different spec (ofport {ofport})")]
     NameTaken { name: String, ofport: OfPort },
-    #[error("tunnel {name:?} duplicates tunnel {existing:?} ({key}): a redundant tunnel can never carry traffic, refused")]
-    DuplicateTunnel {
-        name: String,
-        existing: String,
-        key: TunnelKey,
-    },
+    #[error(
+        "tunnel {name:?} duplicates tunnel {existing:?} ({key}): a redundant tunnel can never carry traffic, refused"
+    )]
+    DuplicateTunnel { name: String, existing: String, key: TunnelKey },
     #[error("port {name:?} conflicts with port {existing:?}: both use {claim}")]
-    Conflict {
-        name: String,
-        existing: String,
-        claim: Claim,
-    },
+    Conflict { name: String, existing: String, claim: Claim },
     #[error("no port named {name:?}")]
     NotFound { name: String },
     #[error("port {name:?}: {cause}")]
     Txn { name: String, cause: TxnError },
     #[error("port {name:?}: replacement failed ({cause}) and restoring the old port failed too ({restore}); the port is gone")]
-    ReplaceLost {
-        name: String,
-        cause: Box<PortError>,
-        restore: TxnError,
-    },
+    ReplaceLost { name: String, cause: Box<PortError>, restore: TxnError },
 }
 
 #[derive(Debug, Error)]
@@ -72,11 +62,7 @@ pub enum OpenError {
     #[error("stored port {name:?} appears twice")]
     DuplicateName { name: String },
     #[error("stored port {name:?} conflicts with port {existing:?}: both use {claim}")]
-    Conflict {
-        name: String,
-        existing: String,
-        claim: Claim,
-    },
+    Conflict { name: String, existing: String, claim: Claim },
 }
 
 #[derive(Debug, Error)]
@@ -87,10 +73,7 @@ pub enum ApplyError {
     /// before the next successful write would lose them, and the next
     /// start would reconcile the maps back to the stored ports.
     #[error("applied, but making the changes durable failed: {cause}")]
-    Sync {
-        cause: StoreError,
-        report: Box<ApplyReport>,
-    },
+    Sync { cause: StoreError, report: Box<ApplyReport> },
 }
 
 /// What `apply_desired` changed. Re-applying the same desired state gives
@@ -128,13 +111,8 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// across restarts. Does not touch the datapath; call `reconcile` next.
     pub fn open(datapath: D, store: S, config: AllocatorConfig) -> Result<Self, OpenError> {
         let records = store.load().map_err(|cause| OpenError::Load { cause })?;
-        let mut map = PortMap {
-            alloc: Allocator::new(config),
-            ports: BTreeMap::new(),
-            claims: BTreeMap::new(),
-            datapath,
-            store,
-        };
+        let mut map =
+            PortMap { alloc: Allocator::new(config), ports: BTreeMap::new(), claims: BTreeMap::new(), datapath, store };
         for record in records {
             let name = record.name().to_owned();
             if let Err(cause) = record.spec.validate() {
@@ -146,11 +124,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             for claim in record.spec.claims() {
                 if let Some(existing) = map.claims.get(&claim) {
                     let existing = existing.clone();
-                    return Err(OpenError::Conflict {
-                        name,
-                        existing,
-                        claim,
-                    });
+                    return Err(OpenError::Conflict { name, existing, claim });
                 }
             }
             if let Err(cause) = map.alloc.restore(record.ofport) {
@@ -178,9 +152,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             return Err(PortError::NameTaken { name, ofport });
         }
         self.check_claims_free(spec, None)?;
-        let ofport = self
-            .run_add(spec, spec.ofport_request(), now)
-            .map_err(|cause| txn_error(spec, cause))?;
+        let ofport = self.run_add(spec, spec.ofport_request(), now).map_err(|cause| txn_error(spec, cause))?;
         tracing::debug!(port = name, %ofport, "port added");
         Ok(Added::Created(ofport))
     }
@@ -192,14 +164,10 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             let name = name.to_owned();
             return Err(PortError::NotFound { name });
         };
-        Txn {
-            alloc: &mut self.alloc,
-            datapath: &mut self.datapath,
-            store: &mut self.store,
-        }
-        .delete(&record, now)
-        .inspect_err(|e| warn_if_dirty(&record.spec, e))
-        .map_err(|cause| txn_error(&record.spec, cause))?;
+        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+            .delete(&record, now)
+            .inspect_err(|e| warn_if_dirty(&record.spec, e))
+            .map_err(|cause| txn_error(&record.spec, cause))?;
         self.unindex(&record);
         tracing::debug!(port = name, ofport = %record.ofport, "port deleted");
         Ok(record.ofport)
@@ -236,11 +204,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         // request overrides that, so the old port gets its number back.
         match self.run_add(&old.spec, Some(old.ofport.get()), now) {
             Ok(_) => Err(cause),
-            Err(restore) => Err(PortError::ReplaceLost {
-                name: name.to_owned(),
-                cause: Box::new(cause),
-                restore,
-            }),
+            Err(restore) => Err(PortError::ReplaceLost { name: name.to_owned(), cause: Box::new(cause), restore }),
         }
     }
 
@@ -254,29 +218,18 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// acknowledgement, so nothing is acknowledged before it is durable.
     /// A crash mid-batch loses the batch's store writes; the next start
     /// reconciles the maps back to the last durable state.
-    pub fn apply_desired(
-        &mut self,
-        desired: &[PortSpec],
-        now: Instant,
-    ) -> Result<ApplyReport, ApplyError> {
+    pub fn apply_desired(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
         self.store.defer_sync();
         let report = self.apply_desired_deferred(desired, now);
         let synced = self.store.sync();
         let report = report?;
         match synced {
             Ok(()) => Ok(report),
-            Err(cause) => Err(ApplyError::Sync {
-                cause,
-                report: Box::new(report),
-            }),
+            Err(cause) => Err(ApplyError::Sync { cause, report: Box::new(report) }),
         }
     }
 
-    fn apply_desired_deferred(
-        &mut self,
-        desired: &[PortSpec],
-        now: Instant,
-    ) -> Result<ApplyReport, ApplyError> {
+    fn apply_desired_deferred(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
         let mut wanted: BTreeMap<&str, &PortSpec> = BTreeMap::new();
         for spec in desired {
             if wanted.insert(spec.name(), spec).is_some() {
@@ -285,12 +238,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             }
         }
         let mut report = ApplyReport::default();
-        let gone: Vec<String> = self
-            .ports
-            .keys()
-            .filter(|name| !wanted.contains_key(name.as_str()))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.ports.keys().filter(|name| !wanted.contains_key(name.as_str())).cloned().collect();
         let (mut changed, mut missing) = (Vec::new(), Vec::new());
         for spec in desired {
             match self.ports.get(spec.name()) {
@@ -332,10 +280,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         for failure in &report.failed {
             tracing::warn!(%failure, "reconcile could not repair an entry");
         }
-        if !(report.recreated.is_empty()
-            && report.removed.is_empty()
-            && report.rewritten.is_empty())
-        {
+        if !(report.recreated.is_empty() && report.removed.is_empty() && report.rewritten.is_empty()) {
             tracing::info!(
                 recreated = report.recreated.len(),
                 removed = report.removed.len(),
@@ -389,23 +334,11 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     }
 
     /// Runs an add transaction and indexes the result.
-    fn run_add(
-        &mut self,
-        spec: &PortSpec,
-        request: Option<u16>,
-        now: Instant,
-    ) -> Result<OfPort, TxnError> {
-        let ofport = Txn {
-            alloc: &mut self.alloc,
-            datapath: &mut self.datapath,
-            store: &mut self.store,
-        }
-        .add(spec, request, now)
-        .inspect_err(|e| warn_if_dirty(spec, e))?;
-        self.index(PortRecord {
-            ofport,
-            spec: spec.clone(),
-        });
+    fn run_add(&mut self, spec: &PortSpec, request: Option<u16>, now: Instant) -> Result<OfPort, TxnError> {
+        let ofport = Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+            .add(spec, request, now)
+            .inspect_err(|e| warn_if_dirty(spec, e))?;
+        self.index(PortRecord { ofport, spec: spec.clone() });
         Ok(ofport)
     }
 
@@ -421,16 +354,8 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             }
             let (name, existing) = (spec.name().to_owned(), owner.clone());
             return Err(match claim {
-                Claim::Tunnel(key) => PortError::DuplicateTunnel {
-                    name,
-                    existing,
-                    key,
-                },
-                claim => PortError::Conflict {
-                    name,
-                    existing,
-                    claim,
-                },
+                Claim::Tunnel(key) => PortError::DuplicateTunnel { name, existing, key },
+                claim => PortError::Conflict { name, existing, claim },
             });
         }
         Ok(())
@@ -443,15 +368,10 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             Err(_) => AllocError::RequestedOutOfRange { value: request },
             Ok(port) => match self.alloc.state(port) {
                 PortState::Free | PortState::HeldDown { .. } => return Ok(()),
-                PortState::Reserved | PortState::Committed | PortState::Stranded => {
-                    AllocError::RequestedInUse { port }
-                }
+                PortState::Reserved | PortState::Committed | PortState::Stranded => AllocError::RequestedInUse { port },
             },
         };
-        Err(PortError::Txn {
-            name: name.to_owned(),
-            cause: TxnError::Number { cause },
-        })
+        Err(PortError::Txn { name: name.to_owned(), cause: TxnError::Number { cause } })
     }
 
     fn index(&mut self, record: PortRecord) {
@@ -470,10 +390,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
 }
 
 fn txn_error(spec: &PortSpec, cause: TxnError) -> PortError {
-    PortError::Txn {
-        name: spec.name().to_owned(),
-        cause,
-    }
+    PortError::Txn { name: spec.name().to_owned(), cause }
 }
 
 /// A clean failure is the caller's to report. A failed undo leaves the

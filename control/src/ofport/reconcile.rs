@@ -22,10 +22,7 @@ pub struct ReconcileReport {
 impl ReconcileReport {
     /// Nothing needed repair and nothing failed.
     pub fn is_noop(&self) -> bool {
-        self.recreated.is_empty()
-            && self.removed.is_empty()
-            && self.rewritten.is_empty()
-            && self.failed.is_empty()
+        self.recreated.is_empty() && self.removed.is_empty() && self.rewritten.is_empty() && self.failed.is_empty()
     }
 }
 
@@ -77,30 +74,18 @@ pub fn reconcile<'a, D: Datapath>(
         let present: BTreeSet<MapEntry> = match datapath.list(step) {
             Ok(entries) => entries.into_iter().collect(),
             Err(cause) => {
-                report.failed.push(RepairFailure {
-                    step,
-                    action: RepairAction::List,
-                    cause,
-                });
+                report.failed.push(RepairFailure { step, action: RepairAction::List, cause });
                 continue;
             }
         };
         for entry in present.iter().filter(|e| !wanted.contains_key(e)) {
             match datapath.remove(step, entry) {
                 Ok(()) | Err(MapError::NotFound) => report.removed.push((step, *entry)),
-                Err(cause) => report.failed.push(RepairFailure {
-                    step,
-                    action: RepairAction::Remove(*entry),
-                    cause,
-                }),
+                Err(cause) => report.failed.push(RepairFailure { step, action: RepairAction::Remove(*entry), cause }),
             }
         }
         for (entry, record) in wanted.iter().filter(|(e, _)| present.contains(e)) {
-            let fail = |cause| RepairFailure {
-                step,
-                action: RepairAction::Rewrite(*entry),
-                cause,
-            };
+            let fail = |cause| RepairFailure { step, action: RepairAction::Rewrite(*entry), cause };
             match datapath.is_current(step, &record.spec, record.ofport) {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -110,9 +95,7 @@ pub fn reconcile<'a, D: Datapath>(
                 }
             }
             let rewrite = match datapath.remove(step, entry) {
-                Ok(()) | Err(MapError::NotFound) => {
-                    datapath.insert(step, &record.spec, record.ofport)
-                }
+                Ok(()) | Err(MapError::NotFound) => datapath.insert(step, &record.spec, record.ofport),
                 Err(e) => Err(e),
             };
             match rewrite {
@@ -123,11 +106,7 @@ pub fn reconcile<'a, D: Datapath>(
         for (entry, record) in wanted.iter().filter(|(e, _)| !present.contains(e)) {
             match datapath.insert(step, &record.spec, record.ofport) {
                 Ok(()) => report.recreated.push((step, *entry)),
-                Err(cause) => report.failed.push(RepairFailure {
-                    step,
-                    action: RepairAction::Recreate(*entry),
-                    cause,
-                }),
+                Err(cause) => report.failed.push(RepairFailure { step, action: RepairAction::Recreate(*entry), cause }),
             }
         }
     }

@@ -25,18 +25,10 @@ impl RedbStore {
 
     /// Opens (creating if needed) `state_dir/ofports.redb`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io {
-            path: state_dir.to_owned(),
-            cause,
-        })?;
+        std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io { path: state_dir.to_owned(), cause })?;
         let path = state_dir.join(Self::FILE_NAME);
         let db = Database::create(&path).map_err(|e| db_err("open", &path, e))?;
-        let mut store = RedbStore {
-            db,
-            path,
-            deferred: false,
-            dirty: false,
-        };
+        let mut store = RedbStore { db, path, deferred: false, dirty: false };
         // Create the table up front so `load` on a fresh file finds it.
         store.write("create table", |_| Ok(()))?;
         Ok(store)
@@ -58,8 +50,7 @@ impl RedbStore {
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
         if self.deferred {
-            txn.set_durability(Durability::None)
-                .map_err(|e| self.err(op, e))?;
+            txn.set_durability(Durability::None).map_err(|e| self.err(op, e))?;
             self.dirty = true;
         }
         {
@@ -75,11 +66,7 @@ impl RedbStore {
 }
 
 fn db_err(op: &'static str, path: &Path, cause: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db {
-        op,
-        path: path.to_owned(),
-        cause: Box::new(cause.into()),
-    }
+    StoreError::Db { op, path: path.to_owned(), cause: Box::new(cause.into()) }
 }
 
 impl Store for RedbStore {
@@ -91,16 +78,10 @@ impl Store for RedbStore {
         for row in table.iter().map_err(|e| self.err(op, e))? {
             let (key, value) = row.map_err(|e| self.err(op, e))?;
             let key = key.value();
-            let record: PortRecord =
-                serde_json::from_str(value.value()).map_err(|cause| StoreError::Codec {
-                    key: key.to_owned(),
-                    cause,
-                })?;
+            let record: PortRecord = serde_json::from_str(value.value())
+                .map_err(|cause| StoreError::Codec { key: key.to_owned(), cause })?;
             if record.name() != key {
-                return Err(StoreError::KeyMismatch {
-                    key: key.to_owned(),
-                    found: record.name().to_owned(),
-                });
+                return Err(StoreError::KeyMismatch { key: key.to_owned(), found: record.name().to_owned() });
             }
             records.push(record);
         }
@@ -108,10 +89,8 @@ impl Store for RedbStore {
     }
 
     fn put(&mut self, record: &PortRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).map_err(|cause| StoreError::Codec {
-            key: record.name().to_owned(),
-            cause,
-        })?;
+        let json = serde_json::to_string(record)
+            .map_err(|cause| StoreError::Codec { key: record.name().to_owned(), cause })?;
         self.write("put", |table| {
             table.insert(record.name(), json.as_str())?;
             Ok(())
@@ -135,8 +114,7 @@ impl Store for RedbStore {
             return Ok(());
         }
         // An empty durable commit carries the deferred ones to disk.
-        self.write("sync", |_| Ok(()))
-            .inspect_err(|_| self.dirty = true)
+        self.write("sync", |_| Ok(())).inspect_err(|_| self.dirty = true)
     }
 }
 
@@ -171,15 +149,10 @@ mod tests {
             store.put(&record("b", 0xfeff)).expect("put");
             store.put(&record("c", 3)).expect("put");
             store.delete("c").expect("delete");
-            store
-                .delete("never-existed")
-                .expect("absent delete is fine");
+            store.delete("never-existed").expect("absent delete is fine");
         }
         let store = RedbStore::open(&state).expect("reopen");
-        assert_eq!(
-            store.load().expect("load"),
-            [record("a", 1), record("b", 0xfeff)]
-        );
+        assert_eq!(store.load().expect("load"), [record("a", 1), record("b", 0xfeff)]);
         assert!(store.path().ends_with(RedbStore::FILE_NAME));
     }
 

@@ -148,10 +148,7 @@ impl PortSpec {
     pub fn tunnel_key(&self) -> Option<TunnelKey> {
         match self {
             PortSpec::Local(_) => None,
-            PortSpec::Tunnel(t) => Some(TunnelKey {
-                remote: t.remote.to_canonical(),
-                vni: t.vni,
-            }),
+            PortSpec::Tunnel(t) => Some(TunnelKey { remote: t.remote.to_canonical(), vni: t.vni }),
         }
     }
 
@@ -162,10 +159,7 @@ impl PortSpec {
                 let vni = p.vni;
                 let mut claims = vec![
                     Claim::Ifname(p.ifname.clone()),
-                    Claim::PortKey {
-                        vni,
-                        port_key: p.port_key,
-                    },
+                    Claim::PortKey { vni, port_key: p.port_key },
                     Claim::Mac { vni, mac: p.mac },
                 ];
                 if let Some(ip) = p.ip {
@@ -188,13 +182,9 @@ impl PortSpec {
             PortSpec::Local(p) => {
                 let bad_ifname = p.ifname.is_empty()
                     || p.ifname.len() > IFNAME_MAX
-                    || p.ifname
-                        .chars()
-                        .any(|c| c == '/' || c == '\0' || c.is_whitespace());
+                    || p.ifname.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace());
                 if bad_ifname {
-                    return Err(SpecError::IfName {
-                        value: p.ifname.clone(),
-                    });
+                    return Err(SpecError::IfName { value: p.ifname.clone() });
                 }
                 check_vni(p.vni)?;
                 if p.port_key == 0 || p.port_key > PORT_KEY_MAX {
@@ -329,10 +319,7 @@ mod tests {
         let mut p = local();
         p.vni = 1 << 24;
         let e = PortSpec::Local(p).validate().expect_err("vni");
-        assert_eq!(
-            e.to_string(),
-            "vni: 16777216 is out of range (0..=16777215)"
-        );
+        assert_eq!(e.to_string(), "vni: 16777216 is out of range (0..=16777215)");
 
         for key in [0, 0x8000] {
             let mut p = local();
@@ -345,17 +332,11 @@ mod tests {
         let mut p = local();
         p.mac = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
         let e = PortSpec::Local(p).validate().expect_err("mac");
-        assert_eq!(
-            e.to_string(),
-            "mac: 01:00:5e:00:00:01 is not a unicast address"
-        );
+        assert_eq!(e.to_string(), "mac: 01:00:5e:00:00:01 is not a unicast address");
 
         let mut p = local();
         p.ifname = "a-very-long-interface".into();
-        assert!(matches!(
-            PortSpec::Local(p).validate(),
-            Err(SpecError::IfName { .. })
-        ));
+        assert!(matches!(PortSpec::Local(p).validate(), Err(SpecError::IfName { .. })));
 
         let mut t = tunnel();
         t.remote = "224.0.0.1".parse().expect("ip");

@@ -26,10 +26,7 @@ impl PortRecord {
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("{}: {cause}", path.display())]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{op} {}: {cause}", path.display())]
     Db {
         op: &'static str,
@@ -38,10 +35,7 @@ pub enum StoreError {
         cause: Box<redb::Error>,
     },
     #[error("record {key:?}: {cause}")]
-    Codec {
-        key: String,
-        cause: serde_json::Error,
-    },
+    Codec { key: String, cause: serde_json::Error },
     #[error("record {key:?} holds port {found:?}")]
     KeyMismatch { key: String, found: String },
     #[error("injected write failure")]

@@ -30,14 +30,7 @@ fn port(n: u16) -> OfPort {
 }
 
 fn tunnel(name: &str, remote: IpAddr, vni: u32) -> PortSpec {
-    PortSpec::Tunnel(TunnelPort {
-        name: name.into(),
-        remote,
-        vni,
-        bfd: true,
-        ovn_metadata: true,
-        ofport_request: None,
-    })
+    PortSpec::Tunnel(TunnelPort { name: name.into(), remote, vni, bfd: true, ovn_metadata: true, ofport_request: None })
 }
 
 fn local(name: &str, port_key: u16) -> PortSpec {
@@ -78,10 +71,7 @@ fn snapshot(pm: &MemMap) -> Snapshot {
         in_use: pm.allocator().in_use(),
         stranded: pm.allocator().stranded().collect(),
         store: pm.store().records().cloned().collect(),
-        maps: Step::ALL
-            .iter()
-            .map(|&s| (s, pm.datapath().entries(s)))
-            .collect(),
+        maps: Step::ALL.iter().map(|&s| (s, pm.datapath().entries(s))).collect(),
     }
 }
 
@@ -94,18 +84,12 @@ fn check_consistent(pm: &MemMap) {
     numbers.sort();
     let committed: Vec<OfPort> = pm.allocator().committed().collect();
     assert_eq!(committed, numbers, "allocator vs committed ports");
-    assert_eq!(
-        pm.allocator().in_use(),
-        ports.len(),
-        "a number is reserved or stranded without a port"
-    );
+    assert_eq!(pm.allocator().in_use(), ports.len(), "a number is reserved or stranded without a port");
     let store: Vec<&PortRecord> = pm.store().records().collect();
     assert_eq!(store, ports, "store vs committed ports");
     for &step in Step::ALL {
-        let want: BTreeSet<MapEntry> = ports
-            .iter()
-            .filter_map(|r| MapEntry::for_step(step, &r.spec, r.ofport))
-            .collect();
+        let want: BTreeSet<MapEntry> =
+            ports.iter().filter_map(|r| MapEntry::for_step(step, &r.spec, r.ofport)).collect();
         let have: BTreeSet<MapEntry> = pm.datapath().entries(step).into_iter().collect();
         assert_eq!(have, want, "{step} vs committed ports");
         for e in &have {
@@ -138,18 +122,7 @@ fn exhaustion_is_typed_and_harmless() {
     let before = snapshot(&pm);
     let extra = tunnel("one-too-many", ip("198.51.100.1"), 1);
     let err = pm.add(&extra, t0).expect_err("exhausted");
-    assert!(
-        matches!(
-            err,
-            PortError::Txn {
-                cause: TxnError::Number {
-                    cause: AllocError::Exhausted
-                },
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, PortError::Txn { cause: TxnError::Number { cause: AllocError::Exhausted }, .. }), "{err}");
     assert_eq!(snapshot(&pm), before, "existing ports unaffected");
 
     // The upper half is for requests and still available.
@@ -164,25 +137,14 @@ fn exhaustion_is_typed_and_harmless() {
     // With every automatic number in use, deleting two makes them the
     // only candidates: hold-down cannot be honoured, so the least recently
     // freed is taken (as OVS does) rather than failing.
-    pm.delete("t199", t0 + Duration::from_secs(1))
-        .expect("delete");
-    pm.delete("t99", t0 + Duration::from_secs(2))
-        .expect("delete");
+    pm.delete("t199", t0 + Duration::from_secs(1)).expect("delete");
+    pm.delete("t99", t0 + Duration::from_secs(2)).expect("delete");
     let soon = t0 + Duration::from_secs(3);
-    let a = pm
-        .add(&tunnel("a", ip("198.51.100.3"), 1), soon)
-        .expect("held number");
-    let b = pm
-        .add(&tunnel("b", ip("198.51.100.4"), 1), soon)
-        .expect("held number");
+    let a = pm.add(&tunnel("a", ip("198.51.100.3"), 1), soon).expect("held number");
+    let b = pm.add(&tunnel("b", ip("198.51.100.4"), 1), soon).expect("held number");
     assert_eq!((a.ofport(), b.ofport()), (port(200), port(100)));
-    let err = pm
-        .add(&tunnel("c", ip("198.51.100.5"), 1), soon)
-        .expect_err("full again");
-    assert!(
-        err.to_string().contains("no OpenFlow port number left"),
-        "{err}"
-    );
+    let err = pm.add(&tunnel("c", ip("198.51.100.5"), 1), soon).expect_err("full again");
+    assert!(err.to_string().contains("no OpenFlow port number left"), "{err}");
     check_consistent(&pm);
 }
 
@@ -195,17 +157,10 @@ fn freed_number_returns_only_after_hold_down() {
     }
     let freed = pm.delete("vm2", t0).expect("delete");
     assert_eq!(freed, port(2));
-    assert_eq!(
-        pm.allocator().state(freed),
-        PortState::HeldDown { since: t0 }
-    );
+    assert_eq!(pm.allocator().state(freed), PortState::HeldDown { since: t0 });
 
     let early = pm.add(&local("vm4", 4), t0 + HOLD - Duration::from_millis(1));
-    assert_eq!(
-        early.expect("add").ofport(),
-        port(4),
-        "2 is still held down"
-    );
+    assert_eq!(early.expect("add").ofport(), port(4), "2 is still held down");
     let late = pm.add(&local("vm5", 5), t0 + HOLD);
     assert_eq!(late.expect("add").ofport(), port(2), "hold-down is over");
     check_consistent(&pm);
@@ -217,9 +172,8 @@ fn freed_number_returns_only_after_hold_down() {
 fn seed_redundant_chassis_costs_nothing() {
     let t0 = Instant::now();
     let mut pm = new_map();
-    let mut desired: Vec<PortSpec> = (0..8)
-        .map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5))
-        .collect();
+    let mut desired: Vec<PortSpec> =
+        (0..8).map(|i| tunnel(&format!("ovn-hv{i}-0"), IpAddr::from([198, 51, 100, i]), 5)).collect();
     desired.push(local("vm1", 1));
     desired.push(local("vm2", 2));
     let report = pm.apply_desired(&desired, t0).expect("apply");
@@ -268,11 +222,7 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
     for i in 0..100_000u64 {
         let now = t0 + Duration::from_millis(i);
         let err = pm.add(&doomed, now).expect_err("datapath refuses");
-        let PortError::Txn {
-            cause: TxnError::Insert { step, undo, .. },
-            ..
-        } = &err
-        else {
+        let PortError::Txn { cause: TxnError::Insert { step, undo, .. }, .. } = &err else {
             panic!("unexpected error {err}");
         };
         assert_eq!(*step, Step::TunnelByRemote);
@@ -280,18 +230,12 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
         assert_eq!(pm.allocator().in_use(), 8);
         if i == 0 {
             assert!(
-                err.to_string().starts_with(
-                    "port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"
-                ),
+                err.to_string().starts_with("port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"),
                 "{err}"
             );
         }
     }
-    assert_eq!(
-        snapshot(&pm),
-        before,
-        "nothing left behind, others untouched"
-    );
+    assert_eq!(snapshot(&pm), before, "nothing left behind, others untouched");
     assert_eq!(pm.allocator().held_down(), 0, "aborts skip hold-down");
 
     // Once the datapath relents the tunnel gets the next number, 9: none
@@ -310,38 +254,22 @@ fn map_full_mid_transaction_rolls_back() {
     fill_tunnels(&mut pm, 4, t0);
     let before = snapshot(&pm);
 
-    let err = pm
-        .add(&tunnel("t4", ip("198.51.100.99"), 1), t0)
-        .expect_err("tunnel table is full");
-    assert_eq!(
-        err.to_string(),
-        "port \"t4\": tunnel remote index: map full (max_entries 4)"
-    );
+    let err = pm.add(&tunnel("t4", ip("198.51.100.99"), 1), t0).expect_err("tunnel table is full");
+    assert_eq!(err.to_string(), "port \"t4\": tunnel remote index: map full (max_entries 4)");
     // The tunnel-table entry inserted before the failing step is gone again,
     // and number 5 was not consumed.
     assert_eq!(snapshot(&pm), before);
-    let added = pm
-        .add(&local("vm1", 1), t0)
-        .expect("local ports need no tunnel entry");
+    let added = pm.add(&local("vm1", 1), t0).expect("local ports need no tunnel entry");
     assert_eq!(added.ofport(), port(5));
     check_consistent(&pm);
 
-    pm.datapath_mut().inject(Fault::once(
-        Step::TunnelPort,
-        FaultOp::Insert,
-        MapError::Full { max_entries: 4096 },
-    ));
+    pm.datapath_mut().inject(Fault::once(Step::TunnelPort, FaultOp::Insert, MapError::Full { max_entries: 4096 }));
     pm.delete("t0", t0).expect("make room");
-    let err = pm
-        .add(&tunnel("t5", ip("198.51.100.98"), 1), t0)
-        .expect_err("injected");
+    let err = pm.add(&tunnel("t5", ip("198.51.100.98"), 1), t0).expect_err("injected");
     let PortError::Txn { cause, .. } = &err else {
         panic!("unexpected error {err}");
     };
-    assert_eq!(
-        cause.to_string(),
-        "tunnel table: map full (max_entries 4096)"
-    );
+    assert_eq!(cause.to_string(), "tunnel table: map full (max_entries 4096)");
     check_consistent(&pm);
 }
 
@@ -352,21 +280,13 @@ fn store_failure_undoes_every_insert() {
     pm.add(&local("vm1", 1), t0).expect("add");
     let before = snapshot(&pm);
     pm.store_mut().fail_next_writes(1);
-    let err = pm
-        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
-        .expect_err("store fails");
+    let err = pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0).expect_err("store fails");
     assert_eq!(err.to_string(), "port \"t\": store: injected write failure");
     assert_eq!(snapshot(&pm), before);
 
     pm.store_mut().fail_next_writes(1);
     let err = pm.delete("vm1", t0).expect_err("store fails");
-    assert!(matches!(
-        err,
-        PortError::Txn {
-            cause: TxnError::Store { .. },
-            ..
-        }
-    ));
+    assert!(matches!(err, PortError::Txn { cause: TxnError::Store { .. }, .. }));
     assert_eq!(snapshot(&pm), before, "failed delete restores the entries");
     check_consistent(&pm);
 }
@@ -376,27 +296,15 @@ fn failed_undo_strands_the_number_until_reconcile() {
     let t0 = Instant::now();
     let mut pm = new_map();
     let dp = pm.datapath_mut();
-    dp.inject(Fault::once(
-        Step::TunnelByRemote,
-        FaultOp::Insert,
-        MapError::Exists,
-    ));
-    dp.inject(Fault::once(
-        Step::TunnelPort,
-        FaultOp::Remove,
-        MapError::Os { errno: 1 },
-    ));
-    let err = pm
-        .add(&tunnel("t", ip("198.51.100.1"), 1), t0)
-        .expect_err("insert fails, then its undo");
+    dp.inject(Fault::once(Step::TunnelByRemote, FaultOp::Insert, MapError::Exists));
+    dp.inject(Fault::once(Step::TunnelPort, FaultOp::Remove, MapError::Os { errno: 1 }));
+    let err = pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0).expect_err("insert fails, then its undo");
     let undo = match &err {
         PortError::Txn { cause, .. } => cause.undo().cloned(),
         _ => None,
     };
     assert_eq!(undo.and_then(|u| u.stranded), Some(port(1)), "{err}");
-    assert!(err
-        .to_string()
-        .contains("tunnel table: remove: Operation not permitted"));
+    assert!(err.to_string().contains("tunnel table: remove: Operation not permitted"));
     assert_eq!(pm.allocator().state(port(1)), PortState::Stranded);
     // The leftover tunnel-table entry still names 1, so 1 is not handed out.
     let added = pm.add(&local("vm1", 1), t0).expect("add");
@@ -414,35 +322,22 @@ fn failed_delete_keeps_the_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0)
-        .expect("add");
+    pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0).expect("add");
     let before = snapshot(&pm);
     for &step in Step::ALL {
         for name in ["vm1", "t"] {
-            pm.datapath_mut().inject(Fault::once(
-                step,
-                FaultOp::Remove,
-                MapError::Os { errno: 9 },
-            ));
+            pm.datapath_mut().inject(Fault::once(step, FaultOp::Remove, MapError::Os { errno: 9 }));
             let result = pm.delete(name, t0);
             pm.datapath_mut().clear_faults();
             let applies = pm.get(name).is_some_and(|r| r.spec.steps().contains(&step));
             if applies {
                 let err = result.expect_err("remove fails");
-                assert!(
-                    err.to_string().contains(&format!("{step}: remove: ")),
-                    "{err}"
-                );
+                assert!(err.to_string().contains(&format!("{step}: remove: ")), "{err}");
                 assert_eq!(snapshot(&pm), before);
             } else {
                 // The fault was for a map this port has no entry in.
                 result.expect("delete");
-                let spec = before
-                    .ports
-                    .iter()
-                    .find(|r| r.name() == name)
-                    .map(|r| r.spec.clone())
-                    .expect("was there");
+                let spec = before.ports.iter().find(|r| r.name() == name).map(|r| r.spec.clone()).expect("was there");
                 let requested = with_request(spec.clone(), before_number(&before, name));
                 pm.add(&requested, t0 + HOLD).expect("put back");
                 pm.replace(&spec, t0 + HOLD).expect("drop the request");
@@ -454,10 +349,7 @@ fn failed_delete_keeps_the_port() {
 }
 
 fn before_number(s: &Snapshot, name: &str) -> u16 {
-    s.ports
-        .iter()
-        .find(|r| r.name() == name)
-        .map_or(0, |r| r.ofport.get())
+    s.ports.iter().find(|r| r.name() == name).map_or(0, |r| r.ofport.get())
 }
 
 #[test]
@@ -470,45 +362,28 @@ fn duplicates_and_idempotent_repeats() {
     assert_eq!(pm.add(&t, t0).expect("repeat"), Added::Existing(port(1)));
 
     let before = snapshot(&pm);
-    let err = pm
-        .add(&tunnel("hv1-again", ip("2001:db8::1"), 5), t0)
-        .expect_err("redundant chassis");
+    let err = pm.add(&tunnel("hv1-again", ip("2001:db8::1"), 5), t0).expect_err("redundant chassis");
     assert_eq!(
         err.to_string(),
         "tunnel \"hv1-again\" duplicates tunnel \"hv1\" (remote 2001:db8::1 VNI 5): \
          a redundant tunnel can never carry traffic, refused"
     );
-    let err = pm
-        .add(&tunnel("hv1", ip("2001:db8::2"), 5), t0)
-        .expect_err("same name, other spec");
+    let err = pm.add(&tunnel("hv1", ip("2001:db8::2"), 5), t0).expect_err("same name, other spec");
     assert!(matches!(err, PortError::NameTaken { ofport, .. } if ofport == port(1)));
-    let err = pm
-        .add(&with_request(local("vm", 1), 1), t0)
-        .expect_err("pinned number taken");
-    assert!(err
-        .to_string()
-        .contains("requested OpenFlow port 1 is already in use"));
-    let err = pm
-        .add(&with_request(local("vm", 1), 0xff00), t0)
-        .expect_err("reserved number");
-    assert!(err
-        .to_string()
-        .contains("requested OpenFlow port 65280 is out of range"));
+    let err = pm.add(&with_request(local("vm", 1), 1), t0).expect_err("pinned number taken");
+    assert!(err.to_string().contains("requested OpenFlow port 1 is already in use"));
+    let err = pm.add(&with_request(local("vm", 1), 0xff00), t0).expect_err("reserved number");
+    assert!(err.to_string().contains("requested OpenFlow port 65280 is out of range"));
     let mut bad = local("vm", 1);
     if let PortSpec::Local(p) = &mut bad {
         p.vni = 1 << 24;
     }
     let err = pm.add(&bad, t0).expect_err("invalid");
-    assert_eq!(
-        err.to_string(),
-        "port \"vm\": vni: 16777216 is out of range (0..=16777215)"
-    );
+    assert_eq!(err.to_string(), "port \"vm\": vni: 16777216 is out of range (0..=16777215)");
     assert_eq!(snapshot(&pm), before, "refusals cost nothing");
     // Same VNI to another remote, or another VNI to the same remote, is fine.
-    pm.add(&tunnel("hv2", ip("2001:db8::1"), 6), t0)
-        .expect("other vni");
-    pm.add(&tunnel("hv3", ip("2001:db8::2"), 5), t0)
-        .expect("other remote");
+    pm.add(&tunnel("hv2", ip("2001:db8::1"), 6), t0).expect("other vni");
+    pm.add(&tunnel("hv3", ip("2001:db8::2"), 5), t0).expect("other remote");
     check_consistent(&pm);
 }
 
@@ -533,22 +408,13 @@ fn local_port_clashes_are_refused_before_a_number() {
     let cases: [(Change, &str); 4] = [
         (&|p| p.ifname = "veth1".into(), "ifname \"veth1\""),
         (&|p| p.port_key = 1, "port_key 1 in VNI 7"),
-        (
-            &|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]),
-            "mac 02:00:00:00:00:01 in VNI 7",
-        ),
+        (&|p| p.mac = MacAddr([2, 0, 0, 0, 0, 1]), "mac 02:00:00:00:00:01 in VNI 7"),
         // IPv4-mapped is the same address to the datapath.
-        (
-            &|p| p.ip = Some(ip("::ffff:203.0.113.10")),
-            "ip 203.0.113.10 in VNI 7",
-        ),
+        (&|p| p.ip = Some(ip("::ffff:203.0.113.10")), "ip 203.0.113.10 in VNI 7"),
     ];
     for (change, what) in cases {
         let err = pm.add(&clash(change), t0).expect_err("clash");
-        assert_eq!(
-            err.to_string(),
-            format!("port \"vm2\" conflicts with port \"vm1\": both use {what}")
-        );
+        assert_eq!(err.to_string(), format!("port \"vm2\" conflicts with port \"vm1\": both use {what}"));
         assert_eq!(snapshot(&pm), before, "a refused clash costs nothing");
     }
     // The same MAC in another VNI is another logical switch: fine.
@@ -567,15 +433,8 @@ fn apply_desired_group_commits_to_redb() {
     let t0 = Instant::now();
     let store = RedbStore::open(dir.path()).expect("store");
     let mut pm = PortMap::open(MemDatapath::new(), store, config()).expect("open");
-    let desired: Vec<PortSpec> = (0..200u16)
-        .map(|i| {
-            tunnel(
-                &format!("t{i}"),
-                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]),
-                1,
-            )
-        })
-        .collect();
+    let desired: Vec<PortSpec> =
+        (0..200u16).map(|i| tunnel(&format!("t{i}"), IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1]), 1)).collect();
     let report = pm.apply_desired(&desired, t0).expect("apply");
     assert_eq!(report.added.len(), 200);
     let before: Vec<PortRecord> = pm.ports().cloned().collect();
@@ -590,11 +449,7 @@ fn apply_desired_group_commits_to_redb() {
 fn apply_desired_diffs_and_is_idempotent() {
     let t0 = Instant::now();
     let mut pm = new_map();
-    let mut desired = vec![
-        tunnel("a", ip("198.51.100.1"), 1),
-        tunnel("b", ip("198.51.100.2"), 1),
-        local("vm1", 1),
-    ];
+    let mut desired = vec![tunnel("a", ip("198.51.100.1"), 1), tunnel("b", ip("198.51.100.2"), 1), local("vm1", 1)];
     let report = pm.apply_desired(&desired, t0).expect("apply");
     assert_eq!(report.added.len(), 3);
     let before = snapshot(&pm);
@@ -630,14 +485,9 @@ fn failed_replace_restores_the_old_port() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm0", 9), t0).expect("add");
-    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
-        .expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0).expect("add");
     let before = snapshot(&pm);
-    pm.datapath_mut().inject(Fault::once(
-        Step::TunnelByRemote,
-        FaultOp::Insert,
-        MapError::Full { max_entries: 1 },
-    ));
+    pm.datapath_mut().inject(Fault::once(Step::TunnelByRemote, FaultOp::Insert, MapError::Full { max_entries: 1 }));
     let changed = tunnel("a", ip("198.51.100.77"), 1);
     let report = pm.apply_desired(&[local("vm0", 9), changed.clone()], t0);
     let report = report.expect("apply");
@@ -645,9 +495,7 @@ fn failed_replace_restores_the_old_port() {
     assert_eq!(report.failed.len(), 1);
     assert_eq!(snapshot(&pm), before, "old port back under its number");
     // And the retry succeeds, keeping number 2.
-    let report = pm
-        .apply_desired(&[local("vm0", 9), changed], t0)
-        .expect("apply");
+    let report = pm.apply_desired(&[local("vm0", 9), changed], t0).expect("apply");
     assert_eq!(report.replaced, [("a".to_owned(), port(2))]);
     check_consistent(&pm);
 }
@@ -657,43 +505,26 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     let t0 = Instant::now();
     let mut pm = new_map();
     pm.add(&local("vm1", 1), t0).expect("add");
-    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0)
-        .expect("add");
+    pm.add(&tunnel("a", ip("198.51.100.1"), 1), t0).expect("add");
     let healthy = snapshot(&pm);
     assert!(pm.reconcile().is_noop());
 
     let dp = pm.datapath_mut();
     dp.delete_raw(Step::Devmap, &EntryKey::Port(1));
-    let orphan = MapEntry {
-        key: EntryKey::Port(77),
-        ofport: Some(port(77)),
-    };
+    let orphan = MapEntry { key: EntryKey::Port(77), ofport: Some(port(77)) };
     dp.put_raw(Step::TunnelPort, orphan);
     // What OVS did in 2018: a port on OFPP_NONE. No port can own it.
-    let ofpp_none = MapEntry {
-        key: EntryKey::Port(0xffff),
-        ofport: None,
-    };
+    let ofpp_none = MapEntry { key: EntryKey::Port(0xffff), ofport: None };
     dp.put_raw(Step::TunnelPort, ofpp_none);
-    let key = EntryKey::Tunnel(TunnelKey {
-        remote: ip("198.51.100.1"),
-        vni: 1,
-    });
-    let stale = MapEntry {
-        key,
-        ofport: Some(port(1)),
-    };
+    let key = EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.1"), vni: 1 });
+    let stale = MapEntry { key, ofport: Some(port(1)) };
     dp.put_raw(Step::TunnelByRemote, stale);
 
     let report = pm.reconcile();
     assert!(report.failed.is_empty());
     let removed: BTreeSet<_> = report.removed.iter().copied().collect();
-    let want: BTreeSet<_> = [
-        (Step::TunnelPort, orphan),
-        (Step::TunnelPort, ofpp_none),
-        (Step::TunnelByRemote, stale),
-    ]
-    .into();
+    let want: BTreeSet<_> =
+        [(Step::TunnelPort, orphan), (Step::TunnelPort, ofpp_none), (Step::TunnelByRemote, stale)].into();
     assert_eq!(removed, want);
     let recreated: BTreeSet<_> = report.recreated.iter().map(|(s, _)| *s).collect();
     assert_eq!(recreated, [Step::Devmap, Step::TunnelByRemote].into());
@@ -709,10 +540,7 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     });
     let report = pm.reconcile();
     assert_eq!(report.failed.len(), 1);
-    assert_eq!(
-        report.failed[0].to_string(),
-        "devmap: list: Permission denied (os error 13)"
-    );
+    assert_eq!(report.failed[0].to_string(), "devmap: list: Permission denied (os error 13)");
 }
 
 #[test]
@@ -728,8 +556,7 @@ fn redb_restart_preserves_numbers() {
         let spec = tunnel(&format!("t{i}"), IpAddr::from([198, 51, 100, i]), 1);
         pm.add(&spec, t0).expect("add");
     }
-    pm.add(&with_request(local("vm", 1), 0x9000), t0)
-        .expect("add");
+    pm.add(&with_request(local("vm", 1), 0x9000), t0).expect("add");
     pm.delete("t1", t0).expect("delete");
     let before: Vec<PortRecord> = pm.ports().cloned().collect();
     let (dp, store) = pm.into_parts();
@@ -752,41 +579,19 @@ fn redb_restart_preserves_numbers() {
 fn open_refuses_corrupt_state() {
     let mut store = MemStore::new();
     for (name, n) in [("a", 1), ("b", 2)] {
-        let record = PortRecord {
-            ofport: port(n),
-            spec: tunnel(name, ip("198.51.100.1"), 1),
-        };
+        let record = PortRecord { ofport: port(n), spec: tunnel(name, ip("198.51.100.1"), 1) };
         store.put(&record).expect("put");
     }
-    let err = PortMap::open(MemDatapath::new(), store.clone(), config())
-        .err()
-        .expect("duplicate tunnel");
-    assert!(
-        matches!(
-            &err,
-            OpenError::Conflict {
-                claim: Claim::Tunnel(_),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = PortMap::open(MemDatapath::new(), store.clone(), config()).err().expect("duplicate tunnel");
+    assert!(matches!(&err, OpenError::Conflict { claim: Claim::Tunnel(_), .. }), "{err}");
 
     let mut store = MemStore::new();
     for (name, key) in [("a", 1), ("b", 2)] {
-        let record = PortRecord {
-            ofport: port(1),
-            spec: local(name, key),
-        };
+        let record = PortRecord { ofport: port(1), spec: local(name, key) };
         store.put(&record).expect("put");
     }
-    let err = PortMap::open(MemDatapath::new(), store, config())
-        .err()
-        .expect("duplicate number");
-    assert_eq!(
-        err.to_string(),
-        "stored port \"b\": OpenFlow port 1 restored twice"
-    );
+    let err = PortMap::open(MemDatapath::new(), store, config()).err().expect("duplicate number");
+    assert_eq!(err.to_string(), "stored port \"b\": OpenFlow port 1 restored twice");
 }
 
 // ---------------------------------------------------------------------
@@ -861,18 +666,10 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
             })
         },
     );
-    let tunnel = (name, remote, vni, any::<bool>(), arb_request()).prop_map(
-        |(name, remote, vni, bfd, ofport_request)| {
-            PortSpec::Tunnel(TunnelPort {
-                name,
-                remote,
-                vni,
-                bfd,
-                ovn_metadata: true,
-                ofport_request,
-            })
-        },
-    );
+    let tunnel =
+        (name, remote, vni, any::<bool>(), arb_request()).prop_map(|(name, remote, vni, bfd, ofport_request)| {
+            PortSpec::Tunnel(TunnelPort { name, remote, vni, bfd, ovn_metadata: true, ofport_request })
+        });
     prop_oneof![local, tunnel]
 }
 
@@ -933,10 +730,7 @@ fn classify(e: &PortError) -> &'static str {
         PortError::DuplicateTunnel { .. } => "tunnel",
         PortError::Conflict { .. } => "conflict",
         PortError::NotFound { .. } => "not found",
-        PortError::Txn {
-            cause: TxnError::Number { .. },
-            ..
-        } => "number",
+        PortError::Txn { cause: TxnError::Number { .. }, .. } => "number",
         PortError::Txn { .. } => "txn",
         PortError::ReplaceLost { .. } => "replace lost",
     }
@@ -949,20 +743,13 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
         return Expect::Fail("invalid");
     }
     if let Some(existing) = pm.get(spec.name()) {
-        return if existing.spec == *spec {
-            Expect::Existing(existing.ofport)
-        } else {
-            Expect::Fail("name")
-        };
+        return if existing.spec == *spec { Expect::Existing(existing.ofport) } else { Expect::Fail("name") };
     }
     if spec.tunnel_key().is_some() && pm.ports().any(|r| r.spec.tunnel_key() == spec.tunnel_key()) {
         return Expect::Fail("tunnel");
     }
     let claims: BTreeSet<Claim> = spec.claims().into_iter().collect();
-    if pm
-        .ports()
-        .any(|r| r.spec.claims().iter().any(|c| claims.contains(c)))
-    {
+    if pm.ports().any(|r| r.spec.claims().iter().any(|c| claims.contains(c))) {
         return Expect::Fail("conflict");
     }
     if let Some(request) = spec.ofport_request() {
@@ -1019,9 +806,7 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 disarm(&mut pm);
                 let fails = match (&existing, inject) {
                     (None, _) => Some("not found"),
-                    (Some(r), Some(Inject::Remove(step))) if r.spec.steps().contains(&step) => {
-                        Some("txn")
-                    }
+                    (Some(r), Some(Inject::Remove(step))) if r.spec.steps().contains(&step) => Some("txn"),
                     (Some(_), Some(Inject::StoreWrite)) => Some("txn"),
                     _ => None,
                 };
@@ -1070,8 +855,7 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Restart => {
                 let (dp, store) = pm.into_parts();
-                pm = PortMap::open(dp, store, config())
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                pm = PortMap::open(dp, store, config()).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(&snapshot(&pm), &before, "restart changed state");
                 prop_assert!(pm.reconcile().is_noop());
             }
@@ -1085,20 +869,11 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
 /// After an apply: nothing undesired survives (deletes cannot fail without
 /// an injected fault), and every desired port not reported as failed is
 /// committed exactly as desired.
-fn check_applied(
-    pm: &MemMap,
-    desired: &[PortSpec],
-    report: &ApplyReport,
-    faulty: bool,
-) -> Result<(), TestCaseError> {
+fn check_applied(pm: &MemMap, desired: &[PortSpec], report: &ApplyReport, faulty: bool) -> Result<(), TestCaseError> {
     let failed: BTreeSet<&str> = report.failed.iter().map(|(n, _)| n.as_str()).collect();
     for r in pm.ports() {
         let wanted = desired.iter().any(|s| s.name() == r.name());
-        prop_assert!(
-            wanted || (faulty && failed.contains(r.name())),
-            "{} kept",
-            r.name()
-        );
+        prop_assert!(wanted || (faulty && failed.contains(r.name())), "{} kept", r.name());
     }
     for spec in desired.iter().filter(|s| !failed.contains(s.name())) {
         prop_assert_eq!(pm.get(spec.name()).map(|r| &r.spec), Some(spec));
@@ -1109,20 +884,12 @@ fn check_applied(
 /// Re-applying reaches a fixed point within a few rounds (a pinned number
 /// freed late in one round is only taken in the next), after which
 /// re-applying changes and allocates nothing.
-fn check_converges(
-    pm: &mut MemMap,
-    desired: &[PortSpec],
-    now: Instant,
-) -> Result<(), TestCaseError> {
+fn check_converges(pm: &mut MemMap, desired: &[PortSpec], now: Instant) -> Result<(), TestCaseError> {
     for _ in 0..3 {
-        let report = pm
-            .apply_desired(desired, now)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let report = pm.apply_desired(desired, now).map_err(|e| TestCaseError::fail(e.to_string()))?;
         if !report.changed() {
             let fixed = snapshot(pm);
-            let again = pm
-                .apply_desired(desired, now)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let again = pm.apply_desired(desired, now).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert!(!again.changed());
             prop_assert_eq!(again.failed.len(), report.failed.len());
             prop_assert_eq!(&snapshot(pm), &fixed, "re-apply changed state");
@@ -1159,22 +926,13 @@ proptest! {
 fn churn_throughput_and_flat_memory() {
     fn rss_kib() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-        let pages: u64 = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         pages * 4
     }
     const LIVE: u32 = 4096;
     const OPS: u32 = 1_000_000;
     let t0 = Instant::now();
-    let mut pm = PortMap::open(
-        MemDatapath::new(),
-        MemStore::new(),
-        AllocatorConfig::default(),
-    )
-    .expect("open");
+    let mut pm = PortMap::open(MemDatapath::new(), MemStore::new(), AllocatorConfig::default()).expect("open");
     let spec = |i: u32| {
         let remote = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16]);
         tunnel(&format!("t{i}"), remote, 1 + i % 7)
@@ -1204,9 +962,6 @@ fn churn_throughput_and_flat_memory() {
     );
     assert_eq!(pm.allocator().in_use(), LIVE as usize);
     assert!(pm.allocator().held_down() <= usize::from(OfPort::AUTO_MAX.get()));
-    assert!(
-        rss_end <= rss_warm + 8 * 1024,
-        "memory grew from {rss_warm} KiB to {rss_end} KiB"
-    );
+    assert!(rss_end <= rss_warm + 8 * 1024, "memory grew from {rss_warm} KiB to {rss_end} KiB");
     check_consistent(&pm);
 }

@@ -23,17 +23,9 @@ pub enum TxnError {
     #[error("ofport: {cause}")]
     Number { cause: AllocError },
     #[error("{step}: {cause}{undo}")]
-    Insert {
-        step: Step,
-        cause: MapError,
-        undo: Undo,
-    },
+    Insert { step: Step, cause: MapError, undo: Undo },
     #[error("{step}: remove: {cause}{undo}")]
-    Remove {
-        step: Step,
-        cause: MapError,
-        undo: Undo,
-    },
+    Remove { step: Step, cause: MapError, undo: Undo },
     #[error("store: {cause}{undo}")]
     Store { cause: StoreError, undo: Undo },
 }
@@ -42,9 +34,7 @@ impl TxnError {
     pub fn undo(&self) -> Option<&Undo> {
         match self {
             TxnError::Number { .. } => None,
-            TxnError::Insert { undo, .. }
-            | TxnError::Remove { undo, .. }
-            | TxnError::Store { undo, .. } => Some(undo),
+            TxnError::Insert { undo, .. } | TxnError::Remove { undo, .. } | TxnError::Store { undo, .. } => Some(undo),
         }
     }
 }
@@ -119,16 +109,8 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
     /// Adds `spec` under `request` (or an automatic number). Policy checks
     /// (validation, duplicates) belong to the caller and must come first:
     /// this reserves a number before anything else.
-    pub fn add(
-        &mut self,
-        spec: &PortSpec,
-        request: Option<u16>,
-        now: Instant,
-    ) -> Result<OfPort, TxnError> {
-        let reservation = self
-            .alloc
-            .reserve(request, now)
-            .map_err(|cause| TxnError::Number { cause })?;
+    pub fn add(&mut self, spec: &PortSpec, request: Option<u16>, now: Instant) -> Result<OfPort, TxnError> {
+        let reservation = self.alloc.reserve(request, now).map_err(|cause| TxnError::Number { cause })?;
         let ofport = reservation.port();
         let steps = spec.steps();
         for (done, &step) in steps.iter().enumerate() {
@@ -137,10 +119,7 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
                 return Err(TxnError::Insert { step, cause, undo });
             }
         }
-        let record = PortRecord {
-            ofport,
-            spec: spec.clone(),
-        };
+        let record = PortRecord { ofport, spec: spec.clone() };
         if let Err(cause) = self.store.put(&record) {
             let undo = self.abort(reservation, spec, steps);
             return Err(TxnError::Store { cause, undo });
@@ -161,24 +140,16 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
         for (i, &step) in steps.iter().enumerate().rev() {
             if let Err(cause) = remove_entry(self.datapath, step, spec, ofport) {
                 let failures = self.reinsert(spec, ofport, &steps[i + 1..]);
-                let undo = Undo {
-                    failures,
-                    stranded: None,
-                };
+                let undo = Undo { failures, stranded: None };
                 return Err(TxnError::Remove { step, cause, undo });
             }
         }
         if let Err(cause) = self.store.delete(spec.name()) {
             let failures = self.reinsert(spec, ofport, steps);
-            let undo = Undo {
-                failures,
-                stranded: None,
-            };
+            let undo = Undo { failures, stranded: None };
             return Err(TxnError::Store { cause, undo });
         }
-        self.alloc
-            .release(ofport, now)
-            .map_err(|cause| TxnError::Number { cause })
+        self.alloc.release(ofport, now).map_err(|cause| TxnError::Number { cause })
     }
 
     /// Removes the entries of `inserted`, newest first, and gives the number
@@ -189,11 +160,7 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
         let mut failures = Vec::new();
         for &step in inserted.iter().rev() {
             if let Err(cause) = remove_entry(self.datapath, step, spec, ofport) {
-                failures.push(UndoFailure {
-                    step,
-                    action: UndoAction::Remove,
-                    cause,
-                });
+                failures.push(UndoFailure { step, action: UndoAction::Remove, cause });
             }
         }
         if failures.is_empty() {
@@ -201,10 +168,7 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
             Undo::default()
         } else {
             self.alloc.strand(reservation);
-            Undo {
-                failures,
-                stranded: Some(ofport),
-            }
+            Undo { failures, stranded: Some(ofport) }
         }
     }
 
@@ -214,23 +178,14 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
             .iter()
             .filter_map(|&step| {
                 let cause = self.datapath.insert(step, spec, ofport).err()?;
-                Some(UndoFailure {
-                    step,
-                    action: UndoAction::Reinsert,
-                    cause,
-                })
+                Some(UndoFailure { step, action: UndoAction::Reinsert, cause })
             })
             .collect()
     }
 }
 
 /// Removes one entry; an entry already gone is what we wanted anyway.
-fn remove_entry<D: Datapath>(
-    datapath: &mut D,
-    step: Step,
-    spec: &PortSpec,
-    ofport: OfPort,
-) -> Result<(), MapError> {
+fn remove_entry<D: Datapath>(datapath: &mut D, step: Step, spec: &PortSpec, ofport: OfPort) -> Result<(), MapError> {
     let Some(entry) = MapEntry::for_step(step, spec, ofport) else {
         return Ok(());
     };

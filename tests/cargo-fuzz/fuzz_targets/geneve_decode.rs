@@ -8,7 +8,9 @@ use xgw_common::geneve::{header, ovn_option, DecodeError, View, HLEN, OPT_HLEN};
 fuzz_target!(|data: &[u8]| {
     let v = match View::decode(data) {
         Ok(v) => v,
-        Err(DecodeError::Truncated) => return assert!(data.len() < HLEN || data.len() < HLEN + (data[0] & 0x3f) as usize * 4),
+        Err(DecodeError::Truncated) => {
+            return assert!(data.len() < HLEN || data.len() < HLEN + (data[0] & 0x3f) as usize * 4)
+        }
         Err(DecodeError::Version(n)) => return assert_eq!(n, data[0] >> 6),
         Err(e) => panic!("decode itself never reports {e:?}"),
     };

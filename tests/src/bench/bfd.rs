@@ -62,7 +62,11 @@ fn control(state: u8, my: u32, your: u32) -> Vec<u8> {
 
 fn single_hop(sport: u16, dport: u16, dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(ROUTER_MAC, GW_MAC).ipv4(ROUTER_IP, dst, 255).udp(sport, dport).write(&mut v, payload).unwrap();
+    PacketBuilder::ethernet2(ROUTER_MAC, GW_MAC)
+        .ipv4(ROUTER_IP, dst, 255)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
     v
 }
 
@@ -104,11 +108,23 @@ impl BfdCost {
         let ns = Netns::new("bcost");
         ns.ok(&["ip", "addr", "add", &format!("{}/32", Ipv4Addr::from(GW_IP)), "dev", "lo"]);
         let engine = ns
-            .enter(|| Engine::start(&mut gw.ebpf, Uplink { ifname: "lo".into(), mac: GW_MAC }, Options { rt_priority: 0 }))
+            .enter(|| {
+                Engine::start(&mut gw.ebpf, Uplink { ifname: "lo".into(), mac: GW_MAC }, Options { rt_priority: 0 })
+            })
             .expect("bfd engine");
-        let router = Path::SingleHop { ifname: "lo".into(), peer_ip: Ipv4Addr::from(ROUTER_IP), local_ip: Ipv4Addr::from(GW_IP) };
+        let router = Path::SingleHop {
+            ifname: "lo".into(),
+            peer_ip: Ipv4Addr::from(ROUTER_IP),
+            local_ip: Ipv4Addr::from(GW_IP),
+        };
         engine.add("r", router, Config { echo: true, ..SLOW }).expect("add the single-hop session");
-        let tunnel = Path::Geneve { ofport: TUNNEL, remote_ip: IpAddr::from(HV_IP), local_ip: IpAddr::from(GW_IP), vni: VNI, nexthop_mac: HV_MAC };
+        let tunnel = Path::Geneve {
+            ofport: TUNNEL,
+            remote_ip: IpAddr::from(HV_IP),
+            local_ip: IpAddr::from(GW_IP),
+            vni: VNI,
+            nexthop_mac: HV_MAC,
+        };
         engine.add("t", tunnel, SLOW).expect("add the Geneve session");
         let status = |name: &str| engine.status(Some(name)).pop().expect("session");
         let (r, t) = (status("r").local_discriminator, status("t").local_discriminator);
@@ -117,7 +133,11 @@ impl BfdCost {
         for (state, r_your, t_your) in [(DOWN, 0, 0), (UP, r, t)] {
             let sh = single_hop(49152, 3784, GW_IP, &control(state, PEER_DISC, r_your));
             assert_eq!(test_run_on(prog, &sh, 1).verdict, XDP_DROP, "single-hop handshake");
-            assert_eq!(test_run_on(prog, &in_geneve(&control(state, PEER_DISC, t_your)), 1).verdict, XDP_DROP, "Geneve handshake");
+            assert_eq!(
+                test_run_on(prog, &in_geneve(&control(state, PEER_DISC, t_your)), 1).verdict,
+                XDP_DROP,
+                "Geneve handshake"
+            );
         }
         let start = Instant::now();
         while !(status("r").forwarding && status("t").forwarding) {
@@ -158,12 +178,20 @@ impl BfdCost {
         let figure = run(pkt);
         let after = self.status(name);
         let ((rx1, echo1, _), drops1) = (counters(), drops());
-        assert_eq!((after.state, after.flap_count), ("up", before.flap_count), "{kind:?}: the session left Up: {after:?}");
+        assert_eq!(
+            (after.state, after.flap_count),
+            ("up", before.flap_count),
+            "{kind:?}: the session left Up: {after:?}"
+        );
         assert_eq!(drops1, drops0, "{kind:?}: BFD packets dropped as invalid");
         let n = packets as u64;
         let (rx, session_rx, echo) = (rx1 - rx0, after.rx_packets - before.rx_packets, echo1 - echo0);
         let want = if kind == Kind::Echo { (0, 0, n) } else { (n, n, 0) };
-        assert_eq!((rx, session_rx, echo), want, "{kind:?}: (BFD rx, session rx, echo reflected) did not move by the packets sent");
+        assert_eq!(
+            (rx, session_rx, echo),
+            want,
+            "{kind:?}: (BFD rx, session rx, echo reflected) did not move by the packets sent"
+        );
         figure
     }
 }

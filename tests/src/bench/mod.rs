@@ -48,7 +48,13 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: impl Into<String>, unit: &'static str, baseline: impl Into<String>, value: Stats, base: Stats) -> Row {
+    pub fn new(
+        name: impl Into<String>,
+        unit: &'static str,
+        baseline: impl Into<String>,
+        value: Stats,
+        base: Stats,
+    ) -> Row {
         Row { name: name.into(), unit, baseline: baseline.into(), value, base, plot: None }
     }
     pub fn plot(mut self, p: PlotPoint) -> Row {
@@ -71,7 +77,9 @@ pub fn check(rows: &[Row], expected: &[String]) {
     assert_eq!(rows.len(), expected.len(), "unexpected rows beside {expected:?}");
     for r in rows {
         for (what, s) in [("value", r.value), (r.baseline.as_str(), r.base)] {
-            let ok = [s.min, s.median, s.max].iter().all(|x| x.is_finite() && *x > 0.0) && s.min <= s.median && s.median <= s.max;
+            let ok = [s.min, s.median, s.max].iter().all(|x| x.is_finite() && *x > 0.0)
+                && s.min <= s.median
+                && s.median <= s.max;
             assert!(ok, "{}: {what} is not a measured figure: {s:?}", r.name);
         }
         assert!(r.ratio().is_finite() && r.ratio() > 0.0, "{}: ratio {}", r.name, r.ratio());
@@ -157,9 +165,8 @@ mod tests {
     fn check_refuses_missing_zero_and_non_finite_figures() {
         let ok = || vec![Row::new("a", "pkt/s", "b", s(10.0), s(20.0))];
         check(&ok(), &["a".into()]);
-        let fails = |rows: Vec<Row>, expected: Vec<String>| {
-            std::panic::catch_unwind(move || check(&rows, &expected)).is_err()
-        };
+        let fails =
+            |rows: Vec<Row>, expected: Vec<String>| std::panic::catch_unwind(move || check(&rows, &expected)).is_err();
         assert!(fails(ok(), vec!["a".into(), "c".into()]), "a missing row passed");
         assert!(fails(vec![Row::new("a", "pkt/s", "b", s(0.0), s(20.0))], vec!["a".into()]), "zero passed");
         assert!(fails(vec![Row::new("a", "pkt/s", "b", s(f64::NAN), s(20.0))], vec!["a".into()]), "NaN passed");

@@ -65,33 +65,71 @@ pub fn pps_size(rows: &[Row]) -> String {
             v
         };
         let (lmin, lmax) = (f64::from(sizes[0]).ln(), f64::from(*sizes.last().unwrap()).ln());
-        let x = |size: u32| x0 + if lmax > lmin { (f64::from(size).ln() - lmin) / (lmax - lmin) * pw } else { pw / 2.0 };
+        let x =
+            |size: u32| x0 + if lmax > lmin { (f64::from(size).ln() - lmin) / (lmax - lmin) * pw } else { pw / 2.0 };
         let y = |pps: f64| TOP + ph - (pps / 1e6 / ymin).log10() / (ymax / ymin).log10() * ph;
-        let _ = writeln!(svg, r#"<text x="{}" y="20" text-anchor="middle" font-size="13">{}</text>"#, x0 + pw / 2.0, esc(panel));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="20" text-anchor="middle" font-size="13">{}</text>"#,
+            x0 + pw / 2.0,
+            esc(panel)
+        );
         let _ = writeln!(svg, r##"<rect x="{x0}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
         for v in y_ticks(ymin, ymax) {
             let yy = y(v * 1e6);
-            let _ = writeln!(svg, r##"<line x1="{x0}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                x0 + pw, x0 - 5.0, yy + 4.0, trim(v));
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{x0}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                x0 + pw,
+                x0 - 5.0,
+                yy + 4.0,
+                trim(v)
+            );
         }
         for &s in &sizes {
             let xx = x(s);
-            let _ = writeln!(svg, r##"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="#333"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{s}</text>"##,
-                TOP + ph, TOP + ph + 4.0, TOP + ph + 16.0);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="#333"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{s}</text>"##,
+                TOP + ph,
+                TOP + ph + 4.0,
+                TOP + ph + 16.0
+            );
         }
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">inner frame, bytes</text>"#, x0 + pw / 2.0, TOP + ph + 32.0);
-        let _ = writeln!(svg, r#"<text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle">Mpkt/s (log; median, min-max)</text>"#, x0 - 42.0, TOP + ph / 2.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">inner frame, bytes</text>"#,
+            x0 + pw / 2.0,
+            TOP + ph + 32.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle">Mpkt/s (log; median, min-max)</text>"#,
+            x0 - 42.0,
+            TOP + ph / 2.0
+        );
         for (i, (label, points)) in series.iter().enumerate() {
             let c = colour(label);
             let path: Vec<String> = points.iter().map(|(&s, st)| format!("{:.1},{:.1}", x(s), y(st.median))).collect();
-            let _ = writeln!(svg, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, path.join(" "));
+            let _ =
+                writeln!(svg, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, path.join(" "));
             for (&s, st) in points {
                 let (xx, lo, hi) = (x(s), y(st.min), y(st.max));
-                let _ = writeln!(svg, r#"<line x1="{xx:.1}" y1="{lo:.1}" x2="{xx:.1}" y2="{hi:.1}" stroke="{c}"/><circle cx="{xx:.1}" cy="{:.1}" r="3" fill="{c}"/>"#, y(st.median));
+                let _ = writeln!(
+                    svg,
+                    r#"<line x1="{xx:.1}" y1="{lo:.1}" x2="{xx:.1}" y2="{hi:.1}" stroke="{c}"/><circle cx="{xx:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
+                    y(st.median)
+                );
             }
             let ly = TOP + ph + 50.0 + i as f64 * 16.0;
-            let _ = writeln!(svg, r#"<line x1="{x0}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{c}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-                x0 + 22.0, x0 + 28.0, ly + 4.0, esc(label));
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{x0}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{c}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                x0 + 22.0,
+                x0 + 28.0,
+                ly + 4.0,
+                esc(label)
+            );
         }
     }
     svg.push_str("</svg>\n");

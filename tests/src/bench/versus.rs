@@ -151,10 +151,17 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
             }
             // The xgw figure must be xgw's work: its tunnel counters moved.
             let after = dut.port_stats(TUNNEL as u32);
-            let worked = if dir == DECAP { after.rx.packets - before.rx.packets } else { after.tx.packets - before.tx.packets };
+            let worked =
+                if dir == DECAP { after.rx.packets - before.rx.packets } else { after.tx.packets - before.tx.packets };
             assert!(worked > 0, "{dir} {size} B: xgw's tunnel counters did not move");
-            let (name, dir_plot) = if dir == DECAP { (decap_name(size), &mut decap_rows) } else { (encap_name(size), &mut encap_rows) };
-            dir_plot.push(Row::new(name, "pkt/s", BASELINE, stats(x), stats(o)).plot(PlotPoint { panel: dir, size, value: XGW, base: OVS }));
+            let (name, dir_plot) =
+                if dir == DECAP { (decap_name(size), &mut decap_rows) } else { (encap_name(size), &mut encap_rows) };
+            dir_plot.push(Row::new(name, "pkt/s", BASELINE, stats(x), stats(o)).plot(PlotPoint {
+                panel: dir,
+                size,
+                value: XGW,
+                base: OVS,
+            }));
         }
     }
     decap_rows.extend(encap_rows);
@@ -221,7 +228,11 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
         flood.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (c0, c1, (t1 - t0).as_secs_f64())
     });
-    let d = SinkCount { packets: c1.0.packets - c0.0.packets, bytes: c1.0.bytes - c0.0.bytes, drops: c1.0.drops - c0.0.drops };
+    let d = SinkCount {
+        packets: c1.0.packets - c0.0.packets,
+        bytes: c1.0.bytes - c0.0.bytes,
+        drops: c1.0.drops - c0.0.drops,
+    };
     assert!(d.drops > 0, "{who}, {} B in: nothing arrived at {}", pkt.len(), path.sink_if);
     // veth counts a frame that came as an skb (from OVS's socket) without its
     // Ethernet header, one redirected in XDP with it.
@@ -234,7 +245,12 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
     );
     if std::env::var_os("XGW_BENCH_VERBOSE").is_some() {
         let offered = (c1.1 - c0.1) as f64 / secs;
-        eprintln!("{who} {} B: offered {:.0}k/s, delivered {:.0}k/s", pkt.len(), offered / 1e3, d.drops as f64 / secs / 1e3);
+        eprintln!(
+            "{who} {} B: offered {:.0}k/s, delivered {:.0}k/s",
+            pkt.len(),
+            offered / 1e3,
+            d.drops as f64 / secs / 1e3
+        );
     }
     d.drops as f64 / secs
 }

@@ -42,9 +42,20 @@ pub fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
 /// One tunnel to the hypervisor and one local port (the VM) behind `port`,
 /// with the remote VM's MAC behind the tunnel.
 pub fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
-    gw.set_uplink(Uplink { ifindex: uplink, mtu: 1500, mac: GW_MAC, flags: UPLINK_HAS_IP4, _pad: 0, ip4: GW_IP, ip6: [0; 16] });
+    gw.set_uplink(Uplink {
+        ifindex: uplink,
+        mtu: 1500,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: GW_IP,
+        ip6: [0; 16],
+    });
     gw.set_uplink_devmap(uplink);
-    gw.add_tunnel(TUNNEL as u32, Tunnel { remote: ipv4_mapped(HV_IP), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI });
+    gw.add_tunnel(
+        TUNNEL as u32,
+        Tunnel { remote: ipv4_mapped(HV_IP), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
     gw.add_local_port(port, LocalPort { vni: VNI, ofport: 3, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
     gw.add_remote(VNI, REMOTE_MAC, None, TUNNEL, REMOTE_KEY);
 }
@@ -68,7 +79,10 @@ pub fn frames(size: u32) -> (Vec<u8>, Vec<u8>) {
     etherparse::PacketBuilder::ethernet2(HV_MAC, GW_MAC)
         .ipv4(HV_IP, GW_IP, 64)
         .udp(50123, 6081)
-        .write(&mut decap, &geneve_payload(&[ovn_option(REMOTE_KEY, VM_KEY)], VNI, &inner(size, REMOTE_MAC, VM_MAC, REMOTE_IP, VM_IP)))
+        .write(
+            &mut decap,
+            &geneve_payload(&[ovn_option(REMOTE_KEY, VM_KEY)], VNI, &inner(size, REMOTE_MAC, VM_MAC, REMOTE_IP, VM_IP)),
+        )
         .unwrap();
     assert_eq!(decap.len() as u32, size + GENEVE_OVERHEAD);
     // Outer UDP checksum 0, as OVS sends Geneve over IPv4 by default (its
@@ -159,23 +173,35 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
         // The rows count only if the gateway really did the work on every frame.
         let n = frames_per_run as u64 * runs as u64;
         if do_decap {
-            assert_eq!(gw.port_stats(TUNNEL as u32).rx.packets - decap_before, n, "{size} B: not every frame decapsulated");
-            let base = stats(decap_base);
-            decap_rows.push(
-                Row::new(decap_name(size), "pkt/s", "xgw_redirect", stats(decap), base)
-                    .plot(PlotPoint { panel: DECAP, size, value: XGW, base: REDIRECT }),
+            assert_eq!(
+                gw.port_stats(TUNNEL as u32).rx.packets - decap_before,
+                n,
+                "{size} B: not every frame decapsulated"
             );
+            let base = stats(decap_base);
+            decap_rows.push(Row::new(decap_name(size), "pkt/s", "xgw_redirect", stats(decap), base).plot(PlotPoint {
+                panel: DECAP,
+                size,
+                value: XGW,
+                base: REDIRECT,
+            }));
             if floors {
                 decap_rows.push(Row::new(floor_name("decap", size), "pkt/s", "xgw_redirect", stats(strip), base));
             }
         }
         if do_encap {
-            assert_eq!(gw.port_stats(TUNNEL as u32).tx.packets - encap_before, n, "{size} B: not every frame encapsulated");
-            let base = stats(encap_base);
-            encap_rows.push(
-                Row::new(encap_name(size), "pkt/s", "xgw_redirect", stats(encap), base)
-                    .plot(PlotPoint { panel: ENCAP, size, value: XGW, base: REDIRECT }),
+            assert_eq!(
+                gw.port_stats(TUNNEL as u32).tx.packets - encap_before,
+                n,
+                "{size} B: not every frame encapsulated"
             );
+            let base = stats(encap_base);
+            encap_rows.push(Row::new(encap_name(size), "pkt/s", "xgw_redirect", stats(encap), base).plot(PlotPoint {
+                panel: ENCAP,
+                size,
+                value: XGW,
+                base: REDIRECT,
+            }));
             if floors {
                 encap_rows.push(Row::new(floor_name("encap", size), "pkt/s", "xgw_redirect", stats(push), base));
             }
@@ -189,7 +215,15 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
 /// generator time: `prog` run by live-frames test_run in `gen_ns` on copies
 /// of `pkt`, as received on `ifindex`. At least `min_percent` of them must
 /// arrive.
-fn live_rate(prog: &Xdp, pkt: &[u8], gen_ns: &Netns, ifindex: u32, sink: (&Netns, &str), frames: u32, min_percent: u64) -> f64 {
+fn live_rate(
+    prog: &Xdp,
+    pkt: &[u8],
+    gen_ns: &Netns,
+    ifindex: u32,
+    sink: (&Netns, &str),
+    frames: u32,
+    min_percent: u64,
+) -> f64 {
     let (sink_ns, sink_if) = sink;
     let before = self::sink(sink_ns, sink_if).drops;
     let md = xdp_md(pkt.len(), ifindex);

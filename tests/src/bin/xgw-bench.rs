@@ -24,7 +24,11 @@ use std::{path::PathBuf, time::Duration};
 use aya::programs::{TestRun, TestRunOptions};
 
 use xgw_tests::{
-    bench::{self, bfd::{BfdCost, Kind}, stats, versus, veth, Row},
+    bench::{
+        self,
+        bfd::{BfdCost, Kind},
+        stats, versus, veth, Row,
+    },
     gateway::TestGateway,
     packet::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
@@ -83,7 +87,13 @@ fn program_cost(repeat: u32, runs: usize) {
     let pass = stats(pass);
     for (name, v) in COST_ROWS.iter().zip([decap, encap]) {
         let r = Row::new(*name, "ns/pkt", "xgw_pass", stats(v), pass);
-        println!("{}: {:.1} ns/pkt, xgw_pass {:.1}, {:.1} ns more", r.name, r.value.median, r.base.median, r.value.median - r.base.median);
+        println!(
+            "{}: {:.1} ns/pkt, xgw_pass {:.1}, {:.1} ns more",
+            r.name,
+            r.value.median,
+            r.base.median,
+            r.value.median - r.base.median
+        );
     }
 }
 
@@ -137,7 +147,14 @@ fn main() {
             }
         };
         for r in rows {
-            print!("{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}", r.name, r.value.median / 1e3, r.baseline, r.base.median / 1e3, r.ratio());
+            print!(
+                "{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}",
+                r.name,
+                r.value.median / 1e3,
+                r.baseline,
+                r.base.median / 1e3,
+                r.ratio()
+            );
             if only != Only::Ovs {
                 print!(", {:.1} ns/pkt more", 1e9 / r.value.median - 1e9 / r.base.median);
             }
@@ -165,9 +182,14 @@ fn main() {
         arp.push(ns_per_packet(&gw, "xgw_local", &arp_pkt, repeat, 1, XDP_TX));
         // Each BFD run must leave the sessions as it found them (Up) and
         // move their counters by exactly `repeat`: see `bench::bfd`.
-        bfd_rx.push(bfd.measure(&gw, Kind::SingleHop, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)));
-        bfd_geneve.push(bfd.measure(&gw, Kind::Geneve, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)));
-        bfd_echo.push(bfd.measure(&gw, Kind::Echo, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_TX)));
+        bfd_rx.push(
+            bfd.measure(&gw, Kind::SingleHop, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)),
+        );
+        bfd_geneve.push(
+            bfd.measure(&gw, Kind::Geneve, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_DROP)),
+        );
+        bfd_echo
+            .push(bfd.measure(&gw, Kind::Echo, repeat, |pkt| ns_per_packet(&gw, "xgw_uplink", pkt, repeat, 1, XDP_TX)));
     }
     drop(bfd);
     // Every run must have done the work for real, or the figure is meaningless.

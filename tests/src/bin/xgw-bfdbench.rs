@@ -42,12 +42,22 @@ struct Gw {
 fn xgw(ns: &Netns, mac: [u8; 6], ip: [u8; 4], extra_programs: &[(&Netns, &str)]) -> Gw {
     ns.ok(&["ip", "link", "set", "ul", "address", &xgw_tests::ovs::mac_str(mac)]);
     let mut dp = TestGateway::load(&["xgw_uplink", "xgw_pass"]);
-    dp.set_uplink(maps::Uplink { ifindex: ns.ifindex("ul"), mtu: 1500, mac, flags: UPLINK_HAS_IP4, _pad: 0, ip4: ip, ip6: [0; 16] });
+    dp.set_uplink(maps::Uplink {
+        ifindex: ns.ifindex("ul"),
+        mtu: 1500,
+        mac,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: ip,
+        ip6: [0; 16],
+    });
     dp.attach(ns, "xgw_uplink", "ul");
     for (other, ifname) in extra_programs {
         dp.attach(other, "xgw_pass", ifname);
     }
-    let engine = ns.enter(|| Engine::start(&mut dp.ebpf, Uplink { ifname: "ul".into(), mac }, Options::default())).expect("engine");
+    let engine = ns
+        .enter(|| Engine::start(&mut dp.ebpf, Uplink { ifname: "ul".into(), mac }, Options::default()))
+        .expect("engine");
     Gw { engine, _dp: dp }
 }
 
@@ -161,7 +171,11 @@ fn detect_frr(cuts: usize) -> (Vec<f64>, Vec<f64>, Vec<String>) {
     r.disable_ipv6();
     Veth::new(&gw, "ul", "198.51.100.1/24", &r, "f0", "198.51.100.2/24");
     let g = xgw(&gw, MAC_A, IP_A, &[(&r, "f0")]);
-    let peer = Path::SingleHop { ifname: "ul".into(), peer_ip: Ipv4Addr::new(198, 51, 100, 2), local_ip: Ipv4Addr::new(198, 51, 100, 1) };
+    let peer = Path::SingleHop {
+        ifname: "ul".into(),
+        peer_ip: Ipv4Addr::new(198, 51, 100, 2),
+        local_ip: Ipv4Addr::new(198, 51, 100, 1),
+    };
     g.engine.add("r", peer, Config { echo: true, ..FAST }).expect("add");
     let frr = Frr::start(
         &r,
@@ -247,7 +261,12 @@ fn scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
         let (f1, c1, secs) = (flaps(&ga) + flaps(&gb), thread_cpu("xgw-bfd"), t0.elapsed().as_secs_f64());
         let cpu: Vec<f64> = c1.iter().zip(&c0).map(|(b, a)| 100.0 * (b - a) / secs).collect();
         let s = Scale { n, flaps: f1 - f0, cpu, up };
-        eprintln!("  {n} sessions: up {}, flaps {}, engine CPU {:?} %", s.up, s.flaps, s.cpu.iter().map(|c| c.round()).collect::<Vec<_>>());
+        eprintln!(
+            "  {n} sessions: up {}, flaps {}, engine CPU {:?} %",
+            s.up,
+            s.flaps,
+            s.cpu.iter().map(|c| c.round()).collect::<Vec<_>>()
+        );
         let stop = !s.up || s.flaps > 0 || s.cpu.iter().any(|&c| c > 90.0);
         out.push(s);
         if stop {
@@ -282,7 +301,13 @@ fn frr_scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
     let add_addrs = |ns: &Netns, side: u8, peer_mac: &str, ks: std::ops::RangeInclusive<usize>| {
         let file = std::env::temp_dir().join(xgw_tests::netns::unique_name("addrs"));
         let batch: String = ks
-            .map(|k| format!("addr add {}/64 dev f0 nodad\nneigh add {} lladdr {peer_mac} dev f0 nud permanent\n", addr(side, k), addr(3 - side, k)))
+            .map(|k| {
+                format!(
+                    "addr add {}/64 dev f0 nodad\nneigh add {} lladdr {peer_mac} dev f0 nud permanent\n",
+                    addr(side, k),
+                    addr(3 - side, k)
+                )
+            })
             .collect();
         fs::write(&file, batch).unwrap();
         ns.ok(&["ip", "-6", "-batch", file.to_str().unwrap()]);
@@ -338,7 +363,12 @@ fn frr_scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
         let (d1, c1, secs) = (downs(), cpu(), t0.elapsed().as_secs_f64());
         let cpu: Vec<f64> = c1.iter().zip(&c0).map(|(b, a)| 100.0 * (b - a) / secs).collect();
         let s = Scale { n, flaps: (d1 - d0) as u64, cpu, up };
-        eprintln!("  {n} FRR sessions: up {}, flaps {}, bfdd CPU {:?} %", s.up, s.flaps, s.cpu.iter().map(|c| c.round()).collect::<Vec<_>>());
+        eprintln!(
+            "  {n} FRR sessions: up {}, flaps {}, bfdd CPU {:?} %",
+            s.up,
+            s.flaps,
+            s.cpu.iter().map(|c| c.round()).collect::<Vec<_>>()
+        );
         let stop = !s.up || s.flaps > 0 || s.cpu.iter().any(|&c| c > 90.0);
         out.push(s);
         if stop {
@@ -355,10 +385,21 @@ fn stress(secs: u64) -> (u64, u64, u64, u64) {
     let r1 = Netns::new("bfr1");
     let r2 = Netns::new("bfr2");
     Veth::new(&r1, "f0", "203.0.113.1/24", &r2, "f0", "203.0.113.2/24");
-    let cfg = |peer: &str, local: &str| FrrBfd { peer: peer.into(), local: local.into(), ifname: "f0".into(), tx_ms: 10, rx_ms: 10, mult: 3, echo_ms: None };
+    let cfg = |peer: &str, local: &str| FrrBfd {
+        peer: peer.into(),
+        local: local.into(),
+        ifname: "f0".into(),
+        tx_ms: 10,
+        rx_ms: 10,
+        mult: 3,
+        echo_ms: None,
+    };
     let f1 = Frr::start(&r1, &cfg("203.0.113.2", "203.0.113.1"));
     let f2 = Frr::start(&r2, &cfg("203.0.113.1", "203.0.113.2"));
-    let frr_up = || f1.peer("203.0.113.2")["status"].as_str() == Some("up") && f2.peer("203.0.113.1")["status"].as_str() == Some("up");
+    let frr_up = || {
+        f1.peer("203.0.113.2")["status"].as_str() == Some("up")
+            && f2.peer("203.0.113.1")["status"].as_str() == Some("up")
+    };
     wait("xgw pair Up", Duration::from_secs(15), || ga.status("p").forwarding && gb.status("p").forwarding);
     wait("FRR pair Up", Duration::from_secs(15), frr_up);
     std::thread::sleep(Duration::from_secs(1));
@@ -402,8 +443,14 @@ fn svg(series: &[(&str, &str, &[f64])], title: &str) -> String {
     let (pw, ph) = (w - left - 20.0, h - top - bottom);
     let bw = pw / max_ms as f64;
     let mut o = String::new();
-    let _ = writeln!(o, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
-    let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="13">{title}</text>"#);
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="13">{title}</text>"#
+    );
     for (k, (b, (label, color, _))) in bins.iter().zip(series).enumerate() {
         let sub = bw / series.len() as f64;
         for (i, &c) in b.iter().enumerate() {
@@ -412,17 +459,46 @@ fn svg(series: &[(&str, &str, &[f64])], title: &str) -> String {
             }
             let bh = ph * c as f64 / peak;
             let x = left + i as f64 * bw + k as f64 * sub;
-            let _ = writeln!(o, r#"<rect x="{x:.1}" y="{:.1}" width="{sub:.1}" height="{bh:.1}" fill="{color}"><title>{label}: {c} at {i}-{} ms</title></rect>"#, top + ph - bh, i + 1);
+            let _ = writeln!(
+                o,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{sub:.1}" height="{bh:.1}" fill="{color}"><title>{label}: {c} at {i}-{} ms</title></rect>"#,
+                top + ph - bh,
+                i + 1
+            );
         }
-        let _ = writeln!(o, r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{label} (n={})</text>"#, w - 260.0, top + 14.0 * k as f64, w - 245.0, top + 9.0 + 14.0 * k as f64, series[k].2.len());
+        let _ = writeln!(
+            o,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{label} (n={})</text>"#,
+            w - 260.0,
+            top + 14.0 * k as f64,
+            w - 245.0,
+            top + 9.0 + 14.0 * k as f64,
+            series[k].2.len()
+        );
     }
     let _ = writeln!(o, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, top + ph, left + pw, top + ph);
     for i in (0..=max_ms).step_by(5) {
         let x = left + i as f64 * bw;
-        let _ = writeln!(o, r#"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{i}</text>"#, top + ph, top + ph + 4.0, top + ph + 16.0);
+        let _ = writeln!(
+            o,
+            r#"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{i}</text>"#,
+            top + ph,
+            top + ph + 4.0,
+            top + ph + 16.0
+        );
     }
-    let _ = writeln!(o, r#"<text x="{}" y="{}" text-anchor="middle">ms from the link cut to Down (detection time 3 x 10 ms)</text>"#, left + pw / 2.0, h - 6.0);
-    let _ = writeln!(o, r#"<text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">cuts</text>"#, top + ph / 2.0, top + ph / 2.0);
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">ms from the link cut to Down (detection time 3 x 10 ms)</text>"#,
+        left + pw / 2.0,
+        h - 6.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">cuts</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
     o + "</svg>\n"
 }
 
@@ -466,13 +542,27 @@ fn main() {
     let mut rows = vec![];
     let mut row = |name: String, x: f64, f: Option<f64>, unit: &str, note: String| {
         // Small figures (CPU per session) keep three decimals; none measured is "-".
-        let num = |v: f64| if v.is_nan() { "-".to_string() } else if v != 0.0 && v.abs() < 1.0 { format!("{v:.3}") } else { format!("{v:.1}") };
+        let num = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else if v != 0.0 && v.abs() < 1.0 {
+                format!("{v:.3}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
         let (xs, fs) = (num(x), f.map_or("-".into(), num));
         let _ = writeln!(md, "| {name} | {xs} | {fs} | {note} |");
         rows.push(serde_json::json!({"name": name, "unit": unit, "value": x, "baseline": f, "note": note}));
     };
     for (p, label) in [(50.0, "p50"), (99.0, "p99"), (100.0, "max")] {
-        row(format!("detection after a cut, two xgw, {label}, ms"), pct(&pair, p), None, "ms", format!("{} cuts, 3 x 10 ms over Geneve", pair.len()));
+        row(
+            format!("detection after a cut, two xgw, {label}, ms"),
+            pct(&pair, p),
+            None,
+            "ms",
+            format!("{} cuts, 3 x 10 ms over Geneve", pair.len()),
+        );
     }
     for (p, label) in [(50.0, "p50"), (99.0, "p99"), (100.0, "max")] {
         row(
@@ -480,7 +570,11 @@ fn main() {
             pct(&ours, p),
             Some(pct(&frr, p)),
             "ms",
-            format!("{} / {} cuts, single-hop 3 x 10 ms, FRR echo on; each side's own detection", ours.len(), frr.len()),
+            format!(
+                "{} / {} cuts, single-hop 3 x 10 ms, FRR echo on; each side's own detection",
+                ours.len(),
+                frr.len()
+            ),
         );
     }
     // The largest count held Up with no flap, why the ramp stopped, and
@@ -490,7 +584,17 @@ fn main() {
         let first_bad = scaled.iter().find(|s| !s.up || s.flaps > 0 || s.cpu.iter().any(|&c| c > 90.0));
         let why = first_bad.map_or("largest N tried".into(), |s| {
             let max = s.cpu.iter().cloned().fold(0.0, f64::max);
-            format!("at {}: {}", s.n, if !s.up { "not all Up in 30 s".to_string() } else if s.flaps > 0 { format!("{} flaps", s.flaps) } else { format!("{what} CPU {max:.0} %") })
+            format!(
+                "at {}: {}",
+                s.n,
+                if !s.up {
+                    "not all Up in 30 s".to_string()
+                } else if s.flaps > 0 {
+                    format!("{} flaps", s.flaps)
+                } else {
+                    format!("{what} CPU {max:.0} %")
+                }
+            )
         });
         (ok.map(|s| (s.n, s.cpu.iter().cloned().fold(0.0, f64::max))), why)
     };
@@ -524,19 +628,35 @@ fn main() {
         "%",
         "the row above divided by the session count".into(),
     );
-    row(format!("flaps in {secs} s under {cores} CPU hogs"), xflaps as f64, Some(rflaps as f64), "flaps", "a pair of each at 3 x 10 ms, same run, same hogs (nice 0 busy loops)".into());
+    row(
+        format!("flaps in {secs} s under {cores} CPU hogs"),
+        xflaps as f64,
+        Some(rflaps as f64),
+        "flaps",
+        "a pair of each at 3 x 10 ms, same run, same hogs (nice 0 busy loops)".into(),
+    );
 
     let reasons: std::collections::BTreeMap<&str, usize> = reasons.iter().fold(Default::default(), |mut m, r| {
         *m.entry(r.as_str()).or_default() += 1;
         m
     });
-    let _ = writeln!(md, "\nbfdd's reasons for Down after the cuts: {reasons:?}. Histogram: bfd-detect{}.svg", if quick { "-quick" } else { "" });
+    let _ = writeln!(
+        md,
+        "\nbfdd's reasons for Down after the cuts: {reasons:?}. Histogram: bfd-detect{}.svg",
+        if quick { "-quick" } else { "" }
+    );
     println!("mode: {}\n\n{md}", if quick { "quick" } else { "full" });
     fs::create_dir_all(&out_dir).expect("create bench/results");
     let suffix = if quick { "-quick" } else { "" };
     fs::write(out_dir.join(format!("bfd{suffix}.md")), &md).unwrap();
-    let scale_json: Vec<_> = scaled.iter().map(|s| serde_json::json!({"sessions": s.n, "up": s.up, "flaps": s.flaps, "engine_cpu_pct": s.cpu})).collect();
-    let frr_scale_json: Vec<_> = frr_scaled.iter().map(|s| serde_json::json!({"sessions": s.n, "up": s.up, "flaps": s.flaps, "bfdd_cpu_pct": s.cpu})).collect();
+    let scale_json: Vec<_> = scaled
+        .iter()
+        .map(|s| serde_json::json!({"sessions": s.n, "up": s.up, "flaps": s.flaps, "engine_cpu_pct": s.cpu}))
+        .collect();
+    let frr_scale_json: Vec<_> = frr_scaled
+        .iter()
+        .map(|s| serde_json::json!({"sessions": s.n, "up": s.up, "flaps": s.flaps, "bfdd_cpu_pct": s.cpu}))
+        .collect();
     let doc = serde_json::json!({
         "quick": quick,
         "rows": rows,
@@ -547,11 +667,16 @@ fn main() {
     });
     fs::write(out_dir.join(format!("bfd{suffix}.json")), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     let title = format!("BFD detection time after a link cut, 3 x 10 ms ({} cuts each)", pair.len().max(ours.len()));
-    let series: [(&str, &str, &[f64]); 3] = [("two xgw", "#1f77b4", &pair), ("xgw, peer FRR", "#2ca02c", &ours), ("FRR bfdd, peer xgw", "#d62728", &frr)];
+    let series: [(&str, &str, &[f64]); 3] =
+        [("two xgw", "#1f77b4", &pair), ("xgw, peer FRR", "#2ca02c", &ours), ("FRR bfdd, peer xgw", "#d62728", &frr)];
     fs::write(out_dir.join(format!("bfd-detect{suffix}.svg")), svg(&series, &title)).unwrap();
     assert!(!pair.is_empty() && !ours.is_empty(), "no detection measured");
     // The FRR ramp must at least have brought its first step Up and read
     // bfdd's CPU, or its row measured nothing.
     let first = frr_scaled.first().expect("FRR ramp ran no step");
-    assert!(first.up && first.cpu.len() == 2 && first.cpu.iter().all(|c| c.is_finite() && *c > 0.0), "FRR ramp: {} sessions not Up or no CPU read", first.n);
+    assert!(
+        first.up && first.cpu.len() == 2 && first.cpu.iter().all(|c| c.is_finite() && *c > 0.0),
+        "FRR ramp: {} sessions not Up or no CPU read",
+        first.n
+    );
 }

@@ -39,7 +39,13 @@ fn main() -> Result<()> {
     anyhow::ensure!(report.failed.is_empty(), "reconcile failed: {:?}", report.failed);
     let mut journal = OpenOptions::new().create(true).append(true).open(journal).context("journal")?;
     let mut log = |line: String| journal.write_all(format!("{line}\n").as_bytes());
-    log(format!("start ports={} reconcile recreated={} removed={} rewritten={}", pm.ports().count(), report.recreated.len(), report.removed.len(), report.rewritten.len()))?;
+    log(format!(
+        "start ports={} reconcile recreated={} removed={} rewritten={}",
+        pm.ports().count(),
+        report.recreated.len(),
+        report.removed.len(),
+        report.rewritten.len()
+    ))?;
 
     loop {
         // xorshift64: no dependency, and reproducible from SEED.
@@ -47,7 +53,8 @@ fn main() -> Result<()> {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let i = (rng % u64::from(POOL)) as u32;
-        let spec = if i < locals { local(&format!("vm{i}"), &format!("vm{i}"), i as u16 + 1, None) } else { tunnel_n(i) };
+        let spec =
+            if i < locals { local(&format!("vm{i}"), &format!("vm{i}"), i as u16 + 1, None) } else { tunnel_n(i) };
         let name = spec.name().to_owned();
         let now = Instant::now();
         if pm.get(&name).is_some() {

@@ -109,8 +109,20 @@ fn main() {
         mem_dels.push(rate(specs.len(), d));
     }
     let fs = filesystem_of(&tmp.path);
-    rows.push(Row { name: "durable add (fsync each), tunnels/s".into(), value: median(adds), unit: "1/s", baseline: Some(median(mem_adds)), note: format!("{singles} single adds, redb on {fs}") });
-    rows.push(Row { name: "durable delete (fsync each), tunnels/s".into(), value: median(dels), unit: "1/s", baseline: Some(median(mem_dels)), note: format!("{singles} single deletes") });
+    rows.push(Row {
+        name: "durable add (fsync each), tunnels/s".into(),
+        value: median(adds),
+        unit: "1/s",
+        baseline: Some(median(mem_adds)),
+        note: format!("{singles} single adds, redb on {fs}"),
+    });
+    rows.push(Row {
+        name: "durable delete (fsync each), tunnels/s".into(),
+        value: median(dels),
+        unit: "1/s",
+        baseline: Some(median(mem_dels)),
+        note: format!("{singles} single deletes"),
+    });
 
     // Batched: apply_desired, one fsync per call.
     let specs: Vec<PortSpec> = (0..batch).map(tunnel_n).collect();
@@ -126,9 +138,27 @@ fn main() {
         mem_unloads.push(d);
     }
     let (load, unload) = (median(loads), median(unloads));
-    rows.push(Row { name: format!("time to load {batch} tunnels (one apply_desired), ms"), value: load * 1e3, unit: "ms", baseline: Some(median(mem_loads.clone()) * 1e3), note: "maps + redb, one fsync".into() });
-    rows.push(Row { name: "batched add (group commit), tunnels/s".into(), value: f64::from(batch) / load, unit: "1/s", baseline: Some(f64::from(batch) / median(mem_loads)), note: format!("{batch} per apply_desired") });
-    rows.push(Row { name: "batched delete (group commit), tunnels/s".into(), value: f64::from(batch) / unload, unit: "1/s", baseline: Some(f64::from(batch) / median(mem_unloads)), note: format!("{batch} per apply_desired") });
+    rows.push(Row {
+        name: format!("time to load {batch} tunnels (one apply_desired), ms"),
+        value: load * 1e3,
+        unit: "ms",
+        baseline: Some(median(mem_loads.clone()) * 1e3),
+        note: "maps + redb, one fsync".into(),
+    });
+    rows.push(Row {
+        name: "batched add (group commit), tunnels/s".into(),
+        value: f64::from(batch) / load,
+        unit: "1/s",
+        baseline: Some(f64::from(batch) / median(mem_loads)),
+        note: format!("{batch} per apply_desired"),
+    });
+    rows.push(Row {
+        name: "batched delete (group commit), tunnels/s".into(),
+        value: f64::from(batch) / unload,
+        unit: "1/s",
+        baseline: Some(f64::from(batch) / median(mem_unloads)),
+        note: format!("{batch} per apply_desired"),
+    });
 
     // Memory under churn: 4,096 live tunnels, each apply_desired retires
     // the 500 oldest and adds 500 new ones (1,000 operations).
@@ -158,9 +188,27 @@ fn main() {
     assert_eq!(pm.allocator().in_use(), live as usize);
     let held = pm.allocator().held_down();
     drop(pm);
-    rows.push(Row { name: format!("VmRSS before {churn_ops} churn operations, KiB"), value: rss_before as f64, unit: "KiB", baseline: None, note: format!("after {warmup} warm-up operations, {live} live tunnels") });
-    rows.push(Row { name: format!("VmRSS after {churn_ops} churn operations, KiB"), value: rss_after as f64, unit: "KiB", baseline: None, note: format!("{:+} KiB; {held} numbers in hold-down", rss_after as i64 - rss_before as i64) });
-    rows.push(Row { name: "churn (batched add+delete), operations/s".into(), value: churn_ops as f64 / churn_secs, unit: "1/s", baseline: None, note: "1,000 changes per apply_desired".into() });
+    rows.push(Row {
+        name: format!("VmRSS before {churn_ops} churn operations, KiB"),
+        value: rss_before as f64,
+        unit: "KiB",
+        baseline: None,
+        note: format!("after {warmup} warm-up operations, {live} live tunnels"),
+    });
+    rows.push(Row {
+        name: format!("VmRSS after {churn_ops} churn operations, KiB"),
+        value: rss_after as f64,
+        unit: "KiB",
+        baseline: None,
+        note: format!("{:+} KiB; {held} numbers in hold-down", rss_after as i64 - rss_before as i64),
+    });
+    rows.push(Row {
+        name: "churn (batched add+delete), operations/s".into(),
+        value: churn_ops as f64 / churn_secs,
+        unit: "1/s",
+        baseline: None,
+        note: "1,000 changes per apply_desired".into(),
+    });
 
     let mut md = String::from("| benchmark | value | in-memory baseline | note |\n|---|---|---|---|\n");
     let mut json = vec![];
@@ -175,12 +223,16 @@ fn main() {
     let suffix = if quick { "-quick" } else { "" };
     std::fs::write(out_dir.join(format!("ports{suffix}.md")), &md).expect("write md");
     let doc = serde_json::json!({"runs": runs, "quick": quick, "rows": json});
-    std::fs::write(out_dir.join(format!("ports{suffix}.json")), serde_json::to_string_pretty(&doc).unwrap()).expect("write json");
+    std::fs::write(out_dir.join(format!("ports{suffix}.json")), serde_json::to_string_pretty(&doc).unwrap())
+        .expect("write json");
 }
 
 /// The filesystem type under `path` (fsync on tmpfs is free, which would
 /// make the durable figures meaningless).
 fn filesystem_of(path: &Path) -> String {
     let out = std::process::Command::new("findmnt").args(["-n", "-o", "FSTYPE", "-T"]).arg(path).output();
-    out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).filter(|s| !s.is_empty()).unwrap_or_else(|| "?".into())
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into())
 }

@@ -4,7 +4,9 @@
 //! the output bytes, the verdict and the counters the datapath moved.
 use super::world::{BfdPeer, Delta, Ingress, Port, World, BFD_ADV_US, BFD_MULT, MTU};
 use crate::{addrs::*, packet::*};
-use xgw_common::maps::{ipv4_mapped, BfdPathKey, BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX, BFD_PATH_GENEVE, BFD_PATH_SINGLE_HOP};
+use xgw_common::maps::{
+    ipv4_mapped, BfdPathKey, BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX, BFD_PATH_GENEVE, BFD_PATH_SINGLE_HOP,
+};
 
 /// The outer headers of a frame that is Geneve addressed to the gateway,
 /// exactly as the datapath must accept it: no VLAN tag, IPv4 without
@@ -479,7 +481,10 @@ fn check_bfd_tx(bfd: &Bfd, input: &[u8], run: &Run, d: &Delta) -> Result<(), Str
                 && out[23] == 17
                 && ipv4_csum_ok(&out[14..34])
                 && swapped(26, 30);
-            let udp_ok = out[34..36] == peer.sport.to_be_bytes() && out[36..38] == [0x0e, 0xc8] && out[38..40] == input[38..40] && out[40..42] == [0, 0];
+            let udp_ok = out[34..36] == peer.sport.to_be_bytes()
+                && out[36..38] == [0x0e, 0xc8]
+                && out[38..40] == input[38..40]
+                && out[40..42] == [0, 0];
             if !ip_ok || !udp_ok || out[66..] != input[66..] {
                 return Err(format!("single-hop answer headers wrong: {}", hex(out)));
             }

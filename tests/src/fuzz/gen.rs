@@ -185,7 +185,11 @@ pub fn bfd_single_hop(r: &mut Rand, w: &World) -> Vec<u8> {
     let ttl = if r.random_bool(0.9) { 255 } else { *pick(r, &[254, 1, 0, any]) };
     let mut v = Vec::new();
     let ctl = bfd_control(r, w);
-    PacketBuilder::ethernet2(HV_MAC, GW_MAC).ipv4(src, dst, ttl).udp(49152 + r.random_range(0..16384), 3784).write(&mut v, &ctl).unwrap();
+    PacketBuilder::ethernet2(HV_MAC, GW_MAC)
+        .ipv4(src, dst, ttl)
+        .udp(49152 + r.random_range(0..16384), 3784)
+        .write(&mut v, &ctl)
+        .unwrap();
     v
 }
 
@@ -349,7 +353,11 @@ fn ethertype(v: &[u8]) -> u16 {
 }
 
 fn udp_at(v: &[u8]) -> usize {
-    if ethertype(v) == 0x86dd { 54 } else { 34 }
+    if ethertype(v) == 0x86dd {
+        54
+    } else {
+        34
+    }
 }
 
 fn set16(v: &mut [u8], at: usize, x: u16) {

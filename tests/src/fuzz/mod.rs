@@ -134,7 +134,9 @@ impl Runner<'_> {
         if let Err(e) = check::check(self.w, program, ingress, packet, &run, &d) {
             if self.report.failures.len() < MAX_FAILURES {
                 let line = corpus_line(program, ingress, packet);
-                self.report.failures.push(format!("{e}\n    verdict {} counters {d:?}\n    corpus line: {line}", run.verdict));
+                self.report
+                    .failures
+                    .push(format!("{e}\n    verdict {} counters {d:?}\n    corpus line: {line}", run.verdict));
             }
         }
         if self.seen.insert(outcome.clone()) {
@@ -156,7 +158,8 @@ fn corpus_line(program: &str, ingress: &Ingress, packet: &[u8]) -> String {
 fn parse_corpus_line(line: &str) -> Option<(&str, &str, Vec<u8>)> {
     let mut it = line.split_whitespace();
     let (prog, ingress, hex) = (it.next()?, it.next()?, it.next()?);
-    let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    let bytes =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
     Some((prog, ingress, bytes))
 }
 
@@ -179,8 +182,12 @@ fn run_in(w: &mut World, cfg: &Config) -> Report {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let (prog, ingress, bytes) = parse_corpus_line(line).unwrap_or_else(|| panic!("{CORPUS}:{}: malformed line", n + 1));
-        let prog = *PROGRAMS.iter().find(|p| **p == prog).unwrap_or_else(|| panic!("{CORPUS}:{}: unknown program {prog}", n + 1));
+        let (prog, ingress, bytes) =
+            parse_corpus_line(line).unwrap_or_else(|| panic!("{CORPUS}:{}: malformed line", n + 1));
+        let prog = *PROGRAMS
+            .iter()
+            .find(|p| **p == prog)
+            .unwrap_or_else(|| panic!("{CORPUS}:{}: unknown program {prog}", n + 1));
         let ingress = r.w.ingress_named(ingress);
         r.one(prog, &ingress, &bytes);
         r.report.corpus += 1;

@@ -7,11 +7,7 @@
 //! devmap resolve are real interfaces.
 use std::collections::BTreeMap;
 
-use xgw_common::{
-    counters::PortStats,
-    bfd::State,
-    maps::*,
-};
+use xgw_common::{bfd::State, counters::PortStats, maps::*};
 
 use crate::{addrs::*, gateway::TestGateway, netns::Netns};
 
@@ -21,7 +17,8 @@ pub const MTU: u32 = 1500;
 
 /// Every program in the datapath object. The first three are the product;
 /// the last three are benchmark baselines, fuzzed all the same.
-pub const PROGRAMS: [&str; 8] = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass", "xgw_drop", "xgw_redirect", "xgw_strip", "xgw_push"];
+pub const PROGRAMS: [&str; 8] =
+    ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass", "xgw_drop", "xgw_redirect", "xgw_strip", "xgw_push"];
 
 #[derive(Debug, Clone)]
 pub struct Port {
@@ -164,10 +161,16 @@ impl World {
         gw.set_uplink_devmap(uplink_ifindex);
         for t in &tunnels {
             let flags = if t.v6 { TUNNEL_IPV6 } else { 0 } | if t.ovn { TUNNEL_OVN_METADATA } else { 0 };
-            gw.add_tunnel(t.ofport as u32, Tunnel { remote: t.remote, nexthop_mac: HV_MAC, flags, _pad: 0, vni: t.vni });
+            gw.add_tunnel(
+                t.ofport as u32,
+                Tunnel { remote: t.remote, nexthop_mac: HV_MAC, flags, _pad: 0, vni: t.vni },
+            );
         }
         for p in &ports {
-            gw.add_local_port(p.ifindex, LocalPort { vni: p.vni, ofport: p.ofport, port_key: p.key, mac: p.mac, _pad: [0; 2] });
+            gw.add_local_port(
+                p.ifindex,
+                LocalPort { vni: p.vni, ofport: p.ofport, port_key: p.key, mac: p.mac, _pad: [0; 2] },
+            );
             gw.add_neigh(p.vni, ipv4_mapped(p.ip4), p.mac);
             gw.add_neigh(p.vni, p.ip6, p.mac);
         }
@@ -184,7 +187,13 @@ impl World {
         ]
         .into_iter()
         .enumerate()
-        .map(|(i, (path, echo))| BfdPeer { slot: i as u32, path, local_disc: 0x5eed_0000 | i as u32, sport: 49152 + i as u16, echo })
+        .map(|(i, (path, echo))| BfdPeer {
+            slot: i as u32,
+            path,
+            local_disc: 0x5eed_0000 | i as u32,
+            sport: 49152 + i as u16,
+            echo,
+        })
         .collect();
         let mut w = World { gw, ns, uplink_ifindex, ports, tunnels, remotes, bfd };
         for b in w.bfd.clone() {
