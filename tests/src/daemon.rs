@@ -3,6 +3,9 @@
 //! it. The daemon is a `Process` (killed by PID on drop); the bpffs and the
 //! state directory are guards too, so nothing outlives the test.
 use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
@@ -183,4 +186,27 @@ impl Drop for Daemon {
         // which releases the pinned links and maps.
         self.process.take();
     }
+}
+
+/// GET /metrics from inside namespace `netns` (a daemon's `--metrics`
+/// address); returns `name{labels}` -> value, checking that the answer is
+/// OpenMetrics (ends with `# EOF`) and names no series twice.
+pub fn scrape(netns: &str, addr: &str) -> BTreeMap<String, f64> {
+    let text = crate::netns::enter(netns, || {
+        let mut s = TcpStream::connect(addr).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    let mut samples = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("metric line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
+        assert!(samples.insert(series.to_owned(), value).is_none(), "series twice: {series}");
+    }
+    samples
 }

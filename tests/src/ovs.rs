@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Why it is built this way (each point was tried; see also
-//! `tests/tests/ovs_peer.rs`):
+//! `tests/tests/it/ovs_peer.rs`):
 //! - The userspace datapath routes tunnel traffic with its own table, filled
 //!   from the kernel's routes: the underlay IP must be on `br-phy`'s LOCAL
 //!   port with the veth inside `br-phy`. With the IP on the bare veth OVS logs

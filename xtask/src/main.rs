@@ -255,8 +255,8 @@ fn main() -> ExitCode {
             }
             if kills > 0 {
                 let mut cmd = cargo();
-                cmd.args(["test", "--release", "--locked", "-p", "xgw-tests", "--test", "faults", "--"]);
-                cmd.args(["--exact", "killed_at_random_points_loses_and_leaks_nothing", "--nocapture"]);
+                cmd.args(["test", "--release", "--locked", "-p", "xgw-tests", "--test", "it", "--"]);
+                cmd.args(["--exact", "faults::killed_at_random_points_loses_and_leaks_nothing", "--nocapture"]);
                 run(cmd.env("XGW_KILLS", kills.to_string()))?;
             }
             if target_seconds > 0 {

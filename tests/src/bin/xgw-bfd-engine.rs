@@ -1,6 +1,6 @@
 //! A BFD engine on pinned maps, alone in its process, until killed: what
 //! the controller's BFD half does across a restart, for a test to SIGKILL
-//! and start again (`tests/tests/bfd_restart.rs`).
+//! and start again (`tests/tests/it/bfd_restart.rs`).
 //!
 //! usage: xgw-bfd-engine PIN_DIR UPLINK MAC SESSIONS_JSON
 //!

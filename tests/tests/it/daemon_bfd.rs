@@ -5,12 +5,7 @@
 //!
 //!   gateway A (xgw run) [ul] ---- [ul] gateway B (xgw run)
 //!   gateway (xgw run)   [ul] ---- [ul0] Open vSwitch br-phy / br-int gnv0
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
 use serde_json::Value;
@@ -18,7 +13,11 @@ use xgw_common::{
     bfd::State,
     maps::{BfdSession, BFD_SLOT_MASK},
 };
-use xgw_tests::{daemon::Daemon, ovs::mac_str, require_root, Geneve, Netns, OvsHypervisor, Veth};
+use xgw_tests::{
+    daemon::{scrape, Daemon},
+    ovs::mac_str,
+    require_root, Geneve, Netns, OvsHypervisor, Veth,
+};
 
 const VNI: &str = "5001";
 const IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
@@ -68,26 +67,6 @@ fn matches_the_session_map(d: &Daemon, s: &Value) {
     assert_eq!(f64::from(m.remote_min_rx) / 1000.0, s["remote_min_rx_ms"].as_f64().unwrap(), "{m:?} {s}");
     // The map is read after `bfd show`; packets keep arriving.
     assert!(m.rx_packets >= num(&s["rx_packets"]) && m.rx_packets > 0, "{m:?} {s}");
-}
-
-/// GET /metrics from inside the namespace; returns name{labels} -> value.
-fn scrape(ns: &str, addr: &str) -> BTreeMap<String, f64> {
-    let text = xgw_tests::netns::enter(ns, || {
-        let mut s = TcpStream::connect(addr).expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 /// Two gateways back to back, each with a tunnel to the other.

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{IpAddr, TcpStream},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -20,7 +20,7 @@ use xgw::{
 };
 use xgw_common::maps::{self as wire, names::*, *};
 use xgw_tests::{
-    daemon::Daemon,
+    daemon::{scrape, Daemon},
     gateway::TestGateway,
     netns::{Netns, Veth},
     ports::{bytes, expected_maps, read_maps, Maps, TempDir},
@@ -136,27 +136,6 @@ fn wait_resolved(d: &Daemon, tunnel: &str) -> Value {
         assert!(Instant::now() < deadline, "next hop of {tunnel} never resolved: {t}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// GET /metrics from inside the namespace; returns name{labels} -> value.
-fn scrape(ns: &Netns, addr: &str) -> BTreeMap<String, f64> {
-    let text = ns.enter(|| {
-        let mut s = TcpStream::connect(addr).expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
-    let mut samples = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("metric line {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
-        assert!(samples.insert(series.to_owned(), value).is_none(), "series twice: {series}");
-    }
-    samples
 }
 
 #[test]
@@ -308,7 +287,7 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     assert!(stats["replies"]["arp"].as_u64().unwrap() >= 1, "the ARP responder answered: {stats}");
 
     // Metrics agree with stats and show.
-    let m = scrape(&gw.ns, "127.0.0.1:9477");
+    let m = scrape(&gw.ns.name, "127.0.0.1:9477");
     assert_eq!(m["xgw_ofports{state=\"used\"}"], 3.0);
     assert_eq!(m["xgw_ofports{state=\"free\"}"], 65276.0);
     assert_eq!(m["xgw_tunnel_nexthop_resolved{tunnel=\"hv2\"}"], 1.0);

@@ -12,6 +12,7 @@ use xgw_common::maps::*;
 use xgw_tests::{
     gateway::TestGateway,
     netns::{unique_name, Netns, Veth},
+    ovs::mac_str,
     require_root,
 };
 
@@ -32,10 +33,6 @@ const VM_IP6: [[u8; 16]; 2] = [
 ];
 /// Logical port keys of the two VMs (OVN style, 15 bits).
 const VM_KEY: [u16; 2] = [0x0011, 0x0022];
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 fn ip4(a: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(a).to_string()

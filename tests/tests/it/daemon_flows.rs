@@ -21,7 +21,6 @@ use xgw_tests::{
     require_root,
 };
 
-const XDP_DROP: u32 = 1;
 const VM_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 1];
 const REMOTE_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0, 2];
 

@@ -21,8 +21,6 @@ use xgw_tests::{
     require_root,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const LO: u32 = 1;
 const VM_OFPORT: u16 = 3;
 const VM_KEY: u16 = 0x0011;

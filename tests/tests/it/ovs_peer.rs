@@ -246,7 +246,7 @@ fn bfd_comes_up_over_the_ovs_tunnel() {
     let with_option = frames.iter().filter_map(|f| geneve::parse(f)).filter(|g| g.options.len() == 1).count();
     assert!(with_option >= 4, "the pings' frames carry the OVN option ({with_option})");
     // OVS's BFD rides in Geneve with no option, to its own well-known inner
-    // addresses (see ../shared/peers/README.md): xgw must expect exactly this.
+    // addresses (docs/ovs-geneve.md, "BFD from OVS"): xgw must expect exactly this.
     let bfd: Vec<Parsed> = frames
         .iter()
         .filter_map(|f| geneve::parse(f))
@@ -266,8 +266,8 @@ fn bfd_comes_up_over_the_ovs_tunnel() {
 
 /// A real OVS frame, recorded by `XGW_OVS_RECORD=1 cargo test ... ovs_geneve_over_ipv4`
 /// into tests/data, for datapath tests that want OVS's own bytes as input.
-const RECORDED_IPV4_OVN: &str = include_str!("../data/ovs-geneve-ipv4-ovn.hex");
-const RECORDED_IPV6_OVN: &str = include_str!("../data/ovs-geneve-ipv6-ovn.hex");
+const RECORDED_IPV4_OVN: &str = include_str!("../../data/ovs-geneve-ipv4-ovn.hex");
+const RECORDED_IPV6_OVN: &str = include_str!("../../data/ovs-geneve-ipv6-ovn.hex");
 
 /// Reads a recorded frame: hex bytes, `#` starts a comment.
 fn hex_frame(text: &str) -> Vec<u8> {
@@ -281,7 +281,7 @@ fn record(path: &str, what: &str, frame: &[u8]) {
         return;
     }
     let mut s = format!(
-        "# {what}\n# Recorded from Open vSwitch {} (userspace datapath) by tests/tests/ovs_peer.rs.\n",
+        "# {what}\n# Recorded from Open vSwitch {} (userspace datapath) by tests/tests/it/ovs_peer.rs.\n",
         xgw_tests::sh(&["ovs-vswitchd", "--version"])
             .lines()
             .next()
