@@ -4,16 +4,18 @@
 //! failing (panicking) test cleans up too. Names carry the test process id and
 //! a counter, so tests run in parallel without colliding.
 //!
+//! The integration tests that use it are one binary, `tests/tests/it/`; the
+//! benchmarks (`tests/bench/`, crate `xgw-bench`) and the packet fuzzer
+//! (`tests/fuzz/`, crate `xgw-fuzz`) are crates of their own on top of it.
+//!
 //! Privileged tests call [`require_root!`] first: outside CI, without root,
 //! they print a visible SKIP line and return; in CI (`CI` set) a missing
 //! privilege is a failure, never a silent pass.
 pub mod addrs;
-pub mod bench;
 pub mod bpftool;
 pub mod capture;
 pub mod daemon;
 pub mod frr;
-pub mod fuzz;
 pub mod gateway;
 pub mod netns;
 pub mod ovs;

@@ -215,14 +215,14 @@ fn main() -> ExitCode {
             }
             setup()?;
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-bench", "--"]);
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-bench", "--bin", "xgw-bench", "--"]);
             if quick {
                 cmd.arg("--quick");
             }
             run(&mut cmd)?;
             // The port map on real maps and redb: rates, load time, memory.
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-portbench", "--"]);
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-bench", "--bin", "xgw-portbench", "--"]);
             if quick {
                 cmd.arg("--quick");
             }
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
             // BFD: detection after link cuts (xgw and FRR bfdd), sessions
             // sustained at 10 ms and their CPU, flaps under CPU hogs.
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-bfdbench", "--"]);
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-bench", "--bin", "xgw-bfdbench", "--"]);
             if quick {
                 cmd.arg("--quick");
             }
@@ -243,7 +243,7 @@ fn main() -> ExitCode {
             setup()?;
             if packets > 0 {
                 let mut cmd = cargo();
-                cmd.args(["run", "--release", "--locked", "-p", "xgw-tests", "--bin", "xgw-fuzz", "--"]);
+                cmd.args(["run", "--release", "--locked", "-p", "xgw-fuzz", "--bin", "xgw-fuzz", "--"]);
                 cmd.args(["--packets", &packets.to_string()]);
                 if let Some(seed) = seed {
                     cmd.args(["--seed", &seed.to_string()]);

@@ -1,10 +1,10 @@
 //! The bounded fuzz pass CI runs: 100,000 generated packets (plus the kept
 //! corpus and a truncation sweep) through every XDP program, each judged by
-//! `xgw_tests::fuzz::check`. `cargo xtask fuzz` runs the full million.
+//! `xgw_fuzz::check` (crate `tests/fuzz/`). `cargo xtask fuzz` runs the full million.
 //! `XGW_FUZZ_SEED` / `XGW_FUZZ_PACKETS` override the defaults.
 use xgw_common::maps::{BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX};
+use xgw_fuzz::{self as fuzz, Config};
 use xgw_tests::{
-    fuzz::{self, Config},
     packet::{XDP_DROP, XDP_REDIRECT, XDP_TX},
     require_root,
 };

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use xgw_common::maps::*;
-
-use super::{stats, PlotPoint, Row, DECAP, ENCAP};
-use crate::{
+use xgw_tests::{
     gateway::TestGateway,
     netns::{self, Netns, Veth},
     packet::geneve::*,
 };
+
+use crate::{stats, PlotPoint, Row, DECAP, ENCAP};
 
 pub const GW_IP: [u8; 4] = [198, 51, 100, 1];
 pub const HV_IP: [u8; 4] = [198, 51, 100, 2];

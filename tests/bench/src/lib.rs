@@ -2,6 +2,10 @@
 //! measured figures beside a baseline from the same run, their statistics,
 //! the markdown table and JSON under bench/results/, the checks that every
 //! figure was really produced, and the plot of packet rate against size.
+//! Its binaries are `xgw-bench` (XDP program cost, packet rates, xgw against
+//! Open vSwitch), `xgw-portbench` (the port map on real maps and redb) and
+//! `xgw-bfdbench` (BFD at scale); the namespaces, veths, gateways and
+//! processes they use are the test harness's (`xgw_tests`).
 pub mod bfd;
 pub mod plot;
 pub mod versus;

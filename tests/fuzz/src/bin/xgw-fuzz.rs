@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use xgw_tests::fuzz::{self, Config, CORPUS};
+use xgw_fuzz::{self as fuzz, Config, CORPUS};
 
 #[derive(Parser)]
 #[command(about = "Fuzz every xgw XDP program through BPF_PROG_TEST_RUN")]

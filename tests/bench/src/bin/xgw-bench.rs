@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: every figure beside a baseline measured in the same
 //! run, as medians of several runs with their min-max spread. Writes a
-//! markdown table and a JSON file under bench/results/ (the harness is in
-//! `xgw_tests::bench`).
+//! markdown table and a JSON file under bench/results/ (the measurements
+//! are in this crate's library, `xgw_bench`).
 //!
 //! Measured:
 //! - program cost through BPF_PROG_TEST_RUN (ns per packet, timed by the
@@ -23,12 +23,12 @@ use std::{path::PathBuf, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
 
+use xgw_bench::{
+    self as bench,
+    bfd::{BfdCost, Kind},
+    stats, versus, veth, Row,
+};
 use xgw_tests::{
-    bench::{
-        self,
-        bfd::{BfdCost, Kind},
-        stats, versus, veth, Row,
-    },
     gateway::TestGateway,
     packet::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };

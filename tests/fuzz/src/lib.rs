@@ -7,6 +7,10 @@
 //! goes through one program and `check::check` judges the verdict, the
 //! output bytes and the counters it moved against the configuration in
 //! `world`. The test runs a bounded pass; `cargo xtask fuzz` the full one.
+//! `xgw-fuzz` (this crate's binary) is that full pass; the bounded one is
+//! the `fuzz_packets` module of the integration tests (`tests/tests/it/`),
+//! which has this crate as a dev-dependency. The namespaces and the gateway
+//! under test come from the harness (`xgw_tests`).
 pub mod check;
 pub mod gen;
 pub mod world;
@@ -14,12 +18,12 @@ pub mod world;
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use rand::{RngExt, SeedableRng};
+use xgw_tests::packet::{test_run_on, Run};
 
 use self::{
     gen::Rand,
     world::{Delta, Ingress, World, PROGRAMS},
 };
-use crate::packet::{test_run_on, Run};
 
 /// The run's settings.
 #[derive(Debug, Clone)]
@@ -81,7 +85,7 @@ impl Report {
 }
 
 /// The kept corpus: `<program> <ingress ifname or -> <hex>` per line.
-pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus.txt");
+pub const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus.txt");
 
 const MAX_FAILURES: usize = 20;
 
@@ -167,7 +171,7 @@ fn parse_corpus_line(line: &str) -> Option<(&str, &str, Vec<u8>)> {
 pub fn run(cfg: &Config) -> Report {
     let mut w = World::new();
     let ns = w.ns.name.clone();
-    crate::netns::enter(&ns, || run_in(&mut w, cfg))
+    xgw_tests::netns::enter(&ns, || run_in(&mut w, cfg))
 }
 
 fn run_in(w: &mut World, cfg: &Config) -> Report {
@@ -209,8 +213,8 @@ fn run_in(w: &mut World, cfg: &Config) -> Report {
     templates.push(("xgw_uplink", Ingress::Uplink, gen::bfd_echo(&mut rng)));
     let remote = w.remotes[0].mac;
     templates.push(("xgw_local", local.clone(), gen::l2_frame(&mut rng, p1.mac, remote, 64)));
-    templates.push(("xgw_local", local.clone(), crate::packet::arp_request(p1.mac, p1.ip4, w.remotes[0].ip4)));
-    templates.push(("xgw_local", local, crate::packet::neighbour_solicitation(p1.mac, p1.ip6, w.ports[1].ip6)));
+    templates.push(("xgw_local", local.clone(), xgw_tests::packet::arp_request(p1.mac, p1.ip4, w.remotes[0].ip4)));
+    templates.push(("xgw_local", local, xgw_tests::packet::neighbour_solicitation(p1.mac, p1.ip6, w.ports[1].ip6)));
     for (prog, ingress, t) in &templates {
         for len in 14..=t.len() {
             r.one(prog, ingress, &t[..len]);

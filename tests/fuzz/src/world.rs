@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use xgw_common::{bfd::State, counters::PortStats, maps::*};
-
-use crate::{addrs::*, gateway::TestGateway, netns::Netns};
+use xgw_tests::{addrs::*, gateway::TestGateway, netns::Netns};
 
 pub const VNI_A: u32 = VNI;
 pub const VNI_B: u32 = 0x00ab_cdef;

@@ -20,13 +20,13 @@ use std::{
 
 use etherparse::PacketBuilder;
 use xgw::bfd::{Config, Engine, Options, Path, Status, Uplink};
-
-use super::veth::{GW_IP, GW_MAC, HV_IP, HV_MAC, TUNNEL, VNI};
-use crate::{
+use xgw_tests::{
     gateway::TestGateway,
     netns::Netns,
     packet::{geneve::geneve_hdr, test_run_on, XDP_DROP},
 };
+
+use crate::veth::{GW_IP, GW_MAC, HV_IP, HV_MAC, TUNNEL, VNI};
 
 /// The single-hop peer (a router on the uplink's segment).
 const ROUTER_IP: [u8; 4] = [198, 51, 100, 3];

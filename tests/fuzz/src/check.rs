@@ -2,11 +2,12 @@
 //! configuration. It never asks the datapath what it meant; it reads the
 //! input bytes with its own parser (RFC 791 / 8200 / 768 / 8926 layouts),
 //! the output bytes, the verdict and the counters the datapath moved.
-use super::world::{BfdPeer, Delta, Ingress, Port, World, BFD_ADV_US, BFD_MULT, MTU};
-use crate::{addrs::*, packet::*};
 use xgw_common::maps::{
     ipv4_mapped, BfdPathKey, BFD_CNT_ECHO_REFLECTED, BFD_CNT_RX, BFD_CNT_XDP_TX, BFD_PATH_GENEVE, BFD_PATH_SINGLE_HOP,
 };
+use xgw_tests::{addrs::*, packet::*};
+
+use crate::world::{BfdPeer, Delta, Ingress, Port, World, BFD_ADV_US, BFD_MULT, MTU};
 
 /// The outer headers of a frame that is Geneve addressed to the gateway,
 /// exactly as the datapath must accept it: no VLAN tag, IPv4 without

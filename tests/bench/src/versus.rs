@@ -34,12 +34,13 @@ use nix::{
     sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
 };
 
-use super::{
+use xgw_tests::{gateway::TestGateway, ovs::mac_str, Geneve, Netns, OvnKeys, OvsHypervisor, Veth};
+
+use crate::{
     stats,
     veth::{self, sink, SinkCount, GENEVE_OVERHEAD, HV_MAC, REMOTE_KEY, TUNNEL, VM_KEY, VM_MAC},
     PlotPoint, Row, DECAP, ENCAP,
 };
-use crate::{gateway::TestGateway, ovs::mac_str, Geneve, Netns, OvnKeys, OvsHypervisor, Veth};
 
 pub const XGW: &str = "xgw (veth generator, as OVS)";
 const GENERATOR_CPU: usize = 0;
@@ -110,7 +111,7 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
     );
     // xgw's next hop comes from its tunnel table; OVS's from its neighbour
     // cache, filled here rather than by ARP the sink would swallow.
-    ovs.appctl(&["tnl/neigh/set", crate::ovs::BR_PHY, "198.51.100.2", &mac_str(HV_MAC)]);
+    ovs.appctl(&["tnl/neigh/set", xgw_tests::ovs::BR_PHY, "198.51.100.2", &mac_str(HV_MAC)]);
     // OVS gets a core of its own, the generator the other: left to the
     // scheduler, OVS sometimes shared the generator's core and its rate
     // halved from one run to the next. This favours OVS: xgw's work runs in
@@ -118,22 +119,22 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
     let pinned = std::thread::available_parallelism().map_or(false, |n| n.get() >= 2);
     if pinned {
         let pid = std::fs::read_to_string(ovs.dir().join("run/ovs-vswitchd.pid")).expect("ovs-vswitchd pidfile");
-        crate::sh(&["taskset", "-a", "-p", "-c", &OVS_CPU.to_string(), pid.trim()]);
+        xgw_tests::sh(&["taskset", "-a", "-p", "-c", &OVS_CPU.to_string(), pid.trim()]);
     }
     let ovm = ovs.vm();
 
     let mut gen = TestGateway::load(&["xgw_redirect", "xgw_drop", "xgw_pass"]);
-    for (ns, ifname) in [(&tg, "gx"), (&tg, "go"), (&xvm, "eth0"), (ovm, crate::ovs::VM_IF)] {
+    for (ns, ifname) in [(&tg, "gx"), (&tg, "go"), (&xvm, "eth0"), (ovm, xgw_tests::ovs::VM_IF)] {
         gen.attach(ns, "xgw_drop", ifname);
     }
-    for ifname in ["ovsul", crate::ovs::VM_PORT] {
+    for ifname in ["ovsul", xgw_tests::ovs::VM_PORT] {
         gen.attach(ovs.ns(), "xgw_pass", ifname);
     }
 
     let xgw_decap = Path { gen_ns: &tg, gen_if: "gx", sink_ns: &xvm, sink_if: "eth0" };
-    let ovs_decap = Path { gen_ns: &tg, gen_if: "go", sink_ns: ovm, sink_if: crate::ovs::VM_IF };
+    let ovs_decap = Path { gen_ns: &tg, gen_if: "go", sink_ns: ovm, sink_if: xgw_tests::ovs::VM_IF };
     let xgw_encap = Path { gen_ns: &xvm, gen_if: "eth0", sink_ns: &tg, sink_if: "gx" };
-    let ovs_encap = Path { gen_ns: ovm, gen_if: crate::ovs::VM_IF, sink_ns: &tg, sink_if: "go" };
+    let ovs_encap = Path { gen_ns: ovm, gen_if: xgw_tests::ovs::VM_IF, sink_ns: &tg, sink_if: "go" };
 
     let (mut decap_rows, mut encap_rows) = (vec![], vec![]);
     for &size in sizes {

@@ -5,7 +5,7 @@
 //! flatten onto zero. Small enough not to need a plotting crate.
 use std::{collections::BTreeMap, fmt::Write};
 
-use super::{Row, Stats};
+use crate::{Row, Stats};
 
 const W: f64 = 470.0;
 const H: f64 = 340.0;
@@ -158,7 +158,7 @@ fn esc(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{PlotPoint, Row, Stats};
+    use crate::{PlotPoint, Row, Stats};
 
     #[test]
     fn every_series_gets_a_line_and_every_point_a_marker() {

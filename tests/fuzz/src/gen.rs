@@ -4,9 +4,9 @@
 //! Built here from the RFC layouts, with etherparse for the plain parts.
 use etherparse::PacketBuilder;
 use rand::{Rng, RngExt};
+use xgw_tests::{addrs::*, packet::geneve::*};
 
-use super::world::{Port, World, ROUTER2_IP4, ROUTER_IP4, VNI_A};
-use crate::{addrs::*, packet::geneve::*};
+use crate::world::{Port, World, ROUTER2_IP4, ROUTER_IP4, VNI_A};
 
 pub type Rand = rand_xorshift::XorShiftRng;
 
@@ -221,7 +221,7 @@ pub fn underlay_other(r: &mut Rand) -> Vec<u8> {
         1 => b.ipv6(HV_IP6, GW_IP6, 255).udp(49152, dport).write(&mut v, &payload),
         2 => b.ipv4(HV_IP4, GW_IP4, 64).tcp(40000, dport, 1, 1024).write(&mut v, &payload),
         3 => b.ipv4(HV_IP4, GW_IP4, 64).icmpv4_echo_request(1, 1).write(&mut v, &payload),
-        _ => return crate::packet::arp_request(HV_MAC, HV_IP4, GW_IP4),
+        _ => return xgw_tests::packet::arp_request(HV_MAC, HV_IP4, GW_IP4),
     }
     .unwrap();
     v
@@ -248,12 +248,12 @@ pub fn local(r: &mut Rand, w: &World, p: &Port) -> Vec<u8> {
                 _ => r.random(),
             };
             let sender = if r.random_bool(0.1) { [0; 4] } else { p.ip4 };
-            crate::packet::arp_request(p.mac, sender, target)
+            xgw_tests::packet::arp_request(p.mac, sender, target)
         }
         6 | 7 => {
             let target = if r.random_bool(0.7) { pick(r, &w.ports).ip6 } else { r.random() };
             let src = if r.random_bool(0.1) { [0; 16] } else { p.ip6 };
-            crate::packet::neighbour_solicitation(p.mac, src, target)
+            xgw_tests::packet::neighbour_solicitation(p.mac, src, target)
         }
         8 => {
             let n = r.random_range(0..64);
