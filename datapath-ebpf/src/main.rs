@@ -1,8 +1,11 @@
-//! xgw's XDP programs. Entry points only: each one reads top to bottom as the
-//! story of one packet; the work lives in one module per concern.
+//! xgw's XDP programs. The product's entry points only: each one reads top
+//! to bottom as the story of one packet; the work lives in one module per
+//! concern. The programs only tests and benchmarks attach (baselines, floors,
+//! the sink, `xgw_pass` for veth peers) are in `bench.rs`, in the same object.
 #![no_std]
 #![no_main]
 
+mod bench;
 mod bfd;
 mod csum;
 mod decap;
@@ -134,52 +137,6 @@ fn drop(reason: Drop) -> u32 {
 pub fn xgw_probe(ctx: XdpContext) -> u32 {
     let proto = probe::classify(&ctx);
     maps::count_proto(proto, ctx.data_end() - ctx.data());
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark baseline for forwarding: redirects every frame to DEVMAP key 0,
-/// a reserved OpenFlow number no port can have (benchmarks put their target
-/// there). The least work any forwarding program can do on the same path.
-#[xdp]
-pub fn xgw_redirect(_ctx: XdpContext) -> u32 {
-    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
-}
-
-/// What a benchmark frame's outer headers take: Ethernet, IPv4, UDP, Geneve
-/// and OVN's option.
-const BENCH_OUTER: i32 = 58;
-
-/// Benchmark floor for decap: strips `BENCH_OUTER` bytes and redirects as
-/// `xgw_redirect` does, with no parsing, lookup or counting: the cost of
-/// the two helper calls every decapsulating program makes.
-#[xdp]
-pub fn xgw_strip(ctx: XdpContext) -> u32 {
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, BENCH_OUTER) } != 0 {
-        return xdp_action::XDP_DROP;
-    }
-    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
-}
-
-/// Benchmark floor for encap: makes room for `BENCH_OUTER` bytes (left
-/// unwritten; the benchmark's sink drops the frame) and redirects.
-#[xdp]
-pub fn xgw_push(ctx: XdpContext) -> u32 {
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -BENCH_OUTER) } != 0 {
-        return xdp_action::XDP_DROP;
-    }
-    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
-}
-
-/// Benchmark sink: drops everything, so a generator measures the path up
-/// to the receiving interface and not the receiver's stack.
-#[xdp]
-pub fn xgw_drop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
-}
-
-/// Does nothing: the baseline every benchmark compares against.
-#[xdp]
-pub fn xgw_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 

@@ -1,0 +1,65 @@
+//! Programs the product never attaches. They live in the same object as
+//! the product's so that tests and benchmarks load them by name from the
+//! very build they measure (`TestGateway::load(&["xgw_pass", ...])`), with
+//! the same maps, and so that the verifier test covers them too; the
+//! daemon attaches only `xgw_uplink`, `xgw_local` (and the CLI `xgw_probe`).
+//!
+//! - `xgw_pass` is the no-op: the baseline of every program-cost figure
+//!   (BPF_PROG_TEST_RUN's fixed overhead), and what tests and benchmarks
+//!   attach to veth peers, because a veth delivers XDP-redirected frames
+//!   only to a peer that runs an XDP program.
+//! - `xgw_redirect`, `xgw_strip` and `xgw_push` are the packet-rate
+//!   baseline and floors of `cargo xtask bench` (README, "Performance"):
+//!   the least work a forwarding, decapsulating or encapsulating program
+//!   can do on the same path, so that a rate is read against them.
+//! - `xgw_drop` is the benchmarks' sink.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
+
+use crate::maps;
+
+/// Does nothing: the baseline every benchmark compares against, and the
+/// program tests attach to veth peers so that redirected frames arrive.
+#[xdp]
+pub fn xgw_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark baseline for forwarding: redirects every frame to DEVMAP key 0,
+/// a reserved OpenFlow number no port can have (benchmarks put their target
+/// there). The least work any forwarding program can do on the same path.
+#[xdp]
+pub fn xgw_redirect(_ctx: XdpContext) -> u32 {
+    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// What a benchmark frame's outer headers take: Ethernet, IPv4, UDP, Geneve
+/// and OVN's option.
+const BENCH_OUTER: i32 = 58;
+
+/// Benchmark floor for decap: strips `BENCH_OUTER` bytes and redirects as
+/// `xgw_redirect` does, with no parsing, lookup or counting: the cost of
+/// the two helper calls every decapsulating program makes.
+#[xdp]
+pub fn xgw_strip(ctx: XdpContext) -> u32 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, BENCH_OUTER) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Benchmark floor for encap: makes room for `BENCH_OUTER` bytes (left
+/// unwritten; the benchmark's sink drops the frame) and redirects.
+#[xdp]
+pub fn xgw_push(ctx: XdpContext) -> u32 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -BENCH_OUTER) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Benchmark sink: drops everything, so a generator measures the path up
+/// to the receiving interface and not the receiver's stack.
+#[xdp]
+pub fn xgw_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
