@@ -377,8 +377,9 @@ mod tests {
         }
     }
 
-    /// The BFD payload of Open vSwitch's Up packet in
-    /// /work/shared/peers/ovs-cap-output.txt (frame 1, offsets 0x5e-0x75).
+    /// The BFD payload of an Up packet Open vSwitch 3.1 sent inside Geneve
+    /// (userspace datapath), from a capture of its BFD on a tunnel
+    /// (docs/ovs-geneve.md, "BFD from OVS"): the frame's bytes 0x5e-0x75.
     const OVS_UP: [u8; LEN] = [
         0x20, 0xc0, 0x03, 0x18, 0xba, 0x7c, 0x94, 0x5f, 0xf7, 0x6d, 0x73, 0xe9, 0x00, 0x01, 0x86, 0xa0, 0x00, 0x01,
         0x86, 0xa0, 0x00, 0x00, 0x00, 0x00,
