@@ -392,6 +392,8 @@ mod tests {
     }
 
     #[test]
+    // The binary literals are grouped by the RFC's fields, not by nibbles.
+    #[allow(clippy::unusual_byte_groupings)]
     fn every_field_lands_in_its_rfc_bits() {
         let c = Control {
             diag: Diag::ReverseConcatenatedPathDown,

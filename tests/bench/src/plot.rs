@@ -15,10 +15,13 @@ const TOP: f64 = 34.0;
 const BOTTOM: f64 = 130.0;
 const COLOURS: [&str; 6] = ["#1f77b4", "#7f7f7f", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
 
-/// The SVG for every row that has a [`PlotPoint`](super::PlotPoint).
+/// One line of a panel: its label and its figure at each size.
+type Series<'a> = (&'a str, BTreeMap<u32, Stats>);
+
+/// The SVG for every row that has a [`PlotPoint`](crate::PlotPoint).
 pub fn pps_size(rows: &[Row]) -> String {
     // panel -> series label -> size -> stats, in first-seen order of panels and series.
-    let mut panels: Vec<(&str, Vec<(&str, BTreeMap<u32, Stats>)>)> = vec![];
+    let mut panels: Vec<(&str, Vec<Series>)> = vec![];
     for r in rows {
         let Some(p) = r.plot else { continue };
         let i = panels.iter().position(|(name, _)| *name == p.panel).unwrap_or_else(|| {

@@ -116,7 +116,7 @@ pub fn versus_ovs(sizes: &[u32], t: Timing, encap: bool) -> Vec<Row> {
     // scheduler, OVS sometimes shared the generator's core and its rate
     // halved from one run to the next. This favours OVS: xgw's work runs in
     // the softirqs the generator raises, on the generator's core.
-    let pinned = std::thread::available_parallelism().map_or(false, |n| n.get() >= 2);
+    let pinned = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
     if pinned {
         let pid = std::fs::read_to_string(ovs.dir().join("run/ovs-vswitchd.pid")).expect("ovs-vswitchd pidfile");
         xgw_tests::sh(&["taskset", "-a", "-p", "-c", &OVS_CPU.to_string(), pid.trim()]);

@@ -102,7 +102,7 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn one(&mut self, program: &'static str, ingress: &Ingress, packet: &[u8]) {
-        if self.report.tried % BFD_RESET_EVERY == 0 {
+        if self.report.tried.is_multiple_of(BFD_RESET_EVERY) {
             self.w.reset_bfd();
             self.before = self.w.snapshot();
         }

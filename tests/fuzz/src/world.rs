@@ -322,7 +322,7 @@ pub struct Delta {
 impl Delta {
     pub fn between(a: &Snapshot, b: &Snapshot) -> Delta {
         let diff = |x: &BTreeMap<&'static str, u64>, y: &BTreeMap<&'static str, u64>| {
-            y.iter().filter_map(|(k, v)| (*v != x[k]).then(|| (*k, v - x[k]))).collect()
+            y.iter().filter(|&(k, v)| *v != x[k]).map(|(k, v)| (*k, v - x[k])).collect()
         };
         let mut d = Delta {
             drops: diff(&a.drops, &b.drops),

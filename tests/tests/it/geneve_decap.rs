@@ -162,6 +162,9 @@ fn traffic_not_for_the_gateway_passes_unchanged() {
     assert!(gw.drops().values().all(|&n| n == 0));
 }
 
+/// One case of the outer-IPv4 test: its name and the change to the header.
+type Edit<'a> = (&'a str, &'a dyn Fn(&mut Ipv4Header));
+
 /// The outer IPv4 header's own fields, which the datapath checks a word at
 /// a time: DF (Open vSwitch sets it) and the reserved bit are ignored;
 /// options, fragments and other protocols are the stack's.
@@ -183,7 +186,7 @@ fn outer_ipv4_flags_options_and_fragments() {
             .unwrap();
         v
     };
-    let decapped: [(&str, &dyn Fn(&mut Ipv4Header)); 3] = [
+    let decapped: [Edit; 3] = [
         ("plain", &|_| {}),
         ("DF", &|ip| ip.dont_fragment = true),
         ("TOS, ID and TTL", &|ip| {
@@ -196,7 +199,7 @@ fn outer_ipv4_flags_options_and_fragments() {
         let run = test_run(gw.program("xgw_uplink"), &outer(edit));
         assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner), "{what}");
     }
-    let passed: [(&str, &dyn Fn(&mut Ipv4Header)); 4] = [
+    let passed: [Edit; 4] = [
         ("MF", &|ip| ip.more_fragments = true),
         ("fragment offset 8", &|ip| ip.fragment_offset = IpFragOffset::try_new(1).unwrap()),
         ("highest offset bit", &|ip| ip.fragment_offset = IpFragOffset::try_new(0x1000).unwrap()),

@@ -580,7 +580,7 @@ fn main() {
     // The largest count held Up with no flap, why the ramp stopped, and
     // the busier daemon's CPU there (% of one core).
     let sustained = |scaled: &[Scale], what: &str| {
-        let ok = scaled.iter().filter(|s| s.up && s.flaps == 0).last();
+        let ok = scaled.iter().rfind(|s| s.up && s.flaps == 0);
         let first_bad = scaled.iter().find(|s| !s.up || s.flaps > 0 || s.cpu.iter().any(|&c| c > 90.0));
         let why = first_bad.map_or("largest N tried".into(), |s| {
             let max = s.cpu.iter().cloned().fold(0.0, f64::max);
