@@ -4,6 +4,18 @@
 //! the sink, `xgw_pass` for veth peers) are in `bench.rs`, in the same object.
 #![no_std]
 #![no_main]
+// What clippy would rewrite here changes what LLVM emits for BPF, where the
+// verifier's verdict and the per-packet cost (README, "Performance") depend
+// on it: a map key passed by value instead of by reference moves stack slots
+// and registers (checked: the object differs); `copy_from_slice` and `swap`
+// can bring bounds checks and `memcpy` calls (a byte-by-byte subprogram on
+// BPF) where the loops are plain unrolled loads and stores.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    clippy::manual_memcpy,
+    clippy::needless_range_loop,
+    clippy::manual_swap
+)]
 
 mod bench;
 mod bfd;
