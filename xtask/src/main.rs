@@ -33,6 +33,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Formatting and clippy, everywhere: `cargo fmt --check` for the
+    /// workspace, datapath-ebpf and tests/cargo-fuzz (one rustfmt.toml), and
+    /// clippy with warnings denied for the workspace (all targets) and for
+    /// the datapath (nightly, bpfel-unknown-none).
+    Lint,
     /// Performance table, every figure beside a baseline from the same run
     /// (bench/results/): XDP program cost through BPF_PROG_TEST_RUN, packet
     /// rate on the veth path against frame size, xgw against Open vSwitch,
@@ -168,6 +173,56 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask lint`: every check runs, and it fails if any failed.
+fn lint() -> Result<()> {
+    let nightly = || {
+        let mut c = Command::new("rustup");
+        c.args(["run", "nightly", "cargo"]);
+        // The stable cargo's settings must not leak into the nightly one.
+        for var in ["RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO", "CARGO_TARGET_DIR"] {
+            c.env_remove(var);
+        }
+        c
+    };
+    // Beside the one control/build.rs builds the datapath in (target/bpf).
+    let bpf_target = root().join("target/bpf-clippy");
+    let mut checks: Vec<(&str, Command)> = Vec::new();
+    let mut c = cargo();
+    c.args(["fmt", "--all", "--check"]);
+    checks.push(("fmt (workspace)", c));
+    let mut c = nightly();
+    c.args(["fmt", "--check"]).current_dir(root().join("datapath-ebpf"));
+    checks.push(("fmt (datapath-ebpf)", c));
+    let mut c = cargo();
+    c.args(["fmt", "--check", "--manifest-path", "tests/cargo-fuzz/Cargo.toml"]);
+    checks.push(("fmt (tests/cargo-fuzz)", c));
+    let mut c = cargo();
+    c.args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]);
+    checks.push(("clippy (workspace)", c));
+    let mut c = nightly();
+    c.args(["clippy", "--release", "--locked", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&bpf_target)
+        .args(["--", "-D", "warnings"])
+        .current_dir(root().join("datapath-ebpf"));
+    checks.push(("clippy (datapath-ebpf)", c));
+    let mut failed = Vec::new();
+    for (what, mut cmd) in checks {
+        println!("xtask: {what}");
+        if cmd.get_current_dir().is_none() {
+            cmd.current_dir(root());
+        }
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            failed.push(what);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 /// Runs every cargo-fuzz target in tests/cargo-fuzz for `seconds` each.
 fn fuzz_targets(seconds: u64) -> Result<()> {
     let have = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output();
@@ -192,6 +247,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup(),
         Cmd::Build => ensure_toolchain().and_then(|_| build(true)),
+        Cmd::Lint => ensure_toolchain().and_then(|_| lint()),
         Cmd::Demo => (|| {
             if !is_root() {
                 bail!("the demo creates network namespaces and attaches XDP programs, which needs root; run `sudo -E cargo xtask demo`");
