@@ -13,7 +13,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::ofport::MacAddr;
+pub use crate::datapath::AttachMode;
+pub use crate::ofport::Binding;
+use crate::types::{BfdOverride, IfName, MacAddr, Name, PortKey, UnicastIp, Vni};
 
 /// Requests larger than this are refused: the API carries small commands,
 /// and a client must not make the daemon buffer without bound.
@@ -27,17 +29,17 @@ pub const DEFAULT_SOCKET: &str = "/run/xgw/xgw.sock";
 pub enum Request {
     PortAdd(PortArgs),
     PortDel {
-        name: String,
+        name: Name,
     },
     PortList,
     TunnelAdd(TunnelArgs),
     TunnelDel {
-        name: String,
+        name: Name,
     },
     TunnelList,
-    BindingAdd(BindingArgs),
+    BindingAdd(Binding),
     BindingDel {
-        vni: u32,
+        vni: Vni,
         mac: MacAddr,
     },
     BindingList,
@@ -46,11 +48,11 @@ pub enum Request {
     /// Every BFD session, or the one named.
     BfdShow {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
+        name: Option<Name>,
     },
     BfdPeerAdd(BfdPeerArgs),
     BfdPeerDel {
-        name: String,
+        name: Name,
     },
     BfdPeerList,
 }
@@ -71,66 +73,122 @@ impl Request {
     }
 }
 
-/// A local port, as the operator names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A local port, as the operator names it. One definition for the API's
+/// JSON and `xgw port add`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PortArgs {
-    pub name: String,
+    /// The port's name (unique among ports, tunnels and BFD peers).
+    pub name: Name,
     /// The interface the port's VM sits behind (the daemon attaches `xgw_local` to it).
-    pub ifname: String,
-    pub vni: u32,
-    pub port_key: u16,
+    #[arg(long)]
+    pub ifname: IfName,
+    /// The logical switch's VNI (0..=16777215).
+    #[arg(long)]
+    pub vni: Vni,
+    /// The port's OVN logical port key (1..=32767): the egress key of the Geneve option.
+    #[arg(long)]
+    pub port_key: PortKey,
+    /// The VM's MAC: frames to it are switched or decapsulated to this port.
+    #[arg(long)]
     pub mac: MacAddr,
+    /// The VM's IP, answered by the ARP/ND responder.
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
+    pub ip: Option<UnicastIp>,
+    /// Ask for this OpenFlow number (1..=65279).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A Geneve tunnel to another chassis (API and `xgw tunnel add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelArgs {
-    pub name: String,
-    pub remote_ip: IpAddr,
-    pub vni: u32,
+    /// The tunnel's name (unique among ports, tunnels and BFD peers).
+    pub name: Name,
+    /// The remote chassis' tunnel endpoint address.
+    #[arg(long)]
+    pub remote_ip: UnicastIp,
+    /// The VNI the tunnel carries (0..=16777215).
+    #[arg(long)]
+    pub vni: Vni,
+    /// Run BFD on the tunnel.
+    #[arg(long)]
     #[serde(default)]
     pub bfd: bool,
+    /// Carry OVN's Geneve option (ingress/egress port keys).
+    #[arg(long)]
     #[serde(default)]
     pub ovn_metadata: bool,
+    /// Ask for this OpenFlow number (1..=65279).
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
-    /// This tunnel's BFD timers where they differ from the daemon's `[bfd]`.
+    /// This tunnel's BFD Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
+    /// Adding the same tunnel again with other timers changes them on the running session.
+    #[arg(long = "bfd-min-tx", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_min_tx_ms: Option<u32>,
+    /// This tunnel's BFD Required Min RX Interval, ms.
+    #[arg(long = "bfd-min-rx", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_min_rx_ms: Option<u32>,
+    /// This tunnel's BFD Detect Mult.
+    #[arg(long = "bfd-mult", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_detect_mult: Option<u8>,
 }
 
-/// A single-hop BFD session (RFC 5881) toward a router on the underlay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl TunnelArgs {
+    /// The tunnel's own BFD timers (none set: `[bfd]`'s).
+    pub fn bfd_timers(&self) -> BfdOverride {
+        BfdOverride { min_tx_ms: self.bfd_min_tx_ms, min_rx_ms: self.bfd_min_rx_ms, detect_mult: self.bfd_detect_mult }
+    }
+}
+
+/// A single-hop BFD session (RFC 5881) toward a router on the underlay
+/// (API and `xgw bfd peer add`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct BfdPeerArgs {
-    pub name: String,
+    /// The session's name (unique among ports, tunnels and BFD peers).
+    pub name: Name,
     /// The router's address (IPv4).
-    pub peer_ip: IpAddr,
-    /// The interface toward it; the uplink by default.
+    #[arg(long)]
+    pub peer_ip: UnicastIp,
+    /// The interface toward it [default: the uplink].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<String>,
-    /// The source address; the daemon's IPv4 `--local-ip` by default.
+    pub ifname: Option<IfName>,
+    /// The source address [default: the daemon's IPv4 --local-ip].
+    #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_ip: Option<IpAddr>,
+    pub local_ip: Option<UnicastIp>,
     /// Reflect the router's echo packets in XDP (FRR's echo mode).
+    #[arg(long)]
     #[serde(default)]
     pub echo: bool,
-    /// Timers where they differ from the daemon's `[bfd]`.
+    /// Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
+    #[arg(long = "min-tx")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tx_ms: Option<u32>,
+    /// Required Min RX Interval, ms.
+    #[arg(long = "min-rx")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_rx_ms: Option<u32>,
+    /// Detect Mult.
+    #[arg(long = "mult")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detect_mult: Option<u8>,
+}
+
+impl BfdPeerArgs {
+    /// The peer's own BFD timers (none set: `[bfd]`'s).
+    pub fn timers(&self) -> BfdOverride {
+        BfdOverride { min_tx_ms: self.min_tx_ms, min_rx_ms: self.min_rx_ms, detect_mult: self.detect_mult }
+    }
 }
 
 /// A peer as `bfd peer list` prints it.
@@ -145,7 +203,7 @@ pub struct BfdPeerView {
     pub min_rx_ms: u32,
     pub detect_mult: u8,
     /// The session's state, `null` if it is not running.
-    pub state: Option<String>,
+    pub state: Option<BfdState>,
     pub from_config: bool,
 }
 
@@ -156,7 +214,7 @@ pub struct BfdSessionView {
     /// `tunnel` (Geneve, toward Open vSwitch or another xgw) or `peer`
     /// (single-hop on the underlay).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: SessionType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,12 +236,12 @@ pub struct BfdSessionView {
     pub tx_interval_ms: f64,
     pub rx_interval_ms: f64,
     pub detect_time_ms: f64,
-    pub local_state: String,
+    pub local_state: BfdState,
     pub local_diagnostic: String,
     pub local_discriminator: u32,
     pub local_min_tx_ms: u32,
     pub local_min_rx_ms: u32,
-    pub remote_state: String,
+    pub remote_state: BfdState,
     pub remote_diagnostic: String,
     pub remote_discriminator: u32,
     pub remote_min_tx_ms: f64,
@@ -201,26 +259,135 @@ pub struct BfdSessionView {
     pub error: Option<String>,
 }
 
-/// A MAC (and optionally an IP) of a remote logical port, behind a tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BindingArgs {
-    pub vni: u32,
-    pub mac: MacAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
-    /// Name of the tunnel the MAC is reached through.
-    pub tunnel: String,
-    /// The remote logical port's key (the OVN egress key).
-    pub port_key: u16,
-}
-
-/// One line back: `{"ok": ...}` or `{"error": "..."}`.
+/// One line back: `{"ok": {"<reply kind>": ...}}` or `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Ok(serde_json::Value),
+    // Boxed: a reply is large and an error a string.
+    Ok(Box<Reply>),
     Error(String),
+}
+
+/// What each request is answered with; `--json` prints the inner document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// `port add`, `tunnel add`.
+    Port(PortView),
+    /// `port list`, `tunnel list`.
+    Ports(Vec<PortView>),
+    /// `port del`, `tunnel del`, `bfd peer del`.
+    Deleted(Deleted),
+    Binding(BindingView),
+    BindingDeleted(BindingView),
+    Bindings(Vec<BindingView>),
+    Show(ShowView),
+    Stats(StatsView),
+    /// `bfd show` (one session or all).
+    BfdSessions(Vec<BfdSessionView>),
+    BfdPeer(BfdPeerView),
+    BfdPeers(Vec<BfdPeerView>),
+}
+
+impl Reply {
+    /// The reply's document, as `--json` prints it.
+    pub fn document(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Reply::Port(v) => serde_json::to_value(v),
+            Reply::Ports(v) => serde_json::to_value(v),
+            Reply::Deleted(v) => serde_json::to_value(v),
+            Reply::Binding(v) | Reply::BindingDeleted(v) => serde_json::to_value(v),
+            Reply::Bindings(v) => serde_json::to_value(v),
+            Reply::Show(v) => serde_json::to_value(v),
+            Reply::Stats(v) => serde_json::to_value(v),
+            Reply::BfdSessions(v) => serde_json::to_value(v),
+            Reply::BfdPeer(v) => serde_json::to_value(v),
+            Reply::BfdPeers(v) => serde_json::to_value(v),
+        }
+    }
+}
+
+/// What a delete removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub name: Name,
+    /// The number it had (ports and tunnels), now in hold-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ofport: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortType {
+    Local,
+    Tunnel,
+}
+
+impl PortType {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortType::Local => "local",
+            PortType::Tunnel => "tunnel",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionType {
+    /// Inside a Geneve tunnel.
+    Tunnel,
+    /// Single-hop on the underlay.
+    Peer,
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl SessionType {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionType::Tunnel => "tunnel",
+            SessionType::Peer => "peer",
+        }
+    }
+}
+
+/// RFC 5880's session states, as `ovs-appctl bfd/show` spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BfdState {
+    AdminDown,
+    Down,
+    Init,
+    Up,
+}
+
+impl BfdState {
+    pub const ALL: [BfdState; 4] = [BfdState::AdminDown, BfdState::Down, BfdState::Init, BfdState::Up];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BfdState::AdminDown => "admin_down",
+            BfdState::Down => "down",
+            BfdState::Init => "init",
+            BfdState::Up => "up",
+        }
+    }
+
+    /// From the engine's `State::name()`; anything else is Down.
+    pub fn from_name(s: &str) -> BfdState {
+        BfdState::ALL.into_iter().find(|b| b.name() == s).unwrap_or(BfdState::Down)
+    }
+}
+
+impl std::fmt::Display for BfdState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A port as `show`, `port list` and `tunnel list` print it.
@@ -228,9 +395,8 @@ pub enum Response {
 pub struct PortView {
     pub name: String,
     pub ofport: u16,
-    /// `local` or `tunnel`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: PortType,
     pub vni: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
@@ -275,7 +441,7 @@ pub struct Nexthop {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BfdView {
     pub enabled: bool,
-    pub state: Option<String>,
+    pub state: Option<BfdState>,
     #[serde(default)]
     pub flaps: Option<u64>,
     /// Local and remote both Up.
@@ -306,8 +472,7 @@ pub struct UplinkView {
     pub mac: String,
     pub mtu: u32,
     pub local_ips: Vec<IpAddr>,
-    /// `native` or `skb`.
-    pub mode: String,
+    pub mode: AttachMode,
     /// Set while the uplink interface is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -363,9 +528,9 @@ pub struct BfdCountersView {
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
-/// Sends one request and returns the daemon's answer (an error for
+/// Sends one request and returns the daemon's reply (an error for
 /// `Response::Error`, carrying the daemon's one-line message).
-pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+pub fn call(socket: &Path, request: &Request) -> Result<Reply> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!("cannot reach the xgw daemon at {} (is `xgw run` running? --socket)", socket.display())
     })?;
@@ -378,8 +543,8 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
     if reply.is_empty() {
         bail!("the daemon closed the connection without an answer");
     }
-    match serde_json::from_str(&reply).context("the daemon's answer is not JSON")? {
-        Response::Ok(v) => Ok(v),
+    match serde_json::from_str(&reply).context("the daemon's answer is not a reply of this xgw's API")? {
+        Response::Ok(v) => Ok(*v),
         Response::Error(e) => bail!("{e}"),
     }
 }

@@ -1,19 +1,17 @@
 //! The operator commands that talk to the daemon. Each sends one request;
 //! with `--json` it prints the daemon's answer as exactly one JSON document,
 //! otherwise a table.
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::{
     api::{
-        self, BfdPeerArgs, BfdPeerView, BfdSessionView, BindingArgs, BindingView, PortArgs, PortView, Request,
-        ShowView, StatsView, TunnelArgs,
+        self, BfdPeerArgs, BfdPeerView, BfdSessionView, Binding, BindingView, Deleted, PortArgs, PortView, Reply,
+        Request, ShowView, StatsView, TunnelArgs,
     },
-    ofport::MacAddr,
+    types::{MacAddr, Name, Vni},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -29,68 +27,36 @@ pub struct Common {
 #[derive(Subcommand, Debug)]
 pub enum PortCmd {
     /// Add a local port: traffic for (VNI, port key) or its MAC goes to IFNAME.
-    Add {
-        name: String,
-        #[arg(long)]
-        ifname: String,
-        #[arg(long)]
-        vni: u32,
-        #[arg(long)]
-        port_key: u16,
-        #[arg(long)]
-        mac: MacAddr,
-        /// Answered by the ARP/ND responder.
-        #[arg(long)]
-        ip: Option<IpAddr>,
-        /// Ask for this OpenFlow number.
-        #[arg(long)]
-        ofport: Option<u16>,
-    },
+    Add(PortArgs),
+    /// Delete a local port; its OpenFlow number enters hold-down.
     Del {
-        name: String,
+        /// The port's name.
+        name: Name,
     },
+    /// Every local port.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TunnelCmd {
     /// Add a Geneve tunnel to another chassis.
-    Add {
-        name: String,
-        #[arg(long)]
-        remote_ip: IpAddr,
-        #[arg(long)]
-        vni: u32,
-        /// Run BFD on the tunnel.
-        #[arg(long)]
-        bfd: bool,
-        /// Carry OVN's Geneve option (ingress/egress port keys).
-        #[arg(long)]
-        ovn_metadata: bool,
-        /// Ask for this OpenFlow number.
-        #[arg(long)]
-        ofport: Option<u16>,
-        /// This tunnel's BFD Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
-        /// Adding the same tunnel again with other timers changes them on the running session.
-        #[arg(long, requires = "bfd")]
-        bfd_min_tx: Option<u32>,
-        /// This tunnel's BFD Required Min RX Interval, ms.
-        #[arg(long, requires = "bfd")]
-        bfd_min_rx: Option<u32>,
-        /// This tunnel's BFD Detect Mult.
-        #[arg(long, requires = "bfd")]
-        bfd_mult: Option<u8>,
-    },
+    Add(TunnelArgs),
+    /// Delete a tunnel (refused while bindings use it).
     Del {
-        name: String,
+        /// The tunnel's name.
+        name: Name,
     },
+    /// Every tunnel.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BfdCmd {
     /// Every BFD session, or the one named (the fields of `ovs-appctl bfd/show`).
-    Show { name: Option<String> },
+    Show {
+        /// A tunnel's or peer's name.
+        name: Option<Name>,
+    },
     /// Single-hop BFD sessions (RFC 5881) toward underlay routers.
     #[command(subcommand)]
     Peer(PeerCmd),
@@ -99,65 +65,36 @@ pub enum BfdCmd {
 #[derive(Subcommand, Debug)]
 pub enum PeerCmd {
     /// Add a single-hop session toward a router.
-    Add {
-        name: String,
-        /// The router's IPv4 address.
-        #[arg(long)]
-        peer_ip: IpAddr,
-        /// The interface toward it [default: the uplink].
-        #[arg(long)]
-        ifname: Option<String>,
-        /// Source address [default: the daemon's IPv4 --local-ip].
-        #[arg(long)]
-        local_ip: Option<IpAddr>,
-        /// Reflect the router's echo packets in XDP (FRR's echo mode).
-        #[arg(long)]
-        echo: bool,
-        /// Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
-        #[arg(long)]
-        min_tx: Option<u32>,
-        /// Required Min RX Interval, ms.
-        #[arg(long)]
-        min_rx: Option<u32>,
-        /// Detect Mult.
-        #[arg(long)]
-        mult: Option<u8>,
-    },
+    Add(BfdPeerArgs),
+    /// Delete a single-hop session.
     Del {
-        name: String,
+        /// The peer's name.
+        name: Name,
     },
+    /// Every single-hop session.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BindingCmd {
     /// Bind a remote MAC (and IP) to a tunnel and the remote port's key.
-    Add {
-        #[arg(long)]
-        vni: u32,
-        #[arg(long)]
-        mac: MacAddr,
-        #[arg(long)]
-        ip: Option<IpAddr>,
-        #[arg(long)]
-        tunnel: String,
-        #[arg(long)]
-        port_key: u16,
-    },
+    Add(Binding),
+    /// Delete a binding.
     Del {
+        /// The binding's VNI.
         #[arg(long)]
-        vni: u32,
+        vni: Vni,
+        /// The binding's MAC.
         #[arg(long)]
         mac: MacAddr,
     },
+    /// Every binding.
     List,
 }
 
 pub fn port(c: &Common, cmd: PortCmd) -> Result<()> {
     let req = match cmd {
-        PortCmd::Add { name, ifname, vni, port_key, mac, ip, ofport } => {
-            Request::PortAdd(PortArgs { name, ifname, vni, port_key, mac, ip, ofport })
-        }
+        PortCmd::Add(a) => Request::PortAdd(a),
         PortCmd::Del { name } => Request::PortDel { name },
         PortCmd::List => Request::PortList,
     };
@@ -166,19 +103,7 @@ pub fn port(c: &Common, cmd: PortCmd) -> Result<()> {
 
 pub fn tunnel(c: &Common, cmd: TunnelCmd) -> Result<()> {
     let req = match cmd {
-        TunnelCmd::Add { name, remote_ip, vni, bfd, ovn_metadata, ofport, bfd_min_tx, bfd_min_rx, bfd_mult } => {
-            Request::TunnelAdd(TunnelArgs {
-                name,
-                remote_ip,
-                vni,
-                bfd,
-                ovn_metadata,
-                ofport,
-                bfd_min_tx_ms: bfd_min_tx,
-                bfd_min_rx_ms: bfd_min_rx,
-                bfd_detect_mult: bfd_mult,
-            })
-        }
+        TunnelCmd::Add(a) => Request::TunnelAdd(a),
         TunnelCmd::Del { name } => Request::TunnelDel { name },
         TunnelCmd::List => Request::TunnelList,
     };
@@ -187,9 +112,7 @@ pub fn tunnel(c: &Common, cmd: TunnelCmd) -> Result<()> {
 
 pub fn binding(c: &Common, cmd: BindingCmd) -> Result<()> {
     let req = match cmd {
-        BindingCmd::Add { vni, mac, ip, tunnel, port_key } => {
-            Request::BindingAdd(BindingArgs { vni, mac, ip, tunnel, port_key })
-        }
+        BindingCmd::Add(b) => Request::BindingAdd(b),
         BindingCmd::Del { vni, mac } => Request::BindingDel { vni, mac },
         BindingCmd::List => Request::BindingList,
     };
@@ -199,18 +122,7 @@ pub fn binding(c: &Common, cmd: BindingCmd) -> Result<()> {
 pub fn bfd(c: &Common, cmd: BfdCmd) -> Result<()> {
     let req = match cmd {
         BfdCmd::Show { name } => Request::BfdShow { name },
-        BfdCmd::Peer(PeerCmd::Add { name, peer_ip, ifname, local_ip, echo, min_tx, min_rx, mult }) => {
-            Request::BfdPeerAdd(BfdPeerArgs {
-                name,
-                peer_ip,
-                ifname,
-                local_ip,
-                echo,
-                min_tx_ms: min_tx,
-                min_rx_ms: min_rx,
-                detect_mult: mult,
-            })
-        }
+        BfdCmd::Peer(PeerCmd::Add(p)) => Request::BfdPeerAdd(p),
         BfdCmd::Peer(PeerCmd::Del { name }) => Request::BfdPeerDel { name },
         BfdCmd::Peer(PeerCmd::List) => Request::BfdPeerList,
     };
@@ -226,47 +138,35 @@ pub fn stats(c: &Common) -> Result<()> {
 }
 
 fn send(c: &Common, req: &Request) -> Result<()> {
-    let v = api::call(&c.socket, req)?;
+    let reply = api::call(&c.socket, req)?;
     if c.json {
-        println!("{v}");
+        println!("{}", reply.document()?);
         return Ok(());
     }
-    print!("{}", human(req, v)?);
+    let one_session = matches!(req, Request::BfdShow { name: Some(_) });
+    print!("{}", human(&reply, one_session));
     Ok(())
 }
 
-fn parse<T: DeserializeOwned>(v: Value) -> Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
-
-fn human(req: &Request, v: Value) -> Result<String> {
-    Ok(match req {
-        Request::PortAdd(_) | Request::TunnelAdd(_) => {
-            let p: PortView = parse(v)?;
-            format!("{} {:?}: ofport {}\n", p.kind, p.name, p.ofport)
-        }
-        Request::PortDel { .. } | Request::TunnelDel { .. } => {
-            format!("deleted {} (ofport {})\n", v["name"], v["ofport"])
-        }
-        Request::PortList | Request::TunnelList => ports_table(&parse::<Vec<PortView>>(v)?),
-        Request::BindingAdd(_) => {
-            let b: BindingView = parse(v)?;
+/// The reply as a person reads it. `one_session`: `bfd show NAME`, which
+/// OVS prints without the header line.
+fn human(reply: &Reply, one_session: bool) -> String {
+    match reply {
+        Reply::Port(p) => format!("{} {:?}: ofport {}\n", p.kind, p.name, p.ofport),
+        Reply::Deleted(Deleted { name, ofport: Some(n) }) => format!("deleted {:?} (ofport {n})\n", name.as_str()),
+        Reply::Deleted(Deleted { name, ofport: None }) => format!("deleted bfd peer {:?}\n", name.as_str()),
+        Reply::Ports(ports) => ports_table(ports),
+        Reply::Binding(b) => {
             format!("binding vni {} mac {} -> tunnel {:?} (ofport {})\n", b.vni, b.mac, b.tunnel, b.ofport)
         }
-        Request::BindingDel { .. } => {
-            format!("deleted binding vni {} mac {}\n", v["vni"], v["mac"].as_str().unwrap_or(""))
-        }
-        Request::BindingList => bindings_table(&parse::<Vec<BindingView>>(v)?),
-        Request::Show => show_text(&parse(v)?),
-        Request::Stats => stats_text(&parse(v)?),
-        Request::BfdShow { name } => bfd_show_text(&parse::<Vec<BfdSessionView>>(v)?, name.is_some()),
-        Request::BfdPeerAdd(_) => {
-            let p: BfdPeerView = parse(v)?;
-            format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip)
-        }
-        Request::BfdPeerDel { .. } => format!("deleted bfd peer {}\n", v["name"]),
-        Request::BfdPeerList => peers_table(&parse::<Vec<BfdPeerView>>(v)?),
-    })
+        Reply::BindingDeleted(b) => format!("deleted binding vni {} mac {}\n", b.vni, b.mac),
+        Reply::Bindings(b) => bindings_table(b),
+        Reply::Show(v) => show_text(v),
+        Reply::Stats(v) => stats_text(v),
+        Reply::BfdSessions(s) => bfd_show_text(s, one_session),
+        Reply::BfdPeer(p) => format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip),
+        Reply::BfdPeers(p) => peers_table(p),
+    }
 }
 
 /// As `ovs-appctl bfd/show` lays it out (OVS prints one session without its
@@ -336,7 +236,7 @@ fn peers_table(peers: &[BfdPeerView]) -> String {
             p.min_rx_ms,
             p.detect_mult,
             p.echo,
-            p.state.as_deref().unwrap_or("(no session)"),
+            p.state.map_or("(no session)", |s| s.name()),
             if p.from_config { ", from config" } else { "" }
         );
     }

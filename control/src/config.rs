@@ -4,7 +4,7 @@
 //! Parsing is in two steps so that every error names its field: serde reads
 //! the file into loose types (numbers as i64, addresses as strings; unknown
 //! keys refused), then `validate` checks each value and reports
-//! `config: tunnels[2].vni: 16777216 is above 2^24-1`. A file with any error
+//! `config: tunnels[2].vni: 16777216 is out of range (0..=16777215)`. A file with any error
 //! changes nothing: the daemon refuses to start.
 //!
 //! ```toml
@@ -58,16 +58,15 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::types::{BfdOverride, BfdSettings, BFD_MS_MAX};
 use crate::{
-    api::{BfdPeerArgs, BindingArgs, PortArgs, TunnelArgs},
-    ofport::{spec::IFNAME_MAX, MacAddr, OfPort},
+    api::{BfdPeerArgs, Binding, PortArgs, TunnelArgs},
+    ofport::OfPort,
+    types::{IfName, InvalidValue, MacAddr, Name, PortKey, UnicastIp, Vni},
 };
-
-const VNI_MAX: i64 = (1 << 24) - 1;
-const PORT_KEY_MAX: i64 = (1 << 15) - 1;
 
 /// One line: the field's path and what is wrong with its value.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -78,67 +77,6 @@ fn err(path: impl Display, what: impl Display) -> ConfigError {
     ConfigError(format!("{path}: {what}"))
 }
 
-/// BFD timers for every tunnel with `bfd = true` (RFC 5880 terms; defaults
-/// as Open vSwitch's `bfd:min_rx`, `bfd:min_tx`, `bfd:mult`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BfdSettings {
-    pub min_rx_ms: u32,
-    pub min_tx_ms: u32,
-    pub detect_mult: u8,
-}
-
-impl Default for BfdSettings {
-    fn default() -> Self {
-        BfdSettings { min_rx_ms: 1000, min_tx_ms: 100, detect_mult: 3 }
-    }
-}
-
-/// The timers of one tunnel or peer, where they differ from `[bfd]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BfdOverride {
-    pub min_tx_ms: Option<u32>,
-    pub min_rx_ms: Option<u32>,
-    pub detect_mult: Option<u8>,
-}
-
-pub const BFD_MS_MAX: u32 = 60_000;
-
-impl BfdOverride {
-    pub fn of_tunnel(t: &TunnelArgs) -> BfdOverride {
-        BfdOverride { min_tx_ms: t.bfd_min_tx_ms, min_rx_ms: t.bfd_min_rx_ms, detect_mult: t.bfd_detect_mult }
-    }
-
-    pub fn of_peer(p: &BfdPeerArgs) -> BfdOverride {
-        BfdOverride { min_tx_ms: p.min_tx_ms, min_rx_ms: p.min_rx_ms, detect_mult: p.detect_mult }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == BfdOverride::default()
-    }
-
-    pub fn over(&self, base: &BfdSettings) -> BfdSettings {
-        BfdSettings {
-            min_tx_ms: self.min_tx_ms.unwrap_or(base.min_tx_ms),
-            min_rx_ms: self.min_rx_ms.unwrap_or(base.min_rx_ms),
-            detect_mult: self.detect_mult.unwrap_or(base.detect_mult),
-        }
-    }
-
-    /// Range checks; `fields` name the three values where the caller has
-    /// them (`tunnels[0].bfd_min_tx_ms`, ...).
-    pub fn check(&self, fields: [&str; 3]) -> Result<(), ConfigError> {
-        for (field, v) in [(fields[0], self.min_tx_ms), (fields[1], self.min_rx_ms)] {
-            if let Some(v) = v.filter(|v| !(1..=BFD_MS_MAX).contains(v)) {
-                return Err(err(field, format_args!("{v} is out of range (1..={BFD_MS_MAX})")));
-            }
-        }
-        if self.detect_mult == Some(0) {
-            return Err(err(fields[2], "0 is out of range (1..=255)"));
-        }
-        Ok(())
-    }
-}
-
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
@@ -146,7 +84,7 @@ pub struct Config {
     pub bfd: BfdSettings,
     pub ports: Vec<PortArgs>,
     pub tunnels: Vec<TunnelArgs>,
-    pub bindings: Vec<BindingArgs>,
+    pub bindings: Vec<Binding>,
     pub bfd_peers: Vec<BfdPeerArgs>,
 }
 
@@ -245,19 +183,17 @@ impl Config {
     }
 }
 
-fn vni(path: &str, v: i64) -> Result<u32, ConfigError> {
-    match v {
-        0..=VNI_MAX => Ok(v as u32),
-        v if v < 0 => Err(err(format!("{path}.vni"), format_args!("{v} is negative"))),
-        v => Err(err(format!("{path}.vni"), format_args!("{v} is above 2^24-1"))),
-    }
+/// `path.field: <what the type says>`.
+fn field<T>(path: &str, field: &str, r: Result<T, InvalidValue>) -> Result<T, ConfigError> {
+    r.map_err(|e| err(format!("{path}.{field}"), e))
 }
 
-fn port_key(path: &str, v: i64) -> Result<u16, ConfigError> {
-    match v {
-        1..=PORT_KEY_MAX => Ok(v as u16),
-        v => Err(err(format!("{path}.port_key"), format_args!("{v} is out of range (1..={PORT_KEY_MAX})"))),
-    }
+fn vni(path: &str, v: i64) -> Result<Vni, ConfigError> {
+    field(path, "vni", Vni::from_i64(v))
+}
+
+fn port_key(path: &str, v: i64) -> Result<PortKey, ConfigError> {
+    field(path, "port_key", PortKey::from_i64(v))
 }
 
 fn ofport(path: &str, v: Option<i64>) -> Result<Option<u16>, ConfigError> {
@@ -284,44 +220,16 @@ fn bfd_mult(field: String, v: Option<i64>) -> Result<Option<u8>, ConfigError> {
     }
 }
 
-fn ifname(field: &str, s: &str) -> Result<String, ConfigError> {
-    if s.is_empty() || s.len() > IFNAME_MAX || s.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace()) {
-        return Err(err(field, format_args!("{s:?} is not a Linux interface name")));
-    }
-    Ok(s.to_owned())
-}
-
 fn mac(path: &str, s: &str) -> Result<MacAddr, ConfigError> {
-    let m: MacAddr = s
-        .parse()
-        .map_err(|_| err(format!("{path}.mac"), format_args!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
-    if !m.is_unicast() {
-        return Err(err(format!("{path}.mac"), format_args!("{m} is not a unicast address")));
-    }
-    Ok(m)
+    field(path, "mac", s.parse::<MacAddr>().and_then(MacAddr::unicast))
 }
 
-fn ip(path: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
-    let a: IpAddr =
-        s.parse().map_err(|_| err(format!("{path}.{field}"), format_args!("{s:?} is not an IP address")))?;
-    let unicast = match a {
-        IpAddr::V4(v) => !(v.is_unspecified() || v.is_multicast() || v.is_broadcast()),
-        IpAddr::V6(v) => !(v.is_unspecified() || v.is_multicast()),
-    };
-    if !unicast {
-        return Err(err(format!("{path}.{field}"), format_args!("{a} is not a unicast address")));
-    }
-    Ok(a)
+fn ip(path: &str, name: &str, s: &str) -> Result<UnicastIp, ConfigError> {
+    field(path, name, s.parse())
 }
 
-fn name(path: &str, s: &str) -> Result<String, ConfigError> {
-    if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(
-            format!("{path}.name"),
-            format_args!("{s:?} is not a port name (1..=64 characters, no whitespace)"),
-        ));
-    }
-    Ok(s.to_owned())
+fn name(path: &str, s: &str) -> Result<Name, ConfigError> {
+    field(path, "name", Name::new(s))
 }
 
 impl RawConfig {
@@ -379,13 +287,13 @@ impl RawConfig {
         for (i, p) in self.ports.into_iter().enumerate() {
             let path = format!("ports[{i}]");
             let n = name(&path, &p.name)?;
-            ifname(&format!("{path}.ifname"), &p.ifname)?;
+            let ifname = field(&path, "ifname", IfName::new(p.ifname.as_str()))?;
             if let Some(first) = ifnames.insert(p.ifname.clone(), path.clone()) {
                 return Err(err(format!("{path}.ifname"), format_args!("{:?} is already used by {first}", p.ifname)));
             }
             let args = PortArgs {
                 name: n,
-                ifname: p.ifname,
+                ifname,
                 vni: vni(&path, p.vni)?,
                 port_key: port_key(&path, p.port_key)?,
                 mac: mac(&path, &p.mac)?,
@@ -402,7 +310,11 @@ impl RawConfig {
             let path = format!("tunnels[{i}]");
             let args = TunnelArgs {
                 name: name(&path, &t.name)?,
-                remote_ip: ip(&path, "remote_ip", &t.remote_ip)?,
+                remote_ip: field(
+                    &path,
+                    "remote_ip",
+                    t.remote_ip.parse().and_then(|ip: UnicastIp| UnicastIp::tunnel_remote(ip.get())),
+                )?,
                 vni: vni(&path, t.vni)?,
                 bfd: t.bfd,
                 ovn_metadata: t.ovn_metadata,
@@ -421,7 +333,7 @@ impl RawConfig {
                     return Err(err(format!("{path}.{field}"), "is set, but bfd is off for this tunnel"));
                 }
             }
-            if let Some(first) = keys.insert((args.remote_ip.to_canonical(), args.vni), path.clone()) {
+            if let Some(first) = keys.insert((args.remote_ip.get(), args.vni.get()), path.clone()) {
                 return Err(err(
                     format!("{path}.remote_ip"),
                     format_args!(
@@ -439,18 +351,18 @@ impl RawConfig {
         let mut macs: BTreeMap<(u32, MacAddr), String> = BTreeMap::new();
         let mut ips: BTreeMap<(u32, IpAddr), String> = BTreeMap::new();
         for p in &ports {
-            macs.insert((p.vni, p.mac), format!("port {:?}", p.name));
+            macs.insert((p.vni.get(), p.mac), format!("port {:?}", p.name.as_str()));
             if let Some(a) = p.ip {
-                ips.insert((p.vni, a.to_canonical()), format!("port {:?}", p.name));
+                ips.insert((p.vni.get(), a.get()), format!("port {:?}", p.name.as_str()));
             }
         }
         for (i, b) in self.bindings.into_iter().enumerate() {
             let path = format!("bindings[{i}]");
-            let args = BindingArgs {
+            let args = Binding {
                 vni: vni(&path, b.vni)?,
                 mac: mac(&path, &b.mac)?,
                 ip: b.ip.as_deref().map(|s| ip(&path, "ip", s)).transpose()?,
-                tunnel: b.tunnel,
+                tunnel: field(&path, "tunnel", Name::new(b.tunnel))?,
                 port_key: port_key(&path, b.port_key)?,
             };
             if !tunnel_names.contains(args.tunnel.as_str()) {
@@ -459,14 +371,14 @@ impl RawConfig {
                     format_args!("{:?} is not a tunnel of this file", args.tunnel),
                 ));
             }
-            if let Some(first) = macs.insert((args.vni, args.mac), path.clone()) {
+            if let Some(first) = macs.insert((args.vni.get(), args.mac), path.clone()) {
                 return Err(err(
                     format!("{path}.mac"),
                     format_args!("{} in VNI {} is already bound by {first}", args.mac, args.vni),
                 ));
             }
             if let Some(a) = args.ip {
-                if let Some(first) = ips.insert((args.vni, a.to_canonical()), path.clone()) {
+                if let Some(first) = ips.insert((args.vni.get(), a.get()), path.clone()) {
                     return Err(err(
                         format!("{path}.ip"),
                         format_args!("{a} in VNI {} is already bound by {first}", args.vni),
@@ -477,7 +389,7 @@ impl RawConfig {
         }
 
         let mut bfd_peers = Vec::new();
-        let mut peer_paths: BTreeMap<(Option<String>, IpAddr), String> = BTreeMap::new();
+        let mut peer_paths: BTreeMap<(Option<IfName>, UnicastIp), String> = BTreeMap::new();
         for (i, p) in self.bfd_peers.into_iter().enumerate() {
             let path = format!("bfd_peers[{i}]");
             let peer_ip = ip(&path, "peer_ip", &p.peer_ip)?;
@@ -494,7 +406,7 @@ impl RawConfig {
             let args = BfdPeerArgs {
                 name: name(&path, &p.name)?,
                 peer_ip,
-                ifname: p.ifname.as_deref().map(|s| ifname(&format!("{path}.ifname"), s)).transpose()?,
+                ifname: p.ifname.map(|s| field(&path, "ifname", IfName::new(s))).transpose()?,
                 local_ip,
                 echo: p.echo,
                 min_tx_ms: bfd_ms(format!("{path}.min_tx_ms"), p.min_tx_ms)?,
@@ -545,7 +457,7 @@ port_key = 34
         let c = Config::parse(GOOD).expect("parses");
         assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
         assert_eq!(c.bfd, BfdSettings { min_rx_ms: 300, min_tx_ms: 100, detect_mult: 3 });
-        assert_eq!(c.ports[0].port_key, 17);
+        assert_eq!(c.ports[0].port_key.get(), 17);
         assert_eq!(c.tunnels[0].ofport, Some(10));
         assert!(c.tunnels[0].bfd && !c.tunnels[0].ovn_metadata);
         assert_eq!(c.bindings[0].tunnel, "hv2");
@@ -575,7 +487,7 @@ min_tx_ms = 10
     fn bfd_timers_and_peers_parse_and_are_checked() {
         let c = Config::parse(BFD).expect("parses");
         let t = &c.tunnels[0];
-        let over = BfdOverride::of_tunnel(t);
+        let over = t.bfd_timers();
         assert_eq!(over, BfdOverride { min_tx_ms: Some(50), min_rx_ms: None, detect_mult: Some(5) });
         assert_eq!(over.over(&BfdSettings::default()), BfdSettings { min_tx_ms: 50, min_rx_ms: 1000, detect_mult: 5 });
         let p = &c.bfd_peers[0];
@@ -616,7 +528,7 @@ min_tx_ms = 10
     #[test]
     fn errors_name_the_field_and_value() {
         let bad_vni = GOOD.replace("vni = 5001\nbfd", "vni = 16777216\nbfd");
-        assert_eq!(error(&bad_vni), "config: tunnels[0].vni: 16777216 is above 2^24-1");
+        assert_eq!(error(&bad_vni), "config: tunnels[0].vni: 16777216 is out of range (0..=16777215)");
         assert_eq!(
             error(&GOOD.replace("198.51.100.2", "198.51.100.300")),
             "config: tunnels[0].remote_ip: \"198.51.100.300\" is not an IP address"

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod listen;
 pub mod metrics;
 pub mod ofport;
 pub mod probe;
+pub mod types;

@@ -1,5 +1,5 @@
 //! `xgw`: one binary for the operator. Subcommands grow with the daemon.
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -82,7 +82,7 @@ struct RunArgs {
     uplink: String,
     /// The gateway's tunnel endpoint address on the uplink; once per family.
     #[arg(long = "local-ip", required = true)]
-    local_ip: Vec<IpAddr>,
+    local_ip: Vec<xgw::types::UnicastIp>,
     /// TOML file with ports, tunnels, bindings and BFD settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -210,6 +210,12 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// `s` with control characters escaped: an argument's raw value (clap
+/// quotes it) must not reach the operator's terminal as an escape sequence.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XGW_LOG").unwrap_or_else(|_| "info".into()))
@@ -232,7 +238,7 @@ fn main() -> ExitCode {
             // One line naming the argument and the value, like every other error.
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("xgw: {first}");
+            eprintln!("xgw: {}", printable(first));
             return ExitCode::from(2);
         }
     };
@@ -240,7 +246,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: scripts and tests read it whole.
-            eprintln!("xgw: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("xgw: {}", printable(&format!("{e:#}").replace('\n', " ")));
             ExitCode::FAILURE
         }
     }

@@ -14,10 +14,9 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
 };
 
-use crate::daemon::{Daemon, Msg};
+use crate::api::{BfdSessionView, PortType, ShowView, StatsView};
 
 type Labels = Vec<(String, String)>;
 
@@ -25,16 +24,17 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// The whole exposition, as of now.
-pub fn render(d: &Daemon) -> Result<String> {
-    let stats = d.stats()?;
-    let kinds = d.port_kinds();
+/// The whole exposition, from the views `show`, `stats` and `bfd show`
+/// print.
+pub fn render(show: &ShowView, stats: &StatsView, sessions: &[BfdSessionView]) -> Result<String> {
+    let kinds: std::collections::BTreeMap<&str, PortType> =
+        show.ports.iter().map(|p| (p.name.as_str(), p.kind)).collect();
     let mut registry = Registry::with_prefix("xgw");
 
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     for p in &stats.ports {
-        let kind = kinds.get(&p.name).map(String::as_str).unwrap_or("local");
+        let kind = kinds.get(p.name.as_str()).copied().unwrap_or(PortType::Local).name();
         let ofport = p.ofport.to_string();
         for (dir, n, b) in [("rx", p.rx_packets, p.rx_bytes), ("tx", p.tx_packets, p.tx_bytes)] {
             let l = labels(&[("port", &p.name), ("ofport", &ofport), ("type", kind), ("direction", dir)]);
@@ -57,16 +57,15 @@ pub fn render(d: &Daemon) -> Result<String> {
     registry.register("replies", "Packets the datapath answered itself, by kind", replies);
 
     let ofports = Family::<Labels, Gauge>::default();
-    let o = d.ofports();
+    let o = &show.ofports;
     for (state, n) in [("used", o.used), ("held_down", o.held_down), ("free", o.free)] {
         ofports.get_or_create(&labels(&[("state", state)])).set(n as i64);
     }
     registry.register("ofports", "OpenFlow port numbers by state", ofports);
 
-    let show = d.show();
     let nexthop = Family::<Labels, Gauge>::default();
     let nexthop_changes = Family::<Labels, Counter>::default();
-    for p in show.ports.iter().filter(|p| p.kind == "tunnel") {
+    for p in show.ports.iter().filter(|p| p.kind == PortType::Tunnel) {
         let resolved = p.nexthop.as_ref().is_some_and(|n| n.resolved);
         nexthop.get_or_create(&labels(&[("tunnel", &p.name)])).set(resolved as i64);
         let changes = p.nexthop.as_ref().map_or(0, |n| n.changes);
@@ -82,16 +81,15 @@ pub fn render(d: &Daemon) -> Result<String> {
     let bfd_state = Family::<Labels, Gauge>::default();
     let bfd_flaps = Family::<Labels, Counter>::default();
     let bfd_packets = Family::<Labels, Counter>::default();
-    for v in d.bfd_sessions() {
-        for state in ["admin_down", "down", "init", "up"] {
-            let l = labels(&[("session", &v.name), ("type", &v.kind), ("state", state)]);
+    for v in sessions {
+        let kind = v.kind.name();
+        for state in crate::api::BfdState::ALL {
+            let l = labels(&[("session", &v.name), ("type", kind), ("state", state.name())]);
             bfd_state.get_or_create(&l).set((v.local_state == state) as i64);
         }
-        bfd_flaps.get_or_create(&labels(&[("session", &v.name), ("type", &v.kind)])).inc_by(v.flap_count);
+        bfd_flaps.get_or_create(&labels(&[("session", &v.name), ("type", kind)])).inc_by(v.flap_count);
         for (dir, n) in [("rx", v.rx_packets), ("tx", v.tx_packets)] {
-            bfd_packets
-                .get_or_create(&labels(&[("session", &v.name), ("type", &v.kind), ("direction", dir)]))
-                .inc_by(n);
+            bfd_packets.get_or_create(&labels(&[("session", &v.name), ("type", kind), ("direction", dir)])).inc_by(n);
         }
     }
     registry.register("bfd_state", "1 for the BFD session's current state", bfd_state);
@@ -126,13 +124,18 @@ pub fn render(d: &Daemon) -> Result<String> {
 const MAX_CONNECTIONS: usize = 8;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) async fn serve(listener: TcpListener, tx: mpsc::Sender<Msg>) {
+/// Serves `GET /metrics` with what `scrape` renders.
+pub async fn serve<F, Fut>(listener: TcpListener, scrape: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<String>> + Send + 'static,
+{
     let l = &listener;
     let accept = || async move { l.accept().await.map(|(s, _)| s) };
-    crate::daemon::accept_loop("metrics", MAX_CONNECTIONS, accept, |stream| {
-        let tx = tx.clone();
+    crate::listen::accept_loop("metrics", MAX_CONNECTIONS, accept, |stream| {
+        let scrape = scrape.clone();
         async move {
-            if let Err(e) = respond(stream, tx).await {
+            if let Err(e) = respond(stream, scrape).await {
                 tracing::debug!("metrics request: {e:#}");
             }
         }
@@ -140,7 +143,11 @@ pub(crate) async fn serve(listener: TcpListener, tx: mpsc::Sender<Msg>) {
     .await
 }
 
-async fn respond(stream: TcpStream, tx: mpsc::Sender<Msg>) -> Result<()> {
+async fn respond<F, Fut>(stream: TcpStream, scrape: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
     let (read, mut write) = stream.into_split();
     // A request line and headers; nothing a scraper sends is larger.
     let mut reader = BufReader::new(read.take(16 * 1024));
@@ -161,9 +168,7 @@ async fn respond(stream: TcpStream, tx: mpsc::Sender<Msg>) -> Result<()> {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-        let (reply, rendered) = oneshot::channel();
-        tx.send(Msg::Metrics(reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
-        match rendered.await.map_err(|_| anyhow!("the daemon is stopping"))? {
+        match scrape().await {
             Ok(b) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", b),
             Err(e) => ("500 Internal Server Error", "text/plain", format!("{e:#}\n")),
         }

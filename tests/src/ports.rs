@@ -14,6 +14,7 @@ use aya::{
     Pod,
 };
 use xgw::ofport::{LocalPort, MacAddr, PortRecord, PortSpec, TunnelPort};
+use xgw::types::{IfName, Name, PortKey, UnicastIp, Vni};
 use xgw_common::maps::{self as wire, names::*};
 
 use crate::netns::unique_name;
@@ -29,7 +30,15 @@ pub const PORT_MAPS: [&str; 7] = [DEVMAP, LOCAL_PORTS, PORT_KEYS, FDB, NEIGH, TU
 pub const VNI: u32 = 5001;
 
 pub fn tunnel(name: &str, remote: IpAddr, vni: u32) -> PortSpec {
-    PortSpec::Tunnel(TunnelPort { name: name.into(), remote, vni, bfd: true, ovn_metadata: true, ofport_request: None })
+    PortSpec::Tunnel(TunnelPort {
+        name: Name::new(name).expect("test name"),
+        remote: UnicastIp::new(remote).expect("test address"),
+        vni: Vni::new(vni).expect("test vni"),
+        bfd: true,
+        ovn_metadata: true,
+        ofport_request: None,
+        bfd_timers: Default::default(),
+    })
 }
 
 /// Tunnel `i`, to a distinct chassis in 2001:db8::/32.
@@ -40,12 +49,12 @@ pub fn tunnel_n(i: u32) -> PortSpec {
 
 pub fn local(name: &str, ifname: &str, port_key: u16, ip: Option<IpAddr>) -> PortSpec {
     PortSpec::Local(LocalPort {
-        name: name.into(),
-        ifname: ifname.into(),
-        vni: VNI,
-        port_key,
+        name: Name::new(name).expect("test name"),
+        ifname: IfName::new(ifname).expect("test ifname"),
+        vni: Vni::new(VNI).expect("test vni"),
+        port_key: PortKey::new(port_key).expect("test key"),
         mac: MacAddr([0x02, 0, 0x5e, 0x30, (port_key >> 8) as u8, port_key as u8]),
-        ip,
+        ip: ip.map(|ip| UnicastIp::new(ip).expect("test address")),
         ofport_request: None,
     })
 }
@@ -151,29 +160,30 @@ pub fn expected_maps<'a>(records: impl IntoIterator<Item = &'a PortRecord>, ifin
         match &r.spec {
             PortSpec::Local(p) => {
                 let ifx = ifindex(&p.ifname);
-                let fdb = wire::FdbEntry { ofport: n, port_key: p.port_key, kind: wire::FDB_LOCAL, _pad: [0; 3] };
+                let (vni, port_key) = (p.vni.get(), p.port_key.get());
+                let fdb = wire::FdbEntry { ofport: n, port_key, kind: wire::FDB_LOCAL, _pad: [0; 3] };
                 put(DEVMAP, bytes(&u32::from(n)), bytes(&ifx));
-                let lp = wire::LocalPort { vni: p.vni, ofport: n, port_key: p.port_key, mac: p.mac.0, _pad: [0; 2] };
+                let lp = wire::LocalPort { vni, ofport: n, port_key, mac: p.mac.0, _pad: [0; 2] };
                 put(LOCAL_PORTS, bytes(&ifx), bytes(&lp));
-                put(PORT_KEYS, bytes(&wire::PortKey { vni: p.vni, port_key: p.port_key, _pad: 0 }), bytes(&fdb));
-                put(FDB, bytes(&wire::FdbKey { vni: p.vni, mac: p.mac.0, _pad: [0; 2] }), bytes(&fdb));
+                put(PORT_KEYS, bytes(&wire::PortKey { vni, port_key, _pad: 0 }), bytes(&fdb));
+                put(FDB, bytes(&wire::FdbKey { vni, mac: p.mac.0, _pad: [0; 2] }), bytes(&fdb));
                 if let Some(ip) = p.ip {
                     put(
                         NEIGH,
-                        bytes(&wire::NeighKey { vni: p.vni, ip: ip16(ip) }),
+                        bytes(&wire::NeighKey { vni, ip: ip16(ip.get()) }),
                         bytes(&wire::Neigh { mac: p.mac.0, _pad: [0; 2] }),
                     );
                 }
             }
             PortSpec::Tunnel(t) => {
-                let remote = ip16(t.remote);
+                let remote = ip16(t.remote.get());
                 let v6 = remote[..12] != wire::ipv4_mapped([0; 4])[..12];
                 let flags = (v6 as u8 * wire::TUNNEL_IPV6)
                     | (t.ovn_metadata as u8 * wire::TUNNEL_OVN_METADATA)
                     | (t.bfd as u8 * wire::TUNNEL_BFD);
-                let tunnel = wire::Tunnel { remote, nexthop_mac: [0; 6], flags, _pad: 0, vni: t.vni };
+                let tunnel = wire::Tunnel { remote, nexthop_mac: [0; 6], flags, _pad: 0, vni: t.vni.get() };
                 put(TUNNELS, bytes(&u32::from(n)), bytes(&tunnel));
-                put(TUNNEL_BY_REMOTE, bytes(&wire::TunnelKey { remote, vni: t.vni }), bytes(&u32::from(n)));
+                put(TUNNEL_BY_REMOTE, bytes(&wire::TunnelKey { remote, vni: t.vni.get() }), bytes(&u32::from(n)));
             }
         }
     }

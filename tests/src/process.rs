@@ -1,6 +1,8 @@
 //! A process started by a test, stopped by PID when its guard drops.
 use std::{
+    io::Read,
     process::{Child, Command, Stdio},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -9,9 +11,34 @@ use nix::{
     unistd::Pid,
 };
 
+/// A process's stdout and stderr, read as they come: a child that writes
+/// more than a pipe holds (a daemon's log under a long test) must never
+/// block on a pipe nobody reads.
+#[derive(Debug)]
+struct Output {
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+impl Output {
+    fn collect(self) -> (String, String) {
+        let text = |h: JoinHandle<Vec<u8>>| String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned();
+        (text(self.stdout), text(self.stderr))
+    }
+}
+
 #[derive(Debug)]
 pub struct Process {
     child: Option<Child>,
+    output: Option<Output>,
     what: String,
 }
 
@@ -30,13 +57,17 @@ impl Process {
     }
 
     pub fn spawn(mut cmd: Command, what: &str) -> Process {
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Process { child: Some(child), what: what.into() }
+        let output = Output {
+            stdout: drain(child.stdout.take().expect("piped")),
+            stderr: drain(child.stderr.take().expect("piped")),
+        };
+        Process { child: Some(child), output: Some(output), what: what.into() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -62,8 +93,8 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = kill(pid, Signal::SIGKILL);
-        let out = child.wait_with_output().expect("wait");
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        child.wait().expect("wait");
+        self.output.take().expect("read once").collect()
     }
 
     /// Waits for the process to exit by itself, at most `timeout`.
@@ -77,12 +108,9 @@ impl Process {
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        let out = self.child.take().unwrap().wait_with_output().ok()?;
-        Some((
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        let status = self.child.take().unwrap().wait().ok()?;
+        let (stdout, stderr) = self.output.take().expect("read once").collect();
+        Some((status, stdout, stderr))
     }
 
     /// Whether the process has exited (it is not reaped from the guard).

@@ -123,8 +123,8 @@ mod tests {
     use super::*;
     use xgw_common::bfd::{Diag, State};
 
-    /// Frame 1 of /work/shared/peers/ovs-cap-output.txt: Open vSwitch 3.1's
-    /// BFD Up packet inside Geneve, as captured on its underlay.
+    /// Open vSwitch 3.1's BFD Up packet inside Geneve, as captured on its
+    /// underlay (docs/ovs-geneve.md, "BFD from OVS").
     const OVS_FRAME: &str = "\
         02 00 00 00 01 01 02 00 00 00 02 01 08 00 45 00 00 66 00 00 40 00 40 11 e6 1c c6 33 64 02 c6 33 \
         64 01 e8 2d 17 c1 00 52 00 00 00 00 65 58 00 13 89 00 00 23 20 00 00 01 52 e4 91 a0 9e 81 08 00 \

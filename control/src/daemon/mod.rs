@@ -13,40 +13,45 @@
 //! every port under its number. SIGKILL leaves the datapath running; the
 //! next daemon adopts it. SIGHUP re-reads the config file.
 pub mod bfd;
-pub mod hooks;
+mod desired;
+mod dispatch;
+mod effects;
+mod links;
 pub mod netlink;
+mod nexthops;
 pub mod pins;
-pub mod state;
-pub mod store;
+mod server;
+mod uplink;
+mod views;
 
 use std::{
     ffi::CString,
     fs::{self, File, OpenOptions},
     io::{Read, Write},
     net::{IpAddr, SocketAddr},
-    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{Array, DevMapHash, Map, MapData};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot},
 };
-use xgw_common::maps::{names, Uplink, DEVMAP_UPLINK, UPLINK_HAS_IP4, UPLINK_HAS_IP6};
 
 use crate::{
-    api::{self, Request, Response, UplinkView},
+    api::{Reply, Request},
     config::Config,
     datapath::{self, AttachMode},
+    ofport::{AllocatorConfig, BpfDatapath, PortMap, RedbStore},
 };
+pub use dispatch::Daemon;
 use pins::{Pins, UPLINK_PROGRAM};
-pub use state::Daemon;
+
+/// The committed ports, tunnels and bindings, on the real maps and store.
+pub type Ports = PortMap<BpfDatapath, RedbStore>;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xgw";
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/xgw";
@@ -54,7 +59,8 @@ pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/xgw";
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub uplink: String,
-    pub local_ips: Vec<IpAddr>,
+    /// Unicast, IPv4-mapped ones already IPv4 (`UnicastIp`).
+    pub local_ips: Vec<crate::types::UnicastIp>,
     pub mode: AttachMode,
     pub config: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -133,18 +139,13 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
     }
     let (mut ip4, mut ip6) = (None, None);
     for ip in &opts.local_ips {
-        match ip.to_canonical() {
-            IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
-                bail!("local-ip: {ip} is not a unicast address")
-            }
-            IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => bail!("local-ip: {ip} is not a unicast address"),
-            IpAddr::V4(a) if ip4.replace(a.octets()).is_some() => {
-                bail!("local-ip: {ip} is a second IPv4 address (one per family)")
-            }
-            IpAddr::V6(a) if ip6.replace(a.octets()).is_some() => {
-                bail!("local-ip: {ip} is a second IPv6 address (one per family)")
-            }
-            _ => {}
+        let duplicate = match ip.get() {
+            IpAddr::V4(a) => ip4.replace(a.octets()).is_some(),
+            IpAddr::V6(a) => ip6.replace(a.octets()).is_some(),
+        };
+        if duplicate {
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            bail!("local-ip: {ip} is a second {family} address (one per family)");
         }
     }
     if opts.local_ips.is_empty() {
@@ -160,7 +161,7 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
 /// The daemon's connections and timers ask the state's owner (see `own`)
 /// through one channel; each request carries its own reply channel.
 pub(crate) enum Msg {
-    Request(Request, oneshot::Sender<Result<serde_json::Value>>),
+    Request(Request, oneshot::Sender<Result<Reply>>),
     Metrics(oneshot::Sender<Result<String>>),
     RefreshNexthops,
     Netlink(Vec<netlink::Event>),
@@ -169,11 +170,6 @@ pub(crate) enum Msg {
     Reload(PathBuf),
     Stop { keep_datapath: bool, done: oneshot::Sender<Result<()>> },
 }
-
-/// API connections served at once; further clients wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send its request line, and again to take the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until SIGTERM or SIGINT. The connections, the timers and
 /// the signals are tokio tasks on one thread; the state (port map, stores,
@@ -205,7 +201,7 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     }
     // Everything that can fail on a busy address is taken before the
     // datapath is touched.
-    let listener = bind_socket(&opts.socket)?;
+    let listener = server::bind_socket(&opts.socket)?;
     let metrics_listener = match metrics {
         Some(addr) => match std::net::TcpListener::bind(addr) {
             Ok(l) => Some((addr, l)),
@@ -261,11 +257,20 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     }
 
     listener.set_nonblocking(true)?;
-    tokio::spawn(serve_api(UnixListener::from_std(listener)?, tx.clone()));
+    tokio::spawn(server::serve_api(UnixListener::from_std(listener)?, tx.clone()));
     if let Some((addr, listener)) = metrics_listener {
         tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
         listener.set_nonblocking(true)?;
-        tokio::spawn(crate::metrics::serve(tokio::net::TcpListener::from_std(listener)?, tx.clone()));
+        let tx = tx.clone();
+        let scrape = move || {
+            let tx = tx.clone();
+            async move {
+                let (reply, rendered) = oneshot::channel();
+                tx.send(Msg::Metrics(reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
+                rendered.await.map_err(|_| anyhow!("the daemon is stopping"))?
+            }
+        };
+        tokio::spawn(crate::metrics::serve(tokio::net::TcpListener::from_std(listener)?, scrape));
     }
     {
         let tx = tx.clone();
@@ -364,7 +369,7 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                 let _ = reply.send(result);
             }
             Msg::Metrics(reply) => {
-                let _ = reply.send(crate::metrics::render(&d));
+                let _ = reply.send(d.metrics());
             }
             Msg::RefreshNexthops => d.refresh_nexthops(false),
             Msg::WatchBfd => d.watch_bfd(),
@@ -375,7 +380,7 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                 };
                 if let Err(e) = result {
                     tracing::error!("{e:#}");
-                    d.hooks.shutdown(true);
+                    d.abandon();
                     let _ = fatal.send(e);
                     return;
                 }
@@ -387,21 +392,16 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                 }
             }
             Msg::Stop { keep_datapath, done } => {
-                d.hooks.shutdown(keep_datapath);
-                let result = if keep_datapath {
-                    Ok(())
-                } else {
-                    d.pins.remove_all().map(|removed| {
-                        tracing::info!(pins = removed.len(), "stopped; XDP programs detached and maps unpinned");
-                    })
-                };
-                let _ = done.send(result);
+                let _ = done.send(d.shutdown(keep_datapath));
                 return;
             }
         }
     }
 }
 
+/// Loads the datapath against the pinned maps, writes the uplink's
+/// entries, puts `xgw_uplink` on it, starts BFD, opens the store and the
+/// port map, adopts what a previous daemon left, applies the config file.
 fn start(
     opts: &RunOptions,
     pins: &Pins,
@@ -416,38 +416,15 @@ fn start(
         datapath::xdp_program(&mut ebpf, prog)?;
     }
     let mut netlink = netlink::Netlink::open()?;
-    let (mac, mtu) = netlink.link(uplink_index).with_context(|| format!("uplink: reading {}", opts.uplink))?;
+    let link = netlink.link(uplink_index).with_context(|| format!("uplink: reading {}", opts.uplink))?;
+    let uplink = uplink::Uplink::new(&opts.uplink, uplink_index, link, ip4, ip6, opts.mode);
 
     // The uplink's map entries before its program: a program adopted from a
     // previous daemon already reads them, a new one needs them at once.
-    let mut up: Array<MapData, Uplink> =
-        Array::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::UPLINK))?)?)?;
-    let mut flags = 0;
-    if ip4.is_some() {
-        flags |= UPLINK_HAS_IP4;
-    }
-    if ip6.is_some() {
-        flags |= UPLINK_HAS_IP6;
-    }
-    let value = Uplink {
-        ifindex: uplink_index,
-        mtu,
-        mac,
-        flags,
-        _pad: 0,
-        ip4: ip4.unwrap_or_default(),
-        ip6: ip6.unwrap_or_default(),
-    };
-    up.set(0, value, 0).context("writing the UPLINK map")?;
-    // Encap flow-cache slots hold outer headers built from UPLINK; those a
-    // datapath left running filled before this write must not serve after it.
-    datapath::Generation::open_pinned(&pins.dir)?.bump();
-    let mut devmap = DevMapHash::try_from(Map::from_map_data(MapData::from_pin(pins.map(names::DEVMAP))?)?)?;
-    devmap.insert(DEVMAP_UPLINK, uplink_index, None, 0).context("writing the uplink's DEVMAP slot")?;
-
+    let mut dp = BpfDatapath::open_pinned(&pins.dir).context("opening the pinned configuration maps")?;
+    uplink.write(&mut dp)?;
     let prog: &mut aya::programs::Xdp = ebpf.program_mut(UPLINK_PROGRAM).expect("loaded above").try_into()?;
-    let how = pins::attach(prog, &opts.uplink, opts.mode, &pins.uplink_link())?;
-    match how {
+    match pins::attach(prog, &opts.uplink, opts.mode, &pins.uplink_link())? {
         pins::Attached::Adopted => {
             tracing::info!(uplink = opts.uplink, "adopted the running datapath; xgw_uplink swapped in place")
         }
@@ -456,31 +433,26 @@ fn start(
             tracing::warn!(uplink = opts.uplink, "the pinned xgw_uplink link had lost its interface; attached anew")
         }
     }
-    let mut local_ips = Vec::new();
-    local_ips.extend(ip4.map(IpAddr::from));
-    local_ips.extend(ip6.map(IpAddr::from));
-    let view = UplinkView {
-        ifname: opts.uplink.clone(),
-        ifindex: uplink_index,
-        mac: crate::ofport::MacAddr(mac).to_string(),
-        mtu,
-        local_ips,
-        mode: match opts.mode {
-            AttachMode::Native => "native".into(),
-            AttachMode::Skb => "skb".into(),
-        },
-        error: None,
-    };
     // The BFD engine takes its maps out of the object and opens its sockets
     // here, in the daemon's network namespace.
     let engine = crate::bfd::Engine::start(
         &mut ebpf,
-        crate::bfd::Uplink { ifname: opts.uplink.clone(), mac },
+        crate::bfd::Uplink { ifname: opts.uplink.clone(), mac: link.0 },
         crate::bfd::Options { rt_priority: opts.bfd_rt_priority },
     )
     .context("starting the BFD engine")?;
-    let hooks = Box::new(bfd::BfdHooks::new(engine, &opts.uplink, ip4, ip6));
-    let mut daemon = Daemon::open(ebpf, pins.clone(), opts.mode, view, &opts.state_dir, hooks)?;
+    let bfd = bfd::Bfd::new(
+        Some(engine),
+        &opts.uplink,
+        ip4.map(Into::into),
+        ip6.map(Into::into),
+        crate::types::BfdSettings::default(),
+    );
+    let store = RedbStore::open(&opts.state_dir).context("opening the store")?;
+    let ports = PortMap::open(dp, store, AllocatorConfig::default()).context("opening the port map")?;
+    let counters = views::Counters::open(pins)?;
+    let links = links::Links::new(ebpf, pins.clone(), opts.mode);
+    let mut daemon = Daemon::new(ports, uplink, links, bfd, netlink, counters, pins.clone(), &opts.state_dir)?;
     daemon.adopt()?;
     if let Some(config) = config {
         daemon.apply_config(config)?;
@@ -507,98 +479,6 @@ fn start_ebpf_logger(ebpf: &mut aya::Ebpf) {
     if let Err(e) = spawned {
         tracing::warn!("kernel-side log reader not started: {e}");
     }
-}
-
-/// Binds the API socket: owned by the daemon's user (root), mode 0600. A
-/// socket file no one answers on is a leftover of a killed daemon.
-fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("socket: creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("socket: {} is served by another daemon", path.display());
-        }
-        fs::remove_file(path).with_context(|| format!("socket: removing the stale {}", path.display()))?;
-    }
-    // SAFETY: umask only changes this process's file creation mask; the
-    // socket is created 0600 with no window where others could connect.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("socket: binding {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
-    let l = &listener;
-    accept_loop(
-        "api",
-        MAX_CONNECTIONS,
-        || async move { l.accept().await.map(|(s, _)| s) },
-        |stream| connection(stream, tx.clone()),
-    )
-    .await
-}
-
-/// Accepts connections for ever, serving at most `max` at once (the rest
-/// wait in the kernel's backlog): the API socket's loop and the metrics
-/// endpoint's.
-pub(crate) async fn accept_loop<S, A, AF, H, HF>(what: &str, max: usize, mut accept: A, serve: H)
-where
-    A: FnMut() -> AF,
-    AF: std::future::Future<Output = std::io::Result<S>>,
-    H: Fn(S) -> HF,
-    HF: std::future::Future<Output = ()> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(max));
-    loop {
-        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let stream = match accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and the like: wait rather than spin.
-                tracing::warn!("{what}: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let served = serve(stream);
-        tokio::spawn(async move {
-            served.await;
-            drop(permit);
-        });
-    }
-}
-
-async fn connection(mut stream: UnixStream, tx: mpsc::Sender<Msg>) {
-    let response = match answer(&mut stream, &tx).await {
-        Ok(v) => Response::Ok(v),
-        Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
-    };
-    let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
-    line.push(b'\n');
-    let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(&line)).await;
-}
-
-async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Msg>) -> Result<serde_json::Value> {
-    match stream.peer_cred().ok().map(|c| c.uid()) {
-        Some(0) => {}
-        uid => bail!("permission denied: the xgw API serves root only (peer uid {uid:?})"),
-    }
-    let mut line = Vec::new();
-    let mut reader = AsyncBufReader::new(AsyncReadExt::take(&mut *stream, api::MAX_REQUEST + 1));
-    tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line))
-        .await
-        .map_err(|_| anyhow!("no complete request line within {} s", CLIENT_TIMEOUT.as_secs()))??;
-    if line.len() as u64 > api::MAX_REQUEST {
-        bail!("request larger than {} bytes refused", api::MAX_REQUEST);
-    }
-    let request: Request = serde_json::from_slice(&line).map_err(|e| anyhow!("bad request: {e}"))?;
-    let (reply, answer) = oneshot::channel();
-    tx.send(Msg::Request(request, reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
-    answer.await.map_err(|_| anyhow!("the daemon is stopping"))?
 }
 
 /// sd_notify(3) without libsystemd: one datagram to `$NOTIFY_SOCKET`.

@@ -67,6 +67,9 @@ pub enum PortState {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reservation {
     port: OfPort,
+    /// The hold-down an explicit request took the number out of: an abort
+    /// puts it back, so a failed pinned add does not shorten it.
+    held_since: Option<Instant>,
 }
 
 impl Reservation {
@@ -131,7 +134,7 @@ impl Allocator {
             },
         };
         self.slots.insert(port, Slot::Reserved);
-        Ok(Reservation { port })
+        Ok(Reservation { port, held_since: None })
     }
 
     /// Reserves a specific number (`ofport_request`), 1..=0xfeff.
@@ -141,19 +144,21 @@ impl Allocator {
     /// that pins its number must be able to take that number straight back.
     pub fn reserve_requested(&mut self, value: u16) -> Result<Reservation, AllocError> {
         let port = OfPort::new(value).map_err(|_| AllocError::RequestedOutOfRange { value })?;
-        match self.slots.get(&port).copied() {
+        let held_since = match self.slots.get(&port).copied() {
             Some(Slot::Reserved | Slot::Committed | Slot::Stranded) => {
                 return Err(AllocError::RequestedInUse { port });
             }
             Some(Slot::Held(since)) => {
                 self.held.remove(&(since, port));
+                Some(since)
             }
             None => {
                 self.free_auto.remove(&port);
+                None
             }
-        }
+        };
         self.slots.insert(port, Slot::Reserved);
-        Ok(Reservation { port })
+        Ok(Reservation { port, held_since })
     }
 
     /// Makes a reservation permanent.
@@ -176,8 +181,17 @@ impl Allocator {
         let port = reservation.port;
         let removed = self.slots.remove(&port);
         debug_assert_eq!(removed, Some(Slot::Reserved), "abort of {port}");
-        if port.is_auto() {
-            self.free_auto.insert(port);
+        match reservation.held_since {
+            // Taken out of hold-down by an explicit request: back in it,
+            // with its original clock (others saw the number before).
+            Some(since) => {
+                self.slots.insert(port, Slot::Held(since));
+                self.held.insert((since, port));
+            }
+            None if port.is_auto() => {
+                self.free_auto.insert(port);
+            }
+            None => {}
         }
     }
 
@@ -261,6 +275,12 @@ impl Allocator {
     }
 
     /// Numbers in hold-down (as of the last allocation).
+    /// Numbers still in hold-down at `now` (those past it are free, even
+    /// before the next reservation notices).
+    pub fn held_down_at(&self, now: Instant) -> usize {
+        self.held.iter().filter(|(since, _)| now.saturating_duration_since(*since) < self.hold_down).count()
+    }
+
     pub fn held_down(&self) -> usize {
         self.held.len()
     }

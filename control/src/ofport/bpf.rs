@@ -6,10 +6,11 @@
 //! ifindex: use a `BpfDatapath` from a thread inside the gateway's
 //! namespace.
 //!
-//! Tunnels are written with a zero `nexthop_mac`: resolving the underlay
-//! next hop (route, then neighbour) belongs to the datapath's owner, which
-//! keeps it current as the neighbour table changes; `is_current` ignores
-//! the field so a reconcile does not undo that.
+//! A tunnel's `nexthop_mac` is the one `set_nexthop` last gave for its
+//! remote (zeroes before): resolving the underlay next hop (route, then
+//! neighbour) belongs to the daemon, which tells this, the one writer of
+//! TUNNELS, as the neighbour table changes; `is_current` ignores the field
+//! so a reconcile does not undo that.
 
 use std::cell::RefCell;
 use std::collections::HashMap as StdHashMap;
@@ -18,21 +19,23 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 use aya::maps::xdp::XdpMapError;
-use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError as AyaMapError};
+use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, MapError as AyaMapError};
 use aya::Ebpf;
 use thiserror::Error;
 use xgw_common::maps::{
-    self as wire, names, FdbEntry, FdbKey, LocalPort, Neigh, NeighKey, PortKey, Tunnel, DEVMAP_UPLINK, FDB_LOCAL,
-    TUNNEL_BFD, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
+    self as wire, names, FdbEntry, FdbKey, LocalPort, Neigh, NeighKey, PortKey, Tunnel, Uplink, DEVMAP_UPLINK,
+    FDB_LOCAL, FDB_REMOTE, TUNNEL_BFD, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
 };
 
 use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
 use super::number::OfPort;
-use super::spec::{self, MacAddr, PortSpec, TunnelKey};
+use super::spec::{self, Binding, MacAddr, Object, PortSpec, TunnelKey};
 use crate::datapath::Generation;
 
 /// `BPF_NOEXIST`: fail with EEXIST rather than overwrite.
 const NOEXIST: u64 = 1;
+/// `BPF_EXIST`: fail with ENOENT rather than create.
+const EXIST: u64 = 2;
 
 #[derive(Debug, Error)]
 pub enum OpenMapsError {
@@ -60,8 +63,11 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The configuration maps a port may have entries in.
+/// The configuration maps: those a port or binding may have entries in,
+/// and UPLINK. This is their one userspace writer, and so the one place
+/// that bumps the flow caches' GENERATION after a write.
 pub struct BpfDatapath {
+    uplink: Array<MapData, Uplink>,
     devmap: DevMapHash<MapData>,
     local_ports: HashMap<MapData, u32, LocalPort>,
     port_keys: HashMap<MapData, PortKey, FdbEntry>,
@@ -81,6 +87,8 @@ pub struct BpfDatapath {
     /// Bumped after every insert and remove: the flow caches mirror most of
     /// these maps, and a bump is cheap enough not to ask which.
     generation: Generation,
+    /// `set_nexthop`'s MACs by remote, for tunnels inserted later.
+    nexthops: StdHashMap<IpAddr, [u8; 6]>,
 }
 
 impl BpfDatapath {
@@ -107,6 +115,7 @@ impl BpfDatapath {
             T::try_from(take(name)?).map_err(|cause| OpenMapsError::Map { name, cause })
         }
         let mut dp = BpfDatapath {
+            uplink: typed(&mut take, names::UPLINK)?,
             devmap: typed(&mut take, names::DEVMAP)?,
             local_ports: typed(&mut take, names::LOCAL_PORTS)?,
             port_keys: typed(&mut take, names::PORT_KEYS)?,
@@ -116,6 +125,7 @@ impl BpfDatapath {
             by_remote: typed(&mut take, names::TUNNEL_BY_REMOTE)?,
             max_entries: StdHashMap::new(),
             ifindex_of: RefCell::default(),
+            nexthops: StdHashMap::new(),
             generation: Generation::open(&take(names::GENERATION)?)
                 .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
@@ -132,6 +142,39 @@ impl BpfDatapath {
         self.generation.get()
     }
 
+    /// The uplink's entry (interface, MTU, MAC, tunnel addresses), as the
+    /// datapath reads it; `None` before the first `write_uplink`.
+    pub fn uplink(&self) -> Result<Option<Uplink>, MapError> {
+        match self.uplink.get(&0, 0) {
+            Ok(u) if u.ifindex == 0 => Ok(None),
+            Ok(u) => Ok(Some(u)),
+            Err(e) => Err(self.error_of(names::UPLINK, e)),
+        }
+    }
+
+    /// Writes the uplink's entry and its DEVMAP slot (the redirect target
+    /// of encapsulated frames). The encap flow-cache slots hold outer
+    /// headers built from UPLINK, so the bump retires them.
+    pub fn write_uplink(&mut self, value: Uplink) -> Result<(), MapError> {
+        let _bump = self.generation.after_writes();
+        self.uplink.set(0, value, 0).map_err(|e| self.error_of(names::UPLINK, e))?;
+        match self.devmap.insert(DEVMAP_UPLINK, value.ifindex, None, 0) {
+            Ok(()) => Ok(()),
+            Err(XdpMapError::MapError(e)) => Err(self.error_of(names::DEVMAP, e)),
+            Err(e) => Err(MapError::Other(e.to_string())),
+        }
+    }
+
+    fn error_of(&self, _name: &str, e: AyaMapError) -> MapError {
+        match &e {
+            AyaMapError::SyscallError(s) => match s.io_error.raw_os_error() {
+                Some(errno) => MapError::Os { errno },
+                None => MapError::Other(e.to_string()),
+            },
+            _ => MapError::Other(e.to_string()),
+        }
+    }
+
     /// The capacity of `step`'s map, as the kernel reports it.
     pub fn max_entries(&self, step: Step) -> u32 {
         self.max_entries.get(&step).copied().unwrap_or(0)
@@ -143,8 +186,8 @@ impl BpfDatapath {
             Step::Devmap => self.devmap.map(),
             Step::LocalPort => self.local_ports.map(),
             Step::PortKey => self.port_keys.map(),
-            Step::Fdb => self.fdb.map(),
-            Step::Neigh => self.neigh.map(),
+            Step::Fdb | Step::RemoteFdb => self.fdb.map(),
+            Step::Neigh | Step::RemoteNeigh => self.neigh.map(),
             Step::TunnelPort => self.tunnels.map(),
             Step::TunnelByRemote => self.by_remote.map(),
         }
@@ -213,30 +256,42 @@ fn owner(n: u32) -> Option<OfPort> {
     u16::try_from(n).ok().and_then(|n| OfPort::new(n).ok())
 }
 
-fn local(port: &PortSpec) -> Result<&spec::LocalPort, MapError> {
-    match port {
-        PortSpec::Local(p) => Ok(p),
-        PortSpec::Tunnel(t) => Err(MapError::Other(format!("tunnel {:?} has no local-port entry", t.name))),
+fn local(object: Object<'_>) -> Result<&spec::LocalPort, MapError> {
+    match object {
+        Object::Port(PortSpec::Local(p)) => Ok(p),
+        other => Err(MapError::Other(format!("{} has no local-port entry", other.name()))),
     }
 }
 
-fn tunnel(port: &PortSpec) -> Result<&spec::TunnelPort, MapError> {
-    match port {
-        PortSpec::Tunnel(t) => Ok(t),
-        PortSpec::Local(p) => Err(MapError::Other(format!("local port {:?} has no tunnel entry", p.name))),
+fn tunnel(object: Object<'_>) -> Result<&spec::TunnelPort, MapError> {
+    match object {
+        Object::Port(PortSpec::Tunnel(t)) => Ok(t),
+        other => Err(MapError::Other(format!("{} has no tunnel entry", other.name()))),
+    }
+}
+
+fn binding(object: Object<'_>) -> Result<&Binding, MapError> {
+    match object {
+        Object::Binding(b) => Ok(b),
+        other => Err(MapError::Other(format!("{} is not a remote binding", other.name()))),
     }
 }
 
 fn fdb_entry(p: &spec::LocalPort, ofport: OfPort) -> FdbEntry {
-    FdbEntry { ofport: ofport.get(), port_key: p.port_key, kind: FDB_LOCAL, _pad: [0; 3] }
+    FdbEntry { ofport: ofport.get(), port_key: p.port_key.get(), kind: FDB_LOCAL, _pad: [0; 3] }
+}
+
+/// A binding's FDB value: its tunnel's number and the remote port's key.
+fn remote_fdb_entry(b: &Binding, tunnel: OfPort) -> FdbEntry {
+    FdbEntry { ofport: tunnel.get(), port_key: b.port_key.get(), kind: FDB_REMOTE, _pad: [0; 3] }
 }
 
 fn local_port_value(p: &spec::LocalPort, ofport: OfPort) -> LocalPort {
-    LocalPort { vni: p.vni, ofport: ofport.get(), port_key: p.port_key, mac: p.mac.0, _pad: [0; 2] }
+    LocalPort { vni: p.vni.get(), ofport: ofport.get(), port_key: p.port_key.get(), mac: p.mac.0, _pad: [0; 2] }
 }
 
-fn tunnel_value(t: &spec::TunnelPort) -> Tunnel {
-    let remote = t.remote.to_canonical();
+fn tunnel_value(t: &spec::TunnelPort, nexthop_mac: [u8; 6]) -> Tunnel {
+    let remote = t.remote.get();
     let mut flags = 0;
     if remote.is_ipv6() {
         flags |= TUNNEL_IPV6;
@@ -247,7 +302,7 @@ fn tunnel_value(t: &spec::TunnelPort) -> Tunnel {
     if t.bfd {
         flags |= TUNNEL_BFD;
     }
-    Tunnel { remote: ip16(remote), nexthop_mac: [0; 6], flags, _pad: 0, vni: t.vni }
+    Tunnel { remote: ip16(remote), nexthop_mac, flags, _pad: 0, vni: t.vni.get() }
 }
 
 fn port_key(vni: u32, port_key: u16) -> PortKey {
@@ -271,7 +326,7 @@ fn key_mismatch(step: Step, entry: &MapEntry) -> MapError {
 }
 
 impl Datapath for BpfDatapath {
-    fn insert(&mut self, step: Step, port: &PortSpec, ofport: OfPort) -> Result<(), MapError> {
+    fn insert(&mut self, step: Step, port: Object<'_>, ofport: OfPort) -> Result<(), MapError> {
         let number = u32::from(ofport.get());
         let _bump = self.generation.after_writes();
         let result = match step {
@@ -295,20 +350,34 @@ impl Datapath for BpfDatapath {
             }
             Step::PortKey => {
                 let p = local(port)?;
-                self.port_keys.insert(port_key(p.vni, p.port_key), fdb_entry(p, ofport), NOEXIST)
+                self.port_keys.insert(port_key(p.vni.get(), p.port_key.get()), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Fdb => {
                 let p = local(port)?;
-                self.fdb.insert(fdb_key(p.vni, p.mac), fdb_entry(p, ofport), NOEXIST)
+                self.fdb.insert(fdb_key(p.vni.get(), p.mac), fdb_entry(p, ofport), NOEXIST)
             }
             Step::Neigh => {
                 let p = local(port)?;
-                let ip = p.ip.ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name)))?;
-                self.neigh.insert(neigh_key(p.vni, ip), Neigh { mac: p.mac.0, _pad: [0; 2] }, NOEXIST)
+                let ip = p.ip.ok_or_else(|| MapError::Other(format!("local port {:?} has no ip", p.name.as_str())))?;
+                self.neigh.insert(neigh_key(p.vni.get(), ip.get()), Neigh { mac: p.mac.0, _pad: [0; 2] }, NOEXIST)
             }
-            Step::TunnelPort => self.tunnels.insert(number, tunnel_value(tunnel(port)?), NOEXIST),
+            Step::RemoteFdb => {
+                let b = binding(port)?;
+                self.fdb.insert(fdb_key(b.vni.get(), b.mac), remote_fdb_entry(b, ofport), NOEXIST)
+            }
+            Step::RemoteNeigh => {
+                let b = binding(port)?;
+                let ip = b.ip.ok_or_else(|| MapError::Other(format!("{} has no ip", b.label())))?;
+                self.neigh.insert(neigh_key(b.vni.get(), ip.get()), Neigh { mac: b.mac.0, _pad: [0; 2] }, NOEXIST)
+            }
+            Step::TunnelPort => {
+                let t = tunnel(port)?;
+                let nexthop = self.nexthops.get(&t.remote.get()).copied().unwrap_or_default();
+                self.tunnels.insert(number, tunnel_value(t, nexthop), NOEXIST)
+            }
             Step::TunnelByRemote => {
-                let key = port.tunnel_key().ok_or_else(|| {
+                let key = tunnel(port)?;
+                let key = PortSpec::Tunnel(key.clone()).tunnel_key().ok_or_else(|| {
                     key_mismatch(step, &MapEntry { key: EntryKey::Port(number), ofport: Some(ofport) })
                 })?;
                 self.by_remote.insert(remote_key(&key), number, NOEXIST)
@@ -335,8 +404,8 @@ impl Datapath for BpfDatapath {
                 Ok(())
             }
             (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self.port_keys.remove(&port_key(vni, key)),
-            (Step::Fdb, EntryKey::Mac { vni, mac }) => self.fdb.remove(&fdb_key(vni, mac)),
-            (Step::Neigh, EntryKey::Neigh { vni, ip }) => self.neigh.remove(&neigh_key(vni, ip)),
+            (Step::Fdb | Step::RemoteFdb, EntryKey::Mac { vni, mac }) => self.fdb.remove(&fdb_key(vni, mac)),
+            (Step::Neigh | Step::RemoteNeigh, EntryKey::Neigh { vni, ip }) => self.neigh.remove(&neigh_key(vni, ip)),
             (Step::TunnelByRemote, EntryKey::Tunnel(k)) => self.by_remote.remove(&remote_key(&k)),
             _ => return Err(key_mismatch(step, entry)),
         };
@@ -375,26 +444,30 @@ impl Datapath for BpfDatapath {
                     out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
                 }
             }
-            Step::Fdb => {
+            Step::Fdb | Step::RemoteFdb => {
+                // Local entries are ports', remote ones bindings'.
+                let kind = if step == Step::Fdb { FDB_LOCAL } else { FDB_REMOTE };
                 for row in self.fdb.iter() {
                     let (k, v) = row.map_err(err)?;
-                    // Remote MACs (behind tunnels) have another owner.
-                    if v.kind == FDB_LOCAL {
+                    if v.kind == kind {
                         let key = EntryKey::Mac { vni: k.vni, mac: MacAddr(k.mac) };
                         out.push(MapEntry { key, ofport: owner(v.ofport.into()) });
                     }
                 }
             }
-            Step::Neigh => {
+            Step::Neigh | Step::RemoteNeigh => {
                 // NEIGH values carry no number: the owner is whoever owns
-                // the MAC in FDB. Neighbours of remote MACs are not ours;
-                // one whose MAC is in no FDB entry is nobody's.
+                // the MAC in FDB, a local port (`Neigh`) or a binding
+                // (`RemoteNeigh`, under its tunnel's number). One whose MAC
+                // is in no FDB entry is nobody's, and listed by `Neigh`.
+                let kind = if step == Step::Neigh { FDB_LOCAL } else { FDB_REMOTE };
                 for row in self.neigh.iter() {
                     let (k, v) = row.map_err(err)?;
                     let ofport = match self.fdb.get(&FdbKey { vni: k.vni, mac: v.mac, _pad: [0; 2] }, 0) {
-                        Ok(f) if f.kind == FDB_LOCAL => owner(f.ofport.into()),
+                        Ok(f) if f.kind == kind => owner(f.ofport.into()),
                         Ok(_) => continue,
-                        Err(AyaMapError::KeyNotFound) => None,
+                        Err(AyaMapError::KeyNotFound) if step == Step::Neigh => None,
+                        Err(AyaMapError::KeyNotFound) => continue,
                         Err(e) => return Err(self.error(Step::Fdb, e)),
                     };
                     let key = EntryKey::Neigh { vni: k.vni, ip: ip_from16(k.ip) };
@@ -412,7 +485,7 @@ impl Datapath for BpfDatapath {
         Ok(out)
     }
 
-    fn is_current(&self, step: Step, port: &PortSpec, ofport: OfPort) -> Result<bool, MapError> {
+    fn is_current(&self, step: Step, port: Object<'_>, ofport: OfPort) -> Result<bool, MapError> {
         let number = u32::from(ofport.get());
         let found = |r: Result<bool, AyaMapError>| match r {
             Ok(same) => Ok(same),
@@ -437,23 +510,59 @@ impl Datapath for BpfDatapath {
             }
             Step::PortKey => {
                 let p = local(port)?;
-                found(self.port_keys.get(&port_key(p.vni, p.port_key), 0).map(|v| v == fdb_entry(p, ofport)))
+                found(
+                    self.port_keys.get(&port_key(p.vni.get(), p.port_key.get()), 0).map(|v| v == fdb_entry(p, ofport)),
+                )
             }
             Step::Fdb => {
                 let p = local(port)?;
-                found(self.fdb.get(&fdb_key(p.vni, p.mac), 0).map(|v| v == fdb_entry(p, ofport)))
+                found(self.fdb.get(&fdb_key(p.vni.get(), p.mac), 0).map(|v| v == fdb_entry(p, ofport)))
             }
             Step::Neigh => {
                 let p = local(port)?;
                 let Some(ip) = p.ip else { return Ok(false) };
-                found(self.neigh.get(&neigh_key(p.vni, ip), 0).map(|v| v.mac == p.mac.0))
+                found(self.neigh.get(&neigh_key(p.vni.get(), ip.get()), 0).map(|v| v.mac == p.mac.0))
+            }
+            Step::RemoteFdb => {
+                let b = binding(port)?;
+                found(self.fdb.get(&fdb_key(b.vni.get(), b.mac), 0).map(|v| v == remote_fdb_entry(b, ofport)))
+            }
+            Step::RemoteNeigh => {
+                let b = binding(port)?;
+                let Some(ip) = b.ip else { return Ok(false) };
+                found(self.neigh.get(&neigh_key(b.vni.get(), ip.get()), 0).map(|v| v.mac == b.mac.0))
             }
             Step::TunnelPort => {
-                let want = tunnel_value(tunnel(port)?);
+                let want = tunnel_value(tunnel(port)?, [0; 6]);
                 found(self.tunnels.get(&number, 0).map(|v| Tunnel { nexthop_mac: [0; 6], ..v } == want))
             }
             // Key and value (the number) are all there is; `list` saw both.
             Step::TunnelByRemote => Ok(true),
         }
+    }
+
+    fn set_nexthop(&mut self, remote: IpAddr, mac: MacAddr, tunnels: &[OfPort]) -> Result<Vec<OfPort>, MapError> {
+        let remote = remote.to_canonical();
+        self.nexthops.insert(remote, mac.0);
+        let wire_remote = ip16(remote);
+        let _bump = self.generation.after_writes();
+        let mut changed = Vec::new();
+        for &ofport in tunnels {
+            let key = u32::from(ofport.get());
+            let t = match self.tunnels.get(&key, 0) {
+                Ok(t) => t,
+                Err(AyaMapError::KeyNotFound) => continue,
+                Err(e) => return Err(self.error(Step::TunnelPort, e)),
+            };
+            if t.remote != wire_remote || t.nexthop_mac == mac.0 {
+                continue;
+            }
+            // BPF_EXIST: only ever rewrites an entry the port map made.
+            self.tunnels
+                .insert(key, Tunnel { nexthop_mac: mac.0, ..t }, EXIST)
+                .map_err(|e| self.error(Step::TunnelPort, e))?;
+            changed.push(ofport);
+        }
+        Ok(changed)
     }
 }

@@ -1,6 +1,8 @@
 //! The narrow seam between the port map and the BPF maps: which map entries
-//! a port needs, in what order, and the trait the datapath implements.
-//! Tests implement it in memory and inject a failure at any step.
+//! a port or a remote binding needs, in what order, and the trait the
+//! datapath implements. Tests implement it in memory and inject a failure
+//! at any step. Nothing else writes the configuration maps: whoever needs
+//! an entry changed goes through the port map, and so through this trait.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -8,7 +10,7 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 use super::number::OfPort;
-use super::spec::{MacAddr, PortKind, PortSpec, TunnelKey};
+use super::spec::{Binding, MacAddr, Object, PortKind, PortSpec, TunnelKey};
 
 /// One BPF map a port may need an entry in (`xgw_common::maps`). Adding a
 /// map later means a variant here, a line in `ALL`, its place in
@@ -31,14 +33,31 @@ pub enum Step {
     TunnelPort,
     /// `TUNNEL_BY_REMOTE`: (remote IP, VNI) -> OpenFlow number (ingress).
     TunnelByRemote,
+    /// `FDB`, remote entries: (VNI, MAC) -> the binding's tunnel and key.
+    RemoteFdb,
+    /// `NEIGH` for a binding's IP, for the ARP/ND responder.
+    RemoteNeigh,
 }
 
 impl Step {
     /// Every map, in the order `reconcile` visits them. `Neigh` comes
     /// before `Fdb` because a NEIGH entry's owner is found through FDB:
     /// removing FDB orphans first would hide the NEIGH orphans behind them.
-    pub const ALL: &'static [Step] =
-        &[Step::Devmap, Step::LocalPort, Step::PortKey, Step::Neigh, Step::Fdb, Step::TunnelPort, Step::TunnelByRemote];
+    pub const ALL: &'static [Step] = &[
+        Step::Devmap,
+        Step::LocalPort,
+        Step::PortKey,
+        Step::Neigh,
+        Step::Fdb,
+        Step::RemoteNeigh,
+        Step::RemoteFdb,
+        Step::TunnelPort,
+        Step::TunnelByRemote,
+    ];
+
+    /// A binding's entries, in insertion order: its MAC before its IP, so
+    /// the responder never answers for a MAC that forwards nowhere.
+    pub const BINDING: &'static [Step] = &[Step::RemoteFdb, Step::RemoteNeigh];
 
     /// What an operator reads in an error.
     pub const fn name(self) -> &'static str {
@@ -50,6 +69,8 @@ impl Step {
             Step::Neigh => "neighbour table",
             Step::TunnelPort => "tunnel table",
             Step::TunnelByRemote => "tunnel remote index",
+            Step::RemoteFdb => "fdb (remote)",
+            Step::RemoteNeigh => "neighbour table (remote)",
         }
     }
 
@@ -64,6 +85,8 @@ impl Step {
             Step::Neigh => names::NEIGH,
             Step::TunnelPort => names::TUNNELS,
             Step::TunnelByRemote => names::TUNNEL_BY_REMOTE,
+            Step::RemoteFdb => names::FDB,
+            Step::RemoteNeigh => names::NEIGH,
         }
     }
 }
@@ -86,6 +109,17 @@ impl PortKind {
             // Ingress finds a tunnel through the remote index, which must
             // only point at a number the tunnel table already describes.
             PortKind::Tunnel => &[Step::TunnelPort, Step::TunnelByRemote],
+        }
+    }
+}
+
+impl Object<'_> {
+    /// The maps this object needs an entry in, in insertion order.
+    pub fn steps(&self) -> &'static [Step] {
+        match self {
+            Object::Port(p) => p.steps(),
+            Object::Binding(b) if b.ip.is_none() => &Step::BINDING[..1],
+            Object::Binding(_) => Step::BINDING,
         }
     }
 }
@@ -139,22 +173,36 @@ pub struct MapEntry {
 }
 
 impl MapEntry {
-    /// The entry `port` numbered `ofport` needs in `step`'s map, or `None`
-    /// if it has no entry there.
-    pub fn for_step(step: Step, port: &PortSpec, ofport: OfPort) -> Option<MapEntry> {
-        if !port.steps().contains(&step) {
+    /// The entry `object` (numbered, or behind a tunnel numbered, `ofport`)
+    /// needs in `step`'s map, or `None` if it has no entry there.
+    pub fn for_step(step: Step, object: Object<'_>, ofport: OfPort) -> Option<MapEntry> {
+        if !object.steps().contains(&step) {
             return None;
         }
         let number = u32::from(ofport.get());
-        let key = match (step, port) {
+        let key = match (step, object) {
             (Step::Devmap | Step::LocalPort | Step::TunnelPort, _) => EntryKey::Port(number),
-            (Step::PortKey, PortSpec::Local(p)) => EntryKey::PortKey { vni: p.vni, port_key: p.port_key },
-            (Step::Fdb, PortSpec::Local(p)) => EntryKey::Mac { vni: p.vni, mac: p.mac },
-            (Step::Neigh, PortSpec::Local(p)) => EntryKey::Neigh { vni: p.vni, ip: p.ip?.to_canonical() },
-            (Step::TunnelByRemote, _) => EntryKey::Tunnel(port.tunnel_key()?),
+            (Step::PortKey, Object::Port(PortSpec::Local(p))) => {
+                EntryKey::PortKey { vni: p.vni.get(), port_key: p.port_key.get() }
+            }
+            (Step::Fdb, Object::Port(PortSpec::Local(p))) => EntryKey::Mac { vni: p.vni.get(), mac: p.mac },
+            (Step::Neigh, Object::Port(PortSpec::Local(p))) => EntryKey::Neigh { vni: p.vni.get(), ip: p.ip?.get() },
+            (Step::TunnelByRemote, Object::Port(p)) => EntryKey::Tunnel(p.tunnel_key()?),
+            (Step::RemoteFdb, Object::Binding(b)) => EntryKey::Mac { vni: b.vni.get(), mac: b.mac },
+            (Step::RemoteNeigh, Object::Binding(b)) => EntryKey::Neigh { vni: b.vni.get(), ip: b.ip?.get() },
             _ => return None,
         };
         Some(MapEntry { key, ofport: Some(ofport) })
+    }
+
+    /// `for_step` of a port.
+    pub fn of_port(step: Step, port: &PortSpec, ofport: OfPort) -> Option<MapEntry> {
+        Self::for_step(step, Object::Port(port), ofport)
+    }
+
+    /// `for_step` of a binding behind tunnel `ofport`.
+    pub fn of_binding(step: Step, binding: &Binding, ofport: OfPort) -> Option<MapEntry> {
+        Self::for_step(step, Object::Binding(binding), ofport)
     }
 }
 
@@ -194,25 +242,31 @@ pub enum MapError {
 
 /// The BPF maps, as the port map sees them.
 pub trait Datapath {
-    /// Adds the entry `port` numbered `ofport` needs in `step`'s map.
-    /// Must not overwrite: an existing key is `MapError::Exists`
-    /// (`BPF_NOEXIST`), since overwriting would silently steal another
-    /// port's entry.
-    fn insert(&mut self, step: Step, port: &PortSpec, ofport: OfPort) -> Result<(), MapError>;
+    /// Adds the entry `object` needs in `step`'s map, naming `ofport` (a
+    /// port's own number, a binding's tunnel's). Must not overwrite: an
+    /// existing key is `MapError::Exists` (`BPF_NOEXIST`), since
+    /// overwriting would silently steal another owner's entry.
+    fn insert(&mut self, step: Step, object: Object<'_>, ofport: OfPort) -> Result<(), MapError>;
 
     /// Removes the entry with `entry.key` from `step`'s map. An absent key
     /// is `MapError::NotFound`, which callers treat as done.
     fn remove(&mut self, step: Step, entry: &MapEntry) -> Result<(), MapError>;
 
-    /// Every entry currently in `step`'s map that ports may own (entries
-    /// another component owns, such as remote FDB entries, are left out).
+    /// Every entry currently in `step`'s map of the kind `step` writes
+    /// (FDB's local entries for `Fdb`, its remote ones for `RemoteFdb`).
     fn list(&self, step: Step) -> Result<Vec<MapEntry>, MapError>;
 
-    /// Whether the entry present for `port` in `step` holds the value
-    /// `port` needs, beyond key and owner (`list` only shows those): a
-    /// changed ifindex, or a crash between a replace's delete and add,
-    /// leaves a right key with a wrong value. `reconcile` rewrites it.
-    fn is_current(&self, _step: Step, _port: &PortSpec, _ofport: OfPort) -> Result<bool, MapError> {
+    /// Whether the entry present for `object` in `step` holds the value
+    /// it needs, beyond key and owner (`list` only shows those): a changed
+    /// ifindex, or a crash between a replace's delete and add, leaves a
+    /// right key with a wrong value. `reconcile` rewrites it.
+    fn is_current(&self, _step: Step, _object: Object<'_>, _ofport: OfPort) -> Result<bool, MapError> {
         Ok(true)
     }
+
+    /// The underlay next hop of the tunnels to `remote`: written into the
+    /// TUNNELS entries of `tunnels` (the committed ones to `remote`) now,
+    /// and into every entry to `remote` inserted later. Returns the
+    /// tunnels whose entry changed.
+    fn set_nexthop(&mut self, remote: IpAddr, mac: MacAddr, tunnels: &[OfPort]) -> Result<Vec<OfPort>, MapError>;
 }

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::net::IpAddr;
+
 use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
 use super::number::OfPort;
-use super::spec::PortSpec;
+use super::spec::{Binding, MacAddr, Object, Vni};
 use super::store::{PortRecord, Store, StoreError};
 
 /// Which datapath operation a fault hits.
@@ -21,8 +23,9 @@ pub enum FaultOp {
 pub struct Fault {
     pub step: Step,
     pub op: FaultOp,
-    /// Only inserts for this port name (inserts carry a spec; removes and
-    /// lists do not, so for them this must be `None`).
+    /// Only inserts for this port name or binding label (`Object::name`;
+    /// inserts carry the object, removes and lists do not, so for them
+    /// this must be `None`).
     pub port_name: Option<String>,
     /// How many matching operations fail; `None` is forever.
     pub remaining: Option<u32>,
@@ -44,6 +47,8 @@ pub struct MemDatapath {
     maps: BTreeMap<Step, BTreeMap<EntryKey, Option<OfPort>>>,
     max_entries: BTreeMap<Step, u32>,
     faults: Vec<Fault>,
+    /// `set_nexthop`'s MACs by remote.
+    pub nexthops: BTreeMap<IpAddr, MacAddr>,
 }
 
 impl MemDatapath {
@@ -107,10 +112,17 @@ impl MemDatapath {
 }
 
 impl Datapath for MemDatapath {
-    fn insert(&mut self, step: Step, port: &PortSpec, ofport: OfPort) -> Result<(), MapError> {
-        self.take_fault(step, FaultOp::Insert, Some(port.name()))?;
-        let entry = MapEntry::for_step(step, port, ofport)
-            .ok_or_else(|| MapError::Other(format!("{} has no {step} entry", port.name())))?;
+    fn insert(&mut self, step: Step, object: Object<'_>, ofport: OfPort) -> Result<(), MapError> {
+        let name = object.name();
+        self.take_fault(step, FaultOp::Insert, Some(&name))?;
+        let entry = MapEntry::for_step(step, object, ofport)
+            .ok_or_else(|| MapError::Other(format!("{name} has no {step} entry")))?;
+        // FDB and NEIGH are one map each, whichever step writes them.
+        if let Some(twin) = twin(step) {
+            if self.maps.get(&twin).is_some_and(|m| m.contains_key(&entry.key)) {
+                return Err(MapError::Exists);
+            }
+        }
         let max = self.max_entries.get(&step).copied();
         let map = self.maps.entry(step).or_default();
         if map.contains_key(&entry.key) {
@@ -142,13 +154,31 @@ impl Datapath for MemDatapath {
         }
         Ok(self.entries(step))
     }
+
+    fn set_nexthop(&mut self, remote: IpAddr, mac: MacAddr, tunnels: &[OfPort]) -> Result<Vec<OfPort>, MapError> {
+        let changed = self.nexthops.insert(remote, mac) != Some(mac);
+        Ok(if changed { tunnels.to_vec() } else { Vec::new() })
+    }
+}
+
+/// The other step that writes the same BPF map.
+fn twin(step: Step) -> Option<Step> {
+    match step {
+        Step::Fdb => Some(Step::RemoteFdb),
+        Step::RemoteFdb => Some(Step::Fdb),
+        Step::Neigh => Some(Step::RemoteNeigh),
+        Step::RemoteNeigh => Some(Step::Neigh),
+        _ => None,
+    }
 }
 
 /// Records in a `BTreeMap`; writes can be made to fail.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemStore {
     records: BTreeMap<String, PortRecord>,
+    bindings: BTreeMap<(Vni, MacAddr), Binding>,
     failing_writes: u32,
+    writes: u64,
 }
 
 impl MemStore {
@@ -166,8 +196,19 @@ impl MemStore {
         self.records.values()
     }
 
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    /// Writes that succeeded (each one an fsync on a real store).
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
     fn take_fault(&mut self) -> Result<(), StoreError> {
+        self.writes += 1;
         if self.failing_writes > 0 {
+            self.writes -= 1;
             self.failing_writes -= 1;
             return Err(StoreError::Injected);
         }
@@ -189,6 +230,22 @@ impl Store for MemStore {
     fn delete(&mut self, name: &str) -> Result<(), StoreError> {
         self.take_fault()?;
         self.records.remove(name);
+        Ok(())
+    }
+
+    fn load_bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        Ok(self.bindings.values().cloned().collect())
+    }
+
+    fn put_binding(&mut self, binding: &Binding) -> Result<(), StoreError> {
+        self.take_fault()?;
+        self.bindings.insert(binding.key(), binding.clone());
+        Ok(())
+    }
+
+    fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError> {
+        self.take_fault()?;
+        self.bindings.remove(&(vni, mac));
         Ok(())
     }
 }

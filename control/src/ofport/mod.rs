@@ -1,5 +1,7 @@
 //! The OpenFlow port-number map: which port has which number, and the
-//! guarantee that a number is never leaked, never 0, never >= 0xff00.
+//! guarantee that a number is never leaked, never 0, never >= 0xff00; and
+//! the one transaction path into the configuration maps, for ports and
+//! remote bindings alike.
 //!
 //! In 2018 Open vSwitch leaked a number each time adding a redundant tunnel
 //! failed; when the space ran out its allocator returned OFPP_NONE (65535)
@@ -9,8 +11,10 @@
 //!   running out is an error;
 //! - `spec`: what a port is, and validation;
 //! - `maps`: the BPF maps a port needs, behind the `Datapath` trait;
-//! - `store`, `redb_store`: durable committed ports;
-//! - `txn`: one all-or-nothing add or delete;
+//! - `store`, `redb_store`: durable committed ports and bindings (and,
+//!   in the same redb file, the daemon's settings);
+//! - `txn`: one all-or-nothing add or delete, with the `Effects` a port
+//!   needs outside the maps (XDP link, BFD session) set up before commit;
 //! - `portmap`: policy (duplicates, idempotence, desired state);
 //! - `reconcile`: repairing the maps from the committed ports;
 //! - `mem`: in-memory datapath and store with failure injection.
@@ -33,11 +37,13 @@
 //! - `bpf`: the real maps. LOCAL_PORTS is keyed by ifindex; the port map
 //!   knows a local port's entry there by its number (the value carries
 //!   it) and `BpfDatapath` translates. NEIGH values carry no number: an
-//!   entry belongs to whoever owns its MAC in FDB. FDB_REMOTE entries and
-//!   their neighbours belong to another owner and are never listed.
-//!   DEVMAP's uplink slot (`DEVMAP_UPLINK`) is not a port and is never
-//!   listed either.
-//! - Tunnels are written with a zero `nexthop_mac` (see `bpf`).
+//!   entry belongs to whoever owns its MAC in FDB (a local port, or a
+//!   binding under its tunnel's number). DEVMAP's uplink slot
+//!   (`DEVMAP_UPLINK`) is not a port and is never listed.
+//! - A tunnel's `nexthop_mac` is the last one `set_nexthop` gave for its
+//!   remote (see `bpf`).
+//! - A number that was never committed (a refused effect, a failed
+//!   write) goes straight back to free, never to hold-down: nobody saw it.
 
 pub mod allocator;
 pub mod bpf;
@@ -54,14 +60,15 @@ pub mod txn;
 #[cfg(test)]
 mod tests;
 
+pub use crate::types::MacAddr;
 pub use allocator::{AllocError, Allocator, AllocatorConfig, PortState, Reservation};
 pub use bpf::{BpfDatapath, OpenMapsError};
 pub use maps::{Datapath, EntryKey, MapEntry, MapError, Step};
 pub use mem::{Fault, FaultOp, MemDatapath, MemStore};
 pub use number::{InvalidOfPort, OfPort};
-pub use portmap::{Added, ApplyError, ApplyReport, OpenError, PortError, PortMap};
+pub use portmap::{Added, ApplyError, ApplyReport, Desired, OpenError, PortError, PortMap};
 pub use reconcile::{reconcile, ReconcileReport, RepairAction, RepairFailure};
 pub use redb_store::RedbStore;
-pub use spec::{Claim, LocalPort, MacAddr, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort};
+pub use spec::{Binding, Claim, LocalPort, Object, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort};
 pub use store::{PortRecord, Store, StoreError};
-pub use txn::{Txn, TxnError, Undo, UndoAction, UndoFailure};
+pub use txn::{Effects, NoEffects, Txn, TxnError, Undo, UndoAction, UndoFailure};

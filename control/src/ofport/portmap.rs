@@ -1,19 +1,23 @@
-//! The port map: the committed ports, their numbers, and the policy that
-//! decides which transactions may run at all (validation, duplicates,
-//! idempotence, reconciliation against a desired state).
+//! The port map: the committed ports and remote bindings, the ports'
+//! numbers, and the policy that decides which transactions may run at all
+//! (validation, duplicates, claims across ports and bindings, idempotence,
+//! reconciliation against a desired state). It is the one way into the
+//! configuration maps.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use thiserror::Error;
 
 use super::allocator::{AllocError, Allocator, AllocatorConfig, PortState};
-use super::maps::Datapath;
+use super::maps::{Datapath, MapError};
 use super::number::OfPort;
 use super::reconcile::{reconcile, ReconcileReport};
-use super::spec::{Claim, PortSpec, SpecError, TunnelKey};
+use super::spec::{Binding, Claim, MacAddr, PortSpec, SpecError, TunnelKey, Vni};
 use super::store::{PortRecord, Store, StoreError};
-use super::txn::{Txn, TxnError};
+use super::txn::{Effects, NoEffects, Txn, TxnError};
 
 /// What `add` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +25,15 @@ pub enum Added {
     Created(OfPort),
     /// The identical port already existed; nothing was allocated.
     Existing(OfPort),
+    /// The port existed with other settings that no map holds (a tunnel's
+    /// BFD timers); its record and effects follow, its entries stay.
+    Updated(OfPort),
 }
 
 impl Added {
     pub fn ofport(self) -> OfPort {
         match self {
-            Added::Created(p) | Added::Existing(p) => p,
+            Added::Created(p) | Added::Existing(p) | Added::Updated(p) => p,
         }
     }
 }
@@ -41,10 +48,26 @@ pub enum PortError {
         "tunnel {name:?} duplicates tunnel {existing:?} ({key}): a redundant tunnel can never carry traffic, refused"
     )]
     DuplicateTunnel { name: String, existing: String, key: TunnelKey },
-    #[error("port {name:?} conflicts with port {existing:?}: both use {claim}")]
+    /// `name` and `existing` as `Holder` shows them (`port "vm1"`,
+    /// `binding vni 5 mac ...`).
+    #[error("{name} conflicts with {existing}: both use {claim}")]
     Conflict { name: String, existing: String, claim: Claim },
     #[error("no port named {name:?}")]
     NotFound { name: String },
+    #[error("{label}: {cause}")]
+    BindingInvalid { label: String, cause: SpecError },
+    #[error("{label}: tunnel: no tunnel named {tunnel:?}")]
+    NoSuchTunnel { label: String, tunnel: String },
+    #[error("{label}: tunnel: {tunnel:?} is a local port, not a tunnel")]
+    NotATunnel { label: String, tunnel: String },
+    #[error("{label} is already bound behind tunnel {tunnel:?} with other settings; delete it first")]
+    BindingTaken { label: String, tunnel: String },
+    #[error("no binding for vni {vni} mac {mac}")]
+    NoSuchBinding { vni: Vni, mac: MacAddr },
+    #[error("tunnel {name:?} carries {count} binding(s) (first: vni {} mac {}); delete them first", first.0, first.1)]
+    TunnelInUse { name: String, count: usize, first: (Vni, MacAddr) },
+    #[error("{label}: {cause}")]
+    BindingTxn { label: String, cause: TxnError },
     #[error("port {name:?}: {cause}")]
     Txn { name: String, cause: TxnError },
     #[error("port {name:?}: replacement failed ({cause}) and restoring the old port failed too ({restore}); the port is gone")]
@@ -61,14 +84,20 @@ pub enum OpenError {
     Number { name: String, cause: AllocError },
     #[error("stored port {name:?} appears twice")]
     DuplicateName { name: String },
-    #[error("stored port {name:?} conflicts with port {existing:?}: both use {claim}")]
+    #[error("stored {name} conflicts with {existing}: both use {claim}")]
     Conflict { name: String, existing: String, claim: Claim },
+    #[error("loading committed bindings: {cause}")]
+    LoadBindings { cause: StoreError },
+    #[error("stored {label}: {cause}")]
+    Binding { label: String, cause: Box<PortError> },
 }
 
 #[derive(Debug, Error)]
 pub enum ApplyError {
     #[error("desired state names port {name:?} more than once")]
     DuplicateName { name: String },
+    #[error("desired state names {label} more than once")]
+    DuplicateBinding { label: String },
     /// The changes are applied (maps and memory) but not durable: a crash
     /// before the next successful write would lose them, and the next
     /// start would reconcile the maps back to the stored ports.
@@ -84,24 +113,56 @@ pub struct ApplyReport {
     pub replaced: Vec<(String, OfPort)>,
     pub deleted: Vec<(String, OfPort)>,
     pub unchanged: usize,
-    /// Ports that could not be brought to their desired state; the rest
-    /// were applied regardless.
+    /// Bindings added and deleted (a changed binding is both).
+    pub bindings_added: usize,
+    pub bindings_deleted: usize,
+    /// Ports (by name) and bindings (by label) that could not be brought
+    /// to their desired state; the rest were applied regardless.
     pub failed: Vec<(String, PortError)>,
 }
 
 impl ApplyReport {
     pub fn changed(&self) -> bool {
-        !(self.added.is_empty() && self.replaced.is_empty() && self.deleted.is_empty())
+        !(self.added.is_empty()
+            && self.replaced.is_empty()
+            && self.deleted.is_empty()
+            && self.bindings_added == 0
+            && self.bindings_deleted == 0)
     }
+}
+
+/// Who holds a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holder {
+    Port(String),
+    Binding(Vni, MacAddr),
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Port(name) => write!(f, "port {name:?}"),
+            Holder::Binding(vni, mac) => write!(f, "binding vni {vni} mac {mac}"),
+        }
+    }
+}
+
+/// What `apply` is asked to make committed: every port, and (when given)
+/// every binding. Bindings left `None` are not touched.
+#[derive(Debug, Clone, Copy)]
+pub struct Desired<'a> {
+    pub ports: &'a [PortSpec],
+    pub bindings: Option<&'a [Binding]>,
 }
 
 pub struct PortMap<D, S> {
     alloc: Allocator,
     ports: BTreeMap<String, PortRecord>,
-    /// Which port holds each claim (tunnel key, ifname, MAC...), to refuse
-    /// clashes such as redundant tunnels in O(log n) before they cost a
-    /// number.
-    claims: BTreeMap<Claim, String>,
+    bindings: BTreeMap<(Vni, MacAddr), Binding>,
+    /// Which port or binding holds each claim (tunnel key, ifname, MAC...),
+    /// to refuse clashes such as redundant tunnels in O(log n) before they
+    /// cost a number.
+    claims: BTreeMap<Claim, Holder>,
     datapath: D,
     store: S,
 }
@@ -111,8 +172,15 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// across restarts. Does not touch the datapath; call `reconcile` next.
     pub fn open(datapath: D, store: S, config: AllocatorConfig) -> Result<Self, OpenError> {
         let records = store.load().map_err(|cause| OpenError::Load { cause })?;
-        let mut map =
-            PortMap { alloc: Allocator::new(config), ports: BTreeMap::new(), claims: BTreeMap::new(), datapath, store };
+        let bindings = store.load_bindings().map_err(|cause| OpenError::LoadBindings { cause })?;
+        let mut map = PortMap {
+            alloc: Allocator::new(config),
+            ports: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            datapath,
+            store,
+        };
         for record in records {
             let name = record.name().to_owned();
             if let Err(cause) = record.spec.validate() {
@@ -123,7 +191,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             }
             for claim in record.spec.claims() {
                 if let Some(existing) = map.claims.get(&claim) {
-                    let existing = existing.clone();
+                    let (name, existing) = (Holder::Port(name).to_string(), existing.to_string());
                     return Err(OpenError::Conflict { name, existing, claim });
                 }
             }
@@ -132,6 +200,12 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             }
             map.index(record);
         }
+        for binding in bindings {
+            if let Err(cause) = map.check_binding(&binding) {
+                return Err(OpenError::Binding { label: binding.label(), cause: Box::new(cause) });
+            }
+            map.index_binding(binding);
+        }
         Ok(map)
     }
 
@@ -139,6 +213,13 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// number is reserved, so a refused request costs nothing however
     /// often it is repeated.
     pub fn add(&mut self, spec: &PortSpec, now: Instant) -> Result<Added, PortError> {
+        self.add_with(spec, now, &mut NoEffects)
+    }
+
+    /// `add`, with what the port needs outside the maps set up inside its
+    /// transaction (see `Effects`). The same port again is `Existing`;
+    /// the same port with other settings no map holds is `Updated`.
+    pub fn add_with(&mut self, spec: &PortSpec, now: Instant, effects: &mut dyn Effects) -> Result<Added, PortError> {
         let name = spec.name();
         if let Err(cause) = spec.validate() {
             let name = name.to_owned();
@@ -148,11 +229,16 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             if existing.spec == *spec {
                 return Ok(Added::Existing(existing.ofport));
             }
+            if existing.spec.same_entries(spec) {
+                let existing = existing.clone();
+                self.run_update(&existing, spec, effects)?;
+                return Ok(Added::Updated(existing.ofport));
+            }
             let (name, ofport) = (name.to_owned(), existing.ofport);
             return Err(PortError::NameTaken { name, ofport });
         }
         self.check_claims_free(spec, None)?;
-        let ofport = self.run_add(spec, spec.ofport_request(), now).map_err(|cause| txn_error(spec, cause))?;
+        let ofport = self.run_add(spec, spec.ofport_request(), now, effects).map_err(|cause| txn_error(spec, cause))?;
         tracing::debug!(port = name, %ofport, "port added");
         Ok(Added::Created(ofport))
     }
@@ -160,13 +246,20 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// Deletes a port: every map entry, its record, then its number, which
     /// enters hold-down.
     pub fn delete(&mut self, name: &str, now: Instant) -> Result<OfPort, PortError> {
+        self.delete_with(name, now, &mut NoEffects)
+    }
+
+    /// `delete`, taking down the port's effects once it is gone. A tunnel
+    /// that bindings use is refused.
+    pub fn delete_with(&mut self, name: &str, now: Instant, effects: &mut dyn Effects) -> Result<OfPort, PortError> {
         let Some(record) = self.ports.get(name).cloned() else {
             let name = name.to_owned();
             return Err(PortError::NotFound { name });
         };
+        self.check_unused(name)?;
         Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
-            .delete(&record, now)
-            .inspect_err(|e| warn_if_dirty(&record.spec, e))
+            .delete(&record, now, effects)
+            .inspect_err(|e| warn_if_dirty(record.spec.name(), e))
             .map_err(|cause| txn_error(&record.spec, cause))?;
         self.unindex(&record);
         tracing::debug!(port = name, ofport = %record.ofport, "port deleted");
@@ -177,7 +270,17 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// number unless `spec` pins another: flows and controllers know the
     /// port by number, and a changed option is not a new port. If the new
     /// port cannot be added, the old one is put back under its number.
+    /// Bindings behind a tunnel that moves to another number move with it.
     pub fn replace(&mut self, spec: &PortSpec, now: Instant) -> Result<OfPort, PortError> {
+        self.replace_with(spec, now, &mut NoEffects)
+    }
+
+    pub fn replace_with(
+        &mut self,
+        spec: &PortSpec,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<OfPort, PortError> {
         let name = spec.name();
         let Some(old) = self.ports.get(name).cloned() else {
             let name = name.to_owned();
@@ -190,22 +293,79 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             let name = name.to_owned();
             return Err(PortError::Invalid { name, cause });
         }
+        if old.spec.same_entries(spec) {
+            self.run_update(&old, spec, effects)?;
+            return Ok(old.ofport);
+        }
         self.check_claims_free(spec, Some(name))?;
         let request = spec.ofport_request().unwrap_or(old.ofport.get());
         if request != old.ofport.get() {
             self.check_requested_free(name, request)?;
         }
-        self.delete(name, now)?;
-        let cause = match self.run_add(spec, Some(request), now) {
+        // Bindings behind it step aside while it is replaced, and come
+        // back behind whatever number it ends with.
+        let riders: Vec<Binding> = self.bindings.values().filter(|b| b.tunnel == name).cloned().collect();
+        for b in &riders {
+            self.run_delete_binding(b, old.ofport)?;
+        }
+        let result = self.replace_port(&old, spec, request, now, effects);
+        let ofport = self.ports.get(name).map(|r| r.ofport);
+        for b in &riders {
+            let restored = match ofport {
+                Some(tunnel) if matches!(self.ports[name].spec, PortSpec::Tunnel(_)) => self.run_add_binding(b, tunnel),
+                _ => Err(PortError::NotATunnel { label: b.label(), tunnel: name.to_owned() }),
+            };
+            if let Err(e) = restored {
+                tracing::warn!(binding = b.label(), "binding lost while its tunnel was replaced: {e}");
+            }
+        }
+        result
+    }
+
+    fn replace_port(
+        &mut self,
+        old: &PortRecord,
+        spec: &PortSpec,
+        request: u16,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<OfPort, PortError> {
+        let name = spec.name();
+        self.delete_with(name, now, effects)?;
+        let cause = match self.run_add(spec, Some(request), now, effects) {
             Ok(ofport) => return Ok(ofport),
             Err(cause) => txn_error(spec, cause),
         };
         // The old number was just released into hold-down; an explicit
         // request overrides that, so the old port gets its number back.
-        match self.run_add(&old.spec, Some(old.ofport.get()), now) {
+        match self.run_add(&old.spec, Some(old.ofport.get()), now, effects) {
             Ok(_) => Err(cause),
             Err(restore) => Err(PortError::ReplaceLost { name: name.to_owned(), cause: Box::new(cause), restore }),
         }
+    }
+
+    /// Adds a remote binding behind its tunnel. Refused, before anything is
+    /// written, when a local port or another binding holds its MAC or IP.
+    pub fn add_binding(&mut self, binding: &Binding) -> Result<Added, PortError> {
+        if let Some(old) = self.bindings.get(&binding.key()) {
+            let tunnel = self.tunnel_ofport(&binding.label(), old.tunnel.as_str())?;
+            if old == binding {
+                return Ok(Added::Existing(tunnel));
+            }
+            return Err(PortError::BindingTaken { label: binding.label(), tunnel: old.tunnel.to_string() });
+        }
+        let tunnel = self.check_binding(binding)?;
+        self.run_add_binding(binding, tunnel)?;
+        tracing::debug!(binding = binding.label(), %tunnel, "binding added");
+        Ok(Added::Created(tunnel))
+    }
+
+    /// Deletes a remote binding: its entries, then its record.
+    pub fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<Binding, PortError> {
+        let binding = self.bindings.get(&(vni, mac)).cloned().ok_or(PortError::NoSuchBinding { vni, mac })?;
+        let tunnel = self.tunnel_ofport(&binding.label(), binding.tunnel.as_str())?;
+        self.run_delete_binding(&binding, tunnel)?;
+        Ok(binding)
     }
 
     /// Makes the committed ports equal `desired`: deletes ports not named,
@@ -219,8 +379,20 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// A crash mid-batch loses the batch's store writes; the next start
     /// reconciles the maps back to the last durable state.
     pub fn apply_desired(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
+        self.apply(Desired { ports: desired, bindings: None }, now, &mut NoEffects)
+    }
+
+    /// `apply_desired` for ports and bindings, with effects. Bindings that
+    /// go or change go first (they may hold a tunnel that goes), new ones
+    /// last (they may need a tunnel that comes).
+    pub fn apply(
+        &mut self,
+        desired: Desired<'_>,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<ApplyReport, ApplyError> {
         self.store.defer_sync();
-        let report = self.apply_desired_deferred(desired, now);
+        let report = self.apply_deferred(desired, now, effects);
         let synced = self.store.sync();
         let report = report?;
         match synced {
@@ -229,18 +401,43 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         }
     }
 
-    fn apply_desired_deferred(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
+    fn apply_deferred(
+        &mut self,
+        desired: Desired<'_>,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<ApplyReport, ApplyError> {
         let mut wanted: BTreeMap<&str, &PortSpec> = BTreeMap::new();
-        for spec in desired {
+        for spec in desired.ports {
             if wanted.insert(spec.name(), spec).is_some() {
                 let name = spec.name().to_owned();
                 return Err(ApplyError::DuplicateName { name });
             }
         }
+        let mut wanted_bindings: BTreeMap<(Vni, MacAddr), &Binding> = BTreeMap::new();
+        for b in desired.bindings.unwrap_or_default() {
+            if wanted_bindings.insert(b.key(), b).is_some() {
+                return Err(ApplyError::DuplicateBinding { label: b.label() });
+            }
+        }
         let mut report = ApplyReport::default();
+        if desired.bindings.is_some() {
+            let stale: Vec<Binding> = self
+                .bindings
+                .values()
+                .filter(|b| wanted_bindings.get(&b.key()).is_none_or(|w| *w != *b))
+                .cloned()
+                .collect();
+            for b in stale {
+                match self.delete_binding(b.vni, b.mac) {
+                    Ok(_) => report.bindings_deleted += 1,
+                    Err(e) => report.failed.push((b.label(), e)),
+                }
+            }
+        }
         let gone: Vec<String> = self.ports.keys().filter(|name| !wanted.contains_key(name.as_str())).cloned().collect();
         let (mut changed, mut missing) = (Vec::new(), Vec::new());
-        for spec in desired {
+        for spec in desired.ports {
             match self.ports.get(spec.name()) {
                 Some(rec) if rec.spec == *spec => report.unchanged += 1,
                 Some(_) => changed.push(spec),
@@ -250,33 +447,45 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         // Deletions first: they free the names, tunnel keys and pinned
         // numbers that replacements and additions may need.
         for name in gone {
-            match self.delete(&name, now) {
+            match self.delete_with(&name, now, effects) {
                 Ok(ofport) => report.deleted.push((name, ofport)),
                 Err(e) => report.failed.push((name, e)),
             }
         }
         for spec in changed {
             let name = spec.name().to_owned();
-            match self.replace(spec, now) {
+            match self.replace_with(spec, now, effects) {
                 Ok(ofport) => report.replaced.push((name, ofport)),
                 Err(e) => report.failed.push((name, e)),
             }
         }
         for spec in missing {
             let name = spec.name().to_owned();
-            match self.add(spec, now) {
+            match self.add_with(spec, now, effects) {
                 Ok(added) => report.added.push((name, added.ofport())),
                 Err(e) => report.failed.push((name, e)),
+            }
+        }
+        for b in wanted_bindings.values() {
+            if self.bindings.get(&b.key()) == Some(*b) {
+                continue;
+            }
+            match self.add_binding(b) {
+                Ok(_) => report.bindings_added += 1,
+                Err(e) => report.failed.push((b.label(), e)),
             }
         }
         Ok(report)
     }
 
-    /// Repairs the datapath to match the committed ports. Numbers stranded
-    /// by failed undos are freed once a reconcile has run without failures,
-    /// since only then is it certain no entry still carries them.
+    /// Repairs the datapath to match the committed ports and bindings.
+    /// Numbers stranded by failed undos are freed once a reconcile has run
+    /// without failures, since only then is it certain no entry still
+    /// carries them.
     pub fn reconcile(&mut self) -> ReconcileReport {
-        let report = reconcile(&mut self.datapath, self.ports.values());
+        let bindings: Vec<(&Binding, OfPort)> =
+            self.bindings.values().filter_map(|b| Some((b, self.ports.get(b.tunnel.as_str())?.ofport))).collect();
+        let report = reconcile(&mut self.datapath, self.ports.values(), bindings);
         for failure in &report.failed {
             tracing::warn!(%failure, "reconcile could not repair an entry");
         }
@@ -297,6 +506,19 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         report
     }
 
+    /// The next hop of the tunnels to `remote`, into their entries (the
+    /// datapath keeps it for tunnels added later).
+    pub fn set_nexthop(&mut self, remote: IpAddr, mac: MacAddr) -> Result<Vec<OfPort>, MapError> {
+        let remote = remote.to_canonical();
+        let tunnels: Vec<OfPort> = self
+            .ports
+            .values()
+            .filter(|r| matches!(&r.spec, PortSpec::Tunnel(t) if t.remote.get() == remote))
+            .map(|r| r.ofport)
+            .collect();
+        self.datapath.set_nexthop(remote, mac, &tunnels)
+    }
+
     pub fn get(&self, name: &str) -> Option<&PortRecord> {
         self.ports.get(name)
     }
@@ -304,6 +526,15 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// Committed ports, by name.
     pub fn ports(&self) -> impl Iterator<Item = &PortRecord> {
         self.ports.values()
+    }
+
+    /// Committed bindings, by VNI and MAC.
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    pub fn binding(&self, vni: Vni, mac: MacAddr) -> Option<&Binding> {
+        self.bindings.get(&(vni, mac))
     }
 
     pub fn allocator(&self) -> &Allocator {
@@ -334,28 +565,103 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     }
 
     /// Runs an add transaction and indexes the result.
-    fn run_add(&mut self, spec: &PortSpec, request: Option<u16>, now: Instant) -> Result<OfPort, TxnError> {
+    fn run_add(
+        &mut self,
+        spec: &PortSpec,
+        request: Option<u16>,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<OfPort, TxnError> {
         let ofport = Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
-            .add(spec, request, now)
-            .inspect_err(|e| warn_if_dirty(spec, e))?;
+            .add(spec, request, now, effects)
+            .inspect_err(|e| warn_if_dirty(spec.name(), e))?;
         self.index(PortRecord { ofport, spec: spec.clone() });
         Ok(ofport)
     }
 
+    fn run_update(&mut self, old: &PortRecord, spec: &PortSpec, effects: &mut dyn Effects) -> Result<(), PortError> {
+        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+            .update(old, spec, effects)
+            .map_err(|cause| txn_error(spec, cause))?;
+        self.ports.insert(spec.name().to_owned(), PortRecord { ofport: old.ofport, spec: spec.clone() });
+        Ok(())
+    }
+
+    fn run_add_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), PortError> {
+        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+            .add_binding(binding, tunnel)
+            .inspect_err(|e| warn_if_dirty(&binding.label(), e))
+            .map_err(|cause| PortError::BindingTxn { label: binding.label(), cause })?;
+        self.index_binding(binding.clone());
+        Ok(())
+    }
+
+    fn run_delete_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), PortError> {
+        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+            .delete_binding(binding, tunnel)
+            .inspect_err(|e| warn_if_dirty(&binding.label(), e))
+            .map_err(|cause| PortError::BindingTxn { label: binding.label(), cause })?;
+        for claim in binding.claims() {
+            self.claims.remove(&claim);
+        }
+        self.bindings.remove(&binding.key());
+        Ok(())
+    }
+
+    /// The number of tunnel `tunnel`, for a binding labelled `label`.
+    fn tunnel_ofport(&self, label: &str, tunnel: &str) -> Result<OfPort, PortError> {
+        match self.ports.get(tunnel) {
+            Some(r) if matches!(r.spec, PortSpec::Tunnel(_)) => Ok(r.ofport),
+            Some(_) => Err(PortError::NotATunnel { label: label.to_owned(), tunnel: tunnel.to_owned() }),
+            None => Err(PortError::NoSuchTunnel { label: label.to_owned(), tunnel: tunnel.to_owned() }),
+        }
+    }
+
+    /// Everything that can refuse a new binding, before anything is
+    /// written: its fields, its tunnel, its claims.
+    fn check_binding(&self, binding: &Binding) -> Result<OfPort, PortError> {
+        let label = binding.label();
+        binding.validate().map_err(|cause| PortError::BindingInvalid { label: label.clone(), cause })?;
+        let tunnel = self.tunnel_ofport(&label, binding.tunnel.as_str())?;
+        for claim in binding.claims() {
+            if let Some(owner) = self.claims.get(&claim) {
+                let existing = owner.to_string();
+                return Err(PortError::Conflict { name: label, existing, claim });
+            }
+        }
+        Ok(tunnel)
+    }
+
+    /// Refuses deleting a tunnel that bindings still use.
+    fn check_unused(&self, name: &str) -> Result<(), PortError> {
+        let mut users = self.bindings.values().filter(|b| b.tunnel == name);
+        if let Some(first) = users.next() {
+            let count = 1 + users.count();
+            return Err(PortError::TunnelInUse { name: name.to_owned(), count, first: first.key() });
+        }
+        Ok(())
+    }
+
     /// Refuses a port holding a claim another port (other than `except`)
-    /// holds.
+    /// or a binding holds.
     fn check_claims_free(&self, spec: &PortSpec, except: Option<&str>) -> Result<(), PortError> {
         for claim in spec.claims() {
             let Some(owner) = self.claims.get(&claim) else {
                 continue;
             };
-            if Some(owner.as_str()) == except {
-                continue;
+            if let (Holder::Port(owner), Some(except)) = (owner, except) {
+                if owner == except {
+                    continue;
+                }
             }
-            let (name, existing) = (spec.name().to_owned(), owner.clone());
-            return Err(match claim {
-                Claim::Tunnel(key) => PortError::DuplicateTunnel { name, existing, key },
-                claim => PortError::Conflict { name, existing, claim },
+            let name = spec.name().to_owned();
+            return Err(match (claim, owner) {
+                (Claim::Tunnel(key), Holder::Port(existing)) => {
+                    PortError::DuplicateTunnel { name, existing: existing.clone(), key }
+                }
+                (claim, owner) => {
+                    PortError::Conflict { name: Holder::Port(name).to_string(), existing: owner.to_string(), claim }
+                }
             });
         }
         Ok(())
@@ -376,9 +682,16 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
 
     fn index(&mut self, record: PortRecord) {
         for claim in record.spec.claims() {
-            self.claims.insert(claim, record.name().to_owned());
+            self.claims.insert(claim, Holder::Port(record.name().to_owned()));
         }
         self.ports.insert(record.name().to_owned(), record);
+    }
+
+    fn index_binding(&mut self, binding: Binding) {
+        for claim in binding.claims() {
+            self.claims.insert(claim, Holder::Binding(binding.vni, binding.mac));
+        }
+        self.bindings.insert(binding.key(), binding);
     }
 
     fn unindex(&mut self, record: &PortRecord) {
@@ -396,8 +709,8 @@ fn txn_error(spec: &PortSpec, cause: TxnError) -> PortError {
 /// A clean failure is the caller's to report. A failed undo leaves the
 /// datapath out of line with the store until a reconcile, so it is logged
 /// here, whoever the caller is and whatever it does with the error.
-fn warn_if_dirty(spec: &PortSpec, error: &TxnError) {
+fn warn_if_dirty(name: &str, error: &TxnError) {
     if error.undo().is_some_and(|u| !u.is_clean()) {
-        tracing::warn!(port = spec.name(), %error, "transaction failed and its undo failed");
+        tracing::warn!(port = name, %error, "transaction failed and its undo failed");
     }
 }

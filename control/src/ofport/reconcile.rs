@@ -1,11 +1,14 @@
-//! Bringing the BPF maps back in line with the committed ports, after a
-//! crash mid-transaction, a failed undo, or someone else touching the maps.
-//! The committed ports are the truth; the maps are repaired to match.
+//! Bringing the BPF maps back in line with the committed ports and
+//! bindings, after a crash mid-transaction, a failed undo, or someone else
+//! touching the maps. What is committed is the truth; the maps are
+//! repaired to match.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::maps::{Datapath, MapEntry, MapError, Step};
+use super::number::OfPort;
+use super::spec::{Binding, Object};
 use super::store::PortRecord;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +56,8 @@ impl fmt::Display for RepairFailure {
     }
 }
 
-/// Makes every map hold exactly the entries the `committed` ports need.
+/// Makes every map hold exactly the entries the `committed` ports and the
+/// `bindings` (each with its tunnel's number) need.
 ///
 /// An entry counts as correct when its key and its port number match and
 /// the datapath says its value is current; one with the right key but a
@@ -63,13 +67,18 @@ impl fmt::Display for RepairFailure {
 pub fn reconcile<'a, D: Datapath>(
     datapath: &mut D,
     committed: impl IntoIterator<Item = &'a PortRecord> + Clone,
+    bindings: impl IntoIterator<Item = (&'a Binding, OfPort)> + Clone,
 ) -> ReconcileReport {
+    let objects: Vec<(Object<'a>, OfPort)> = committed
+        .into_iter()
+        .map(|r| (Object::Port(&r.spec), r.ofport))
+        .chain(bindings.into_iter().map(|(b, tunnel)| (Object::Binding(b), tunnel)))
+        .collect();
     let mut report = ReconcileReport::default();
     for &step in Step::ALL {
-        let wanted: BTreeMap<MapEntry, &PortRecord> = committed
-            .clone()
-            .into_iter()
-            .filter_map(|r| Some((MapEntry::for_step(step, &r.spec, r.ofport)?, r)))
+        let wanted: BTreeMap<MapEntry, (Object<'a>, OfPort)> = objects
+            .iter()
+            .filter_map(|&(object, ofport)| Some((MapEntry::for_step(step, object, ofport)?, (object, ofport))))
             .collect();
         let present: BTreeSet<MapEntry> = match datapath.list(step) {
             Ok(entries) => entries.into_iter().collect(),
@@ -84,9 +93,9 @@ pub fn reconcile<'a, D: Datapath>(
                 Err(cause) => report.failed.push(RepairFailure { step, action: RepairAction::Remove(*entry), cause }),
             }
         }
-        for (entry, record) in wanted.iter().filter(|(e, _)| present.contains(e)) {
+        for (entry, &(object, ofport)) in wanted.iter().filter(|(e, _)| present.contains(e)) {
             let fail = |cause| RepairFailure { step, action: RepairAction::Rewrite(*entry), cause };
-            match datapath.is_current(step, &record.spec, record.ofport) {
+            match datapath.is_current(step, object, ofport) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(cause) => {
@@ -95,7 +104,7 @@ pub fn reconcile<'a, D: Datapath>(
                 }
             }
             let rewrite = match datapath.remove(step, entry) {
-                Ok(()) | Err(MapError::NotFound) => datapath.insert(step, &record.spec, record.ofport),
+                Ok(()) | Err(MapError::NotFound) => datapath.insert(step, object, ofport),
                 Err(e) => Err(e),
             };
             match rewrite {
@@ -103,8 +112,8 @@ pub fn reconcile<'a, D: Datapath>(
                 Err(cause) => report.failed.push(fail(cause)),
             }
         }
-        for (entry, record) in wanted.iter().filter(|(e, _)| !present.contains(e)) {
-            match datapath.insert(step, &record.spec, record.ofport) {
+        for (entry, &(object, ofport)) in wanted.iter().filter(|(e, _)| !present.contains(e)) {
+            match datapath.insert(step, object, ofport) {
                 Ok(()) => report.recreated.push((step, *entry)),
                 Err(cause) => report.failed.push(RepairFailure { step, action: RepairAction::Recreate(*entry), cause }),
             }

@@ -1,15 +1,43 @@
-//! `Store` on redb: one file in the state directory, one JSON record per
-//! port, one committed write transaction per change.
+//! `Store` on redb: the daemon's one store, `xgw.redb` in the state
+//! directory. One file, so that one write transaction can carry a whole
+//! change: committed ports and bindings (the port map's), and the daemon's
+//! settings beside them (BFD timers, single-hop peers, which entries the
+//! config file owns) as JSON of their domain types, under a schema version.
+//!
+//! A state directory of the earlier two-file layout (`ofports.redb` for
+//! ports, `daemon.redb` for the rest, schema 1) is migrated on the first
+//! open: the new file is built aside and renamed into place, then the old
+//! files are renamed to `*.pre-v2` (kept, never read again).
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
 
+use super::spec::{Binding, MacAddr, PortSpec, Vni};
 use super::store::{PortRecord, Store, StoreError};
 
-/// Port name -> JSON `PortRecord`. The version is in the table name so a
-/// future incompatible layout can live next to this one during migration.
+/// The layout this build writes. 1 was the two-file layout.
+pub const SCHEMA_VERSION: u64 = 2;
+
+const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
+/// Port name -> JSON `PortRecord`.
 const PORTS: TableDefinition<&str, &str> = TableDefinition::new("ofports_v1");
+/// `binding_key` -> JSON `Binding`.
+const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bindings_v1");
+/// The daemon's settings: key -> JSON.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta_v1");
+
+/// The schema-1 files and what of them moves.
+const OLD_PORTS_FILE: &str = "ofports.redb";
+const OLD_DAEMON_FILE: &str = "daemon.redb";
+/// Schema 1 kept tunnels' own BFD timers beside their records; now they
+/// are part of the record (`TunnelPort::bfd_timers`).
+const OLD_META_TUNNEL_BFD: &str = "tunnel_bfd";
+
+pub fn binding_key(vni: Vni, mac: MacAddr) -> String {
+    format!("{vni}/{mac}")
+}
 
 pub struct RedbStore {
     db: Database,
@@ -21,21 +49,69 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    pub const FILE_NAME: &'static str = "ofports.redb";
+    pub const FILE_NAME: &'static str = "xgw.redb";
 
-    /// Opens (creating if needed) `state_dir/ofports.redb`.
+    /// Opens (creating if needed, migrating a schema-1 directory) the
+    /// store of `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io { path: state_dir.to_owned(), cause })?;
         let path = state_dir.join(Self::FILE_NAME);
+        if !path.exists() && (state_dir.join(OLD_PORTS_FILE).exists() || state_dir.join(OLD_DAEMON_FILE).exists()) {
+            migrate_v1(state_dir, &path)?;
+        }
+        retire_v1(state_dir);
         let db = Database::create(&path).map_err(|e| db_err("open", &path, e))?;
         let mut store = RedbStore { db, path, deferred: false, dirty: false };
-        // Create the table up front so `load` on a fresh file finds it.
-        store.write("create table", |_| Ok(()))?;
+        let version = store.schema_version()?;
+        match version {
+            None => store.write("create tables", |t| {
+                t.schema.insert("version", SCHEMA_VERSION)?;
+                Ok(())
+            })?,
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Invalid {
+                    path: store.path.clone(),
+                    what: format!(
+                        "schema version {v}; this xgw reads version {SCHEMA_VERSION} (a newer xgw wrote it?)"
+                    ),
+                })
+            }
+        }
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn schema_version(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read schema", e))?;
+        let table = match txn.open_table(SCHEMA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err("read schema", e)),
+        };
+        let v = table.get("version").map_err(|e| self.err("read schema", e))?;
+        Ok(v.map(|v| v.value()))
+    }
+
+    /// A setting of the daemon's (`T::default()` if never written).
+    pub fn meta<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, StoreError> {
+        let op = "load";
+        let txn = self.db.begin_read().map_err(|e| self.err(op, e))?;
+        let table = txn.open_table(META).map_err(|e| self.err(op, e))?;
+        let Some(v) = table.get(key).map_err(|e| self.err(op, e))? else { return Ok(T::default()) };
+        serde_json::from_str(v.value()).map_err(|cause| StoreError::Codec { key: key.to_owned(), cause })
+    }
+
+    /// Writes a setting of the daemon's, in its own write transaction.
+    pub fn put_meta<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StoreError> {
+        let json = encode(key, value)?;
+        self.write("put", |t| {
+            t.meta.insert(key, json.as_str())?;
+            Ok(())
+        })
     }
 
     /// Runs `f` in its own write transaction and commits it. Outside a
@@ -46,7 +122,7 @@ impl RedbStore {
     fn write(
         &mut self,
         op: &'static str,
-        f: impl FnOnce(&mut redb::Table<&str, &str>) -> Result<(), redb::Error>,
+        f: impl FnOnce(&mut Tables) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
         if self.deferred {
@@ -54,8 +130,13 @@ impl RedbStore {
             self.dirty = true;
         }
         {
-            let mut table = txn.open_table(PORTS).map_err(|e| self.err(op, e))?;
-            f(&mut table).map_err(|e| self.err(op, e))?;
+            let mut tables = Tables {
+                schema: txn.open_table(SCHEMA).map_err(|e| self.err(op, e))?,
+                ports: txn.open_table(PORTS).map_err(|e| self.err(op, e))?,
+                bindings: txn.open_table(BINDINGS).map_err(|e| self.err(op, e))?,
+                meta: txn.open_table(META).map_err(|e| self.err(op, e))?,
+            };
+            f(&mut tables).map_err(|e| self.err(op, e))?;
         }
         txn.commit().map_err(|e| self.err(op, e))
     }
@@ -65,8 +146,141 @@ impl RedbStore {
     }
 }
 
+/// Every table, open in one write transaction.
+struct Tables<'t> {
+    schema: redb::Table<'t, &'static str, u64>,
+    ports: redb::Table<'t, &'static str, &'static str>,
+    bindings: redb::Table<'t, &'static str, &'static str>,
+    meta: redb::Table<'t, &'static str, &'static str>,
+}
+
 fn db_err(op: &'static str, path: &Path, cause: impl Into<redb::Error>) -> StoreError {
     StoreError::Db { op, path: path.to_owned(), cause: Box::new(cause.into()) }
+}
+
+/// Every row of a string table of `db`, or none if it has no such table.
+fn rows(db: &Database, path: &Path, table: TableDefinition<&str, &str>) -> Result<Vec<(String, String)>, StoreError> {
+    let op = "migrate";
+    let txn = db.begin_read().map_err(|e| db_err(op, path, e))?;
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_err(op, path, e)),
+    };
+    let mut out = Vec::new();
+    for row in t.iter().map_err(|e| db_err(op, path, e))? {
+        let (k, v) = row.map_err(|e| db_err(op, path, e))?;
+        out.push((k.value().to_owned(), v.value().to_owned()));
+    }
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|cause| StoreError::Codec { key: key.to_owned(), cause })
+}
+
+/// Builds `path` from a schema-1 directory: ports from `ofports.redb`,
+/// bindings and settings from `daemon.redb`, tunnels' own timers folded
+/// into their records. Every record is decoded on the way, so a file that
+/// does not load is refused here, naming it, before anything changes.
+fn migrate_v1(state_dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let open = |name: &str| -> Result<Option<(Database, PathBuf)>, StoreError> {
+        let p = state_dir.join(name);
+        if !p.exists() {
+            return Ok(None);
+        }
+        Ok(Some((Database::open(&p).map_err(|e| db_err("open", &p, e))?, p)))
+    };
+    let (mut ports, mut bindings, mut meta) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some((db, p)) = open(OLD_PORTS_FILE)? {
+        for (key, json) in rows(&db, &p, PORTS)? {
+            ports.push(decode::<PortRecord>(&key, &json)?);
+        }
+    }
+    let mut tunnel_bfd: std::collections::BTreeMap<String, super::spec::BfdOverride> = Default::default();
+    if let Some((db, p)) = open(OLD_DAEMON_FILE)? {
+        for (key, json) in rows(&db, &p, BINDINGS)? {
+            bindings.push(decode::<Binding>(&key, &json)?);
+        }
+        for (key, json) in rows(&db, &p, META)? {
+            if key == OLD_META_TUNNEL_BFD {
+                tunnel_bfd = decode(&key, &json)?;
+            } else {
+                meta.push((key, json));
+            }
+        }
+    }
+    for r in &mut ports {
+        if let PortSpec::Tunnel(t) = &mut r.spec {
+            t.bfd_timers = tunnel_bfd.get(t.name.as_str()).copied().unwrap_or_default();
+        }
+    }
+    let aside = path.with_extension("redb.migrating");
+    let _ = std::fs::remove_file(&aside);
+    {
+        let mut store = RedbStore {
+            db: Database::create(&aside).map_err(|e| db_err("create", &aside, e))?,
+            path: aside.clone(),
+            deferred: false,
+            dirty: false,
+        };
+        let ports: Vec<(String, String)> =
+            ports.iter().map(|r| Ok((r.name().to_owned(), encode(r.name(), r)?))).collect::<Result<_, StoreError>>()?;
+        let bindings: Vec<(String, String)> = bindings
+            .iter()
+            .map(|b| Ok((binding_key(b.vni, b.mac), encode(&b.label(), b)?)))
+            .collect::<Result<_, StoreError>>()?;
+        store.write("migrate", |t| {
+            t.schema.insert("version", SCHEMA_VERSION)?;
+            for (k, v) in &ports {
+                t.ports.insert(k.as_str(), v.as_str())?;
+            }
+            for (k, v) in &bindings {
+                t.bindings.insert(k.as_str(), v.as_str())?;
+            }
+            for (k, v) in &meta {
+                t.meta.insert(k.as_str(), v.as_str())?;
+            }
+            Ok(())
+        })?;
+    }
+    std::fs::rename(&aside, path).map_err(|cause| StoreError::Io { path: path.to_owned(), cause })?;
+    sync_dir(state_dir);
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        ports = ports.len(),
+        bindings = bindings.len(),
+        "state directory migrated to one store ({} -> {})",
+        "ofports.redb + daemon.redb",
+        RedbStore::FILE_NAME
+    );
+    Ok(())
+}
+
+/// Renames schema-1 files that a migration has replaced, so that no later
+/// start mistakes them for state.
+fn retire_v1(state_dir: &Path) {
+    for name in [OLD_PORTS_FILE, OLD_DAEMON_FILE] {
+        let old = state_dir.join(name);
+        if old.exists() {
+            let kept = state_dir.join(format!("{name}.pre-v2"));
+            match std::fs::rename(&old, &kept) {
+                Ok(()) => tracing::info!(file = %kept.display(), "the schema-1 file is kept, and no longer read"),
+                Err(e) => tracing::warn!(file = %old.display(), "renaming the migrated schema-1 file: {e}"),
+            }
+        }
+    }
+    sync_dir(state_dir);
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|cause| StoreError::Codec { key: key.to_owned(), cause })
 }
 
 impl Store for RedbStore {
@@ -78,8 +292,7 @@ impl Store for RedbStore {
         for row in table.iter().map_err(|e| self.err(op, e))? {
             let (key, value) = row.map_err(|e| self.err(op, e))?;
             let key = key.value();
-            let record: PortRecord = serde_json::from_str(value.value())
-                .map_err(|cause| StoreError::Codec { key: key.to_owned(), cause })?;
+            let record: PortRecord = decode(key, value.value())?;
             if record.name() != key {
                 return Err(StoreError::KeyMismatch { key: key.to_owned(), found: record.name().to_owned() });
             }
@@ -89,17 +302,47 @@ impl Store for RedbStore {
     }
 
     fn put(&mut self, record: &PortRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record)
-            .map_err(|cause| StoreError::Codec { key: record.name().to_owned(), cause })?;
-        self.write("put", |table| {
-            table.insert(record.name(), json.as_str())?;
+        let json = encode(record.name(), record)?;
+        self.write("put", |t| {
+            t.ports.insert(record.name(), json.as_str())?;
             Ok(())
         })
     }
 
     fn delete(&mut self, name: &str) -> Result<(), StoreError> {
-        self.write("delete", |table| {
-            table.remove(name)?;
+        self.write("delete", |t| {
+            t.ports.remove(name)?;
+            Ok(())
+        })
+    }
+
+    fn load_bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        let op = "load";
+        let txn = self.db.begin_read().map_err(|e| self.err(op, e))?;
+        let table = txn.open_table(BINDINGS).map_err(|e| self.err(op, e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(op, e))? {
+            let (key, value) = row.map_err(|e| self.err(op, e))?;
+            let b: Binding = decode(key.value(), value.value())?;
+            if binding_key(b.vni, b.mac) != key.value() {
+                return Err(StoreError::KeyMismatch { key: key.value().to_owned(), found: b.label() });
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    fn put_binding(&mut self, b: &Binding) -> Result<(), StoreError> {
+        let json = encode(&b.label(), b)?;
+        self.write("put", |t| {
+            t.bindings.insert(binding_key(b.vni, b.mac).as_str(), json.as_str())?;
+            Ok(())
+        })
+    }
+
+    fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError> {
+        self.write("delete", |t| {
+            t.bindings.remove(binding_key(vni, mac).as_str())?;
             Ok(())
         })
     }
@@ -122,18 +365,19 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
     use crate::ofport::number::OfPort;
-    use crate::ofport::spec::{PortSpec, TunnelPort};
+    use crate::ofport::spec::{BfdOverride, Name, TunnelPort};
 
     fn record(name: &str, n: u16) -> PortRecord {
         PortRecord {
             ofport: OfPort::new(n).expect("valid"),
             spec: PortSpec::Tunnel(TunnelPort {
-                name: name.into(),
+                name: Name::new(name).unwrap(),
                 remote: "2001:db8::7".parse().expect("ip"),
-                vni: 9,
+                vni: Vni::new(9).unwrap(),
                 bfd: true,
                 ovn_metadata: false,
                 ofport_request: Some(n),
+                bfd_timers: BfdOverride::default(),
             }),
         }
     }
@@ -150,9 +394,11 @@ mod tests {
             store.put(&record("c", 3)).expect("put");
             store.delete("c").expect("delete");
             store.delete("never-existed").expect("absent delete is fine");
+            store.put_meta("bfd", &crate::types::BfdSettings::default()).expect("meta");
         }
         let store = RedbStore::open(&state).expect("reopen");
         assert_eq!(store.load().expect("load"), [record("a", 1), record("b", 0xfeff)]);
+        assert_eq!(store.meta::<crate::types::BfdSettings>("bfd").unwrap(), crate::types::BfdSettings::default());
         assert!(store.path().ends_with(RedbStore::FILE_NAME));
     }
 
@@ -163,5 +409,64 @@ mod tests {
         std::fs::write(&file, b"x").expect("write");
         let e = RedbStore::open(&file).err().expect("state dir is a file");
         assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
+
+    /// The state directory a schema-1 daemon left (testdata/state-v1): one
+    /// open migrates it, numbers, bindings, timers, peers and ownership
+    /// included, and keeps the old files aside.
+    #[test]
+    fn a_schema_1_directory_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/state-v1");
+        for f in [OLD_PORTS_FILE, OLD_DAEMON_FILE] {
+            std::fs::copy(fixture.join(f), dir.path().join(f)).expect("copy fixture");
+        }
+        let store = RedbStore::open(dir.path()).expect("migrates");
+        let ports: Vec<(String, u16)> =
+            store.load().unwrap().iter().map(|r| (r.name().to_owned(), r.ofport.get())).collect();
+        assert_eq!(ports, [("hv2".to_owned(), 10), ("hvfile".to_owned(), 1), ("vm1".to_owned(), 2)]);
+        let timers = |name: &str| match store.load().unwrap().into_iter().find(|r| r.name() == name).unwrap().spec {
+            PortSpec::Tunnel(t) => t.bfd_timers,
+            PortSpec::Local(_) => panic!("{name} is a tunnel"),
+        };
+        assert_eq!(timers("hv2"), BfdOverride { min_tx_ms: Some(150), min_rx_ms: None, detect_mult: Some(5) });
+        assert_eq!(timers("hvfile"), BfdOverride { min_tx_ms: Some(200), ..BfdOverride::default() });
+        let bindings: Vec<String> =
+            store.load_bindings().unwrap().iter().map(|b| format!("{} {}", b.label(), b.tunnel)).collect();
+        assert_eq!(
+            bindings,
+            ["binding vni 5001 mac 02:00:5e:20:00:02 hv2", "binding vni 5002 mac 02:00:5e:20:00:09 hvfile"]
+        );
+        let bfd: crate::types::BfdSettings = store.meta("bfd").unwrap();
+        assert_eq!(bfd.min_rx_ms, 300);
+        let peers: std::collections::BTreeMap<String, crate::api::BfdPeerArgs> = store.meta("bfd_peers").unwrap();
+        assert_eq!(peers["tor1"].min_tx_ms, Some(50));
+        assert!(peers["tor1"].echo);
+        let owned: serde_json::Value = store.meta("config_owned").unwrap();
+        assert_eq!(owned["ports"], serde_json::json!(["hvfile"]));
+        drop(store);
+        for f in [OLD_PORTS_FILE, OLD_DAEMON_FILE] {
+            assert!(!dir.path().join(f).exists(), "{f} left where it would be read");
+            assert!(dir.path().join(format!("{f}.pre-v2")).exists(), "{f} kept aside");
+        }
+        // Opened again: nothing to migrate, the same content.
+        let again = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(again.load().unwrap().len(), 3);
+        assert_eq!(again.load_bindings().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = RedbStore::open(dir.path()).expect("open");
+        store
+            .write("test", |t| {
+                t.schema.insert("version", SCHEMA_VERSION + 1)?;
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let e = RedbStore::open(dir.path()).err().expect("refused").to_string();
+        assert!(e.contains("schema version 3") && e.contains("xgw.redb"), "{e}");
     }
 }

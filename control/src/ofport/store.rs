@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::number::OfPort;
-use super::spec::PortSpec;
+use super::spec::{Binding, MacAddr, PortSpec, Vni};
 
 /// One committed port: its number and the spec it was created from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,9 +40,12 @@ pub enum StoreError {
     KeyMismatch { key: String, found: String },
     #[error("injected write failure")]
     Injected,
+    #[error("{}: {what}", path.display())]
+    Invalid { path: PathBuf, what: String },
 }
 
-/// Durable storage of committed ports, keyed by port name.
+/// Durable storage of committed ports (keyed by name) and bindings (keyed
+/// by VNI and MAC).
 pub trait Store {
     /// Every committed port.
     fn load(&self) -> Result<Vec<PortRecord>, StoreError>;
@@ -50,6 +53,12 @@ pub trait Store {
     fn put(&mut self, record: &PortRecord) -> Result<(), StoreError>;
     /// Removes one record; removing an absent name is not an error.
     fn delete(&mut self, name: &str) -> Result<(), StoreError>;
+    /// Every committed binding.
+    fn load_bindings(&self) -> Result<Vec<Binding>, StoreError>;
+    /// Writes (or overwrites) one binding; durable when this returns `Ok`.
+    fn put_binding(&mut self, binding: &Binding) -> Result<(), StoreError>;
+    /// Removes one binding; an absent one is not an error.
+    fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError>;
 
     /// Group commit: until the next `sync`, `put` and `delete` need only
     /// be visible, not durable, and a crash may lose them (all of them

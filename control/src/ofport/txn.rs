@@ -15,8 +15,38 @@ use thiserror::Error;
 use super::allocator::{AllocError, Allocator, PortState, Reservation};
 use super::maps::{Datapath, MapEntry, MapError, Step};
 use super::number::OfPort;
-use super::spec::PortSpec;
+use super::spec::{Binding, Object, PortSpec};
 use super::store::{PortRecord, Store, StoreError};
+
+/// What a port needs outside the configuration maps, set up inside its
+/// transaction: the XDP link on a local port's interface, a tunnel's BFD
+/// session. `setup` runs once the entries are in and before the record is
+/// written, so a refusal costs no commit, no fsync and no number; the
+/// number goes straight back to free.
+pub trait Effects {
+    /// Sets up what `port`, numbered `ofport`, needs; an error aborts the
+    /// transaction.
+    fn setup(&mut self, port: &PortSpec, ofport: OfPort) -> anyhow::Result<()>;
+    /// Takes down what `setup` set up: when the transaction aborts after
+    /// it, and after a delete has committed. Cannot fail the transaction.
+    fn teardown(&mut self, port: &PortSpec, ofport: OfPort);
+    /// A committed port's record changes in place (`same_entries`): its
+    /// entries stay, what lives outside the maps follows `new`. An error
+    /// refuses the change before it is written.
+    fn update(&mut self, _old: &PortSpec, _new: &PortSpec, _ofport: OfPort) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// For ports that need nothing outside the maps (and for tests).
+pub struct NoEffects;
+
+impl Effects for NoEffects {
+    fn setup(&mut self, _: &PortSpec, _: OfPort) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn teardown(&mut self, _: &PortSpec, _: OfPort) {}
+}
 
 #[derive(Debug, Error)]
 pub enum TxnError {
@@ -28,13 +58,18 @@ pub enum TxnError {
     Remove { step: Step, cause: MapError, undo: Undo },
     #[error("store: {cause}{undo}")]
     Store { cause: StoreError, undo: Undo },
+    #[error("{cause:#}{undo}")]
+    Effect { cause: anyhow::Error, undo: Undo },
 }
 
 impl TxnError {
     pub fn undo(&self) -> Option<&Undo> {
         match self {
             TxnError::Number { .. } => None,
-            TxnError::Insert { undo, .. } | TxnError::Remove { undo, .. } | TxnError::Store { undo, .. } => Some(undo),
+            TxnError::Insert { undo, .. }
+            | TxnError::Remove { undo, .. }
+            | TxnError::Store { undo, .. }
+            | TxnError::Effect { undo, .. } => Some(undo),
         }
     }
 }
@@ -109,26 +144,37 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
     /// Adds `spec` under `request` (or an automatic number). Policy checks
     /// (validation, duplicates) belong to the caller and must come first:
     /// this reserves a number before anything else.
-    pub fn add(&mut self, spec: &PortSpec, request: Option<u16>, now: Instant) -> Result<OfPort, TxnError> {
+    pub fn add(
+        &mut self,
+        spec: &PortSpec,
+        request: Option<u16>,
+        now: Instant,
+        effects: &mut dyn Effects,
+    ) -> Result<OfPort, TxnError> {
         let reservation = self.alloc.reserve(request, now).map_err(|cause| TxnError::Number { cause })?;
         let ofport = reservation.port();
-        let steps = spec.steps();
-        for (done, &step) in steps.iter().enumerate() {
-            if let Err(cause) = self.datapath.insert(step, spec, ofport) {
-                let undo = self.abort(reservation, spec, &steps[..done]);
-                return Err(TxnError::Insert { step, cause, undo });
-            }
+        let object = Object::Port(spec);
+        let steps = object.steps();
+        if let Err((step, cause, done)) = insert_all(self.datapath, object, ofport) {
+            let undo = self.abort(reservation, object, done);
+            return Err(TxnError::Insert { step, cause, undo });
+        }
+        if let Err(cause) = effects.setup(spec, ofport) {
+            let undo = self.abort(reservation, object, steps);
+            return Err(TxnError::Effect { cause, undo });
         }
         let record = PortRecord { ofport, spec: spec.clone() };
         if let Err(cause) = self.store.put(&record) {
-            let undo = self.abort(reservation, spec, steps);
+            effects.teardown(spec, ofport);
+            let undo = self.abort(reservation, object, steps);
             return Err(TxnError::Store { cause, undo });
         }
         Ok(self.alloc.commit(reservation))
     }
 
-    /// Deletes a committed port. On failure the port stays committed.
-    pub fn delete(&mut self, record: &PortRecord, now: Instant) -> Result<(), TxnError> {
+    /// Deletes a committed port. On failure the port stays committed, its
+    /// effects untouched.
+    pub fn delete(&mut self, record: &PortRecord, now: Instant, effects: &mut dyn Effects) -> Result<(), TxnError> {
         let (spec, ofport) = (&record.spec, record.ofport);
         // Checked first so that the final release cannot fail after the
         // entries and the record are already gone.
@@ -136,33 +182,64 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
             let cause = AllocError::NotCommitted { port: ofport };
             return Err(TxnError::Number { cause });
         }
-        let steps = spec.steps();
-        for (i, &step) in steps.iter().enumerate().rev() {
-            if let Err(cause) = remove_entry(self.datapath, step, spec, ofport) {
-                let failures = self.reinsert(spec, ofport, &steps[i + 1..]);
-                let undo = Undo { failures, stranded: None };
-                return Err(TxnError::Remove { step, cause, undo });
-            }
-        }
+        let object = Object::Port(spec);
+        remove_all(self.datapath, object, ofport)?;
         if let Err(cause) = self.store.delete(spec.name()) {
-            let failures = self.reinsert(spec, ofport, steps);
-            let undo = Undo { failures, stranded: None };
-            return Err(TxnError::Store { cause, undo });
+            let failures = reinsert(self.datapath, object, ofport, object.steps());
+            return Err(TxnError::Store { cause, undo: Undo { failures, stranded: None } });
         }
-        self.alloc.release(ofport, now).map_err(|cause| TxnError::Number { cause })
+        self.alloc.release(ofport, now).map_err(|cause| TxnError::Number { cause })?;
+        effects.teardown(spec, ofport);
+        Ok(())
+    }
+
+    /// Rewrites a committed port's record whose entries stay as they are
+    /// (`PortSpec::same_entries`): effects first, then the record; a
+    /// failed write puts the effects back.
+    pub fn update(&mut self, old: &PortRecord, new: &PortSpec, effects: &mut dyn Effects) -> Result<(), TxnError> {
+        let undo = Undo::default;
+        effects.update(&old.spec, new, old.ofport).map_err(|cause| TxnError::Effect { cause, undo: undo() })?;
+        if let Err(cause) = self.store.put(&PortRecord { ofport: old.ofport, spec: new.clone() }) {
+            if let Err(e) = effects.update(new, &old.spec, old.ofport) {
+                tracing::warn!(port = new.name(), "putting the old settings back after a failed write: {e:#}");
+            }
+            return Err(TxnError::Store { cause, undo: undo() });
+        }
+        Ok(())
+    }
+
+    /// Adds a binding behind the tunnel numbered `tunnel`: its entries,
+    /// then its record. Costs no number.
+    pub fn add_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), TxnError> {
+        let object = Object::Binding(binding);
+        if let Err((step, cause, done)) = insert_all(self.datapath, object, tunnel) {
+            let failures = remove_entries(self.datapath, object, tunnel, done);
+            return Err(TxnError::Insert { step, cause, undo: Undo { failures, stranded: None } });
+        }
+        if let Err(cause) = self.store.put_binding(binding) {
+            let failures = remove_entries(self.datapath, object, tunnel, object.steps());
+            return Err(TxnError::Store { cause, undo: Undo { failures, stranded: None } });
+        }
+        Ok(())
+    }
+
+    /// Deletes a committed binding. On failure it stays committed.
+    pub fn delete_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), TxnError> {
+        let object = Object::Binding(binding);
+        remove_all(self.datapath, object, tunnel)?;
+        if let Err(cause) = self.store.delete_binding(binding.vni, binding.mac) {
+            let failures = reinsert(self.datapath, object, tunnel, object.steps());
+            return Err(TxnError::Store { cause, undo: Undo { failures, stranded: None } });
+        }
+        Ok(())
     }
 
     /// Removes the entries of `inserted`, newest first, and gives the number
     /// back, unless an entry could not be removed: then the number is
     /// stranded rather than freed, since that entry still names it.
-    fn abort(&mut self, reservation: Reservation, spec: &PortSpec, inserted: &[Step]) -> Undo {
+    fn abort(&mut self, reservation: Reservation, object: Object<'_>, inserted: &[Step]) -> Undo {
         let ofport = reservation.port();
-        let mut failures = Vec::new();
-        for &step in inserted.iter().rev() {
-            if let Err(cause) = remove_entry(self.datapath, step, spec, ofport) {
-                failures.push(UndoFailure { step, action: UndoAction::Remove, cause });
-            }
-        }
+        let failures = remove_entries(self.datapath, object, ofport, inserted);
         if failures.is_empty() {
             self.alloc.abort(reservation);
             Undo::default()
@@ -171,22 +248,68 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
             Undo { failures, stranded: Some(ofport) }
         }
     }
+}
 
-    /// Puts back the entries of `removed` in insertion order.
-    fn reinsert(&mut self, spec: &PortSpec, ofport: OfPort, removed: &[Step]) -> Vec<UndoFailure> {
-        removed
-            .iter()
-            .filter_map(|&step| {
-                let cause = self.datapath.insert(step, spec, ofport).err()?;
-                Some(UndoFailure { step, action: UndoAction::Reinsert, cause })
-            })
-            .collect()
+/// Inserts every entry of `object` in order; on a failure, which step, why,
+/// and the steps already done.
+fn insert_all<'s, D: Datapath>(
+    datapath: &mut D,
+    object: Object<'_>,
+    ofport: OfPort,
+) -> Result<(), (Step, MapError, &'s [Step])> {
+    let steps: &'static [Step] = object.steps();
+    for (done, &step) in steps.iter().enumerate() {
+        if let Err(cause) = datapath.insert(step, object, ofport) {
+            return Err((step, cause, &steps[..done]));
+        }
     }
+    Ok(())
+}
+
+/// Removes every entry of `object`, newest first; a failure puts back the
+/// ones already removed and is the error.
+fn remove_all<D: Datapath>(datapath: &mut D, object: Object<'_>, ofport: OfPort) -> Result<(), TxnError> {
+    let steps = object.steps();
+    for (i, &step) in steps.iter().enumerate().rev() {
+        if let Err(cause) = remove_entry(datapath, step, object, ofport) {
+            let failures = reinsert(datapath, object, ofport, &steps[i + 1..]);
+            return Err(TxnError::Remove { step, cause, undo: Undo { failures, stranded: None } });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the entries of `inserted`, newest first, collecting failures.
+fn remove_entries<D: Datapath>(
+    datapath: &mut D,
+    object: Object<'_>,
+    ofport: OfPort,
+    inserted: &[Step],
+) -> Vec<UndoFailure> {
+    inserted
+        .iter()
+        .rev()
+        .filter_map(|&step| {
+            let cause = remove_entry(datapath, step, object, ofport).err()?;
+            Some(UndoFailure { step, action: UndoAction::Remove, cause })
+        })
+        .collect()
+}
+
+/// Puts back the entries of `removed` in insertion order.
+fn reinsert<D: Datapath>(datapath: &mut D, object: Object<'_>, ofport: OfPort, removed: &[Step]) -> Vec<UndoFailure> {
+    removed
+        .iter()
+        .filter_map(|&step| {
+            let cause = datapath.insert(step, object, ofport).err()?;
+            Some(UndoFailure { step, action: UndoAction::Reinsert, cause })
+        })
+        .collect()
 }
 
 /// Removes one entry; an entry already gone is what we wanted anyway.
-fn remove_entry<D: Datapath>(datapath: &mut D, step: Step, spec: &PortSpec, ofport: OfPort) -> Result<(), MapError> {
-    let Some(entry) = MapEntry::for_step(step, spec, ofport) else {
+fn remove_entry<D: Datapath>(datapath: &mut D, step: Step, object: Object<'_>, ofport: OfPort) -> Result<(), MapError> {
+    let Some(entry) = MapEntry::for_step(step, object, ofport) else {
         return Ok(());
     };
     match datapath.remove(step, &entry) {

@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use xgw::{
-    daemon::store::DaemonStore,
     ofport::{LocalPort, MacAddr, OfPort, PortRecord, PortSpec, RedbStore, Store, TunnelPort},
+    types::{IfName, Name, PortKey, Vni},
 };
 use xgw_common::maps::{self as wire, names::*, *};
 use xgw_tests::{
@@ -71,10 +71,10 @@ fn maps_from_show(ns: &Netns, show: &Value) -> Maps {
         let vni = p["vni"].as_u64().unwrap() as u32;
         let spec = match p["type"].as_str().unwrap() {
             "local" => PortSpec::Local(LocalPort {
-                name,
-                ifname: p["ifname"].as_str().unwrap().into(),
-                vni,
-                port_key: p["port_key"].as_u64().unwrap() as u16,
+                name: Name::new(name).unwrap(),
+                ifname: IfName::new(p["ifname"].as_str().unwrap()).unwrap(),
+                vni: Vni::new(vni).unwrap(),
+                port_key: PortKey::new(p["port_key"].as_u64().unwrap() as u16).unwrap(),
                 mac: p["mac"].as_str().unwrap().parse().unwrap(),
                 ip: p["ip"].as_str().map(|s| s.parse().unwrap()),
                 ofport_request: None,
@@ -84,12 +84,13 @@ fn maps_from_show(ns: &Netns, show: &Value) -> Maps {
                     nexthops.push((ofport, m.parse::<MacAddr>().unwrap()));
                 }
                 PortSpec::Tunnel(TunnelPort {
-                    name,
+                    name: Name::new(name).unwrap(),
                     remote: p["remote_ip"].as_str().unwrap().parse().unwrap(),
-                    vni,
+                    vni: Vni::new(vni).unwrap(),
                     bfd: p["bfd"]["enabled"].as_bool() == Some(true),
                     ovn_metadata: p["ovn_metadata"].as_bool().unwrap(),
                     ofport_request: None,
+                    bfd_timers: Default::default(),
                 })
             }
             other => panic!("port type {other}"),
@@ -324,10 +325,10 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
     assert!(!net.contains("ul(") && !net.contains("p1("), "{net}");
 }
 
-/// Maps plus both stores, read while no daemon runs.
+/// The store's ports and bindings, read while no daemon runs.
 fn stored(d: &Daemon) -> (Vec<PortRecord>, Vec<String>) {
-    let ports = RedbStore::open(&d.state_dir()).unwrap().load().unwrap();
-    let bindings = DaemonStore::open(&d.state_dir()).unwrap().bindings().unwrap();
+    let store = RedbStore::open(&d.state_dir()).unwrap();
+    let (ports, bindings) = (store.load().unwrap(), store.load_bindings().unwrap());
     (ports, bindings.iter().map(|b| serde_json::to_string(b).unwrap()).collect())
 }
 
@@ -346,7 +347,10 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
 
     let cases: &[(&[&str], &str)] = &[
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.300", "--vni", "1"], "198.51.100.300"),
-        (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "16777216"], "vni: 16777216"),
+        (
+            &["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "16777216"],
+            "'--vni <VNI>': 16777216 is out of range (0..=16777215)",
+        ),
         (
             &[
                 "port",
@@ -413,6 +417,16 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         (&["tunnel", "del", "hv2"], "binding"),
         (&["port", "del", "hv2"], "\"hv2\""),
         (&["tunnel", "del", "nope"], "\"nope\""),
+        // Tunnel remotes that are no other chassis, IPv4-mapped forms
+        // checked as the IPv4 address they are.
+        (&["tunnel", "add", "t2", "--remote-ip", GW_IP[0], "--vni", "1"], "own --local-ip"),
+        (&["tunnel", "add", "t2", "--remote-ip", "::ffff:198.51.100.1", "--vni", "1"], "own --local-ip"),
+        (&["tunnel", "add", "t2", "--remote-ip", "127.0.0.1", "--vni", "1"], "loopback"),
+        (&["tunnel", "add", "t2", "--remote-ip", "fe80::1", "--vni", "1"], "link-local"),
+        (&["tunnel", "add", "t2", "--remote-ip", "::ffff:224.0.0.1", "--vni", "1"], "224.0.0.1 is not a unicast"),
+        (&["tunnel", "add", "t2", "--remote-ip", "::ffff:0.0.0.0", "--vni", "1"], "0.0.0.0 is not a unicast"),
+        (&["tunnel", "add", &"t".repeat(65), "--remote-ip", "198.51.100.3", "--vni", "1"], "is not a name"),
+        (&["tunnel", "add", "a\u{1b}[2Jb", "--remote-ip", "198.51.100.3", "--vni", "1"], "a\\u{1b}[2Jb"),
     ];
     for (args, names) in cases {
         let err = d.refused(args);
@@ -436,6 +450,17 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     big.push(b'\n');
     assert!(raw(&big).contains("request larger than 65536 bytes refused"));
     assert!(raw(b"{\"op\":\"port_add\",\"name\":1}\n").contains("bad request"));
+    // Names that would reach an operator's terminal raw are refused, and
+    // the refusal shows them escaped.
+    for name in ["evil\\u202etxt", "a\\nb", "x\\u001b[2J"] {
+        let req = format!("{{\"op\":\"tunnel_add\",\"name\":\"{name}\",\"remote_ip\":\"198.51.100.3\",\"vni\":1}}\n");
+        let out = raw(req.as_bytes());
+        assert!(out.contains("bad request") && out.contains("is not a name"), "{out}");
+        let text: String = serde_json::from_str::<Value>(&out).unwrap()["error"].as_str().unwrap().to_owned();
+        assert!(text.chars().all(|c| c.is_ascii_graphic() || c == ' '), "raw character in {text:?}");
+    }
+    let long = format!("{{\"op\":\"port_del\",\"name\":\"{}\"}}\n", "x".repeat(1000));
+    assert!(raw(long.as_bytes()).contains("is not a name"));
     assert_eq!(read_maps(&d.pins()), maps);
 
     // A client that connects and stalls mid-request holds no one up: others
@@ -491,7 +516,8 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.starts_with("xgw: config: ") && err.trim_end().ends_with(": tunnels[0].vni: 16777216 is above 2^24-1"),
+        err.starts_with("xgw: config: ")
+            && err.trim_end().ends_with(": tunnels[0].vni: 16777216 is out of range (0..=16777215)"),
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -501,6 +527,56 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     assert!(!out.status.success() && err.contains("line 3: unknown field `colour`"), "{err}");
     assert_eq!(read_maps(&gw.daemon.pins()), maps);
     assert_eq!(stored(&gw.daemon), (ports, bindings));
+}
+
+/// A port whose interface refuses `xgw_local` (`lo` has no native XDP)
+/// fails inside its transaction, before its record is written: the number
+/// it held never existed for anyone, so it is free again, not held down.
+#[test]
+fn a_thousand_failed_port_adds_cost_no_number() {
+    require_root!();
+    let mut gw = gateway("dheld");
+    gw.daemon.start();
+    let d = &gw.daemon;
+    d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
+    d.cli(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--vni", "5001"]);
+    d.cli(&["tunnel", "del", "hv2"]);
+    let show = d.json(&["show"]);
+    assert_eq!(show["ofports"]["held_down"], 1, "{}", show["ofports"]);
+    let maps = read_maps(&d.pins());
+    let lo: xgw::api::PortArgs = serde_json::from_value(serde_json::json!({
+        "name": "vm9", "ifname": "lo", "vni": 5001, "port_key": 9, "mac": "02:00:5e:20:00:09"
+    }))
+    .unwrap();
+    let request = xgw::api::Request::PortAdd(lo);
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        let e = xgw::api::call(&d.socket, &request).expect_err("lo has no native XDP");
+        if i == 0 {
+            assert!(e.to_string().contains("port \"vm9\"") && e.to_string().contains("lo"), "{e}");
+        }
+    }
+    eprintln!("1000 refused adds in {:?}", t0.elapsed());
+    let after = d.json(&["show"]);
+    assert_eq!(after["ofports"], show["ofports"], "refused adds moved the number space");
+    assert_eq!(after["ports"], show["ports"]);
+    assert_eq!(read_maps(&d.pins()), maps, "a refused add left an entry");
+    // The next port gets the number it would have had: 3 (1 is held down,
+    // 2 is hv3's).
+    let added = d.json(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        &mac(VM_MAC[0]),
+    ]);
+    assert_eq!(added["ofport"], 3, "{added}");
 }
 
 #[test]

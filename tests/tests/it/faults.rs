@@ -95,7 +95,7 @@ fn full_disk_fails_cleanly_and_recovers() {
         if let Err(e) = pm.add(&tunnel_n(i), t0) {
             failures += 1;
             let msg = e.to_string();
-            assert!(msg.contains("ofports.redb"), "error does not name the store: {msg}");
+            assert!(msg.contains("xgw.redb"), "error does not name the store: {msg}");
         }
         assert_consistent(&gw, &pm, &format!("disk full, add t{i}"));
     }
@@ -140,7 +140,7 @@ fn read_only_state_dir_is_refused_and_changes_nothing() {
     drop(pm);
     fs.remount("ro");
     let err = RedbStore::open(&fs.dir.path).err().expect("a read-only store cannot be opened for writing");
-    assert!(err.to_string().contains("ofports.redb"), "error does not name the store: {err}");
+    assert!(err.to_string().contains("xgw.redb"), "error does not name the store: {err}");
     assert_eq!(read_maps(gw.pins()), maps, "maps changed");
     fs.remount("rw");
     let mut pm = gw.open_in(&fs.dir.path, config());

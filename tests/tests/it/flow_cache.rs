@@ -235,12 +235,13 @@ fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
 /// A tunnel `name` to `remote`, as the port map writes it.
 fn tunnel(name: &str, remote: [u8; 4]) -> PortSpec {
     PortSpec::Tunnel(TunnelPort {
-        name: name.into(),
-        remote: IpAddr::from(remote),
-        vni: VNI,
+        name: xgw::types::Name::new(name).unwrap(),
+        remote: xgw::types::UnicastIp::new(IpAddr::from(remote)).unwrap(),
+        vni: xgw::types::Vni::new(VNI).unwrap(),
         bfd: false,
         ovn_metadata: true,
         ofport_request: None,
+        bfd_timers: Default::default(),
     })
 }
 

@@ -1,0 +1,566 @@
+//! The running daemon: one owner per resource, and the sequence each
+//! request and each event runs through them. Nothing here writes a map or
+//! the store by itself: ports, tunnels and bindings go through the port
+//! map's transactions (which set up what a port needs outside the maps,
+//! through `effects`), next hops through `PortMap::set_nexthop`, the uplink
+//! through `Uplink`.
+//!
+//! | owner      | file          | holds                                               |
+//! |------------|---------------|-----------------------------------------------------|
+//! | `ports`    | `ofport/`     | committed ports, tunnels, bindings; the config maps  |
+//! | `uplink`   | `uplink.rs`   | the underlay interface and the UPLINK map's value    |
+//! | `links`    | `links.rs`    | `xgw_local` on local ports' interfaces, their watch  |
+//! | `nexthops` | `nexthops.rs` | each tunnel's route and neighbour                    |
+//! | `bfd`      | `bfd.rs`      | sessions, single-hop peers, `[bfd]` timers           |
+//! | `owned`    | `desired.rs`  | what the config file owns                            |
+//! | views      | `views.rs`    | show, stats, metrics (read-only)                     |
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{
+    bfd::Bfd,
+    desired::{self, Ownership},
+    effects::PortEffects,
+    links::{Links, Watched},
+    netlink::{Event, Netlink},
+    nexthops::Nexthops,
+    pins::Pins,
+    uplink::{Link, Uplink},
+    views::{Counters, Views},
+    Ports,
+};
+use crate::{
+    api::{BfdPeerArgs, Binding, Deleted, PortArgs, PortType, Reply, Request, TunnelArgs},
+    config::Config,
+    ofport::{AllocatorConfig, Desired, MemDatapath, MemStore, PortMap, PortSpec, Store},
+    types::{MacAddr, Name, Vni},
+};
+
+/// What a port transaction sets up outside the maps, borrowing the owners
+/// of those things (and not the port map, which runs the transaction).
+macro_rules! effects {
+    ($d:ident) => {
+        PortEffects { links: &mut $d.links, bfd: &mut $d.bfd, nexthops: &$d.nexthops }
+    };
+}
+
+/// Store keys of what `bfd` owns.
+const META_BFD: &str = "bfd";
+const META_BFD_PEERS: &str = "bfd_peers";
+
+pub struct Daemon {
+    pub(super) ports: Ports,
+    pub(super) uplink: Uplink,
+    pub(super) links: Links,
+    pub(super) nexthops: Nexthops,
+    pub(super) bfd: Bfd,
+    pub(super) owned: Ownership,
+    netlink: Netlink,
+    counters: Counters,
+    pub(super) pins: Pins,
+    state_dir: String,
+}
+
+/// A tunnel's BFD timer fields as the API names them.
+const API_TIMERS: [&str; 3] = ["tunnel: bfd_min_tx_ms", "tunnel: bfd_min_rx_ms", "tunnel: bfd_detect_mult"];
+
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        ports: Ports,
+        uplink: Uplink,
+        links: Links,
+        mut bfd: Bfd,
+        netlink: Netlink,
+        counters: Counters,
+        pins: Pins,
+        state_dir: &std::path::Path,
+    ) -> Result<Daemon> {
+        let store = ports.store();
+        let owned: Ownership = store.meta(desired::META_KEY).context("the store's config ownership")?;
+        let defaults = store.meta(META_BFD).context("the store's [bfd] timers")?;
+        let peers: BTreeMap<Name, BfdPeerArgs> = store.meta(META_BFD_PEERS).context("the store's bfd peers")?;
+        bfd.set_defaults(defaults, |_| Default::default());
+        for p in peers.into_values() {
+            bfd.restore_peer(p);
+        }
+        let nexthops = Nexthops::new(uplink.ifindex());
+        Ok(Daemon {
+            ports,
+            uplink,
+            links,
+            nexthops,
+            bfd,
+            owned,
+            netlink,
+            counters,
+            pins,
+            state_dir: state_dir.display().to_string(),
+        })
+    }
+
+    fn views(&self) -> Views<'_> {
+        Views {
+            ports: &self.ports,
+            uplink: &self.uplink,
+            links: &self.links,
+            nexthops: &self.nexthops,
+            bfd: &self.bfd,
+            owned: &self.owned,
+            counters: &self.counters,
+            pins: &self.pins,
+            state_dir: &self.state_dir,
+        }
+    }
+
+    /// Brings the maps and links in line with the store, as a (re)started
+    /// daemon must before it serves anything: the port map's reconcile, an
+    /// XDP link on exactly the local ports' interfaces, the tunnels' and
+    /// peers' BFD sessions (the engine adopts running ones), next hops.
+    pub(super) fn adopt(&mut self) -> Result<()> {
+        let report = self.ports.reconcile();
+        tracing::info!(
+            ports = self.ports.ports().count(),
+            bindings = self.ports.bindings().count(),
+            recreated = report.recreated.len(),
+            removed = report.removed.len(),
+            rewritten = report.rewritten.len(),
+            failed = report.failed.len(),
+            "reconciled the maps with the store"
+        );
+        self.links.sync(&self.local_ifnames());
+        let tunnels: Vec<_> = self.tunnels().map(|(t, ofport)| (t.clone(), ofport)).collect();
+        for (t, ofport) in &tunnels {
+            if let Err(e) = self.bfd.add_tunnel(t, *ofport, None) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        self.bfd.start_peers();
+        self.refresh_nexthops(true);
+        self.watch_links()
+    }
+
+    /// Local port -> its interface.
+    fn local_ifnames(&self) -> BTreeMap<String, String> {
+        self.ports
+            .ports()
+            .filter_map(|r| match &r.spec {
+                PortSpec::Local(p) => Some((p.name.to_string(), p.ifname.to_string())),
+                PortSpec::Tunnel(_) => None,
+            })
+            .collect()
+    }
+
+    fn tunnels(&self) -> impl Iterator<Item = (&crate::ofport::TunnelPort, crate::ofport::OfPort)> {
+        self.ports.ports().filter_map(|r| match &r.spec {
+            PortSpec::Tunnel(t) => Some((t, r.ofport)),
+            PortSpec::Local(_) => None,
+        })
+    }
+
+    pub fn handle(&mut self, req: Request) -> Result<Reply> {
+        match req {
+            Request::PortAdd(a) => self.port_add(&a),
+            Request::PortDel { name } => self.port_del(&name, PortType::Local),
+            Request::PortList => Ok(Reply::Ports(self.views().ports(Some(PortType::Local)))),
+            Request::TunnelAdd(a) => self.tunnel_add(&a),
+            Request::TunnelDel { name } => self.port_del(&name, PortType::Tunnel),
+            Request::TunnelList => Ok(Reply::Ports(self.views().ports(Some(PortType::Tunnel)))),
+            Request::BindingAdd(b) => self.binding_add(&b),
+            Request::BindingDel { vni, mac } => self.binding_del(vni, mac),
+            Request::BindingList => Ok(Reply::Bindings(self.views().bindings())),
+            Request::Show => Ok(Reply::Show(self.views().show())),
+            Request::Stats => Ok(Reply::Stats(self.views().stats()?)),
+            Request::BfdShow { name } => {
+                let mut sessions = self.bfd.sessions();
+                if let Some(name) = &name {
+                    sessions.retain(|s| s.name == name.as_str());
+                    if sessions.is_empty() {
+                        bail!("no bfd session named {:?}", name.as_str());
+                    }
+                }
+                Ok(Reply::BfdSessions(sessions))
+            }
+            Request::BfdPeerAdd(p) => self.peer_add(&p),
+            Request::BfdPeerDel { name } => self.peer_del(&name),
+            Request::BfdPeerList => Ok(Reply::BfdPeers(self.views().peers())),
+        }
+    }
+
+    /// A local port: one transaction (entries, `xgw_local` on its
+    /// interface, record). The port map refuses a MAC, IP, key or
+    /// interface another port or a binding holds, before any number.
+    fn port_add(&mut self, a: &PortArgs) -> Result<Reply> {
+        if self.bfd.peer(&a.name).is_some() {
+            bail!("port: name: {:?} is already a bfd peer", a.name.as_str());
+        }
+        let spec = desired::local_spec(a);
+        let added = self.ports.add_with(&spec, Instant::now(), &mut effects!(self))?;
+        tracing::info!(port = %a.name, ofport = added.ofport().get(), "local port added");
+        Ok(Reply::Port(self.views().port(&a.name).expect("just added")))
+    }
+
+    /// A tunnel: what BFD would refuse is refused first; its next hop is
+    /// looked up before the transaction, so that its first entry already
+    /// carries it; then one transaction (entries, BFD session, record).
+    /// The same tunnel again with other BFD timers moves the running
+    /// session to them (a Poll Sequence, no flap).
+    fn tunnel_add(&mut self, a: &TunnelArgs) -> Result<Reply> {
+        let spec = desired::tunnel_spec(a);
+        let PortSpec::Tunnel(t) = &spec else { unreachable!("a tunnel spec") };
+        self.check_remote(a.remote_ip.get(), "tunnel: remote_ip")?;
+        self.bfd.check_tunnel(t, API_TIMERS)?;
+        if self.bfd.peer(&a.name).is_some() {
+            bail!("tunnel: name: {:?} is already a bfd peer", a.name.as_str());
+        }
+        let known = self.ports.get(&a.name).is_some();
+        if !known {
+            self.resolve(&a.name, a.remote_ip.get());
+        }
+        let added = self.ports.add_with(&spec, Instant::now(), &mut effects!(self));
+        let added = match added {
+            Ok(added) => added,
+            Err(e) => {
+                if !known {
+                    self.nexthops.forget(&a.name);
+                }
+                return Err(e.into());
+            }
+        };
+        tracing::info!(tunnel = %a.name, ofport = added.ofport().get(), how = ?added, "tunnel added");
+        Ok(Reply::Port(self.views().port(&a.name).expect("just added")))
+    }
+
+    /// A tunnel to the gateway itself would loop every frame back in.
+    fn check_remote(&self, remote: IpAddr, field: &str) -> Result<()> {
+        if self.uplink.local_ips().contains(&remote.to_canonical()) {
+            bail!("{field}: {remote} is this gateway's own --local-ip, not another chassis");
+        }
+        Ok(())
+    }
+
+    fn port_del(&mut self, name: &Name, kind: PortType) -> Result<Reply> {
+        let what = kind.name();
+        let record = self.ports.get(name).cloned().ok_or_else(|| {
+            anyhow!("no {} named {:?}", if kind == PortType::Local { "port" } else { "tunnel" }, name.as_str())
+        })?;
+        match (&record.spec, kind) {
+            (PortSpec::Tunnel(_), PortType::Local) => {
+                bail!("{:?} is a tunnel; delete it with `xgw tunnel del`", name.as_str())
+            }
+            (PortSpec::Local(_), PortType::Tunnel) => {
+                bail!("{:?} is a local port; delete it with `xgw port del`", name.as_str())
+            }
+            _ => {}
+        }
+        let ofport = self.ports.delete_with(name, Instant::now(), &mut effects!(self))?;
+        self.nexthops.forget(name);
+        tracing::info!(name = %name, ofport = ofport.get(), "{what} deleted");
+        Ok(Reply::Deleted(Deleted { name: name.clone(), ofport: Some(ofport.get()) }))
+    }
+
+    /// A remote binding: one transaction (FDB, then NEIGH, then record),
+    /// refused first if a local port or binding holds its MAC or IP.
+    fn binding_add(&mut self, b: &Binding) -> Result<Reply> {
+        self.ports.add_binding(b)?;
+        tracing::info!(vni = %b.vni, mac = %b.mac, tunnel = %b.tunnel, "binding added");
+        Ok(Reply::Binding(self.views().binding(b)))
+    }
+
+    fn binding_del(&mut self, vni: Vni, mac: MacAddr) -> Result<Reply> {
+        let b = self.ports.delete_binding(vni, mac)?;
+        tracing::info!(%vni, %mac, "binding deleted");
+        Ok(Reply::BindingDeleted(self.views().binding(&b)))
+    }
+
+    /// A single-hop peer: checked, started, then stored; a failed write
+    /// stops it again.
+    fn peer_add(&mut self, p: &BfdPeerArgs) -> Result<Reply> {
+        self.bfd.check_peer(p, "bfd peer")?;
+        if let Some(old) = self.bfd.peer(&p.name) {
+            if old == p {
+                return Ok(Reply::BfdPeer(self.views().peer(p)));
+            }
+            bail!("bfd peer {:?} already exists with other settings; delete it first", p.name.as_str());
+        }
+        if self.ports.get(&p.name).is_some() {
+            bail!("bfd peer: name: {:?} is already a port or tunnel", p.name.as_str());
+        }
+        self.bfd.add_peer(p)?;
+        if let Err(e) = self.store_peers() {
+            self.bfd.remove_peer(&p.name);
+            return Err(e.context("bfd peer: storing it"));
+        }
+        tracing::info!(peer = %p.name, ip = %p.peer_ip, "bfd peer added");
+        Ok(Reply::BfdPeer(self.views().peer(p)))
+    }
+
+    fn peer_del(&mut self, name: &Name) -> Result<Reply> {
+        let p = self.bfd.remove_peer(name).ok_or_else(|| anyhow!("no bfd peer named {:?}", name.as_str()))?;
+        if let Err(e) = self.store_peers() {
+            self.bfd.restore_peer(p);
+            self.bfd.start_peers();
+            return Err(e.context("bfd peer: storing the deletion"));
+        }
+        tracing::info!(peer = %name, "bfd peer deleted");
+        Ok(Reply::Deleted(Deleted { name: name.clone(), ofport: None }))
+    }
+
+    fn store_peers(&mut self) -> Result<()> {
+        let peers = self.bfd.peers().clone();
+        Ok(self.ports.store_mut().put_meta(META_BFD_PEERS, &peers)?)
+    }
+
+    // --- Next hops ----------------------------------------------------------
+
+    /// Looks up tunnel `name`'s next hop and, when it resolved or moved,
+    /// writes it (TUNNELS through the port map, the BFD session's frames).
+    fn resolve(&mut self, name: &str, remote: IpAddr) {
+        let Some(mac) = self.nexthops.resolve(&mut self.netlink, name, remote) else { return };
+        if let Err(e) = self.ports.set_nexthop(remote, mac) {
+            tracing::warn!(tunnel = name, "writing the next hop: {e}");
+        }
+        self.bfd.set_nexthop(name, mac);
+    }
+
+    /// Resolves the next hops not yet resolved, and (with `all`, or once
+    /// `nexthops::RECHECK` has passed) re-checks the others.
+    pub(super) fn refresh_nexthops(&mut self, all: bool) {
+        let tunnels: BTreeMap<String, IpAddr> =
+            self.tunnels().map(|(t, _)| (t.name.to_string(), t.remote.get())).collect();
+        let due: Vec<String> =
+            self.nexthops.due(tunnels.keys().map(String::as_str), all).into_iter().map(str::to_owned).collect();
+        for name in due {
+            self.resolve(&name, tunnels[&name]);
+        }
+    }
+
+    /// Acts on the kernel's announcements: next hops they concern, and the
+    /// link watch at once for a link change.
+    pub(super) fn netlink_events(&mut self, events: &[Event]) -> Result<()> {
+        let plan = self.nexthops.plan(events);
+        if plan.all {
+            self.refresh_nexthops(true);
+        } else {
+            let tunnels: Vec<(String, IpAddr)> = self
+                .tunnels()
+                .filter(|(t, _)| plan.tunnels.contains(t.name.as_str()))
+                .map(|(t, _)| (t.name.to_string(), t.remote.get()))
+                .collect();
+            for (name, remote) in tunnels {
+                self.resolve(&name, remote);
+            }
+        }
+        if plan.links {
+            self.watch_links()?;
+        }
+        Ok(())
+    }
+
+    // --- Links ----------------------------------------------------------------
+
+    /// The uplink (gone, back, new MAC or MTU, recreated: an error that
+    /// asks for a restart) and the local ports' interfaces (gone or
+    /// recreated: their entries follow through a reconcile).
+    pub(super) fn watch_links(&mut self) -> Result<()> {
+        let ifindex = super::ifindex(self.uplink.ifname());
+        let now = match ifindex {
+            Some(i) => match self.netlink.link(i) {
+                Ok((mac, mtu)) => Some(Link { ifindex: Some(i), mac, mtu }),
+                Err(e) => {
+                    tracing::warn!(uplink = self.uplink.ifname(), "reading the uplink: {e:#}");
+                    None
+                }
+            },
+            None => Some(Link { ifindex: None, mac: [0; 6], mtu: 0 }),
+        };
+        if let Some(now) = now {
+            let changes = self.uplink.look(now)?;
+            if changes.mac.is_some() || changes.mtu {
+                match self.uplink.follow(now, self.ports.datapath_mut()) {
+                    Ok(()) => {
+                        if let Some(mac) = changes.mac {
+                            self.bfd.set_uplink_mac(mac);
+                        }
+                    }
+                    Err(e) => tracing::warn!(uplink = self.uplink.ifname(), "{e:#}"),
+                }
+            }
+        }
+        let locals: Vec<(String, String, u16)> = self
+            .ports
+            .ports()
+            .filter_map(|r| match &r.spec {
+                PortSpec::Local(p) => Some((p.name.to_string(), p.ifname.to_string(), r.ofport.get())),
+                PortSpec::Tunnel(_) => None,
+            })
+            .collect();
+        let watched: Vec<Watched<'_>> =
+            locals.iter().map(|(port, ifname, ofport)| Watched { port, ifname, ofport: *ofport }).collect();
+        if self.links.watch(&watched, super::ifindex) {
+            let report = self.ports.reconcile();
+            // A missing interface cannot be written into DEVMAP: expected
+            // until it returns, so not worth more than a debug line.
+            tracing::info!(
+                recreated = report.recreated.len(),
+                removed = report.removed.len(),
+                rewritten = report.rewritten.len(),
+                pending = report.failed.len(),
+                "port maps reconciled after an interface change"
+            );
+            for f in &report.failed {
+                tracing::debug!("{f}");
+            }
+            self.links.sync(&self.local_ifnames());
+        }
+        Ok(())
+    }
+
+    /// Notices BFD state changes (every `bfd::WATCH_PERIOD`).
+    pub(super) fn watch_bfd(&mut self) {
+        self.bfd.watch();
+    }
+
+    pub(super) fn metrics(&self) -> Result<String> {
+        self.views().metrics()
+    }
+
+    // --- The config file ------------------------------------------------------
+
+    /// Makes the config file's ports, tunnels, bindings and peers the
+    /// committed ones, leaving what the API added alone (unless the file
+    /// names it). Everything is checked first, against a copy of the port
+    /// map in memory: a file that cannot be applied whole changes nothing.
+    pub(super) fn apply_config(&mut self, config: &Config) -> Result<()> {
+        let plan = desired::plan(config, &self.owned, self.ports.ports(), self.ports.bindings(), self.bfd.peers())?;
+        for (i, p) in config.ports.iter().enumerate() {
+            if super::ifindex(&p.ifname).is_none() {
+                bail!("config: ports[{i}].ifname: {:?}: no such interface", p.ifname.as_str());
+            }
+        }
+        for (i, t) in config.tunnels.iter().enumerate() {
+            let PortSpec::Tunnel(spec) = desired::tunnel_spec(t) else { unreachable!("a tunnel spec") };
+            let f = |k: &str| format!("tunnels[{i}].{k}");
+            self.check_remote(t.remote_ip.get(), &format!("config: {}", f("remote_ip")))?;
+            self.bfd
+                .check_tunnel(&spec, [&f("bfd_min_tx_ms"), &f("bfd_min_rx_ms"), &f("bfd_detect_mult")])
+                .map_err(|e| anyhow!("config: {e:#}"))?;
+        }
+        for (i, p) in config.bfd_peers.iter().enumerate() {
+            self.bfd.check_peer(p, &format!("bfd_peers[{i}]")).map_err(|e| anyhow!("config: {e:#}"))?;
+        }
+        self.dry_run(&plan)?;
+
+        // `[bfd]` first: the tunnels added below start with it.
+        let own: BTreeMap<String, crate::types::BfdOverride> = plan
+            .ports
+            .iter()
+            .filter_map(|s| match s {
+                PortSpec::Tunnel(t) => Some((t.name.to_string(), t.bfd_timers)),
+                _ => None,
+            })
+            .collect();
+        self.bfd.set_defaults(config.bfd, |name| own.get(name).copied().unwrap_or_default());
+        for spec in &plan.ports {
+            if let PortSpec::Tunnel(t) = spec {
+                if self.ports.get(&t.name).is_none() {
+                    self.resolve(&t.name, t.remote.get());
+                }
+            }
+        }
+        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings) };
+        let report = self.ports.apply(desired, Instant::now(), &mut effects!(self))?;
+        for (name, _) in &report.deleted {
+            self.nexthops.forget(name);
+        }
+        if let Some((name, e)) = report.failed.first() {
+            let path = plan.paths.get(name).cloned().unwrap_or_else(|| name.clone());
+            bail!("config: applying {path}: {e}");
+        }
+        self.apply_peers(&plan.peers)?;
+        self.owned = plan.owned;
+        let store = self.ports.store_mut();
+        store.defer_sync();
+        let written = store
+            .put_meta(desired::META_KEY, &self.owned)
+            .and_then(|()| store.put_meta(META_BFD, &config.bfd))
+            .and_then(|()| store.put_meta(META_BFD_PEERS, self.bfd.peers()));
+        let synced = store.sync();
+        written.and(synced).context("config: storing what the file owns")?;
+        tracing::info!(
+            added = report.added.len(),
+            replaced = report.replaced.len(),
+            deleted = report.deleted.len(),
+            unchanged = report.unchanged,
+            bindings_added = report.bindings_added,
+            bindings_deleted = report.bindings_deleted,
+            "config applied"
+        );
+        Ok(())
+    }
+
+    /// The plan on a copy of the port map, in memory: what it would refuse
+    /// is refused now, naming the file's path.
+    fn dry_run(&self, plan: &desired::Plan) -> Result<()> {
+        let mut store = MemStore::new();
+        for r in self.ports.ports() {
+            store.put(r).map_err(|e| anyhow!("{e}"))?;
+        }
+        for b in self.ports.bindings() {
+            store.put_binding(b).map_err(|e| anyhow!("{e}"))?;
+        }
+        let mut trial = PortMap::open(MemDatapath::new(), store, AllocatorConfig::default())?;
+        trial.reconcile();
+        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings) };
+        let report = trial.apply(desired, Instant::now(), &mut crate::ofport::NoEffects)?;
+        if let Some((name, e)) = report.failed.first() {
+            let path = plan.paths.get(name).cloned().unwrap_or_else(|| format!("port {name:?}"));
+            bail!("config: {path}: {e}");
+        }
+        Ok(())
+    }
+
+    /// The plan's peers become the sessions; those that stay follow new
+    /// timers.
+    fn apply_peers(&mut self, wanted: &[(BfdPeerArgs, String)]) -> Result<()> {
+        let gone: Vec<Name> = self
+            .bfd
+            .peers()
+            .iter()
+            .filter(|(n, p)| !wanted.iter().any(|(w, _)| w.name == **n && w == *p))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            self.bfd.remove_peer(&name);
+        }
+        for (p, path) in wanted {
+            if self.bfd.peer(&p.name).is_some() {
+                if let Err(e) = self.bfd.retime_peer(&p.name) {
+                    tracing::warn!("{e:#}");
+                }
+                continue;
+            }
+            self.bfd.add_peer(p).map_err(|e| anyhow!("{path}: {e:#}"))?;
+        }
+        Ok(())
+    }
+
+    /// The daemon stops: BFD first (its sessions are disabled in the map),
+    /// then, unless the datapath stays, every pin.
+    pub(super) fn shutdown(&mut self, keep_datapath: bool) -> Result<()> {
+        self.bfd.shutdown();
+        if keep_datapath {
+            return Ok(());
+        }
+        let removed = self.pins.remove_all()?;
+        tracing::info!(pins = removed.len(), "stopped; XDP programs detached and maps unpinned");
+        Ok(())
+    }
+
+    /// Stops BFD only: the datapath stays, pins kept and sessions left for
+    /// the next daemon to adopt.
+    pub(super) fn abandon(&mut self) {
+        self.bfd.shutdown();
+    }
+}

@@ -1,0 +1,46 @@
+//! What a port needs outside the configuration maps, set up inside the
+//! port's own transaction (`ofport::Effects`): `xgw_local` on a local port's
+//! interface, a BFD session on a tunnel with `bfd`. A refusal from either
+//! aborts the add before its record is written, so it costs no commit and
+//! no number.
+use anyhow::{Context, Result};
+
+use super::{bfd::Bfd, links::Links, nexthops::Nexthops};
+use crate::ofport::{Effects, OfPort, PortSpec};
+
+pub struct PortEffects<'a> {
+    pub links: &'a mut Links,
+    pub bfd: &'a mut Bfd,
+    pub nexthops: &'a Nexthops,
+}
+
+impl Effects for PortEffects<'_> {
+    fn setup(&mut self, port: &PortSpec, ofport: OfPort) -> Result<()> {
+        match port {
+            PortSpec::Local(p) => {
+                let how =
+                    self.links.attach(&p.name, &p.ifname).with_context(|| format!("port {:?}", p.name.as_str()))?;
+                tracing::debug!(port = %p.name, ifname = %p.ifname, ?how, "xgw_local attached");
+                Ok(())
+            }
+            PortSpec::Tunnel(t) => self.bfd.add_tunnel(t, ofport, self.nexthops.mac(&t.name)),
+        }
+    }
+
+    fn teardown(&mut self, port: &PortSpec, _ofport: OfPort) {
+        match port {
+            PortSpec::Local(p) => self.links.detach(&p.name, &p.ifname),
+            PortSpec::Tunnel(t) => self.bfd.remove_tunnel(&t.name),
+        }
+    }
+
+    fn update(&mut self, _old: &PortSpec, new: &PortSpec, _ofport: OfPort) -> Result<()> {
+        match new {
+            PortSpec::Tunnel(t) => {
+                let timers = self.bfd.timers(&t.bfd_timers);
+                self.bfd.retime(&t.name, &timers)
+            }
+            PortSpec::Local(_) => Ok(()),
+        }
+    }
+}
