@@ -257,7 +257,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             return Err(PortError::NotFound { name });
         };
         self.check_unused(name)?;
-        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+        self.txn()
             .delete(&record, now, effects)
             .inspect_err(|e| warn_if_dirty(record.spec.name(), e))
             .map_err(|cause| txn_error(&record.spec, cause))?;
@@ -564,6 +564,11 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         (self.datapath, self.store)
     }
 
+    /// A transaction over this map's allocator, datapath and store.
+    fn txn(&mut self) -> Txn<'_, D, S> {
+        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+    }
+
     /// Runs an add transaction and indexes the result.
     fn run_add(
         &mut self,
@@ -572,23 +577,19 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         now: Instant,
         effects: &mut dyn Effects,
     ) -> Result<OfPort, TxnError> {
-        let ofport = Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
-            .add(spec, request, now, effects)
-            .inspect_err(|e| warn_if_dirty(spec.name(), e))?;
+        let ofport = self.txn().add(spec, request, now, effects).inspect_err(|e| warn_if_dirty(spec.name(), e))?;
         self.index(PortRecord { ofport, spec: spec.clone() });
         Ok(ofport)
     }
 
     fn run_update(&mut self, old: &PortRecord, spec: &PortSpec, effects: &mut dyn Effects) -> Result<(), PortError> {
-        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
-            .update(old, spec, effects)
-            .map_err(|cause| txn_error(spec, cause))?;
+        self.txn().update(old, spec, effects).map_err(|cause| txn_error(spec, cause))?;
         self.ports.insert(spec.name().to_owned(), PortRecord { ofport: old.ofport, spec: spec.clone() });
         Ok(())
     }
 
     fn run_add_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), PortError> {
-        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+        self.txn()
             .add_binding(binding, tunnel)
             .inspect_err(|e| warn_if_dirty(&binding.label(), e))
             .map_err(|cause| PortError::BindingTxn { label: binding.label(), cause })?;
@@ -597,7 +598,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     }
 
     fn run_delete_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), PortError> {
-        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+        self.txn()
             .delete_binding(binding, tunnel)
             .inspect_err(|e| warn_if_dirty(&binding.label(), e))
             .map_err(|cause| PortError::BindingTxn { label: binding.label(), cause })?;
