@@ -258,10 +258,7 @@ impl Bfd {
 
     /// Starts peer `p`'s session.
     pub fn add_peer(&mut self, p: &BfdPeerArgs) -> Result<()> {
-        let path = self.peer_path(p)?;
-        let timers = self.timers(&p.timers());
-        self.add(&p.name, SessionType::Peer, path, engine_config(&timers, p.echo))
-            .map_err(|e| anyhow!("bfd peer {:?}: {e:#}", p.name.as_str()))?;
+        self.start_peer(p).map_err(|e| anyhow!("bfd peer {:?}: {e:#}", p.name.as_str()))?;
         self.peers.insert(p.name.clone(), p.clone());
         tracing::info!(peer = %p.name, ip = %p.peer_ip, echo = p.echo, "bfd single-hop session added");
         Ok(())
@@ -279,14 +276,17 @@ impl Bfd {
         let idle: Vec<BfdPeerArgs> =
             self.peers.values().filter(|p| !self.sessions.contains_key(p.name.as_str())).cloned().collect();
         for p in idle {
-            let started = self.peer_path(&p).and_then(|path| {
-                let timers = self.timers(&p.timers());
-                self.add(&p.name, SessionType::Peer, path, engine_config(&timers, p.echo))
-            });
-            if let Err(e) = started {
+            if let Err(e) = self.start_peer(&p) {
                 tracing::warn!(peer = %p.name, "bfd: {e:#}");
             }
         }
+    }
+
+    /// Peer `p`'s session, with its timers over `[bfd]`'s.
+    fn start_peer(&mut self, p: &BfdPeerArgs) -> Result<()> {
+        let path = self.peer_path(p)?;
+        let timers = self.timers(&p.timers());
+        self.add(&p.name, SessionType::Peer, path, engine_config(&timers, p.echo))
     }
 
     pub fn remove_peer(&mut self, name: &str) -> Option<BfdPeerArgs> {

@@ -148,7 +148,7 @@ impl BpfDatapath {
         match self.uplink.get(&0, 0) {
             Ok(u) if u.ifindex == 0 => Ok(None),
             Ok(u) => Ok(Some(u)),
-            Err(e) => Err(self.error_of(names::UPLINK, e)),
+            Err(e) => Err(os_error(e)),
         }
     }
 
@@ -157,21 +157,11 @@ impl BpfDatapath {
     /// headers built from UPLINK, so the bump retires them.
     pub fn write_uplink(&mut self, value: Uplink) -> Result<(), MapError> {
         let _bump = self.generation.after_writes();
-        self.uplink.set(0, value, 0).map_err(|e| self.error_of(names::UPLINK, e))?;
+        self.uplink.set(0, value, 0).map_err(os_error)?;
         match self.devmap.insert(DEVMAP_UPLINK, value.ifindex, None, 0) {
             Ok(()) => Ok(()),
-            Err(XdpMapError::MapError(e)) => Err(self.error_of(names::DEVMAP, e)),
+            Err(XdpMapError::MapError(e)) => Err(os_error(e)),
             Err(e) => Err(MapError::Other(e.to_string())),
-        }
-    }
-
-    fn error_of(&self, _name: &str, e: AyaMapError) -> MapError {
-        match &e {
-            AyaMapError::SyscallError(s) => match s.io_error.raw_os_error() {
-                Some(errno) => MapError::Os { errno },
-                None => MapError::Other(e.to_string()),
-            },
-            _ => MapError::Other(e.to_string()),
         }
     }
 
@@ -228,6 +218,18 @@ impl BpfDatapath {
         }
         *self.ifindex_of.borrow_mut() = all;
         Ok(())
+    }
+}
+
+/// An error of a map that no port step writes (UPLINK, DEVMAP's uplink
+/// slot): the OS error, or aya's words.
+fn os_error(e: AyaMapError) -> MapError {
+    match &e {
+        AyaMapError::SyscallError(s) => match s.io_error.raw_os_error() {
+            Some(errno) => MapError::Os { errno },
+            None => MapError::Other(e.to_string()),
+        },
+        _ => MapError::Other(e.to_string()),
     }
 }
 

@@ -197,13 +197,15 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
     /// (`PortSpec::same_entries`): effects first, then the record; a
     /// failed write puts the effects back.
     pub fn update(&mut self, old: &PortRecord, new: &PortSpec, effects: &mut dyn Effects) -> Result<(), TxnError> {
-        let undo = Undo::default;
-        effects.update(&old.spec, new, old.ofport).map_err(|cause| TxnError::Effect { cause, undo: undo() })?;
+        // Nothing in the maps changes, so there is nothing to undo there.
+        effects
+            .update(&old.spec, new, old.ofport)
+            .map_err(|cause| TxnError::Effect { cause, undo: Undo::default() })?;
         if let Err(cause) = self.store.put(&PortRecord { ofport: old.ofport, spec: new.clone() }) {
             if let Err(e) = effects.update(new, &old.spec, old.ofport) {
                 tracing::warn!(port = new.name(), "putting the old settings back after a failed write: {e:#}");
             }
-            return Err(TxnError::Store { cause, undo: undo() });
+            return Err(TxnError::Store { cause, undo: Undo::default() });
         }
         Ok(())
     }
