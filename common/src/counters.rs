@@ -104,10 +104,13 @@ pub enum Drop {
     NoHeadroom = 14,
     /// A frame shorter than an Ethernet header.
     Runt = 15,
+    /// A VNI no local port serves, on a flow-keyed tunnel (which carries
+    /// any VNI) or a fixed-key one whose switch has no port here.
+    UnknownVni = 16,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -125,6 +128,7 @@ impl Drop {
         Drop::NoUnderlay,
         Drop::NoHeadroom,
         Drop::Runt,
+        Drop::UnknownVni,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -145,6 +149,7 @@ impl Drop {
             Drop::NoUnderlay => "no_underlay",
             Drop::NoHeadroom => "no_headroom",
             Drop::Runt => "runt",
+            Drop::UnknownVni => "unknown_vni",
         }
     }
 }

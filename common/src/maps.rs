@@ -23,6 +23,7 @@ pub mod names {
     pub const GENERATION: &str = "GENERATION";
     pub const DECAP_FLOWS: &str = "DECAP_FLOWS";
     pub const ENCAP_FLOWS: &str = "ENCAP_FLOWS";
+    pub const VNIS: &str = "VNIS";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -32,6 +33,8 @@ pub const MAX_LOCAL_PORTS: u32 = 4096;
 pub const MAX_TUNNELS: u32 = 16384;
 pub const MAX_FDB: u32 = 65536;
 pub const MAX_NEIGH: u32 = 65536;
+/// VNIS: one entry per VNI a local port serves, at most one per port.
+pub const MAX_VNIS: u32 = MAX_LOCAL_PORTS;
 
 /// DEVMAP is keyed by OpenFlow number. The uplink sits under OFPP_LOCAL, a
 /// reserved number the allocator never hands out, so no port can take it.
@@ -107,7 +110,11 @@ pub struct FdbEntry {
 
 pub const TUNNEL_IPV6: u8 = 1;
 pub const TUNNEL_OVN_METADATA: u8 = 2;
-pub const TUNNEL_BFD: u8 = 4;
+
+/// `TunnelKey::vni` (and `Tunnel::vni`) of a flow-keyed tunnel (OVS's and
+/// OVN's `options:key=flow`): one tunnel per remote chassis, the VNI taken
+/// from each packet. Outside the 24-bit VNI space, so no fixed key equals it.
+pub const TUNNEL_KEY_FLOW: u32 = u32::MAX;
 
 /// A tunnel, keyed by its OpenFlow number (u32).
 #[repr(C)]
@@ -124,6 +131,9 @@ pub struct Tunnel {
 
 /// (remote IP, VNI) -> tunnel OpenFlow number: which tunnel a Geneve packet
 /// arrived on. Two tunnels with the same key are the seed's redundant chassis.
+/// A fixed-key tunnel is found under its VNI, a flow-keyed one under
+/// `TUNNEL_KEY_FLOW`; decap tries the packet's VNI first, as OVS matches an
+/// exact key before a flow-keyed port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TunnelKey {

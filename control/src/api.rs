@@ -111,10 +111,15 @@ pub struct TunnelArgs {
     /// The remote chassis' tunnel endpoint address.
     #[arg(long)]
     pub remote_ip: UnicastIp,
-    /// The VNI the tunnel carries (0..=16777215).
+    /// A fixed key: the one VNI the tunnel carries (0..=16777215; OVS's
+    /// `options:key=N`). Without it the tunnel is flow-keyed (`key=flow`, what
+    /// OVN builds): one tunnel per remote chassis, carrying every VNI.
     #[arg(long)]
-    pub vni: Vni,
-    /// Run BFD on the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<Vni>,
+    /// Run BFD on the tunnel (on tunnel key 0 if it is flow-keyed, as OVN's
+    /// `check_tnl_key=true` expects). Adding the same tunnel again with it
+    /// on or off starts or stops the session in place.
     #[arg(long)]
     #[serde(default)]
     pub bfd: bool,
@@ -397,7 +402,12 @@ pub struct PortView {
     pub ofport: u16,
     #[serde(rename = "type")]
     pub kind: PortType,
-    pub vni: u32,
+    /// A local port's VNI, a fixed-key tunnel's; absent for a flow-keyed tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// A tunnel's key as OVS spells `options:key`: `flow`, or the VNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -246,9 +246,14 @@ fn peers_table(peers: &[BfdPeerView]) -> String {
 fn ports_table(ports: &[PortView]) -> String {
     let mut s = format!("{:>6}  {:<16} {:<7} {:>8}  {}\n", "ofport", "name", "type", "vni", "details");
     for p in ports {
-        s += &format!("{:>6}  {:<16} {:<7} {:>8}  {}\n", p.ofport, p.name, p.kind, p.vni, details(p));
+        s += &format!("{:>6}  {:<16} {:<7} {:>8}  {}\n", p.ofport, p.name, p.kind, vni_column(p), details(p));
     }
     s
+}
+
+/// A flow-keyed tunnel has no VNI of its own: OVS prints `key=flow`.
+fn vni_column(p: &PortView) -> String {
+    p.vni.map_or_else(|| "flow".to_owned(), |v| v.to_string())
 }
 
 fn details(p: &PortView) -> String {
@@ -318,11 +323,11 @@ fn show_text(v: &ShowView) -> String {
     s += &format!("    bpffs {}, state {}\n", v.bpffs, v.state_dir);
     for p in &v.ports {
         s += &format!(
-            "    Port {} (ofport {})\n        type: {}, vni {}\n        {}\n",
+            "    Port {} (ofport {})\n        type: {}, {}\n        {}\n",
             p.name,
             p.ofport,
             p.kind,
-            p.vni,
+            p.vni.map_or_else(|| "key=flow".to_owned(), |v| format!("vni {v}")),
             details(p)
         );
     }

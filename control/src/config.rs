@@ -64,7 +64,7 @@ use thiserror::Error;
 pub use crate::types::{BfdOverride, BfdSettings, BFD_MS_MAX};
 use crate::{
     api::{BfdPeerArgs, Binding, PortArgs, TunnelArgs},
-    ofport::OfPort,
+    ofport::{OfPort, TunnelKey},
     types::{IfName, InvalidValue, MacAddr, Name, PortKey, UnicastIp, Vni},
 };
 
@@ -142,7 +142,8 @@ struct RawPort {
 struct RawTunnel {
     name: String,
     remote_ip: String,
-    vni: i64,
+    /// Absent: flow-keyed.
+    vni: Option<i64>,
     #[serde(default)]
     bfd: bool,
     #[serde(default)]
@@ -305,7 +306,7 @@ impl RawConfig {
         }
 
         let mut tunnels = Vec::new();
-        let mut keys: BTreeMap<(IpAddr, u32), String> = BTreeMap::new();
+        let mut keys: BTreeMap<TunnelKey, String> = BTreeMap::new();
         for (i, t) in self.tunnels.into_iter().enumerate() {
             let path = format!("tunnels[{i}]");
             let args = TunnelArgs {
@@ -315,7 +316,7 @@ impl RawConfig {
                     "remote_ip",
                     t.remote_ip.parse().and_then(|ip: UnicastIp| UnicastIp::tunnel_remote(ip.get())),
                 )?,
-                vni: vni(&path, t.vni)?,
+                vni: t.vni.map(|v| vni(&path, v)).transpose()?,
                 bfd: t.bfd,
                 ovn_metadata: t.ovn_metadata,
                 ofport: ofport(&path, t.ofport)?,
@@ -333,13 +334,11 @@ impl RawConfig {
                     return Err(err(format!("{path}.{field}"), "is set, but bfd is off for this tunnel"));
                 }
             }
-            if let Some(first) = keys.insert((args.remote_ip.get(), args.vni.get()), path.clone()) {
+            let key = TunnelKey { remote: args.remote_ip.get(), vni: args.vni.map(Vni::get) };
+            if let Some(first) = keys.insert(key, path.clone()) {
                 return Err(err(
                     format!("{path}.remote_ip"),
-                    format_args!(
-                        "{} with VNI {} duplicates {first}: a redundant tunnel can never carry traffic",
-                        args.remote_ip, args.vni
-                    ),
+                    format_args!("{key} duplicates {first}: a redundant tunnel can never carry traffic"),
                 ));
             }
             claim(&path, &args.name, args.ofport)?;

@@ -61,6 +61,7 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::NEIGH,
     names::TUNNELS,
     names::TUNNEL_BY_REMOTE,
+    names::VNIS,
     // The flow caches' generation: a restarted controller must bump the
     // counter that the programs left attached read.
     names::GENERATION,

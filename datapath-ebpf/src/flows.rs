@@ -10,7 +10,7 @@
 //! program on this CPU runs between a probe and its fill.
 use xgw_common::{counters::Drop, maps::*};
 
-use crate::maps::{DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE};
+use crate::maps::{DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE, VNIS};
 
 /// Read once per packet, before any lookup whose answer may be cached.
 ///
@@ -40,9 +40,10 @@ fn same<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
     diff == 0
 }
 
-/// Decap: the tunnel a Geneve packet arrived on (TUNNEL_BY_REMOTE) and the
-/// local port it is for, by OVN egress key (PORT_KEYS) or else by inner
-/// destination MAC (a local FDB entry).
+/// Decap: the tunnel a Geneve packet arrived on (TUNNEL_BY_REMOTE: a
+/// fixed-key tunnel of the packet's VNI, else the remote's flow-keyed one)
+/// and the local port it is for, by OVN egress key (PORT_KEYS) or else by
+/// inner destination MAC (a local FDB entry), both within the packet's VNI.
 #[inline(always)]
 pub fn decap(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u32, FdbEntry), Drop> {
     let generation = generation();
@@ -58,14 +59,21 @@ pub fn decap(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
     }
 
     let remote = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(remote) };
-    let tunnel = *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni }) }.ok_or(Drop::UnknownTunnel)?;
+    let tunnel = match unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni }) } {
+        Some(t) => *t,
+        None => {
+            *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni: TUNNEL_KEY_FLOW }) }.ok_or(Drop::UnknownTunnel)?
+        }
+    };
     let dest = if egress != 0 {
         unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
     } else {
         unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
-    }
-    .copied()
-    .ok_or(Drop::UnknownDestination)?;
+    };
+    // Only a drop pays for naming its reason.
+    let Some(dest) = dest.copied() else {
+        return Err(if unsafe { VNIS.get(&vni) }.is_none() { Drop::UnknownVni } else { Drop::UnknownDestination });
+    };
     if let Some(e) = slot {
         unsafe { *e = DecapFlow { key: DecapFlowKey::from_words(key), generation, tunnel, filled: 1, dest } };
     }

@@ -28,6 +28,10 @@ pub static TUNNELS: HashMap<u32, Tunnel> = HashMap::with_max_entries(MAX_TUNNELS
 pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
 #[map(name = "NEIGH")]
 pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH, 0);
+/// The VNIs local ports serve (value: how many ports). Read only to name a
+/// drop: a packet's destination lookup already scopes it by VNI.
+#[map(name = "VNIS")]
+pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VNIS, 0);
 /// Bumped by the controller after each write to a map the flow caches
 /// mirror (see `xgw_common::maps::FLOW_SLOTS`); mmap-able so that it can do
 /// so with one atomic add.

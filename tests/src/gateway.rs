@@ -115,8 +115,16 @@ impl TestGateway {
         self.hash::<FdbKey, FdbEntry>(FDB)
             .insert(FdbKey { vni: port.vni, mac: port.mac, _pad: [0; 2] }, entry, 0)
             .unwrap();
+        self.serve_vni(port.vni);
         self.generation.bump();
         self.devmap_insert(port.ofport as u32, ifindex);
+    }
+
+    /// One more local port in `vni`, in VNIS, as the controller counts it.
+    fn serve_vni(&mut self, vni: u32) {
+        let mut vnis = self.hash::<u32, u32>(VNIS);
+        let n = vnis.get(&vni, 0).unwrap_or(0);
+        vnis.insert(vni, n + 1, 0).unwrap();
     }
 
     /// The decap-side entries of a local port (devmap, port key, FDB)
@@ -126,6 +134,7 @@ impl TestGateway {
         let entry = FdbEntry { ofport, port_key, kind: FDB_LOCAL, _pad: [0; 3] };
         self.hash::<PortKey, FdbEntry>(PORT_KEYS).insert(PortKey { vni, port_key, _pad: 0 }, entry, 0).unwrap();
         self.hash::<FdbKey, FdbEntry>(FDB).insert(FdbKey { vni, mac, _pad: [0; 2] }, entry, 0).unwrap();
+        self.serve_vni(vni);
         self.generation.bump();
         self.devmap_insert(ofport as u32, ifindex);
     }

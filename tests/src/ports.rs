@@ -25,7 +25,8 @@ pub type Raw = BTreeMap<Vec<u8>, Vec<u8>>;
 pub type Maps = BTreeMap<&'static str, Raw>;
 
 /// The maps a port can have entries in.
-pub const PORT_MAPS: [&str; 7] = [DEVMAP, LOCAL_PORTS, PORT_KEYS, FDB, NEIGH, TUNNELS, TUNNEL_BY_REMOTE];
+/// VNIS is derived from PORT_KEYS (how many local ports serve each VNI).
+pub const PORT_MAPS: [&str; 8] = [DEVMAP, LOCAL_PORTS, PORT_KEYS, FDB, NEIGH, TUNNELS, TUNNEL_BY_REMOTE, VNIS];
 
 pub const VNI: u32 = 5001;
 
@@ -33,7 +34,7 @@ pub fn tunnel(name: &str, remote: IpAddr, vni: u32) -> PortSpec {
     PortSpec::Tunnel(TunnelPort {
         name: Name::new(name).expect("test name"),
         remote: UnicastIp::new(remote).expect("test address"),
-        vni: Vni::new(vni).expect("test vni"),
+        vni: Some(Vni::new(vni).expect("test vni")),
         bfd: true,
         ovn_metadata: true,
         ofport_request: None,
@@ -118,6 +119,7 @@ pub fn read_maps(dir: &Path) -> Maps {
         (NEIGH, read_hash::<wire::NeighKey, wire::Neigh>(dir, NEIGH)),
         (TUNNELS, read_hash::<u32, wire::Tunnel>(dir, TUNNELS)),
         (TUNNEL_BY_REMOTE, read_hash::<wire::TunnelKey, u32>(dir, TUNNEL_BY_REMOTE)),
+        (VNIS, read_hash::<u32, u32>(dir, VNIS)),
     ])
 }
 
@@ -155,12 +157,14 @@ pub fn expected_maps<'a>(records: impl IntoIterator<Item = &'a PortRecord>, ifin
     let mut put = |name: &'static str, k: Vec<u8>, v: Vec<u8>| {
         assert!(m.get_mut(name).unwrap().insert(k, v).is_none(), "two ports share a {name} key");
     };
+    let mut served: BTreeMap<u32, u32> = BTreeMap::new();
     for r in records {
         let n = r.ofport.get();
         match &r.spec {
             PortSpec::Local(p) => {
                 let ifx = ifindex(&p.ifname);
                 let (vni, port_key) = (p.vni.get(), p.port_key.get());
+                *served.entry(vni).or_default() += 1;
                 let fdb = wire::FdbEntry { ofport: n, port_key, kind: wire::FDB_LOCAL, _pad: [0; 3] };
                 put(DEVMAP, bytes(&u32::from(n)), bytes(&ifx));
                 let lp = wire::LocalPort { vni, ofport: n, port_key, mac: p.mac.0, _pad: [0; 2] };
@@ -178,14 +182,16 @@ pub fn expected_maps<'a>(records: impl IntoIterator<Item = &'a PortRecord>, ifin
             PortSpec::Tunnel(t) => {
                 let remote = ip16(t.remote.get());
                 let v6 = remote[..12] != wire::ipv4_mapped([0; 4])[..12];
-                let flags = (v6 as u8 * wire::TUNNEL_IPV6)
-                    | (t.ovn_metadata as u8 * wire::TUNNEL_OVN_METADATA)
-                    | (t.bfd as u8 * wire::TUNNEL_BFD);
-                let tunnel = wire::Tunnel { remote, nexthop_mac: [0; 6], flags, _pad: 0, vni: t.vni.get() };
+                let flags = (v6 as u8 * wire::TUNNEL_IPV6) | (t.ovn_metadata as u8 * wire::TUNNEL_OVN_METADATA);
+                let vni = t.vni.map_or(wire::TUNNEL_KEY_FLOW, |v| v.get());
+                let tunnel = wire::Tunnel { remote, nexthop_mac: [0; 6], flags, _pad: 0, vni };
                 put(TUNNELS, bytes(&u32::from(n)), bytes(&tunnel));
-                put(TUNNEL_BY_REMOTE, bytes(&wire::TunnelKey { remote, vni: t.vni.get() }), bytes(&u32::from(n)));
+                put(TUNNEL_BY_REMOTE, bytes(&wire::TunnelKey { remote, vni }), bytes(&u32::from(n)));
             }
         }
+    }
+    for (vni, count) in served {
+        put(VNIS, bytes(&vni), bytes(&count));
     }
     m
 }

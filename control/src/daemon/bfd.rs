@@ -13,6 +13,7 @@
 //! engine thread within one of its loop turns, `status` reads the mmap-ed
 //! session array. State changes are seen by `watch`, which the daemon's
 //! tokio side triggers every `WATCH_PERIOD`.
+use crate::types::Vni;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -144,7 +145,9 @@ impl Bfd {
             ofport: ofport.get(),
             remote_ip: t.remote.get(),
             local_ip,
-            vni: t.vni.get(),
+            // A flow-keyed tunnel's session runs on key 0 and accepts only
+            // key 0 (its path), as OVS does with `bfd:check_tnl_key=true`.
+            vni: t.vni.map_or(0, Vni::get),
             nexthop_mac: nexthop.map(|m| m.0).unwrap_or_default(),
         };
         let timers = self.timers(&t.bfd_timers);
@@ -418,7 +421,7 @@ mod tests {
         TunnelPort {
             name: Name::new("hv2").unwrap(),
             remote: remote.parse().unwrap(),
-            vni: Vni::new(5001).unwrap(),
+            vni: Some(Vni::new(5001).unwrap()),
             bfd,
             ovn_metadata: true,
             ofport_request: None,

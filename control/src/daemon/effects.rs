@@ -34,13 +34,21 @@ impl Effects for PortEffects<'_> {
         }
     }
 
-    fn update(&mut self, _old: &PortSpec, new: &PortSpec, _ofport: OfPort) -> Result<()> {
-        match new {
-            PortSpec::Tunnel(t) => {
+    /// A tunnel's BFD is no map entry: turning it on starts the session,
+    /// off stops it, new timers move the running one by a Poll Sequence.
+    fn update(&mut self, old: &PortSpec, new: &PortSpec, ofport: OfPort) -> Result<()> {
+        let (PortSpec::Tunnel(old), PortSpec::Tunnel(t)) = (old, new) else { return Ok(()) };
+        match (old.bfd, t.bfd) {
+            (false, true) => self.bfd.add_tunnel(t, ofport, self.nexthops.mac(&t.name)),
+            (true, false) => {
+                self.bfd.remove_tunnel(&t.name);
+                Ok(())
+            }
+            (true, true) => {
                 let timers = self.bfd.timers(&t.bfd_timers);
                 self.bfd.retime(&t.name, &timers)
             }
-            PortSpec::Local(_) => Ok(()),
+            (false, false) => Ok(()),
         }
     }
 }

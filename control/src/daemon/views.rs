@@ -2,6 +2,7 @@
 //! views) the metrics. Read-only: the views borrow every owner and change
 //! none, and the counters are read from the datapath's per-CPU maps, which
 //! only the datapath writes.
+use crate::types::Vni;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
@@ -67,7 +68,8 @@ impl Views<'_> {
                 name: p.name.to_string(),
                 ofport: r.ofport.get(),
                 kind: PortType::Local,
-                vni: p.vni.get(),
+                vni: Some(p.vni.get()),
+                key: None,
                 ifname: Some(p.ifname.to_string()),
                 port_key: Some(p.port_key.get()),
                 mac: Some(p.mac.to_string()),
@@ -82,7 +84,8 @@ impl Views<'_> {
                 name: t.name.to_string(),
                 ofport: r.ofport.get(),
                 kind: PortType::Tunnel,
-                vni: t.vni.get(),
+                vni: t.vni.map(Vni::get),
+                key: Some(t.vni.map_or_else(|| "flow".to_owned(), |v| v.to_string())),
                 ifname: None,
                 port_key: None,
                 mac: None,

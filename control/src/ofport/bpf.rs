@@ -24,7 +24,7 @@ use aya::Ebpf;
 use thiserror::Error;
 use xgw_common::maps::{
     self as wire, names, FdbEntry, FdbKey, LocalPort, Neigh, NeighKey, PortKey, Tunnel, Uplink, DEVMAP_UPLINK,
-    FDB_LOCAL, FDB_REMOTE, TUNNEL_BFD, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
+    FDB_LOCAL, FDB_REMOTE, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
 };
 
 use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
@@ -49,6 +49,8 @@ pub enum OpenMapsError {
     Pinned { path: std::path::PathBuf, cause: AyaMapError },
     #[error("map {}: {cause:#}", names::GENERATION)]
     Generation { cause: anyhow::Error },
+    #[error("map {name}: rebuilding it: {cause}")]
+    Derived { name: &'static str, cause: MapError },
 }
 
 /// `e` followed by its sources: "`BPF_OBJ_GET` failed: No such file or directory".
@@ -89,6 +91,12 @@ pub struct BpfDatapath {
     generation: Generation,
     /// `set_nexthop`'s MACs by remote, for tunnels inserted later.
     nexthops: StdHashMap<IpAddr, [u8; 6]>,
+    /// VNIS, derived from PORT_KEYS (one entry per local port): a VNI is
+    /// served while a port has it. Counted here, and rebuilt from
+    /// PORT_KEYS when the maps are opened, so a crash between the two
+    /// writes heals at the next start.
+    vnis: HashMap<MapData, u32, u32>,
+    served: StdHashMap<u32, u32>,
 }
 
 impl BpfDatapath {
@@ -126,6 +134,8 @@ impl BpfDatapath {
             max_entries: StdHashMap::new(),
             ifindex_of: RefCell::default(),
             nexthops: StdHashMap::new(),
+            vnis: typed(&mut take, names::VNIS)?,
+            served: StdHashMap::new(),
             generation: Generation::open(&take(names::GENERATION)?)
                 .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
@@ -134,9 +144,51 @@ impl BpfDatapath {
             let info = dp.map_data(step).info().map_err(|cause| OpenMapsError::Map { name, cause })?;
             dp.max_entries.insert(step, info.max_entries());
         }
+        dp.sync_vnis().map_err(|e| OpenMapsError::Derived { name: names::VNIS, cause: e })?;
         Ok(dp)
     }
 
+    /// Makes VNIS hold exactly the VNIs PORT_KEYS has entries of.
+    fn sync_vnis(&mut self) -> Result<(), MapError> {
+        let mut served = StdHashMap::new();
+        for row in self.port_keys.iter() {
+            let (k, _) = row.map_err(os_error)?;
+            *served.entry(k.vni).or_insert(0) += 1;
+        }
+        let stale: Vec<u32> = self.vnis.keys().filter_map(Result::ok).filter(|v| !served.contains_key(v)).collect();
+        for vni in stale {
+            self.vnis.remove(&vni).map_err(os_error)?;
+        }
+        for (&vni, &count) in &served {
+            self.vnis.insert(vni, count, 0).map_err(os_error)?;
+        }
+        self.served = served;
+        Ok(())
+    }
+}
+
+/// One more (`up`) or one fewer port serves `vni`.
+fn count_vni(
+    served: &mut StdHashMap<u32, u32>,
+    vnis: &mut HashMap<MapData, u32, u32>,
+    vni: u32,
+    up: bool,
+) -> Result<(), AyaMapError> {
+    let count = served.entry(vni).or_insert(0);
+    *count = if up { *count + 1 } else { count.saturating_sub(1) };
+    match *count {
+        0 => {
+            served.remove(&vni);
+            match vnis.remove(&vni) {
+                Err(AyaMapError::KeyNotFound | AyaMapError::ElementNotFound) => Ok(()),
+                r => r,
+            }
+        }
+        n => vnis.insert(vni, n, 0),
+    }
+}
+
+impl BpfDatapath {
     /// The flow caches' generation, as this datapath's writes leave it.
     pub fn generation(&self) -> u64 {
         self.generation.get()
@@ -301,10 +353,8 @@ fn tunnel_value(t: &spec::TunnelPort, nexthop_mac: [u8; 6]) -> Tunnel {
     if t.ovn_metadata {
         flags |= TUNNEL_OVN_METADATA;
     }
-    if t.bfd {
-        flags |= TUNNEL_BFD;
-    }
-    Tunnel { remote: ip16(remote), nexthop_mac, flags, _pad: 0, vni: t.vni.get() }
+    let vni = t.vni.map_or(wire::TUNNEL_KEY_FLOW, |v| v.get());
+    Tunnel { remote: ip16(remote), nexthop_mac, flags, _pad: 0, vni }
 }
 
 fn port_key(vni: u32, port_key: u16) -> PortKey {
@@ -320,7 +370,7 @@ fn neigh_key(vni: u32, ip: IpAddr) -> NeighKey {
 }
 
 fn remote_key(k: &TunnelKey) -> wire::TunnelKey {
-    wire::TunnelKey { remote: ip16(k.remote), vni: k.vni }
+    wire::TunnelKey { remote: ip16(k.remote), vni: k.wire_vni() }
 }
 
 fn key_mismatch(step: Step, entry: &MapEntry) -> MapError {
@@ -352,7 +402,14 @@ impl Datapath for BpfDatapath {
             }
             Step::PortKey => {
                 let p = local(port)?;
-                self.port_keys.insert(port_key(p.vni.get(), p.port_key.get()), fdb_entry(p, ofport), NOEXIST)
+                let key = port_key(p.vni.get(), p.port_key.get());
+                self.port_keys.insert(key, fdb_entry(p, ofport), NOEXIST).and_then(|()| {
+                    count_vni(&mut self.served, &mut self.vnis, key.vni, true).inspect_err(|_| {
+                        // Served only if VNIS says so: undo, so the step fails whole.
+                        let _ = self.port_keys.remove(&key);
+                        let _ = count_vni(&mut self.served, &mut self.vnis, key.vni, false);
+                    })
+                })
             }
             Step::Fdb => {
                 let p = local(port)?;
@@ -405,7 +462,10 @@ impl Datapath for BpfDatapath {
                 self.ifindex_of.borrow_mut().remove(&n);
                 Ok(())
             }
-            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self.port_keys.remove(&port_key(vni, key)),
+            (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self
+                .port_keys
+                .remove(&port_key(vni, key))
+                .and_then(|()| count_vni(&mut self.served, &mut self.vnis, vni, false)),
             (Step::Fdb | Step::RemoteFdb, EntryKey::Mac { vni, mac }) => self.fdb.remove(&fdb_key(vni, mac)),
             (Step::Neigh | Step::RemoteNeigh, EntryKey::Neigh { vni, ip }) => self.neigh.remove(&neigh_key(vni, ip)),
             (Step::TunnelByRemote, EntryKey::Tunnel(k)) => self.by_remote.remove(&remote_key(&k)),
@@ -479,7 +539,7 @@ impl Datapath for BpfDatapath {
             Step::TunnelByRemote => {
                 for row in self.by_remote.iter() {
                     let (k, v) = row.map_err(err)?;
-                    let key = EntryKey::Tunnel(TunnelKey { remote: ip_from16(k.remote), vni: k.vni });
+                    let key = EntryKey::Tunnel(TunnelKey::from_wire(ip_from16(k.remote), k.vni));
                     out.push(MapEntry { key, ofport: owner(v) });
                 }
             }

@@ -15,7 +15,7 @@ use super::allocator::{AllocError, Allocator, AllocatorConfig, PortState};
 use super::maps::{Datapath, MapError};
 use super::number::OfPort;
 use super::reconcile::{reconcile, ReconcileReport};
-use super::spec::{Binding, Claim, MacAddr, PortSpec, SpecError, TunnelKey, Vni};
+use super::spec::{Binding, Claim, MacAddr, PortSpec, SpecError, TunnelKey, TunnelPort, Vni};
 use super::store::{PortRecord, Store, StoreError};
 use super::txn::{Effects, NoEffects, Txn, TxnError};
 
@@ -60,6 +60,10 @@ pub enum PortError {
     NoSuchTunnel { label: String, tunnel: String },
     #[error("{label}: tunnel: {tunnel:?} is a local port, not a tunnel")]
     NotATunnel { label: String, tunnel: String },
+    /// A fixed-key tunnel carries its own VNI only; the remote would drop
+    /// anything else it sent.
+    #[error("{label}: vni: tunnel {tunnel:?} is fixed to VNI {tunnel_vni}; use a flow-keyed tunnel (no vni) to carry several")]
+    BindingVni { label: String, tunnel: String, tunnel_vni: Vni },
     #[error("{label} is already bound behind tunnel {tunnel:?} with other settings; delete it first")]
     BindingTaken { label: String, tunnel: String },
     #[error("no binding for vni {vni} mac {mac}")]
@@ -204,6 +208,13 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             if let Err(cause) = map.check_binding(&binding) {
                 return Err(OpenError::Binding { label: binding.label(), cause: Box::new(cause) });
             }
+            // Stored before bindings had to match a fixed key: kept, since
+            // refusing to start would take the datapath down; said loudly.
+            if let Some(PortSpec::Tunnel(t)) = map.ports.get(binding.tunnel.as_str()).map(|r| &r.spec) {
+                if let Err(e) = check_binding_vni(&binding, t) {
+                    tracing::warn!("stored {e}");
+                }
+            }
             map.index_binding(binding);
         }
         Ok(map)
@@ -305,6 +316,11 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         // Bindings behind it step aside while it is replaced, and come
         // back behind whatever number it ends with.
         let riders: Vec<Binding> = self.bindings.values().filter(|b| b.tunnel == name).cloned().collect();
+        if let PortSpec::Tunnel(t) = spec {
+            for b in &riders {
+                check_binding_vni(b, t)?;
+            }
+        }
         for b in &riders {
             self.run_delete_binding(b, old.ofport)?;
         }
@@ -355,6 +371,9 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             return Err(PortError::BindingTaken { label: binding.label(), tunnel: old.tunnel.to_string() });
         }
         let tunnel = self.check_binding(binding)?;
+        if let Some(PortSpec::Tunnel(t)) = self.ports.get(binding.tunnel.as_str()).map(|r| &r.spec) {
+            check_binding_vni(binding, t)?;
+        }
         self.run_add_binding(binding, tunnel)?;
         tracing::debug!(binding = binding.label(), %tunnel, "binding added");
         Ok(Added::Created(tunnel))
@@ -713,5 +732,15 @@ fn txn_error(spec: &PortSpec, cause: TxnError) -> PortError {
 fn warn_if_dirty(name: &str, error: &TxnError) {
     if error.undo().is_some_and(|u| !u.is_clean()) {
         tracing::warn!(port = name, %error, "transaction failed and its undo failed");
+    }
+}
+
+/// A binding behind a fixed-key tunnel must be in the tunnel's VNI.
+fn check_binding_vni(binding: &Binding, tunnel: &TunnelPort) -> Result<(), PortError> {
+    match tunnel.vni {
+        Some(tunnel_vni) if tunnel_vni != binding.vni => {
+            Err(PortError::BindingVni { label: binding.label(), tunnel: tunnel.name.to_string(), tunnel_vni })
+        }
+        _ => Ok(()),
     }
 }

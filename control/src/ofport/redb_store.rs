@@ -373,7 +373,7 @@ mod tests {
             spec: PortSpec::Tunnel(TunnelPort {
                 name: Name::new(name).unwrap(),
                 remote: "2001:db8::7".parse().expect("ip"),
-                vni: Vni::new(9).unwrap(),
+                vni: Some(Vni::new(9).unwrap()),
                 bfd: true,
                 ovn_metadata: false,
                 ofport_request: Some(n),

@@ -36,7 +36,15 @@ pub struct LocalPort {
 pub struct TunnelPort {
     pub name: Name,
     pub remote: UnicastIp,
-    pub vni: Vni,
+    /// A fixed key (OVS's `options:key=N`): the tunnel carries that VNI
+    /// only. `None` is flow-keyed (`options:key=flow`, what OVN builds):
+    /// one tunnel per remote chassis, the VNI taken from each packet, and
+    /// from the local port on encap. Records stored before flow-keyed
+    /// tunnels existed all have a VNI, so they load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<Vni>,
+    /// Not in any map: turning it on or off starts or stops the session,
+    /// never touches the tunnel's entries.
     pub bfd: bool,
     pub ovn_metadata: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,17 +133,35 @@ pub enum PortKind {
     Tunnel,
 }
 
-/// What the datapath looks a tunnel up by. Two tunnels with one key are
-/// the 2018 "redundant chassis": the second can never carry traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// What the datapath looks a tunnel up by: its remote and its key (a
+/// fixed VNI, or `None` for flow-keyed). Two tunnels with one key are the
+/// 2018 "redundant chassis": the second can never carry traffic. OVS
+/// refuses them alike ("attempting to add tunnel port with same config");
+/// one remote with two different fixed VNIs, or a fixed and a flow key, is
+/// two tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TunnelKey {
     pub remote: IpAddr,
-    pub vni: u32,
+    pub vni: Option<u32>,
+}
+
+impl TunnelKey {
+    /// `TUNNEL_BY_REMOTE`'s spelling of the key.
+    pub fn wire_vni(&self) -> u32 {
+        self.vni.unwrap_or(xgw_common::maps::TUNNEL_KEY_FLOW)
+    }
+
+    pub fn from_wire(remote: IpAddr, vni: u32) -> Self {
+        TunnelKey { remote, vni: (vni != xgw_common::maps::TUNNEL_KEY_FLOW).then_some(vni) }
+    }
 }
 
 impl fmt::Display for TunnelKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "remote {} VNI {}", self.remote, self.vni)
+        match self.vni {
+            Some(vni) => write!(f, "remote {} VNI {vni}", self.remote),
+            None => write!(f, "remote {} key=flow", self.remote),
+        }
     }
 }
 
@@ -209,7 +235,7 @@ impl PortSpec {
     pub fn tunnel_key(&self) -> Option<TunnelKey> {
         match self {
             PortSpec::Local(_) => None,
-            PortSpec::Tunnel(t) => Some(TunnelKey { remote: t.remote.get(), vni: t.vni.get() }),
+            PortSpec::Tunnel(t) => Some(TunnelKey { remote: t.remote.get(), vni: t.vni.map(Vni::get) }),
         }
     }
 
@@ -233,13 +259,14 @@ impl PortSpec {
     }
 
     /// Whether `self` and `other` need the same map entries: they differ,
-    /// if at all, only in what no map holds (a tunnel's BFD timers), so
-    /// one can replace the other without touching the datapath.
+    /// if at all, only in what no map holds (a tunnel's BFD: on or off, its
+    /// timers), so one can replace the other without touching the datapath.
     pub fn same_entries(&self, other: &PortSpec) -> bool {
         match (self, other) {
             (PortSpec::Tunnel(a), PortSpec::Tunnel(b)) => {
-                TunnelPort { bfd_timers: BfdOverride::default(), ..a.clone() }
-                    == TunnelPort { bfd_timers: BfdOverride::default(), ..b.clone() }
+                let entries =
+                    |t: &TunnelPort| TunnelPort { bfd: false, bfd_timers: BfdOverride::default(), ..t.clone() };
+                entries(a) == entries(b)
             }
             _ => self == other,
         }
@@ -278,7 +305,7 @@ mod tests {
         TunnelPort {
             name: Name::new("ovn-aded97-0").unwrap(),
             remote: "198.51.100.7".parse().expect("ip"),
-            vni: Vni::new(5).unwrap(),
+            vni: Some(Vni::new(5).unwrap()),
             bfd: true,
             ovn_metadata: true,
             ofport_request: None,

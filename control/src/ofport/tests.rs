@@ -46,7 +46,7 @@ fn tunnel(n: &str, remote: IpAddr, v: u32) -> PortSpec {
     PortSpec::Tunnel(TunnelPort {
         name: name(n),
         remote: unicast(remote),
-        vni: vni(v),
+        vni: Some(vni(v)),
         bfd: true,
         ovn_metadata: true,
         ofport_request: None,
@@ -568,7 +568,7 @@ fn reconcile_repairs_missing_stale_and_orphan_entries() {
     // What OVS did in 2018: a port on OFPP_NONE. No port can own it.
     let ofpp_none = MapEntry { key: EntryKey::Port(0xffff), ofport: None };
     dp.put_raw(Step::TunnelPort, ofpp_none);
-    let key = EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.1"), vni: 1 });
+    let key = EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.1"), vni: Some(1) });
     let stale = MapEntry { key, ofport: Some(port(1)) };
     dp.put_raw(Step::TunnelByRemote, stale);
 
@@ -902,8 +902,10 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
             })
         },
     );
+    // Flow-keyed (no VNI) beside fixed keys: one remote may have both.
+    let key = prop_oneof![3 => vni.prop_map(Some), 1 => Just(None)];
     let tunnel =
-        (name, remote, vni, any::<bool>(), arb_request()).prop_map(|(name, remote, vni, bfd, ofport_request)| {
+        (name, remote, key, any::<bool>(), arb_request()).prop_map(|(name, remote, vni, bfd, ofport_request)| {
             let bfd_timers = Default::default();
             PortSpec::Tunnel(TunnelPort { name, remote, vni, bfd, ovn_metadata: true, ofport_request, bfd_timers })
         });
@@ -986,6 +988,14 @@ impl Effects for TestEffects {
     fn teardown(&mut self, port: &PortSpec, _: OfPort) {
         assert!(self.live.remove(port.name()), "{} torn down without a setup", port.name());
     }
+
+    fn update(&mut self, old: &PortSpec, _: &PortSpec, _: OfPort) -> anyhow::Result<()> {
+        if std::mem::take(&mut self.refuse_next) {
+            anyhow::bail!("injected effect failure");
+        }
+        assert!(self.live.contains(old.name()), "{} updated without a setup", old.name());
+        Ok(())
+    }
 }
 
 fn disarm(pm: &mut MemMap) {
@@ -997,6 +1007,8 @@ fn disarm(pm: &mut MemMap) {
 enum Expect {
     Created,
     Existing(OfPort),
+    /// Changed in place (`same_entries`): the number and the entries stay.
+    Updated(OfPort),
     Fail(&'static str),
 }
 
@@ -1013,6 +1025,7 @@ fn classify(e: &PortError) -> &'static str {
         PortError::BindingInvalid { .. } => "invalid",
         PortError::NoSuchTunnel { .. } => "no tunnel",
         PortError::NotATunnel { .. } => "not a tunnel",
+        PortError::BindingVni { .. } => "binding vni",
         PortError::BindingTaken { .. } => "binding taken",
         PortError::NoSuchBinding { .. } => "not found",
         PortError::TunnelInUse { .. } => "in use",
@@ -1027,7 +1040,16 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
         return Expect::Fail("invalid");
     }
     if let Some(existing) = pm.get(spec.name()) {
-        return if existing.spec == *spec { Expect::Existing(existing.ofport) } else { Expect::Fail("name") };
+        if existing.spec == *spec {
+            return Expect::Existing(existing.ofport);
+        }
+        if !existing.spec.same_entries(spec) {
+            return Expect::Fail("name");
+        }
+        return match inject {
+            Some(Inject::StoreWrite | Inject::Effect) => Expect::Fail("txn"),
+            _ => Expect::Updated(existing.ofport),
+        };
     }
     if spec.tunnel_key().is_some() && pm.ports().any(|r| r.spec.tunnel_key() == spec.tunnel_key()) {
         return Expect::Fail("tunnel");
@@ -1068,6 +1090,11 @@ fn predict_binding(pm: &MemMap, b: &Binding, inject: Option<Inject>) -> Expect {
     if clash {
         return Expect::Fail("conflict");
     }
+    if let Some(PortSpec::Tunnel(TunnelPort { vni: Some(v), .. })) = pm.get(&b.tunnel).map(|r| &r.spec) {
+        if *v != b.vni {
+            return Expect::Fail("binding vni");
+        }
+    }
     match inject {
         Some(Inject::Insert(step)) if Object::Binding(b).steps().contains(&step) => Expect::Fail("txn"),
         Some(Inject::StoreWrite) => Expect::Fail("txn"),
@@ -1100,6 +1127,13 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (Expect::Existing(p), Ok(Added::Existing(q))) => {
                         prop_assert_eq!(p, q);
                         prop_assert_eq!(&snapshot_at(&pm, now), &before);
+                    }
+                    (Expect::Updated(p), Ok(Added::Updated(q))) => {
+                        prop_assert_eq!(p, q);
+                        prop_assert_eq!(pm.get(spec.name()).map(|r| &r.spec), Some(&spec));
+                        let after = snapshot_at(&pm, now);
+                        prop_assert_eq!(&after.committed, &before.committed, "an update costs no number");
+                        prop_assert_eq!(&after.maps, &before.maps, "an update writes no entry");
                     }
                     (Expect::Fail(kind), Err(e)) => {
                         prop_assert_eq!(kind, classify(&e), "{}", e);

@@ -51,7 +51,7 @@ fn topology() -> Topology {
     });
     dp.add_tunnel(
         TUNNEL as u32,
-        Tunnel { remote: ipv4_mapped([198, 51, 100, 2]), nexthop_mac: HV_MAC, flags: TUNNEL_BFD, _pad: 0, vni: VNI },
+        Tunnel { remote: ipv4_mapped([198, 51, 100, 2]), nexthop_mac: HV_MAC, flags: 0, _pad: 0, vni: VNI },
     );
     dp.attach(&gw, "xgw_uplink", "ul");
     // OVS reads its port through AF_PACKET: nothing needed on ul0.

@@ -68,12 +68,13 @@ fn maps_from_show(ns: &Netns, show: &Value) -> Maps {
     for p in show["ports"].as_array().expect("ports array") {
         let name = p["name"].as_str().unwrap().to_owned();
         let ofport = OfPort::new(p["ofport"].as_u64().unwrap() as u16).expect("usable number");
-        let vni = p["vni"].as_u64().unwrap() as u32;
+        // Absent for a flow-keyed tunnel.
+        let vni = p["vni"].as_u64().map(|v| Vni::new(v as u32).unwrap());
         let spec = match p["type"].as_str().unwrap() {
             "local" => PortSpec::Local(LocalPort {
                 name: Name::new(name).unwrap(),
                 ifname: IfName::new(p["ifname"].as_str().unwrap()).unwrap(),
-                vni: Vni::new(vni).unwrap(),
+                vni: vni.expect("a local port's vni"),
                 port_key: PortKey::new(p["port_key"].as_u64().unwrap() as u16).unwrap(),
                 mac: p["mac"].as_str().unwrap().parse().unwrap(),
                 ip: p["ip"].as_str().map(|s| s.parse().unwrap()),
@@ -86,7 +87,7 @@ fn maps_from_show(ns: &Netns, show: &Value) -> Maps {
                 PortSpec::Tunnel(TunnelPort {
                     name: Name::new(name).unwrap(),
                     remote: p["remote_ip"].as_str().unwrap().parse().unwrap(),
-                    vni: Vni::new(vni).unwrap(),
+                    vni,
                     bfd: p["bfd"]["enabled"].as_bool() == Some(true),
                     ovn_metadata: p["ovn_metadata"].as_bool().unwrap(),
                     ofport_request: None,

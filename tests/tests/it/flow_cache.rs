@@ -237,7 +237,7 @@ fn tunnel(name: &str, remote: [u8; 4]) -> PortSpec {
     PortSpec::Tunnel(TunnelPort {
         name: xgw::types::Name::new(name).unwrap(),
         remote: xgw::types::UnicastIp::new(IpAddr::from(remote)).unwrap(),
-        vni: xgw::types::Vni::new(VNI).unwrap(),
+        vni: Some(xgw::types::Vni::new(VNI).unwrap()),
         bfd: false,
         ovn_metadata: true,
         ofport_request: None,
@@ -328,8 +328,9 @@ fn controller_changes_reach_the_next_packet_past_a_warm_cache() {
     assert_eq!(encap_slot(&gw, cpu, ekey.slot()).generation, g1, "encap from the port is cached");
     pgw.ns.enter(|| pm.delete("vm1", now)).expect("delete local port");
     assert!(gw.generation() > g1);
-    let drops = gw.drops()["unknown_destination"];
+    // It was the VNI's only port, so the VNI is no longer served either.
+    let drops = gw.drops()["unknown_vni"];
     assert_eq!(test_run(decap, &geneve(HV2_IP4)).verdict, XDP_DROP, "no port has the key any more");
-    assert_eq!(gw.drops()["unknown_destination"], drops + 1);
+    assert_eq!(gw.drops()["unknown_vni"], drops + 1);
     assert_eq!(send(&inner).verdict, XDP_PASS, "the interface is no longer a local port");
 }

@@ -268,3 +268,63 @@ fn options_beyond_the_walk_limit_are_ignored_only_without_the_c_bit() {
     assert_eq!(run.verdict, XDP_DROP);
     assert_eq!(gw.drops()["geneve_option_limit"], 1);
 }
+
+/// A flow-keyed tunnel (OVN's `key=flow`) is one tunnel per remote chassis
+/// carrying every VNI the gateway serves; a fixed key to the same remote
+/// wins for its own VNI, as in OVS; a VNI no local port serves is counted
+/// as such, and a fixed-key tunnel carries nothing but its VNI.
+#[test]
+fn a_flow_keyed_tunnel_carries_every_served_vni() {
+    require_root!();
+    const FLOW_OFPORT: u32 = 9;
+    const HV3_IP4: [u8; 4] = [198, 51, 100, 3];
+    const VM2_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x20, 0x00, 0x03];
+    const VM2_OFPORT: u16 = 4;
+    const VM2_KEY: u16 = 0x0012;
+    let mut gw = gateway();
+    let flow =
+        |remote| Tunnel { remote, nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: TUNNEL_KEY_FLOW };
+    // HV_IP4 has a fixed-key tunnel for VNI (ofport 7) and a flow-keyed one;
+    // HV3 only a flow-keyed one.
+    gw.add_tunnel(FLOW_OFPORT, flow(ipv4_mapped(HV_IP4)));
+    gw.add_tunnel(FLOW_OFPORT + 1, flow(ipv4_mapped(HV3_IP4)));
+    gw.add_local_port_entries(VM2_OFPORT, VM_IFINDEX, VNI + 1, VM2_KEY, VM2_MAC);
+
+    let from = |src, vni, egress| {
+        let inner = inner(if egress == VM2_KEY { VM2_MAC } else { VM_MAC });
+        (over_ipv4(src, GW_IP4, 6081, &geneve_payload(&[ovn_option(1, egress)], vni, &inner)), inner)
+    };
+    let cases = [
+        (HV3_IP4, VNI, VM_KEY, FLOW_OFPORT + 1, VM_OFPORT),
+        (HV3_IP4, VNI + 1, VM2_KEY, FLOW_OFPORT + 1, VM2_OFPORT),
+        (HV_IP4, VNI, VM_KEY, TUNNEL_OFPORT, VM_OFPORT),
+        (HV_IP4, VNI + 1, VM2_KEY, FLOW_OFPORT, VM2_OFPORT),
+    ];
+    for (src, vni, egress, tunnel, port) in cases {
+        let (before_rx, before_tx) = (gw.port_stats(tunnel).rx.packets, gw.port_stats(port as u32).tx.packets);
+        let (pkt, inner) = from(src, vni, egress);
+        let run = test_run(gw.program("xgw_uplink"), &pkt);
+        assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &inner), "from {src:?} VNI {vni}");
+        assert_eq!(
+            gw.port_stats(tunnel).rx.packets,
+            before_rx + 1,
+            "from {src:?} VNI {vni}: arrived on ofport {tunnel}"
+        );
+        assert_eq!(gw.port_stats(port as u32).tx.packets, before_tx + 1, "from {src:?} VNI {vni}: to ofport {port}");
+    }
+    assert!(gw.drops().values().all(|&n| n == 0), "{:?}", gw.drops());
+
+    // VNI 1's key in VNI 2 names no port there: never delivered across VNIs.
+    let (cross, _) = from(HV3_IP4, VNI + 1, VM_KEY);
+    assert_eq!(test_run(gw.program("xgw_uplink"), &cross).verdict, XDP_DROP);
+    assert_eq!(gw.drops()["unknown_destination"], 1);
+    let (unserved, _) = from(HV3_IP4, VNI + 2, VM_KEY);
+    assert_eq!(test_run(gw.program("xgw_uplink"), &unserved).verdict, XDP_DROP);
+    assert_eq!(gw.drops()["unknown_vni"], 1);
+    // HV_IP6 has only a fixed key: any other VNI is no tunnel of it.
+    let v6 = over_ipv6(HV_IP6, GW_IP6, &geneve_payload(&[ovn_option(1, VM2_KEY)], VNI + 1, &inner(VM2_MAC)));
+    assert_eq!(test_run(gw.program("xgw_uplink"), &v6).verdict, XDP_DROP);
+    assert_eq!(gw.drops()["unknown_tunnel"], 1);
+    let total: u64 = gw.drops().values().sum();
+    assert_eq!(total, 3, "{:?}", gw.drops());
+}

@@ -141,7 +141,7 @@ fn seed_failing_map_insert_retried_100k_times_leaks_nothing() {
     // tunnel then gets number 4. None of the 100,000 attempts used one up.
     let report = pm.reconcile();
     let rogue = MapEntry {
-        key: EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.9"), vni: 5 }),
+        key: EntryKey::Tunnel(TunnelKey { remote: ip("198.51.100.9"), vni: Some(5) }),
         ofport: OfPort::new(4000).ok(),
     };
     assert_eq!(report.removed, [(Step::TunnelByRemote, rogue)]);
@@ -277,7 +277,7 @@ fn reconcile_repairs_missing_orphan_and_stale_entries() {
         tunnels.insert(4000, orphan, 1).expect("orphan");
         tunnels.insert(0xffff, orphan, 1).expect("OFPP_NONE");
         let mut stale = tunnels.get(&t2, 0).expect("t2");
-        stale.flags ^= wire::TUNNEL_BFD;
+        stale.flags ^= wire::TUNNEL_OVN_METADATA;
         tunnels.insert(t2, stale, 2).expect("stale value");
         let mut neigh = hash::<wire::NeighKey, wire::Neigh>(gw.pins(), NEIGH);
         let (nk, _) = neigh.iter().next().expect("vm2's neighbour").expect("read");
