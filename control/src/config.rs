@@ -467,6 +467,19 @@ port_key = 34
         Config::parse(text).expect_err("must be refused").to_string()
     }
 
+    #[test]
+    fn a_tunnel_without_a_vni_is_flow_keyed_and_one_per_remote() {
+        let flow = "[[tunnels]]\nname = \"hvf\"\nremote_ip = \"198.51.100.2\"\n";
+        let c = Config::parse(&format!("{GOOD}{flow}")).expect("a fixed and a flow key to one chassis");
+        assert_eq!((c.tunnels[0].vni.map(Vni::get), c.tunnels[1].vni), (Some(5001), None));
+        let twice = format!("{flow}{}", flow.replace("hvf", "hvg"));
+        assert_eq!(
+            error(&twice),
+            "config: tunnels[1].remote_ip: remote 198.51.100.2 key=flow duplicates tunnels[0]: \
+             a redundant tunnel can never carry traffic"
+        );
+    }
+
     const BFD: &str = r#"
 [[tunnels]]
 name = "hv2"

@@ -76,13 +76,18 @@ pub struct Bfd {
     pub min_rx: u32,
     pub min_tx: u32,
     pub mult: u32,
+    /// `bfd:check_tnl_key=true`: accept BFD only with tunnel key 0 (what
+    /// OVN sets on every tunnel it enables BFD on).
+    pub check_tnl_key: bool,
 }
 
 /// A Geneve tunnel port on `br-int`.
 #[derive(Debug, Clone)]
 pub struct Geneve {
     pub remote_ip: String,
-    pub key: u32,
+    /// `options:key`: a fixed VNI, or `None` for `key=flow` (set per packet
+    /// by the flow table's `set_field:N->tun_id`).
+    pub key: Option<u32>,
     pub local_ip: Option<String>,
     pub bfd: Option<Bfd>,
     /// `options:csum`; None leaves OVS's default.
@@ -92,10 +97,25 @@ pub struct Geneve {
 
 impl Geneve {
     pub fn new(remote_ip: &str, key: u32) -> Geneve {
-        Geneve { remote_ip: remote_ip.into(), key, local_ip: None, bfd: None, csum: None, ofport_request: None }
+        Geneve {
+            remote_ip: remote_ip.into(),
+            key: Some(key),
+            local_ip: None,
+            bfd: None,
+            csum: None,
+            ofport_request: None,
+        }
+    }
+    /// OVN's tunnel: `options:key=flow`.
+    pub fn flow_keyed(remote_ip: &str) -> Geneve {
+        Geneve { key: None, ..Geneve::new(remote_ip, 0) }
     }
     pub fn bfd(mut self, min_rx: u32, min_tx: u32, mult: u32) -> Geneve {
-        self.bfd = Some(Bfd { min_rx, min_tx, mult });
+        self.bfd = Some(Bfd { min_rx, min_tx, mult, check_tnl_key: false });
+        self
+    }
+    pub fn check_tnl_key(mut self) -> Geneve {
+        self.bfd.as_mut().expect("bfd() first").check_tnl_key = true;
         self
     }
     pub fn local_ip(mut self, ip: &str) -> Geneve {
@@ -194,6 +214,7 @@ impl OvsBuilder {
             ip6: self.ip6,
             vm_config: self.vm,
             vm: None,
+            extra_vms: Vec::new(),
             ns: self.ns,
         };
         hv.setup();
@@ -212,6 +233,7 @@ pub struct OvsHypervisor {
     vm_config: Option<VmConfig>,
     // Dropped in this order, after Drop::drop stopped the daemons.
     vm: Option<Netns>,
+    extra_vms: Vec<Netns>,
     ns: Netns,
 }
 
@@ -284,24 +306,42 @@ impl OvsHypervisor {
         ns.ok(&["ip", "link", "set", BR_PHY, "up"]);
 
         if let Some(vm) = self.vm_config.clone() {
-            let vns = Netns::new("vm");
-            if vm.ip6.is_none() {
-                vns.disable_ipv6();
-            }
-            Veth::new(&vns, VM_IF, "", &self.ns, VM_PORT, "");
-            self.ns.ok(&["sysctl", "-qw", &format!("net.ipv6.conf.{VM_PORT}.disable_ipv6=1")]);
-            vns.ok(&["ip", "link", "set", VM_IF, "address", &mac_str(vm.mac), "mtu", &vm.mtu.to_string()]);
-            for a in vm.ip4.iter() {
-                vns.ok(&["ip", "addr", "add", a, "dev", VM_IF]);
-            }
-            for a in vm.ip6.iter() {
-                vns.ok(&["ip", "addr", "add", a, "dev", VM_IF, "nodad"]);
-            }
-            vns.ok(&["ethtool", "-K", VM_IF, "tx", "off"]);
-            self.ns.ok(&["ethtool", "-K", VM_PORT, "tx", "off"]);
-            self.vm = Some(vns);
-            self.vsctl(&["add-port", BR_INT, VM_PORT]);
+            self.vm = Some(self.plug_vm(VM_PORT, &vm));
         }
+    }
+
+    /// A VM namespace whose `VM_IF` is plugged into br-int as `port`.
+    fn plug_vm(&self, port: &str, vm: &VmConfig) -> Netns {
+        let vns = Netns::new("vm");
+        if vm.ip6.is_none() {
+            vns.disable_ipv6();
+        }
+        Veth::new(&vns, VM_IF, "", &self.ns, port, "");
+        self.ns.ok(&["sysctl", "-qw", &format!("net.ipv6.conf.{port}.disable_ipv6=1")]);
+        vns.ok(&["ip", "link", "set", VM_IF, "address", &mac_str(vm.mac), "mtu", &vm.mtu.to_string()]);
+        for a in vm.ip4.iter() {
+            vns.ok(&["ip", "addr", "add", a, "dev", VM_IF]);
+        }
+        for a in vm.ip6.iter() {
+            vns.ok(&["ip", "addr", "add", a, "dev", VM_IF, "nodad"]);
+        }
+        vns.ok(&["ethtool", "-K", VM_IF, "tx", "off"]);
+        self.ns.ok(&["ethtool", "-K", port, "tx", "off"]);
+        self.vsctl(&["add-port", BR_INT, port]);
+        vns
+    }
+
+    /// Another VM, on br-int port `port` (the builder's VM is on `VM_PORT`);
+    /// its namespace lives as long as the hypervisor.
+    pub fn add_vm(&mut self, port: &str, mac: [u8; 6], ip4: &str) -> &Netns {
+        let vm = VmConfig { mac, ip4: Some(ip4.into()), ip6: None, mtu: 1400 };
+        let vns = self.plug_vm(port, &vm);
+        self.extra_vms.push(vns);
+        self.extra_vms.last().unwrap()
+    }
+
+    pub fn extra_vm(&self, i: usize) -> &Netns {
+        &self.extra_vms[i]
     }
 
     fn ovs_command(&self, args: &[&str]) -> Command {
@@ -384,7 +424,7 @@ impl OvsHypervisor {
         let mut set = vec![
             "type=geneve".to_string(),
             format!("options:remote_ip={}", g.remote_ip),
-            format!("options:key={}", g.key),
+            format!("options:key={}", g.key.map_or_else(|| "flow".to_owned(), |k| k.to_string())),
         ];
         if let Some(ip) = &g.local_ip {
             set.push(format!("options:local_ip={ip}"));
@@ -400,6 +440,9 @@ impl OvsHypervisor {
             set.push(format!("bfd:min_rx={}", b.min_rx));
             set.push(format!("bfd:min_tx={}", b.min_tx));
             set.push(format!("bfd:mult={}", b.mult));
+            if b.check_tnl_key {
+                set.push("bfd:check_tnl_key=true".into());
+            }
         }
         let mut args = vec!["add-port", BR_INT, name, "--", "set", "interface", name];
         args.extend(set.iter().map(String::as_str));

@@ -342,6 +342,8 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ofport", "10"]);
     d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
     d.cli(&["binding", "add", "--vni", "5001", "--mac", &mac(VM_MAC[1]), "--tunnel", "hv2", "--port-key", "34"]);
+    // The same chassis flow-keyed: another key, so another tunnel (as in OVS).
+    d.cli(&["tunnel", "add", "hvf", "--remote-ip", GW_IP[1]]);
     // Once the next hop is in, nothing changes the maps but requests.
     let show = wait_resolved(d, "hv2");
     let maps = read_maps(&d.pins());
@@ -372,6 +374,11 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "65280"], "65280"),
         (&["tunnel", "add", "t2", "--remote-ip", "198.51.100.3", "--vni", "1", "--ofport", "10"], "10"),
         (&["tunnel", "add", "t2", "--remote-ip", GW_IP[1], "--vni", "5001"], "duplicates tunnel \"hv2\""),
+        (&["tunnel", "add", "t2", "--remote-ip", GW_IP[1]], "duplicates tunnel \"hvf\" (remote 198.51.100.2 key=flow)"),
+        (
+            &["binding", "add", "--vni", "7", "--mac", "02:00:5e:20:00:07", "--tunnel", "hv2", "--port-key", "3"],
+            "vni: tunnel \"hv2\" is fixed to VNI 5001",
+        ),
         (
             &[
                 "port",
@@ -507,7 +514,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     // Stores after a SIGKILL: what was acknowledged, nothing refused.
     gw.daemon.kill9();
     let (ports, bindings) = stored(&gw.daemon);
-    assert_eq!(ports.len(), 2);
+    assert_eq!(ports.len(), 3);
     assert_eq!(bindings.len(), 1);
 
     // A malformed config file: one line naming the field, nothing changed.
