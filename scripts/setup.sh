@@ -8,9 +8,9 @@
 set -euo pipefail
 
 # Debian packages: build and inspection tools, then the real peers used by the
-# interoperability tests (Open vSwitch userspace datapath, FRR bfdd).
+# interoperability tests (Open vSwitch userspace datapath, FRR bfdd, OVN).
 PACKAGES=(bpftool iproute2 iputils-ping tcpdump ethtool iperf3 procps
-          openvswitch-switch frr)
+          openvswitch-switch frr ovn-central ovn-host)
 BPF_LINKER_VERSION=0.13.0
 BPFFS=${XGW_BPFFS:-/sys/fs/bpf}
 LLVM_PREFIX_ROOT=${XGW_LLVM_PREFIX_ROOT:-/var/lib/xgw/toolchain}

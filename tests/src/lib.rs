@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod frr;
 pub mod gateway;
 pub mod netns;
+pub mod ovn;
 pub mod ovs;
 pub mod packet;
 pub mod ports;

@@ -215,6 +215,7 @@ impl OvsBuilder {
             vm_config: self.vm,
             vm: None,
             extra_vms: Vec::new(),
+            ovn_controller: false,
             ns: self.ns,
         };
         hv.setup();
@@ -234,6 +235,7 @@ pub struct OvsHypervisor {
     // Dropped in this order, after Drop::drop stopped the daemons.
     vm: Option<Netns>,
     extra_vms: Vec<Netns>,
+    ovn_controller: bool,
     ns: Netns,
 }
 
@@ -580,29 +582,78 @@ impl OvsHypervisor {
     /// Stops the daemon whose pidfile is `run/<name>.pid`, by that PID, after
     /// checking that the PID still runs our command line (pidfile path in it).
     fn stop_daemon(&self, name: &str) {
-        let pidfile = self.dir.join("run").join(format!("{name}.pid"));
-        let Ok(pid) = fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>().unwrap_or(0)) else {
-            return;
-        };
-        if pid <= 0 {
-            return;
+        stop_pidfile(&self.dir.join("run").join(format!("{name}.pid")));
+    }
+
+    /// Makes this hypervisor an OVN chassis: br-int as ovn-controller
+    /// wants it, the local `Open_vSwitch` keys it reads, and ovn-controller
+    /// itself (stopped first on drop). ovn-controller finds OpenFlow at
+    /// `$OVN_RUNDIR/br-int.mgmt`, so it shares OVS's run directory.
+    pub fn start_ovn_controller(&mut self, system_id: &str, sb_remote: &str, encap_ip: &str) {
+        self.vsctl(&["set", "bridge", BR_INT, "fail-mode=secure", "other-config:disable-in-band=true"]);
+        self.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("external_ids:system-id={system_id}"),
+            &format!("external_ids:hostname={system_id}"),
+            &format!("external_ids:ovn-remote={sb_remote}"),
+            "external_ids:ovn-encap-type=geneve",
+            &format!("external_ids:ovn-encap-ip={encap_ip}"),
+            &format!("external_ids:ovn-bridge={BR_INT}"),
+            "external_ids:ovn-bridge-datapath-type=netdev",
+        ]);
+        let run = self.dir.join("run");
+        let log = self.dir.join("log");
+        let mut cmd = self.ovs_command(&[
+            "ovn-controller",
+            &format!("unix:{}", run.join("db.sock").display()),
+            &format!("--pidfile={}", run.join("ovn-controller.pid").display()),
+            "--detach",
+            &format!("--log-file={}", log.join("ovn-controller.log").display()),
+            "-vconsole:off",
+        ]);
+        for (var, sub) in [("OVN_RUNDIR", "run"), ("OVN_LOGDIR", "log"), ("OVN_DBDIR", "db")] {
+            cmd.env(var, self.dir.join(sub));
         }
-        let ours = |pid: i32| {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            // A zombie has an empty cmdline: gone for our purposes.
-            String::from_utf8_lossy(&cmdline).contains(pidfile.to_str().unwrap())
-        };
-        if !ours(pid) {
-            return;
-        }
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ours(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if ours(pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        let out = cmd.output().expect("run ovn-controller");
+        assert!(out.status.success(), "ovn-controller: {}", text(&out));
+        self.ovn_controller = true;
+    }
+
+    /// ovn-controller's log, for failure messages.
+    pub fn ovn_log_tail(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.dir.join("log/ovn-controller.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Stops the daemon whose pidfile is `pidfile`, if that PID still runs a
+/// command line naming the pidfile (so never someone else's process):
+/// SIGTERM, then SIGKILL after 5 s.
+pub fn stop_pidfile(pidfile: &Path) {
+    let Ok(pid) = fs::read_to_string(pidfile).map(|s| s.trim().parse::<i32>().unwrap_or(0)) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    let ours = |pid: i32| {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // A zombie has an empty cmdline: gone for our purposes.
+        String::from_utf8_lossy(&cmdline).contains(pidfile.to_str().unwrap())
+    };
+    if !ours(pid) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ours(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if ours(pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -612,6 +663,9 @@ impl Drop for OvsHypervisor {
             // The daemon's own account is the first thing one needs after a failure.
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "--- {} ovs-vswitchd.log (tail):\n{}", self.ns.name, self.log_tail(30));
+        }
+        if self.ovn_controller {
+            self.stop_daemon("ovn-controller");
         }
         self.stop_daemon("ovs-vswitchd");
         self.stop_daemon("ovsdb-server");

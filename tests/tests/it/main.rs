@@ -19,6 +19,7 @@ mod geneve_decap;
 mod geneve_encap;
 mod harness;
 mod ofport_maps;
+mod ovn_chassis;
 mod ovs_flow_key;
 mod ovs_interop;
 mod ovs_peer;
