@@ -93,8 +93,8 @@ pub enum Drop {
     GeneveOptionLimit = 9,
     /// The frame would exceed the uplink MTU once encapsulated.
     MtuExceeded = 10,
-    /// Broadcast or multicast the ARP/ND responder did not answer: never
-    /// flooded, so it cannot leak into another VNI.
+    /// Broadcast or multicast the ARP/ND responder did not answer, in a VNI
+    /// with no flood group (`GROUP_FLOOD`) to take it.
     Flood = 11,
     /// The destination MAC is on the port the frame came from.
     Hairpin = 12,
@@ -107,10 +107,14 @@ pub enum Drop {
     /// A VNI no local port serves, on a flow-keyed tunnel (which carries
     /// any VNI) or a fixed-key one whose switch has no port here.
     UnknownVni = 16,
+    /// Storm control: a flood beyond its group's rate for the ingress port.
+    Storm = 17,
+    /// A flood copy the kernel refused (member interface gone, no headroom).
+    FloodCopy = 18,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -129,6 +133,8 @@ impl Drop {
         Drop::NoHeadroom,
         Drop::Runt,
         Drop::UnknownVni,
+        Drop::Storm,
+        Drop::FloodCopy,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -150,6 +156,8 @@ impl Drop {
             Drop::NoHeadroom => "no_headroom",
             Drop::Runt => "runt",
             Drop::UnknownVni => "unknown_vni",
+            Drop::Storm => "storm",
+            Drop::FloodCopy => "flood_copy",
         }
     }
 }

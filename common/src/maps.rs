@@ -24,6 +24,9 @@ pub mod names {
     pub const DECAP_FLOWS: &str = "DECAP_FLOWS";
     pub const ENCAP_FLOWS: &str = "ENCAP_FLOWS";
     pub const VNIS: &str = "VNIS";
+    pub const GROUPS: &str = "GROUPS";
+    pub const PORT_IFINDEX: &str = "PORT_IFINDEX";
+    pub const STORM: &str = "STORM";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -35,6 +38,7 @@ pub const MAX_FDB: u32 = 65536;
 pub const MAX_NEIGH: u32 = 65536;
 /// VNIS: one entry per VNI a local port serves, at most one per port.
 pub const MAX_VNIS: u32 = MAX_LOCAL_PORTS;
+pub const MAX_GROUPS: u32 = 2048;
 
 /// DEVMAP is keyed by OpenFlow number. The uplink sits under OFPP_LOCAL, a
 /// reserved number the allocator never hands out, so no port can take it.
@@ -93,6 +97,9 @@ pub struct FdbKey {
 
 pub const FDB_LOCAL: u8 = 1;
 pub const FDB_REMOTE: u8 = 2;
+/// Only in decap flow-cache slots: the egress key named a multicast group
+/// (`port_key` is the group's key), not a port.
+pub const FDB_GROUP: u8 = 3;
 
 /// Where a MAC lives: on a local port, or behind a tunnel.
 #[repr(C)]
@@ -473,6 +480,9 @@ mod pod {
     unsafe impl aya::Pod for TunnelKey {}
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for Neigh {}
+    unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for Group {}
+    unsafe impl aya::Pod for StormBucket {}
     unsafe impl aya::Pod for BfdPathKey {}
     unsafe impl aya::Pod for BfdSession {}
     unsafe impl aya::Pod for BfdEvent {}
@@ -500,3 +510,74 @@ const _: () = {
     assert!(core::mem::size_of::<EncapFlowKey>() == 16);
     assert!(core::mem::size_of::<EncapFlow>() == 176);
 };
+
+/// Multicast groups (OVN's `Multicast_Group`): an egress key at or above
+/// `GROUP_KEY_MIN` names a set of ports in a VNI instead of one port. OVN
+/// floods broadcast and multicast with `_MC_flood` (32768) and unknown
+/// unicast with `_MC_unknown` (32769).
+pub const GROUP_KEY_MIN: u16 = 0x8000;
+pub const GROUP_FLOOD: u16 = 32768;
+pub const GROUP_UNKNOWN: u16 = 32769;
+/// Members per group: the flood program copies a frame once per member, in
+/// a `bpf_loop` (the verifier checks the body once, whatever the count).
+pub const MAX_GROUP_MEMBERS: usize = 1024;
+
+/// `GROUPS` key: a group within a VNI.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub vni: u32,
+    pub key: u16,
+    pub _pad: u16,
+}
+
+/// A group's members as OpenFlow numbers: `local` local ports first, then
+/// tunnels (remote chassis), `count` in all. Copies to local members go
+/// out on their interface (PORT_IFINDEX), copies to tunnels encapsulated
+/// with egress = the group's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub local: u16,
+    pub count: u16,
+    /// Storm control: flooded frames each ingress port may send into the
+    /// group per second (on each CPU); 0 = no limit.
+    pub rate_pps: u32,
+    pub members: [u16; MAX_GROUP_MEMBERS],
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group { local: 0, count: 0, rate_pps: 0, members: [0; MAX_GROUP_MEMBERS] }
+    }
+}
+
+/// XDP metadata in front of a frame the XDP programs pass up for flooding
+/// (`xgw_flood`, TC ingress on the same interface, reads it): which group,
+/// and where the frame came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodMeta {
+    /// `FLOOD_MAGIC`: metadata of xgw's, not something else's.
+    pub magic: u32,
+    pub vni: u32,
+    pub group: u16,
+    /// The OpenFlow number the frame arrived on (local port or tunnel),
+    /// never sent a copy.
+    pub ingress: u16,
+    /// The ingress local port's key, for the copies' OVN option.
+    pub ingress_key: u16,
+    /// Non-zero: from a tunnel, so copies go to local members only (the
+    /// sender flooded the other chassis itself).
+    pub from_tunnel: u16,
+}
+pub const FLOOD_MAGIC: u32 = 0x7867_6631;
+
+/// Storm control: one token bucket per ingress OpenFlow number, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StormBucket {
+    /// Tokens in thousandths of a frame.
+    pub milli_tokens: u64,
+    pub last_ns: u64,
+}

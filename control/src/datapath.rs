@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     maps::{Map, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use xgw_common::{counters::Counter, maps::names};
@@ -62,6 +62,8 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::TUNNELS,
     names::TUNNEL_BY_REMOTE,
     names::VNIS,
+    names::GROUPS,
+    names::PORT_IFINDEX,
     // The flow caches' generation: a restarted controller must bump the
     // counter that the programs left attached read.
     names::GENERATION,
@@ -115,6 +117,21 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .try_into()
         .with_context(|| format!("program {name} is not an XDP program"))?;
     prog.load().with_context(|| format!("the kernel rejected XDP program {name}"))?;
+    Ok(prog)
+}
+
+/// The flood program (`xgw_flood`, TC ingress): loads (verifies) it.
+pub const FLOOD_PROGRAM: &str = "xgw_flood";
+
+pub fn flood_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(FLOOD_PROGRAM)
+        .with_context(|| format!("the datapath object has no program {FLOOD_PROGRAM}"))?
+        .try_into()
+        .with_context(|| format!("program {FLOOD_PROGRAM} is not a TC program"))?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("the kernel rejected TC program {FLOOD_PROGRAM}"))?;
+    }
     Ok(prog)
 }
 

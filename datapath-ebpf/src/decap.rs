@@ -2,7 +2,13 @@
 //! and find the local port the inner frame is for.
 use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
-use xgw_common::{bfd, counters::Drop, geneve::*, maps::FdbEntry, wire::ETH_P_TEB};
+use xgw_common::{
+    bfd,
+    counters::Drop,
+    geneve::*,
+    maps::{FdbEntry, FDB_GROUP},
+    wire::ETH_P_TEB,
+};
 
 use crate::{
     flows,
@@ -15,6 +21,10 @@ pub enum Decap {
     /// Strip `inner` bytes of outer headers and deliver to `dest`; it
     /// arrived on tunnel `tunnel`.
     Port { inner: usize, tunnel: u32, dest: FdbEntry },
+    /// For multicast group `group` of `vni` (OVN's egress keys >= 32768):
+    /// strip `inner` bytes and pass the frame up for flooding to the
+    /// group's local members.
+    Group { inner: usize, tunnel: u32, vni: u32, group: u16 },
     /// Open vSwitch's BFD for the session of (remote, `vni`): the inner
     /// frame at `inner` goes to the BFD receive path, not to a port.
     Bfd { inner: usize, vni: u32, flags: u8 },
@@ -75,6 +85,9 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
     }
 
     let (tunnel, dest) = flows::decap(outer.remote, vni, egress, mac)?;
+    if dest.kind == FDB_GROUP {
+        return Ok(Decap::Group { inner, tunnel, vni, group: dest.port_key });
+    }
     Ok(Decap::Port { inner, tunnel, dest })
 }
 

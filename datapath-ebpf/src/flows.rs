@@ -10,7 +10,9 @@
 //! program on this CPU runs between a probe and its fill.
 use xgw_common::{counters::Drop, maps::*};
 
-use crate::maps::{DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE, VNIS};
+use crate::maps::{
+    DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, GROUPS, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE, VNIS,
+};
 
 /// Read once per packet, before any lookup whose answer may be cached.
 ///
@@ -65,13 +67,21 @@ pub fn decap(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
             *unsafe { TUNNEL_BY_REMOTE.get(&TunnelKey { remote, vni: TUNNEL_KEY_FLOW }) }.ok_or(Drop::UnknownTunnel)?
         }
     };
-    let dest = if egress != 0 {
-        unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }
+    let dest = if egress >= GROUP_KEY_MIN {
+        // A group's key: the entry only says "group"; its members are read
+        // when the frame is flooded. Built as one word: field by field, the
+        // struct's padding bytes become stores the verifier finds misaligned.
+        unsafe { GROUPS.get(&GroupKey { vni, key: egress, _pad: 0 }) }.map(|_| {
+            // SAFETY: FdbEntry is 8 bytes of plain fields, laid out as the word.
+            unsafe { core::mem::transmute::<u64, FdbEntry>((egress as u64) << 16 | (FDB_GROUP as u64) << 32) }
+        })
+    } else if egress != 0 {
+        unsafe { PORT_KEYS.get(&PortKey { vni, port_key: egress, _pad: 0 }) }.copied()
     } else {
-        unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL)
+        unsafe { FDB.get(&FdbKey { vni, mac, _pad: [0; 2] }) }.filter(|e| e.kind == FDB_LOCAL).copied()
     };
     // Only a drop pays for naming its reason.
-    let Some(dest) = dest.copied() else {
+    let Some(dest) = dest else {
         return Err(if unsafe { VNIS.get(&vni) }.is_none() { Drop::UnknownVni } else { Drop::UnknownDestination });
     };
     if let Some(e) = slot {

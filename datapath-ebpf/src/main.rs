@@ -22,6 +22,7 @@ mod bfd;
 mod csum;
 mod decap;
 mod encap;
+mod flood;
 mod flows;
 mod maps;
 mod outer;
@@ -33,7 +34,7 @@ mod toobig;
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
 use xgw_common::{
     counters::{Drop, Reply},
-    maps::{DEVMAP_UPLINK, FDB_LOCAL},
+    maps::{DEVMAP_UPLINK, FDB_LOCAL, GROUP_FLOOD, GROUP_UNKNOWN},
 };
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
@@ -49,6 +50,10 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, len) {
         Ok(decap::Decap::Port { inner, tunnel, dest }) => (inner, tunnel, dest),
+        Ok(decap::Decap::Group { inner, tunnel, vni, group }) => {
+            maps::count_rx(tunnel, len);
+            return flood::from_tunnel(&ctx, inner, tunnel, vni, group);
+        }
         Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, len, inner, vni, flags),
         Err(reason) => {
             maps::count_drop(reason);
@@ -80,7 +85,8 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
 /// Each local port (the host side of a VM's interface). Frames for another
 /// port of the same VNI are switched directly, frames for a remote binding
 /// are encapsulated toward its chassis, and ARP / neighbour solicitations
-/// for bound addresses are answered here. Nothing is flooded.
+/// for bound addresses are answered here. Broadcast, multicast and unknown
+/// unicast go to the VNI's flood group, if it has one (`flood`).
 #[xdp]
 pub fn xgw_local(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -100,11 +106,11 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
                 maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
                 xdp_action::XDP_TX
             }
-            None => drop(Drop::Flood),
+            None => flood::from_port(&ctx, &port, GROUP_FLOOD, Drop::Flood),
         };
     }
     let Some(flow) = flow else {
-        return drop(Drop::UnknownDestination);
+        return flood::from_port(&ctx, &port, GROUP_UNKNOWN, Drop::UnknownDestination);
     };
     let dest = &flow.dest;
     // As in xgw_uplink: found before the helper calls, counted after.

@@ -32,6 +32,18 @@ pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH
 /// drop: a packet's destination lookup already scopes it by VNI.
 #[map(name = "VNIS")]
 pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VNIS, 0);
+#[map(name = "GROUPS")]
+pub static GROUPS: HashMap<GroupKey, Group> = HashMap::with_max_entries(MAX_GROUPS, 0);
+/// A local port's interface by OpenFlow number, as DEVMAP has it (which a
+/// TC program cannot read): where `xgw_flood` sends a local member's copy.
+#[map(name = "PORT_IFINDEX")]
+pub static PORT_IFINDEX: Array<u32> = Array::with_max_entries(0xff00, 0);
+#[map(name = "STORM")]
+pub static STORM: PerCpuArray<StormBucket> = PerCpuArray::with_max_entries(0xff00, 0);
+/// `xgw_flood`'s scratch slot for a tunnel copy's outer headers (too big
+/// for the stack), built by `encap::template` as a flow slot's are.
+#[map(name = "FLOOD_SCRATCH")]
+pub static FLOOD_SCRATCH: PerCpuArray<EncapFlow> = PerCpuArray::with_max_entries(1, 0);
 /// Bumped by the controller after each write to a map the flow caches
 /// mirror (see `xgw_common::maps::FLOW_SLOTS`); mmap-able so that it can do
 /// so with one atomic add.

@@ -24,12 +24,21 @@ pub struct TestGateway {
     generation: xgw::datapath::Generation,
 }
 
+/// XDP programs, and the TC flood program.
+fn load_program(ebpf: &mut Ebpf, name: &str) {
+    if name == xgw::datapath::FLOOD_PROGRAM {
+        xgw::datapath::flood_program(ebpf).expect("load program");
+    } else {
+        xgw::datapath::xdp_program(ebpf, name).expect("load program");
+    }
+}
+
 impl TestGateway {
     /// Loads the datapath and verifies `programs`.
     pub fn load(programs: &[&str]) -> TestGateway {
         let mut ebpf = xgw::datapath::load().expect("load datapath");
         for p in programs {
-            xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
+            load_program(&mut ebpf, p);
         }
         TestGateway::new(ebpf)
     }
@@ -50,7 +59,7 @@ impl TestGateway {
     pub fn load_pinned(dir: &std::path::Path, programs: &[&str]) -> TestGateway {
         let mut ebpf = xgw::datapath::load_pinned(dir).expect("load datapath");
         for p in programs {
-            xgw::datapath::xdp_program(&mut ebpf, p).expect("load program");
+            load_program(&mut ebpf, p);
         }
         TestGateway::new(ebpf)
     }
@@ -82,6 +91,34 @@ impl TestGateway {
         let p: &mut Xdp = self.ebpf.program_mut(prog).expect("program").try_into().expect("xdp");
         ns.enter(|| p.attach(ifname, aya::programs::xdp::XdpMode::Driver))
             .unwrap_or_else(|e| panic!("attach {prog} to {ifname} in {}: {e}", ns.name));
+    }
+
+    /// Attaches the flood program (TC, clsact ingress) to `ifname` in `ns`;
+    /// attached until the gateway is dropped.
+    pub fn attach_flood(&mut self, ns: &crate::netns::Netns, ifname: &str) {
+        let p: &mut aya::programs::SchedClassifier =
+            self.ebpf.program_mut(xgw::datapath::FLOOD_PROGRAM).expect("program").try_into().expect("tc");
+        ns.enter(|| {
+            let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+            p.attach(ifname, aya::programs::TcAttachType::Ingress)
+        })
+        .unwrap_or_else(|e| panic!("attach xgw_flood to {ifname} in {}: {e}", ns.name));
+    }
+
+    /// Multicast group `key` of `vni`: `local` ports, then `tunnels`, by
+    /// number; storm control at `rate_pps` (0: none).
+    pub fn set_group(&mut self, vni: u32, key: u16, local: &[u16], tunnels: &[u16], rate_pps: u32) {
+        let mut g = Group {
+            local: local.len() as u16,
+            count: (local.len() + tunnels.len()) as u16,
+            rate_pps,
+            ..Default::default()
+        };
+        for (i, m) in local.iter().chain(tunnels).enumerate() {
+            g.members[i] = *m;
+        }
+        self.hash::<GroupKey, Group>(GROUPS).insert(GroupKey { vni, key, _pad: 0 }, g, 0).unwrap();
+        self.generation.bump();
     }
 
     pub fn program(&self, name: &str) -> &Xdp {
@@ -118,6 +155,8 @@ impl TestGateway {
         self.serve_vni(port.vni);
         self.generation.bump();
         self.devmap_insert(port.ofport as u32, ifindex);
+        let mut ifx: Array<&mut MapData, u32> = Array::try_from(self.ebpf.map_mut(PORT_IFINDEX).unwrap()).unwrap();
+        ifx.set(port.ofport as u32, ifindex, 0).unwrap();
     }
 
     /// One more local port in `vni`, in VNIS, as the controller counts it.
@@ -170,6 +209,21 @@ impl TestGateway {
     pub fn drops(&self) -> BTreeMap<&'static str, u64> {
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map("DROPS").unwrap()).unwrap();
         Drop::ALL.iter().map(|d| (d.name(), m.get(&(*d as u32), 0).unwrap().iter().sum())).collect()
+    }
+
+    /// Zeroes DROPS and PORT_STATS on every CPU (after a test's warm-up).
+    pub fn clear_counters(&mut self) {
+        let cpus = aya::util::nr_cpus().expect("nr_cpus");
+        let mut drops: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut("DROPS").unwrap()).unwrap();
+        for d in Drop::ALL {
+            drops.set(d as u32, aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).unwrap(), 0).unwrap();
+        }
+        let mut stats: PerCpuArray<&mut MapData, PortStats> =
+            PerCpuArray::try_from(self.ebpf.map_mut("PORT_STATS").unwrap()).unwrap();
+        for ofport in 0..0xff00 {
+            stats.set(ofport, aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus]).unwrap(), 0).unwrap();
+        }
     }
 
     pub fn port_stats(&self, ofport: u32) -> PortStats {

@@ -13,6 +13,7 @@ mod daemon_bfd;
 mod daemon_flows;
 mod e2e_geneve;
 mod faults;
+mod flood;
 mod flow_cache;
 mod fuzz_packets;
 mod geneve_decap;

@@ -11,10 +11,10 @@ const BUDGET: u32 = 250_000;
 #[test]
 fn every_program_verifies_well_inside_the_limit() {
     require_root!();
-    let programs = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass"];
+    let programs = ["xgw_uplink", "xgw_local", "xgw_probe", "xgw_pass", "xgw_flood"];
     let gw = TestGateway::load(&programs);
     for name in programs {
-        let info = gw.program(name).info().expect("program info");
+        let info = gw.ebpf.program(name).expect("program").info().expect("program info");
         let verified = info.verified_instruction_count().expect("kernel reports verified_insns");
         let size = info.size_translated().unwrap_or(0) / 8;
         eprintln!("{name}: {size} instructions, verifier explored {verified}");
