@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::AttachMode;
-pub use crate::ofport::Binding;
+pub use crate::ofport::{Binding, Group};
 use crate::types::{BfdOverride, IfName, MacAddr, Name, PortKey, UnicastIp, Vni};
 
 /// Requests larger than this are refused: the API carries small commands,
@@ -43,6 +43,12 @@ pub enum Request {
         mac: MacAddr,
     },
     BindingList,
+    GroupAdd(Group),
+    GroupDel {
+        vni: Vni,
+        key: u16,
+    },
+    GroupList,
     Show,
     Stats,
     /// Every BFD session, or the one named.
@@ -65,6 +71,7 @@ impl Request {
             Request::PortList
                 | Request::TunnelList
                 | Request::BindingList
+                | Request::GroupList
                 | Request::Show
                 | Request::Stats
                 | Request::BfdShow { .. }
@@ -286,6 +293,9 @@ pub enum Reply {
     Binding(BindingView),
     BindingDeleted(BindingView),
     Bindings(Vec<BindingView>),
+    Group(GroupView),
+    GroupDeleted(GroupView),
+    Groups(Vec<GroupView>),
     Show(ShowView),
     Stats(StatsView),
     /// `bfd show` (one session or all).
@@ -303,6 +313,8 @@ impl Reply {
             Reply::Deleted(v) => serde_json::to_value(v),
             Reply::Binding(v) | Reply::BindingDeleted(v) => serde_json::to_value(v),
             Reply::Bindings(v) => serde_json::to_value(v),
+            Reply::Group(v) | Reply::GroupDeleted(v) => serde_json::to_value(v),
+            Reply::Groups(v) => serde_json::to_value(v),
             Reply::Show(v) => serde_json::to_value(v),
             Reply::Stats(v) => serde_json::to_value(v),
             Reply::BfdSessions(v) => serde_json::to_value(v),
@@ -460,6 +472,23 @@ pub struct BfdView {
     pub min_tx_ms: u32,
     pub min_rx_ms: u32,
     pub detect_mult: u8,
+}
+
+/// A multicast group as `group list` and `show` print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub vni: u32,
+    pub key: u16,
+    pub ports: Vec<String>,
+    pub tunnels: Vec<String>,
+    /// The members' OpenFlow numbers as the datapath holds them, local
+    /// ports first.
+    pub ofports: Vec<u16>,
+    pub rate_pps: u32,
+    /// What `group add` did: `created`, `updated` or `unchanged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    pub from_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

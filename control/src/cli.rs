@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 
 use crate::{
     api::{
-        self, BfdPeerArgs, BfdPeerView, BfdSessionView, Binding, BindingView, Deleted, PortArgs, PortView, Reply,
-        Request, ShowView, StatsView, TunnelArgs,
+        self, BfdPeerArgs, BfdPeerView, BfdSessionView, Binding, BindingView, Deleted, Group, GroupView, PortArgs,
+        PortView, Reply, Request, ShowView, StatsView, TunnelArgs,
     },
     types::{MacAddr, Name, Vni},
 };
@@ -92,6 +92,32 @@ pub enum BindingCmd {
     List,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// Add a multicast group (OVN's Multicast_Group), or change its members.
+    Add(Group),
+    /// Delete a group.
+    Del {
+        /// The group's VNI.
+        #[arg(long)]
+        vni: Vni,
+        /// The group's key.
+        #[arg(long)]
+        key: u16,
+    },
+    /// Every group.
+    List,
+}
+
+pub fn group(c: &Common, cmd: GroupCmd) -> Result<()> {
+    let req = match cmd {
+        GroupCmd::Add(g) => Request::GroupAdd(g),
+        GroupCmd::Del { vni, key } => Request::GroupDel { vni, key },
+        GroupCmd::List => Request::GroupList,
+    };
+    send(c, &req)
+}
+
 pub fn port(c: &Common, cmd: PortCmd) -> Result<()> {
     let req = match cmd {
         PortCmd::Add(a) => Request::PortAdd(a),
@@ -161,6 +187,15 @@ fn human(reply: &Reply, one_session: bool) -> String {
         }
         Reply::BindingDeleted(b) => format!("deleted binding vni {} mac {}\n", b.vni, b.mac),
         Reply::Bindings(b) => bindings_table(b),
+        Reply::Group(g) => format!(
+            "group vni {} key {}: {} ({} members)\n",
+            g.vni,
+            g.key,
+            g.change.as_deref().unwrap_or("ok"),
+            g.ofports.len()
+        ),
+        Reply::GroupDeleted(g) => format!("deleted group vni {} key {}\n", g.vni, g.key),
+        Reply::Groups(g) => groups_table(g),
         Reply::Show(v) => show_text(v),
         Reply::Stats(v) => stats_text(v),
         Reply::BfdSessions(s) => bfd_show_text(s, one_session),
@@ -296,6 +331,15 @@ fn details(p: &PortView) -> String {
         d.push("from config".into());
     }
     d.join(", ")
+}
+
+fn groups_table(groups: &[GroupView]) -> String {
+    let mut s = format!("{:>8}  {:>5}  {:>8}  {}\n", "vni", "key", "rate_pps", "members");
+    for g in groups {
+        let members: Vec<&str> = g.ports.iter().chain(&g.tunnels).map(String::as_str).collect();
+        s += &format!("{:>8}  {:>5}  {:>8}  {}\n", g.vni, g.key, g.rate_pps, members.join(" "));
+    }
+    s
 }
 
 fn bindings_table(bindings: &[BindingView]) -> String {

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xgw::{
-    cli::{self, BfdCmd, BindingCmd, Common, PortCmd, TunnelCmd},
+    cli::{self, BfdCmd, BindingCmd, Common, GroupCmd, PortCmd, TunnelCmd},
     daemon::{self, RunOptions},
     datapath::AttachMode,
     probe,
@@ -41,6 +41,14 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         cmd: BindingCmd,
+    },
+    /// Multicast groups: where broadcast, multicast and unknown unicast of a
+    /// VNI are flooded, and what OVN's group keys reach (through the daemon).
+    Group {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: GroupCmd,
     },
     /// BFD sessions: `show` (like `ovs-appctl bfd/show`), single-hop `peer`s.
     Bfd {
@@ -170,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Port { common, cmd } => cli::port(&common, cmd)?,
         Command::Tunnel { common, cmd } => cli::tunnel(&common, cmd)?,
         Command::Binding { common, cmd } => cli::binding(&common, cmd)?,
+        Command::Group { common, cmd } => cli::group(&common, cmd)?,
         Command::Bfd { common, cmd } => cli::bfd(&common, cmd)?,
         Command::Show { common } => cli::show(&common)?,
         Command::Stats { common } => cli::stats(&common)?,

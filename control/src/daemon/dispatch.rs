@@ -14,6 +14,7 @@
 //! | `bfd`      | `bfd.rs`      | sessions, single-hop peers, `[bfd]` timers           |
 //! | `owned`    | `desired.rs`  | what the config file owns                            |
 //! | views      | `views.rs`    | show, stats, metrics (read-only)                     |
+use crate::ofport::{Group, GroupChange};
 use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -170,6 +171,9 @@ impl Daemon {
             Request::BindingAdd(b) => self.binding_add(&b),
             Request::BindingDel { vni, mac } => self.binding_del(vni, mac),
             Request::BindingList => Ok(Reply::Bindings(self.views().bindings())),
+            Request::GroupAdd(g) => self.group_add(&g),
+            Request::GroupDel { vni, key } => self.group_del(vni, key),
+            Request::GroupList => Ok(Reply::Groups(self.views().groups())),
             Request::Show => Ok(Reply::Show(self.views().show())),
             Request::Stats => Ok(Reply::Stats(self.views().stats()?)),
             Request::BfdShow { name } => {
@@ -272,6 +276,28 @@ impl Daemon {
         let b = self.ports.delete_binding(vni, mac)?;
         tracing::info!(%vni, %mac, "binding deleted");
         Ok(Reply::BindingDeleted(self.views().binding(&b)))
+    }
+
+    /// A multicast group: its one map entry, then its record.
+    fn group_add(&mut self, g: &Group) -> Result<Reply> {
+        let change = self.ports.add_group(g)?;
+        let change = match change {
+            GroupChange::Created => "created",
+            GroupChange::Updated => "updated",
+            GroupChange::Unchanged => "unchanged",
+        };
+        if change != "unchanged" {
+            tracing::info!(vni = %g.vni, key = g.key, members = g.ports.len() + g.tunnels.len(), "group {change}");
+        }
+        let mut view = self.views().group(g);
+        view.change = Some(change.to_owned());
+        Ok(Reply::Group(view))
+    }
+
+    fn group_del(&mut self, vni: Vni, key: u16) -> Result<Reply> {
+        let g = self.ports.delete_group(vni, key)?;
+        tracing::info!(%vni, key, "group deleted");
+        Ok(Reply::GroupDeleted(self.views().group(&g)))
     }
 
     /// A single-hop peer: checked, started, then stored; a failed write

@@ -49,6 +49,12 @@ impl Links {
             .ok_or_else(|| anyhow!("the datapath has no program {LOCAL_PROGRAM}"))?
             .try_into()?;
         let how = pins::attach(prog, ifname, self.mode, &self.pins.local_link(ifname))?;
+        if let Err(e) = pins::attach_flood(&mut self.ebpf, ifname, &self.pins.flood_link(Some(ifname))) {
+            // Without it the port's floods would reach the gateway's own
+            // stack: no XDP link without its TC link.
+            let _ = pins::detach(&self.pins.local_link(ifname));
+            return Err(e);
+        }
         // Recorded now, so that the interface's deletion before the next
         // watch is still seen as a change.
         self.seen.insert(port.to_owned(), super::ifindex(ifname));
@@ -61,6 +67,9 @@ impl Links {
         if let Err(e) = pins::detach(&self.pins.local_link(ifname)) {
             tracing::warn!(port, ifname, "detaching xgw_local: {e:#}");
         }
+        if let Err(e) = pins::detach(&self.pins.flood_link(Some(ifname))) {
+            tracing::warn!(port, ifname, "detaching xgw_flood: {e:#}");
+        }
     }
 
     /// An `xgw_local` link on exactly `wanted` (local port -> interface):
@@ -70,8 +79,10 @@ impl Links {
         for ifname in self.pins.local_links() {
             if !ifnames.contains(&ifname) {
                 tracing::info!(ifname, "detaching xgw_local from an interface that is no longer a port");
-                if let Err(e) = pins::detach(&self.pins.local_link(&ifname)) {
-                    tracing::warn!("{e:#}");
+                for pin in [self.pins.local_link(&ifname), self.pins.flood_link(Some(&ifname))] {
+                    if let Err(e) = pins::detach(&pin) {
+                        tracing::warn!("{e:#}");
+                    }
                 }
             }
         }

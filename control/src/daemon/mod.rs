@@ -433,6 +433,8 @@ fn start(
             tracing::warn!(uplink = opts.uplink, "the pinned xgw_uplink link had lost its interface; attached anew")
         }
     }
+    // The TC half of flooding (frames from tunnels to groups' local members).
+    pins::attach_flood(&mut ebpf, &opts.uplink, &pins.flood_link(None)).context("uplink: flooding")?;
     // The BFD engine takes its maps out of the object and opens its sockets
     // here, in the daemon's network namespace.
     let engine = crate::bfd::Engine::start(

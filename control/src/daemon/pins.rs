@@ -4,6 +4,8 @@
 //! <bpffs>/<MAP NAME>            configuration and counter maps
 //! <bpffs>/links/uplink          xgw_uplink on the uplink
 //! <bpffs>/links/local-<ifname>  xgw_local on each local port's interface
+//! <bpffs>/links/flood-uplink    xgw_flood (TC ingress) on the uplink
+//! <bpffs>/links/flood-<ifname>  xgw_flood on each local port's interface
 //! ```
 //!
 //! Pinned links keep the programs attached and pinned maps keep their
@@ -20,8 +22,9 @@ use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::XdpLink,
-        ProgramError, Xdp,
+        ProgramError, TcAttachType, Xdp,
     },
     sys::SyscallError,
     Ebpf, EbpfLoader,
@@ -55,6 +58,14 @@ impl Pins {
 
     pub fn local_link(&self, ifname: &str) -> PathBuf {
         self.links().join(format!("local-{ifname}"))
+    }
+
+    /// `xgw_flood` on a local port's interface, or on the uplink (`None`).
+    pub fn flood_link(&self, ifname: Option<&str>) -> PathBuf {
+        self.links().join(match ifname {
+            Some(i) => format!("flood-{i}"),
+            None => "flood-uplink".to_owned(),
+        })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -167,6 +178,43 @@ pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Res
         .try_into()
         .with_context(|| format!("the kernel attached XDP to {ifname} without a bpf_link; cannot pin it"))?;
     link.pin(pin).with_context(|| format!("pinning the XDP link of {ifname} at {}", pin.display()))?;
+    Ok(if renewed { Attached::Renewed } else { Attached::New })
+}
+
+/// `xgw_flood` at TC ingress of `ifname` through the link pinned at `pin`,
+/// as `attach` does for XDP: the frames the XDP program there passes up
+/// for flooding need it, so it comes with every XDP link of the daemon's.
+/// A TCX link (kernel 6.6 and later) is a bpf_link, so it pins the same way.
+pub fn attach_flood(ebpf: &mut Ebpf, ifname: &str, pin: &Path) -> Result<Attached> {
+    let prog = datapath::flood_program(ebpf)?;
+    let mut renewed = false;
+    if pin.exists() {
+        let link: FdLink =
+            PinnedLink::from_pin(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?.into();
+        let link =
+            SchedClassifierLink::try_from(link).with_context(|| format!("{} is not a TC link", pin.display()))?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                let _ = prog.take_link(id)?;
+                return Ok(Attached::Adopted);
+            }
+            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                detach(pin)?;
+                renewed = true;
+            }
+            Err(e) => return Err(e).with_context(|| format!("updating the program of the TC link on {ifname}")),
+        }
+    }
+    let id = prog
+        .attach(ifname, TcAttachType::Ingress)
+        .with_context(|| format!("attaching {} to {ifname} (TC ingress)", datapath::FLOOD_PROGRAM))?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .with_context(|| format!("the kernel attached TC to {ifname} without a bpf_link (TCX needs Linux 6.6)"))?;
+    link.pin(pin).with_context(|| format!("pinning the TC link of {ifname} at {}", pin.display()))?;
     Ok(if renewed { Attached::Renewed } else { Attached::New })
 }
 

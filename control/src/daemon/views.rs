@@ -3,6 +3,7 @@
 //! none, and the counters are read from the datapath's per-CPU maps, which
 //! only the datapath writes.
 use crate::types::Vni;
+use crate::{api::GroupView, ofport::Group};
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
@@ -140,6 +141,24 @@ impl Views<'_> {
             port_key: b.port_key.get(),
             from_config: self.owned.bindings.contains(&b.key()),
         }
+    }
+
+    pub fn group(&self, g: &Group) -> GroupView {
+        let number = |n: &crate::types::Name| self.ports.get(n.as_str()).map(|r| r.ofport.get());
+        GroupView {
+            vni: g.vni.get(),
+            key: g.key,
+            ports: g.ports.iter().map(|n| n.to_string()).collect(),
+            tunnels: g.tunnels.iter().map(|n| n.to_string()).collect(),
+            ofports: g.ports.iter().chain(&g.tunnels).filter_map(number).collect(),
+            rate_pps: g.rate_pps,
+            change: None,
+            from_config: false,
+        }
+    }
+
+    pub fn groups(&self) -> Vec<GroupView> {
+        self.ports.groups().map(|g| self.group(g)).collect()
     }
 
     pub fn bindings(&self) -> Vec<BindingView> {

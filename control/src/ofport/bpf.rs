@@ -27,7 +27,7 @@ use xgw_common::maps::{
     FDB_LOCAL, FDB_REMOTE, TUNNEL_IPV6, TUNNEL_OVN_METADATA,
 };
 
-use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
+use super::maps::{Datapath, EntryKey, GroupEntry, MapEntry, MapError, Step};
 use super::number::OfPort;
 use super::spec::{self, Binding, MacAddr, Object, PortSpec, TunnelKey};
 use crate::datapath::Generation;
@@ -97,6 +97,10 @@ pub struct BpfDatapath {
     /// writes heals at the next start.
     vnis: HashMap<MapData, u32, u32>,
     served: StdHashMap<u32, u32>,
+    groups: HashMap<MapData, wire::GroupKey, wire::Group>,
+    /// DEVMAP's ifindexes by number, for the flood program (TC cannot read
+    /// a devmap): written with every DEVMAP entry of a port.
+    port_ifindex: Array<MapData, u32>,
 }
 
 impl BpfDatapath {
@@ -136,6 +140,8 @@ impl BpfDatapath {
             nexthops: StdHashMap::new(),
             vnis: typed(&mut take, names::VNIS)?,
             served: StdHashMap::new(),
+            groups: typed(&mut take, names::GROUPS)?,
+            port_ifindex: typed(&mut take, names::PORT_IFINDEX)?,
             generation: Generation::open(&take(names::GENERATION)?)
                 .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
@@ -145,7 +151,25 @@ impl BpfDatapath {
             dp.max_entries.insert(step, info.max_entries());
         }
         dp.sync_vnis().map_err(|e| OpenMapsError::Derived { name: names::VNIS, cause: e })?;
+        dp.sync_port_ifindex().map_err(|e| OpenMapsError::Derived { name: names::PORT_IFINDEX, cause: e })?;
         Ok(dp)
+    }
+
+    /// Makes PORT_IFINDEX hold exactly DEVMAP's ports.
+    fn sync_port_ifindex(&mut self) -> Result<(), MapError> {
+        let mut want = vec![0u32; 0xff00];
+        for row in self.devmap.iter() {
+            let (key, value) = row.map_err(os_error)?;
+            if let Some(slot) = want.get_mut(key as usize) {
+                *slot = value.if_index;
+            }
+        }
+        for (n, ifindex) in want.into_iter().enumerate() {
+            if self.port_ifindex.get(&(n as u32), 0).map_err(os_error)? != ifindex {
+                self.port_ifindex.set(n as u32, ifindex, 0).map_err(os_error)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes VNIS hold exactly the VNIs PORT_KEYS has entries of.
@@ -385,7 +409,9 @@ impl Datapath for BpfDatapath {
             Step::Devmap => {
                 let ifindex = ifindex(&local(port)?.ifname)?;
                 match self.devmap.insert(number, ifindex, None, NOEXIST) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => self.port_ifindex.set(number, ifindex, 0).inspect_err(|_| {
+                        let _ = self.devmap.remove(number);
+                    }),
                     Err(XdpMapError::MapError(e)) => Err(e),
                     Err(e) => return Err(MapError::Other(e.to_string())),
                 }
@@ -449,7 +475,13 @@ impl Datapath for BpfDatapath {
         // LOCAL_PORTS may lose some keys and then fail: bump however it ends.
         let _bump = self.generation.after_writes();
         let result = match (step, entry.key) {
-            (Step::Devmap, EntryKey::Port(n)) => self.devmap.remove(n),
+            (Step::Devmap, EntryKey::Port(n)) => {
+                self.devmap.remove(n).and_then(|()| match self.port_ifindex.set(n, 0, 0) {
+                    // A number outside the array (an orphan on 0xffff) has no slot.
+                    Err(AyaMapError::OutOfBounds { .. }) => Ok(()),
+                    r => r,
+                })
+            }
             (Step::TunnelPort, EntryKey::Port(n)) => self.tunnels.remove(&n),
             (Step::LocalPort, EntryKey::Port(n)) => {
                 let keys = self.local_port_keys(n)?;
@@ -626,5 +658,48 @@ impl Datapath for BpfDatapath {
             changed.push(ofport);
         }
         Ok(changed)
+    }
+
+    fn set_group(&mut self, vni: u32, key: u16, entry: Option<&GroupEntry>) -> Result<(), MapError> {
+        let _bump = self.generation.after_writes();
+        let k = wire::GroupKey { vni, key, _pad: 0 };
+        let result = match entry {
+            Some(e) => {
+                let mut g = wire::Group {
+                    local: e.local.len() as u16,
+                    count: (e.local.len() + e.tunnels.len()) as u16,
+                    rate_pps: e.rate_pps,
+                    ..Default::default()
+                };
+                if g.count as usize > wire::MAX_GROUP_MEMBERS {
+                    return Err(MapError::Other(format!("{} members, at most {}", g.count, wire::MAX_GROUP_MEMBERS)));
+                }
+                for (slot, m) in g.members.iter_mut().zip(e.local.iter().chain(&e.tunnels)) {
+                    *slot = *m;
+                }
+                self.groups.insert(k, g, 0)
+            }
+            None => self.groups.remove(&k),
+        };
+        result.map_err(|e| match e {
+            AyaMapError::KeyNotFound | AyaMapError::ElementNotFound => MapError::NotFound,
+            e => os_error(e),
+        })
+    }
+
+    fn groups(&self) -> Result<std::collections::BTreeMap<(u32, u16), GroupEntry>, MapError> {
+        let mut out = std::collections::BTreeMap::new();
+        for row in self.groups.iter() {
+            let (k, g) = row.map_err(os_error)?;
+            let count = (g.count as usize).min(wire::MAX_GROUP_MEMBERS);
+            let local = (g.local as usize).min(count);
+            let entry = GroupEntry {
+                local: g.members[..local].to_vec(),
+                tunnels: g.members[local..count].to_vec(),
+                rate_pps: g.rate_pps,
+            };
+            out.insert((k.vni, k.key), entry);
+        }
+        Ok(out)
     }
 }

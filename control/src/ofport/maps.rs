@@ -240,6 +240,15 @@ pub enum MapError {
     Other(String),
 }
 
+/// A multicast group's entry as the datapath holds it (`GROUPS`): its
+/// members by number, local ports first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub local: Vec<u16>,
+    pub tunnels: Vec<u16>,
+    pub rate_pps: u32,
+}
+
 /// The BPF maps, as the port map sees them.
 pub trait Datapath {
     /// Adds the entry `object` needs in `step`'s map, naming `ofport` (a
@@ -269,4 +278,11 @@ pub trait Datapath {
     /// and into every entry to `remote` inserted later. Returns the
     /// tunnels whose entry changed.
     fn set_nexthop(&mut self, remote: IpAddr, mac: MacAddr, tunnels: &[OfPort]) -> Result<Vec<OfPort>, MapError>;
+
+    /// Writes (or, with `None`, removes) the group `key` of `vni`. One map
+    /// entry, replaced whole: a packet sees the old members or the new.
+    fn set_group(&mut self, vni: u32, key: u16, entry: Option<&GroupEntry>) -> Result<(), MapError>;
+
+    /// Every group entry in the datapath.
+    fn groups(&self) -> Result<std::collections::BTreeMap<(u32, u16), GroupEntry>, MapError>;
 }

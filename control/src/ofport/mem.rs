@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use std::net::IpAddr;
 
-use super::maps::{Datapath, EntryKey, MapEntry, MapError, Step};
+use super::maps::{Datapath, EntryKey, GroupEntry, MapEntry, MapError, Step};
 use super::number::OfPort;
-use super::spec::{Binding, MacAddr, Object, Vni};
+use super::spec::{Binding, Group, MacAddr, Object, Vni};
 use super::store::{PortRecord, Store, StoreError};
 
 /// Which datapath operation a fault hits.
@@ -49,6 +49,9 @@ pub struct MemDatapath {
     faults: Vec<Fault>,
     /// `set_nexthop`'s MACs by remote.
     pub nexthops: BTreeMap<IpAddr, MacAddr>,
+    pub groups: BTreeMap<(u32, u16), GroupEntry>,
+    /// The next `n` group writes fail.
+    pub failing_group_writes: u32,
 }
 
 impl MemDatapath {
@@ -159,6 +162,22 @@ impl Datapath for MemDatapath {
         let changed = self.nexthops.insert(remote, mac) != Some(mac);
         Ok(if changed { tunnels.to_vec() } else { Vec::new() })
     }
+
+    fn set_group(&mut self, vni: u32, key: u16, entry: Option<&GroupEntry>) -> Result<(), MapError> {
+        if self.failing_group_writes > 0 {
+            self.failing_group_writes -= 1;
+            return Err(MapError::Other("injected".into()));
+        }
+        match entry {
+            Some(e) => self.groups.insert((vni, key), e.clone()),
+            None => self.groups.remove(&(vni, key)),
+        };
+        Ok(())
+    }
+
+    fn groups(&self) -> Result<BTreeMap<(u32, u16), GroupEntry>, MapError> {
+        Ok(self.groups.clone())
+    }
 }
 
 /// The other step that writes the same BPF map.
@@ -177,6 +196,7 @@ fn twin(step: Step) -> Option<Step> {
 pub struct MemStore {
     records: BTreeMap<String, PortRecord>,
     bindings: BTreeMap<(Vni, MacAddr), Binding>,
+    groups: BTreeMap<(Vni, u16), Group>,
     failing_writes: u32,
     writes: u64,
 }
@@ -246,6 +266,22 @@ impl Store for MemStore {
     fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError> {
         self.take_fault()?;
         self.bindings.remove(&(vni, mac));
+        Ok(())
+    }
+
+    fn load_groups(&self) -> Result<Vec<Group>, StoreError> {
+        Ok(self.groups.values().cloned().collect())
+    }
+
+    fn put_group(&mut self, group: &Group) -> Result<(), StoreError> {
+        self.take_fault()?;
+        self.groups.insert(group.key(), group.clone());
+        Ok(())
+    }
+
+    fn delete_group(&mut self, vni: Vni, key: u16) -> Result<(), StoreError> {
+        self.take_fault()?;
+        self.groups.remove(&(vni, key));
         Ok(())
     }
 }

@@ -12,10 +12,11 @@ use std::time::Instant;
 use thiserror::Error;
 
 use super::allocator::{AllocError, Allocator, AllocatorConfig, PortState};
+use super::maps::GroupEntry;
 use super::maps::{Datapath, MapError};
 use super::number::OfPort;
 use super::reconcile::{reconcile, ReconcileReport};
-use super::spec::{Binding, Claim, MacAddr, PortSpec, SpecError, TunnelKey, TunnelPort, Vni};
+use super::spec::{Binding, Claim, Group, MacAddr, PortSpec, SpecError, TunnelKey, TunnelPort, Vni};
 use super::store::{PortRecord, Store, StoreError};
 use super::txn::{Effects, NoEffects, Txn, TxnError};
 
@@ -72,6 +73,17 @@ pub enum PortError {
     TunnelInUse { name: String, count: usize, first: (Vni, MacAddr) },
     #[error("{label}: {cause}")]
     BindingTxn { label: String, cause: TxnError },
+    #[error("{label}: {cause}")]
+    GroupInvalid { label: String, cause: SpecError },
+    /// A member the group may not have: `field` is `ports` or `tunnels`.
+    #[error("{label}: {field}: {reason}")]
+    GroupMember { label: String, field: &'static str, reason: String },
+    #[error("no group with vni {vni} key {key}")]
+    NoSuchGroup { vni: Vni, key: u16 },
+    #[error("port {name:?} is a member of {group}; take it out of the group first")]
+    InGroup { name: String, group: String },
+    #[error("{label}: {what}: {cause}{undo}")]
+    GroupWrite { label: String, what: &'static str, cause: String, undo: String },
     #[error("port {name:?}: {cause}")]
     Txn { name: String, cause: TxnError },
     #[error("port {name:?}: replacement failed ({cause}) and restoring the old port failed too ({restore}); the port is gone")]
@@ -94,6 +106,10 @@ pub enum OpenError {
     LoadBindings { cause: StoreError },
     #[error("stored {label}: {cause}")]
     Binding { label: String, cause: Box<PortError> },
+    #[error("loading committed groups: {cause}")]
+    LoadGroups { cause: StoreError },
+    #[error("stored {label}: {cause}")]
+    Group { label: String, cause: Box<PortError> },
 }
 
 #[derive(Debug, Error)]
@@ -167,8 +183,18 @@ pub struct PortMap<D, S> {
     /// to refuse clashes such as redundant tunnels in O(log n) before they
     /// cost a number.
     claims: BTreeMap<Claim, Holder>,
+    groups: BTreeMap<(Vni, u16), Group>,
     datapath: D,
     store: S,
+}
+
+/// What `add_group` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChange {
+    Created,
+    Unchanged,
+    /// Its members or rate changed: the one map entry was replaced.
+    Updated,
 }
 
 impl<D: Datapath, S: Store> PortMap<D, S> {
@@ -182,6 +208,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             ports: BTreeMap::new(),
             bindings: BTreeMap::new(),
             claims: BTreeMap::new(),
+            groups: BTreeMap::new(),
             datapath,
             store,
         };
@@ -216,6 +243,13 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 }
             }
             map.index_binding(binding);
+        }
+        let groups = map.store.load_groups().map_err(|cause| OpenError::LoadGroups { cause })?;
+        for group in groups {
+            if let Err(cause) = map.resolve_group(&group) {
+                return Err(OpenError::Group { label: group.label(), cause: Box::new(cause) });
+            }
+            map.groups.insert(group.key(), group);
         }
         Ok(map)
     }
@@ -261,13 +295,19 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     }
 
     /// `delete`, taking down the port's effects once it is gone. A tunnel
-    /// that bindings use is refused.
+    /// that bindings use, and any port a group has, is refused.
     pub fn delete_with(&mut self, name: &str, now: Instant, effects: &mut dyn Effects) -> Result<OfPort, PortError> {
+        self.check_unused(name)?;
+        self.delete_record(name, now, effects)
+    }
+
+    /// The delete itself; a replace's (whose bindings stepped aside, and
+    /// whose groups follow the new number) skips the checks.
+    fn delete_record(&mut self, name: &str, now: Instant, effects: &mut dyn Effects) -> Result<OfPort, PortError> {
         let Some(record) = self.ports.get(name).cloned() else {
             let name = name.to_owned();
             return Err(PortError::NotFound { name });
         };
-        self.check_unused(name)?;
         self.txn()
             .delete(&record, now, effects)
             .inspect_err(|e| warn_if_dirty(record.spec.name(), e))
@@ -309,6 +349,17 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             return Ok(old.ofport);
         }
         self.check_claims_free(spec, Some(name))?;
+        // A member keeps what made it one; its number may change (the
+        // group's entry follows below).
+        let profile = |p: &PortSpec| match p {
+            PortSpec::Local(l) => (false, Some(l.vni), false, false),
+            PortSpec::Tunnel(t) => (true, t.vni, t.ovn_metadata, t.remote.get().is_ipv4()),
+        };
+        if profile(&old.spec) != profile(spec) {
+            if let Some(g) = self.groups.values().find(|g| g.ports.iter().chain(&g.tunnels).any(|m| m == name)) {
+                return Err(PortError::InGroup { name: name.to_owned(), group: g.label() });
+            }
+        }
         let request = spec.ofport_request().unwrap_or(old.ofport.get());
         if request != old.ofport.get() {
             self.check_requested_free(name, request)?;
@@ -325,6 +376,9 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             self.run_delete_binding(b, old.ofport)?;
         }
         let result = self.replace_port(&old, spec, request, now, effects);
+        if let Err(e) = self.sync_groups() {
+            tracing::warn!(port = name, "groups could not follow the port's number: {e}");
+        }
         let ofport = self.ports.get(name).map(|r| r.ofport);
         for b in &riders {
             let restored = match ofport {
@@ -347,7 +401,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         effects: &mut dyn Effects,
     ) -> Result<OfPort, PortError> {
         let name = spec.name();
-        self.delete_with(name, now, effects)?;
+        self.delete_record(name, now, effects)?;
         let cause = match self.run_add(spec, Some(request), now, effects) {
             Ok(ofport) => return Ok(ofport),
             Err(cause) => txn_error(spec, cause),
@@ -377,6 +431,132 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         self.run_add_binding(binding, tunnel)?;
         tracing::debug!(binding = binding.label(), %tunnel, "binding added");
         Ok(Added::Created(tunnel))
+    }
+
+    /// Adds or changes a multicast group: one map entry, written before its
+    /// record; a failed write puts the old entry (or none) back. Members
+    /// must be committed, in the group's VNI, and tunnels of a kind the
+    /// flood program can encapsulate for.
+    pub fn add_group(&mut self, group: &Group) -> Result<GroupChange, PortError> {
+        let label = group.label();
+        group.validate().map_err(|cause| PortError::GroupInvalid { label: label.clone(), cause })?;
+        let entry = self.resolve_group(group)?;
+        let old = self.groups.get(&group.key()).cloned();
+        if old.as_ref() == Some(group) {
+            return Ok(GroupChange::Unchanged);
+        }
+        let old_entry = old.as_ref().map(|g| self.resolve_group(g)).transpose()?;
+        self.write_group(group, Some(&entry), old_entry.as_ref(), |store| store.put_group(group))?;
+        self.groups.insert(group.key(), group.clone());
+        tracing::debug!(group = label, "group written");
+        Ok(if old.is_some() { GroupChange::Updated } else { GroupChange::Created })
+    }
+
+    /// Deletes a group: its entry, then its record.
+    pub fn delete_group(&mut self, vni: Vni, key: u16) -> Result<Group, PortError> {
+        let group = self.groups.get(&(vni, key)).cloned().ok_or(PortError::NoSuchGroup { vni, key })?;
+        let old = self.resolve_group(&group)?;
+        self.write_group(&group, None, Some(&old), |store| store.delete_group(vni, key))?;
+        self.groups.remove(&(vni, key));
+        Ok(group)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+
+    /// The map entry first, then the record; a failed record write puts
+    /// `old` back in the map.
+    fn write_group(
+        &mut self,
+        group: &Group,
+        new: Option<&GroupEntry>,
+        old: Option<&GroupEntry>,
+        record: impl FnOnce(&mut S) -> Result<(), StoreError>,
+    ) -> Result<(), PortError> {
+        let (vni, key) = (group.vni.get(), group.key);
+        let fail =
+            |what, cause: String, undo: String| PortError::GroupWrite { label: group.label(), what, cause, undo };
+        match self.datapath.set_group(vni, key, new) {
+            Ok(()) | Err(MapError::NotFound) => {}
+            Err(e) => return Err(fail("map", e.to_string(), String::new())),
+        }
+        if let Err(cause) = record(&mut self.store) {
+            let undo = match self.datapath.set_group(vni, key, old) {
+                Ok(()) | Err(MapError::NotFound) => String::new(),
+                Err(e) => format!("; putting the old entry back failed too: {e}"),
+            };
+            return Err(fail("store", cause.to_string(), undo));
+        }
+        Ok(())
+    }
+
+    /// The group's members by number, or why one cannot be a member.
+    fn resolve_group(&self, g: &Group) -> Result<GroupEntry, PortError> {
+        let label = g.label();
+        let refuse = |field, reason: String| PortError::GroupMember { label: label.clone(), field, reason };
+        let mut entry = GroupEntry { rate_pps: g.rate_pps, ..Default::default() };
+        for name in &g.ports {
+            let r = self
+                .ports
+                .get(name.as_str())
+                .ok_or_else(|| refuse("ports", format!("no port named {:?}", name.as_str())))?;
+            match &r.spec {
+                PortSpec::Local(p) if p.vni == g.vni => entry.local.push(r.ofport.get()),
+                PortSpec::Local(p) => {
+                    return Err(refuse("ports", format!("port {:?} is in VNI {}, not {}", name.as_str(), p.vni, g.vni)))
+                }
+                PortSpec::Tunnel(_) => {
+                    return Err(refuse("ports", format!("{:?} is a tunnel; list it under tunnels", name.as_str())))
+                }
+            }
+        }
+        for name in &g.tunnels {
+            let r = self
+                .ports
+                .get(name.as_str())
+                .ok_or_else(|| refuse("tunnels", format!("no tunnel named {:?}", name.as_str())))?;
+            let PortSpec::Tunnel(t) = &r.spec else {
+                return Err(refuse("tunnels", format!("{:?} is a local port; list it under ports", name.as_str())));
+            };
+            if let Some(v) = t.vni.filter(|v| *v != g.vni) {
+                return Err(refuse("tunnels", format!("tunnel {:?} is fixed to VNI {v}", name.as_str())));
+            }
+            // What xgw_flood encapsulates for (one outer header size).
+            if !t.ovn_metadata || !t.remote.get().is_ipv4() {
+                let reason = format!("tunnel {:?}: floods go only to IPv4 tunnels with ovn_metadata", name.as_str());
+                return Err(refuse("tunnels", reason));
+            }
+            entry.tunnels.push(r.ofport.get());
+        }
+        Ok(entry)
+    }
+
+    /// Rewrites every group entry that differs from its members' current
+    /// numbers (after a port moved to another number) and removes entries
+    /// no group has. Returns how many entries it changed.
+    pub fn sync_groups(&mut self) -> Result<usize, MapError> {
+        let present = self.datapath.groups()?;
+        let mut changed = 0;
+        let mut wanted = BTreeMap::new();
+        for g in self.groups.values() {
+            if let Ok(entry) = self.resolve_group(g) {
+                wanted.insert((g.vni.get(), g.key), entry);
+            }
+        }
+        for (k, entry) in &wanted {
+            if present.get(k) != Some(entry) {
+                self.datapath.set_group(k.0, k.1, Some(entry))?;
+                changed += 1;
+            }
+        }
+        for k in present.keys().filter(|k| !wanted.contains_key(k)) {
+            match self.datapath.set_group(k.0, k.1, None) {
+                Ok(()) | Err(MapError::NotFound) => changed += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(changed)
     }
 
     /// Deletes a remote binding: its entries, then its record.
@@ -505,6 +685,11 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         let bindings: Vec<(&Binding, OfPort)> =
             self.bindings.values().filter_map(|b| Some((b, self.ports.get(b.tunnel.as_str())?.ofport))).collect();
         let report = reconcile(&mut self.datapath, self.ports.values(), bindings);
+        match self.sync_groups() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "reconcile repaired the group entries"),
+            Err(e) => tracing::warn!("reconcile could not repair the group entries: {e}"),
+        }
         for failure in &report.failed {
             tracing::warn!(%failure, "reconcile could not repair an entry");
         }
@@ -652,8 +837,12 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         Ok(tunnel)
     }
 
-    /// Refuses deleting a tunnel that bindings still use.
+    /// Refuses deleting a tunnel that bindings still use, or any port a
+    /// group has.
     fn check_unused(&self, name: &str) -> Result<(), PortError> {
+        if let Some(g) = self.groups.values().find(|g| g.ports.iter().chain(&g.tunnels).any(|m| m == name)) {
+            return Err(PortError::InGroup { name: name.to_owned(), group: g.label() });
+        }
         let mut users = self.bindings.values().filter(|b| b.tunnel == name);
         if let Some(first) = users.next() {
             let count = 1 + users.count();

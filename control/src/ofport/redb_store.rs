@@ -1,6 +1,6 @@
 //! `Store` on redb: the daemon's one store, `xgw.redb` in the state
 //! directory. One file, so that one write transaction can carry a whole
-//! change: committed ports and bindings (the port map's), and the daemon's
+//! change: committed ports, bindings and groups (the port map's), and the daemon's
 //! settings beside them (BFD timers, single-hop peers, which entries the
 //! config file owns) as JSON of their domain types, under a schema version.
 //!
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::spec::{Binding, MacAddr, PortSpec, Vni};
+use super::spec::{Binding, Group, MacAddr, PortSpec, Vni};
 use super::store::{PortRecord, Store, StoreError};
 
 /// The layout this build writes. 1 was the two-file layout.
@@ -25,6 +25,13 @@ const SCHEMA: TableDefinition<&str, u64> = TableDefinition::new("schema");
 const PORTS: TableDefinition<&str, &str> = TableDefinition::new("ofports_v1");
 /// `binding_key` -> JSON `Binding`.
 const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bindings_v1");
+/// `group_key` -> JSON `Group`. Added within schema 2: a file without the
+/// table has no groups.
+const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups_v1");
+
+pub fn group_key(vni: Vni, key: u16) -> String {
+    format!("{}/{key}", vni.get())
+}
 /// The daemon's settings: key -> JSON.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta_v1");
 
@@ -134,6 +141,7 @@ impl RedbStore {
                 schema: txn.open_table(SCHEMA).map_err(|e| self.err(op, e))?,
                 ports: txn.open_table(PORTS).map_err(|e| self.err(op, e))?,
                 bindings: txn.open_table(BINDINGS).map_err(|e| self.err(op, e))?,
+                groups: txn.open_table(GROUPS).map_err(|e| self.err(op, e))?,
                 meta: txn.open_table(META).map_err(|e| self.err(op, e))?,
             };
             f(&mut tables).map_err(|e| self.err(op, e))?;
@@ -151,6 +159,7 @@ struct Tables<'t> {
     schema: redb::Table<'t, &'static str, u64>,
     ports: redb::Table<'t, &'static str, &'static str>,
     bindings: redb::Table<'t, &'static str, &'static str>,
+    groups: redb::Table<'t, &'static str, &'static str>,
     meta: redb::Table<'t, &'static str, &'static str>,
 }
 
@@ -343,6 +352,41 @@ impl Store for RedbStore {
     fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError> {
         self.write("delete", |t| {
             t.bindings.remove(binding_key(vni, mac).as_str())?;
+            Ok(())
+        })
+    }
+
+    fn load_groups(&self) -> Result<Vec<Group>, StoreError> {
+        let op = "load";
+        let txn = self.db.begin_read().map_err(|e| self.err(op, e))?;
+        let table = match txn.open_table(GROUPS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(op, e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(op, e))? {
+            let (key, value) = row.map_err(|e| self.err(op, e))?;
+            let g: Group = decode(key.value(), value.value())?;
+            if group_key(g.vni, g.key) != key.value() {
+                return Err(StoreError::KeyMismatch { key: key.value().to_owned(), found: g.label() });
+            }
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    fn put_group(&mut self, g: &Group) -> Result<(), StoreError> {
+        let json = encode(&g.label(), g)?;
+        self.write("put", |t| {
+            t.groups.insert(group_key(g.vni, g.key).as_str(), json.as_str())?;
+            Ok(())
+        })
+    }
+
+    fn delete_group(&mut self, vni: Vni, key: u16) -> Result<(), StoreError> {
+        self.write("delete", |t| {
+            t.groups.remove(group_key(vni, key).as_str())?;
             Ok(())
         })
     }

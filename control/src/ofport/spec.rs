@@ -109,6 +109,77 @@ impl Binding {
     }
 }
 
+/// A multicast group (OVN's `Multicast_Group`): a key at or above 32768
+/// within a VNI naming a set of local ports and tunnels (remote chassis).
+/// Key 32768 (`_MC_flood`) takes the VNI's broadcast and multicast, 32769
+/// (`_MC_unknown`) its unknown unicast; any key arrives from tunnels as
+/// OVN's egress key. One definition for the API's JSON, `xgw group add`
+/// and the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// The logical switch's VNI (0..=16777215).
+    #[arg(long)]
+    pub vni: Vni,
+    /// The group's key (OVN's `Multicast_Group.tunnel_key`, 32768..=65535).
+    #[arg(long)]
+    pub key: u16,
+    /// A local port in the group (repeat for more); it must be in the VNI.
+    #[arg(long = "port")]
+    #[serde(default)]
+    pub ports: Vec<Name>,
+    /// A tunnel the group floods to, one per remote chassis (repeat for
+    /// more): flow-keyed or fixed to the VNI, IPv4, with OVN metadata.
+    #[arg(long = "tunnel")]
+    #[serde(default)]
+    pub tunnels: Vec<Name>,
+    /// Storm control: flooded frames per second each ingress port may send
+    /// into the group (counted per CPU); 0 for no limit.
+    #[arg(long, default_value_t = DEFAULT_GROUP_RATE)]
+    #[serde(default = "default_group_rate")]
+    pub rate_pps: u32,
+}
+
+pub const DEFAULT_GROUP_RATE: u32 = 1000;
+
+fn default_group_rate() -> u32 {
+    DEFAULT_GROUP_RATE
+}
+
+impl Group {
+    pub fn key(&self) -> (Vni, u16) {
+        (self.vni, self.key)
+    }
+
+    pub fn label(&self) -> String {
+        format!("group vni {} key {}", self.vni, self.key)
+    }
+
+    /// What the field types do not already guarantee; members against the
+    /// committed ports are the port map's to check.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        use xgw_common::maps::{GROUP_KEY_MIN, MAX_GROUP_MEMBERS};
+        if self.key < GROUP_KEY_MIN {
+            let cause = InvalidValue(format!("{} is not a group key ({GROUP_KEY_MIN}..=65535)", self.key));
+            return Err(SpecError { field: "key", cause });
+        }
+        let count = self.ports.len() + self.tunnels.len();
+        if count > MAX_GROUP_MEMBERS {
+            let cause = InvalidValue(format!("{count} members, at most {MAX_GROUP_MEMBERS}"));
+            return Err(SpecError { field: "ports", cause });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (field, name) in self.ports.iter().map(|n| ("ports", n)).chain(self.tunnels.iter().map(|n| ("tunnels", n)))
+        {
+            if !seen.insert(name) {
+                let cause = InvalidValue(format!("{:?} is named twice", name.as_str()));
+                return Err(SpecError { field, cause });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What one transaction writes the entries of: a port (under its own
 /// number) or a remote binding (under its tunnel's).
 #[derive(Debug, Clone, Copy)]

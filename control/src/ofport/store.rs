@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::number::OfPort;
-use super::spec::{Binding, MacAddr, PortSpec, Vni};
+use super::spec::{Binding, Group, MacAddr, PortSpec, Vni};
 
 /// One committed port: its number and the spec it was created from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,12 @@ pub trait Store {
     fn put_binding(&mut self, binding: &Binding) -> Result<(), StoreError>;
     /// Removes one binding; an absent one is not an error.
     fn delete_binding(&mut self, vni: Vni, mac: MacAddr) -> Result<(), StoreError>;
+    /// Every committed multicast group.
+    fn load_groups(&self) -> Result<Vec<Group>, StoreError>;
+    /// Writes (or overwrites) one group; durable when this returns `Ok`.
+    fn put_group(&mut self, group: &Group) -> Result<(), StoreError>;
+    /// Removes one group; an absent one is not an error.
+    fn delete_group(&mut self, vni: Vni, key: u16) -> Result<(), StoreError>;
 
     /// Group commit: until the next `sync`, `put` and `delete` need only
     /// be visible, not durable, and a crash may lose them (all of them

@@ -1030,6 +1030,11 @@ fn classify(e: &PortError) -> &'static str {
         PortError::NoSuchBinding { .. } => "not found",
         PortError::TunnelInUse { .. } => "in use",
         PortError::BindingTxn { .. } => "txn",
+        PortError::InGroup { .. } => "in group",
+        PortError::GroupInvalid { .. }
+        | PortError::GroupMember { .. }
+        | PortError::NoSuchGroup { .. }
+        | PortError::GroupWrite { .. } => "group",
     }
 }
 
@@ -1373,4 +1378,93 @@ fn churn_throughput_and_flat_memory() {
     assert!(pm.allocator().held_down() <= usize::from(OfPort::AUTO_MAX.get()));
     assert!(rss_end <= rss_warm + 8 * 1024, "memory grew from {rss_warm} KiB to {rss_end} KiB");
     check_consistent(&pm);
+}
+
+fn group(ports: &[&str], tunnels: &[&str]) -> Group {
+    Group {
+        vni: vni(7),
+        key: xgw_common::maps::GROUP_FLOOD,
+        ports: ports.iter().map(|p| name(p)).collect(),
+        tunnels: tunnels.iter().map(|t| name(t)).collect(),
+        rate_pps: 100,
+    }
+}
+
+#[test]
+fn a_group_holds_its_members_numbers_and_follows_them() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    let a = pm.add(&local("a", 1), t0).unwrap().ofport().get();
+    let b = pm.add(&local("b", 2), t0).unwrap().ofport().get();
+    let mut hv = tunnel("hv", ip("198.51.100.2"), 7);
+    let PortSpec::Tunnel(t) = &mut hv else { unreachable!() };
+    t.vni = None;
+    let h = pm.add(&hv, t0).unwrap().ofport().get();
+    let g = group(&["a", "b"], &["hv"]);
+    assert_eq!(pm.add_group(&g).unwrap(), GroupChange::Created);
+    assert_eq!(pm.add_group(&g).unwrap(), GroupChange::Unchanged);
+    let want = GroupEntry { local: vec![a, b], tunnels: vec![h], rate_pps: 100 };
+    assert_eq!(pm.datapath().groups().unwrap()[&(7, 32768)], want);
+    assert_eq!(pm.store().load_groups().unwrap(), vec![g.clone()]);
+
+    // A member cannot go while the group has it.
+    let e = pm.delete("a", t0).unwrap_err();
+    assert_eq!(e.to_string(), "port \"a\" is a member of group vni 7 key 32768; take it out of the group first");
+    // A tunnel moving to another number takes the group's entry along.
+    let PortSpec::Tunnel(t) = &mut hv else { unreachable!() };
+    t.ofport_request = Some(4000);
+    pm.replace(&hv, t0).unwrap();
+    assert_eq!(pm.datapath().groups().unwrap()[&(7, 32768)].tunnels, vec![4000]);
+
+    // Fewer members: one entry rewritten; then the group goes.
+    assert_eq!(pm.add_group(&group(&["a"], &[])).unwrap(), GroupChange::Updated);
+    assert_eq!(pm.datapath().groups().unwrap()[&(7, 32768)].local, vec![a]);
+    pm.delete("b", t0).unwrap();
+    pm.delete_group(vni(7), 32768).unwrap();
+    assert!(pm.datapath().groups().unwrap().is_empty());
+    assert!(pm.store().load_groups().unwrap().is_empty());
+
+    // Reconcile puts a lost entry back and removes one nobody has.
+    pm.add_group(&group(&["a"], &["hv"])).unwrap();
+    let dp = pm.datapath_mut();
+    dp.groups.clear();
+    dp.groups.insert((9, 40000), GroupEntry::default());
+    pm.reconcile();
+    let entries = pm.datapath().groups().unwrap();
+    assert_eq!(entries.keys().copied().collect::<Vec<_>>(), vec![(7, 32768)]);
+}
+
+#[test]
+fn a_group_member_outside_the_rules_is_refused_and_a_failed_write_changes_nothing() {
+    let t0 = Instant::now();
+    let mut pm = new_map();
+    pm.add(&local("a", 1), t0).unwrap();
+    pm.add(&tunnel("hv5", ip("198.51.100.2"), 5), t0).unwrap();
+    pm.add(&tunnel("hv6", ip("2001:db8::2"), 7), t0).unwrap();
+    let cases = [
+        (Group { key: 100, ..group(&["a"], &[]) }, "group vni 7 key 100: key: 100 is not a group key (32768..=65535)"),
+        (group(&["nope"], &[]), "group vni 7 key 32768: ports: no port named \"nope\""),
+        (group(&["hv5"], &[]), "group vni 7 key 32768: ports: \"hv5\" is a tunnel; list it under tunnels"),
+        (group(&[], &["a"]), "group vni 7 key 32768: tunnels: \"a\" is a local port; list it under ports"),
+        (group(&[], &["hv5"]), "group vni 7 key 32768: tunnels: tunnel \"hv5\" is fixed to VNI 5"),
+        (
+            group(&[], &["hv6"]),
+            "group vni 7 key 32768: tunnels: tunnel \"hv6\": floods go only to IPv4 tunnels with ovn_metadata",
+        ),
+        (group(&["a", "a"], &[]), "group vni 7 key 32768: ports: \"a\" is named twice"),
+    ];
+    for (g, want) in cases {
+        assert_eq!(pm.add_group(&g).unwrap_err().to_string(), want);
+    }
+    assert!(pm.datapath().groups().unwrap().is_empty());
+
+    // The store refuses the record: the map entry goes back to what it was.
+    pm.store_mut().fail_next_writes(1);
+    assert!(pm.add_group(&group(&["a"], &[])).is_err());
+    assert!(pm.datapath().groups().unwrap().is_empty());
+    assert_eq!(pm.groups().count(), 0);
+    // The map refuses the entry: nothing is stored.
+    pm.datapath_mut().failing_group_writes = 1;
+    assert!(pm.add_group(&group(&["a"], &[])).is_err());
+    assert!(pm.store().load_groups().unwrap().is_empty());
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xgw_tests::{
-    daemon::Daemon, gateway::TestGateway, ovn::OvnCentral, ovs::mac_str, require_root, Netns, OvsHypervisor, Veth,
+    daemon::Daemon, gateway::TestGateway, ovn::OvnCentral, ovs::mac_str, require_root, Capture, Netns, OvsHypervisor,
+    Veth,
 };
 
 const XGW_IP: &str = "198.51.100.13";
@@ -320,4 +321,56 @@ fn xgw_is_a_chassis_of_real_ovn_ping_iperf_and_bfd_through_an_ha_group() {
         assert_eq!(stats["drops"][reason], 0, "{reason}: {stats}");
     }
     let _ = &lab.xgw;
+}
+
+/// An ARP for an address nobody has, broadcast from a VM behind xgw, from
+/// xgw's VM, reaches the VMs on the OVN chassis, and theirs reaches xgw's:
+/// OVN floods with `_MC_flood` (egress key 32768), xgw with its group of
+/// the same key.
+#[test]
+fn broadcasts_cross_between_ovn_and_xgw_through_the_flood_group() {
+    require_root!();
+    let lab = lab();
+    let vni = lab.ovn.sb_find("datapath_binding", "tunnel_key", &["external_ids:name=ls1"]);
+    // OVN's own _MC_flood of ls1 carries the same key.
+    let mc = lab.ovn.sb_find("multicast_group", "tunnel_key", &["name=_MC_flood"]);
+    assert!(mc.lines().any(|k| k.trim() == "32768"), "{mc}");
+    for i in 0..2 {
+        lab.reach(2, i);
+    }
+    let g = lab.d.json(&[
+        "group", "add", "--vni", &vni, "--key", "32768", "--port", "vm3", "--tunnel", "hv1", "--tunnel", "hv2",
+    ]);
+    assert_eq!(g["change"], "created", "{g}");
+    // Before the group, the VNI's broadcasts were dropped as `flood`.
+    let flood_before = lab.d.json(&["stats"])["drops"]["flood"].as_u64().unwrap();
+
+    fn arp_for(target: &str) -> [&str; 5] {
+        ["arp", "and", "dst", "host", target]
+    }
+    let ovs_if = xgw_tests::ovs::VM_IF;
+    // From vm1 (OVN): to vm3 behind xgw.
+    let cap = Capture::start(&lab.vm3, "eth0", &arp_for("203.0.113.99"));
+    let _ = lab.vm(0).exec(&["ping", "-c", "2", "-i", "0.3", "-W", "1", "203.0.113.99"]);
+    let got = cap.stop();
+    assert!(!got.is_empty(), "vm1's ARP never reached vm3\n{}", lab.report());
+    assert!(got.iter().all(|f| f[..6] == [0xff; 6]), "a broadcast, as sent");
+    // From vm3 (xgw): to vm1 and vm2 on both OVN chassis.
+    let caps: Vec<Capture> = (0..2).map(|i| Capture::start(lab.vm(i), ovs_if, &arp_for("203.0.113.98"))).collect();
+    let _ = lab.vm(2).exec(&["ping", "-c", "2", "-i", "0.3", "-W", "1", "203.0.113.98"]);
+    for (i, cap) in caps.into_iter().enumerate() {
+        let got = cap.stop();
+        assert!(!got.is_empty(), "vm3's ARP never reached vm{}\n{}", i + 1, lab.report());
+    }
+    let stats = lab.d.json(&["stats"]);
+    assert_eq!(stats["drops"]["flood"], flood_before, "{stats}");
+    assert_eq!(stats["drops"]["flood_copy"], 0, "{stats}");
+    let tunnels: u64 = stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "vm3")
+        .map(|p| p["tx_packets"].as_u64().unwrap())
+        .sum();
+    assert!(tunnels > 0, "{stats}");
 }
