@@ -1,5 +1,5 @@
 //! The daemon's TOML configuration file: ports, tunnels, remote bindings,
-//! BFD settings, the metrics address.
+//! multicast groups, BFD settings, the metrics address.
 //!
 //! Parsing is in two steps so that every error names its field: serde reads
 //! the file into loose types (numbers as i64, addresses as strings; unknown
@@ -39,6 +39,19 @@
 //! port_key = 34
 //!
 //! # A tunnel's own BFD timers: bfd_min_tx_ms, bfd_min_rx_ms, bfd_detect_mult.
+//! # Without vni a tunnel is flow-keyed (OVN's key=flow): every VNI, one
+//! # tunnel per remote chassis.
+//!
+//! # A multicast group (OVN's Multicast_Group): 32768 floods the VNI's
+//! # broadcast and multicast, 32769 its unknown unicast; members may be the
+//! # file's or the API's; rate_pps is storm control per ingress port
+//! # (default 1000, 0 for none).
+//! [[groups]]
+//! vni = 5001
+//! key = 32768
+//! ports = ["vm1"]
+//! tunnels = ["hv2"]
+//! rate_pps = 1000
 //!
 //! # Single-hop BFD (RFC 5881) toward an underlay router; ifname defaults
 //! # to the uplink, local_ip to the daemon's IPv4 --local-ip, the timers to
@@ -63,8 +76,8 @@ use thiserror::Error;
 
 pub use crate::types::{BfdOverride, BfdSettings, BFD_MS_MAX};
 use crate::{
-    api::{BfdPeerArgs, Binding, PortArgs, TunnelArgs},
-    ofport::{OfPort, TunnelKey},
+    api::{BfdPeerArgs, Binding, Group, PortArgs, TunnelArgs},
+    ofport::{spec::DEFAULT_GROUP_RATE, OfPort, TunnelKey},
     types::{IfName, InvalidValue, MacAddr, Name, PortKey, UnicastIp, Vni},
 };
 
@@ -86,6 +99,7 @@ pub struct Config {
     pub tunnels: Vec<TunnelArgs>,
     pub bindings: Vec<Binding>,
     pub bfd_peers: Vec<BfdPeerArgs>,
+    pub groups: Vec<Group>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +115,20 @@ struct RawConfig {
     bindings: Vec<RawBinding>,
     #[serde(default)]
     bfd_peers: Vec<RawPeer>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    vni: i64,
+    key: i64,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    tunnels: Vec<String>,
+    rate_pps: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -418,7 +446,40 @@ impl RawConfig {
             claim(&path, &args.name, None)?;
             bfd_peers.push(args);
         }
-        Ok(Config { metrics, bfd, ports, tunnels, bindings, bfd_peers })
+        let mut groups = Vec::new();
+        let mut group_paths: BTreeMap<(u32, u16), String> = BTreeMap::new();
+        for (i, g) in self.groups.into_iter().enumerate() {
+            let path = format!("groups[{i}]");
+            let names = |list: Vec<String>, what: &str| -> Result<Vec<Name>, ConfigError> {
+                list.into_iter()
+                    .enumerate()
+                    .map(|(j, n)| Name::new(n).map_err(|e| err(format!("{path}.{what}[{j}]"), e)))
+                    .collect()
+            };
+            let group = Group {
+                vni: vni(&path, g.vni)?,
+                key: u16::try_from(g.key).map_err(|_| {
+                    err(format!("{path}.key"), format_args!("{} is not a group key (32768..=65535)", g.key))
+                })?,
+                ports: names(g.ports, "ports")?,
+                tunnels: names(g.tunnels, "tunnels")?,
+                rate_pps: match g.rate_pps {
+                    None => DEFAULT_GROUP_RATE,
+                    Some(r) => u32::try_from(r).map_err(|_| {
+                        err(format!("{path}.rate_pps"), format_args!("{r} is out of range (0..=4294967295)"))
+                    })?,
+                },
+            };
+            group.validate().map_err(|e| err(format!("{path}.{}", e.field), e.cause))?;
+            if let Some(first) = group_paths.insert((group.vni.get(), group.key), path.clone()) {
+                return Err(err(
+                    format!("{path}.key"),
+                    format_args!("{} in VNI {} is already {first}", group.key, group.vni),
+                ));
+            }
+            groups.push(group);
+        }
+        Ok(Config { metrics, bfd, ports, tunnels, bindings, bfd_peers, groups })
     }
 }
 
@@ -465,6 +526,23 @@ port_key = 34
 
     fn error(text: &str) -> String {
         Config::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn groups_parse_and_their_errors_name_the_field() {
+        let text = format!("{GOOD}[[groups]]\nvni = 5001\nkey = 32768\nports = [\"vm1\"]\ntunnels = [\"hv2\"]\n");
+        let c = Config::parse(&text).expect("parses");
+        assert_eq!((c.groups[0].key, c.groups[0].rate_pps, c.groups[0].tunnels.len()), (32768, 1000, 1));
+        assert_eq!(
+            error("[[groups]]\nvni = 1\nkey = 5\n"),
+            "config: groups[0].key: 5 is not a group key (32768..=65535)"
+        );
+        assert_eq!(
+            error("[[groups]]\nvni = 1\nkey = 32768\nports = [\"\"]\n"),
+            "config: groups[0].ports[0]: \"\" is not a name (1..=64 printable ASCII characters, no spaces)"
+        );
+        let twice = "[[groups]]\nvni = 1\nkey = 32768\n[[groups]]\nvni = 1\nkey = 32768\n";
+        assert_eq!(error(twice), "config: groups[1].key: 32768 in VNI 1 is already groups[0]");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     api::{BfdPeerArgs, PortArgs, TunnelArgs},
     config::Config,
-    ofport::{Binding, LocalPort, PortRecord, PortSpec, TunnelPort},
+    ofport::{Binding, Group, LocalPort, PortRecord, PortSpec, TunnelPort},
     types::{MacAddr, Name, Vni},
 };
 
@@ -26,6 +26,8 @@ pub struct Ownership {
     pub bindings: BTreeSet<(Vni, MacAddr)>,
     #[serde(default)]
     pub bfd_peers: BTreeSet<String>,
+    #[serde(default)]
+    pub groups: BTreeSet<(Vni, u16)>,
 }
 
 /// Everything that should be committed once a config file is applied.
@@ -33,6 +35,7 @@ pub struct Ownership {
 pub struct Plan {
     pub ports: Vec<PortSpec>,
     pub bindings: Vec<Binding>,
+    pub groups: Vec<Group>,
     /// Peers and where each comes from (`config: bfd_peers[0]`, or the API).
     pub peers: Vec<(BfdPeerArgs, String)>,
     /// The file's path of each port, tunnel and peer it names, for errors.
@@ -71,6 +74,7 @@ pub fn plan<'a>(
     owned: &Ownership,
     ports: impl Iterator<Item = &'a PortRecord>,
     bindings: impl Iterator<Item = &'a Binding>,
+    groups: impl Iterator<Item = &'a Group>,
     peers: &BTreeMap<Name, BfdPeerArgs>,
 ) -> Result<Plan> {
     let mut paths: BTreeMap<String, String> = BTreeMap::new();
@@ -126,6 +130,20 @@ pub fn plan<'a>(
         wanted_bindings.push(b.clone());
     }
 
+    // Groups kept from the API must still find their members.
+    let file_groups: BTreeSet<(Vni, u16)> = config.groups.iter().map(Group::key).collect();
+    let names: BTreeSet<&str> = desired.iter().map(PortSpec::name).collect();
+    let mut wanted_groups = config.groups.clone();
+    for g in groups {
+        if owned.groups.contains(&g.key()) || file_groups.contains(&g.key()) {
+            continue;
+        }
+        if let Some(m) = g.ports.iter().chain(&g.tunnels).find(|m| !names.contains(m.as_str())) {
+            bail!("config: the file removes {:?}, which {} (added through the API) has", m.as_str(), g.label());
+        }
+        wanted_groups.push(g.clone());
+    }
+
     let mut wanted_peers: Vec<(BfdPeerArgs, String)> =
         api_peers.into_iter().map(|p| (p.clone(), "bfd peer".to_owned())).collect();
     for (i, p) in config.bfd_peers.iter().enumerate() {
@@ -135,8 +153,9 @@ pub fn plan<'a>(
         ports: paths.keys().cloned().collect(),
         bindings: file_bindings,
         bfd_peers: file_peers.iter().map(|n| n.to_string()).collect(),
+        groups: file_groups,
     };
-    Ok(Plan { ports: desired, bindings: wanted_bindings, peers: wanted_peers, paths, owned })
+    Ok(Plan { ports: desired, bindings: wanted_bindings, groups: wanted_groups, peers: wanted_peers, paths, owned })
 }
 
 #[cfg(test)]
@@ -186,7 +205,9 @@ port_key = 34
         let gone = record(api_tunnel("old", "203.0.113.8"), 8);
         let before = Ownership { ports: BTreeSet::from(["old".to_owned()]), ..Ownership::default() };
         let b = api_binding("t9");
-        let p = plan(&config, &before, [&api, &gone].into_iter(), [&b].into_iter(), &BTreeMap::new()).unwrap();
+        let p =
+            plan(&config, &before, [&api, &gone].into_iter(), [&b].into_iter(), std::iter::empty(), &BTreeMap::new())
+                .unwrap();
         let names: Vec<&str> = p.ports.iter().map(PortSpec::name).collect();
         assert_eq!(names, ["t9", "vm1", "hv2"], "the API's t9 stays, the file's old one goes");
         assert_eq!(p.bindings.len(), 2, "the file's binding and the API's");
@@ -201,9 +222,16 @@ port_key = 34
         let owned_by_file = record(api_tunnel("t9", "203.0.113.9"), 9);
         let before = Ownership { ports: BTreeSet::from(["t9".to_owned()]), ..Ownership::default() };
         let b = api_binding("t9");
-        let e = plan(&config, &before, [&owned_by_file].into_iter(), [&b].into_iter(), &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &config,
+            &before,
+            [&owned_by_file].into_iter(),
+            [&b].into_iter(),
+            std::iter::empty(),
+            &BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "config: the file removes tunnel \"t9\", which binding vni 7 mac 02:00:00:00:07:01 (added through the API) uses"
@@ -215,9 +243,16 @@ port_key = 34
         let config =
             Config::parse(&format!("{FILE}[[bfd_peers]]\nname = \"t9\"\npeer_ip = \"198.51.100.254\"\n")).unwrap();
         let api = record(api_tunnel("t9", "203.0.113.9"), 9);
-        let e = plan(&config, &Ownership::default(), [&api].into_iter(), std::iter::empty(), &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &config,
+            &Ownership::default(),
+            [&api].into_iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+            &BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("bfd_peers[0].name: \"t9\" is already a port or tunnel"), "{e}");
     }
 }

@@ -459,7 +459,14 @@ impl Daemon {
     /// names it). Everything is checked first, against a copy of the port
     /// map in memory: a file that cannot be applied whole changes nothing.
     pub(super) fn apply_config(&mut self, config: &Config) -> Result<()> {
-        let plan = desired::plan(config, &self.owned, self.ports.ports(), self.ports.bindings(), self.bfd.peers())?;
+        let plan = desired::plan(
+            config,
+            &self.owned,
+            self.ports.ports(),
+            self.ports.bindings(),
+            self.ports.groups(),
+            self.bfd.peers(),
+        )?;
         for (i, p) in config.ports.iter().enumerate() {
             if super::ifindex(&p.ifname).is_none() {
                 bail!("config: ports[{i}].ifname: {:?}: no such interface", p.ifname.as_str());
@@ -495,7 +502,7 @@ impl Daemon {
                 }
             }
         }
-        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings) };
+        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings), groups: Some(&plan.groups) };
         let report = self.ports.apply(desired, Instant::now(), &mut effects!(self))?;
         for (name, _) in &report.deleted {
             self.nexthops.forget(name);
@@ -521,6 +528,8 @@ impl Daemon {
             unchanged = report.unchanged,
             bindings_added = report.bindings_added,
             bindings_deleted = report.bindings_deleted,
+            groups_added = report.groups_added,
+            groups_deleted = report.groups_deleted,
             "config applied"
         );
         Ok(())
@@ -536,9 +545,12 @@ impl Daemon {
         for b in self.ports.bindings() {
             store.put_binding(b).map_err(|e| anyhow!("{e}"))?;
         }
+        for g in self.ports.groups() {
+            store.put_group(g).map_err(|e| anyhow!("{e}"))?;
+        }
         let mut trial = PortMap::open(MemDatapath::new(), store, AllocatorConfig::default())?;
         trial.reconcile();
-        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings) };
+        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings), groups: Some(&plan.groups) };
         let report = trial.apply(desired, Instant::now(), &mut crate::ofport::NoEffects)?;
         if let Some((name, e)) = report.failed.first() {
             let path = plan.paths.get(name).cloned().unwrap_or_else(|| format!("port {name:?}"));

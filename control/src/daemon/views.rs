@@ -153,7 +153,7 @@ impl Views<'_> {
             ofports: g.ports.iter().chain(&g.tunnels).filter_map(number).collect(),
             rate_pps: g.rate_pps,
             change: None,
-            from_config: false,
+            from_config: self.owned.groups.contains(&g.key()),
         }
     }
 

@@ -118,6 +118,8 @@ pub enum ApplyError {
     DuplicateName { name: String },
     #[error("desired state names {label} more than once")]
     DuplicateBinding { label: String },
+    #[error("desired state names {label} more than once")]
+    DuplicateGroup { label: String },
     /// The changes are applied (maps and memory) but not durable: a crash
     /// before the next successful write would lose them, and the next
     /// start would reconcile the maps back to the stored ports.
@@ -136,6 +138,9 @@ pub struct ApplyReport {
     /// Bindings added and deleted (a changed binding is both).
     pub bindings_added: usize,
     pub bindings_deleted: usize,
+    /// Groups added and deleted (a changed group is both).
+    pub groups_added: usize,
+    pub groups_deleted: usize,
     /// Ports (by name) and bindings (by label) that could not be brought
     /// to their desired state; the rest were applied regardless.
     pub failed: Vec<(String, PortError)>,
@@ -147,7 +152,9 @@ impl ApplyReport {
             && self.replaced.is_empty()
             && self.deleted.is_empty()
             && self.bindings_added == 0
-            && self.bindings_deleted == 0)
+            && self.bindings_deleted == 0
+            && self.groups_added == 0
+            && self.groups_deleted == 0)
     }
 }
 
@@ -173,6 +180,8 @@ impl fmt::Display for Holder {
 pub struct Desired<'a> {
     pub ports: &'a [PortSpec],
     pub bindings: Option<&'a [Binding]>,
+    /// `None` leaves the groups as they are.
+    pub groups: Option<&'a [Group]>,
 }
 
 pub struct PortMap<D, S> {
@@ -578,7 +587,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// A crash mid-batch loses the batch's store writes; the next start
     /// reconciles the maps back to the last durable state.
     pub fn apply_desired(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
-        self.apply(Desired { ports: desired, bindings: None }, now, &mut NoEffects)
+        self.apply(Desired { ports: desired, bindings: None, groups: None }, now, &mut NoEffects)
     }
 
     /// `apply_desired` for ports and bindings, with effects. Bindings that
@@ -620,6 +629,29 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             }
         }
         let mut report = ApplyReport::default();
+        // Groups that go or change go first (they hold member ports that
+        // may go), new ones last (they need their members): a changed
+        // group floods nothing for the moment between.
+        let mut wanted_groups: BTreeMap<(Vni, u16), &Group> = BTreeMap::new();
+        for g in desired.groups.unwrap_or_default() {
+            if wanted_groups.insert(g.key(), g).is_some() {
+                return Err(ApplyError::DuplicateGroup { label: g.label() });
+            }
+        }
+        if desired.groups.is_some() {
+            let stale: Vec<Group> = self
+                .groups
+                .values()
+                .filter(|g| wanted_groups.get(&g.key()).is_none_or(|w| *w != *g))
+                .cloned()
+                .collect();
+            for g in stale {
+                match self.delete_group(g.vni, g.key) {
+                    Ok(_) => report.groups_deleted += 1,
+                    Err(e) => report.failed.push((g.label(), e)),
+                }
+            }
+        }
         if desired.bindings.is_some() {
             let stale: Vec<Binding> = self
                 .bindings
@@ -672,6 +704,15 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             match self.add_binding(b) {
                 Ok(_) => report.bindings_added += 1,
                 Err(e) => report.failed.push((b.label(), e)),
+            }
+        }
+        for g in wanted_groups.values() {
+            if self.groups.get(&g.key()) == Some(*g) {
+                continue;
+            }
+            match self.add_group(g) {
+                Ok(_) => report.groups_added += 1,
+                Err(e) => report.failed.push((g.label(), e)),
             }
         }
         Ok(report)

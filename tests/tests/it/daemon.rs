@@ -595,7 +595,8 @@ fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
     let full = format!(
         "[bfd]\nmin_rx_ms = 300\n\n[[ports]]\nname = \"vm1\"\nifname = \"p1\"\nvni = {VNI}\nport_key = 17\nmac = \"{}\"\nip = \"{}\"\n\n\
          [[tunnels]]\nname = \"hv2\"\nremote_ip = \"{}\"\nvni = {VNI}\nbfd = true\novn_metadata = true\nofport = 10\n\n\
-         [[bindings]]\nvni = {VNI}\nmac = \"{}\"\nip = \"{}\"\ntunnel = \"hv2\"\nport_key = 34\n",
+         [[bindings]]\nvni = {VNI}\nmac = \"{}\"\nip = \"{}\"\ntunnel = \"hv2\"\nport_key = 34\n\n\
+         [[groups]]\nvni = {VNI}\nkey = 32768\nports = [\"vm1\"]\ntunnels = [\"hv2\"]\nrate_pps = 50\n",
         mac(VM_MAC[0]),
         VM_IP[0],
         GW_IP[1],
@@ -609,6 +610,28 @@ fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
     assert!(show["ports"].as_array().unwrap().iter().all(|p| p["from_config"] == true));
     assert_eq!(show["bindings"][0]["from_config"], true);
     assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
+    // The file's group: its entry in GROUPS holds the members' numbers.
+    let groups = gw.daemon.json(&["group", "list"]);
+    assert_eq!(
+        (groups[0]["from_config"].as_bool(), groups[0]["rate_pps"].as_u64()),
+        (Some(true), Some(50)),
+        "{groups}"
+    );
+    let number = |name: &str| {
+        show["ports"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["ofport"].as_u64().unwrap() as u16
+    };
+    let groups_pin = gw.daemon.pins().join("GROUPS");
+    let entries = || -> Vec<(wire::GroupKey, wire::Group)> {
+        let m: aya::maps::HashMap<_, wire::GroupKey, wire::Group> = aya::maps::HashMap::try_from(
+            aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&groups_pin).unwrap()).unwrap(),
+        )
+        .unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
+    };
+    let e = entries();
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].0.vni, e[0].0.key, e[0].1.local, e[0].1.count, e[0].1.rate_pps), (VNI, 32768, 1, 2, 50));
+    assert_eq!(&e[0].1.members[..2], &[number("vm1"), number("hv2")]);
     gw.daemon.cli(&["tunnel", "add", "api1", "--remote-ip", "198.51.100.7", "--vni", "7"]);
     let numbers: BTreeMap<String, u64> = show["ports"]
         .as_array()
@@ -634,6 +657,9 @@ fn the_config_file_owns_its_entries_and_the_api_keeps_its_own() {
     assert_eq!(hv2["ofport"].as_u64(), numbers.get("hv2").copied());
     assert!(show["bindings"].as_array().unwrap().is_empty());
     assert_eq!(read_maps(&gw.daemon.pins()), maps_from_show(&gw.ns, &show));
+    // The group went with the file's entry (before its member port could).
+    assert_eq!(gw.daemon.json(&["group", "list"]), Value::Array(vec![]));
+    assert!(entries().is_empty());
 }
 
 /// gw1 is driven by the daemon; gw2, the other end of the tunnel, is a
