@@ -111,10 +111,17 @@ pub enum Drop {
     Storm = 17,
     /// A flood copy the kernel refused (member interface gone, no headroom).
     FloodCopy = 18,
+    /// Port security: a source MAC the port may not send from.
+    PortSecurityMac = 19,
+    /// Port security: an IP source the port's MAC may not send from.
+    PortSecurityIp = 20,
+    /// Port security: ARP or neighbour discovery naming a MAC or address
+    /// the port may not claim (spoofing).
+    PortSecurityArpNd = 21,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -135,6 +142,9 @@ impl Drop {
         Drop::UnknownVni,
         Drop::Storm,
         Drop::FloodCopy,
+        Drop::PortSecurityMac,
+        Drop::PortSecurityIp,
+        Drop::PortSecurityArpNd,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -158,6 +168,9 @@ impl Drop {
             Drop::UnknownVni => "unknown_vni",
             Drop::Storm => "storm",
             Drop::FloodCopy => "flood_copy",
+            Drop::PortSecurityMac => "port_security_mac",
+            Drop::PortSecurityIp => "port_security_ip",
+            Drop::PortSecurityArpNd => "port_security_arp_nd",
         }
     }
 }

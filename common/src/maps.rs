@@ -27,6 +27,7 @@ pub mod names {
     pub const GROUPS: &str = "GROUPS";
     pub const PORT_IFINDEX: &str = "PORT_IFINDEX";
     pub const STORM: &str = "STORM";
+    pub const PORT_SECURITY: &str = "PORT_SECURITY";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -72,7 +73,58 @@ pub struct LocalPort {
     /// OVN logical port key (15 bits).
     pub port_key: u16,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `PORTSEC_*`: what the port's own MAC and IP settle without reading
+    /// `PORT_SECURITY`.
+    pub sec: u8,
+    pub _pad: u8,
+    /// The port's own IP (IPv4-mapped), with `PORTSEC_HAS_IP`.
+    pub ip: [u8; 16],
+}
+
+/// `LocalPort::sec`. Port security (OVN's `port_security`) checks what a VM
+/// sends: its source MAC, and for a MAC listed with IP addresses, the
+/// source IP and the addresses in its ARP and neighbour discovery. The port's
+/// own MAC and IP are in `LocalPort`, which the encap flow cache holds, so
+/// the usual frame is checked without a lookup; the full list is the
+/// port's `PORT_SECURITY` entry, read only for anything else.
+pub const PORTSEC_ON: u8 = 1;
+/// IP sources of the port's own MAC are restricted to the listed ones.
+pub const PORTSEC_RESTRICTED: u8 = 2;
+/// `LocalPort::ip` is one of them.
+pub const PORTSEC_HAS_IP: u8 = 4;
+/// The port's own MAC has more addresses than `LocalPort::ip` (in `PORT_SECURITY`).
+pub const PORTSEC_MORE_IPS: u8 = 8;
+/// Other MACs are allowed too (in `PORT_SECURITY`).
+pub const PORTSEC_OTHER_MACS: u8 = 16;
+
+/// Rows of one port's `PORT_SECURITY` entry: an element of OVN's
+/// `port_security` column ("MAC [IP ...]") is one MAC row and one row per IP.
+pub const PORT_SECURITY_ROWS: usize = 16;
+
+/// `PortSecurityRow::kind`.
+pub const PS_ROW_MAC: u8 = 1;
+/// A MAC whose IP sources are restricted to its IP rows.
+pub const PS_ROW_MAC_RESTRICTED: u8 = 2;
+/// An IP address (IPv4-mapped) `mac` may send from.
+pub const PS_ROW_IP: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSecurityRow {
+    pub mac: [u8; 6],
+    pub kind: u8,
+    pub _pad: u8,
+    pub ip: [u8; 16],
+}
+
+/// `PORT_SECURITY`, keyed by the port's OpenFlow number: every address the
+/// port's VM may send from, `count` rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSecurity {
+    pub count: u32,
+    pub _pad: u32,
+    pub rows: [PortSecurityRow; PORT_SECURITY_ROWS],
 }
 
 /// (VNI, logical port key) -> the local port's `FdbEntry`: decap with the OVN option.
@@ -483,6 +535,7 @@ mod pod {
     unsafe impl aya::Pod for GroupKey {}
     unsafe impl aya::Pod for Group {}
     unsafe impl aya::Pod for StormBucket {}
+    unsafe impl aya::Pod for PortSecurity {}
     unsafe impl aya::Pod for BfdPathKey {}
     unsafe impl aya::Pod for BfdSession {}
     unsafe impl aya::Pod for BfdEvent {}
@@ -494,7 +547,8 @@ mod pod {
 // changes by accident.
 const _: () = {
     assert!(core::mem::size_of::<Uplink>() == 36);
-    assert!(core::mem::size_of::<LocalPort>() == 16);
+    assert!(core::mem::size_of::<LocalPort>() == 32);
+    assert!(core::mem::size_of::<PortSecurity>() == 8 + 24 * PORT_SECURITY_ROWS);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<FdbKey>() == 12);
     assert!(core::mem::size_of::<FdbEntry>() == 8);
@@ -508,7 +562,7 @@ const _: () = {
     assert!(core::mem::size_of::<DecapFlowKey>() == 32);
     assert!(core::mem::size_of::<DecapFlow>() == 56);
     assert!(core::mem::size_of::<EncapFlowKey>() == 16);
-    assert!(core::mem::size_of::<EncapFlow>() == 176);
+    assert!(core::mem::size_of::<EncapFlow>() == 192);
 };
 
 /// Multicast groups (OVN's `Multicast_Group`): an egress key at or above

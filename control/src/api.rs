@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::AttachMode;
 pub use crate::ofport::{Binding, Group};
-use crate::types::{BfdOverride, IfName, MacAddr, Name, PortKey, UnicastIp, Vni};
+use crate::types::{AllowedAddress, BfdOverride, IfName, MacAddr, Name, PortKey, UnicastIp, Vni};
 
 /// Requests larger than this are refused: the API carries small commands,
 /// and a client must not make the daemon buffer without bound.
@@ -107,6 +107,43 @@ pub struct PortArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
+    /// Turn port security off: the VM may send from any MAC and IP. By
+    /// default it may send only from `--mac` (and `--ip`) and `--allow`,
+    /// and its ARP and neighbour discovery may claim only those.
+    #[arg(long = "no-port-security", action = clap::ArgAction::SetFalse)]
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub port_security: bool,
+    /// Another address the VM may send from, as an element of OVN's
+    /// `port_security`: "MAC [IP ...]" (a MAC listed with IPs may send
+    /// only from those). Repeat for more.
+    #[arg(long = "allow", value_name = "MAC [IP ...]")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowedAddress>,
+}
+
+impl PortArgs {
+    /// The port as the port map holds it.
+    pub fn local_port(&self) -> crate::ofport::LocalPort {
+        crate::ofport::LocalPort {
+            name: self.name.clone(),
+            ifname: self.ifname.clone(),
+            vni: self.vni,
+            port_key: self.port_key,
+            mac: self.mac,
+            ip: self.ip,
+            ofport_request: self.ofport,
+            port_security: self.port_security,
+            allowed: self.allow.clone(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A Geneve tunnel to another chassis (API and `xgw tunnel add`).
@@ -428,6 +465,10 @@ pub struct PortView {
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
+    /// Local ports: what the VM may send from, as OVN's `port_security`
+    /// lists it ("MAC [IP ...]" each); empty when port security is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -305,6 +305,12 @@ fn details(p: &PortView) -> String {
     if let Some(ip) = p.ip {
         d.push(format!("ip {ip}"));
     }
+    match p.port_security.as_deref() {
+        Some([]) => d.push("port_security off".into()),
+        // More than the port's own MAC and IP: show the whole list.
+        Some(list) if list.len() > 1 => d.push(format!("port_security [{}]", list.join(", "))),
+        _ => {}
+    }
     if let Some(r) = p.remote_ip {
         d.push(format!("remote_ip {r}"));
     }

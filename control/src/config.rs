@@ -22,6 +22,9 @@
 //! port_key = 17
 //! mac = "02:00:5e:20:00:01"
 //! ip = "203.0.113.1"
+//! # Port security (on unless port_security = false): the VM sends only
+//! # from mac and ip, and from these (OVN's port_security elements).
+//! allow = ["02:00:5e:20:00:09 203.0.113.9 2001:db8::9"]
 //!
 //! [[tunnels]]
 //! name = "hv2"
@@ -163,6 +166,9 @@ struct RawPort {
     mac: String,
     ip: Option<String>,
     ofport: Option<i64>,
+    port_security: Option<bool>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -328,7 +334,17 @@ impl RawConfig {
                 mac: mac(&path, &p.mac)?,
                 ip: p.ip.as_deref().map(|s| ip(&path, "ip", s)).transpose()?,
                 ofport: ofport(&path, p.ofport)?,
+                port_security: p.port_security.unwrap_or(true),
+                allow: p
+                    .allow
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| field(&path, &format!("allow[{j}]"), a.parse()))
+                    .collect::<Result<_, _>>()?,
             };
+            crate::ofport::PortSpec::Local(args.local_port())
+                .validate()
+                .map_err(|e| err(format!("{path}.{}", e.field), e.cause))?;
             claim(&path, &args.name, args.ofport)?;
             ports.push(args);
         }
@@ -543,6 +559,34 @@ port_key = 34
         );
         let twice = "[[groups]]\nvni = 1\nkey = 32768\n[[groups]]\nvni = 1\nkey = 32768\n";
         assert_eq!(error(twice), "config: groups[1].key: 32768 in VNI 1 is already groups[0]");
+    }
+
+    #[test]
+    fn port_security_parses_and_its_errors_name_the_field() {
+        let c = Config::parse(GOOD).expect("parses");
+        assert!(c.ports[0].port_security && c.ports[0].allow.is_empty(), "on by default");
+        let allow = GOOD.replace(
+            "ip = \"203.0.113.1\"",
+            "ip = \"203.0.113.1\"\nallow = [\"02:00:5e:20:00:09 203.0.113.9 2001:db8::9\", \"02:00:5e:20:00:0a\"]",
+        );
+        let c = Config::parse(&allow).expect("parses");
+        let listed: Vec<String> = c.ports[0].allow.iter().map(ToString::to_string).collect();
+        assert_eq!(listed, ["02:00:5e:20:00:09 203.0.113.9 2001:db8::9", "02:00:5e:20:00:0a"]);
+        let off = GOOD.replace("ip = \"203.0.113.1\"", "ip = \"203.0.113.1\"\nport_security = false");
+        assert!(!Config::parse(&off).expect("parses").ports[0].port_security);
+
+        let bad = allow.replace("203.0.113.9 ", "203.0.113.0/24 ");
+        assert_eq!(
+            error(&bad),
+            "config: ports[0].allow[0]: \"203.0.113.0/24\": a prefix is not an address (list each address)"
+        );
+        let bad = allow.replace("\"02:00:5e:20:00:0a\"", "\"01:00:5e:20:00:0a\"");
+        assert_eq!(error(&bad), "config: ports[0].allow[1]: 01:00:5e:20:00:0a is not a unicast address");
+        let bad = allow.replace("allow =", "port_security = false\nallow =");
+        assert_eq!(error(&bad), "config: ports[0].allow: more allowed addresses need port security on");
+        let many: Vec<String> = (0..8).map(|i| format!("\"02:00:5e:20:01:{i:02x} 203.0.113.{i}\"")).collect();
+        let bad = GOOD.replace("ip = \"203.0.113.1\"", &format!("allow = [{}]", many.join(", ")));
+        assert_eq!(error(&bad), "config: ports[0].allow: 17 MACs and addresses with the port's own, at most 16");
     }
 
     #[test]

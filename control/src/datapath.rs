@@ -64,6 +64,7 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::VNIS,
     names::GROUPS,
     names::PORT_IFINDEX,
+    names::PORT_SECURITY,
     // The flow caches' generation: a restarted controller must bump the
     // counter that the programs left attached read.
     names::GENERATION,
@@ -93,6 +94,7 @@ pub fn load_with(options: LoadOptions<'_>) -> Result<Ebpf> {
         loader.map_max_entries(name, size);
     }
     if let Some(dir) = options.pin_dir {
+        check_pinned_layouts(CONFIG_MAPS.iter().map(|&name| (name, dir.join(name))))?;
         for &name in CONFIG_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -102,6 +104,48 @@ pub fn load_with(options: LoadOptions<'_>) -> Result<Ebpf> {
         None => "loading the xgw datapath into the kernel (are you root, with BPF enabled?)".into(),
     })
 }
+
+/// Refuses pinned maps (name, path) that this build's object declares
+/// otherwise: key or value size, or the length of an array (whose index
+/// space is an enum's, as DROPS' is the drop reasons'). They were made by
+/// another xgw version (a map's layout changed, e.g. LOCAL_PORTS when port
+/// security came), and the new programs would misread them, or fail the
+/// verifier. This says what happened and what to do instead.
+pub fn check_pinned_layouts(maps: impl IntoIterator<Item = (&'static str, std::path::PathBuf)>) -> Result<()> {
+    use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY};
+    let obj = aya_obj::Object::parse(OBJECT).context("parsing the embedded datapath object")?;
+    for (name, path) in maps {
+        if !path.exists() {
+            continue;
+        }
+        let want = obj.maps.get(name).with_context(|| format!("the datapath object has no map {name}"))?;
+        let pinned = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = pinned.info().with_context(|| format!("reading {}", path.display()))?;
+        let (key, value) = (info.key_size(), info.value_size());
+        if (key, value) != (want.key_size(), want.value_size()) {
+            anyhow::bail!(
+                "{} was made by another xgw version (key {key} and value {value} bytes, this one needs {} and \
+                 {}): {FOREIGN_DATAPATH}",
+                path.display(),
+                want.key_size(),
+                want.value_size()
+            );
+        }
+        let array = [BPF_MAP_TYPE_ARRAY as u32, BPF_MAP_TYPE_PERCPU_ARRAY as u32].contains(&want.map_type());
+        if array && info.max_entries() != want.max_entries() {
+            anyhow::bail!(
+                "{} was made by another xgw version ({} entries, this one needs {}): {FOREIGN_DATAPATH}",
+                path.display(),
+                info.max_entries(),
+                want.max_entries()
+            );
+        }
+    }
+    Ok(())
+}
+
+const FOREIGN_DATAPATH: &str = "the running datapath cannot be adopted; remove it with `xgw uninstall` for this \
+                                uplink (traffic stops until the next start) and start again";
 
 /// Loads the datapath with its configuration maps pinned in `dir` (a
 /// bpffs directory), creating them there on first use.

@@ -326,6 +326,69 @@ impl PartialEq<IpAddr> for UnicastIp {
     }
 }
 
+/// One element of a port's port security (OVN's `port_security` column):
+/// a MAC the port's VM may send from and, if any are listed, the only IP
+/// addresses it may send from with that MAC. Written as OVN writes it,
+/// `"MAC [IP ...]"`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AllowedAddress {
+    pub mac: MacAddr,
+    pub ips: Vec<UnicastIp>,
+}
+
+impl FromStr for AllowedAddress {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut words = s.split_whitespace();
+        let Some(mac) = words.next() else {
+            return Err(invalid(format_args!("\"{}\" is not \"MAC [IP ...]\"", quoted(s))));
+        };
+        let mac = mac.parse::<MacAddr>()?.unicast()?;
+        let mut ips = Vec::new();
+        for w in words {
+            if w.contains('/') {
+                return Err(invalid(format_args!("\"{}\": a prefix is not an address (list each address)", quoted(w))));
+            }
+            let ip: UnicastIp = w.parse()?;
+            if ips.contains(&ip) {
+                return Err(invalid(format_args!("\"{}\" is listed twice", quoted(w))));
+            }
+            ips.push(ip);
+        }
+        Ok(AllowedAddress { mac, ips })
+    }
+}
+
+impl TryFrom<String> for AllowedAddress {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<AllowedAddress> for String {
+    fn from(a: AllowedAddress) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for AllowedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.mac)?;
+        for ip in &self.ips {
+            write!(f, " {ip}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for AllowedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// An Ethernet address, written and stored as `aa:bb:cc:dd:ee:ff`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

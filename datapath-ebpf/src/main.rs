@@ -27,6 +27,7 @@ mod flows;
 mod maps;
 mod outer;
 mod parse;
+mod portsec;
 mod probe;
 mod responder;
 mod toobig;
@@ -34,7 +35,7 @@ mod toobig;
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
 use xgw_common::{
     counters::{Drop, Reply},
-    maps::{DEVMAP_UPLINK, FDB_LOCAL, GROUP_FLOOD, GROUP_UNKNOWN},
+    maps::{DEVMAP_UPLINK, FDB_LOCAL, GROUP_FLOOD, GROUP_UNKNOWN, PORTSEC_ON},
 };
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
@@ -86,7 +87,8 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
 /// port of the same VNI are switched directly, frames for a remote binding
 /// are encapsulated toward its chassis, and ARP / neighbour solicitations
 /// for bound addresses are answered here. Broadcast, multicast and unknown
-/// unicast go to the VNI's flood group, if it has one (`flood`).
+/// unicast go to the VNI's flood group, if it has one (`flood`). Port
+/// security comes first: a frame the port may not send goes nowhere.
 #[xdp]
 pub fn xgw_local(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -99,6 +101,12 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
     let Some(dst) = dst else {
         return drop(Drop::Runt);
     };
+    // What the VM may send from, before anything answers or forwards it.
+    if port.sec & PORTSEC_ON != 0 {
+        if let Err(reason) = portsec::check(&ctx, &port) {
+            return drop(reason);
+        }
+    }
     if dst[0] & 1 != 0 {
         return match responder::answer(&ctx, &port) {
             Some(reply) => {

@@ -38,6 +38,10 @@ pub static GROUPS: HashMap<GroupKey, Group> = HashMap::with_max_entries(MAX_GROU
 /// TC program cannot read): where `xgw_flood` sends a local member's copy.
 #[map(name = "PORT_IFINDEX")]
 pub static PORT_IFINDEX: Array<u32> = Array::with_max_entries(0xff00, 0);
+/// A local port's port security by OpenFlow number: read only for a frame
+/// that its `LocalPort` (own MAC and IP) does not settle.
+#[map(name = "PORT_SECURITY")]
+pub static PORT_SECURITY: HashMap<u32, PortSecurity> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
 #[map(name = "STORM")]
 pub static STORM: PerCpuArray<StormBucket> = PerCpuArray::with_max_entries(0xff00, 0);
 /// `xgw_flood`'s scratch slot for a tunnel copy's outer headers (too big

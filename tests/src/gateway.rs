@@ -159,6 +159,13 @@ impl TestGateway {
         ifx.set(port.ofport as u32, ifindex, 0).unwrap();
     }
 
+    /// Port `ofport`'s PORT_SECURITY entry, replacing what was there (its
+    /// LOCAL_PORTS entry says whether it is read).
+    pub fn set_port_security(&mut self, ofport: u16, sec: PortSecurity) {
+        self.hash::<u32, PortSecurity>(PORT_SECURITY).insert(ofport as u32, sec, 0).unwrap();
+        self.generation.bump();
+    }
+
     /// One more local port in `vni`, in VNIS, as the controller counts it.
     fn serve_vni(&mut self, vni: u32) {
         let mut vnis = self.hash::<u32, u32>(VNIS);

@@ -26,7 +26,8 @@ pub type Maps = BTreeMap<&'static str, Raw>;
 
 /// The maps a port can have entries in.
 /// VNIS is derived from PORT_KEYS (how many local ports serve each VNI).
-pub const PORT_MAPS: [&str; 8] = [DEVMAP, LOCAL_PORTS, PORT_KEYS, FDB, NEIGH, TUNNELS, TUNNEL_BY_REMOTE, VNIS];
+pub const PORT_MAPS: [&str; 9] =
+    [DEVMAP, LOCAL_PORTS, PORT_SECURITY, PORT_KEYS, FDB, NEIGH, TUNNELS, TUNNEL_BY_REMOTE, VNIS];
 
 pub const VNI: u32 = 5001;
 
@@ -57,6 +58,8 @@ pub fn local(name: &str, ifname: &str, port_key: u16, ip: Option<IpAddr>) -> Por
         mac: MacAddr([0x02, 0, 0x5e, 0x30, (port_key >> 8) as u8, port_key as u8]),
         ip: ip.map(|ip| UnicastIp::new(ip).expect("test address")),
         ofport_request: None,
+        port_security: true,
+        allowed: Vec::new(),
     })
 }
 
@@ -114,6 +117,7 @@ pub fn read_maps(dir: &Path) -> Maps {
     BTreeMap::from([
         (DEVMAP, devmap),
         (LOCAL_PORTS, read_hash::<u32, wire::LocalPort>(dir, LOCAL_PORTS)),
+        (PORT_SECURITY, read_hash::<u32, wire::PortSecurity>(dir, PORT_SECURITY)),
         (PORT_KEYS, read_hash::<wire::PortKey, wire::FdbEntry>(dir, PORT_KEYS)),
         (FDB, read_hash::<wire::FdbKey, wire::FdbEntry>(dir, FDB)),
         (NEIGH, read_hash::<wire::NeighKey, wire::Neigh>(dir, NEIGH)),
@@ -167,8 +171,30 @@ pub fn expected_maps<'a>(records: impl IntoIterator<Item = &'a PortRecord>, ifin
                 *served.entry(vni).or_default() += 1;
                 let fdb = wire::FdbEntry { ofport: n, port_key, kind: wire::FDB_LOCAL, _pad: [0; 3] };
                 put(DEVMAP, bytes(&u32::from(n)), bytes(&ifx));
-                let lp = wire::LocalPort { vni, ofport: n, port_key, mac: p.mac.0, _pad: [0; 2] };
+                // Port security, written out for what the tests' ports
+                // have: on, the port's own MAC and IP, nothing more.
+                assert!(p.port_security && p.allowed.is_empty(), "expected_maps knows plain ports only");
+                let ip = p.ip.map(|ip| ip16(ip.get()));
+                let sec = wire::PORTSEC_ON | ip.map_or(0, |_| wire::PORTSEC_RESTRICTED | wire::PORTSEC_HAS_IP);
+                let lp = wire::LocalPort {
+                    vni,
+                    ofport: n,
+                    port_key,
+                    mac: p.mac.0,
+                    sec,
+                    _pad: 0,
+                    ip: ip.unwrap_or_default(),
+                };
                 put(LOCAL_PORTS, bytes(&ifx), bytes(&lp));
+                let mut ps = wire::PortSecurity::default();
+                let kind = if ip.is_some() { wire::PS_ROW_MAC_RESTRICTED } else { wire::PS_ROW_MAC };
+                ps.rows[0] = wire::PortSecurityRow { mac: p.mac.0, kind, _pad: 0, ip: [0; 16] };
+                ps.count = 1;
+                if let Some(ip) = ip {
+                    ps.rows[1] = wire::PortSecurityRow { mac: p.mac.0, kind: wire::PS_ROW_IP, _pad: 0, ip };
+                    ps.count = 2;
+                }
+                put(PORT_SECURITY, bytes(&u32::from(n)), bytes(&ps));
                 put(PORT_KEYS, bytes(&wire::PortKey { vni, port_key, _pad: 0 }), bytes(&fdb));
                 put(FDB, bytes(&wire::FdbKey { vni, mac: p.mac.0, _pad: [0; 2] }), bytes(&fdb));
                 if let Some(ip) = p.ip {

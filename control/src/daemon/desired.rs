@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     api::{BfdPeerArgs, PortArgs, TunnelArgs},
     config::Config,
-    ofport::{Binding, Group, LocalPort, PortRecord, PortSpec, TunnelPort},
+    ofport::{Binding, Group, PortRecord, PortSpec, TunnelPort},
     types::{MacAddr, Name, Vni},
 };
 
@@ -44,15 +44,7 @@ pub struct Plan {
 }
 
 pub fn local_spec(a: &PortArgs) -> PortSpec {
-    PortSpec::Local(LocalPort {
-        name: a.name.clone(),
-        ifname: a.ifname.clone(),
-        vni: a.vni,
-        port_key: a.port_key,
-        mac: a.mac,
-        ip: a.ip,
-        ofport_request: a.ofport,
-    })
+    PortSpec::Local(a.local_port())
 }
 
 pub fn tunnel_spec(a: &TunnelArgs) -> PortSpec {

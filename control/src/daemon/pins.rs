@@ -95,6 +95,7 @@ impl Pins {
     /// pinned here, reusing the maps already pinned (a restart or an
     /// upgrade keeps their contents).
     pub fn load(&self) -> Result<Ebpf> {
+        datapath::check_pinned_layouts(CONFIG_MAPS.iter().chain(COUNTER_MAPS).map(|&name| (name, self.map(name))))?;
         let mut loader = EbpfLoader::new();
         for &name in CONFIG_MAPS.iter().chain(COUNTER_MAPS) {
             loader.map_pin_path(name, self.map(name));

@@ -29,7 +29,7 @@ use xgw_common::maps::{
 
 use super::maps::{Datapath, EntryKey, GroupEntry, MapEntry, MapError, Step};
 use super::number::OfPort;
-use super::spec::{self, Binding, MacAddr, Object, PortSpec, TunnelKey};
+use super::spec::{self, ip16, Binding, MacAddr, Object, PortSpec, TunnelKey};
 use crate::datapath::Generation;
 
 /// `BPF_NOEXIST`: fail with EEXIST rather than overwrite.
@@ -101,6 +101,10 @@ pub struct BpfDatapath {
     /// DEVMAP's ifindexes by number, for the flood program (TC cannot read
     /// a devmap): written with every DEVMAP entry of a port.
     port_ifindex: Array<MapData, u32>,
+    /// A local port's port security by number, written with its
+    /// LOCAL_PORTS entry (before it, so the port is never live without it)
+    /// and removed after it.
+    port_security: HashMap<MapData, u32, wire::PortSecurity>,
 }
 
 impl BpfDatapath {
@@ -142,6 +146,7 @@ impl BpfDatapath {
             served: StdHashMap::new(),
             groups: typed(&mut take, names::GROUPS)?,
             port_ifindex: typed(&mut take, names::PORT_IFINDEX)?,
+            port_security: typed(&mut take, names::PORT_SECURITY)?,
             generation: Generation::open(&take(names::GENERATION)?)
                 .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
@@ -152,7 +157,24 @@ impl BpfDatapath {
         }
         dp.sync_vnis().map_err(|e| OpenMapsError::Derived { name: names::VNIS, cause: e })?;
         dp.sync_port_ifindex().map_err(|e| OpenMapsError::Derived { name: names::PORT_IFINDEX, cause: e })?;
+        dp.sync_port_security().map_err(|e| OpenMapsError::Derived { name: names::PORT_SECURITY, cause: e })?;
         Ok(dp)
+    }
+
+    /// Removes PORT_SECURITY entries of numbers LOCAL_PORTS has no port
+    /// under (a crash between the two writes); a live port's entry is
+    /// checked with its LOCAL_PORTS entry by `is_current`.
+    fn sync_port_security(&mut self) -> Result<(), MapError> {
+        let mut live = std::collections::HashSet::new();
+        for row in self.local_ports.iter() {
+            let (_, v) = row.map_err(os_error)?;
+            live.insert(u32::from(v.ofport));
+        }
+        let stale: Vec<u32> = self.port_security.keys().filter_map(Result::ok).filter(|n| !live.contains(n)).collect();
+        for n in stale {
+            self.port_security.remove(&n).map_err(os_error)?;
+        }
+        Ok(())
     }
 
     /// Makes PORT_IFINDEX hold exactly DEVMAP's ports.
@@ -319,13 +341,6 @@ fn ifindex(ifname: &str) -> Result<u32, MapError> {
     }
 }
 
-fn ip16(ip: IpAddr) -> [u8; 16] {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => wire::ipv4_mapped(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn ip_from16(bytes: [u8; 16]) -> IpAddr {
     Ipv6Addr::from(bytes).to_canonical()
 }
@@ -365,7 +380,7 @@ fn remote_fdb_entry(b: &Binding, tunnel: OfPort) -> FdbEntry {
 }
 
 fn local_port_value(p: &spec::LocalPort, ofport: OfPort) -> LocalPort {
-    LocalPort { vni: p.vni.get(), ofport: ofport.get(), port_key: p.port_key.get(), mac: p.mac.0, _pad: [0; 2] }
+    p.wire(ofport.get())
 }
 
 fn tunnel_value(t: &spec::TunnelPort, nexthop_mac: [u8; 6]) -> Tunnel {
@@ -419,12 +434,18 @@ impl Datapath for BpfDatapath {
             Step::LocalPort => {
                 let p = local(port)?;
                 let ifindex = ifindex(&p.ifname)?;
-                let r = self.local_ports.insert(ifindex, local_port_value(p, ofport), NOEXIST);
-                if r.is_ok() {
-                    let mut cache = self.ifindex_of.borrow_mut();
-                    cache.entry(number).or_default().push(ifindex);
-                }
-                r
+                // The number is this port's (the allocator reserved it), so
+                // an entry under it can only be a leftover: overwritten.
+                self.port_security.insert(number, p.wire_security(), 0).and_then(|()| {
+                    let r = self.local_ports.insert(ifindex, local_port_value(p, ofport), NOEXIST);
+                    match &r {
+                        Ok(()) => self.ifindex_of.borrow_mut().entry(number).or_default().push(ifindex),
+                        Err(_) => {
+                            let _ = self.port_security.remove(&number);
+                        }
+                    }
+                    r
+                })
             }
             Step::PortKey => {
                 let p = local(port)?;
@@ -492,7 +513,10 @@ impl Datapath for BpfDatapath {
                     self.local_ports.remove(&ifindex).map_err(|e| self.error(step, e))?;
                 }
                 self.ifindex_of.borrow_mut().remove(&n);
-                Ok(())
+                match self.port_security.remove(&n) {
+                    Err(AyaMapError::KeyNotFound | AyaMapError::ElementNotFound) => Ok(()),
+                    r => r,
+                }
             }
             (Step::PortKey, EntryKey::PortKey { vni, port_key: key }) => self
                 .port_keys
@@ -600,7 +624,10 @@ impl Datapath for BpfDatapath {
                 };
                 // Also stale: the number under another interface too.
                 let only_here = self.local_port_keys(number)? == [ifindex];
-                found(self.local_ports.get(&ifindex, 0).map(|v| only_here && v == local_port_value(p, ofport)))
+                let secured = found(self.port_security.get(&number, 0).map(|v| v == p.wire_security()))?;
+                found(
+                    self.local_ports.get(&ifindex, 0).map(|v| secured && only_here && v == local_port_value(p, ofport)),
+                )
             }
             Step::PortKey => {
                 let p = local(port)?;

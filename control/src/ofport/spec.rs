@@ -6,8 +6,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use xgw_common::maps as wire;
 
-pub use crate::types::{BfdOverride, IfName, InvalidValue, MacAddr, Name, PortKey, UnicastIp, Vni};
+pub use crate::types::{AllowedAddress, BfdOverride, IfName, InvalidValue, MacAddr, Name, PortKey, UnicastIp, Vni};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -29,6 +30,98 @@ pub struct LocalPort {
     pub ip: Option<UnicastIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport_request: Option<u16>,
+    /// Port security: the VM may send only from `mac` (and `ip`, if set)
+    /// and from `allowed`. Records stored before port security existed
+    /// load with it on, as a port added now would be.
+    #[serde(default = "port_security_default", skip_serializing_if = "is_true")]
+    pub port_security: bool,
+    /// More addresses the VM may send from (OVN's `port_security` elements).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<AllowedAddress>,
+}
+
+fn port_security_default() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl LocalPort {
+    /// The port's port security as OVN's column would list it: its own
+    /// MAC and IP first, then `allowed`; empty when it is off.
+    pub fn port_security(&self) -> Vec<AllowedAddress> {
+        if !self.port_security {
+            return Vec::new();
+        }
+        let own = AllowedAddress { mac: self.mac, ips: self.ip.into_iter().collect() };
+        std::iter::once(own).chain(self.allowed.iter().cloned()).collect()
+    }
+
+    /// LOCAL_PORTS' value for the port under number `ofport`.
+    pub fn wire(&self, ofport: u16) -> wire::LocalPort {
+        use xgw_common::maps::*;
+        let elements = self.port_security();
+        let mut sec = 0;
+        if !elements.is_empty() {
+            sec |= PORTSEC_ON;
+        }
+        let own_ips: Vec<&UnicastIp> = elements.iter().filter(|e| e.mac == self.mac).flat_map(|e| &e.ips).collect();
+        if !own_ips.is_empty() {
+            sec |= PORTSEC_RESTRICTED;
+        }
+        if self.port_security && self.ip.is_some() {
+            sec |= PORTSEC_HAS_IP;
+        }
+        if own_ips.len() > usize::from(sec & PORTSEC_HAS_IP != 0) {
+            sec |= PORTSEC_MORE_IPS;
+        }
+        if elements.iter().any(|e| e.mac != self.mac) {
+            sec |= PORTSEC_OTHER_MACS;
+        }
+        wire::LocalPort {
+            vni: self.vni.get(),
+            ofport,
+            port_key: self.port_key.get(),
+            mac: self.mac.0,
+            sec,
+            _pad: 0,
+            ip: self.ip.filter(|_| self.port_security).map_or([0; 16], |ip| ip16(ip.get())),
+        }
+    }
+
+    /// PORT_SECURITY's value: every element as a MAC row and its IP rows.
+    /// `validate` has checked that they fit.
+    pub fn wire_security(&self) -> wire::PortSecurity {
+        use xgw_common::maps::*;
+        let mut rows = Vec::new();
+        for e in self.port_security() {
+            let kind = if e.ips.is_empty() { PS_ROW_MAC } else { PS_ROW_MAC_RESTRICTED };
+            rows.push(PortSecurityRow { mac: e.mac.0, kind, _pad: 0, ip: [0; 16] });
+            for ip in &e.ips {
+                rows.push(PortSecurityRow { mac: e.mac.0, kind: PS_ROW_IP, _pad: 0, ip: ip16(ip.get()) });
+            }
+        }
+        let mut out = PortSecurity { count: rows.len().min(PORT_SECURITY_ROWS) as u32, ..Default::default() };
+        for (slot, row) in out.rows.iter_mut().zip(rows) {
+            *slot = row;
+        }
+        out
+    }
+
+    /// Rows `wire_security` needs.
+    fn security_rows(&self) -> usize {
+        self.port_security().iter().map(|e| 1 + e.ips.len()).sum()
+    }
+}
+
+/// The maps' 16-byte form of an address (IPv4 mapped).
+pub fn ip16(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// A Geneve tunnel to another chassis.
@@ -348,7 +441,22 @@ impl PortSpec {
     /// as `RequestedOutOfRange`.
     pub fn validate(&self) -> Result<(), SpecError> {
         match self {
-            PortSpec::Local(p) => p.mac.unicast().map(drop).map_err(|cause| SpecError { field: "mac", cause }),
+            PortSpec::Local(p) => {
+                p.mac.unicast().map_err(|cause| SpecError { field: "mac", cause })?;
+                if !p.port_security && !p.allowed.is_empty() {
+                    let cause = InvalidValue("more allowed addresses need port security on".into());
+                    return Err(SpecError { field: "allow", cause });
+                }
+                let rows = p.security_rows();
+                if rows > xgw_common::maps::PORT_SECURITY_ROWS {
+                    let cause = InvalidValue(format!(
+                        "{rows} MACs and addresses with the port's own, at most {}",
+                        xgw_common::maps::PORT_SECURITY_ROWS
+                    ));
+                    return Err(SpecError { field: "allow", cause });
+                }
+                Ok(())
+            }
             PortSpec::Tunnel(t) => UnicastIp::tunnel_remote(t.remote.get())
                 .map(drop)
                 .map_err(|cause| SpecError { field: "remote_ip", cause }),
@@ -369,6 +477,8 @@ mod tests {
             mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
             ip: None,
             ofport_request: None,
+            port_security: true,
+            allowed: Vec::new(),
         }
     }
 

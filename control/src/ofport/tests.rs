@@ -63,6 +63,8 @@ fn local(n: &str, port_key: u16) -> PortSpec {
         mac: MacAddr([0x02, 0, 0, 0, (port_key >> 8) as u8, port_key as u8]),
         ip: None,
         ofport_request: None,
+        port_security: true,
+        allowed: Vec::new(),
     })
 }
 
@@ -899,6 +901,8 @@ fn arb_spec() -> impl Strategy<Value = PortSpec> {
                 mac: MacAddr([2, 0, 0, 0, 0, 1]),
                 ip: with_ip.then(|| unicast(ip("203.0.113.1"))),
                 ofport_request,
+                port_security: true,
+                allowed: Vec::new(),
             })
         },
     );

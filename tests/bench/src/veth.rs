@@ -56,7 +56,11 @@ pub fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
         TUNNEL as u32,
         Tunnel { remote: ipv4_mapped(HV_IP), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
     );
-    gw.add_local_port(port, LocalPort { vni: VNI, ofport: 3, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    // Port security on, as `xgw port add --mac M --ip I` sets it: the encap
+    // rows pay for the check every daemon-made port has.
+    let sec = PORTSEC_ON | PORTSEC_RESTRICTED | PORTSEC_HAS_IP;
+    let ip = ipv4_mapped(VM_IP);
+    gw.add_local_port(port, LocalPort { vni: VNI, ofport: 3, port_key: VM_KEY, mac: VM_MAC, sec, ip, _pad: 0 });
     gw.add_remote(VNI, REMOTE_MAC, None, TUNNEL, REMOTE_KEY);
 }
 

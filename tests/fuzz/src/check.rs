@@ -184,11 +184,37 @@ fn check_local(
     if d.rx.get(&(port.ofport as u32)) != Some(&1) {
         return Err(format!("ingress port {} rx not counted: {d:?}", port.ifname));
     }
+    if verdict != XDP_DROP && port.secured {
+        sent_from_the_port(port, input)?;
+    }
     match verdict {
         XDP_DROP => counted_drop(),
         XDP_PASS => Err("a frame from a local port was passed to the host stack".into()),
         XDP_TX => check_reply(w, port, input, run, d),
         _ => check_forward(w, port, input, run, d),
+    }
+}
+
+/// What port security lets out of a secured port: its MAC; its IPv4
+/// address (or 0.0.0.0, which only a DHCP discover may use), its IPv6
+/// address, its link-local one or `::`; ARP naming its MAC and address.
+fn sent_from_the_port(port: &Port, input: &[u8]) -> Result<(), String> {
+    let m = port.mac;
+    let lla = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+    let ok = input.get(6..12) == Some(&m[..])
+        && match be16(input, 12) {
+            Some(0x0800) => input.get(26..30).is_none_or(|s| s == port.ip4 || s == [0; 4]),
+            Some(0x86dd) => input.get(22..38).is_none_or(|s| s == port.ip6 || s == lla || s == [0; 16]),
+            Some(0x0806) => {
+                input.get(22..28).is_none_or(|s| s == m)
+                    && input.get(28..32).is_none_or(|s| s == port.ip4 || s == [0; 4])
+            }
+            _ => true,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("port security let a frame out of {} that it does not list: {}", port.ifname, hex(input)))
     }
 }
 

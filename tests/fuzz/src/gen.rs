@@ -239,7 +239,15 @@ pub fn local(r: &mut Rand, w: &World, p: &Port) -> Vec<u8> {
                 _ => r.random(),
             };
             let len = *pick(r, &[0, 10, 64, 512, 1300, 1400, 1430, 1450, 1480, 1600, 3000]);
-            l2_frame(r, p.mac, dst, len)
+            let mut v = l2_frame(r, p.mac, dst, len);
+            // Mostly from the port's own address, which port security lets through.
+            if r.random_bool(0.8) {
+                match v[12..14] {
+                    [0x08, 0x00] => v[26..30].copy_from_slice(&p.ip4),
+                    _ => v[22..38].copy_from_slice(&p.ip6),
+                }
+            }
+            v
         }
         4 | 5 => {
             let target = match r.random_range(0..3) {

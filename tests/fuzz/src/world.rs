@@ -29,6 +29,8 @@ pub struct Port {
     pub mac: [u8; 6],
     pub ip4: [u8; 4],
     pub ip6: [u8; 16],
+    /// Port security on: the VM may send only from `mac`, `ip4` and `ip6`.
+    pub secured: bool,
 }
 
 /// Where a packet enters the program under test (its ingress ifindex).
@@ -132,6 +134,8 @@ impl World {
             mac: mac(last),
             ip4: [203, 0, 113, last],
             ip6: ip6(last),
+            // p2 without, so that both paths are fuzzed.
+            secured: last != 2,
         };
         let ports = vec![port("p1", 1, VNI_A, 0x11, 1), port("p2", 2, VNI_A, 0x12, 2), port("p3", 3, VNI_B, 0x13, 3)];
         let tunnels = vec![
@@ -166,10 +170,18 @@ impl World {
             );
         }
         for p in &ports {
-            gw.add_local_port(
-                p.ifindex,
-                LocalPort { vni: p.vni, ofport: p.ofport, port_key: p.key, mac: p.mac, _pad: [0; 2] },
-            );
+            let mut lp = LocalPort { vni: p.vni, ofport: p.ofport, port_key: p.key, mac: p.mac, ..Default::default() };
+            if p.secured {
+                lp.sec = PORTSEC_ON | PORTSEC_RESTRICTED | PORTSEC_HAS_IP | PORTSEC_MORE_IPS;
+                lp.ip = ipv4_mapped(p.ip4);
+                let mut ps = PortSecurity { count: 3, ..Default::default() };
+                let row = |kind, ip| PortSecurityRow { mac: p.mac, kind, _pad: 0, ip };
+                ps.rows[0] = row(PS_ROW_MAC_RESTRICTED, [0; 16]);
+                ps.rows[1] = row(PS_ROW_IP, ipv4_mapped(p.ip4));
+                ps.rows[2] = row(PS_ROW_IP, p.ip6);
+                gw.set_port_security(p.ofport, ps);
+            }
+            gw.add_local_port(p.ifindex, lp);
             gw.add_neigh(p.vni, ipv4_mapped(p.ip4), p.mac);
             gw.add_neigh(p.vni, p.ip6, p.mac);
         }

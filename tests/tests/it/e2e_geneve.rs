@@ -104,7 +104,7 @@ impl Topology {
             );
             dp.add_local_port(
                 port,
-                LocalPort { vni: VNI, ofport: PORT_OFPORT, port_key: VM_KEY[i], mac: VM_MAC[i], _pad: [0; 2] },
+                LocalPort { vni: VNI, ofport: PORT_OFPORT, port_key: VM_KEY[i], mac: VM_MAC[i], ..Default::default() },
             );
             dp.add_neigh(VNI, ipv4_mapped(VM_IP4[i]), VM_MAC[i]);
             dp.add_neigh(VNI, VM_IP6[i], VM_MAC[i]);

@@ -81,7 +81,7 @@ fn topology() -> Topology {
         vm.ok(&["ip", "link", "set", "eth0", "address", &mac_str(*mac)]);
         dp.add_local_port(
             gw.ifindex(&p),
-            LocalPort { vni: *vni, ofport: *ofport, port_key: *key, mac: *mac, _pad: [0; 2] },
+            LocalPort { vni: *vni, ofport: *ofport, port_key: *key, mac: *mac, ..Default::default() },
         );
         dp.attach(&gw, "xgw_local", &p);
         dp.attach_flood(&gw, &p);

@@ -104,7 +104,10 @@ fn encap_gateway() -> TestGateway {
         T1 as u32,
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
     );
-    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw.add_local_port(
+        LO,
+        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, ..Default::default() },
+    );
     gw
 }
 
@@ -206,7 +209,10 @@ fn decap_flows_sharing_a_slot_each_reach_their_own_port() {
         T1 as u32,
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
     );
-    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw.add_local_port(
+        LO,
+        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, ..Default::default() },
+    );
     let slot = decap_key(HV_IP4, VM_KEY).slot();
     let k2 =
         (1..0x8000u16).find(|k| *k != VM_KEY && decap_key(HV_IP4, *k).slot() == slot).expect("a colliding port key");

@@ -34,7 +34,7 @@ fn gateway() -> TestGateway {
     }
     gw.add_local_port(
         VM_IFINDEX,
-        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] },
+        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, ..Default::default() },
     );
     gw
 }

@@ -25,5 +25,6 @@ mod ovs_flow_key;
 mod ovs_interop;
 mod ovs_peer;
 mod ovs_wire;
+mod port_security;
 mod probe;
 mod verifier;

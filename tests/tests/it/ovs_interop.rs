@@ -79,7 +79,7 @@ fn topology(v6: bool) -> Topology {
     dp.add_tunnel(TUNNEL as u32, Tunnel { remote, nexthop_mac: ovs.underlay_mac(), flags, _pad: 0, vni: VNI });
     dp.add_local_port(
         gw.ifindex("p"),
-        LocalPort { vni: VNI, ofport: PORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] },
+        LocalPort { vni: VNI, ofport: PORT, port_key: VM_KEY, mac: VM_MAC, ..Default::default() },
     );
     dp.add_neigh(VNI, ipv4_mapped([203, 0, 113, 1]), VM_MAC);
     dp.add_remote(VNI, OVS_VM_MAC, Some(ipv4_mapped([203, 0, 113, 2])), TUNNEL, OVS_VM_KEY);

@@ -344,7 +344,13 @@ fn xgw_decaps_a_real_ovs_frame() {
         // A different MAC than the inner destination: the egress key decides.
         gw.add_local_port(
             1,
-            LocalPort { vni: VNI, ofport: 3, port_key: HV1_KEYS.egress, mac: [2, 0, 0, 0, 0, 0x99], _pad: [0; 2] },
+            LocalPort {
+                vni: VNI,
+                ofport: 3,
+                port_key: HV1_KEYS.egress,
+                mac: [2, 0, 0, 0, 0, 0x99],
+                ..Default::default()
+            },
         );
         let run = test_run(gw.program("xgw_uplink"), &frame);
         assert_eq!((run.verdict, &run.data), (XDP_REDIRECT, &g.inner));
