@@ -280,8 +280,12 @@ fn sessions_survive_a_sigkill_restart_of_the_engine() {
     eprintln!("1.5 s without an engine: A's datapath answered B {answered} times (heartbeat gap {gap:?}); B flaps {}, OVS flaps {}", after.2, after.3);
     assert_eq!(after, marks, "a flap across the long gap:\nB {:?}\n{}", t.b(), t.ovs.bfd_show(None));
     // B sends every 75-100 ms; the datapath starts answering once the
-    // heartbeat is 125 ms old and answers at most every 75 ms.
-    assert!((8..=22).contains(&answered), "answered {answered} times in 1.5 s");
+    // heartbeat is 125 ms old and answers at most every 75 ms. The gap is
+    // the one measured (a loaded machine restarts the engine later than
+    // asked): 8..=22 answers for exactly 1.5 s.
+    let g = gap.as_secs_f64();
+    let expected = (((g - 0.125) / 0.1 * 0.8) as u64)..=((g / 0.075).ceil() as u64 + 2);
+    assert!(expected.contains(&answered), "answered {answered} times in a {g:.2} s gap, expected {expected:?}");
     assert_eq!(t.ovs_flaps().1, ovs_up_flaps);
     // The engine is back: the datapath stops answering.
     let x = t.kernel(1).xdp_tx;
