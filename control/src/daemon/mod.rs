@@ -214,10 +214,15 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     };
     let pins = Pins::new(opts.bpffs_dir());
     let fresh = !pins.uplink_link().exists();
-    if let Err(e) = pins.prepare() {
-        let _ = fs::remove_file(&opts.socket);
-        return Err(e);
-    }
+    // The pin directory is locked before anything under it is read or
+    // written: one daemon per datapath, whatever its state directory.
+    let _datapath = match pins.prepare().and_then(|()| pins.lock()) {
+        Ok(lock) => lock,
+        Err(e) => {
+            let _ = fs::remove_file(&opts.socket);
+            return Err(e);
+        }
+    };
 
     // Subscribed before the start resolves anything, so that no change
     // between the first resolution and the reader's start is missed.
@@ -509,5 +514,9 @@ pub fn uninstall(bpffs: &Path, state_dir: &Path) -> Result<Vec<PathBuf>> {
     if !bpffs.exists() {
         return Ok(Vec::new());
     }
-    Pins::new(bpffs).remove_all()
+    let pins = Pins::new(bpffs);
+    // Held while removing: a daemon starting meanwhile waits for nothing
+    // half-removed, it is refused.
+    let _datapath = pins.lock().context("uninstall")?;
+    pins.remove_all()
 }

@@ -38,6 +38,35 @@ pub const COUNTER_MAPS: &[&str] = &["DROPS", "REPLIES", "PORT_STATS"];
 pub const UPLINK_PROGRAM: &str = "xgw_uplink";
 pub const LOCAL_PROGRAM: &str = "xgw_local";
 
+/// The datapath's lock (`Pins::lock`), released when dropped or when the
+/// process ends.
+#[derive(Debug)]
+pub struct DatapathLock {
+    _dir: fs::File,
+}
+
+/// Who holds the `flock` on `file`: `/proc/locks` lists each lock with its
+/// holder's PID and the inode as `major:minor:inode` (hex device numbers).
+fn lock_holder(file: &fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str())).then(|| f.get(4)?.parse().ok())?
+    })
+}
+
+/// A process's command line, for naming it in an error.
+fn command_line(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> =
+        raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+    (!args.is_empty()).then(|| args.join(" "))
+}
+
 #[derive(Debug, Clone)]
 pub struct Pins {
     pub dir: PathBuf,
@@ -76,6 +105,32 @@ impl Pins {
     pub fn local_links(&self) -> Vec<String> {
         let Ok(dir) = fs::read_dir(self.links()) else { return Vec::new() };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("local-").map(str::to_owned)).collect()
+    }
+
+    /// Takes the datapath for this process: an exclusive `flock` on the pin
+    /// directory itself, held until the process ends (the kernel drops it
+    /// on any exit, SIGKILL included, so a dead owner never blocks a
+    /// successor). Whatever state directory a second daemon or `uninstall`
+    /// is given, they meet here, and are refused with the owner's PID.
+    pub fn lock(&self) -> Result<DatapathLock> {
+        let dir = fs::File::open(&self.dir).with_context(|| format!("bpffs: opening {}", self.dir.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                bail!("bpffs: locking {}: {err}", self.dir.display());
+            }
+            let owner = match lock_holder(&dir) {
+                Some(pid) => format!("pid {pid}{}", command_line(pid).map(|c| format!(", `{c}`")).unwrap_or_default()),
+                None => "a process this one cannot see".to_owned(),
+            };
+            bail!(
+                "bpffs: the datapath pinned in {} is owned by another xgw daemon ({owner}); one daemon per datapath: \
+                 stop that one first",
+                self.dir.display()
+            );
+        }
+        Ok(DatapathLock { _dir: dir })
     }
 
     /// Creates the directories; the parent of `dir` must be on bpffs (or be

@@ -24,6 +24,7 @@ use xgw_tests::{
     gateway::TestGateway,
     netns::{Netns, Veth},
     ports::{bytes, expected_maps, read_maps, Maps, TempDir},
+    process::Process,
     require_root,
 };
 
@@ -1183,4 +1184,55 @@ fn a_datapath_pinned_by_another_version_is_refused_by_name() {
     let mut d = gw.daemon;
     d.start();
     d.stop();
+}
+
+#[test]
+fn a_second_daemon_and_uninstall_are_refused_while_the_first_runs() {
+    require_root!();
+    let t = two_gateways();
+    wait_resolved(&t.daemon, "hv2");
+    let ping = |n: &str| t.vm[0].ok(&["ping", "-c", n, "-i", "0.1", "-W", "2", VM_IP[1]]);
+    ping("3");
+    let owner = t.daemon.process.as_ref().unwrap().pid();
+    let pins = t.daemon.pins();
+    let before = read_maps(&pins);
+
+    // The same datapath, another state directory (and socket): refused
+    // before it reads or writes anything, naming the owner.
+    let other = TempDir::new("dsecond");
+    let mut second = std::process::Command::new("ip");
+    second
+        .args(["netns", "exec", &t.gw[0].name])
+        .arg(xgw_tests::xgw_bin())
+        .args(["run", "--uplink", "ul", "--local-ip", GW_IP[0], "--state-dir"])
+        .arg(other.path.join("state"))
+        .arg("--bpffs")
+        .arg(&pins)
+        .arg("--socket")
+        .arg(other.path.join("s.sock"));
+    let Some((status, _, err)) = Process::spawn(second, "second xgw run").wait(Duration::from_secs(20)) else {
+        panic!("a second daemon is running on the first one's datapath");
+    };
+    assert!(!status.success(), "a second daemon started:\n{err}");
+    let want = format!("bpffs: the datapath pinned in {} is owned by another xgw daemon (pid {owner}", pins.display());
+    assert!(err.contains(&want), "{err}");
+
+    // uninstall, with the first daemon's bpffs and the default (other) state directory.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.gw[0].name])
+        .arg(xgw_tests::xgw_bin())
+        .args(["uninstall", "--state-dir"])
+        .arg(other.path.join("state"))
+        .arg("--bpffs")
+        .arg(&pins)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uninstall removed a running daemon's datapath:\n{err}");
+    assert!(err.contains(&want), "{err}");
+
+    // Nothing moved: the maps, the daemon, the traffic.
+    assert_eq!(read_maps(&pins), before);
+    ping("5");
+    t.daemon.json(&["show"]);
 }
