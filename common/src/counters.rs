@@ -111,10 +111,14 @@ pub enum Drop {
     Storm = 17,
     /// A flood copy the kernel refused (member interface gone, no headroom).
     FloodCopy = 18,
+    /// A multi-buffer (jumbo) frame the datapath cannot carry: its headers
+    /// run past the first buffer, or it is too long for the IPv6 UDP
+    /// checksum (`maps::MAX_FRAME_IPV6`). Never truncated.
+    Multibuffer = 19,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -135,6 +139,7 @@ impl Drop {
         Drop::UnknownVni,
         Drop::Storm,
         Drop::FloodCopy,
+        Drop::Multibuffer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -158,6 +163,7 @@ impl Drop {
             Drop::UnknownVni => "unknown_vni",
             Drop::Storm => "storm",
             Drop::FloodCopy => "flood_copy",
+            Drop::Multibuffer => "multibuffer",
         }
     }
 }

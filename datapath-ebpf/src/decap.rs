@@ -11,7 +11,7 @@ use xgw_common::{
 };
 
 use crate::{
-    flows,
+    flows, frame,
     outer::Outer,
     parse::{ptr_at, read},
 };
@@ -46,12 +46,24 @@ const VERSION_PROTOCOL: u64 = {
 pub const MAX_WALK: usize = 8;
 
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop> {
+pub fn geneve(ctx: &XdpContext, outer: &Outer, len: &mut usize) -> Result<Decap, Drop> {
     // A frame cut short (or padded) is not what its sender meant: never
-    // forward part of one.
-    if outer.ip_end != len || outer.udp_end != len {
-        return Err(Drop::OuterLength);
+    // forward part of one. `len` is the first buffer's: only a frame whose
+    // lengths disagree with it (a multi-buffer one, or a bad one) costs the
+    // kernel's whole length.
+    if outer.ip_end != *len || outer.udp_end != *len {
+        *len = frame::total(ctx);
+        if outer.ip_end != *len || outer.udp_end != *len {
+            return Err(Drop::OuterLength);
+        }
+        // The headers must all lie in the first buffer.
+        return headers(ctx, outer).map_err(|e| if e == Drop::GeneveTruncated { Drop::Multibuffer } else { e });
     }
+    headers(ctx, outer)
+}
+
+#[inline(always)]
+fn headers(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
     // The fixed header as one little-endian word: Ver and Opt Len in byte
     // 0, flags in byte 1, Protocol Type in bytes 2-3, VNI in bytes 4-6.
     let g = read::<u64>(ctx, outer.geneve).ok_or(Drop::GeneveTruncated)?;
