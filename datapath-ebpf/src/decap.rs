@@ -46,24 +46,12 @@ const VERSION_PROTOCOL: u64 = {
 pub const MAX_WALK: usize = 8;
 
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, outer: &Outer, len: &mut usize) -> Result<Decap, Drop> {
+pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop> {
     // A frame cut short (or padded) is not what its sender meant: never
-    // forward part of one. `len` is the first buffer's: only a frame whose
-    // lengths disagree with it (a multi-buffer one, or a bad one) costs the
-    // kernel's whole length.
-    if outer.ip_end != *len || outer.udp_end != *len {
-        *len = frame::total(ctx);
-        if outer.ip_end != *len || outer.udp_end != *len {
-            return Err(Drop::OuterLength);
-        }
-        // The headers must all lie in the first buffer.
-        return headers(ctx, outer).map_err(|e| if e == Drop::GeneveTruncated { Drop::Multibuffer } else { e });
+    // forward part of one. `len` is the whole frame's (`frame_len`).
+    if outer.ip_end != len || outer.udp_end != len {
+        return Err(Drop::OuterLength);
     }
-    headers(ctx, outer)
-}
-
-#[inline(always)]
-fn headers(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
     // The fixed header as one little-endian word: Ver and Opt Len in byte
     // 0, flags in byte 1, Protocol Type in bytes 2-3, VNI in bytes 4-6.
     let g = read::<u64>(ctx, outer.geneve).ok_or(Drop::GeneveTruncated)?;
@@ -101,6 +89,18 @@ fn headers(ctx: &XdpContext, outer: &Outer) -> Result<Decap, Drop> {
         return Ok(Decap::Group { inner, tunnel, vni, group: dest.port_key });
     }
     Ok(Decap::Port { inner, tunnel, dest })
+}
+
+/// The frame's length for `geneve`: the first buffer's, unless the outer
+/// lengths disagree with it (a multi-buffer frame, or a bad one); only then
+/// is the kernel asked for the whole frame's.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext, outer: &Outer) -> usize {
+    let len = frame::linear(ctx);
+    if outer.ip_end != len || outer.udp_end != len {
+        return frame::total(ctx);
+    }
+    len
 }
 
 /// What OVN sends, and so nearly every packet: exactly one option, its own.

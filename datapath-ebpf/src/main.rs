@@ -48,10 +48,8 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
     let Some(outer) = outer::parse(&ctx, uplink) else {
         return bfd::underlay(&ctx, uplink);
     };
-    // The first buffer's length, or the whole frame's if that differs from
-    // what the outer headers say (decap asks the kernel only then).
-    let mut len = frame::linear(&ctx);
-    let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, &mut len) {
+    let len = decap::frame_len(&ctx, &outer);
+    let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, len) {
         Ok(decap::Decap::Port { inner, tunnel, dest }) => (inner, tunnel, dest),
         Ok(decap::Decap::Group { inner, tunnel, vni, group }) => {
             maps::count_rx(tunnel, len);
@@ -59,7 +57,9 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         }
         Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, len, inner, vni, flags),
         Err(reason) => {
-            maps::count_drop(reason);
+            // Headers past the first buffer of a multi-buffer frame.
+            let split = reason == Drop::GeneveTruncated && len != frame::linear(&ctx);
+            maps::count_drop(if split { Drop::Multibuffer } else { reason });
             return xdp_action::XDP_DROP;
         }
     };

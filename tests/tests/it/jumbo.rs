@@ -394,3 +394,36 @@ fn an_8000_byte_df_ping_crosses_a_9000_byte_native_underlay_both_ways() {
         assert!(drops.iter().all(|(r, &n)| n == 0 || *r == "flood"), "drops {drops:?}");
     }
 }
+
+/// The largest MTU `dev` in `ns` accepts now (bisection with `ip link`).
+fn largest_mtu(ns: &Netns, dev: &str) -> u32 {
+    let (mut ok, mut bad) = (68u32, 65536u32);
+    while bad - ok > 1 {
+        let mid = (ok + bad) / 2;
+        if ns.exec(&["ip", "link", "set", "dev", dev, "mtu", &mid.to_string()]).status.success() {
+            ok = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    ok
+}
+
+#[test]
+fn native_xdp_on_a_veth_leaves_both_ends_free_to_take_a_jumbo_mtu() {
+    require_root!();
+    let (a, b) = (Netns::new("jmtua"), Netns::new("jmtub"));
+    Veth::new(&a, "ul", "198.51.100.21/24", &b, "peer", "198.51.100.22/24");
+    let mut dp = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_pass"]);
+    dp.attach(&a, "xgw_uplink", "ul");
+    let (ul, peer) = (largest_mtu(&a, "ul"), largest_mtu(&b, "peer"));
+    eprintln!("native xgw_uplink on a veth: largest MTU {ul} on its end, {peer} on the peer");
+    // A single-buffer program capped the peer at 3506 (a page less
+    // headroom and skb_shared_info): no Geneve jumbo underlay.
+    assert!(ul >= 9000 && peer >= 9000, "ul {ul}, peer {peer}");
+    // Both ends running XDP, as the tests' veth peers do.
+    dp.attach(&b, "xgw_pass", "peer");
+    let (ul, peer) = (largest_mtu(&a, "ul"), largest_mtu(&b, "peer"));
+    eprintln!("with xgw_pass on the peer too: {ul} and {peer}");
+    assert!(ul >= 9000 && peer >= 9000, "ul {ul}, peer {peer}");
+}
