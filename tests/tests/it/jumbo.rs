@@ -427,3 +427,39 @@ fn native_xdp_on_a_veth_leaves_both_ends_free_to_take_a_jumbo_mtu() {
     eprintln!("with xgw_pass on the peer too: {ul} and {peer}");
     assert!(ul >= 9000 && peer >= 9000, "ul {ul}, peer {peer}");
 }
+
+#[test]
+fn show_and_the_log_report_an_uplink_mtu_the_datapath_cannot_carry() {
+    require_root!();
+    let (ns, peer) = (Netns::new("jshow"), Netns::new("jshowp"));
+    Veth::new(&ns, "ul", "198.51.100.31/24", &peer, "w", "198.51.100.32/24");
+    ns.ok(&["ip", "addr", "add", "2001:db8::31/64", "dev", "ul", "nodad"]);
+    ns.ok(&["ip", "link", "set", "dev", "ul", "mtu", "9000"]);
+    let mut d = xgw_tests::daemon::Daemon::new(&ns, "ul", &["198.51.100.31", "2001:db8::31"]);
+    d.start();
+    // A jumbo underlay of 9000 in native mode: carried, nothing to say.
+    let u = &d.json(&["show"])["uplink"];
+    assert_eq!(
+        (u["mtu"].as_u64(), u["max_mtu"].as_u64(), u["mode"].as_str()),
+        (Some(9000), Some(16370), Some("native"))
+    );
+    assert!(u.get("mtu_warning").is_none(), "{u}");
+    assert!(!d.cli(&["show"]).contains("mtu warning"));
+    // Beyond what IPv6 encap sums: followed, and said.
+    ns.ok(&["ip", "link", "set", "dev", "ul", "mtu", "20000"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let u = loop {
+        let u = d.json(&["show"])["uplink"].clone();
+        if u["mtu"].as_u64() == Some(20000) || std::time::Instant::now() > deadline {
+            break u;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(u["mtu"].as_u64(), Some(20000), "the daemon did not follow the MTU: {u}");
+    let w = u["mtu_warning"].as_str().unwrap_or_else(|| panic!("no mtu_warning: {u}"));
+    assert!(w.contains("mtu 20000 exceeds the 16370") && w.contains("multibuffer"), "{w}");
+    let human = d.cli(&["show"]);
+    assert!(human.contains(&format!("mtu warning: {w}")), "{human}");
+    let log = d.stop();
+    assert!(log.contains("mtu 20000 exceeds the 16370"), "log:\n{log}");
+}
