@@ -118,10 +118,14 @@ pub enum Drop {
     /// Port security: ARP or neighbour discovery naming a MAC or address
     /// the port may not claim (spoofing).
     PortSecurityArpNd = 21,
+    /// A multi-buffer (jumbo) frame the datapath cannot carry: its headers
+    /// run past the first buffer, or it is too long for the IPv6 UDP
+    /// checksum (`maps::MAX_FRAME_IPV6`). Never truncated.
+    Multibuffer = 22,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::GeneveTruncated,
         Drop::GeneveVersion,
@@ -145,6 +149,7 @@ impl Drop {
         Drop::PortSecurityMac,
         Drop::PortSecurityIp,
         Drop::PortSecurityArpNd,
+        Drop::Multibuffer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -171,6 +176,7 @@ impl Drop {
             Drop::PortSecurityMac => "port_security_mac",
             Drop::PortSecurityIp => "port_security_ip",
             Drop::PortSecurityArpNd => "port_security_arp_nd",
+            Drop::Multibuffer => "multibuffer",
         }
     }
 }

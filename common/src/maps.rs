@@ -45,6 +45,15 @@ pub const MAX_GROUPS: u32 = 2048;
 /// reserved number the allocator never hands out, so no port can take it.
 pub const DEVMAP_UPLINK: u32 = 0xfffe;
 
+/// The longest frame (Ethernet header included) the datapath encapsulates
+/// toward an IPv6 tunnel when it spans more than one buffer: the outer UDP
+/// checksum must cover the whole payload, and the datapath sums at most
+/// this many bytes beyond the first buffer (32 chunks of 512). Longer
+/// multi-buffer frames are dropped (`multibuffer`); an uplink MTU above
+/// `MAX_FRAME_IPV6 - ETH_HLEN` with an IPv6 tunnel address is reported.
+/// IPv4 has no such limit (its outer UDP checksum is zero).
+pub const MAX_FRAME_IPV6: u32 = 16384;
+
 /// The underlay: one per gateway, at index 0 of an array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -553,6 +553,13 @@ pub struct UplinkView {
     pub mtu: u32,
     pub local_ips: Vec<IpAddr>,
     pub mode: AttachMode,
+    /// The largest uplink MTU the datapath carries in full in this mode
+    /// (`datapath::max_mtu`).
+    #[serde(default)]
+    pub max_mtu: u32,
+    /// Set when `mtu` exceeds `max_mtu`: what happens to the larger frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_warning: Option<String>,
     /// Set while the uplink interface is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

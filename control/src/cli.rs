@@ -370,6 +370,9 @@ fn show_text(v: &ShowView) -> String {
         u.mode,
         ips.join(" ")
     );
+    if let Some(w) = &u.mtu_warning {
+        s += &format!("    mtu warning: {w}\n");
+    }
     s += &format!("    bpffs {}, state {}\n", v.bpffs, v.state_dir);
     for p in &v.ports {
         s += &format!(

@@ -35,6 +35,28 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
+/// The largest uplink MTU the datapath carries in full when attached in
+/// `mode`, with or without an IPv6 tunnel address.
+///
+/// Every program is multi-buffer (`#[xdp(frags)]`), so neither mode caps
+/// the MTU at a page any more: in native mode the driver must support
+/// multi-buffer XDP, and the kernel refuses an MTU it cannot take (veth
+/// takes 65535 with a frags program on either end, where a single-buffer
+/// one capped its peer at 3506). What is left is the datapath's own limit:
+/// encap toward an IPv6 tunnel sums the outer UDP checksum over at most
+/// `MAX_FRAME_IPV6` bytes of a multi-buffer frame, and drops a longer one
+/// (`multibuffer`); IPv4 sends a zero checksum and carries any frame its
+/// 16-bit lengths can describe.
+pub fn max_mtu(mode: AttachMode, ipv6: bool) -> u32 {
+    const ETH_MAX_MTU: u32 = 65535;
+    match mode {
+        AttachMode::Native | AttachMode::Skb if ipv6 => {
+            xgw_common::maps::MAX_FRAME_IPV6 - xgw_common::wire::ETH_HLEN as u32
+        }
+        AttachMode::Native | AttachMode::Skb => ETH_MAX_MTU,
+    }
+}
+
 impl AttachMode {
     pub fn xdp_mode(self) -> XdpMode {
         match self {

@@ -19,7 +19,7 @@ use crate::maps;
 
 /// Does nothing: the baseline every benchmark compares against, and the
 /// program tests attach to veth peers so that redirected frames arrive.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
@@ -27,7 +27,7 @@ pub fn xgw_pass(_ctx: XdpContext) -> u32 {
 /// Benchmark baseline for forwarding: redirects every frame to DEVMAP key 0,
 /// a reserved OpenFlow number no port can have (benchmarks put their target
 /// there). The least work any forwarding program can do on the same path.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_redirect(_ctx: XdpContext) -> u32 {
     maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
 }
@@ -39,7 +39,7 @@ const BENCH_OUTER: i32 = 58;
 /// Benchmark floor for decap: strips `BENCH_OUTER` bytes and redirects as
 /// `xgw_redirect` does, with no parsing, lookup or counting: the cost of
 /// the two helper calls every decapsulating program makes.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_strip(ctx: XdpContext) -> u32 {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, BENCH_OUTER) } != 0 {
         return xdp_action::XDP_DROP;
@@ -49,7 +49,7 @@ pub fn xgw_strip(ctx: XdpContext) -> u32 {
 
 /// Benchmark floor for encap: makes room for `BENCH_OUTER` bytes (left
 /// unwritten; the benchmark's sink drops the frame) and redirects.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_push(ctx: XdpContext) -> u32 {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -BENCH_OUTER) } != 0 {
         return xdp_action::XDP_DROP;
@@ -59,7 +59,7 @@ pub fn xgw_push(ctx: XdpContext) -> u32 {
 
 /// Benchmark sink: drops everything, so a generator measures the path up
 /// to the receiving interface and not the receiver's stack.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }

@@ -93,7 +93,7 @@ pub fn network_order(s: u64) -> u32 {
 }
 
 #[inline(always)]
-fn fold64(mut s: u64) -> u32 {
+pub fn fold64(mut s: u64) -> u32 {
     s = (s & 0xffff_ffff) + (s >> 32);
     s = (s & 0xffff_ffff) + (s >> 32);
     s = (s & 0xffff) + (s >> 16);

@@ -11,7 +11,7 @@ use xgw_common::{
 };
 
 use crate::{
-    flows,
+    flows, frame,
     outer::Outer,
     parse::{ptr_at, read},
 };
@@ -48,7 +48,7 @@ pub const MAX_WALK: usize = 8;
 #[inline(always)]
 pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop> {
     // A frame cut short (or padded) is not what its sender meant: never
-    // forward part of one.
+    // forward part of one. `len` is the whole frame's (`frame_len`).
     if outer.ip_end != len || outer.udp_end != len {
         return Err(Drop::OuterLength);
     }
@@ -89,6 +89,18 @@ pub fn geneve(ctx: &XdpContext, outer: &Outer, len: usize) -> Result<Decap, Drop
         return Ok(Decap::Group { inner, tunnel, vni, group: dest.port_key });
     }
     Ok(Decap::Port { inner, tunnel, dest })
+}
+
+/// The frame's length for `geneve`: the first buffer's, unless the outer
+/// lengths disagree with it (a multi-buffer frame, or a bad one); only then
+/// is the kernel asked for the whole frame's.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext, outer: &Outer) -> usize {
+    let len = frame::linear(ctx);
+    if outer.ip_end != len || outer.udp_end != len {
+        return frame::total(ctx);
+    }
+    len
 }
 
 /// What OVN sends, and so nearly every packet: exactly one option, its own.

@@ -20,7 +20,7 @@ use xgw_common::{
 };
 
 use crate::{
-    csum,
+    csum, frame,
     maps::UPLINK,
     parse::{ptr_at, ptr_at_mut},
 };
@@ -175,7 +175,16 @@ pub fn geneve(ctx: &XdpContext, f: &EncapFlow, len: usize) -> Result<(), Drop> {
         // IPv6: a real UDP checksum. RFC 6935 permits zero for tunnels, but
         // Linux (and so the Open vSwitch kernel datapath) drops zero-checksum
         // Geneve over IPv6 unless told otherwise.
-        let body = csum::sum_to_end(ctx, ETH_HLEN + IPV6_HLEN).ok_or(Drop::MtuExceeded)?;
+        let mut body = csum::sum_to_end(ctx, ETH_HLEN + IPV6_HLEN).ok_or(Drop::MtuExceeded)?;
+        let linear = frame::linear(ctx);
+        let total = outer_len + len;
+        if total != linear {
+            // Fragments: summed from the kernel's copy, at most
+            // MAX_FRAME_IPV6 bytes of them; a byte-swapped sum if they start
+            // at an odd offset of the datagram (RFC 1071 1.2(B)).
+            let s = frame::sum_frags(ctx.ctx, linear as u32, total as u32).ok_or(Drop::Multibuffer)?;
+            body += if (linear - ETH_HLEN - IPV6_HLEN) & 1 != 0 { (s as u16).swap_bytes() as u32 } else { s };
+        }
         let c = csum::finish(f.ip_sum + udp_len as u32 + body);
         // Zero means "no checksum" in UDP: send its one's-complement twin.
         let c = if c == 0 { 0xffff } else { c };

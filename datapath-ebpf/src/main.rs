@@ -24,6 +24,7 @@ mod decap;
 mod encap;
 mod flood;
 mod flows;
+mod frame;
 mod maps;
 mod outer;
 mod parse;
@@ -40,7 +41,7 @@ use xgw_common::{
 
 /// The underlay NIC. Geneve for this gateway is decapsulated and redirected
 /// to its local port; everything else goes to the kernel stack unchanged.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_uplink(ctx: XdpContext) -> u32 {
     let Some(uplink) = maps::UPLINK.get(0) else {
         return xdp_action::XDP_PASS;
@@ -48,7 +49,7 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
     let Some(outer) = outer::parse(&ctx, uplink) else {
         return bfd::underlay(&ctx, uplink);
     };
-    let len = ctx.data_end() - ctx.data();
+    let len = decap::frame_len(&ctx, &outer);
     let (inner, tunnel, dest) = match decap::geneve(&ctx, &outer, len) {
         Ok(decap::Decap::Port { inner, tunnel, dest }) => (inner, tunnel, dest),
         Ok(decap::Decap::Group { inner, tunnel, vni, group }) => {
@@ -57,7 +58,9 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
         }
         Ok(decap::Decap::Bfd { inner, vni, flags }) => return bfd::geneve(&ctx, &outer, len, inner, vni, flags),
         Err(reason) => {
-            maps::count_drop(reason);
+            // Headers past the first buffer of a multi-buffer frame.
+            let split = reason == Drop::GeneveTruncated && len != frame::linear(&ctx);
+            maps::count_drop(if split { Drop::Multibuffer } else { reason });
             return xdp_action::XDP_DROP;
         }
     };
@@ -89,10 +92,10 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
 /// for bound addresses are answered here. Broadcast, multicast and unknown
 /// unicast go to the VNI's flood group, if it has one (`flood`). Port
 /// security comes first: a frame the port may not send goes nowhere.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_local(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let len = ctx.data_end() - ctx.data();
+    let len = frame::len(&ctx);
     let dst = parse::ptr_at::<network_types::eth::EthHdr>(&ctx, 0).map(|eth| unsafe { (*eth).dst_addr });
     let Some((port, flow)) = flows::local(ifindex, dst) else {
         return xdp_action::XDP_PASS;
@@ -131,7 +134,7 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
     } else {
         if let Err(reason) = encap::geneve(&ctx, flow, len) {
             maps::count_drop(reason);
-            if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel) {
+            if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel, len) {
                 maps::count_reply(Reply::TooBig);
                 maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
                 return xdp_action::XDP_TX;
@@ -143,7 +146,7 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
     match maps::DEVMAP.redirect(out, 0) {
         Ok(action) => {
             if let Some(s) = tx {
-                maps::bump(&mut s.tx, ctx.data_end() - ctx.data());
+                maps::bump(&mut s.tx, if out == DEVMAP_UPLINK { len + flow.outer_len as usize } else { len });
             }
             action
         }
@@ -159,10 +162,10 @@ fn drop(reason: Drop) -> u32 {
 
 /// Counts every packet by protocol (and bytes), then hands it to the stack
 /// unchanged. Attach it anywhere to see what crosses an interface.
-#[xdp]
+#[xdp(frags)]
 pub fn xgw_probe(ctx: XdpContext) -> u32 {
     let proto = probe::classify(&ctx);
-    maps::count_proto(proto, ctx.data_end() - ctx.data());
+    maps::count_proto(proto, frame::total(&ctx));
     xdp_action::XDP_PASS
 }
 

@@ -53,6 +53,9 @@ pub static FLOOD_SCRATCH: PerCpuArray<EncapFlow> = PerCpuArray::with_max_entries
 /// so with one atomic add.
 #[map(name = "GENERATION")]
 pub static GENERATION: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// `frame::sum_frags`' buffer for fragment bytes (a chunk and its padding).
+#[map(name = "FRAG_SCRATCH")]
+pub static FRAG_SCRATCH: PerCpuArray<[u8; crate::frame::CHUNK + 4]> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "DECAP_FLOWS")]
 pub static DECAP_FLOWS: PerCpuArray<DecapFlow> = PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
 #[map(name = "ENCAP_FLOWS")]

@@ -64,14 +64,15 @@ fn inner_mtu(tunnel: &Tunnel) -> Option<u32> {
 /// Rewrites the frame into the ICMP error for it; `true` if the caller
 /// should send it back out of the ingress port.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, tunnel: &Tunnel) -> bool {
+/// `len` is the whole frame's (fragments included): they are cut off too.
+pub fn reply(ctx: &XdpContext, tunnel: &Tunnel, len: usize) -> bool {
     let Some(mtu) = inner_mtu(tunnel) else { return false };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
     let eth = unsafe { &*eth };
     let (src_mac, dst_mac) = (eth.src_addr, eth.dst_addr);
     match u16::from_be(eth.ether_type) {
-        ETH_P_IPV4 => reply4(ctx, src_mac, dst_mac, mtu),
-        ETH_P_IPV6 => reply6(ctx, src_mac, dst_mac, mtu),
+        ETH_P_IPV4 => reply4(ctx, src_mac, dst_mac, mtu, len),
+        ETH_P_IPV6 => reply6(ctx, src_mac, dst_mac, mtu, len),
         _ => false,
     }
 }
@@ -79,11 +80,11 @@ pub fn reply(ctx: &XdpContext, tunnel: &Tunnel) -> bool {
 /// Cuts the frame to its Ethernet header plus `QUOTE` bytes, then makes
 /// room in front for the new IP and ICMP headers.
 #[inline(always)]
-fn reshape(ctx: &XdpContext, ip_hlen: usize) -> bool {
-    let len = ctx.data_end() - ctx.data();
+fn reshape(ctx: &XdpContext, ip_hlen: usize, len: usize) -> bool {
     if len < ETH_HLEN + QUOTE {
         return false;
     }
+    // Relative to the whole frame: the kernel drops fragments first.
     let cut = (ETH_HLEN + QUOTE) as i32 - len as i32;
     unsafe {
         bpf_xdp_adjust_tail(ctx.ctx, cut) == 0 && bpf_xdp_adjust_head(ctx.ctx, -((ip_hlen + ICMP_HLEN) as i32)) == 0
@@ -97,7 +98,7 @@ fn quote_sum(q: &mut [u8; QUOTE]) -> u32 {
 }
 
 #[inline(always)]
-fn reply4(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> bool {
+fn reply4(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32, len: usize) -> bool {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return false };
     let ip = unsafe { &*ip };
     // Without DF the sender allows fragmentation, which a tunnel endpoint in
@@ -117,7 +118,7 @@ fn reply4(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> boo
             return false;
         }
     }
-    if !reshape(ctx, IPV4_HLEN_MIN) {
+    if !reshape(ctx, IPV4_HLEN_MIN, len) {
         return false;
     }
     let Some(r) = ptr_at_mut::<Reply4>(ctx, 0) else { return false };
@@ -149,7 +150,7 @@ fn reply4(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> boo
 }
 
 #[inline(always)]
-fn reply6(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> bool {
+fn reply6(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32, len: usize) -> bool {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else { return false };
     let ip = unsafe { &*ip };
     let (src, dst) = (ip.src_addr, ip.dst_addr);
@@ -159,7 +160,7 @@ fn reply6(ctx: &XdpContext, src_mac: [u8; 6], dst_mac: [u8; 6], mtu: u32) -> boo
             return false;
         }
     }
-    if !reshape(ctx, IPV6_HLEN) {
+    if !reshape(ctx, IPV6_HLEN, len) {
         return false;
     }
     let Some(r) = ptr_at_mut::<Reply6>(ctx, 0) else { return false };

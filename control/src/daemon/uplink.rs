@@ -8,7 +8,12 @@ use std::net::IpAddr;
 use anyhow::{bail, Result};
 use xgw_common::maps::{Uplink as UplinkEntry, UPLINK_HAS_IP4, UPLINK_HAS_IP6};
 
-use crate::{api::UplinkView, datapath::AttachMode, ofport::BpfDatapath, types::MacAddr};
+use crate::{
+    api::UplinkView,
+    datapath::{self, AttachMode},
+    ofport::BpfDatapath,
+    types::MacAddr,
+};
 
 /// What the kernel says of the uplink now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +53,33 @@ impl Uplink {
         ip6: Option<[u8; 16]>,
         mode: AttachMode,
     ) -> Uplink {
-        Uplink { ifname: ifname.to_owned(), ifindex, mac, mtu, ip4, ip6, mode, error: None }
+        let u = Uplink { ifname: ifname.to_owned(), ifindex, mac, mtu, ip4, ip6, mode, error: None };
+        u.warn_mtu();
+        u
+    }
+
+    /// The largest MTU the datapath carries in full here.
+    pub fn max_mtu(&self) -> u32 {
+        datapath::max_mtu(self.mode, self.ip6.is_some())
+    }
+
+    /// What happens to frames the MTU allows but the datapath cannot carry,
+    /// if any.
+    pub fn mtu_warning(&self) -> Option<String> {
+        let max = self.max_mtu();
+        (self.mtu > max).then(|| {
+            format!(
+                "mtu {} exceeds the {max} the datapath carries in {} mode with an IPv6 tunnel address: \
+                 longer multi-buffer frames toward IPv6 tunnels are dropped (drop reason multibuffer)",
+                self.mtu, self.mode
+            )
+        })
+    }
+
+    fn warn_mtu(&self) {
+        if let Some(w) = self.mtu_warning() {
+            tracing::warn!(uplink = self.ifname, mtu = self.mtu, max_mtu = self.max_mtu(), "{w}");
+        }
     }
 
     /// The UPLINK entry for what is known now.
@@ -123,6 +154,7 @@ impl Uplink {
             old_mtu = old.1,
             "uplink changed; encap follows"
         );
+        self.warn_mtu();
         Ok(())
     }
 
@@ -150,6 +182,8 @@ impl Uplink {
             mtu: self.mtu,
             local_ips: self.local_ips(),
             mode: self.mode,
+            max_mtu: self.max_mtu(),
+            mtu_warning: self.mtu_warning(),
             error: self.error.clone(),
         }
     }
@@ -185,6 +219,19 @@ mod tests {
         assert_eq!(u.view().error, None);
         let e = u.look(Link { ifindex: Some(8), ..back }).unwrap_err().to_string();
         assert!(e.contains("recreated (ifindex 7 -> 8)"), "{e}");
+    }
+
+    #[test]
+    fn an_mtu_beyond_what_the_datapath_carries_is_reported() {
+        let mut u = uplink();
+        u.mtu = 65535;
+        assert_eq!((u.view().max_mtu, u.view().mtu_warning), (65535, None), "IPv4: any MTU");
+        u.ip6 = Some([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        u.mtu = 9000;
+        assert_eq!((u.view().max_mtu, u.view().mtu_warning), (16370, None), "a jumbo MTU of 9000 is carried");
+        u.mtu = 16371;
+        let w = u.view().mtu_warning.expect("reported");
+        assert!(w.contains("mtu 16371 exceeds the 16370") && w.contains("multibuffer"), "{w}");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
 
 /// A UDP/IPv4 Ethernet frame of exactly `size` bytes (no FCS).
 fn inner(size: u32, src: [u8; 6], dst: [u8; 6], sip: [u8; 4], dip: [u8; 4]) -> Vec<u8> {
-    assert!((60..=1500).contains(&size), "inner frame size {size}: 60..=1500 bytes");
+    assert!((60..=8942).contains(&size), "inner frame size {size}: 60..=8942 bytes (a 9000-byte underlay)");
     let mut v = Vec::new();
     etherparse::PacketBuilder::ethernet2(src, dst)
         .ipv4(sip, dip, 64)

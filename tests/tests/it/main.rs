@@ -19,6 +19,7 @@ mod fuzz_packets;
 mod geneve_decap;
 mod geneve_encap;
 mod harness;
+mod jumbo;
 mod ofport_maps;
 mod ovn_chassis;
 mod ovs_flow_key;

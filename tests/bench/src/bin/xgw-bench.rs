@@ -10,6 +10,9 @@
 //! - packets per second on the veth path against inner frame size, decap
 //!   and encap, beside a trivial redirect program on the same path
 //!   (`bench::veth`);
+//! - jumbo frames: decap and encap of 8000-byte inner frames on a
+//!   9000-byte veth path beside `xgw_redirect`, frames sent by AF_PACKET
+//!   (`bench::jumbo`; the live-frames generator stops at a page);
 //! - xgw against Open vSwitch (userspace datapath) doing the same Geneve
 //!   decap and encap between the same kind of veths (`bench::versus`).
 //!
@@ -17,7 +20,7 @@
 //! baseline) and writes no results: a steady load to attach a profiler to
 //! (`perf record -e cpu-clock -a -- xgw-bench --only decap`). `--only ovs`
 //! runs just the Open vSwitch comparison, likewise, and `--only cost` just
-//! the decap and encap program costs. With XGW_BENCH_VERBOSE
+//! the decap and encap program costs, `--only jumbo` the jumbo rows. With XGW_BENCH_VERBOSE
 //! set, each comparison window also prints the rate the generator offered.
 use std::{path::PathBuf, time::Duration};
 
@@ -26,7 +29,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use xgw_bench::{
     self as bench,
     bfd::{BfdCost, Kind},
-    stats, versus, veth, Row,
+    jumbo, stats, versus, veth, Row,
 };
 use xgw_tests::{
     gateway::TestGateway,
@@ -108,6 +111,8 @@ enum Only {
     Ovs,
     /// The decap and encap program costs (test_run).
     Cost,
+    /// The jumbo-frame rows (8000-byte inner frames).
+    Jumbo,
 }
 
 /// xgw's benchmarks: program costs, veth packet rates, xgw against Open
@@ -139,6 +144,7 @@ fn main() {
         let rows = match only {
             Only::Cost => return program_cost(repeat, runs),
             Only::Ovs => versus::versus_ovs(ovs_sizes, timing, true),
+            Only::Jumbo => jumbo::pps(runs, timing.window),
             Only::Decap | Only::Encap => {
                 let what = if only == Only::Decap { "decap" } else { "encap" };
                 let mut rows = veth::pps_by_size(&[64], frames, runs, Some(what));
@@ -207,10 +213,12 @@ fn main() {
     drop(gw);
     rows.extend(veth::pps_by_size(sizes, frames, runs, None));
     rows.extend(veth::pps_received(sizes[0], frames, runs, None));
+    rows.extend(jumbo::pps(runs, timing.window));
     rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
 
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
     expected.extend(veth::row_names(sizes));
+    expected.extend(jumbo::row_names());
     expected.extend(versus::row_names(ovs_sizes, true));
     bench::check(&rows, &expected);
     println!(

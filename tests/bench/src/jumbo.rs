@@ -1,0 +1,169 @@
+//! Jumbo frames: packets per second at 8000-byte inner frames on a
+//! 9000-byte veth path, decap and encap beside `xgw_redirect` on the same
+//! path in the same run. Every program is multi-buffer, so a frame of two
+//! pages reaches XDP as a first buffer and fragments.
+//!
+//! The live-frames generator of the other rows cannot send a frame larger
+//! than a page (the kernel refuses live mode for them), so here frames
+//! come from an AF_PACKET socket (`sendmmsg`, qdisc bypassed) on the far
+//! end of the veth: veth's receive path turns each skb into a multi-buffer
+//! XDP frame for the program under test, as in [`crate::veth::pps_received`]
+//! (whose topology this is), and the sink counts what arrives. A rate is
+//! what reached the sink over a wall-clock window.
+//!
+//!   decap: [hv] hv0 -- ul [xgw_uplink] -> p -- eth0 [vm: sink]
+//!          [hv] hvb -- ulb [xgw_redirect] -> p -- eth0 [vm: sink]
+//!   encap: [vm] eth0 -- p [xgw_local] -> ul -- hv0 [hv: sink]
+//!          [vm] eth0b -- pb [xgw_redirect] -> ul -- hv0 [hv: sink]
+use std::time::{Duration, Instant};
+
+use xgw_common::maps::*;
+use xgw_tests::{
+    gateway::TestGateway,
+    netns::{Netns, Veth},
+};
+
+use crate::{
+    stats,
+    veth::{self, frames, setup, sink, GW_IP, GW_MAC, TUNNEL},
+    Row,
+};
+
+/// The inner frame size of the jumbo rows.
+pub const SIZE: u32 = 8000;
+const MTU: &str = "9000";
+
+pub fn row_name(what: &str) -> String {
+    let (from, to) = if what == "decap" { ("uplink", "port") } else { ("port", "uplink") };
+    format!("jumbo {what}, {SIZE} B inner, 9000 B MTU ({from} -> {to}), AF_PACKET generator on the veth peer")
+}
+
+pub fn row_names() -> Vec<String> {
+    vec![row_name("decap"), row_name("encap")]
+}
+
+/// Sends `pkt` out of `ifname` in `ns` for `window` with AF_PACKET
+/// `sendmmsg` batches of 64 (qdisc bypassed); returns frames sent.
+fn blast(ns: &Netns, ifname: &str, pkt: &[u8], window: Duration) -> u64 {
+    let ifindex = ns.ifindex(ifname);
+    let pkt = pkt.to_vec();
+    ns.enter(move || {
+        // SAFETY: plain socket calls on a socket this function owns; every
+        // pointer passed lives until the call returns.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of_val(&one) as u32,
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            let r = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32);
+            assert_eq!(r, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
+            let mut iov = libc::iovec { iov_base: pkt.as_ptr() as *mut libc::c_void, iov_len: pkt.len() };
+            let mut msgs: Vec<libc::mmsghdr> = (0..64)
+                .map(|_| {
+                    let mut m: libc::mmsghdr = std::mem::zeroed();
+                    m.msg_hdr.msg_iov = &mut iov;
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let (start, mut sent) = (Instant::now(), 0u64);
+            while start.elapsed() < window {
+                let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0);
+                if n > 0 {
+                    sent += n as u64;
+                }
+            }
+            libc::close(fd);
+            sent
+        }
+    })
+}
+
+/// Rows: decap and encap of 8000-byte inner frames, each beside
+/// `xgw_redirect` on the twin path; `runs` windows of `window` each.
+pub fn pps(runs: usize, window: Duration) -> Vec<Row> {
+    let gw_ns = Netns::new("jgw");
+    let hv = Netns::new("jhv");
+    let vm = Netns::new("jvm");
+    Veth::new(&gw_ns, "ul", "198.51.100.1/24", &hv, "hv0", "198.51.100.2/24");
+    Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
+    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
+    Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
+    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
+    gw.in_netns(&gw_ns);
+    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
+    setup(&mut gw, ul, p);
+    gw.set_uplink(Uplink {
+        ifindex: ul,
+        mtu: 9000,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP4,
+        _pad: 0,
+        ip4: GW_IP,
+        ip6: [0; 16],
+    });
+    gw.attach(&gw_ns, "xgw_uplink", "ul");
+    gw.attach(&gw_ns, "xgw_local", "p");
+    gw.attach(&gw_ns, "xgw_redirect", "ulb");
+    gw.attach(&gw_ns, "xgw_redirect", "pb");
+    gw.attach(&hv, "xgw_drop", "hv0");
+    gw.attach(&vm, "xgw_drop", "eth0");
+    for (ns, ifs) in [
+        (&gw_ns, ["ul", "ulb", "p", "pb"]),
+        (&hv, ["hv0", "hvb", "hv0", "hvb"]),
+        (&vm, ["eth0", "eth0b", "eth0", "eth0b"]),
+    ] {
+        for i in ifs {
+            ns.ok(&["ip", "link", "set", "dev", i, "mtu", MTU]);
+        }
+    }
+    let (decap_pkt, encap_pkt) = frames(SIZE);
+    // Frames that reached the sink per second of the window.
+    let rate = |gen_ns: &Netns, out: &str, pkt: &[u8], (sink_ns, sink_if): (&Netns, &str)| -> f64 {
+        let before = sink(sink_ns, sink_if).drops;
+        let start = Instant::now();
+        let sent = blast(gen_ns, out, pkt, window);
+        let elapsed = start.elapsed();
+        // The sink's veth ring drains after the window.
+        std::thread::sleep(Duration::from_millis(50));
+        let got = sink(sink_ns, sink_if).drops - before;
+        assert!(got * 2 >= sent && got > 0, "{}-byte frames out of {out}: {got} of {sent} arrived", pkt.len());
+        got as f64 / elapsed.as_secs_f64()
+    };
+    let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
+    let tunnel = |gw: &TestGateway| gw.port_stats(TUNNEL as u32);
+    let before = tunnel(&gw);
+    for _ in 0..runs {
+        gw.devmap_set(0, p);
+        decap.push(rate(&hv, "hv0", &decap_pkt, (&vm, "eth0")));
+        decap_base.push(rate(&hv, "hvb", &decap_pkt, (&vm, "eth0")));
+        gw.devmap_set(0, ul);
+        encap.push(rate(&vm, "eth0", &encap_pkt, (&hv, "hv0")));
+        encap_base.push(rate(&vm, "eth0b", &encap_pkt, (&hv, "hv0")));
+    }
+    // The frames went through xgw whole: decapsulated and encapsulated by
+    // the programs, counted by their full length.
+    let after = tunnel(&gw);
+    let (rx, tx) = (after.rx.packets - before.rx.packets, after.tx.packets - before.tx.packets);
+    assert!(rx > 0 && tx > 0, "jumbo: {rx} decapsulated, {tx} encapsulated");
+    let full = (SIZE + veth::GENEVE_OVERHEAD) as u64;
+    assert_eq!(after.rx.bytes - before.rx.bytes, rx * full, "decap counted by the whole frame");
+    assert_eq!(after.tx.bytes - before.tx.bytes, tx * full, "encap counted by the whole frame");
+    // The VM namespace's own IPv6 multicast (MLD, solicitations) is dropped
+    // as flood (no group); nothing else may be.
+    let drops = gw.drops();
+    assert!(drops.iter().all(|(r, &n)| n == 0 || *r == "flood"), "jumbo drops {drops:?}");
+    vec![
+        Row::new(row_name("decap"), "pkt/s", "xgw_redirect", stats(decap), stats(decap_base)),
+        Row::new(row_name("encap"), "pkt/s", "xgw_redirect", stats(encap), stats(encap_base)),
+    ]
+}
