@@ -7,6 +7,9 @@
 //! `xgw-bfdbench` (BFD at scale); the namespaces, veths, gateways and
 //! processes they use are the test harness's (`xgw_tests`).
 pub mod bfd;
+pub mod flood;
+pub mod flowkey;
+pub mod live;
 pub mod plot;
 pub mod versus;
 pub mod veth;
