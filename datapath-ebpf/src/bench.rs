@@ -13,7 +13,15 @@
 //!   the least work a forwarding, decapsulating or encapsulating program
 //!   can do on the same path, so that a rate is read against them.
 //! - `xgw_drop` is the benchmarks' sink.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
+//! - `xgw_bcast` is the alternative to `xgw_flood` that the flood benchmark
+//!   measures it against: XDP devmap broadcast to local members only.
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS},
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::DevMapHash,
+    programs::XdpContext,
+};
 
 use crate::maps;
 
@@ -62,4 +70,18 @@ pub fn xgw_push(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xgw_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// The members `xgw_bcast` copies to (the benchmark writes them).
+#[map(name = "BENCH_BCAST")]
+static BENCH_BCAST: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// What flooding to local ports would cost in XDP alone: the kernel's devmap
+/// broadcast (`BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS`) sends a copy of
+/// the frame to every interface in `BENCH_BCAST` but the one it came in on.
+/// No group lookup, no VNI, no tunnel copies: the floor of that mechanism,
+/// measured beside `xgw_flood`'s copies (`cargo xtask bench`, flood rows).
+#[xdp]
+pub fn xgw_bcast(_ctx: XdpContext) -> u32 {
+    BENCH_BCAST.redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64).unwrap_or(xdp_action::XDP_DROP)
 }

@@ -7,7 +7,10 @@
 //! `xgw-bfdbench` (BFD at scale); the namespaces, veths, gateways and
 //! processes they use are the test harness's (`xgw_tests`).
 pub mod bfd;
+pub mod flood;
+pub mod flowkey;
 pub mod jumbo;
+pub mod live;
 pub mod plot;
 pub mod versus;
 pub mod veth;

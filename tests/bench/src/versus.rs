@@ -268,7 +268,7 @@ fn xmit(ns: &Netns, ifname: &str) -> u64 {
 
 /// SIGUSR1 with a handler that does nothing and no SA_RESTART: it only
 /// makes the generator's syscall return EINTR.
-fn install_wakeup() {
+pub(crate) fn install_wakeup() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn nothing(_: libc::c_int) {}
     ONCE.call_once(|| {
@@ -282,10 +282,10 @@ fn install_wakeup() {
 /// (the thread scope would otherwise wait for it forever): sets `stop`,
 /// then signals the generator's thread until it has left its loop (a
 /// signal that lands between two calls interrupts nothing).
-struct Stopper<'a> {
-    stop: &'a AtomicBool,
-    done: &'a AtomicBool,
-    thread: &'a AtomicU64,
+pub(crate) struct Stopper<'a> {
+    pub stop: &'a AtomicBool,
+    pub done: &'a AtomicBool,
+    pub thread: &'a AtomicU64,
 }
 
 impl Drop for Stopper<'_> {

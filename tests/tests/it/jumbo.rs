@@ -58,7 +58,10 @@ fn gateway(mtu: u32) -> TestGateway {
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
     );
     gw.add_tunnel(T6 as u32, Tunnel { remote: HV_IP6, nexthop_mac: HV_MAC, flags: TUNNEL_IPV6, _pad: 0, vni: VNI });
-    gw.add_local_port(LO, LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, _pad: [0; 2] });
+    gw.add_local_port(
+        LO,
+        LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: VM_KEY, mac: VM_MAC, ..Default::default() },
+    );
     gw.add_remote(VNI, REMOTE_MAC, Some(ipv4_mapped(REMOTE_IP)), T4, REMOTE_KEY);
     gw.add_remote(VNI, REMOTE6_MAC, Some(REMOTE_IP6), T6, REMOTE6_KEY);
     gw
@@ -336,7 +339,7 @@ impl Jumbo {
             );
             dp.add_local_port(
                 gw.ifindex("p"),
-                LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: KEYS[i], mac: VMS_MAC[i], _pad: [0; 2] },
+                LocalPort { vni: VNI, ofport: VM_OFPORT, port_key: KEYS[i], mac: VMS_MAC[i], ..Default::default() },
             );
             dp.add_neigh(VNI, ipv4_mapped(VMS_IP[i]), VMS_MAC[i]);
             dp.add_remote(VNI, VMS_MAC[other], Some(ipv4_mapped(VMS_IP[other])), T4, KEYS[other]);

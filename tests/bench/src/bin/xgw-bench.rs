@@ -29,7 +29,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use xgw_bench::{
     self as bench,
     bfd::{BfdCost, Kind},
-    jumbo, stats, versus, veth, Row,
+    flood, flowkey, jumbo, stats, versus, veth, Row,
 };
 use xgw_tests::{
     gateway::TestGateway,
@@ -100,6 +100,20 @@ fn program_cost(repeat: u32, runs: usize) {
     }
 }
 
+/// Flow-keyed tunnels (test_run costs and 64-byte veth rates) and flooding
+/// against the number of copies (`xgw_bench::{flowkey, flood}`), with the
+/// names of the rows they must produce.
+fn flowkey_and_flood(quick: bool, repeat: u32, runs: usize, frames: u32) -> (Vec<Row>, Vec<String>) {
+    let (sizes, window) = flood::params(quick);
+    let mut rows = flowkey::cost(repeat, runs, false);
+    rows.extend(flowkey::pps(64, frames, runs));
+    rows.extend(flood::flood(sizes, window, runs));
+    let mut names = flowkey::cost_row_names();
+    names.extend(flowkey::pps_row_names(64));
+    names.extend(flood::row_names(sizes));
+    (rows, names)
+}
+
 /// What `--only` runs instead of the whole benchmark.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Only {
@@ -113,6 +127,10 @@ enum Only {
     Cost,
     /// The jumbo-frame rows (8000-byte inner frames).
     Jumbo,
+    /// Flow-keyed tunnels: program costs and 64-byte veth rates.
+    Flowkey,
+    /// Flooding: flooded frames per second against copies, per-copy cost.
+    Flood,
 }
 
 /// xgw's benchmarks: program costs, veth packet rates, xgw against Open
@@ -143,6 +161,7 @@ fn main() {
     if let Some(only) = only {
         let rows = match only {
             Only::Cost => return program_cost(repeat, runs),
+            Only::Flowkey | Only::Flood => return print_only(only, quick, repeat, runs, frames),
             Only::Ovs => versus::versus_ovs(ovs_sizes, timing, true),
             Only::Jumbo => jumbo::pps(runs, timing.window),
             Only::Decap | Only::Encap => {
@@ -215,11 +234,14 @@ fn main() {
     rows.extend(veth::pps_received(sizes[0], frames, runs, None));
     rows.extend(jumbo::pps(runs, timing.window));
     rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
+    let (more, more_names) = flowkey_and_flood(quick, repeat, runs, frames);
+    rows.extend(more);
 
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
     expected.extend(veth::row_names(sizes));
     expected.extend(jumbo::row_names());
     expected.extend(versus::row_names(ovs_sizes, true));
+    expected.extend(more_names);
     bench::check(&rows, &expected);
     println!(
         "mode: {}, test_run: {repeat} packets per run; veth: {frames} frames per run; {runs} runs each\n\n{}",
@@ -231,4 +253,18 @@ fn main() {
         "ovs": {"sizes": ovs_sizes, "runs": timing.runs, "warmup_s": timing.warmup.as_secs_f64(), "window_s": timing.window.as_secs_f64()},
     });
     bench::write(&out_dir, "bench", if quick { "-quick" } else { "" }, &rows, header);
+}
+
+/// `--only flowkey|flood`: those rows alone, as a table (no results
+/// written); flowkey adds the fixed-key hits of the same runs.
+fn print_only(only: Only, quick: bool, repeat: u32, runs: usize, frames: u32) {
+    let rows = if only == Only::Flowkey {
+        let mut rows = flowkey::cost(repeat, runs, true);
+        rows.extend(flowkey::pps(64, frames, runs));
+        rows
+    } else {
+        let (sizes, window) = flood::params(quick);
+        flood::flood(sizes, window, runs)
+    };
+    println!("{}", bench::markdown(&rows));
 }
