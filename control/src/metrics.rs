@@ -120,7 +120,8 @@ pub fn render(show: &ShowView, stats: &StatsView, sessions: &[BfdSessionView]) -
     Ok(out)
 }
 
-/// Scrapes served at once; Prometheus sends one at a time.
+/// Connections held at once (Prometheus sends one scrape at a time); beyond
+/// that the one that has waited longest for its request is cut.
 const MAX_CONNECTIONS: usize = 8;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -132,10 +133,10 @@ where
 {
     let l = &listener;
     let accept = || async move { l.accept().await.map(|(s, _)| s) };
-    crate::listen::accept_loop("metrics", MAX_CONNECTIONS, accept, |stream| {
+    crate::listen::accept_loop("metrics", MAX_CONNECTIONS, accept, |stream, phase| {
         let scrape = scrape.clone();
         async move {
-            if let Err(e) = respond(stream, scrape).await {
+            if let Err(e) = respond(stream, phase, scrape).await {
                 tracing::debug!("metrics request: {e:#}");
             }
         }
@@ -143,7 +144,7 @@ where
     .await
 }
 
-async fn respond<F, Fut>(stream: TcpStream, scrape: F) -> Result<()>
+async fn respond<F, Fut>(stream: TcpStream, phase: crate::listen::Phase, scrape: F) -> Result<()>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<String>>,
@@ -165,6 +166,7 @@ where
         anyhow::Ok(())
     };
     tokio::time::timeout(READ_TIMEOUT, head).await.map_err(|_| anyhow!("no request within {READ_TIMEOUT:?}"))??;
+    phase.started();
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {

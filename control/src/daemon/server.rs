@@ -13,7 +13,8 @@ use tokio::{
 use super::Msg;
 use crate::api::{self, Reply, Request, Response};
 
-/// API connections served at once; further clients wait in the listen backlog.
+/// API connections held at once; beyond that the one that has waited
+/// longest for its request is cut (`listen::accept_loop`).
 const MAX_CONNECTIONS: usize = 64;
 /// A client has this long to send its request line, and again to take the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,13 +47,13 @@ pub(super) async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
         "api",
         MAX_CONNECTIONS,
         || async move { l.accept().await.map(|(s, _)| s) },
-        |stream| connection(stream, tx.clone()),
+        |stream, phase| connection(stream, phase, tx.clone()),
     )
     .await
 }
 
-async fn connection(mut stream: UnixStream, tx: mpsc::Sender<Msg>) {
-    let response = match answer(&mut stream, &tx).await {
+async fn connection(mut stream: UnixStream, phase: crate::listen::Phase, tx: mpsc::Sender<Msg>) {
+    let response = match answer(&mut stream, &phase, &tx).await {
         Ok(reply) => Response::Ok(Box::new(reply)),
         Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
     };
@@ -61,7 +62,7 @@ async fn connection(mut stream: UnixStream, tx: mpsc::Sender<Msg>) {
     let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(&line)).await;
 }
 
-async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Msg>) -> Result<Reply> {
+async fn answer(stream: &mut UnixStream, phase: &crate::listen::Phase, tx: &mpsc::Sender<Msg>) -> Result<Reply> {
     match stream.peer_cred().ok().map(|c| c.uid()) {
         Some(0) => {}
         uid => bail!("permission denied: the xgw API serves root only (peer uid {uid:?})"),
@@ -71,6 +72,7 @@ async fn answer(stream: &mut UnixStream, tx: &mpsc::Sender<Msg>) -> Result<Reply
     tokio::time::timeout(CLIENT_TIMEOUT, reader.read_until(b'\n', &mut line))
         .await
         .map_err(|_| anyhow!("no complete request line within {} s", CLIENT_TIMEOUT.as_secs()))??;
+    phase.started();
     if line.len() as u64 > api::MAX_REQUEST {
         bail!("request larger than {} bytes refused", api::MAX_REQUEST);
     }

@@ -1236,3 +1236,54 @@ fn a_second_daemon_and_uninstall_are_refused_while_the_first_runs() {
     ping("5");
     t.daemon.json(&["show"]);
 }
+
+#[test]
+fn stalled_connections_hold_up_no_one() {
+    require_root!();
+    let mut gw = gateway("dstall");
+    gw.daemon.extra = vec!["--metrics".into(), "127.0.0.1:9477".into()];
+    gw.daemon.start();
+    // 200 API clients that connect and never send a request, and 50 metrics
+    // clients that send one byte and stall (what any local user can do to
+    // a loopback port; the daemon cannot tell them from a slow scraper).
+    let stalled_api: Vec<std::os::unix::net::UnixStream> =
+        (0..200).map(|_| std::os::unix::net::UnixStream::connect(&gw.daemon.socket).expect("connect")).collect();
+    let stalled_metrics: Vec<std::net::TcpStream> = xgw_tests::netns::enter(&gw.ns.name, || {
+        (0..50)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9477").expect("connect to metrics");
+                s.write_all(b"G").unwrap();
+                s
+            })
+            .collect()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A client that sends its request at once is answered at once: a
+    // scrape (first, while the stalled ones are within their 2 s), then
+    // API requests.
+    let start = Instant::now();
+    let m = scrape(&gw.ns.name, "127.0.0.1:9477");
+    let scraped = start.elapsed();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut s = std::os::unix::net::UnixStream::connect(&gw.daemon.socket).expect("connect");
+        s.write_all(b"{\"op\":\"show\"}\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+        slowest = slowest.max(start.elapsed());
+        let v: Value = serde_json::from_str(&line).expect("a JSON answer");
+        assert!(v.get("error").is_none(), "{line}");
+    }
+    eprintln!(
+        "with 200 stalled API and 50 stalled metrics connections: show {slowest:?} (slowest of 5), scrape {scraped:?}"
+    );
+    assert!(m.contains_key("xgw_ofports{state=\"used\"}"));
+    assert!(slowest < Duration::from_millis(100), "show took {slowest:?}");
+    assert!(scraped < Duration::from_secs(1), "scrape took {scraped:?}");
+    // The CLI too, and the daemon is still whole.
+    gw.daemon.json(&["show"]);
+    drop((stalled_api, stalled_metrics));
+    gw.daemon.stop();
+}
