@@ -3,14 +3,14 @@
 //! sides agree on every field; the CLI prints `Response` payloads as they are
 //! for `--json`.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::IpAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::datapath::AttachMode;
@@ -615,18 +615,59 @@ pub struct BfdCountersView {
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
+/// `--timeout`: seconds, more than 0 and at most a day.
+pub fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 86400.0 => Ok(t),
+        _ => Err(format!("{s:?} is not a number of seconds (0 < timeout <= 86400)")),
+    }
+}
+
 /// Sends one request and returns the daemon's reply (an error for
 /// `Response::Error`, carrying the daemon's one-line message).
-pub fn call(socket: &Path, request: &Request) -> Result<Reply> {
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!("cannot reach the xgw daemon at {} (is `xgw run` running? --socket)", socket.display())
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let silent = || {
+        anyhow!(
+            "the xgw daemon at {} did not answer within {} s (stopped, or stuck; --timeout to wait longer)",
+            socket.display(),
+            timeout.as_secs_f64()
+        )
+    };
+    let timed_out =
+        |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+    // One deadline for the whole exchange, not one per read.
+    let deadline = std::time::Instant::now() + timeout;
+    stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line).context("sending the request")?;
-    let mut reply = String::new();
-    BufReader::new(stream).take(64 << 20).read_line(&mut reply).context("reading the daemon's answer")?;
+    stream.write_all(&line).map_err(|e| {
+        if timed_out(&e) {
+            silent()
+        } else {
+            anyhow!(e).context("sending the request")
+        }
+    })?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    while !reply.ends_with(b"\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(silent());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if reply.len() + n > 64 << 20 => bail!("the daemon's answer is larger than 64 MiB"),
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) => return Err(silent()),
+            Err(e) => return Err(anyhow!(e).context("reading the daemon's answer")),
+        }
+    }
+    let reply = String::from_utf8(reply).context("the daemon's answer is not UTF-8")?;
     if reply.is_empty() {
         bail!("the daemon closed the connection without an answer");
     }

@@ -22,6 +22,10 @@ pub struct Common {
     /// Print exactly one JSON document.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the daemon's answer before giving up (a daemon
+    /// that is stopped or stuck answers nothing).
+    #[arg(long, global = true, default_value_t = 5.0, value_parser = api::parse_timeout)]
+    pub timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,7 +168,7 @@ pub fn stats(c: &Common) -> Result<()> {
 }
 
 fn send(c: &Common, req: &Request) -> Result<()> {
-    let reply = api::call(&c.socket, req)?;
+    let reply = api::call(&c.socket, req, std::time::Duration::from_secs_f64(c.timeout))?;
     if c.json {
         println!("{}", reply.document()?);
         return Ok(());

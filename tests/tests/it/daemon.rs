@@ -572,7 +572,7 @@ fn a_thousand_failed_port_adds_cost_no_number() {
     let request = xgw::api::Request::PortAdd(lo);
     let t0 = Instant::now();
     for i in 0..1000 {
-        let e = xgw::api::call(&d.socket, &request).expect_err("lo has no native XDP");
+        let e = xgw::api::call(&d.socket, &request, Duration::from_secs(10)).expect_err("lo has no native XDP");
         if i == 0 {
             assert!(e.to_string().contains("port \"vm9\"") && e.to_string().contains("lo"), "{e}");
         }
@@ -1285,5 +1285,27 @@ fn stalled_connections_hold_up_no_one() {
     // The CLI too, and the daemon is still whole.
     gw.daemon.json(&["show"]);
     drop((stalled_api, stalled_metrics));
+    gw.daemon.stop();
+}
+
+#[test]
+fn a_stopped_daemon_is_reported_not_waited_for() {
+    require_root!();
+    let mut gw = gateway("dsigstop");
+    gw.daemon.start();
+    let p = gw.daemon.process.as_ref().unwrap();
+    p.signal(nix::sys::signal::Signal::SIGSTOP);
+    let start = Instant::now();
+    let out = gw.daemon.try_cli(&["show", "--timeout", "1"]);
+    let took = start.elapsed();
+    p.signal(nix::sys::signal::Signal::SIGCONT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "show answered a stopped daemon?");
+    assert!(err.contains("did not answer within 1 s"), "{err}");
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
+    // The default is a few seconds, not for ever; and bad values are refused.
+    let err = gw.daemon.refused(&["show", "--timeout", "0"]);
+    assert!(err.contains("--timeout") && err.contains("0 < timeout <= 86400"), "{err}");
+    gw.daemon.json(&["show"]);
     gw.daemon.stop();
 }
