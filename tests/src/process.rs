@@ -13,24 +13,49 @@ use nix::{
 
 /// A process's stdout and stderr, read as they come: a child that writes
 /// more than a pipe holds (a daemon's log under a long test) must never
-/// block on a pipe nobody reads.
+/// block on a pipe nobody reads. What has come so far can be read at any
+/// time (`stderr_so_far`).
 #[derive(Debug)]
 struct Output {
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
+    stdout: Drained,
+    stderr: Drained,
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
+#[derive(Debug)]
+struct Drained {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: JoinHandle<()>,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> Drained {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = buf.clone();
+    let done = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            out.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    Drained { buf, done }
+}
+
+impl Drained {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
 }
 
 impl Output {
     fn collect(self) -> (String, String) {
-        let text = |h: JoinHandle<Vec<u8>>| String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned();
+        let text = |d: Drained| {
+            let Drained { buf, done } = d;
+            let _ = done.join();
+            let bytes = buf.lock().unwrap();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
         (text(self.stdout), text(self.stderr))
     }
 }
@@ -116,6 +141,11 @@ impl Process {
     /// Whether the process has exited (it is not reaped from the guard).
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))))
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.output.as_ref().map(|o| o.stderr.text()).unwrap_or_default()
     }
 
     pub fn describe(&self) -> &str {

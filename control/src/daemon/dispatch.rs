@@ -549,7 +549,7 @@ impl Daemon {
             store.put_group(g).map_err(|e| anyhow!("{e}"))?;
         }
         let mut trial = PortMap::open(MemDatapath::new(), store, AllocatorConfig::default())?;
-        trial.reconcile();
+        trial.reconcile_quietly();
         let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings), groups: Some(&plan.groups) };
         let report = trial.apply(desired, Instant::now(), &mut crate::ofport::NoEffects)?;
         if let Some((name, e)) = report.failed.first() {

@@ -718,15 +718,13 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         Ok(report)
     }
 
-    /// Repairs the datapath to match the committed ports and bindings.
-    /// Numbers stranded by failed undos are freed once a reconcile has run
-    /// without failures, since only then is it certain no entry still
-    /// carries them.
+    /// Repairs the datapath to match the committed ports and bindings, and
+    /// logs what it repaired. Numbers stranded by failed undos are freed
+    /// once a reconcile has run without failures, since only then is it
+    /// certain no entry still carries them.
     pub fn reconcile(&mut self) -> ReconcileReport {
-        let bindings: Vec<(&Binding, OfPort)> =
-            self.bindings.values().filter_map(|b| Some((b, self.ports.get(b.tunnel.as_str())?.ofport))).collect();
-        let report = reconcile(&mut self.datapath, self.ports.values(), bindings);
-        match self.sync_groups() {
+        let (report, groups, freed) = self.repair();
+        match groups {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "reconcile repaired the group entries"),
             Err(e) => tracing::warn!("reconcile could not repair the group entries: {e}"),
@@ -742,13 +740,26 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 "reconcile repaired the datapath"
             );
         }
-        if report.failed.is_empty() {
-            let freed = self.alloc.free_stranded();
-            if !freed.is_empty() {
-                tracing::info!(?freed, "stranded OpenFlow port numbers freed");
-            }
+        if !freed.is_empty() {
+            tracing::info!(?freed, "stranded OpenFlow port numbers freed");
         }
         report
+    }
+
+    /// `reconcile` without a word: for a trial copy built on empty maps
+    /// (a reload's dry run), where everything is "recreated" and none of
+    /// it is news to an operator.
+    pub fn reconcile_quietly(&mut self) -> ReconcileReport {
+        self.repair().0
+    }
+
+    fn repair(&mut self) -> (ReconcileReport, Result<usize, MapError>, Vec<OfPort>) {
+        let bindings: Vec<(&Binding, OfPort)> =
+            self.bindings.values().filter_map(|b| Some((b, self.ports.get(b.tunnel.as_str())?.ofport))).collect();
+        let report = reconcile(&mut self.datapath, self.ports.values(), bindings);
+        let groups = self.sync_groups();
+        let freed = if report.failed.is_empty() { self.alloc.free_stranded() } else { Vec::new() };
+        (report, groups, freed)
     }
 
     /// The next hop of the tunnels to `remote`, into their entries (the
