@@ -469,11 +469,15 @@ pub struct BfdSession {
     /// Desired Min TX and Required Min RX advertised now (microseconds).
     pub ctl_adv_tx_us: u32,
     pub ctl_adv_rx_us: u32,
-    pub _ctl_pad2: u32,
+    /// The session's flap count (Open vSwitch's: every change to or from
+    /// Up), and below when its state last changed (CLOCK_MONOTONIC): kept
+    /// here so that a restarted controller adopts the history too.
+    pub ctl_flaps: u32,
     /// CLOCK_MONOTONIC of the controller's last periodic packet: the
     /// heartbeat the datapath watches. While it is stale (the controller is
     /// starved or restarting) the datapath answers received packets itself.
     pub ctl_last_tx_ns: u64,
+    pub ctl_changed_ns: u64,
     // Datapath-written.
     pub state: u8,
     pub diag: u8,
@@ -566,7 +570,7 @@ const _: () = {
     assert!(core::mem::size_of::<NeighKey>() == 20);
     assert!(core::mem::size_of::<Neigh>() == 8);
     assert!(core::mem::size_of::<BfdPathKey>() == 24);
-    assert!(core::mem::size_of::<BfdSession>() == 136);
+    assert!(core::mem::size_of::<BfdSession>() == 144);
     assert!(core::mem::size_of::<BfdEvent>() == 16);
     assert!(core::mem::size_of::<DecapFlowKey>() == 32);
     assert!(core::mem::size_of::<DecapFlow>() == 56);

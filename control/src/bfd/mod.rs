@@ -83,6 +83,9 @@ pub struct Status {
     pub remote_min_tx_ms: f64,
     pub remote_min_rx_ms: f64,
     pub flap_count: u64,
+    /// When the state last changed (CLOCK_MONOTONIC, `monotonic_ns`), as
+    /// the engine saw it, across controller restarts.
+    pub changed_ns: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub echo: bool,
@@ -213,6 +216,16 @@ impl Slots {
             let p = self.base.add(slot as usize);
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_mult), config.mult);
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_cfg_tx_us), config.min_tx_ms * 1000);
+        }
+    }
+
+    /// The controller's history of the session, for the next controller.
+    fn set_history(&self, slot: u32, flaps: u64, changed_ns: u64) {
+        assert!((slot as usize) < self.len);
+        unsafe {
+            let p = self.base.add(slot as usize);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_flaps), flaps.min(u32::MAX as u64) as u32);
+            std::ptr::write_volatile(std::ptr::addr_of_mut!((*p).ctl_changed_ns), changed_ns);
         }
     }
 
@@ -518,6 +531,7 @@ fn status_of(e: &Entry, rx: &Rx) -> Status {
         remote_min_tx_ms: ms(rx.remote_min_tx),
         remote_min_rx_ms: ms(rx.remote_min_rx),
         flap_count: s.flaps,
+        changed_ns: s.last_state().1,
         rx_packets: rx.rx_packets,
         tx_packets: s.tx_packets,
         echo: s.config.echo,
@@ -738,6 +752,7 @@ impl Inner {
                     disc,
                     (s.ctl_adv_tx_us, s.ctl_adv_rx_us),
                     s.ctl_down_seq,
+                    (s.ctl_flaps as u64, s.ctl_changed_ns),
                     &self.slots.rx(slot),
                     now,
                 );
@@ -815,6 +830,9 @@ impl Inner {
                 tracing::info!(session = %e.name, "bfd: detection time expired, session down");
             }
             self.slots.set_tx(slot as u32, e.session.advertised(), e.session.last_tx_ns());
+            if a.changed {
+                self.slots.set_history(slot as u32, e.session.flaps, e.session.last_state().1);
+            }
             if let Some(c) = a.send {
                 let r = match &e.tx {
                     // A frame to 00:00:00:00:00:00 would only be flooded

@@ -89,6 +89,9 @@ pub struct Actions {
     pub down_seq: Option<u32>,
     /// Send this control packet now.
     pub send: Option<Control>,
+    /// The state changed: the flap count and time of change are to be kept
+    /// beside the session (`ctl_flaps`, `ctl_changed_ns`).
+    pub changed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +130,8 @@ pub struct Session {
     /// from Up, counted as a flap.
     last_state: State,
     pub flaps: u64,
+    /// When `last_state` began (CLOCK_MONOTONIC).
+    pub changed_ns: u64,
     pub tx_packets: u64,
 }
 
@@ -156,6 +161,7 @@ impl Session {
             sched_frac: 1.0,
             last_state: State::Down,
             flaps: 0,
+            changed_ns: now_ns,
             tx_packets: 0,
         }
     }
@@ -171,6 +177,7 @@ impl Session {
         local_disc: u32,
         advertised: (u32, u32),
         down_seq: u32,
+        (flaps, changed_ns): (u64, u64),
         rx: &Rx,
         now_ns: u64,
     ) -> Session {
@@ -179,7 +186,17 @@ impl Session {
         s.down_seq = down_seq;
         s.finals_sent = rx.poll_seq;
         s.last_state = s.view(rx).state;
+        // The history the previous controller kept beside the session; a
+        // change it did not live to see (the datapath's, meanwhile) counts
+        // from now, as it would have at its next tick.
+        s.flaps = flaps;
+        s.changed_ns = if changed_ns != 0 && changed_ns <= now_ns { changed_ns } else { now_ns };
         s
+    }
+
+    /// The state as of the last tick, and since when.
+    pub fn last_state(&self) -> (State, u64) {
+        (self.last_state, self.changed_ns)
     }
 
     /// Desired Min TX and Required Min RX advertised now (microseconds).
@@ -281,7 +298,9 @@ impl Session {
                 self.flaps += 1;
             }
             self.last_state = v.state;
+            self.changed_ns = now_ns;
             self.next_tx_ns = now_ns;
+            out.changed = true;
         }
 
         // Advertised intervals follow the state; while Up a change is polled.
@@ -478,17 +497,28 @@ mod tests {
     fn an_adopted_up_session_sends_at_once_as_before_without_a_flap() {
         let mut rx = heard(State::Up, State::Up, 0, 10_000, 10_000);
         rx.poll_seq = 4;
-        let mut s = Session::adopt(cfg(10, 10, 3), 0x55_0003, (10_000, 10_000), 2, &Rx { down_ack: 2, ..rx }, 5 * MS);
-        let p = s.tick(5 * MS, &Rx { down_ack: 2, ..rx }, 0.0).send.expect("at once");
+        // Its history comes along: 3 flaps, Up since 2 ms.
+        let mut s = Session::adopt(
+            cfg(10, 10, 3),
+            0x55_0003,
+            (10_000, 10_000),
+            2,
+            (3, 2 * MS),
+            &Rx { down_ack: 2, ..rx },
+            5 * MS,
+        );
+        let a = s.tick(5 * MS, &Rx { down_ack: 2, ..rx }, 0.0);
+        let p = a.send.expect("at once");
         assert_eq!((p.state, p.flags, p.my_disc, p.your_disc), (State::Up, 0, 0x55_0003, 0x1234), "no Poll, no Final");
         assert_eq!((p.desired_min_tx, p.required_min_rx), (10_000, 10_000));
-        assert_eq!((s.flaps, s.next_tx_ns), (0, 15 * MS));
+        assert_eq!((s.flaps, s.next_tx_ns), (3, 15 * MS));
+        assert_eq!((a.changed, s.last_state()), (false, (State::Up, 2 * MS)), "adopting is no change");
         // A Down the previous controller declared and the datapath has not
         // applied yet stays declared.
-        let s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 3, &Rx { down_ack: 2, ..rx }, 0);
+        let s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 3, (0, 0), &Rx { down_ack: 2, ..rx }, 0);
         assert_eq!(s.view(&Rx { down_ack: 2, ..rx }).state, State::Down);
         // Adopted with other settings: the change is polled.
-        let mut s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 0, &rx, 0);
+        let mut s = Session::adopt(cfg(10, 10, 3), 1, (10_000, 10_000), 0, (0, 0), &rx, 0);
         s.reconfigure(cfg(20, 20, 3));
         let p = s.tick(0, &rx, 0.0).send.unwrap();
         assert_eq!((p.flags, p.desired_min_tx), (bfd::FLAG_POLL, 20_000));

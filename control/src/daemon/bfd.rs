@@ -33,6 +33,12 @@ use crate::{
 /// "last change" of `bfd show` are this late at most.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(100);
 
+/// The `Instant` of a CLOCK_MONOTONIC reading (both count from boot).
+fn since(monotonic_ns: u64) -> Instant {
+    let ago = Duration::from_nanos(bfd::monotonic_ns().saturating_sub(monotonic_ns));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
 struct Known {
     kind: SessionType,
     config: bfd::Config,
@@ -111,8 +117,15 @@ impl Bfd {
     }
 
     fn add(&mut self, name: &str, kind: SessionType, path: Path, config: bfd::Config) -> Result<()> {
-        self.engine()?.add(name, path, config)?;
-        self.sessions.insert(name.to_owned(), Known { kind, config, seen: ("down", "down"), since: Instant::now() });
+        let engine = self.engine()?;
+        engine.add(name, path, config)?;
+        // An adopted session starts from where it is, not from Down: its
+        // first watch must not report a change the peer never saw.
+        let (seen, since) = match engine.status(Some(name)).first() {
+            Some(s) => ((s.state, s.remote_state), since(s.changed_ns)),
+            None => (("down", "down"), Instant::now()),
+        };
+        self.sessions.insert(name.to_owned(), Known { kind, config, seen, since });
         Ok(())
     }
 
@@ -395,8 +408,8 @@ impl Bfd {
                     "bfd session state changed"
                 );
             }
+            known.since = if known.seen.0 != now.0 { since(s.changed_ns) } else { Instant::now() };
             known.seen = now;
-            known.since = Instant::now();
         }
     }
 

@@ -382,9 +382,14 @@ fn a_sigkilled_daemon_adopts_its_bfd_sessions_without_a_flap() {
         assert_eq!(now_a["local_discriminator"], sa["local_discriminator"], "A's session was not adopted: {now_a}");
         assert_eq!(now_b["remote_discriminator"], sa["local_discriminator"], "{now_b}");
         assert_eq!(num(&now_b["flap_count"]), num(&sb["flap_count"]), "B saw a flap across A's restart: {now_b}");
-        // The flap count is the controller's, counted since it started (as
-        // ovs-vswitchd's is): an adopted session that stayed Up shows 0.
-        assert_eq!(num(&now_a["flap_count"]), 0, "A's adopted session flapped: {now_a}");
+        // The history comes along (kept beside the session in the pinned
+        // map): the same flap count, Up since before the kill, and no
+        // state change in the new daemon's log.
+        assert_eq!(num(&now_a["flap_count"]), num(&sa["flap_count"]), "A's adopted session flapped: {now_a}");
+        let up_for = now_a["last_change_ms"].as_u64().expect("last_change_ms");
+        assert!(up_for >= 500 * (round + 1), "Up for {up_for} ms only: the change was reset on adoption");
+        let log = t.a.process.as_ref().unwrap().stderr_so_far();
+        assert!(!log.contains("bfd session state changed"), "adoption logged a change:\n{log}");
         assert!(up(&now_b), "{now_b}");
     }
 }
