@@ -21,6 +21,8 @@ pub struct Daemon {
     pub uplink: String,
     pub local_ips: Vec<String>,
     pub extra: Vec<String>,
+    /// Environment for `xgw run` (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+    pub env: Vec<(String, String)>,
     pub state: TempDir,
     pub bpffs: BpfFs,
     pub socket: PathBuf,
@@ -37,6 +39,7 @@ impl Daemon {
             uplink: uplink.into(),
             local_ips: local_ips.iter().map(|s| s.to_string()).collect(),
             extra: Vec::new(),
+            env: Vec::new(),
             state,
             bpffs: BpfFs::new("dbpf"),
             socket,
@@ -64,6 +67,7 @@ impl Daemon {
         cmd.arg("--socket").arg(&self.socket);
         cmd.args(&self.extra).args(extra);
         cmd.env("XGW_LOG", "info");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

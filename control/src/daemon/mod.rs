@@ -167,8 +167,14 @@ pub(crate) enum Msg {
     Netlink(Vec<netlink::Event>),
     WatchBfd,
     WatchLinks,
-    Reload(PathBuf),
-    Stop { keep_datapath: bool, done: oneshot::Sender<Result<()>> },
+    /// Re-read the config file; the answer says whether it was applied.
+    Reload(PathBuf, oneshot::Sender<Result<()>>),
+    /// The watchdog asks whether the state's owner still takes messages.
+    Ping(oneshot::Sender<()>),
+    Stop {
+        keep_datapath: bool,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The connections, the timers and
@@ -284,14 +290,27 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     tokio::spawn(every(opts.nexthop_refresh, tx.clone(), || Msg::RefreshNexthops));
     tokio::spawn(every(bfd::WATCH_PERIOD, tx.clone(), || Msg::WatchBfd));
     tokio::spawn(every(LINK_WATCH_PERIOD, tx.clone(), || Msg::WatchLinks));
-    notify_systemd("READY=1");
+    if let Some(period) = watchdog_period() {
+        tokio::spawn(watchdog(period, tx.clone()));
+    }
+    notify_systemd(&format!("READY=1\nSTATUS=forwarding on {}", opts.uplink));
     tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
 
     loop {
         tokio::select! {
             _ = hup.recv() => match &opts.config {
                 Some(path) => {
-                    let _ = tx.send(Msg::Reload(path.clone())).await;
+                    // systemd's reload protocol: `systemctl reload` waits
+                    // for READY=1, and STATUS says how it ended.
+                    notify_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::bfd::monotonic_ns() / 1000));
+                    let (done, applied) = oneshot::channel();
+                    let _ = tx.send(Msg::Reload(path.clone(), done)).await;
+                    let status = match applied.await {
+                        Ok(Ok(())) => format!("STATUS=forwarding on {}; config reloaded", opts.uplink),
+                        Ok(Err(e)) => format!("STATUS=forwarding on {}; config refused, the previous one stays: {}", opts.uplink, format!("{e:#}").replace('\n', " ")),
+                        Err(_) => "STATUS=stopping".to_owned(),
+                    };
+                    notify_systemd(&format!("READY=1\n{status}"));
                 }
                 None => tracing::info!("SIGHUP without --config: nothing to reload"),
             },
@@ -390,11 +409,16 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                     return;
                 }
             }
-            Msg::Reload(path) => {
-                match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c)) {
+            Msg::Reload(path, done) => {
+                let r = Config::load(&path).map_err(anyhow::Error::from).and_then(|c| d.apply_config(&c));
+                match &r {
                     Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
                     Err(e) => tracing::error!("config not reloaded: {e:#}"),
                 }
+                let _ = done.send(r);
+            }
+            Msg::Ping(pong) => {
+                let _ = pong.send(());
             }
             Msg::Stop { keep_datapath, done } => {
                 let _ = done.send(d.shutdown(keep_datapath));
@@ -485,6 +509,40 @@ fn start_ebpf_logger(ebpf: &mut aya::Ebpf) {
     });
     if let Err(e) = spawned {
         tracing::warn!("kernel-side log reader not started: {e}");
+    }
+}
+
+/// Half of systemd's `WatchdogSec` (`$WATCHDOG_USEC`, for this process
+/// per `$WATCHDOG_PID`), as sd_watchdog_enabled(3) advises.
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+/// WATCHDOG=1 only while the state's owner answers: a daemon whose sockets
+/// still accept but whose state thread is stuck (a hung netlink call, a
+/// deadlock) is restarted by systemd instead of looking alive.
+async fn watchdog(period: Duration, tx: mpsc::Sender<Msg>) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let (pong, answered) = oneshot::channel();
+        if tx.send(Msg::Ping(pong)).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(period, answered).await {
+            Ok(Ok(())) => notify_systemd("WATCHDOG=1"),
+            Ok(Err(_)) => return,
+            Err(_) => tracing::warn!(
+                "watchdog: the state thread has not answered for {period:?}; not telling systemd all is well"
+            ),
+        }
     }
 }
 

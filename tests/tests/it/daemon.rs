@@ -1296,3 +1296,58 @@ fn a_stopped_daemon_is_reported_not_waited_for() {
     gw.daemon.json(&["show"]);
     gw.daemon.stop();
 }
+
+#[test]
+fn systemd_hears_ready_the_watchdog_and_how_each_reload_ended() {
+    require_root!();
+    let mut gw = gateway("dnotify");
+    let dir = TempDir::new("dnotify");
+    let path = dir.path.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let heard = |for_: Duration| {
+        let (mut got, end) = (Vec::new(), Instant::now() + for_);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let port = |vni: u32| {
+        format!(
+            "[[ports]]\nname = \"vm1\"\nifname = \"p1\"\nvni = {vni}\nport_key = 17\nmac = \"{}\"\n",
+            mac(VM_MAC[0])
+        )
+    };
+    let cfg = gw.daemon.state.path.join("xgw.toml");
+    std::fs::write(&cfg, port(VNI)).unwrap();
+    gw.daemon.extra = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    gw.daemon.env = vec![
+        ("NOTIFY_SOCKET".into(), path.to_str().unwrap().into()),
+        // WatchdogSec=200ms: a WATCHDOG=1 every 100 ms.
+        ("WATCHDOG_USEC".into(), "200000".into()),
+    ];
+    gw.daemon.start();
+    let got = heard(Duration::from_secs(1));
+    assert_eq!(got.first().map(String::as_str), Some("READY=1\nSTATUS=forwarding on ul"), "{got:?}");
+    let pings = got.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 5, "{pings} watchdog pings in 1 s: {got:?}");
+
+    // A refused file: systemd hears the reload begin and end, and why.
+    std::fs::write(&cfg, port(16_777_216)).unwrap();
+    gw.daemon.process.as_ref().unwrap().signal(nix::sys::signal::Signal::SIGHUP);
+    let got: Vec<String> = heard(Duration::from_millis(800)).into_iter().filter(|m| m != "WATCHDOG=1").collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{got:?}");
+    let why = format!("config: {}: ports[0].vni: 16777216 is out of range (0..=16777215)", cfg.display());
+    assert_eq!(got[1], format!("READY=1\nSTATUS=forwarding on ul; config refused, the previous one stays: {why}"));
+    // A good one.
+    std::fs::write(&cfg, port(VNI + 1)).unwrap();
+    gw.daemon.process.as_ref().unwrap().signal(nix::sys::signal::Signal::SIGHUP);
+    let got: Vec<String> = heard(Duration::from_millis(800)).into_iter().filter(|m| m != "WATCHDOG=1").collect();
+    assert_eq!(got.get(1).map(String::as_str), Some("READY=1\nSTATUS=forwarding on ul; config reloaded"), "{got:?}");
+    assert_eq!(gw.daemon.json(&["port", "list"])[0]["vni"], VNI + 1);
+    gw.daemon.stop();
+}
