@@ -88,8 +88,9 @@ struct RunArgs {
     /// The underlay interface (Geneve arrives and leaves here).
     #[arg(long)]
     uplink: String,
-    /// The gateway's tunnel endpoint address on the uplink; once per family.
-    #[arg(long = "local-ip", required = true)]
+    /// The gateway's tunnel endpoint address on the uplink; once per family
+    /// (repeat, or comma-separated: `198.51.100.1,2001:db8::1`).
+    #[arg(long = "local-ip", required = true, env = "XGW_LOCAL_IP", value_delimiter = ',')]
     local_ip: Vec<xgw::types::UnicastIp>,
     /// TOML file with ports, tunnels, bindings and BFD settings.
     #[arg(long)]
@@ -104,7 +105,7 @@ struct RunArgs {
     #[arg(long, default_value = xgw::api::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Serve Prometheus metrics on this loopback address:port (overrides the config file's).
-    #[arg(long)]
+    #[arg(long, env = "XGW_METRICS")]
     metrics: Option<SocketAddr>,
     /// XDP attach mode; `skb` (generic) is slow and only for drivers without XDP.
     #[arg(long, value_enum, default_value_t = AttachMode::Native)]

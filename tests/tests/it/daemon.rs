@@ -1351,3 +1351,24 @@ fn systemd_hears_ready_the_watchdog_and_how_each_reload_ended() {
     assert_eq!(gw.daemon.json(&["port", "list"])[0]["vni"], VNI + 1);
     gw.daemon.stop();
 }
+
+#[test]
+fn the_environment_gives_both_local_ips_and_the_metrics_address() {
+    require_root!();
+    let ns = Netns::new("denv");
+    let peer = Netns::new("peer");
+    Veth::new(&ns, "ul", &format!("{}/24", GW_IP[0]), &peer, "w", &format!("{}/24", GW_IP[1]));
+    ns.ok(&["ip", "addr", "add", "2001:db8::1/64", "dev", "ul", "nodad"]);
+    // No --local-ip on the command line: what a unit's environment file gives.
+    let mut d = Daemon::new(&ns, "ul", &[]);
+    d.env = vec![
+        ("XGW_LOCAL_IP".into(), format!("{},2001:db8::1", GW_IP[0])),
+        ("XGW_METRICS".into(), "127.0.0.1:9478".into()),
+    ];
+    d.start();
+    let show = d.json(&["show"]);
+    assert_eq!(show["uplink"]["local_ips"], serde_json::json!([GW_IP[0], "2001:db8::1"]), "{show}");
+    let m = scrape(&ns.name, "127.0.0.1:9478");
+    assert!(m.contains_key("xgw_ofports{state=\"used\"}"));
+    d.stop();
+}
