@@ -8,7 +8,7 @@
 //! The port's own MAC and IP come with its `LocalPort` (`PORTSEC_*`), so
 //! the usual frame is settled by a few compares; only other addresses read
 //! the port's `PORT_SECURITY` entry.
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{cty::c_void, helpers::bpf_loop, programs::XdpContext};
 use xgw_common::{counters::Drop, maps::*, wire::*};
 
 use crate::{maps::PORT_SECURITY, parse::read};
@@ -178,29 +178,51 @@ fn nd(ctx: &XdpContext, s: &Sec, restricted: bool, advert: bool) -> Result<(), D
 }
 
 /// The rows of port `ofport`'s list about MAC `src`, and whether one lists
-/// `ip`. An entry the controller has not written lists nothing.
+/// `ip`. An entry the controller has not written lists nothing. The rows
+/// are walked by `bpf_loop`, so the verifier checks the row once, not once
+/// per row at every place a frame may need the list.
 #[inline(always)]
 fn scan(ofport: u16, src: u64, ip: Option<[u64; 2]>) -> Listed {
-    let mut l = Listed::default();
     let Some(rec) = (unsafe { PORT_SECURITY.get(&(ofport as u32)) }) else {
-        return l;
+        return Listed::default();
     };
-    let want = ip.unwrap_or([u64::MAX; 2]);
-    for row in rec.rows.iter() {
-        if mac_word(&row.mac) != src {
-            continue;
-        }
-        match row.kind {
-            PS_ROW_MAC => l.mac = true,
-            PS_ROW_MAC_RESTRICTED => {
-                l.mac = true;
-                l.restricted = true;
-            }
-            PS_ROW_IP => l.ip |= ip.is_some() && words(&row.ip) == want,
-            _ => {}
-        }
+    let mut s = Scan { rec, src, want: ip.unwrap_or([u64::MAX; 2]), check_ip: ip.is_some() as u32, found: 0 };
+    let rows = rec.count.min(PORT_SECURITY_ROWS as u32);
+    unsafe { bpf_loop(rows, scan_row as *mut c_void, &mut s as *mut Scan as *mut c_void, 0) };
+    Listed { mac: s.found & FOUND_MAC != 0, restricted: s.found & FOUND_RESTRICTED != 0, ip: s.found & FOUND_IP != 0 }
+}
+
+/// `scan`'s loop state, on its stack.
+#[repr(C)]
+struct Scan {
+    rec: *const PortSecurity,
+    src: u64,
+    want: [u64; 2],
+    check_ip: u32,
+    /// `FOUND_*`, one word: fields set together would be merged into one
+    /// store the verifier finds misaligned on the stack.
+    found: u32,
+}
+
+const FOUND_MAC: u32 = 1;
+const FOUND_RESTRICTED: u32 = 2;
+const FOUND_IP: u32 = 4;
+
+#[inline(never)]
+extern "C" fn scan_row(i: u64, cx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(cx as *mut Scan) };
+    let rows = unsafe { &(*s.rec).rows };
+    let Some(row) = rows.get(i as usize) else { return 1 };
+    if mac_word(&row.mac) != s.src {
+        return 0;
     }
-    l
+    s.found |= match row.kind {
+        PS_ROW_MAC => FOUND_MAC,
+        PS_ROW_MAC_RESTRICTED => FOUND_MAC | FOUND_RESTRICTED,
+        PS_ROW_IP if s.check_ip != 0 && words(&row.ip) == s.want => FOUND_IP,
+        _ => 0,
+    };
+    0
 }
 
 /// A MAC as the low 48 bits of a little-endian word, as `check` reads it.

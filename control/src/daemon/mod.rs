@@ -184,6 +184,18 @@ pub(crate) enum Msg {
 /// delays the requests queued behind it but never the accepting, reading
 /// and timing out of other connections.
 pub fn run(opts: RunOptions) -> Result<()> {
+    // A panic is a bug (or a library's answer to a damaged file, which the
+    // store turns into an error): either way a log line, in the log's form.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(at, "panic: {what}");
+    }));
     let checked = check_options(&opts)?;
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;

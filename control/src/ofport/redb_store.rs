@@ -47,7 +47,8 @@ pub fn binding_key(vni: Vni, mac: MacAddr) -> String {
 }
 
 pub struct RedbStore {
-    db: Database,
+    /// Dropped by hand (`Drop`): closing a damaged file can panic too.
+    db: std::mem::ManuallyDrop<Database>,
     path: PathBuf,
     /// Inside `defer_sync` .. `sync`: commit without fsync.
     deferred: bool,
@@ -59,8 +60,30 @@ impl RedbStore {
     pub const FILE_NAME: &'static str = "xgw.redb";
 
     /// Opens (creating if needed, migrating a schema-1 directory) the
-    /// store of `state_dir`.
+    /// store of `state_dir`, and reads it whole: a damaged file is an error
+    /// naming it now, not a surprise later. redb panics on some damage
+    /// (flipped bytes in a page it trusts); that is caught and reported as
+    /// the damage it is.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = state_dir.join(Self::FILE_NAME);
+        unpanic(&path, "open", || {
+            let store = Self::open_unchecked(state_dir)?;
+            // A record that does not decode names its key; the operator
+            // needs the file too.
+            let damaged = |e: StoreError| match e {
+                StoreError::Codec { .. } | StoreError::KeyMismatch { .. } => {
+                    StoreError::Invalid { path: path.clone(), what: format!("damaged: {e}") }
+                }
+                e => e,
+            };
+            store.load().map_err(damaged)?;
+            store.load_bindings().map_err(damaged)?;
+            store.load_groups().map_err(damaged)?;
+            Ok(store)
+        })
+    }
+
+    fn open_unchecked(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io { path: state_dir.to_owned(), cause })?;
         let path = state_dir.join(Self::FILE_NAME);
         if !path.exists() && (state_dir.join(OLD_PORTS_FILE).exists() || state_dir.join(OLD_DAEMON_FILE).exists()) {
@@ -68,7 +91,7 @@ impl RedbStore {
         }
         retire_v1(state_dir);
         let db = Database::create(&path).map_err(|e| db_err("open", &path, e))?;
-        let mut store = RedbStore { db, path, deferred: false, dirty: false };
+        let mut store = RedbStore { db: std::mem::ManuallyDrop::new(db), path, deferred: false, dirty: false };
         let version = store.schema_version()?;
         match version {
             None => store.write("create tables", |t| {
@@ -131,6 +154,15 @@ impl RedbStore {
         op: &'static str,
         f: impl FnOnce(&mut Tables) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        unpanic(&path, op, || self.write_unchecked(op, f))
+    }
+
+    fn write_unchecked(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Tables) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.err(op, e))?;
         if self.deferred {
             txn.set_durability(Durability::None).map_err(|e| self.err(op, e))?;
@@ -152,6 +184,34 @@ impl RedbStore {
     fn err(&self, op: &'static str, cause: impl Into<redb::Error>) -> StoreError {
         db_err(op, &self.path, cause)
     }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here; `self.db` is not used after.
+        let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.db)
+        }));
+        if closed.is_err() {
+            tracing::error!(path = %self.path.display(), "closing the store failed: the file is damaged");
+        }
+    }
+}
+
+/// `f`, with a panic inside redb (its answer to some damaged files) turned
+/// into an error naming the file.
+fn unpanic<T>(path: &Path, op: &'static str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(StoreError::Invalid {
+            path: path.to_owned(),
+            what: format!("damaged: the store library failed on it during {op} ({why})"),
+        })
+    })
 }
 
 /// Every table, open in one write transaction.
@@ -228,7 +288,7 @@ fn migrate_v1(state_dir: &Path, path: &Path) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(&aside);
     {
         let mut store = RedbStore {
-            db: Database::create(&aside).map_err(|e| db_err("create", &aside, e))?,
+            db: std::mem::ManuallyDrop::new(Database::create(&aside).map_err(|e| db_err("create", &aside, e))?),
             path: aside.clone(),
             deferred: false,
             dirty: false,
@@ -444,6 +504,47 @@ mod tests {
         assert_eq!(store.load().expect("load"), [record("a", 1), record("b", 0xfeff)]);
         assert_eq!(store.meta::<crate::types::BfdSettings>("bfd").unwrap(), crate::types::BfdSettings::default());
         assert!(store.path().ends_with(RedbStore::FILE_NAME));
+    }
+
+    /// Flipped bytes anywhere in the file: opening and reading it either
+    /// works (the byte was in unused space) or fails with an error naming
+    /// the file; it never panics (redb panics on some damage, which
+    /// `open` turns into an error).
+    #[test]
+    fn a_damaged_file_is_an_error_naming_it_never_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        {
+            let mut store = RedbStore::open(&state).expect("open");
+            for i in 1..40u16 {
+                store.put(&record(&format!("t{i}"), i)).expect("put");
+            }
+            store.put_meta("bfd", &crate::types::BfdSettings::default()).expect("meta");
+        }
+        let path = state.join(RedbStore::FILE_NAME);
+        let good = std::fs::read(&path).expect("read");
+        let (mut refused, mut opened) = (0, 0);
+        for at in (0..good.len()).step_by(97) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x5a;
+            std::fs::write(&path, &bad).expect("write");
+            let r = std::panic::catch_unwind(|| {
+                RedbStore::open(&state).and_then(|s| {
+                    s.load()?;
+                    s.load_bindings()?;
+                    s.load_groups()
+                })
+            });
+            match r {
+                Ok(Ok(_)) => opened += 1,
+                Ok(Err(e)) => {
+                    refused += 1;
+                    assert!(e.to_string().contains(RedbStore::FILE_NAME), "byte {at}: {e}");
+                }
+                Err(_) => panic!("byte {at}: opening the damaged store panicked"),
+            }
+        }
+        assert!(refused > 0, "no flipped byte was noticed ({opened} opened)");
     }
 
     #[test]

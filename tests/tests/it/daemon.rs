@@ -1372,3 +1372,48 @@ fn the_environment_gives_both_local_ips_and_the_metrics_address() {
     assert!(m.contains_key("xgw_ofports{state=\"used\"}"));
     d.stop();
 }
+
+#[test]
+fn a_damaged_store_is_refused_by_name_and_the_kept_datapath_is_untouched() {
+    require_root!();
+    let mut gw = gateway("ddamage");
+    gw.daemon.extra = vec!["--keep-datapath".into()];
+    gw.daemon.start();
+    gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
+    for i in 0..20u8 {
+        let m = format!("02:00:5e:20:01:{i:02x}");
+        gw.daemon.cli(&[
+            "binding",
+            "add",
+            "--vni",
+            "5001",
+            "--mac",
+            &m,
+            "--tunnel",
+            "hv2",
+            "--port-key",
+            &(100 + i as u16).to_string(),
+        ]);
+    }
+    gw.daemon.stop();
+    let maps = read_maps(&gw.daemon.pins());
+    // Flip a byte the store library notices (found by trying, in a copy).
+    let file = gw.daemon.state_dir().join("xgw.redb");
+    let good = std::fs::read(&file).unwrap();
+    let scratch = TempDir::new("dscratch");
+    // Past the header: its magic number is the easy case.
+    let damaged = (4096..good.len()).step_by(61).find_map(|at| {
+        let mut bad = good.clone();
+        bad[at] ^= 0x5a;
+        std::fs::write(scratch.path.join("xgw.redb"), &bad).unwrap();
+        xgw::ofport::RedbStore::open(&scratch.path).is_err().then_some(bad)
+    });
+    std::fs::write(&file, damaged.expect("some flipped byte is noticed")).unwrap();
+
+    let out = gw.daemon.run_command(&[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a damaged store:\n{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("xgw: opening the store") && last.contains(&file.display().to_string()), "{err}");
+    assert_eq!(read_maps(&gw.daemon.pins()), maps, "the kept datapath changed");
+}
