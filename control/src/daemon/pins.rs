@@ -204,6 +204,9 @@ pub enum Attached {
 /// A pinned link whose interface was deleted is defunct: its update fails
 /// with ENOLINK, and it is replaced by a new link on the interface now
 /// bearing the name (`Attached::Renewed`).
+/// How long an interface may stay busy with a link being released.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Result<Attached> {
     let mut renewed = false;
     if pin.exists() {
@@ -228,7 +231,24 @@ pub fn attach(prog: &mut Xdp, ifname: &str, mode: AttachMode, pin: &Path) -> Res
             }
         }
     }
-    let id = prog.attach(ifname, mode.xdp_mode()).map_err(|e| datapath::explain_attach_error(ifname, mode, e))?;
+    // A link whose pin was just removed (a port replaced on the same
+    // interface) is released by the kernel a moment later, not at once:
+    // until then the interface is busy. A program someone else attached
+    // stays busy, and is reported after the wait.
+    let mut busy_until = None;
+    let id = loop {
+        match prog.attach(ifname, mode.xdp_mode()) {
+            Ok(id) => break id,
+            Err(ProgramError::SyscallError(SyscallError { ref io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::EBUSY)
+                    && *busy_until.get_or_insert_with(|| std::time::Instant::now() + RELEASE_WAIT)
+                        > std::time::Instant::now() =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(datapath::explain_attach_error(ifname, mode, e)),
+        }
+    };
     let link: FdLink = prog
         .take_link(id)?
         .try_into()
