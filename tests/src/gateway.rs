@@ -201,6 +201,16 @@ impl TestGateway {
         self.hash::<NeighKey, Neigh>(NEIGH).insert(NeighKey { vni, ip }, Neigh { mac, _pad: [0; 2] }, 0).unwrap();
     }
 
+    /// The test gateway's uplink (`addrs`: its MAC, an IPv4 and an IPv6
+    /// tunnel address) on `ifindex` with `mtu`, also the redirect target of
+    /// encapsulated frames.
+    pub fn set_test_uplink(&mut self, ifindex: u32, mtu: u32) {
+        use crate::addrs::{GW_IP4, GW_IP6, GW_MAC};
+        let flags = UPLINK_HAS_IP4 | UPLINK_HAS_IP6;
+        self.set_uplink(Uplink { ifindex, mtu, mac: GW_MAC, flags, _pad: 0, ip4: GW_IP4, ip6: GW_IP6 });
+        self.set_uplink_devmap(ifindex);
+    }
+
     /// The redirect target for encapsulated frames.
     pub fn set_uplink_devmap(&mut self, ifindex: u32) {
         self.devmap_insert(DEVMAP_UPLINK, ifindex);

@@ -195,6 +195,32 @@ pub mod geneve {
         option(0x0102, 0x80, &d)
     }
 
+    /// `inner` encapsulated from the gateway to the hypervisor as Open
+    /// vSwitch sends it over IPv4 (RFC 8926 section 3.1 layout): DF, TTL 64,
+    /// UDP checksum 0, Geneve with the C bit and OVN's option (`ingress`,
+    /// `egress`), in the test VNI. The UDP source port comes from the
+    /// datapath's flow hash, so the caller passes what the output carries.
+    pub fn ovs_ipv4_frame(inner: &[u8], sport: u16, ingress: u16, egress: u16) -> Vec<u8> {
+        use crate::addrs::*;
+        use etherparse::{IpNumber, Ipv4Header, UdpHeader};
+        let mut geneve = geneve_hdr(0, 2, 0x40, 0x6558, VNI);
+        geneve.extend(ovn_option(ingress, egress));
+        geneve.extend_from_slice(inner);
+        let udp =
+            UdpHeader { source_port: sport, destination_port: 6081, length: (8 + geneve.len()) as u16, checksum: 0 };
+        let mut ip = Ipv4Header::new(udp.length, 64, IpNumber::UDP, GW_IP4, HV_IP4).unwrap();
+        ip.dont_fragment = true;
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut v = Vec::new();
+        v.extend_from_slice(&HV_MAC);
+        v.extend_from_slice(&GW_MAC);
+        v.extend_from_slice(&0x0800u16.to_be_bytes());
+        ip.write(&mut v).unwrap();
+        udp.write(&mut v).unwrap();
+        v.extend(geneve);
+        v
+    }
+
     pub fn geneve_payload(opts: &[Vec<u8>], vni: u32, inner: &[u8]) -> Vec<u8> {
         let opts: Vec<u8> = opts.concat();
         let mut v = geneve_hdr(0, (opts.len() / 4) as u8, 0, 0x6558, vni);

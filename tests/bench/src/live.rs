@@ -32,6 +32,25 @@ pub fn generate(prog: &Xdp, pkt: &[u8], ns: &Netns, ifindex: u32, frames: u32) -
     elapsed
 }
 
+/// Runs `prog` as the live-frames generator on copies of `pkt` (context
+/// `md`) until `stop` is set and a signal ends the call in progress: one
+/// long call at a time, each ended by a signal (see [`window_rate`]).
+pub fn until_stopped(prog: &Xdp, pkt: &[u8], md: &[u8], stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            ctx_in: Some(md),
+            repeat: u32::MAX,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        };
+        match prog.test_run(opts) {
+            Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
+            r => panic!("live test_run (generator) ended by itself: {r:?}"),
+        }
+    }
+}
+
 /// Warm-up and measuring window of [`window_rate`].
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
@@ -49,8 +68,6 @@ pub struct Window {
 pub fn window_rate(prog: &Xdp, pkt: &[u8], ns: &Netns, ifindex: u32, w: Window, count: &dyn Fn() -> u64) -> f64 {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    use aya::programs::ProgramError;
-
     crate::versus::install_wakeup();
     let md = xdp_md(pkt.len(), ifindex);
     let (stop, done, thread) = (AtomicBool::new(false), AtomicBool::new(false), AtomicU64::new(0));
@@ -59,19 +76,7 @@ pub fn window_rate(prog: &Xdp, pkt: &[u8], ns: &Netns, ifindex: u32, w: Window, 
             ns.enter(|| {
                 // SAFETY: pthread_self has no preconditions.
                 thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                while !stop.load(Ordering::SeqCst) {
-                    let opts = TestRunOptions {
-                        data_in: Some(pkt),
-                        ctx_in: Some(&md),
-                        repeat: u32::MAX,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::new()
-                    };
-                    match prog.test_run(opts) {
-                        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
-                        r => panic!("live test_run (generator) ended by itself: {r:?}"),
-                    }
-                }
+                until_stopped(prog, pkt, &md, &stop);
             });
             done.store(true, Ordering::SeqCst);
         });

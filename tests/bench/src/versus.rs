@@ -28,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions};
 use nix::{
     sched::{sched_setaffinity, CpuSet},
     sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
@@ -198,19 +197,7 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
                 }
                 // SAFETY: pthread_self has no preconditions.
                 thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                while !stop.load(Ordering::SeqCst) {
-                    let opts = TestRunOptions {
-                        data_in: Some(pkt),
-                        ctx_in: Some(&md),
-                        repeat: u32::MAX,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::new()
-                    };
-                    match prog.test_run(opts) {
-                        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINTR) => {}
-                        r => panic!("live test_run (generator) ended by itself: {r:?}"),
-                    }
-                }
+                crate::live::until_stopped(prog, pkt, &md, &stop);
             });
             done.store(true, Ordering::SeqCst);
         });

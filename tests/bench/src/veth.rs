@@ -6,13 +6,12 @@
 //! else.
 //!
 //!   [hv: sink] hv0 -- ul [gw: xgw_uplink / xgw_local] p -- eth0 [vm: sink]
-use std::time::{Duration, Instant};
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use xgw_common::maps::*;
 use xgw_tests::{
     gateway::TestGateway,
-    netns::{self, Netns, Veth},
+    netns::{Netns, Veth},
     packet::geneve::*,
 };
 
@@ -230,20 +229,7 @@ fn live_rate(
 ) -> f64 {
     let (sink_ns, sink_if) = sink;
     let before = self::sink(sink_ns, sink_if).drops;
-    let md = xdp_md(pkt.len(), ifindex);
-    let elapsed = netns::enter(&gen_ns.name, || {
-        let t = Instant::now();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ctx_in: Some(&md),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::new()
-        };
-        prog.test_run(opts).unwrap_or_else(|e| panic!("live test_run in {}: {e}", gen_ns.name));
-        t.elapsed()
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    let elapsed = crate::live::generate(prog, pkt, gen_ns, ifindex, frames);
     let delivered = self::sink(sink_ns, sink_if).drops - before;
     assert!(
         delivered * 100 >= frames as u64 * min_percent,

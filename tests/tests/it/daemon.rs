@@ -755,22 +755,7 @@ fn two_gateways() -> TwoGateways {
     let mut daemon = Daemon::new(&gw[0], "ul", &[GW_IP[0]]);
     daemon.start();
     daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ovn-metadata", "--ofport", "10"]);
-    let key = VM_KEY[0].to_string();
-    daemon.cli(&[
-        "port",
-        "add",
-        "vm1",
-        "--ifname",
-        "p1",
-        "--vni",
-        "5001",
-        "--port-key",
-        &key,
-        "--mac",
-        &mac(VM_MAC[0]),
-        "--ip",
-        VM_IP[0],
-    ]);
+    add_vm1(&daemon, &[]);
     let key = VM_KEY[1].to_string();
     daemon.cli(&[
         "binding",
@@ -787,6 +772,15 @@ fn two_gateways() -> TwoGateways {
         &key,
     ]);
     TwoGateways { daemon, gw2: pass, vm, gw, _wire: wire }
+}
+
+/// gw1's local port `vm1` (on p1), with `extra` options.
+fn add_vm1(d: &Daemon, extra: &[&str]) {
+    let key = VM_KEY[0].to_string();
+    let mac = mac(VM_MAC[0]);
+    let base = ["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", &key, "--mac", &mac];
+    let args: Vec<&str> = base.iter().chain(&["--ip", VM_IP[0]]).chain(extra).copied().collect();
+    d.cli(&args);
 }
 
 use xgw_common::maps::LocalPort as LocalPortWire;
@@ -1078,25 +1072,8 @@ fn port_security_drops_a_spoofed_source_until_the_port_allows_it() {
 
     // The port lists the address: the same pings cross.
     t.daemon.cli(&["port", "del", "vm1"]);
-    let key = VM_KEY[0].to_string();
     let allow = format!("{} {spoofed}", mac(VM_MAC[0]));
-    t.daemon.cli(&[
-        "port",
-        "add",
-        "vm1",
-        "--ifname",
-        "p1",
-        "--vni",
-        "5001",
-        "--port-key",
-        &key,
-        "--mac",
-        &mac(VM_MAC[0]),
-        "--ip",
-        VM_IP[0],
-        "--allow",
-        &allow,
-    ]);
+    add_vm1(&t.daemon, &["--allow", &allow]);
     let shown = t.daemon.json(&["port", "list"]);
     let vm1 = shown.as_array().unwrap().iter().find(|p| p["name"] == "vm1").unwrap().clone();
     assert_eq!(vm1["port_security"][1], allow, "{vm1}");

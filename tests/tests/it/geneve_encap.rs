@@ -4,8 +4,8 @@
 //! here with etherparse and by hand from RFC 8926 / RFC 826 / RFC 4861,
 //! never from the datapath's definitions.
 use etherparse::{
-    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv4HeaderSlice,
-    Ipv6FlowLabel, Ipv6Header, PacketBuilder, UdpHeader,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4HeaderSlice, Ipv6FlowLabel,
+    Ipv6Header, PacketBuilder, UdpHeader,
 };
 use xgw_common::maps::*;
 use xgw_tests::{
@@ -34,16 +34,7 @@ const LO: u32 = 1;
 
 fn gateway() -> TestGateway {
     let mut gw = TestGateway::load(&["xgw_local"]);
-    gw.set_uplink(Uplink {
-        ifindex: LO,
-        mtu: MTU,
-        mac: GW_MAC,
-        flags: UPLINK_HAS_IP4 | UPLINK_HAS_IP6,
-        _pad: 0,
-        ip4: GW_IP4,
-        ip6: GW_IP6,
-    });
-    gw.set_uplink_devmap(LO);
+    gw.set_test_uplink(LO, MTU);
     gw.add_tunnel(
         T4 as u32,
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
@@ -70,26 +61,9 @@ fn udp_sport(outer: &[u8], ip_hlen: usize) -> u16 {
     u16::from_be_bytes([outer[14 + ip_hlen], outer[15 + ip_hlen]])
 }
 
-/// The frame as OVS would send it over IPv4: DF, TTL 64, UDP checksum 0,
-/// Geneve with the C bit and OVN's option (ingress = our key, egress =
-/// theirs). The UDP source port comes from the datapath's flow hash, so it
-/// is taken from the output and checked separately.
+/// What OVS sends over IPv4, with our key as ingress and theirs as egress.
 fn expected_ipv4(inner: &[u8], sport: u16) -> Vec<u8> {
-    let mut geneve = geneve_hdr(0, 2, 0x40, 0x6558, VNI);
-    geneve.extend(ovn_option(VM_KEY, REMOTE_KEY));
-    geneve.extend_from_slice(inner);
-    let udp = UdpHeader { source_port: sport, destination_port: 6081, length: (8 + geneve.len()) as u16, checksum: 0 };
-    let mut ip = Ipv4Header::new(udp.length, 64, IpNumber::UDP, GW_IP4, HV_IP4).unwrap();
-    ip.dont_fragment = true;
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut v = Vec::new();
-    v.extend_from_slice(&HV_MAC);
-    v.extend_from_slice(&GW_MAC);
-    v.extend_from_slice(&0x0800u16.to_be_bytes());
-    ip.write(&mut v).unwrap();
-    udp.write(&mut v).unwrap();
-    v.extend(geneve);
-    v
+    ovs_ipv4_frame(inner, sport, VM_KEY, REMOTE_KEY)
 }
 
 #[test]

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use etherparse::{
-    icmpv4::DestUnreachableHeader, Icmpv4Type, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header,
-    PacketBuilder, UdpHeader,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, IpNumber, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
+    UdpHeader,
 };
 use xgw_common::maps::*;
 use xgw_tests::{
@@ -43,16 +43,7 @@ const JUMBO: usize = 8000;
 
 fn gateway(mtu: u32) -> TestGateway {
     let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local"]);
-    gw.set_uplink(Uplink {
-        ifindex: LO,
-        mtu,
-        mac: GW_MAC,
-        flags: UPLINK_HAS_IP4 | UPLINK_HAS_IP6,
-        _pad: 0,
-        ip4: GW_IP4,
-        ip6: GW_IP6,
-    });
-    gw.set_uplink_devmap(LO);
+    gw.set_test_uplink(LO, mtu);
     gw.add_tunnel(
         T4 as u32,
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
@@ -95,24 +86,9 @@ fn frame6(len: usize) -> Vec<u8> {
     v
 }
 
-/// What OVS sends over IPv4 (RFC 8926 section 3.1 layout): DF, TTL 64, UDP
-/// checksum 0, Geneve with the C bit and OVN's option.
+/// What OVS sends over IPv4, with our key as ingress and theirs as egress.
 fn expected_ipv4(inner: &[u8], sport: u16) -> Vec<u8> {
-    let mut geneve = geneve_hdr(0, 2, 0x40, 0x6558, VNI);
-    geneve.extend(ovn_option(VM_KEY, REMOTE_KEY));
-    geneve.extend_from_slice(inner);
-    let udp = UdpHeader { source_port: sport, destination_port: 6081, length: (8 + geneve.len()) as u16, checksum: 0 };
-    let mut ip = Ipv4Header::new(udp.length, 64, IpNumber::UDP, GW_IP4, HV_IP4).unwrap();
-    ip.dont_fragment = true;
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut v = Vec::new();
-    v.extend_from_slice(&HV_MAC);
-    v.extend_from_slice(&GW_MAC);
-    v.extend_from_slice(&0x0800u16.to_be_bytes());
-    ip.write(&mut v).unwrap();
-    udp.write(&mut v).unwrap();
-    v.extend(geneve);
-    v
+    ovs_ipv4_frame(inner, sport, VM_KEY, REMOTE_KEY)
 }
 
 #[test]

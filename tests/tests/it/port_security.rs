@@ -50,16 +50,7 @@ fn spec(ip: Option<[u8; 4]>, port_security: bool, allowed: &[&str]) -> PortSpec 
 
 fn gateway() -> TestGateway {
     let mut gw = TestGateway::load(&["xgw_local"]);
-    gw.set_uplink(Uplink {
-        ifindex: LO,
-        mtu: 1500,
-        mac: GW_MAC,
-        flags: UPLINK_HAS_IP4 | UPLINK_HAS_IP6,
-        _pad: 0,
-        ip4: GW_IP4,
-        ip6: GW_IP6,
-    });
-    gw.set_uplink_devmap(LO);
+    gw.set_test_uplink(LO, 1500);
     gw.add_tunnel(
         T4 as u32,
         Tunnel { remote: ipv4_mapped(HV_IP4), nexthop_mac: HV_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
