@@ -28,6 +28,7 @@ pub mod names {
     pub const PORT_IFINDEX: &str = "PORT_IFINDEX";
     pub const STORM: &str = "STORM";
     pub const PORT_SECURITY: &str = "PORT_SECURITY";
+    pub const PORT_RECORDS: &str = "PORT_RECORDS";
 }
 
 /// Capacities. The OpenFlow number space has 65279 usable numbers; the maps
@@ -135,6 +136,26 @@ pub struct PortSecurity {
     pub _pad: u32,
     pub rows: [PortSecurityRow; PORT_SECURITY_ROWS],
 }
+
+/// `PORT_RECORDS`, keyed by OpenFlow number: the committed port's record as
+/// the store encodes it (JSON), `len` bytes. The datapath never reads it:
+/// it is there so that the pinned maps describe every port whole (name,
+/// number and every setting, an absent interface's too), and a lost or
+/// damaged store can be rebuilt from them (`xgw store rebuild`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRecordCopy {
+    pub len: u32,
+    pub json: [u8; PORT_RECORD_BYTES],
+}
+
+/// Room for the longest record a port can have (its name, 16 port-security
+/// rows of IPv6 addresses, BFD timers): a unit test in the controller
+/// keeps this true.
+pub const PORT_RECORD_BYTES: usize = 2044;
+
+/// Committed ports of both kinds.
+pub const MAX_PORT_RECORDS: u32 = MAX_LOCAL_PORTS + MAX_TUNNELS;
 
 /// (VNI, logical port key) -> the local port's `FdbEntry`: decap with the OVN option.
 // align(8) adds no padding here; it keeps the key's stack slot
@@ -549,6 +570,7 @@ mod pod {
     unsafe impl aya::Pod for Group {}
     unsafe impl aya::Pod for StormBucket {}
     unsafe impl aya::Pod for PortSecurity {}
+    unsafe impl aya::Pod for PortRecordCopy {}
     unsafe impl aya::Pod for BfdPathKey {}
     unsafe impl aya::Pod for BfdSession {}
     unsafe impl aya::Pod for BfdEvent {}

@@ -61,6 +61,8 @@ pub enum Request {
         name: Name,
     },
     BfdPeerList,
+    /// The whole store, as `xgw store export` prints it.
+    StoreExport,
 }
 
 impl Request {
@@ -76,6 +78,7 @@ impl Request {
                 | Request::Stats
                 | Request::BfdShow { .. }
                 | Request::BfdPeerList
+                | Request::StoreExport
         )
     }
 }
@@ -339,6 +342,7 @@ pub enum Reply {
     BfdSessions(Vec<BfdSessionView>),
     BfdPeer(BfdPeerView),
     BfdPeers(Vec<BfdPeerView>),
+    Store(crate::ofport::redb_store::Export),
 }
 
 impl Reply {
@@ -357,6 +361,7 @@ impl Reply {
             Reply::BfdSessions(v) => serde_json::to_value(v),
             Reply::BfdPeer(v) => serde_json::to_value(v),
             Reply::BfdPeers(v) => serde_json::to_value(v),
+            Reply::Store(v) => serde_json::to_value(v),
         }
     }
 }

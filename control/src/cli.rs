@@ -205,6 +205,7 @@ fn human(reply: &Reply, one_session: bool) -> String {
         Reply::BfdSessions(s) => bfd_show_text(s, one_session),
         Reply::BfdPeer(p) => format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip),
         Reply::BfdPeers(p) => peers_table(p),
+        Reply::Store(e) => serde_json::to_string_pretty(e).unwrap_or_default() + "\n",
     }
 }
 

@@ -87,6 +87,7 @@ pub const CONFIG_MAPS: &[&str] = &[
     names::GROUPS,
     names::PORT_IFINDEX,
     names::PORT_SECURITY,
+    names::PORT_RECORDS,
     // The flow caches' generation: a restarted controller must bump the
     // counter that the programs left attached read.
     names::GENERATION,

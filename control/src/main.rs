@@ -78,6 +78,10 @@ enum Command {
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// The store (`xgw.redb`): check it against the datapath, back it up,
+    /// restore it, or rebuild it from the pinned maps.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Per-protocol packet counter on one interface (the first XDP program).
     #[command(subcommand)]
     Probe(ProbeCmd),
@@ -113,12 +117,81 @@ struct RunArgs {
     /// On SIGTERM/SIGINT leave the datapath running (for an upgrade).
     #[arg(long)]
     keep_datapath: bool,
+    /// Start although the store is missing, empty or damaged while the
+    /// pinned datapath holds ports: those ports are removed (a damaged file
+    /// is moved aside). Without it such a start is refused; see `xgw store
+    /// rebuild` for the way that keeps them.
+    #[arg(long)]
+    accept_store_loss: bool,
     /// How often tunnel next hops are re-resolved, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     nexthop_refresh_ms: u64,
     /// SCHED_FIFO priority of the BFD transmit thread (1-99; 0 for the ordinary scheduler, see docs/bfd.md).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(0..=99))]
     bfd_rt_priority: i32,
+}
+
+/// Where a store command looks: the state directory, and the datapath.
+#[derive(clap::Args)]
+struct StoreAt {
+    /// The daemon's state directory (the store is `xgw.redb` in it).
+    #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The daemon's bpffs directory.
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// With --uplink: the default bpffs directory of that uplink.
+    #[arg(long)]
+    uplink: Option<String>,
+}
+
+impl StoreAt {
+    fn pins(&self) -> Result<daemon::pins::Pins> {
+        match (&self.bpffs, &self.uplink) {
+            (Some(d), _) => Ok(daemon::pins::Pins::new(d)),
+            (None, Some(u)) => Ok(daemon::pins::Pins::new(PathBuf::from(daemon::DEFAULT_BPFFS_ROOT).join(u))),
+            (None, None) => anyhow::bail!("give --bpffs DIR or --uplink IF (where the datapath is pinned)"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Read the store whole, load it as the daemon would, and compare it
+    /// with the pinned datapath (exit 1 on any difference). The daemon must
+    /// be stopped.
+    Check {
+        #[command(flatten)]
+        at: StoreAt,
+        /// Print exactly one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the whole store as one JSON document (a backup for `import`).
+    /// With the daemon running, it is asked for it through its socket.
+    Export {
+        #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The running daemon's API socket.
+        #[arg(long, default_value = xgw::api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Restore a backup made by `export` into a store that is missing,
+    /// empty or damaged (moved aside, never deleted). The daemon must be
+    /// stopped.
+    Import {
+        #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The backup (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Rebuild a missing, empty or damaged store (moved aside) from the
+    /// pinned datapath: every port keeps its name, number and settings,
+    /// every binding and group comes back. The daemon must be stopped.
+    Rebuild {
+        #[command(flatten)]
+        at: StoreAt,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +227,80 @@ enum ProbeCmd {
     },
 }
 
+fn store(cmd: StoreCmd) -> Result<()> {
+    use daemon::recovery;
+    match cmd {
+        StoreCmd::Check { at, json } => {
+            let report = recovery::check(&at.state_dir, &at.pins()?)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "store {}: readable, {} ports, {} bindings, {} groups",
+                    report.store, report.ports, report.bindings, report.groups
+                );
+                match &report.datapath {
+                    None => println!("no datapath is pinned"),
+                    Some(d) if report.differences.is_empty() => println!("the datapath pinned in {d} agrees"),
+                    Some(d) => {
+                        println!("the datapath pinned in {d} differs:");
+                        for line in &report.differences {
+                            println!("  {line}");
+                        }
+                    }
+                }
+            }
+            if !report.differences.is_empty() {
+                anyhow::bail!("store check: {} differences with the datapath", report.differences.len());
+            }
+        }
+        StoreCmd::Export { state_dir, socket } => {
+            let export = match recovery::export(&state_dir) {
+                Ok(e) => e,
+                // The daemon holds the store: it answers for it.
+                Err(e) if format!("{e:#}").contains("stop the daemon first") => {
+                    match xgw::api::call(&socket, &xgw::api::Request::StoreExport, Duration::from_secs(30))? {
+                        xgw::api::Reply::Store(e) => e,
+                        other => anyhow::bail!("the daemon answered {other:?} to an export"),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            println!("{}", serde_json::to_string_pretty(&export)?);
+        }
+        StoreCmd::Import { state_dir, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            let export: xgw::ofport::redb_store::Export =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let written = recovery::import(&state_dir, &export)?;
+            print_written("imported", &written);
+        }
+        StoreCmd::Rebuild { at } => {
+            let written = recovery::rebuild(&at.state_dir, &at.pins()?)?;
+            print_written("rebuilt from the datapath", &written);
+            println!(
+                "not in the datapath, so not restored: which entries the config file owns (it claims them again at \
+                 the next start), the [bfd] timers and single-hop BFD peers added through the API"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_written(what: &str, w: &daemon::recovery::Written) {
+    if let Some(aside) = &w.moved_aside {
+        println!("the unusable store was kept as {}", aside.display());
+    }
+    println!("{what}: {} ports, {} bindings, {} groups", w.ports.len(), w.bindings, w.groups);
+    for r in &w.ports {
+        println!("  ofport {:>5}  {}", r.ofport, r.name());
+    }
+}
+
 fn pins(bpffs: &std::path::Path, iface: &str) -> probe::Pins {
     probe::Pins::new(bpffs.join(format!("probe-{iface}")))
 }
@@ -171,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
                 socket: a.socket,
                 metrics: a.metrics,
                 keep_datapath: a.keep_datapath,
+                accept_store_loss: a.accept_store_loss,
                 nexthop_refresh: Duration::from_millis(a.nexthop_refresh_ms.max(10)),
                 bfd_rt_priority: a.bfd_rt_priority,
             };
@@ -192,6 +340,7 @@ fn run(cli: Cli) -> Result<()> {
             let removed = daemon::uninstall(&dir, &state_dir)?;
             println!("removed {} pins under {}", removed.len(), dir.display());
         }
+        Command::Store(cmd) => store(cmd)?,
         Command::Probe(ProbeCmd::Attach { iface, mode, bpffs }) => {
             if mode == AttachMode::Skb {
                 tracing::warn!(

@@ -42,6 +42,11 @@ pub static PORT_IFINDEX: Array<u32> = Array::with_max_entries(0xff00, 0);
 /// that its `LocalPort` (own MAC and IP) does not settle.
 #[map(name = "PORT_SECURITY")]
 pub static PORT_SECURITY: HashMap<u32, PortSecurity> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
+/// The controller's copy of each committed port's record (see
+/// `PortRecordCopy`); no program reads it. Not preallocated: a slot costs
+/// memory only while a port holds it.
+#[map(name = "PORT_RECORDS")]
+pub static PORT_RECORDS: HashMap<u32, PortRecordCopy> = HashMap::with_max_entries(MAX_PORT_RECORDS, BPF_F_NO_PREALLOC);
 #[map(name = "STORM")]
 pub static STORM: PerCpuArray<StormBucket> = PerCpuArray::with_max_entries(0xff00, 0);
 /// `xgw_flood`'s scratch slot for a tunnel copy's outer headers (too big
@@ -87,6 +92,7 @@ static BFD_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecodeError::
 #[map(name = "BFD_COUNTERS")]
 static BFD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BFD_COUNTERS_LEN, 0);
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 // Counter slots are per CPU: no other CPU writes them, plain adds are safe.
 

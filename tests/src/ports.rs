@@ -127,6 +127,17 @@ pub fn read_maps(dir: &Path) -> Maps {
     ])
 }
 
+/// `PORT_RECORDS`: each port's record copy, decoded as a rebuild decodes it.
+pub fn read_records(dir: &Path) -> BTreeMap<u32, PortSpec> {
+    hash::<u32, wire::PortRecordCopy>(dir, PORT_RECORDS)
+        .iter()
+        .map(|r| {
+            let (k, v) = r.expect("PORT_RECORDS");
+            (k, PortSpec::from_record_copy(&v).expect("a record copy decodes"))
+        })
+        .collect()
+}
+
 /// `bpftool -j map dump pinned`, as raw key/value bytes: the operator's
 /// view, independent of aya.
 pub fn bpftool_dump(dir: &Path, name: &str) -> Raw {

@@ -189,6 +189,7 @@ impl Daemon {
             Request::BfdPeerAdd(p) => self.peer_add(&p),
             Request::BfdPeerDel { name } => self.peer_del(&name),
             Request::BfdPeerList => Ok(Reply::BfdPeers(self.views().peers())),
+            Request::StoreExport => Ok(Reply::Store(self.ports.store().export()?)),
         }
     }
 

@@ -20,6 +20,7 @@ mod links;
 pub mod netlink;
 mod nexthops;
 pub mod pins;
+pub mod recovery;
 mod server;
 mod uplink;
 mod views;
@@ -69,6 +70,9 @@ pub struct RunOptions {
     pub socket: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub keep_datapath: bool,
+    /// Start although the store is missing, empty or damaged while the
+    /// pinned datapath holds ports: they are removed (`recovery`).
+    pub accept_store_loss: bool,
     pub nexthop_refresh: Duration,
     /// SCHED_FIFO priority of the BFD transmit thread (0: ordinary).
     pub bfd_rt_priority: i32,
@@ -451,7 +455,10 @@ fn start(
     ip4: Option<[u8; 4]>,
     ip6: Option<[u8; 16]>,
 ) -> Result<Daemon> {
+    // Loading checks the pinned maps' layouts and writes no entry.
     let mut ebpf = pins.load()?;
+    // The store against the datapath, before anything is written.
+    recovery::check_at_start(&opts.state_dir, pins, opts.accept_store_loss)?;
     start_ebpf_logger(&mut ebpf);
     for prog in [UPLINK_PROGRAM, pins::LOCAL_PROGRAM] {
         datapath::xdp_program(&mut ebpf, prog)?;

@@ -105,6 +105,8 @@ pub struct BpfDatapath {
     /// LOCAL_PORTS entry (before it, so the port is never live without it)
     /// and removed after it.
     port_security: HashMap<MapData, u32, wire::PortSecurity>,
+    /// Each committed port's record (`Step::Record`).
+    records: HashMap<MapData, u32, wire::PortRecordCopy>,
 }
 
 impl BpfDatapath {
@@ -147,6 +149,7 @@ impl BpfDatapath {
             groups: typed(&mut take, names::GROUPS)?,
             port_ifindex: typed(&mut take, names::PORT_IFINDEX)?,
             port_security: typed(&mut take, names::PORT_SECURITY)?,
+            records: typed(&mut take, names::PORT_RECORDS)?,
             generation: Generation::open(&take(names::GENERATION)?)
                 .map_err(|cause| OpenMapsError::Generation { cause })?,
         };
@@ -271,6 +274,7 @@ impl BpfDatapath {
     fn map_data(&self, step: Step) -> &MapData {
         use aya::maps::IterableMap;
         match step {
+            Step::Record => self.records.map(),
             Step::Devmap => self.devmap.map(),
             Step::LocalPort => self.local_ports.map(),
             Step::PortKey => self.port_keys.map(),
@@ -363,6 +367,13 @@ fn tunnel(object: Object<'_>) -> Result<&spec::TunnelPort, MapError> {
     }
 }
 
+fn record_copy(object: Object<'_>) -> Result<wire::PortRecordCopy, MapError> {
+    match object {
+        Object::Port(p) => p.record_copy().map_err(MapError::Other),
+        other => Err(MapError::Other(format!("{} has no port record", other.name()))),
+    }
+}
+
 fn binding(object: Object<'_>) -> Result<&Binding, MapError> {
     match object {
         Object::Binding(b) => Ok(b),
@@ -421,6 +432,10 @@ impl Datapath for BpfDatapath {
         let number = u32::from(ofport.get());
         let _bump = self.generation.after_writes();
         let result = match step {
+            Step::Record => {
+                let copy = record_copy(port)?;
+                self.records.insert(number, copy, NOEXIST)
+            }
             Step::Devmap => {
                 let ifindex = ifindex(&local(port)?.ifname)?;
                 match self.devmap.insert(number, ifindex, None, NOEXIST) {
@@ -504,6 +519,7 @@ impl Datapath for BpfDatapath {
                 })
             }
             (Step::TunnelPort, EntryKey::Port(n)) => self.tunnels.remove(&n),
+            (Step::Record, EntryKey::Port(n)) => self.records.remove(&n),
             (Step::LocalPort, EntryKey::Port(n)) => {
                 let keys = self.local_port_keys(n)?;
                 if keys.is_empty() {
@@ -545,6 +561,12 @@ impl Datapath for BpfDatapath {
             }
             Step::TunnelPort => {
                 for key in self.tunnels.keys() {
+                    let key = key.map_err(err)?;
+                    out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
+                }
+            }
+            Step::Record => {
+                for key in self.records.keys() {
                     let key = key.map_err(err)?;
                     out.push(MapEntry { key: EntryKey::Port(key), ofport: owner(key) });
                 }
@@ -611,6 +633,10 @@ impl Datapath for BpfDatapath {
             Err(e) => Err(self.error(step, e)),
         };
         match step {
+            Step::Record => {
+                let want = record_copy(port)?;
+                found(self.records.get(&number, 0).map(|v| v.len == want.len && v.json == want.json))
+            }
             Step::Devmap => {
                 let Ok(ifindex) = ifindex(&local(port)?.ifname) else {
                     return Ok(false);

@@ -19,6 +19,9 @@ use super::spec::{Binding, MacAddr, Object, PortKind, PortSpec, TunnelKey};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Step {
+    /// `PORT_RECORDS`: OpenFlow number -> the port's whole record, which no
+    /// program reads: it lets a lost store be rebuilt from the datapath.
+    Record,
     /// `DEVMAP`: OpenFlow number -> egress ifindex, the redirect target.
     Devmap,
     /// `LOCAL_PORTS`: ingress ifindex -> local port (encap side).
@@ -44,6 +47,7 @@ impl Step {
     /// before `Fdb` because a NEIGH entry's owner is found through FDB:
     /// removing FDB orphans first would hide the NEIGH orphans behind them.
     pub const ALL: &'static [Step] = &[
+        Step::Record,
         Step::Devmap,
         Step::LocalPort,
         Step::PortKey,
@@ -62,6 +66,7 @@ impl Step {
     /// What an operator reads in an error.
     pub const fn name(self) -> &'static str {
         match self {
+            Step::Record => "port record copy",
             Step::Devmap => "devmap",
             Step::LocalPort => "local port table",
             Step::PortKey => "port key table",
@@ -78,6 +83,7 @@ impl Step {
     pub const fn map_name(self) -> &'static str {
         use xgw_common::maps::names;
         match self {
+            Step::Record => names::PORT_RECORDS,
             Step::Devmap => names::DEVMAP,
             Step::LocalPort => names::LOCAL_PORTS,
             Step::PortKey => names::PORT_KEYS,
@@ -105,10 +111,12 @@ impl PortKind {
         match self {
             // The redirect target exists before any lookup can lead to it;
             // FDB and NEIGH, which make the port's MAC and IP known, last.
-            PortKind::Local => &[Step::Devmap, Step::LocalPort, Step::PortKey, Step::Fdb, Step::Neigh],
+            // The record copy first: whatever else a port has in the maps,
+            // the datapath can say whose it is.
+            PortKind::Local => &[Step::Record, Step::Devmap, Step::LocalPort, Step::PortKey, Step::Fdb, Step::Neigh],
             // Ingress finds a tunnel through the remote index, which must
             // only point at a number the tunnel table already describes.
-            PortKind::Tunnel => &[Step::TunnelPort, Step::TunnelByRemote],
+            PortKind::Tunnel => &[Step::Record, Step::TunnelPort, Step::TunnelByRemote],
         }
     }
 }
@@ -181,7 +189,7 @@ impl MapEntry {
         }
         let number = u32::from(ofport.get());
         let key = match (step, object) {
-            (Step::Devmap | Step::LocalPort | Step::TunnelPort, _) => EntryKey::Port(number),
+            (Step::Record | Step::Devmap | Step::LocalPort | Step::TunnelPort, _) => EntryKey::Port(number),
             (Step::PortKey, Object::Port(PortSpec::Local(p))) => {
                 EntryKey::PortKey { vni: p.vni.get(), port_key: p.port_key.get() }
             }

@@ -46,6 +46,19 @@ pub fn binding_key(vni: Vni, mac: MacAddr) -> String {
     format!("{vni}/{mac}")
 }
 
+/// A whole store as one JSON document: a backup that `import` restores.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Export {
+    /// The schema version, under a name that says what the file is.
+    pub xgw_store: u64,
+    pub ports: Vec<PortRecord>,
+    pub bindings: Vec<Binding>,
+    pub groups: Vec<Group>,
+    /// The daemon's settings (config ownership, BFD timers and peers).
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 pub struct RedbStore {
     /// Dropped by hand (`Drop`): closing a damaged file can panic too.
     db: std::mem::ManuallyDrop<Database>,
@@ -140,6 +153,62 @@ impl RedbStore {
         let json = encode(key, value)?;
         self.write("put", |t| {
             t.meta.insert(key, json.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Every setting, as stored (key -> JSON), for an export.
+    pub fn meta_all(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("load", e))?;
+        let table = txn.open_table(META).map_err(|e| self.err("load", e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.iter().map_err(|e| self.err("load", e))? {
+            let (key, value) = row.map_err(|e| self.err("load", e))?;
+            out.insert(key.value().to_owned(), decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The whole store as one document (`xgw store export`).
+    pub fn export(&self) -> Result<Export, StoreError> {
+        Ok(Export {
+            xgw_store: SCHEMA_VERSION,
+            ports: self.load()?,
+            bindings: self.load_bindings()?,
+            groups: self.load_groups()?,
+            meta: self.meta_all()?,
+        })
+    }
+
+    /// Writes `export` in one transaction (`xgw store import`, `rebuild`).
+    pub fn import(&mut self, export: &Export) -> Result<(), StoreError> {
+        if export.xgw_store != SCHEMA_VERSION {
+            let what = format!("xgw_store: schema version {}, this xgw reads {SCHEMA_VERSION}", export.xgw_store);
+            return Err(StoreError::Invalid { path: self.path.clone(), what });
+        }
+        let mut rows = Vec::new();
+        for r in &export.ports {
+            rows.push((0, r.name().to_owned(), encode(r.name(), r)?));
+        }
+        for b in &export.bindings {
+            rows.push((1, binding_key(b.vni, b.mac), encode(&b.label(), b)?));
+        }
+        for g in &export.groups {
+            rows.push((2, group_key(g.vni, g.key), encode(&g.label(), g)?));
+        }
+        for (k, v) in &export.meta {
+            rows.push((3, k.clone(), encode(k, v)?));
+        }
+        self.write("import", |t| {
+            for (table, key, json) in &rows {
+                let table = match table {
+                    0 => &mut t.ports,
+                    1 => &mut t.bindings,
+                    2 => &mut t.groups,
+                    _ => &mut t.meta,
+                };
+                table.insert(key.as_str(), json.as_str())?;
+            }
             Ok(())
         })
     }

@@ -422,9 +422,35 @@ impl PortSpec {
         }
     }
 
-    /// Whether `self` and `other` need the same map entries: they differ,
-    /// if at all, only in what no map holds (a tunnel's BFD: on or off, its
-    /// timers), so one can replace the other without touching the datapath.
+    /// The copy of this port's record that `PORT_RECORDS` keeps (the
+    /// store's JSON of the spec; the key is the number).
+    pub fn record_copy(&self) -> Result<wire::PortRecordCopy, String> {
+        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        if json.len() > wire::PORT_RECORD_BYTES {
+            return Err(format!(
+                "its record is {} bytes, the datapath keeps at most {}",
+                json.len(),
+                wire::PORT_RECORD_BYTES
+            ));
+        }
+        let mut copy = wire::PortRecordCopy { len: json.len() as u32, json: [0; wire::PORT_RECORD_BYTES] };
+        copy.json[..json.len()].copy_from_slice(&json);
+        Ok(copy)
+    }
+
+    /// The port a `PORT_RECORDS` value describes, checked as the store
+    /// checks its records.
+    pub fn from_record_copy(copy: &wire::PortRecordCopy) -> Result<PortSpec, String> {
+        let json = copy.json.get(..copy.len as usize).ok_or_else(|| format!("length {} is out of range", copy.len))?;
+        let spec: PortSpec = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+
+    /// Whether `self` and `other` need the same forwarding entries: they
+    /// differ, if at all, only in what no forwarding map holds (a tunnel's
+    /// BFD: on or off, its timers), so one can replace the other by
+    /// rewriting its record (and the record's copy) alone.
     pub fn same_entries(&self, other: &PortSpec) -> bool {
         match (self, other) {
             (PortSpec::Tunnel(a), PortSpec::Tunnel(b)) => {
@@ -492,6 +518,42 @@ mod tests {
             ofport_request: None,
             bfd_timers: BfdOverride::default(),
         }
+    }
+
+    /// `PORT_RECORD_BYTES` holds the longest record a port can have.
+    #[test]
+    fn the_longest_record_fits_the_datapaths_copy() {
+        // Every character of a name may need escaping in JSON.
+        let name = Name::new("\\".repeat(64)).unwrap();
+        let v6 = |i: u16| format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{i:04x}").parse().unwrap();
+        let mut p = local();
+        p.name = name.clone();
+        p.ifname = IfName::new("abcdefghijklmno").unwrap();
+        p.ip = Some(v6(0));
+        p.ofport_request = Some(65279);
+        p.vni = Vni::new(Vni::MAX).unwrap();
+        // The port's own MAC and IP take two of the 16 rows.
+        p.allowed =
+            vec![AllowedAddress { mac: MacAddr([2, 0xff, 0xff, 0xff, 0xff, 0xff]), ips: (1..=13).map(v6).collect() }];
+        assert_eq!(p.security_rows(), xgw_common::maps::PORT_SECURITY_ROWS);
+        let spec = PortSpec::Local(p);
+        let copy = spec.record_copy().expect("fits");
+        assert_eq!(PortSpec::from_record_copy(&copy).unwrap(), spec);
+        let mut t = tunnel();
+        t.name = name;
+        t.remote = v6(1);
+        t.ofport_request = Some(65279);
+        t.bfd_timers = BfdOverride {
+            min_tx_ms: Some(crate::types::BFD_MS_MAX),
+            min_rx_ms: Some(crate::types::BFD_MS_MAX),
+            detect_mult: Some(255),
+        };
+        let spec = PortSpec::Tunnel(t);
+        assert_eq!(PortSpec::from_record_copy(&spec.record_copy().expect("fits")).unwrap(), spec);
+        // And a copy that says more than it holds is an error, not a panic.
+        let mut bad = spec.record_copy().unwrap();
+        bad.len = u32::MAX;
+        assert!(PortSpec::from_record_copy(&bad).unwrap_err().contains("out of range"));
     }
 
     #[test]

@@ -197,15 +197,33 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
     /// (`PortSpec::same_entries`): effects first, then the record; a
     /// failed write puts the effects back.
     pub fn update(&mut self, old: &PortRecord, new: &PortSpec, effects: &mut dyn Effects) -> Result<(), TxnError> {
-        // Nothing in the maps changes, so there is nothing to undo there.
+        // No forwarding entry changes; the record's copy in the datapath
+        // follows the record, and goes back if the record cannot.
         effects
             .update(&old.spec, new, old.ofport)
             .map_err(|cause| TxnError::Effect { cause, undo: Undo::default() })?;
-        if let Err(cause) = self.store.put(&PortRecord { ofport: old.ofport, spec: new.clone() }) {
+        let put_back_effects = |effects: &mut dyn Effects| {
             if let Err(e) = effects.update(new, &old.spec, old.ofport) {
                 tracing::warn!(port = new.name(), "putting the old settings back after a failed write: {e:#}");
             }
-            return Err(TxnError::Store { cause, undo: Undo::default() });
+        };
+        if let Err(cause) = rewrite_record_copy(self.datapath, &old.spec, new, old.ofport) {
+            put_back_effects(effects);
+            let failures = rewrite_record_copy(self.datapath, new, &old.spec, old.ofport)
+                .err()
+                .map(|cause| UndoFailure { step: Step::Record, action: UndoAction::Reinsert, cause })
+                .into_iter()
+                .collect();
+            return Err(TxnError::Insert { step: Step::Record, cause, undo: Undo { failures, stranded: None } });
+        }
+        if let Err(cause) = self.store.put(&PortRecord { ofport: old.ofport, spec: new.clone() }) {
+            put_back_effects(effects);
+            let failures = rewrite_record_copy(self.datapath, new, &old.spec, old.ofport)
+                .err()
+                .map(|cause| UndoFailure { step: Step::Record, action: UndoAction::Reinsert, cause })
+                .into_iter()
+                .collect();
+            return Err(TxnError::Store { cause, undo: Undo { failures, stranded: None } });
         }
         Ok(())
     }
@@ -307,6 +325,17 @@ fn reinsert<D: Datapath>(datapath: &mut D, object: Object<'_>, ofport: OfPort, r
             Some(UndoFailure { step, action: UndoAction::Reinsert, cause })
         })
         .collect()
+}
+
+/// Replaces port `ofport`'s record copy (`from`'s) by `to`'s.
+fn rewrite_record_copy<D: Datapath>(
+    datapath: &mut D,
+    from: &PortSpec,
+    to: &PortSpec,
+    ofport: OfPort,
+) -> Result<(), MapError> {
+    remove_entry(datapath, Step::Record, Object::Port(from), ofport)?;
+    datapath.insert(Step::Record, Object::Port(to), ofport)
 }
 
 /// Removes one entry; an entry already gone is what we wanted anyway.

@@ -23,7 +23,7 @@ use xgw_tests::{
     daemon::{scrape, Daemon},
     gateway::TestGateway,
     netns::{Netns, Veth},
-    ports::{bytes, expected_maps, read_maps, Maps, TempDir},
+    ports::{bytes, expected_maps, read_maps, read_records, Maps, TempDir},
     process::Process,
     require_root,
 };
@@ -1350,47 +1350,177 @@ fn the_environment_gives_both_local_ips_and_the_metrics_address() {
     d.stop();
 }
 
+/// `xgw store ...` outside the namespace (the store and the pins are files).
+fn store_cmd(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(xgw_tests::xgw_bin());
+    cmd.arg("store").args(args).arg("--state-dir").arg(d.state_dir());
+    if args[0] != "export" && args[0] != "import" {
+        cmd.arg("--bpffs").arg(d.bpffs_dir());
+    }
+    cmd.output().unwrap()
+}
+
+/// The numbers, bindings and groups an operator sees.
+fn committed(d: &Daemon) -> (BTreeMap<String, u64>, Value, Value) {
+    let show = d.json(&["show"]);
+    let ports = show["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_owned(), p["ofport"].as_u64().unwrap()));
+    (ports.collect(), d.json(&["binding", "list"]), d.json(&["group", "list"]))
+}
+
 #[test]
-fn a_damaged_store_is_refused_by_name_and_the_kept_datapath_is_untouched() {
+fn a_lost_or_damaged_store_is_refused_and_rebuilt_from_the_datapath_with_every_number() {
     require_root!();
-    let mut gw = gateway("ddamage");
+    let mut gw = gateway("dstore");
     gw.daemon.extra = vec!["--keep-datapath".into()];
     gw.daemon.start();
-    gw.daemon.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001"]);
+    let d = &gw.daemon;
+    // Numbers that are not simply 1, 2, 3: a deleted port leaves a gap.
+    d.cli(&["tunnel", "add", "gone", "--remote-ip", "198.51.100.9", "--vni", "5001"]);
+    d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ofport", "700", "--ovn-metadata"]);
+    d.cli(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--bfd", "--bfd-min-tx", "300", "--bfd-mult", "5"]);
+    d.cli(&["tunnel", "del", "gone"]);
+    add_vm1(d, &["--allow", "02:00:5e:20:00:99 203.0.113.99"]);
     for i in 0..20u8 {
         let m = format!("02:00:5e:20:01:{i:02x}");
-        gw.daemon.cli(&[
-            "binding",
-            "add",
-            "--vni",
-            "5001",
-            "--mac",
-            &m,
-            "--tunnel",
-            "hv2",
-            "--port-key",
-            &(100 + i as u16).to_string(),
-        ]);
+        let ip = format!("203.0.113.{}", 100 + i);
+        let key = (100 + i as u16).to_string();
+        let mut args = vec!["binding", "add", "--vni", "5001", "--mac", &m, "--tunnel", "hv2", "--port-key", &key];
+        if i % 2 == 0 {
+            args.extend(["--ip", ip.as_str()]);
+        }
+        d.cli(&args);
     }
+    d.cli(&[
+        "group",
+        "add",
+        "--vni",
+        "5001",
+        "--key",
+        "32768",
+        "--port",
+        "vm1",
+        "--tunnel",
+        "hv2",
+        "--rate-pps",
+        "500",
+    ]);
+    let before = committed(d);
+    assert_eq!(before.0.get("hv2"), Some(&700));
+    // A backup, taken from the running daemon (it holds the store).
+    let backup = store_cmd(d, &["export", "--socket", d.socket.to_str().unwrap()]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
     gw.daemon.stop();
-    let maps = read_maps(&gw.daemon.pins());
-    // Flip a byte the store library notices (found by trying, in a copy).
-    let file = gw.daemon.state_dir().join("xgw.redb");
+    let d = &gw.daemon;
+    let ok = store_cmd(d, &["check"]);
+    assert!(ok.status.success(), "{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("agrees"));
+    let maps = read_maps(&d.pins());
+    let records = read_records(&d.pins());
+    let numbers: BTreeMap<String, u64> = records.iter().map(|(n, s)| (s.name().to_owned(), u64::from(*n))).collect();
+    assert_eq!(numbers, before.0, "one record copy per port, under its number");
+    let exported: xgw::ofport::redb_store::Export = serde_json::from_slice(&backup.stdout).unwrap();
+    let stored: BTreeMap<u32, PortSpec> =
+        exported.ports.into_iter().map(|r| (u32::from(r.ofport.get()), r.spec)).collect();
+    assert_eq!(records, stored, "each copy is its port's record in the store");
+    let file = d.state_dir().join("xgw.redb");
     let good = std::fs::read(&file).unwrap();
     let scratch = TempDir::new("dscratch");
-    // Past the header: its magic number is the easy case.
-    let damaged = (4096..good.len()).step_by(61).find_map(|at| {
-        let mut bad = good.clone();
-        bad[at] ^= 0x5a;
-        std::fs::write(scratch.path.join("xgw.redb"), &bad).unwrap();
-        xgw::ofport::RedbStore::open(&scratch.path).is_err().then_some(bad)
-    });
-    std::fs::write(&file, damaged.expect("some flipped byte is noticed")).unwrap();
+    // A flipped byte the store library notices (found by trying, in a copy),
+    // past the header (whose magic number is the easy case).
+    let flipped = (4096..good.len())
+        .step_by(61)
+        .find_map(|at| {
+            let mut bad = good.clone();
+            bad[at] ^= 0x5a;
+            std::fs::write(scratch.path.join("xgw.redb"), &bad).unwrap();
+            RedbStore::open(&scratch.path).is_err().then_some(bad)
+        })
+        .expect("some flipped byte is noticed");
+    let fresh = {
+        let dir = TempDir::new("dfresh");
+        drop(RedbStore::open(&dir.path).unwrap());
+        std::fs::read(dir.path.join("xgw.redb")).unwrap()
+    };
+    let cases: [(&str, Option<Vec<u8>>); 5] = [
+        ("missing", None),
+        ("empty", Some(Vec::new())),
+        ("truncated", Some(good[..good.len() / 2].to_vec())),
+        ("flipped", Some(flipped)),
+        ("no records", Some(fresh)),
+    ];
+    for (case, bytes) in cases {
+        let _ = std::fs::remove_file(&file);
+        if let Some(b) = &bytes {
+            std::fs::write(&file, b).unwrap();
+        }
+        let out = gw.daemon.run_command(&[]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: started:\n{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&file.display().to_string())
+                && last.contains("xgw store rebuild")
+                && last.contains("3 ports"),
+            "{case}: {err}"
+        );
+        assert_eq!(read_maps(&gw.daemon.pins()), maps, "{case}: the kept datapath changed");
+        assert_eq!(read_records(&gw.daemon.pins()), records, "{case}: the record copies changed");
+        // (redb rewrites a readable file's header when it opens it.)
+        if case != "no records" {
+            assert_eq!(std::fs::read(&file).ok(), bytes, "{case}: the store was touched");
+        }
 
-    let out = gw.daemon.run_command(&[]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started on a damaged store:\n{err}");
-    let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with("xgw: opening the store") && last.contains(&file.display().to_string()), "{err}");
-    assert_eq!(read_maps(&gw.daemon.pins()), maps, "the kept datapath changed");
+        // The documented way out.
+        let out = store_cmd(&gw.daemon, &["rebuild"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{case}: rebuild: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("3 ports, 20 bindings, 1 groups"), "{case}: {text}");
+        if bytes.is_some() {
+            assert!(text.contains("kept as"), "{case}: the unusable file is kept: {text}");
+        }
+        gw.daemon.start();
+        assert_eq!(committed(&gw.daemon), before, "{case}: numbers, bindings or groups changed");
+        gw.daemon.stop();
+        assert_eq!(read_maps(&gw.daemon.pins()), maps, "{case}: the datapath changed");
+        assert_eq!(read_records(&gw.daemon.pins()), records, "{case}: the record copies changed");
+    }
+
+    // A rebuild never overwrites a readable store that holds something.
+    let out = store_cmd(&gw.daemon, &["rebuild"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not replaced"));
+    // The backup restores the same (settings too), and the datapath agrees.
+    std::fs::remove_file(&file).unwrap();
+    let saved = scratch.path.join("backup.json");
+    std::fs::write(&saved, &backup.stdout).unwrap();
+    let out = store_cmd(&gw.daemon, &["import", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+    gw.daemon.start();
+    assert_eq!(committed(&gw.daemon), before, "import: numbers, bindings or groups changed");
+    // While a daemon runs, the offline commands are refused.
+    let out = store_cmd(&gw.daemon, &["rebuild"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stop the daemon first"));
+    gw.daemon.stop();
+
+    // Accepting the loss is explicit, and does what it says.
+    std::fs::write(&file, b"").unwrap();
+    let p = Process::spawn(gw.daemon.run_command(&["--accept-store-loss"]), "xgw run --accept-store-loss");
+    gw.daemon.process = Some(p);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.daemon.try_cli(&["show", "--json"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "--accept-store-loss did not start: {}",
+            gw.daemon.process.as_ref().unwrap().stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(committed(&gw.daemon).0.is_empty());
+    let err = gw.daemon.stop();
+    assert!(err.contains("--accept-store-loss"), "{err}");
+    assert!(read_records(&gw.daemon.pins()).is_empty(), "the lost ports' record copies stay");
+    assert!(read_maps(&gw.daemon.pins())[TUNNELS].is_empty(), "the lost ports' entries stay");
 }

@@ -206,7 +206,7 @@ fn missing_interface_is_named_and_costs_nothing() {
 #[test]
 fn exhaustion_on_real_maps() {
     require_root!();
-    let gw = Gw::new("exh", &[(TUNNELS, 40_000), (TUNNEL_BY_REMOTE, 40_000)]);
+    let gw = Gw::new("exh", &[(TUNNELS, 40_000), (TUNNEL_BY_REMOTE, 40_000), (PORT_RECORDS, 40_000)]);
     let mut pm = gw.open(config());
     let t0 = Instant::now();
     let auto = u32::from(OfPort::AUTO_MAX.get());
