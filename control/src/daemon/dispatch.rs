@@ -468,11 +468,6 @@ impl Daemon {
             self.ports.groups(),
             self.bfd.peers(),
         )?;
-        for (i, p) in config.ports.iter().enumerate() {
-            if super::ifindex(&p.ifname).is_none() {
-                bail!("config: ports[{i}].ifname: {:?}: no such interface", p.ifname.as_str());
-            }
-        }
         for (i, t) in config.tunnels.iter().enumerate() {
             let PortSpec::Tunnel(spec) = desired::tunnel_spec(t) else { unreachable!("a tunnel spec") };
             let f = |k: &str| format!("tunnels[{i}].{k}");
@@ -503,7 +498,14 @@ impl Daemon {
                 }
             }
         }
-        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings), groups: Some(&plan.groups) };
+        // A port's interface may appear after the daemon (VM taps at
+        // boot): the port waits for it, as one whose interface went does.
+        let desired = Desired {
+            ports: &plan.ports,
+            bindings: Some(&plan.bindings),
+            groups: Some(&plan.groups),
+            interfaces_may_wait: true,
+        };
         let report = self.ports.apply(desired, Instant::now(), &mut effects!(self))?;
         for (name, _) in &report.deleted {
             self.nexthops.forget(name);
@@ -551,7 +553,12 @@ impl Daemon {
         }
         let mut trial = PortMap::open(MemDatapath::new(), store, AllocatorConfig::default())?;
         trial.reconcile_quietly();
-        let desired = Desired { ports: &plan.ports, bindings: Some(&plan.bindings), groups: Some(&plan.groups) };
+        let desired = Desired {
+            ports: &plan.ports,
+            bindings: Some(&plan.bindings),
+            groups: Some(&plan.groups),
+            interfaces_may_wait: true,
+        };
         let report = trial.apply(desired, Instant::now(), &mut crate::ofport::NoEffects)?;
         if let Some((name, e)) = report.failed.first() {
             let path = plan.paths.get(name).cloned().unwrap_or_else(|| format!("port {name:?}"));

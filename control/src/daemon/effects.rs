@@ -17,6 +17,14 @@ pub struct PortEffects<'a> {
 impl Effects for PortEffects<'_> {
     fn setup(&mut self, port: &PortSpec, ofport: OfPort) -> Result<()> {
         match port {
+            // Reached with no interface only when the port may wait for it
+            // (the port map let its entries wait): the link watch attaches
+            // `xgw_local` once the interface appears.
+            PortSpec::Local(p) if super::ifindex(&p.ifname).is_none() => {
+                self.links.wait(&p.name);
+                tracing::warn!(port = %p.name, ifname = %p.ifname, ofport = %ofport, "interface does not exist yet; the port keeps its OpenFlow number and forwards once it appears");
+                Ok(())
+            }
             PortSpec::Local(p) => {
                 let how =
                     self.links.attach(&p.name, &p.ifname).with_context(|| format!("port {:?}", p.name.as_str()))?;

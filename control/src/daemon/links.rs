@@ -61,6 +61,12 @@ impl Links {
         Ok(how)
     }
 
+    /// Port `port`'s interface does not exist yet: its appearance is a
+    /// change the watch reports, which attaches the link.
+    pub fn wait(&mut self, port: &str) {
+        self.seen.insert(port.to_owned(), None);
+    }
+
     /// Removes the link of port `port` on `ifname`.
     pub fn detach(&mut self, port: &str, ifname: &str) {
         self.seen.remove(port);
@@ -108,7 +114,7 @@ impl Links {
         self.seen
             .get(port)
             .is_some_and(Option::is_none)
-            .then(|| format!("interface {ifname} is gone; forwarding resumes when it returns"))
+            .then(|| format!("interface {ifname} does not exist; the port forwards once it does"))
     }
 }
 

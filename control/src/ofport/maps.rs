@@ -63,6 +63,13 @@ impl Step {
     /// the responder never answers for a MAC that forwards nowhere.
     pub const BINDING: &'static [Step] = &[Step::RemoteFdb, Step::RemoteNeigh];
 
+    /// Written only while the port's interface exists (the kernel keys
+    /// them by its index): a port whose interface is missing waits for it
+    /// without them.
+    pub const fn needs_interface(self) -> bool {
+        matches!(self, Step::Devmap | Step::LocalPort)
+    }
+
     /// What an operator reads in an error.
     pub const fn name(self) -> &'static str {
         match self {

@@ -182,6 +182,12 @@ pub struct Desired<'a> {
     pub bindings: Option<&'a [Binding]>,
     /// `None` leaves the groups as they are.
     pub groups: Option<&'a [Group]>,
+    /// A local port whose interface does not exist yet is committed with
+    /// its number, its interface's entries (DEVMAP, LOCAL_PORTS) left for
+    /// the reconcile that follows the interface's arrival: a config file
+    /// read at boot names taps that appear later. Otherwise (the API) it
+    /// is refused.
+    pub interfaces_may_wait: bool,
 }
 
 pub struct PortMap<D, S> {
@@ -195,6 +201,8 @@ pub struct PortMap<D, S> {
     groups: BTreeMap<(Vni, u16), Group>,
     datapath: D,
     store: S,
+    /// Inside an `apply` whose `Desired::interfaces_may_wait` is set.
+    interfaces_may_wait: bool,
 }
 
 /// What `add_group` did.
@@ -220,6 +228,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
             groups: BTreeMap::new(),
             datapath,
             store,
+            interfaces_may_wait: false,
         };
         for record in records {
             let name = record.name().to_owned();
@@ -587,7 +596,11 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
     /// A crash mid-batch loses the batch's store writes; the next start
     /// reconciles the maps back to the last durable state.
     pub fn apply_desired(&mut self, desired: &[PortSpec], now: Instant) -> Result<ApplyReport, ApplyError> {
-        self.apply(Desired { ports: desired, bindings: None, groups: None }, now, &mut NoEffects)
+        self.apply(
+            Desired { ports: desired, bindings: None, groups: None, interfaces_may_wait: false },
+            now,
+            &mut NoEffects,
+        )
     }
 
     /// `apply_desired` for ports and bindings, with effects. Bindings that
@@ -600,7 +613,9 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         effects: &mut dyn Effects,
     ) -> Result<ApplyReport, ApplyError> {
         self.store.defer_sync();
+        self.interfaces_may_wait = desired.interfaces_may_wait;
         let report = self.apply_deferred(desired, now, effects);
+        self.interfaces_may_wait = false;
         let synced = self.store.sync();
         let report = report?;
         match synced {
@@ -822,7 +837,12 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
 
     /// A transaction over this map's allocator, datapath and store.
     fn txn(&mut self) -> Txn<'_, D, S> {
-        Txn { alloc: &mut self.alloc, datapath: &mut self.datapath, store: &mut self.store }
+        Txn {
+            alloc: &mut self.alloc,
+            datapath: &mut self.datapath,
+            store: &mut self.store,
+            interfaces_may_wait: self.interfaces_may_wait,
+        }
     }
 
     /// Runs an add transaction and indexes the result.

@@ -1198,7 +1198,11 @@ fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Apply(desired, inject) => {
                 let names: BTreeSet<&str> = desired.iter().map(PortSpec::name).collect();
                 arm(&mut pm, inject);
-                let result = pm.apply(Desired { ports: &desired, bindings: None, groups: None }, now, &mut fx);
+                let result = pm.apply(
+                    Desired { ports: &desired, bindings: None, groups: None, interfaces_may_wait: false },
+                    now,
+                    &mut fx,
+                );
                 disarm(&mut pm);
                 fx.refuse_next = false;
                 if names.len() < desired.len() {
@@ -1302,7 +1306,7 @@ fn check_converges(
     now: Instant,
     fx: &mut TestEffects,
 ) -> Result<(), TestCaseError> {
-    let ports_only = Desired { ports: desired, bindings: None, groups: None };
+    let ports_only = Desired { ports: desired, bindings: None, groups: None, interfaces_may_wait: false };
     for _ in 0..3 {
         let report = pm.apply(ports_only, now, fx).map_err(|e| TestCaseError::fail(e.to_string()))?;
         if !report.changed() {

@@ -138,6 +138,9 @@ pub struct Txn<'a, D, S> {
     pub alloc: &'a mut Allocator,
     pub datapath: &'a mut D,
     pub store: &'a mut S,
+    /// A local port's entries that need its interface (`Step::needs_interface`)
+    /// wait for it instead of failing the add (`Desired::interfaces_may_wait`).
+    pub interfaces_may_wait: bool,
 }
 
 impl<D: Datapath, S: Store> Txn<'_, D, S> {
@@ -155,7 +158,7 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
         let ofport = reservation.port();
         let object = Object::Port(spec);
         let steps = object.steps();
-        if let Err((step, cause, done)) = insert_all(self.datapath, object, ofport) {
+        if let Err((step, cause, done)) = insert_all(self.datapath, object, ofport, self.interfaces_may_wait) {
             let undo = self.abort(reservation, object, done);
             return Err(TxnError::Insert { step, cause, undo });
         }
@@ -232,7 +235,7 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
     /// then its record. Costs no number.
     pub fn add_binding(&mut self, binding: &Binding, tunnel: OfPort) -> Result<(), TxnError> {
         let object = Object::Binding(binding);
-        if let Err((step, cause, done)) = insert_all(self.datapath, object, tunnel) {
+        if let Err((step, cause, done)) = insert_all(self.datapath, object, tunnel, false) {
             let failures = remove_entries(self.datapath, object, tunnel, done);
             return Err(TxnError::Insert { step, cause, undo: Undo { failures, stranded: None } });
         }
@@ -271,16 +274,20 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
 }
 
 /// Inserts every entry of `object` in order; on a failure, which step, why,
-/// and the steps already done.
+/// and the steps already done. With `may_wait`, an entry that needs an
+/// interface that does not exist is left for reconcile.
 fn insert_all<'s, D: Datapath>(
     datapath: &mut D,
     object: Object<'_>,
     ofport: OfPort,
+    may_wait: bool,
 ) -> Result<(), (Step, MapError, &'s [Step])> {
     let steps: &'static [Step] = object.steps();
     for (done, &step) in steps.iter().enumerate() {
-        if let Err(cause) = datapath.insert(step, object, ofport) {
-            return Err((step, cause, &steps[..done]));
+        match datapath.insert(step, object, ofport) {
+            Ok(()) => {}
+            Err(MapError::NoInterface { .. }) if may_wait && step.needs_interface() => {}
+            Err(cause) => return Err((step, cause, &steps[..done])),
         }
     }
     Ok(())
