@@ -338,6 +338,9 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => anyhow::bail!("uninstall: give --bpffs DIR or --uplink IF"),
             };
             let removed = daemon::uninstall(&dir, &state_dir)?;
+            for pin in &removed {
+                println!("removed {}", pin.display());
+            }
             println!("removed {} pins under {}", removed.len(), dir.display());
         }
         Command::Store(cmd) => store(cmd)?,
