@@ -9,5 +9,6 @@ pub mod datapath;
 pub mod listen;
 pub mod metrics;
 pub mod ofport;
+pub mod ovn;
 pub mod probe;
 pub mod types;
