@@ -8,9 +8,12 @@
 set -euo pipefail
 
 # Debian packages: build and inspection tools, then the real peers used by the
-# interoperability tests (Open vSwitch userspace datapath, FRR bfdd, OVN).
+# interoperability tests (Open vSwitch userspace datapath, FRR bfdd, OVN), then
+# what the unit's test reads: systemd-analyze (systemd, not running) and the
+# system call numbers (linux-libc-dev).
 PACKAGES=(bpftool iproute2 iputils-ping tcpdump ethtool iperf3 procps
-          openvswitch-switch frr ovn-central ovn-host)
+          openvswitch-switch frr ovn-central ovn-host
+          systemd linux-libc-dev)
 BPF_LINKER_VERSION=0.13.0
 BPFFS=${XGW_BPFFS:-/sys/fs/bpf}
 LLVM_PREFIX_ROOT=${XGW_LLVM_PREFIX_ROOT:-/var/lib/xgw/toolchain}

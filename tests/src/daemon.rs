@@ -14,7 +14,7 @@ use std::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::{netns::Netns, ports::TempDir, process::Process, xgw_bin, BpfFs};
+use crate::{netns::Netns, ports::TempDir, process::Process, sandbox::Sandbox, xgw_bin, BpfFs};
 
 pub struct Daemon {
     pub netns: String,
@@ -27,6 +27,10 @@ pub struct Daemon {
     pub bpffs: BpfFs,
     pub socket: PathBuf,
     pub process: Option<Process>,
+    /// Run under the systemd unit's restrictions (`sandbox.rs`) instead of
+    /// plainly in the namespace. `XGW_TEST_SANDBOX=1` sets it for every
+    /// daemon, so that any daemon test can be run as the unit runs it.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl Daemon {
@@ -44,6 +48,9 @@ impl Daemon {
             bpffs: BpfFs::new("dbpf"),
             socket,
             process: None,
+            sandbox: std::env::var_os("XGW_TEST_SANDBOX")
+                .is_some_and(|v| v == "1")
+                .then(|| Sandbox::from_unit(&crate::sandbox::Unit::load())),
         }
     }
 
@@ -57,8 +64,16 @@ impl Daemon {
 
     /// The `xgw run` command line, with `extra` arguments.
     pub fn run_command(&self, extra: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns]).arg(xgw_bin()).args(["run", "--uplink", &self.uplink]);
+        let mut cmd = match &self.sandbox {
+            // Writable: the state directory (socket included) and the pins.
+            Some(s) => s.command(&self.netns, &[&self.state.path, &self.bpffs.dir], &xgw_bin()),
+            None => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.netns]).arg(xgw_bin());
+                c
+            }
+        };
+        cmd.args(["run", "--uplink", &self.uplink]);
         for ip in &self.local_ips {
             cmd.args(["--local-ip", ip]);
         }
@@ -86,8 +101,8 @@ impl Daemon {
                 panic!("xgw run did not become ready:\n{out}{err}");
             }
             if self.process.as_mut().unwrap().has_exited() {
-                let (out, err) = self.process.take().unwrap().stop(Duration::from_secs(1));
-                panic!("xgw run exited:\n{out}{err}");
+                let (status, out, err) = self.process.take().unwrap().wait(Duration::from_secs(1)).expect("exited");
+                panic!("xgw run exited ({status}):\n{out}{err}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

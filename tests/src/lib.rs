@@ -23,6 +23,7 @@ pub mod ovs;
 pub mod packet;
 pub mod ports;
 pub mod process;
+pub mod sandbox;
 
 pub use capture::Capture;
 pub use netns::{BpfFs, Netns, Veth};

@@ -28,4 +28,5 @@ mod ovs_peer;
 mod ovs_wire;
 mod port_security;
 mod probe;
+mod unit;
 mod verifier;
