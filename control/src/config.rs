@@ -66,6 +66,20 @@
 //! min_tx_ms = 10
 //! min_rx_ms = 10
 //! detect_mult = 3
+//!
+//! # xgw as a chassis of OVN: it registers in the Southbound database and
+//! # learns tunnels, bindings, groups and BFD from it. Each local port is an
+//! # interface named by its OVN logical port (OVS's external_ids:iface-id);
+//! # its MAC, IP, VNI and key come from the Southbound.
+//! [ovn]
+//! remote = "unix:/run/ovn/ovnsb_db.sock"   # or a comma-separated raft cluster
+//! chassis = "gw1"
+//! hostname = "gw1.example"                 # default: the system's
+//! encap_csum = false                       # Encap options:csum for the peers
+//! transport_zones = []
+//! claim_unsupported = false                # claim ports on load-balanced switches
+//! [ovn.interfaces]
+//! vm3 = "tap3"
 //! ```
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -103,6 +117,22 @@ pub struct Config {
     pub bindings: Vec<Binding>,
     pub bfd_peers: Vec<BfdPeerArgs>,
     pub groups: Vec<Group>,
+    pub ovn: Option<OvnConfig>,
+}
+
+/// The `[ovn]` section: which Southbound, as which chassis, and which
+/// local interfaces stand for which OVN logical ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OvnConfig {
+    /// `unix:PATH`, `tcp:IP:PORT`, or several, comma-separated (a raft cluster).
+    pub remote: Option<String>,
+    pub chassis: Option<Name>,
+    pub hostname: Option<String>,
+    pub encap_csum: bool,
+    pub transport_zones: BTreeSet<String>,
+    pub claim_unsupported: bool,
+    /// OVN logical port (iface-id) -> the interface its VM is on.
+    pub interfaces: BTreeMap<String, IfName>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +150,60 @@ struct RawConfig {
     bfd_peers: Vec<RawPeer>,
     #[serde(default)]
     groups: Vec<RawGroup>,
+    ovn: Option<RawOvn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOvn {
+    remote: Option<String>,
+    chassis: Option<String>,
+    hostname: Option<String>,
+    #[serde(default)]
+    encap_csum: bool,
+    #[serde(default)]
+    transport_zones: Vec<String>,
+    #[serde(default)]
+    claim_unsupported: bool,
+    #[serde(default)]
+    interfaces: BTreeMap<String, String>,
+}
+
+impl RawOvn {
+    fn validate(self, ifnames: &BTreeMap<String, String>) -> Result<OvnConfig, ConfigError> {
+        let remote = match self.remote {
+            Some(r) if r.trim().is_empty() => return Err(err("ovn.remote", "is empty")),
+            r => r,
+        };
+        let chassis = self.chassis.map(|c| field("ovn", "chassis", Name::new(c))).transpose()?;
+        let mut transport_zones = BTreeSet::new();
+        for (i, z) in self.transport_zones.into_iter().enumerate() {
+            if z.is_empty() || z.contains(',') || z.chars().any(char::is_whitespace) {
+                return Err(err(format!("ovn.transport_zones[{i}]"), format_args!("{z:?} is not a zone name")));
+            }
+            transport_zones.insert(z);
+        }
+        let mut interfaces = BTreeMap::new();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (lport, ifname) in self.interfaces {
+            let path = format!("ovn.interfaces.{lport:?}");
+            Name::new(lport.as_str()).map_err(|e| err(&path, format_args!("the logical port name: {e}")))?;
+            let i = IfName::new(ifname.as_str()).map_err(|e| err(&path, e))?;
+            if let Some(first) = seen.insert(ifname.clone(), path.clone()).or_else(|| ifnames.get(&ifname).cloned()) {
+                return Err(err(&path, format_args!("{ifname:?} is already used by {first}")));
+            }
+            interfaces.insert(lport, i);
+        }
+        Ok(OvnConfig {
+            remote,
+            chassis,
+            hostname: self.hostname,
+            encap_csum: self.encap_csum,
+            transport_zones,
+            claim_unsupported: self.claim_unsupported,
+            interfaces,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -495,7 +579,8 @@ impl RawConfig {
             }
             groups.push(group);
         }
-        Ok(Config { metrics, bfd, ports, tunnels, bindings, bfd_peers, groups })
+        let ovn = self.ovn.map(|o| o.validate(&ifnames)).transpose()?;
+        Ok(Config { metrics, bfd, ports, tunnels, bindings, bfd_peers, groups, ovn })
     }
 }
 
@@ -710,5 +795,27 @@ min_tx_ms = 10
         assert!(e.starts_with("config: line 3: invalid type"), "{e}");
         let e = error("ports = [ 1, ");
         assert!(e.starts_with("config: line 1:"), "{e}");
+    }
+
+    #[test]
+    fn the_ovn_section_names_its_fields() {
+        let ovn = "\n[ovn]\nremote = \"unix:/run/ovn/sb.sock,tcp:198.51.100.5:6642\"\nchassis = \"gw1\"\n\
+                   transport_zones = [\"tz1\"]\n[ovn.interfaces]\nvm3 = \"tap3\"\n";
+        let c = Config::parse(&format!("{GOOD}{ovn}")).unwrap();
+        let o = c.ovn.expect("[ovn]");
+        assert_eq!(o.chassis.as_deref(), Some("gw1"));
+        assert_eq!(o.interfaces["vm3"].as_str(), "tap3");
+        assert!(!o.encap_csum && !o.claim_unsupported);
+        assert_eq!(o.transport_zones.len(), 1);
+        assert_eq!(
+            error(&format!("{GOOD}{}", ovn.replace("\"gw1\"", "\"\""))),
+            "config: ovn.chassis: \"\" is not a name (1..=64 printable ASCII characters, no spaces)"
+        );
+        let e = error(&format!("{GOOD}{}", ovn.replace("tap3", "p1")));
+        assert_eq!(e, "config: ovn.interfaces.\"vm3\": \"p1\" is already used by ports[0]");
+        let e = error(&format!("{GOOD}{}", ovn.replace("[\"tz1\"]", "[\"a b\"]")));
+        assert_eq!(e, "config: ovn.transport_zones[0]: \"a b\" is not a zone name");
+        let e = error(&format!("{GOOD}{}", ovn.replace("chassis", "chasis")));
+        assert!(e.contains("unknown field `chasis`"), "{e}");
     }
 }

@@ -57,6 +57,8 @@ pub struct Daemon {
     pub(super) nexthops: Nexthops,
     pub(super) bfd: Bfd,
     pub(super) owned: Ownership,
+    /// What the Southbound owns (`ovn.rs`).
+    pub(super) ovn_owned: super::ovn::OvnOwned,
     netlink: Netlink,
     counters: Counters,
     pub(super) pins: Pins,
@@ -80,6 +82,7 @@ impl Daemon {
     ) -> Result<Daemon> {
         let store = ports.store();
         let owned: Ownership = store.meta(desired::META_KEY).context("the store's config ownership")?;
+        let ovn_owned = store.meta(super::ovn::META_KEY).context("the store's Southbound ownership")?;
         let defaults = store.meta(META_BFD).context("the store's [bfd] timers")?;
         let peers: BTreeMap<Name, BfdPeerArgs> = store.meta(META_BFD_PEERS).context("the store's bfd peers")?;
         bfd.set_defaults(defaults, |_| Default::default());
@@ -94,6 +97,7 @@ impl Daemon {
             nexthops,
             bfd,
             owned,
+            ovn_owned,
             netlink,
             counters,
             pins,
@@ -197,6 +201,10 @@ impl Daemon {
     /// interface, record). The port map refuses a MAC, IP, key or
     /// interface another port or a binding holds, before any number.
     fn port_add(&mut self, a: &PortArgs) -> Result<Reply> {
+        self.not_the_southbounds(
+            self.ovn_owned.ports.contains(a.name.as_str()),
+            &format!("port {:?}", a.name.as_str()),
+        )?;
         if self.bfd.peer(&a.name).is_some() {
             bail!("port: name: {:?} is already a bfd peer", a.name.as_str());
         }
@@ -212,6 +220,10 @@ impl Daemon {
     /// The same tunnel again with other BFD timers moves the running
     /// session to them (a Poll Sequence, no flap).
     fn tunnel_add(&mut self, a: &TunnelArgs) -> Result<Reply> {
+        self.not_the_southbounds(
+            self.ovn_owned.ports.contains(a.name.as_str()),
+            &format!("tunnel {:?}", a.name.as_str()),
+        )?;
         let spec = desired::tunnel_spec(a);
         let PortSpec::Tunnel(t) = &spec else { unreachable!("a tunnel spec") };
         self.check_remote(a.remote_ip.get(), "tunnel: remote_ip")?;
@@ -246,6 +258,10 @@ impl Daemon {
     }
 
     fn port_del(&mut self, name: &Name, kind: PortType) -> Result<Reply> {
+        self.not_the_southbounds(
+            self.ovn_owned.ports.contains(name.as_str()),
+            &format!("{} {:?}", kind.name(), name.as_str()),
+        )?;
         let what = kind.name();
         let record = self.ports.get(name).cloned().ok_or_else(|| {
             anyhow!("no {} named {:?}", if kind == PortType::Local { "port" } else { "tunnel" }, name.as_str())
@@ -268,12 +284,17 @@ impl Daemon {
     /// A remote binding: one transaction (FDB, then NEIGH, then record),
     /// refused first if a local port or binding holds its MAC or IP.
     fn binding_add(&mut self, b: &Binding) -> Result<Reply> {
+        self.not_the_southbounds(self.ovn_owned.bindings.contains(&b.key()), &b.label())?;
         self.ports.add_binding(b)?;
         tracing::info!(vni = %b.vni, mac = %b.mac, tunnel = %b.tunnel, "binding added");
         Ok(Reply::Binding(self.views().binding(b)))
     }
 
     fn binding_del(&mut self, vni: Vni, mac: MacAddr) -> Result<Reply> {
+        self.not_the_southbounds(
+            self.ovn_owned.bindings.contains(&(vni, mac)),
+            &format!("binding vni {vni} mac {mac}"),
+        )?;
         let b = self.ports.delete_binding(vni, mac)?;
         tracing::info!(%vni, %mac, "binding deleted");
         Ok(Reply::BindingDeleted(self.views().binding(&b)))
@@ -281,6 +302,7 @@ impl Daemon {
 
     /// A multicast group: its one map entry, then its record.
     fn group_add(&mut self, g: &Group) -> Result<Reply> {
+        self.not_the_southbounds(self.ovn_owned.groups.contains(&g.key()), &g.label())?;
         let change = self.ports.add_group(g)?;
         let change = match change {
             GroupChange::Created => "created",
@@ -296,9 +318,19 @@ impl Daemon {
     }
 
     fn group_del(&mut self, vni: Vni, key: u16) -> Result<Reply> {
+        self.not_the_southbounds(self.ovn_owned.groups.contains(&(vni, key)), &format!("group vni {vni} key {key}"))?;
         let g = self.ports.delete_group(vni, key)?;
         tracing::info!(%vni, key, "group deleted");
         Ok(Reply::GroupDeleted(self.views().group(&g)))
+    }
+
+    /// Entries the Southbound put in place follow it alone: an API change
+    /// would be undone by the next update, or undo it.
+    fn not_the_southbounds(&self, owned: bool, what: &str) -> Result<()> {
+        if owned {
+            bail!("{what} is the OVN Southbound's (this gateway is an OVN chassis): change it there");
+        }
+        Ok(())
     }
 
     /// A single-hop peer: checked, started, then stored; a failed write
@@ -343,7 +375,7 @@ impl Daemon {
 
     /// Looks up tunnel `name`'s next hop and, when it resolved or moved,
     /// writes it (TUNNELS through the port map, the BFD session's frames).
-    fn resolve(&mut self, name: &str, remote: IpAddr) {
+    pub(super) fn resolve(&mut self, name: &str, remote: IpAddr) {
         let Some(mac) = self.nexthops.resolve(&mut self.netlink, name, remote) else { return };
         if let Err(e) = self.ports.set_nexthop(remote, mac) {
             tracing::warn!(tunnel = name, "writing the next hop: {e}");
@@ -478,6 +510,9 @@ impl Daemon {
         }
         for (i, p) in config.bfd_peers.iter().enumerate() {
             self.bfd.check_peer(p, &format!("bfd_peers[{i}]")).map_err(|e| anyhow!("config: {e:#}"))?;
+        }
+        if let Some((name, path)) = plan.paths.iter().find(|(n, _)| self.ovn_owned.ports.contains(n.as_str())) {
+            bail!("config: {path}.name: {name:?} is the OVN Southbound's");
         }
         self.dry_run(&plan)?;
 

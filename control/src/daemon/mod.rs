@@ -19,6 +19,9 @@ mod effects;
 mod links;
 pub mod netlink;
 mod nexthops;
+// Driven by the Southbound connection, which comes with the OVSDB client.
+#[allow(dead_code)]
+mod ovn;
 pub mod pins;
 pub mod recovery;
 mod server;

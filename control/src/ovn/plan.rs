@@ -32,7 +32,7 @@ pub struct Inputs<'a> {
 }
 
 /// A port this chassis claims: the row, and the Encap peers must use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Claim {
     pub port_binding: Uuid,
     pub logical_port: String,
