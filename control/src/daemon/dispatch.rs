@@ -641,6 +641,10 @@ impl Daemon {
 
     /// Stops BFD only: the datapath stays, pins kept and sessions left for
     /// the next daemon to adopt.
+    pub(super) fn settle_links(&mut self) {
+        self.links.settle();
+    }
+
     pub(super) fn abandon(&mut self) {
         self.bfd.shutdown();
     }

@@ -29,11 +29,15 @@ pub struct Links {
     /// Local port -> the ifindex its interface had when last looked at
     /// (`None`: no such interface).
     seen: BTreeMap<String, Option<u32>>,
+    /// Interfaces whose port went in this message: their links stay until
+    /// `settle`, so a port replaced on the same interface (a new VNI, a
+    /// Southbound change) takes the link over in place, never detached.
+    released: BTreeSet<String>,
 }
 
 impl Links {
     pub fn new(ebpf: Ebpf, pins: Pins, mode: AttachMode) -> Links {
-        Links { ebpf, pins, mode, seen: BTreeMap::new() }
+        Links { ebpf, pins, mode, seen: BTreeMap::new(), released: BTreeSet::new() }
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -48,6 +52,9 @@ impl Links {
             .program_mut(LOCAL_PROGRAM)
             .ok_or_else(|| anyhow!("the datapath has no program {LOCAL_PROGRAM}"))?
             .try_into()?;
+        // A link released earlier in this message is still pinned: the
+        // attach below swaps its program in place.
+        self.released.remove(ifname);
         let how = pins::attach(prog, ifname, self.mode, &self.pins.local_link(ifname))?;
         if let Err(e) = pins::attach_flood(&mut self.ebpf, ifname, &self.pins.flood_link(Some(ifname))) {
             // Without it the port's floods would reach the gateway's own
@@ -67,14 +74,22 @@ impl Links {
         self.seen.insert(port.to_owned(), None);
     }
 
-    /// Removes the link of port `port` on `ifname`.
+    /// Port `port` on `ifname` goes: its links are removed at the next
+    /// `settle`, unless a port takes the interface over before.
     pub fn detach(&mut self, port: &str, ifname: &str) {
         self.seen.remove(port);
-        if let Err(e) = pins::detach(&self.pins.local_link(ifname)) {
-            tracing::warn!(port, ifname, "detaching xgw_local: {e:#}");
-        }
-        if let Err(e) = pins::detach(&self.pins.flood_link(Some(ifname))) {
-            tracing::warn!(port, ifname, "detaching xgw_flood: {e:#}");
+        self.released.insert(ifname.to_owned());
+    }
+
+    /// Removes the links released and not taken over: called once each
+    /// message is handled.
+    pub fn settle(&mut self) {
+        for ifname in std::mem::take(&mut self.released) {
+            for pin in [self.pins.local_link(&ifname), self.pins.flood_link(Some(&ifname))] {
+                if let Err(e) = pins::detach(&pin) {
+                    tracing::warn!(ifname, "detaching from an interface that is no longer a port: {e:#}");
+                }
+            }
         }
     }
 

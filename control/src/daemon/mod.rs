@@ -444,6 +444,8 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                 return;
             }
         }
+        // Links of ports gone in this message and not taken over.
+        d.settle_links();
     }
 }
 
@@ -510,6 +512,7 @@ fn start(
     if let Some(config) = config {
         daemon.apply_config(config)?;
     }
+    daemon.settle_links();
     Ok(daemon)
 }
 

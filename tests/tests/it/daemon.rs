@@ -1396,12 +1396,22 @@ fn systemd_hears_ready_the_watchdog_and_how_each_reload_ended() {
     assert!(got[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{got:?}");
     let why = format!("config: {}: ports[0].vni: 16777216 is out of range (0..=16777215)", cfg.display());
     assert_eq!(got[1], format!("READY=1\nSTATUS=forwarding on ul; config refused, the previous one stays: {why}"));
-    // A good one.
+    // A good one. It replaces the port on the same interface: the XDP
+    // link is taken over in place, never detached (no moment without it).
+    let pin = gw.daemon.pins().join("links/local-p1");
+    let xdp_link = || -> u64 {
+        let link: Value =
+            serde_json::from_str(&xgw_tests::sh(&["bpftool", "-j", "link", "show", "pinned", pin.to_str().unwrap()]))
+                .unwrap();
+        link["id"].as_u64().expect("a link id")
+    };
+    let before = xdp_link();
     std::fs::write(&cfg, port(VNI + 1)).unwrap();
     gw.daemon.process.as_ref().unwrap().signal(nix::sys::signal::Signal::SIGHUP);
     let got = reload();
     assert_eq!(got.get(1).map(String::as_str), Some("READY=1\nSTATUS=forwarding on ul; config reloaded"), "{got:?}");
     assert_eq!(gw.daemon.json(&["port", "list"])[0]["vni"], VNI + 1);
+    assert_eq!(xdp_link(), before, "the port's XDP link was replaced, not kept");
     gw.daemon.stop();
 }
 
