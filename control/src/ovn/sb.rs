@@ -94,6 +94,13 @@ pub struct HaChassis {
     pub priority: i64,
 }
 
+/// This chassis' own Chassis_Private row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChassisPrivate {
+    pub chassis: Option<Uuid>,
+    pub nb_cfg: i64,
+}
+
 /// What xgw reads of the Southbound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sb {
@@ -105,6 +112,7 @@ pub struct Sb {
     pub groups: BTreeMap<Uuid, MulticastGroup>,
     pub ha_groups: BTreeMap<Uuid, HaChassisGroup>,
     pub ha_chassis: BTreeMap<Uuid, HaChassis>,
+    pub private: Option<ChassisPrivate>,
     /// Rows left out, each as "Table uuid: column: why".
     pub problems: Vec<String>,
 }
