@@ -149,3 +149,124 @@ impl Drop for OvnCentral {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The OVN lab of `../shared/peers/ovn` (and of the tests that put xgw in
+/// it): switch ls1 with vm1 and vm2 on two OVN hypervisors (hv1, hv2) and
+/// vm3 behind xgw, all chassis on one underlay bridge.
+///
+///   ovs VM vm1 -- hv1 (ovn-controller) --\
+///   ovs VM vm2 -- hv2 (ovn-controller) ---- br0 in `ul` -- xgw [ul] -- [p3] vm3
+pub mod lab {
+    use super::OvnCentral;
+    use crate::{gateway::TestGateway, ovs::mac_str, Netns, OvsHypervisor, Veth};
+
+    pub const XGW_IP: &str = "198.51.100.13";
+    pub const HV_IP: [&str; 2] = ["198.51.100.11", "198.51.100.12"];
+    pub const VM_IP: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+    pub const VM_MAC: [[u8; 6]; 3] = [[2, 0, 0x5e, 0, 1, 1], [2, 0, 0x5e, 0, 1, 2], [2, 0, 0x5e, 0, 1, 3]];
+
+    /// Everything but xgw. Field order is drop order: probes detach,
+    /// hypervisors stop, namespaces go.
+    pub struct Topology {
+        pub probes: TestGateway,
+        pub hv: Vec<OvsHypervisor>,
+        pub vm3: Netns,
+        /// xgw's namespace: its uplink `ul`, vm3's port `p3`.
+        pub xgw: Netns,
+        pub ul: Netns,
+    }
+
+    /// ls1 with vm1..vm3 in the Northbound (fast BFD timers in NB_Global),
+    /// hv1 and hv2 running, xgw's and vm3's namespaces wired.
+    pub fn topology(ovn: &OvnCentral) -> Topology {
+        // ovn-controller reads SB_Global, which northd copies from NB_Global.
+        ovn.nbctl(&["set", "NB_Global", ".", "options:bfd-min-rx=100", "options:bfd-min-tx=100", "options:bfd-mult=3"]);
+        ovn.nbctl(&["ls-add", "ls1"]);
+        for i in 0..3 {
+            let name = format!("vm{}", i + 1);
+            let addresses = format!("{} {}", mac_str(VM_MAC[i]), VM_IP[i]);
+            ovn.nbctl(&["lsp-add", "ls1", &name, "--", "lsp-set-addresses", &name, &addresses]);
+        }
+        let ul = Netns::new("ovu");
+        ul.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        ul.ok(&["ip", "link", "set", "br0", "up"]);
+        let mut hv = Vec::new();
+        for (i, ip) in HV_IP.iter().enumerate() {
+            let ns = Netns::new("ovh");
+            let port = format!("u{}", i + 1);
+            Veth::new(&ul, &port, "", &ns, "ul0", "");
+            ul.ok(&["ip", "link", "set", &port, "master", "br0"]);
+            ul.ok(&["ethtool", "-K", &port, "tx", "off"]);
+            let mut h = OvsHypervisor::builder(ns, "ul0")
+                .ip4(&format!("{ip}/24"))
+                .vm(VM_MAC[i], Some(&format!("{}/24", VM_IP[i])), None)
+                .start();
+            h.start_ovn_controller(&format!("hv{}", i + 1), &ovn.sb_remote(), ip);
+            h.vsctl(&["set", "interface", crate::ovs::VM_PORT, &format!("external_ids:iface-id=vm{}", i + 1)]);
+            hv.push(h);
+        }
+        let xgw = Netns::new("ovx");
+        Veth::new(&ul, "u3", "", &xgw, "ul", &format!("{XGW_IP}/24"));
+        ul.ok(&["ip", "link", "set", "u3", "master", "br0"]);
+        ul.ok(&["ethtool", "-K", "u3", "tx", "off"]);
+        xgw.ok(&["ethtool", "-K", "ul", "tx", "off"]);
+        let vm3 = Netns::new("ovv");
+        Veth::new(&xgw, "p3", "", &vm3, "eth0", &format!("{}/24", VM_IP[2]));
+        vm3.ok(&["ip", "link", "set", "eth0", "address", &mac_str(VM_MAC[2]), "mtu", "1400"]);
+        vm3.ok(&["ethtool", "-K", "eth0", "tx", "off"]);
+        // veth delivers XDP-redirected frames only to a peer running XDP.
+        let mut probes = TestGateway::load(&["xgw_pass"]);
+        probes.attach(&ul, "xgw_pass", "u3");
+        probes.attach(&vm3, "xgw_pass", "eth0");
+        Topology { probes, hv, vm3, xgw, ul }
+    }
+
+    /// Router lr1 on ls1 (`ls1-lr1`, 203.0.113.254) whose gateway port
+    /// `lr1-pub` is HA over hv1 (20) and hv2 (15): northd makes every
+    /// chassis with a port on ls1 a ref chassis of the group, and OVN runs
+    /// BFD from the members to them.
+    pub fn ha_router(ovn: &OvnCentral) {
+        ovn.nbctl(&[
+            "lr-add",
+            "lr1",
+            "--",
+            "lrp-add",
+            "lr1",
+            "lr1-ls1",
+            "02:00:5e:00:02:01",
+            "203.0.113.254/24",
+            "--",
+            "lsp-add",
+            "ls1",
+            "ls1-lr1",
+            "--",
+            "lsp-set-type",
+            "ls1-lr1",
+            "router",
+            "--",
+            "lsp-set-addresses",
+            "ls1-lr1",
+            "router",
+            "--",
+            "lsp-set-options",
+            "ls1-lr1",
+            "router-port=lr1-ls1",
+            "--",
+            "lrp-add",
+            "lr1",
+            "lr1-pub",
+            "02:00:5e:00:02:02",
+            "198.51.100.254/24",
+            "--",
+            "lrp-set-gateway-chassis",
+            "lr1-pub",
+            "hv1",
+            "20",
+            "--",
+            "lrp-set-gateway-chassis",
+            "lr1-pub",
+            "hv2",
+            "15",
+        ]);
+    }
+}

@@ -14,80 +14,20 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xgw_tests::{
-    daemon::Daemon, gateway::TestGateway, ovn::OvnCentral, ovs::mac_str, require_root, Capture, Netns, OvsHypervisor,
-    Veth,
-};
+use xgw_tests::{daemon::Daemon, ovn::OvnCentral, ovs::mac_str, require_root, Capture, Netns};
 
-const XGW_IP: &str = "198.51.100.13";
-const HV_IP: [&str; 2] = ["198.51.100.11", "198.51.100.12"];
-const VM_IP: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
-const VM_MAC: [[u8; 6]; 3] = [[2, 0, 0x5e, 0, 1, 1], [2, 0, 0x5e, 0, 1, 2], [2, 0, 0x5e, 0, 1, 3]];
+use xgw_tests::ovn::lab::{self, HV_IP, VM_IP, VM_MAC, XGW_IP};
 
 struct Lab {
-    // Drop order: xgw stops, probes detach, hypervisors stop, central stops,
-    // namespaces go.
+    // Drop order: xgw stops, the rest of the lab goes, central stops.
     d: Daemon,
-    _probes: TestGateway,
-    hv: Vec<OvsHypervisor>,
+    topo: lab::Topology,
     ovn: OvnCentral,
-    vm3: Netns,
-    xgw: Netns,
-    ul: Netns,
 }
 
 fn lab() -> Lab {
     let ovn = OvnCentral::start();
-    // Fast BFD for the test (ovn-controller reads SB_Global, which northd
-    // copies from NB_Global).
-    ovn.nbctl(&["set", "NB_Global", ".", "options:bfd-min-rx=100", "options:bfd-min-tx=100", "options:bfd-mult=3"]);
-    ovn.nbctl(&["ls-add", "ls1"]);
-    for i in 0..3 {
-        let name = format!("vm{}", i + 1);
-        ovn.nbctl(&[
-            "lsp-add",
-            "ls1",
-            &name,
-            "--",
-            "lsp-set-addresses",
-            &name,
-            &format!("{} {}", mac_str(VM_MAC[i]), VM_IP[i]),
-        ]);
-    }
-
-    let ul = Netns::new("ovu");
-    ul.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-    ul.ok(&["ip", "link", "set", "br0", "up"]);
-    let mut hv = Vec::new();
-    for (i, ip) in HV_IP.iter().enumerate() {
-        let ns = Netns::new("ovh");
-        let port = format!("u{}", i + 1);
-        Veth::new(&ul, &port, "", &ns, "ul0", "");
-        ul.ok(&["ip", "link", "set", &port, "master", "br0"]);
-        ul.ok(&["ethtool", "-K", &port, "tx", "off"]);
-        let mut h = OvsHypervisor::builder(ns, "ul0")
-            .ip4(&format!("{ip}/24"))
-            .vm(VM_MAC[i], Some(&format!("{}/24", VM_IP[i])), None)
-            .start();
-        h.start_ovn_controller(&format!("hv{}", i + 1), &ovn.sb_remote(), ip);
-        h.vsctl(&["set", "interface", xgw_tests::ovs::VM_PORT, &format!("external_ids:iface-id=vm{}", i + 1)]);
-        hv.push(h);
-    }
-
-    let xgw = Netns::new("ovx");
-    Veth::new(&ul, "u3", "", &xgw, "ul", &format!("{XGW_IP}/24"));
-    ul.ok(&["ip", "link", "set", "u3", "master", "br0"]);
-    ul.ok(&["ethtool", "-K", "u3", "tx", "off"]);
-    xgw.ok(&["ethtool", "-K", "ul", "tx", "off"]);
-    let vm3 = Netns::new("ovv");
-    Veth::new(&xgw, "p3", "", &vm3, "eth0", &format!("{}/24", VM_IP[2]));
-    vm3.ok(&["ip", "link", "set", "eth0", "address", &mac_str(VM_MAC[2]), "mtu", "1400"]);
-    vm3.ok(&["ethtool", "-K", "eth0", "tx", "off"]);
-    // veth delivers XDP-redirected frames only to a peer running XDP.
-    let mut probes = TestGateway::load(&["xgw_pass"]);
-    probes.attach(&ul, "xgw_pass", "u3");
-    probes.attach(&vm3, "xgw_pass", "eth0");
-
+    let topo = lab::topology(&ovn);
     // What `ovn-sbctl chassis-add` writes is all any chassis needs to build
     // a tunnel; vm3 is bound to xgw by hand.
     ovn.sbctl(&["chassis-add", "xgw", "geneve", XGW_IP]);
@@ -98,7 +38,7 @@ fn lab() -> Lab {
     let vni = ovn.sb_find("datapath_binding", "tunnel_key", &["external_ids:name=ls1"]);
     let key = |lsp: &str| ovn.sb_find("port_binding", "tunnel_key", &[&format!("logical_port={lsp}")]);
 
-    let mut d = Daemon::new(&xgw, "ul", &[XGW_IP]);
+    let mut d = Daemon::new(&topo.xgw, "ul", &[XGW_IP]);
     d.start();
     d.json(&[
         "port",
@@ -146,8 +86,8 @@ fn lab() -> Lab {
             &key(&vm),
         ]);
     }
-    let lab = Lab { d, _probes: probes, hv, ovn, vm3, xgw, ul };
-    for h in &lab.hv {
+    let lab = Lab { d, topo, ovn };
+    for h in &lab.topo.hv {
         lab.ovn.wait("ovn-xgw-0 on each hypervisor", Duration::from_secs(20), || {
             let ports = h.vsctl(&["list-ports", "br-int"]);
             ports.lines().any(|p| p == "ovn-xgw-0").then_some(())
@@ -159,9 +99,9 @@ fn lab() -> Lab {
 impl Lab {
     fn vm(&self, i: usize) -> &Netns {
         if i == 2 {
-            &self.vm3
+            &self.topo.vm3
         } else {
-            self.hv[i].vm()
+            self.topo.hv[i].vm()
         }
     }
 
@@ -194,7 +134,7 @@ impl Lab {
 
     /// `ovs-vsctl get interface ovn-xgw-0 bfd_status` on hypervisor `i`.
     fn ovs_bfd(&self, i: usize) -> Option<String> {
-        self.hv[i].bfd_status("ovn-xgw-0").get("state").cloned()
+        self.topo.hv[i].bfd_status("ovn-xgw-0").get("state").cloned()
     }
 
     fn xgw_bfd(&self, tunnel: &str) -> Option<String> {
@@ -219,7 +159,7 @@ impl Lab {
 
     fn report(&self) -> String {
         let mut s = format!("xgw stats: {}\nxgw bfd: {}\n", self.d.json(&["stats"]), self.d.json(&["bfd", "show"]));
-        for (i, h) in self.hv.iter().enumerate() {
+        for (i, h) in self.topo.hv.iter().enumerate() {
             s += &format!(
                 "hv{} ovn-xgw-0 bfd={} bfd_status={:?} options={}\novn-controller:\n{}\n",
                 i + 1,
@@ -238,7 +178,7 @@ fn xgw_is_a_chassis_of_real_ovn_ping_iperf_and_bfd_through_an_ha_group() {
     require_root!();
     let lab = lab();
     // OVN's own tunnels to xgw are flow-keyed; xgw has one per chassis.
-    for h in &lab.hv {
+    for h in &lab.topo.hv {
         let options = h.vsctl(&["get", "interface", "ovn-xgw-0", "options"]);
         assert!(options.contains("key=flow") && options.contains(XGW_IP), "{options}");
     }
@@ -254,52 +194,11 @@ fn xgw_is_a_chassis_of_real_ovn_ping_iperf_and_bfd_through_an_ha_group() {
     assert!(lab.iperf(2, 1) > 10_000_000, "{}", lab.report());
 
     // No HA group yet: OVN runs no BFD toward xgw.
-    assert_eq!(lab.hv[0].vsctl(&["get", "interface", "ovn-xgw-0", "bfd"]).trim(), "{}");
-    lab.ovn.nbctl(&[
-        "lr-add",
-        "lr1",
-        "--",
-        "lrp-add",
-        "lr1",
-        "lr1-ls1",
-        "02:00:5e:00:02:01",
-        "203.0.113.254/24",
-        "--",
-        "lsp-add",
-        "ls1",
-        "ls1-lr1",
-        "--",
-        "lsp-set-type",
-        "ls1-lr1",
-        "router",
-        "--",
-        "lsp-set-addresses",
-        "ls1-lr1",
-        "router",
-        "--",
-        "lsp-set-options",
-        "ls1-lr1",
-        "router-port=lr1-ls1",
-        "--",
-        "lrp-add",
-        "lr1",
-        "lr1-pub",
-        "02:00:5e:00:02:02",
-        "198.51.100.254/24",
-        "--",
-        "lrp-set-gateway-chassis",
-        "lr1-pub",
-        "hv1",
-        "20",
-        "--",
-        "lrp-set-gateway-chassis",
-        "lr1-pub",
-        "hv2",
-        "15",
-    ]);
+    assert_eq!(lab.topo.hv[0].vsctl(&["get", "interface", "ovn-xgw-0", "bfd"]).trim(), "{}");
+    lab::ha_router(&lab.ovn);
     let took = lab.wait_bfd("up", Duration::from_secs(30));
     eprintln!("BFD up on both ends of both chassis {took:?} after the HA group");
-    let bfd = lab.hv[0].vsctl(&["get", "interface", "ovn-xgw-0", "bfd"]);
+    let bfd = lab.topo.hv[0].vsctl(&["get", "interface", "ovn-xgw-0", "bfd"]);
     assert!(bfd.contains("check_tnl_key=\"true\"") || bfd.contains("check_tnl_key=true"), "{bfd}");
     let refs = lab.ovn.sbctl(&["--bare", "--columns=ref_chassis", "list", "ha_chassis_group"]);
     let xgw_uuid = lab.ovn.sb_find("chassis", "_uuid", &["name=xgw"]);
@@ -307,11 +206,11 @@ fn xgw_is_a_chassis_of_real_ovn_ping_iperf_and_bfd_through_an_ha_group() {
 
     // Cut xgw's underlay: Down on every end within the detect time (3 x
     // 100 ms, plus polling), Up again once it is back, and traffic with it.
-    lab.ul.ok(&["ip", "link", "set", "u3", "down"]);
+    lab.topo.ul.ok(&["ip", "link", "set", "u3", "down"]);
     let down = lab.wait_bfd("down", Duration::from_secs(5));
     eprintln!("BFD down on every end {down:?} after the cut");
     assert!(down < Duration::from_millis(1500), "detection took {down:?}");
-    lab.ul.ok(&["ip", "link", "set", "u3", "up"]);
+    lab.topo.ul.ok(&["ip", "link", "set", "u3", "up"]);
     let up = lab.wait_bfd("up", Duration::from_secs(20));
     eprintln!("BFD up again {up:?} after the repair");
     lab.reach(2, 0);
@@ -320,7 +219,6 @@ fn xgw_is_a_chassis_of_real_ovn_ping_iperf_and_bfd_through_an_ha_group() {
     for reason in ["unknown_tunnel", "unknown_vni"] {
         assert_eq!(stats["drops"][reason], 0, "{reason}: {stats}");
     }
-    let _ = &lab.xgw;
 }
 
 /// An ARP for an address nobody has, broadcast from a VM behind xgw, from
@@ -350,7 +248,7 @@ fn broadcasts_cross_between_ovn_and_xgw_through_the_flood_group() {
     }
     let ovs_if = xgw_tests::ovs::VM_IF;
     // From vm1 (OVN): to vm3 behind xgw.
-    let cap = Capture::start(&lab.vm3, "eth0", &arp_for("203.0.113.99"));
+    let cap = Capture::start(&lab.topo.vm3, "eth0", &arp_for("203.0.113.99"));
     let _ = lab.vm(0).exec(&["ping", "-c", "2", "-i", "0.3", "-W", "1", "203.0.113.99"]);
     let got = cap.stop();
     assert!(!got.is_empty(), "vm1's ARP never reached vm3\n{}", lab.report());
