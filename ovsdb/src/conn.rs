@@ -200,8 +200,10 @@ pub(crate) async fn sleep_opt(deadline: Option<Instant>) {
 /// A plain connection to one server, for one-off requests (`list_dbs`,
 /// `get_schema`, `transact`) without a replica: requests are sent one at a
 /// time, the server's echo is answered while waiting, and notifications
-/// are kept for [`Connection::next_notification`]. A monitored,
-/// reconnecting replica is [`crate::Client`].
+/// are kept for [`Connection::next_notification`]. Between calls nothing
+/// reads the socket, so a server that probes (TCP, or a probing
+/// `Connection` row) drops a connection left idle for two of its
+/// intervals. A monitored, reconnecting replica is [`crate::Client`].
 pub struct Connection {
     conn: Conn,
     notifications: VecDeque<(String, Value)>,
