@@ -585,6 +585,35 @@ pub struct ShowView {
     pub ports: Vec<PortView>,
     pub bindings: Vec<BindingView>,
     pub ofports: OfportsView,
+    /// The OVN chassis this gateway is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovn: Option<OvnView>,
+}
+
+/// The chassis' session with the Southbound and what the last view of it
+/// did: as `ovn-appctl connection-status` and `ovn-sbctl show` would.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvnView {
+    pub chassis: String,
+    /// The raft member (or server) in use.
+    pub remote: Option<String>,
+    pub connected: bool,
+    pub method: Option<String>,
+    pub last_txn_id: Option<String>,
+    pub registered: bool,
+    /// The `SB_Global.nb_cfg` applied and acknowledged.
+    pub nb_cfg: i64,
+    pub last_error: Option<String>,
+    pub resumes: u64,
+    pub full_resyncs: u64,
+    /// Claimed logical port -> whether it forwards (`Port_Binding.up`).
+    pub claimed: std::collections::BTreeMap<String, bool>,
+    /// Logical port -> why it is not claimed.
+    pub refused: std::collections::BTreeMap<String, String>,
+    pub warnings: Vec<String>,
+    pub tunnels: usize,
+    pub bindings: usize,
+    pub groups: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

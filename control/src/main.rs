@@ -123,6 +123,15 @@ struct RunArgs {
     /// rebuild` for the way that keeps them.
     #[arg(long)]
     accept_store_loss: bool,
+    /// Join OVN as a chassis: the Southbound database (`unix:PATH`,
+    /// `tcp:IP:PORT`, or a comma-separated raft cluster). Overrides
+    /// `remote` in the config file's [ovn].
+    #[arg(long, env = "XGW_OVN_REMOTE")]
+    ovn_remote: Option<String>,
+    /// This gateway's OVN chassis name (`Chassis.name`). Overrides
+    /// `chassis` in [ovn].
+    #[arg(long, env = "XGW_CHASSIS")]
+    chassis: Option<String>,
     /// How often tunnel next hops are re-resolved, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     nexthop_refresh_ms: u64,
@@ -319,6 +328,8 @@ fn run(cli: Cli) -> Result<()> {
                 metrics: a.metrics,
                 keep_datapath: a.keep_datapath,
                 accept_store_loss: a.accept_store_loss,
+                ovn: (a.ovn_remote.is_some() || a.chassis.is_some())
+                    .then_some(daemon::OvnOptions { remote: a.ovn_remote, chassis: a.chassis }),
                 nexthop_refresh: Duration::from_millis(a.nexthop_refresh_ms.max(10)),
                 bfd_rt_priority: a.bfd_rt_priority,
             };

@@ -102,6 +102,19 @@ impl OvnCentral {
         self.tool("ovn-nbctl", &self.nb_remote(), args)
     }
 
+    /// `ovn-sbctl`, which may fail: its stdout, or its output on failure.
+    pub fn sbctl_result(&self, args: &[&str]) -> Result<String, String> {
+        let db = format!("--db={}", self.sb_remote());
+        let mut all = vec!["ovn-sbctl", &db, "--timeout=20"];
+        all.extend_from_slice(args);
+        let out = self.command(&all).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(text(&out))
+        }
+    }
+
     pub fn sbctl(&self, args: &[&str]) -> String {
         self.tool("ovn-sbctl", &self.sb_remote(), args)
     }

@@ -59,6 +59,8 @@ pub struct Daemon {
     pub(super) owned: Ownership,
     /// What the Southbound owns (`ovn.rs`).
     pub(super) ovn_owned: super::ovn::OvnOwned,
+    /// The chassis' settings and the session's status, when an OVN chassis.
+    pub(super) ovn: Option<(super::ovn::Settings, tokio::sync::watch::Receiver<super::southbound::Status>)>,
     netlink: Netlink,
     counters: Counters,
     pub(super) pins: Pins,
@@ -98,6 +100,7 @@ impl Daemon {
             bfd,
             owned,
             ovn_owned,
+            ovn: None,
             netlink,
             counters,
             pins,
@@ -116,6 +119,7 @@ impl Daemon {
             counters: &self.counters,
             pins: &self.pins,
             state_dir: &self.state_dir,
+            ovn: self.ovn.as_ref().map(|(settings, status)| (settings.chassis.as_str(), status.borrow().clone())),
         }
     }
 

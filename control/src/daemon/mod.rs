@@ -19,12 +19,11 @@ mod effects;
 mod links;
 pub mod netlink;
 mod nexthops;
-// Driven by the Southbound connection, which comes with the OVSDB client.
-#[allow(dead_code)]
 mod ovn;
 pub mod pins;
 pub mod recovery;
 mod server;
+pub mod southbound;
 mod uplink;
 mod views;
 
@@ -42,7 +41,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::{
     net::UnixListener,
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
 use crate::{
@@ -76,9 +75,18 @@ pub struct RunOptions {
     /// Start although the store is missing, empty or damaged while the
     /// pinned datapath holds ports: they are removed (`recovery`).
     pub accept_store_loss: bool,
+    /// xgw as a chassis of OVN (`--ovn-remote`, `--chassis`, `[ovn]`).
+    pub ovn: Option<OvnOptions>,
     pub nexthop_refresh: Duration,
     /// SCHED_FIFO priority of the BFD transmit thread (0: ordinary).
     pub bfd_rt_priority: i32,
+}
+
+/// Which Southbound, as which chassis; the rest comes from `[ovn]`.
+#[derive(Debug, Clone)]
+pub struct OvnOptions {
+    pub remote: Option<String>,
+    pub chassis: Option<String>,
 }
 
 impl RunOptions {
@@ -132,8 +140,42 @@ fn lock(state_dir: &Path, uplink: &str) -> Result<Lock> {
 }
 
 /// What `check_options` found: the config, the metrics address, the
-/// uplink's ifindex and the tunnel endpoint addresses.
-type Checked = (Option<Config>, Option<SocketAddr>, Option<u32>, Option<[u8; 4]>, Option<[u8; 16]>);
+/// uplink's ifindex, the tunnel endpoint addresses, and the OVN chassis.
+type Checked =
+    (Option<Config>, Option<SocketAddr>, Option<u32>, Option<[u8; 4]>, Option<[u8; 16]>, Option<ovn::Chassis>);
+
+/// `--ovn-remote`/`--chassis` over `[ovn]`: both or neither.
+fn check_ovn(opts: &RunOptions, config: Option<&Config>) -> Result<Option<ovn::Chassis>> {
+    let file = config.and_then(|c| c.ovn.clone());
+    let remote = opts.ovn.as_ref().and_then(|o| o.remote.clone()).or(file.as_ref().and_then(|f| f.remote.clone()));
+    let chassis = opts
+        .ovn
+        .as_ref()
+        .and_then(|o| o.chassis.clone())
+        .or(file.as_ref().and_then(|f| f.chassis.as_ref().map(|c| c.to_string())));
+    let (remote, chassis) = match (remote, chassis) {
+        (None, None) if file.is_none() => return Ok(None),
+        (Some(r), Some(c)) => (r, c),
+        (None, _) => bail!("ovn: remote: missing (--ovn-remote, or remote in [ovn])"),
+        (_, None) => bail!("ovn: chassis: missing (--chassis, or chassis in [ovn])"),
+    };
+    let chassis = crate::types::Name::new(chassis.as_str()).map_err(|e| anyhow!("ovn: chassis: {e}"))?;
+    let remotes: xgw_ovsdb::Remotes = remote.parse().map_err(|e| anyhow!("ovn: remote: {e}"))?;
+    let file = file.unwrap_or_default();
+    let hostname = match &file.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+    };
+    let identity = southbound::Identity {
+        remotes,
+        chassis: chassis.to_string(),
+        hostname,
+        encap_ips: opts.local_ips.iter().map(|ip| ip.get()).collect(),
+        encap_csum: file.encap_csum,
+        transport_zones: file.transport_zones.clone(),
+    };
+    Ok(Some(ovn::Chassis { settings: ovn::Settings::from_config(&chassis, &file), identity }))
+}
 
 /// Checks what can be checked without touching anything.
 fn check_options(opts: &RunOptions) -> Result<Checked> {
@@ -162,7 +204,8 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
     if uplink.is_none() {
         bail!("uplink: {:?}: no such interface", opts.uplink);
     }
-    Ok((config, metrics, uplink, ip4, ip6))
+    let ovn = check_ovn(opts, config.as_ref())?;
+    Ok((config, metrics, uplink, ip4, ip6, ovn))
 }
 
 /// The daemon's connections and timers ask the state's owner (see `own`)
@@ -176,6 +219,8 @@ pub(crate) enum Msg {
     WatchLinks,
     /// Re-read the config file; the answer says whether it was applied.
     Reload(PathBuf, oneshot::Sender<Result<()>>),
+    /// A new view of the Southbound to apply (`southbound.rs`).
+    Ovn(Box<crate::ovn::sb::Sb>, oneshot::Sender<Result<ovn::Outcome>>),
     /// The watchdog asks whether the state's owner still takes messages.
     Ping(oneshot::Sender<()>),
     Stop {
@@ -210,7 +255,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 }
 
 async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
-    let (config, metrics, uplink_index, ip4, ip6) = checked;
+    let (config, metrics, uplink_index, ip4, ip6, ovn) = checked;
     let uplink_index = uplink_index.expect("checked");
     // Handlers before anything is touched: a SIGTERM during the start then
     // waits for the start to finish and stops cleanly.
@@ -261,11 +306,14 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Msg>(256);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
     let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+    let (sb_status_tx, sb_status_rx) = watch::channel(southbound::Status::default());
     let owner = {
         let (opts, pins) = (opts.clone(), pins.clone());
+        let ovn = ovn.as_ref().map(|c| (c.settings.clone(), sb_status_rx));
         std::thread::Builder::new().name("xgw-state".into()).spawn(move || {
             match start(&opts, &pins, config.as_ref(), uplink_index, ip4, ip6) {
-                Ok(daemon) => {
+                Ok(mut daemon) => {
+                    daemon.set_ovn(ovn);
                     let _ = ready_tx.send(Ok(()));
                     own(daemon, rx, fatal_tx);
                 }
@@ -312,6 +360,13 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     if let Some(period) = watchdog_period() {
         tokio::spawn(watchdog(period, tx.clone()));
     }
+    // The Southbound session, once the datapath forwards what it has.
+    let (sb_stop_tx, sb_stop_rx) = watch::channel(false);
+    let (sb_fatal_tx, mut sb_fatal_rx) = mpsc::unbounded_channel::<anyhow::Error>();
+    let sb_task = ovn.as_ref().map(|c| {
+        tracing::info!(chassis = c.identity.chassis, remote = %c.identity.remotes, "ovn: joining the Southbound");
+        tokio::spawn(southbound::run(c.identity.clone(), tx.clone(), sb_fatal_tx.clone(), sb_status_tx, sb_stop_rx))
+    });
     notify_systemd(&format!("READY=1\nSTATUS=forwarding on {}", opts.uplink));
     tracing::info!(uplink = opts.uplink, socket = %opts.socket.display(), "xgw daemon ready");
 
@@ -335,6 +390,17 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(e) = sb_fatal_rx.recv() => {
+                // Only the operator can fix it: stop as on SIGTERM, and say why.
+                tracing::error!("{e:#}");
+                notify_systemd("STOPPING=1");
+                let _ = fs::remove_file(&opts.socket);
+                let (done, stopped) = oneshot::channel();
+                let _ = tx.send(Msg::Stop { keep_datapath: opts.keep_datapath, done }).await;
+                let _ = stopped.await;
+                let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+                return Err(e);
+            }
             Some(e) = fatal_rx.recv() => {
                 // The state thread has stopped, leaving the datapath running.
                 notify_systemd("STOPPING=1");
@@ -346,6 +412,18 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     }
     notify_systemd("STOPPING=1");
     let _ = fs::remove_file(&opts.socket);
+    let _ = sb_stop_tx.send(true);
+    if let Some(task) = sb_task {
+        let _ = task.await;
+    }
+    // A clean stop takes the chassis out of OVN (its peers drop their
+    // tunnels to it); a stop that leaves the datapath forwarding does not.
+    if let (Some(c), false) = (&ovn, opts.keep_datapath) {
+        match southbound::unregister(&c.identity.remotes, &c.identity.chassis).await {
+            Ok(()) => tracing::info!(chassis = c.identity.chassis, "ovn: left the Southbound"),
+            Err(e) => tracing::warn!(chassis = c.identity.chassis, "ovn: could not leave the Southbound: {e:#}"),
+        }
+    }
     let (done, stopped) = oneshot::channel();
     tx.send(Msg::Stop { keep_datapath: opts.keep_datapath, done })
         .await
@@ -435,6 +513,9 @@ fn own(mut d: Daemon, mut rx: mpsc::Receiver<Msg>, fatal: mpsc::UnboundedSender<
                     Err(e) => tracing::error!("config not reloaded: {e:#}"),
                 }
                 let _ = done.send(r);
+            }
+            Msg::Ovn(sb, reply) => {
+                let _ = reply.send(d.apply_southbound(&sb));
             }
             Msg::Ping(pong) => {
                 let _ = pong.send(());

@@ -31,13 +31,6 @@ pub struct OvnOwned {
     pub tunnel_names: BTreeMap<String, Name>,
 }
 
-impl OvnOwned {
-    /// What an API or config change may not take: the Southbound's.
-    pub fn owns_port(&self, name: &str) -> bool {
-        self.ports.contains(name)
-    }
-}
-
 /// The chassis' settings, from `[ovn]` and the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -58,6 +51,14 @@ impl Settings {
     }
 }
 
+/// The OVN chassis a daemon runs as: its identity in the Southbound and
+/// what decides its plan.
+#[derive(Debug, Clone)]
+pub struct Chassis {
+    pub identity: super::southbound::Identity,
+    pub settings: Settings,
+}
+
 /// What applying one view of the Southbound did, for the Southbound
 /// (claims, releases, the `nb_cfg` to acknowledge) and for `show`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -76,6 +77,19 @@ pub struct Outcome {
 }
 
 impl Daemon {
+    pub(super) fn set_ovn(&mut self, ovn: Option<(Settings, tokio::sync::watch::Receiver<super::southbound::Status>)>) {
+        self.ovn = ovn;
+    }
+
+    /// `apply_ovn` with this daemon's chassis settings.
+    pub(super) fn apply_southbound(&mut self, sb: &Sb) -> Result<Outcome> {
+        let settings = match &self.ovn {
+            Some((s, _)) => s.clone(),
+            None => anyhow::bail!("this daemon is no OVN chassis"),
+        };
+        self.apply_ovn(&settings, sb)
+    }
+
     /// Commits what `sb` says this chassis has: the OVN entries follow the
     /// plan, the config file's and the API's stay as they are.
     pub(super) fn apply_ovn(&mut self, settings: &Settings, sb: &Sb) -> Result<Outcome> {

@@ -53,6 +53,7 @@ pub struct Views<'a> {
     pub counters: &'a Counters,
     pub pins: &'a Pins,
     pub state_dir: &'a str,
+    pub ovn: Option<(&'a str, super::southbound::Status)>,
 }
 
 impl Views<'_> {
@@ -207,6 +208,27 @@ impl Views<'_> {
             ports: self.ports(None),
             bindings: self.bindings(),
             ofports: self.ofports(),
+            ovn: self.ovn.as_ref().map(|(chassis, st)| {
+                let outcome = st.outcome.clone().unwrap_or_default();
+                crate::api::OvnView {
+                    chassis: chassis.to_string(),
+                    remote: st.remote.clone(),
+                    connected: st.connected,
+                    method: st.method.clone(),
+                    last_txn_id: st.last_txn_id.clone(),
+                    registered: st.registered,
+                    nb_cfg: st.nb_cfg,
+                    last_error: st.last_error.clone(),
+                    resumes: st.resumes,
+                    full_resyncs: st.full_resyncs,
+                    claimed: outcome.claims.iter().map(|(c, up)| (c.logical_port.clone(), *up)).collect(),
+                    refused: outcome.refused,
+                    warnings: outcome.warnings,
+                    tunnels: outcome.tunnels,
+                    bindings: outcome.bindings,
+                    groups: outcome.groups,
+                }
+            }),
         }
     }
 

@@ -22,6 +22,7 @@ mod harness;
 mod jumbo;
 mod ofport_maps;
 mod ovn_chassis;
+mod ovn_sb;
 mod ovs_flow_key;
 mod ovs_interop;
 mod ovs_peer;

@@ -1,0 +1,241 @@
+//! xgw as an OVN chassis driven by the Southbound alone (`[ovn]`): it
+//! registers, gets its tunnels, port, bindings, group and BFD from the
+//! database, acknowledges `nb_cfg` (so `ovn-nbctl --wait=hv` covers it),
+//! keeps every number through churn and the 2018 incident's redundant
+//! chassis, and leaves OVN on a clean stop. The lab is `ovn::lab`'s: ls1
+//! with vm1 on hv1, vm2 on hv2, vm3 behind xgw.
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xgw_tests::{
+    daemon::Daemon,
+    ovn::{
+        lab::{self, VM_IP, XGW_IP},
+        OvnCentral,
+    },
+    require_root,
+};
+
+struct Lab {
+    // Drop order: xgw stops, the rest of the lab goes, central stops.
+    d: Daemon,
+    topo: lab::Topology,
+    ovn: OvnCentral,
+}
+
+/// The lab, vm3 asking for chassis `xgw`, and xgw started with `[ovn]`.
+fn lab() -> Lab {
+    let ovn = OvnCentral::start();
+    let topo = lab::topology(&ovn);
+    ovn.nbctl(&["lsp-set-options", "vm3", "requested-chassis=xgw"]);
+    let mut d = Daemon::new(&topo.xgw, "ul", &[XGW_IP]);
+    let cfg = d.state.path.join("xgw.toml");
+    std::fs::write(
+        &cfg,
+        format!("[ovn]\nremote = \"{}\"\nchassis = \"xgw\"\n[ovn.interfaces]\nvm3 = \"p3\"\n", ovn.sb_remote()),
+    )
+    .unwrap();
+    d.extra = vec!["--config".into(), cfg.display().to_string()];
+    d.start();
+    Lab { d, topo, ovn }
+}
+
+impl Lab {
+    fn vm(&self, i: usize) -> &xgw_tests::Netns {
+        if i == 2 {
+            &self.topo.vm3
+        } else {
+            self.topo.hv[i].vm()
+        }
+    }
+
+    fn received(&self, from: usize, to: usize, count: u32) -> u32 {
+        let out = self.vm(from).exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", VM_IP[to]]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(',').find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0)
+    }
+
+    fn reach(&self, from: usize, to: usize) {
+        // OVS drops the packet that triggers its underlay ARP.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.received(from, to, 1) == 0 {
+            assert!(Instant::now() < deadline, "vm{} never reached vm{}\n{}", from + 1, to + 1, self.report());
+        }
+        assert_eq!(self.received(from, to, 4), 4, "vm{} -> vm{}\n{}", from + 1, to + 1, self.report());
+    }
+
+    fn show(&self) -> Value {
+        self.d.json(&["show"])
+    }
+
+    /// Name -> OpenFlow number of every port xgw has.
+    fn numbers(&self) -> std::collections::BTreeMap<String, u64> {
+        let show = self.show();
+        show["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_owned(), p["ofport"].as_u64().unwrap()))
+            .collect()
+    }
+
+    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.report());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn report(&self) -> String {
+        let mut s = format!("xgw show: {}\n", self.d.json(&["show"]));
+        s += &format!("SB chassis: {}\n", self.ovn.sbctl(&["--columns=name,encaps,other_config", "list", "chassis"]));
+        s += &format!(
+            "SB port bindings: {}\n",
+            self.ovn.sbctl(&["--columns=logical_port,chassis,up,requested_chassis", "list", "port_binding"])
+        );
+        for (i, h) in self.topo.hv.iter().enumerate() {
+            s += &format!("hv{} ovn-controller:\n{}\n", i + 1, h.ovn_log_tail(6));
+        }
+        s
+    }
+
+    fn ovs_bfd(&self, i: usize) -> Option<String> {
+        self.topo.hv[i].bfd_status("ovn-xgw-0").get("state").cloned()
+    }
+}
+
+#[test]
+fn xgw_registers_learns_everything_from_the_southbound_and_forwards() {
+    require_root!();
+    let lab = lab();
+    let ovn = &lab.ovn;
+
+    // Registered as a chassis with a geneve encap on its IP.
+    let encap = lab.wait("xgw's Encap", Duration::from_secs(20), || {
+        let ip = ovn.sb_find("encap", "ip", &["chassis_name=xgw"]);
+        (!ip.is_empty()).then_some(ip)
+    });
+    assert_eq!(encap.trim(), XGW_IP);
+    assert_eq!(ovn.sb_find("encap", "type", &["chassis_name=xgw"]).trim(), "geneve");
+    let other = ovn.sb_find("chassis", "other_config", &["name=xgw"]);
+    assert!(other.contains("port-up-notif=true"), "{other}");
+    assert!(!ovn.sb_find("chassis_private", "_uuid", &["name=xgw"]).is_empty(), "Chassis_Private");
+
+    // vm3 claimed and up once its entries are in.
+    let xgw_uuid = ovn.sb_find("chassis", "_uuid", &["name=xgw"]);
+    lab.wait("vm3 claimed and up", Duration::from_secs(20), || {
+        let chassis = ovn.sb_find("port_binding", "chassis", &["logical_port=vm3"]);
+        let up = ovn.sb_find("port_binding", "up", &["logical_port=vm3"]);
+        (chassis.trim() == xgw_uuid.trim() && up.trim() == "true").then_some(())
+    });
+    // The peers build their tunnels to it, as to any chassis.
+    for h in &lab.topo.hv {
+        lab.wait("ovn-xgw-0 on each hypervisor", Duration::from_secs(20), || {
+            h.vsctl(&["list-ports", "br-int"]).lines().any(|p| p == "ovn-xgw-0").then_some(())
+        });
+    }
+
+    // xgw's side: one flow-keyed tunnel per chassis, named as OVN names
+    // them, vm3 from its binding, vm1 and vm2 as remote bindings.
+    let show = lab.wait("tunnels, vm3 and both bindings in xgw", Duration::from_secs(20), || {
+        let show = lab.show();
+        let names: Vec<&str> = show["ports"].as_array()?.iter().filter_map(|p| p["name"].as_str()).collect();
+        let ok = names.contains(&"ovn-hv1-0") && names.contains(&"ovn-hv2-0") && names.contains(&"vm3");
+        (ok && show["bindings"].as_array()?.len() == 2).then_some(show)
+    });
+    let vni: u64 = ovn.sb_find("datapath_binding", "tunnel_key", &["external_ids:name=ls1"]).trim().parse().unwrap();
+    let key = |lsp: &str| -> u64 {
+        ovn.sb_find("port_binding", "tunnel_key", &[&format!("logical_port={lsp}")]).trim().parse().unwrap()
+    };
+    let port = |name: &str| show["ports"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    let vm3 = port("vm3");
+    assert_eq!((vm3["vni"].as_u64(), vm3["port_key"].as_u64()), (Some(vni), Some(key("vm3"))), "{vm3}");
+    for t in ["ovn-hv1-0", "ovn-hv2-0"] {
+        assert_eq!(port(t)["key"], "flow", "{}", port(t));
+    }
+    assert_eq!(show["ovn"]["connected"], true, "{}", show["ovn"]);
+    assert_eq!(show["ovn"]["claimed"]["vm3"], true);
+
+    for i in 0..2 {
+        lab.reach(2, i);
+        lab.reach(i, 2);
+    }
+
+    // `--wait=hv` returns only once every chassis, xgw included, has
+    // applied the change: xgw acknowledges nb_cfg.
+    let out = ovn.nbctl(&["--wait=hv", "--timeout=10", "sync"]);
+    let _ = out;
+    let sb_cfg = ovn.sbctl(&["get", "SB_Global", ".", "nb_cfg"]);
+    lab.wait("xgw's nb_cfg", Duration::from_secs(10), || {
+        (ovn.sb_find("chassis_private", "nb_cfg", &["name=xgw"]).trim() == sb_cfg.trim()).then_some(())
+    });
+
+    // BFD where ovn-controller would run it: an HA router over hv1 and hv2
+    // makes xgw a ref chassis; both ends come up on both tunnels.
+    lab::ha_router(ovn);
+    lab.wait("BFD up on both ends", Duration::from_secs(30), || {
+        let sessions = lab.d.json(&["bfd", "show"]);
+        let xgw_up = sessions.as_array()?.iter().filter(|s| s["local_state"] == "up").count() == 2;
+        (xgw_up && (0..2).all(|i| lab.ovs_bfd(i).as_deref() == Some("up"))).then_some(())
+    });
+
+    // Churn: a port removed and added back, the HA group changed; the
+    // tunnels keep their numbers throughout.
+    let before = lab.numbers();
+    for round in 0..5 {
+        ovn.nbctl(&["lsp-del", "vm2"]);
+        lab.wait("vm2's binding gone", Duration::from_secs(10), || {
+            (lab.show()["bindings"].as_array()?.len() < 3).then_some(())
+        });
+        ovn.nbctl(&["lsp-add", "ls1", "vm2", "--", "lsp-set-addresses", "vm2", "02:00:5e:00:01:02 203.0.113.2"]);
+        ovn.nbctl(&["--wait=hv", "--timeout=10", "sync"]);
+        let _ = round;
+    }
+    lab.reach(2, 1);
+    let after = lab.numbers();
+    for t in ["ovn-hv1-0", "ovn-hv2-0", "vm3"] {
+        assert_eq!(after[t], before[t], "{t} kept its number through churn");
+    }
+
+    // The 2018 incident: a redundant chassis with xgw's IP. The Southbound
+    // refuses it; xgw's tunnels and numbers do not move.
+    let dup = ovn.sbctl_result(&["chassis-add", "dup1", "geneve", XGW_IP]);
+    assert!(dup.is_err_and(|e| e.contains("constraint violation")), "the Southbound took a duplicate encap");
+    let dup = ovn.sbctl_result(&["chassis-add", "dup2", "geneve", lab::HV_IP[0]]);
+    assert!(dup.is_err_and(|e| e.contains("constraint violation")));
+    ovn.nbctl(&["--wait=hv", "--timeout=10", "sync"]);
+    assert_eq!(lab.numbers(), after, "numbers moved after a refused redundant chassis");
+    let show = lab.show();
+    assert!(show["ovn"]["refused"].as_object().unwrap().is_empty(), "{}", show["ovn"]);
+
+    eprintln!("{}", lab.d.cli(&["show"]));
+    eprintln!("{}", lab.d.cli(&["bfd", "show"]));
+    // A clean stop leaves OVN: the peers drop their tunnels to xgw.
+    let mut lab = lab;
+    lab.d.stop();
+    lab.wait("xgw's Chassis gone", Duration::from_secs(10), || {
+        lab.ovn.sb_find("chassis", "_uuid", &["name=xgw"]).is_empty().then_some(())
+    });
+}
+
+/// An encap IP that another chassis holds is one clear error and a
+/// non-zero exit, never a retry loop.
+#[test]
+fn a_taken_encap_ip_stops_the_daemon_with_the_reason() {
+    require_root!();
+    let ovn = OvnCentral::start();
+    let topo = lab::topology(&ovn);
+    ovn.sbctl(&["chassis-add", "squatter", "geneve", XGW_IP]);
+    let d = Daemon::new(&topo.xgw, "ul", &[XGW_IP]);
+    let p =
+        xgw_tests::Process::spawn(d.run_command(&["--ovn-remote", &ovn.sb_remote(), "--chassis", "xgw"]), "xgw run");
+    let (status, _, err) = p.wait(Duration::from_secs(20)).expect("the daemon exits instead of retrying");
+    assert!(!status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("another chassis already registered that IP") && last.contains("xgw"), "{err}");
+    assert!(ovn.sb_find("chassis", "_uuid", &["name=xgw"]).is_empty(), "half registered");
+}
