@@ -336,7 +336,7 @@ pub enum Reply {
     Group(GroupView),
     GroupDeleted(GroupView),
     Groups(Vec<GroupView>),
-    Show(ShowView),
+    Show(Box<ShowView>),
     Stats(StatsView),
     /// `bfd show` (one session or all).
     BfdSessions(Vec<BfdSessionView>),

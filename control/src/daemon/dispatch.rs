@@ -182,7 +182,7 @@ impl Daemon {
             Request::GroupAdd(g) => self.group_add(&g),
             Request::GroupDel { vni, key } => self.group_del(vni, key),
             Request::GroupList => Ok(Reply::Groups(self.views().groups())),
-            Request::Show => Ok(Reply::Show(self.views().show())),
+            Request::Show => Ok(Reply::Show(Box::new(self.views().show()))),
             Request::Stats => Ok(Reply::Stats(self.views().stats()?)),
             Request::BfdShow { name } => {
                 let mut sessions = self.bfd.sessions();
