@@ -352,7 +352,7 @@ fn writes(sb: &Sb, id: &Identity, outcome: &Outcome) -> Vec<Value> {
 /// A `constraint violation` on Encap: another chassis holds this IP (the
 /// 2018 incident's redundant chassis, which the Southbound now refuses).
 fn taken_ip(e: &xgw_ovsdb::Error) -> bool {
-    matches!(e, xgw_ovsdb::Error::Transaction { error, .. } if error.error == "constraint violation")
+    matches!(e, xgw_ovsdb::Error::Transaction { error, .. } if error.kind == xgw_ovsdb::ErrorKind::ConstraintViolation)
 }
 
 /// The session: until `stop` says so. A condition that only the operator
