@@ -449,7 +449,7 @@ impl Daemon {
         self.bfd.watch();
     }
 
-    pub(super) fn metrics(&self) -> Result<String> {
+    pub(super) fn metrics(&self) -> Result<crate::metrics::Exposition> {
         self.views().metrics()
     }
 

@@ -166,7 +166,7 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
 /// through one channel; each request carries its own reply channel.
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Result<Reply>>),
-    Metrics(oneshot::Sender<Result<String>>),
+    Metrics(oneshot::Sender<Result<crate::metrics::Exposition>>),
     RefreshNexthops,
     Netlink(Vec<netlink::Event>),
     WatchBfd,
