@@ -73,8 +73,14 @@ impl Daemon {
 
     /// Starts the daemon and waits until it answers `show`.
     pub fn start(&mut self) {
+        self.start_command(self.run_command(&[]));
+    }
+
+    /// Starts `cmd` (`run_command`'s, maybe wrapped) as the daemon and
+    /// waits until it answers `show`.
+    pub fn start_command(&mut self, cmd: Command) {
         assert!(self.process.is_none(), "daemon already running");
-        let p = Process::spawn(self.run_command(&[]), "xgw run");
+        let p = Process::spawn(cmd, "xgw run");
         self.process = Some(p);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -190,6 +190,13 @@ impl Daemon {
             Request::BfdPeerDel { name } => self.peer_del(&name),
             Request::BfdPeerList => Ok(Reply::BfdPeers(self.views().peers())),
             Request::StoreExport => Ok(Reply::Store(self.ports.store().export()?)),
+            Request::LogSet { set } => {
+                let view = crate::logging::set(&set)?;
+                // At warn: seen whatever the new levels are.
+                tracing::warn!(filter = view.filter, "log levels changed");
+                Ok(Reply::Log(view))
+            }
+            Request::LogShow => Ok(Reply::Log(crate::logging::show()?)),
         }
     }
 
