@@ -249,6 +249,23 @@ pub fn levels() -> Result<Levels> {
     Ok(control()?.levels.lock().expect("never poisoned").clone())
 }
 
+/// The datapath's aya-log level (`AYA_LOG_LEVEL`, aya-log-common's
+/// numbering: 0 off, 1 error ... 5 trace), from the level `xgw_datapath`
+/// has when the programs are loaded; `None` if this process's log is not
+/// xgw's (every level stays compiled in). A later `xgw log set` can quiet
+/// the datapath's records, not enable levels pruned at load.
+pub fn datapath_level() -> Option<u8> {
+    let level = levels().ok()?.level_for(DATAPATH);
+    Some(match level {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    })
+}
+
 /// What `xgw log show` prints.
 pub fn show() -> Result<LogView> {
     Ok(levels()?.view())

@@ -16,8 +16,8 @@ use xgw_tests::{
 
 const GW_IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
 
-/// A gateway namespace with an uplink toward a peer namespace and a veth
-/// pair (`p1`, `p1x`) for a local port.
+/// A gateway namespace with an uplink toward a peer namespace and two veth
+/// pairs (`p1`, `p1x`; `p2`, `p2x`) for local ports.
 struct Gw {
     ns: Netns,
     _peer: Netns,
@@ -28,9 +28,11 @@ fn gateway(tag: &str) -> Gw {
     let ns = Netns::new(tag);
     let peer = Netns::new("peer");
     Veth::new(&ns, "ul", &format!("{}/24", GW_IP[0]), &peer, "w", &format!("{}/24", GW_IP[1]));
-    ns.ok(&["ip", "link", "add", "p1", "type", "veth", "peer", "name", "p1x"]);
-    ns.ok(&["ip", "link", "set", "p1", "up"]);
-    ns.ok(&["ip", "link", "set", "p1x", "up"]);
+    for p in ["p1", "p2"] {
+        ns.ok(&["ip", "link", "add", p, "type", "veth", "peer", "name", &format!("{p}x")]);
+        ns.ok(&["ip", "link", "set", p, "up"]);
+        ns.ok(&["ip", "link", "set", &format!("{p}x"), "up"]);
+    }
     let daemon = Daemon::new(&ns, "ul", &[GW_IP[0]]);
     Gw { ns, _peer: peer, daemon }
 }
@@ -185,4 +187,82 @@ fn under_systemd_each_line_carries_its_syslog_priority() {
     let text = gw.daemon.stop();
     assert!(text.lines().any(|l| l.contains("xgw daemon ready")), "{text}");
     assert!(!text.lines().any(|l| l.starts_with('<')), "{text}");
+}
+
+/// How many instructions the verifier explored for the program of the XDP
+/// link pinned at `pin`.
+fn verified(pin: &std::path::Path) -> u32 {
+    let link: serde_json::Value = serde_json::from_slice(
+        &Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(pin).output().unwrap().stdout,
+    )
+    .expect("bpftool link show");
+    let id = link["prog_id"].as_u64().expect("prog_id") as u32;
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .unwrap_or_else(|| panic!("no program {id}"));
+    prog.verified_instruction_count().expect("the kernel reports verified_insns")
+}
+
+#[test]
+fn the_datapath_tells_a_failed_redirect_in_the_daemons_log_not_per_packet() {
+    require_root!();
+    let mut gw = gateway("ldp");
+    gw.daemon.start();
+    let d = &gw.daemon;
+    let (vm1, vm2) = ("02:00:5e:20:00:01", "02:00:5e:20:00:02");
+    d.cli(&[
+        "port",
+        "add",
+        "vm1",
+        "--ifname",
+        "p1",
+        "--vni",
+        "5001",
+        "--port-key",
+        "17",
+        "--mac",
+        vm1,
+        "--ip",
+        "203.0.113.1",
+    ]);
+    let p2 = d.json(&["port", "add", "vm2", "--ifname", "p2", "--vni", "5001", "--port-key", "18", "--mac", vm2]);
+    let ofport = p2["ofport"].as_u64().unwrap() as u32;
+    // vm2's DEVMAP slot goes missing (as if the daemon had not finished
+    // writing it): vm1's frames to vm2 are switched to a port with no
+    // interface to redirect to.
+    let devmap = aya::maps::MapData::from_pin(d.pins().join("DEVMAP")).unwrap();
+    let mut devmap = aya::maps::DevMapHash::try_from(aya::maps::Map::DevMapHash(devmap)).unwrap();
+    devmap.remove(ofport).expect("vm2's DEVMAP entry");
+    let ns = &gw.ns;
+    ns.ok(&["ip", "link", "set", "p1x", "address", vm1]);
+    ns.ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", "p1x"]);
+    ns.ok(&["ip", "neigh", "replace", "203.0.113.2", "lladdr", vm2, "dev", "p1x", "nud", "permanent"]);
+    let sent = 40;
+    let _ = ns.exec(&["ping", "-c", &sent.to_string(), "-i", "0.01", "-W", "1", "-I", "p1x", "203.0.113.2"]);
+
+    let what = format!("xgw_local: no DEVMAP entry for ofport {ofport}; dropped");
+    let first = wait_line(d, &what, Duration::from_secs(5));
+    assert!(first.contains("WARN xgw_datapath::events:"), "{first}");
+    let dropped = d.json(&["stats"])["drops"]["redirect_failed"].as_u64().unwrap();
+    assert!(dropped >= sent, "{dropped} redirect failures counted for {sent} pings");
+    // Told at the 1st, 2nd, 4th, 8th... failure on each CPU: a handful of
+    // lines for every CPU together, not one per packet.
+    std::thread::sleep(Duration::from_millis(1500));
+    let told = log(d).lines().filter(|l| l.contains(&what)).count();
+    eprintln!("{told} lines for {dropped} failures, the first: {first}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let most = cpus * (64 - dropped.leading_zeros() as usize);
+    assert!(told <= most && (told as u64) < dropped, "{told} lines for {dropped} failures ({cpus} CPUs)");
+    let with_logs = verified(&d.pins().join("links/uplink"));
+    gw.daemon.stop();
+
+    // With the datapath's target below warn at load, the verifier prunes
+    // its aya-log calls: fewer instructions explored, and nothing told.
+    gw.daemon.env = vec![("XGW_LOG".into(), "info,xgw_datapath=error".into())];
+    gw.daemon.start();
+    let without = verified(&gw.daemon.pins().join("links/uplink"));
+    assert!(without < with_logs, "xgw_uplink verified {without} instructions without its warn calls, {with_logs} with");
+    eprintln!("xgw_uplink: the verifier explored {with_logs} instructions with its warn calls, {without} without");
+    gw.daemon.stop();
 }
