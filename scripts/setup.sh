@@ -10,10 +10,13 @@ set -euo pipefail
 # Debian packages: build and inspection tools, then the real peers used by the
 # interoperability tests (Open vSwitch userspace datapath, FRR bfdd, OVN), then
 # what the unit's test reads: systemd-analyze (systemd, not running) and the
-# system call numbers (linux-libc-dev).
+# system call numbers (linux-libc-dev), and the metrics checkers: promtool
+# (only in Debian's `prometheus`, ~19 MB to download, ~96 MB installed; its
+# server is not wanted, see below) and the Prometheus Python client's parsers.
 PACKAGES=(bpftool iproute2 iputils-ping tcpdump ethtool iperf3 procps
           openvswitch-switch frr ovn-central ovn-host
-          systemd linux-libc-dev)
+          systemd linux-libc-dev
+          prometheus python3-prometheus-client)
 BPF_LINKER_VERSION=0.13.0
 BPFFS=${XGW_BPFFS:-/sys/fs/bpf}
 LLVM_PREFIX_ROOT=${XGW_LLVM_PREFIX_ROOT:-/var/lib/xgw/toolchain}
@@ -38,6 +41,11 @@ if [ ${#missing[@]} -gt 0 ]; then
             "${missing[@]}" >/tmp/xgw-apt.log 2>&1; then
         tail -5 /tmp/xgw-apt.log >&2
         die "apt-get could not install ${missing[*]} (log: /tmp/xgw-apt.log)."
+    fi
+    # Installing `prometheus` for promtool enables and, under systemd, starts
+    # a Prometheus server; one this script installed is stopped again.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
     fi
 fi
 

@@ -63,6 +63,13 @@ pub enum Request {
     BfdPeerList,
     /// The whole store, as `xgw store export` prints it.
     StoreExport,
+    /// Change log levels at run time (`xgw log set`, like `ovs-appctl
+    /// vlog/set`): `["aya=debug", "info"]`, all or none.
+    LogSet {
+        set: Vec<crate::logging::Directive>,
+    },
+    /// The log levels in force.
+    LogShow,
 }
 
 impl Request {
@@ -79,6 +86,7 @@ impl Request {
                 | Request::BfdShow { .. }
                 | Request::BfdPeerList
                 | Request::StoreExport
+                | Request::LogShow
         )
     }
 }
@@ -343,6 +351,8 @@ pub enum Reply {
     BfdPeer(BfdPeerView),
     BfdPeers(Vec<BfdPeerView>),
     Store(crate::ofport::redb_store::Export),
+    /// `log set`, `log show`.
+    Log(crate::logging::LogView),
 }
 
 impl Reply {
@@ -362,6 +372,7 @@ impl Reply {
             Reply::BfdPeer(v) => serde_json::to_value(v),
             Reply::BfdPeers(v) => serde_json::to_value(v),
             Reply::Store(v) => serde_json::to_value(v),
+            Reply::Log(v) => serde_json::to_value(v),
         }
     }
 }

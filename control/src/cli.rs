@@ -80,6 +80,21 @@ pub enum PeerCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum LogCmd {
+    /// Change log levels in the running daemon (like `ovs-appctl
+    /// vlog/set`); they last until it stops (`XGW_LOG` sets them at start).
+    Set {
+        /// `TARGET=LEVEL` (a crate or module path: `aya=debug`,
+        /// `xgw::daemon::bfd=trace`, `xgw_datapath=warn`) or a bare LEVEL
+        /// for xgw's own; levels: off, error, warn, info, debug, trace.
+        #[arg(required = true, value_name = "TARGET=LEVEL")]
+        directives: Vec<crate::logging::Directive>,
+    },
+    /// The levels in force: xgw's, each target named, every other target's.
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum BindingCmd {
     /// Bind a remote MAC (and IP) to a tunnel and the remote port's key.
     Add(Binding),
@@ -159,6 +174,14 @@ pub fn bfd(c: &Common, cmd: BfdCmd) -> Result<()> {
     send(c, &req)
 }
 
+pub fn log(c: &Common, cmd: LogCmd) -> Result<()> {
+    let req = match cmd {
+        LogCmd::Set { directives } => Request::LogSet { set: directives },
+        LogCmd::Show => Request::LogShow,
+    };
+    send(c, &req)
+}
+
 pub fn show(c: &Common) -> Result<()> {
     send(c, &Request::Show)
 }
@@ -206,6 +229,7 @@ fn human(reply: &Reply, one_session: bool) -> String {
         Reply::BfdPeer(p) => format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip),
         Reply::BfdPeers(p) => peers_table(p),
         Reply::Store(e) => serde_json::to_string_pretty(e).unwrap_or_default() + "\n",
+        Reply::Log(v) => log_table(v),
     }
 }
 
@@ -453,4 +477,14 @@ fn stats_text(v: &StatsView) -> String {
         s += &format!(" drop_{k}={n}");
     }
     s + "\n"
+}
+
+/// As `ovs-appctl vlog/list` lays it out: a target per line, then the rest.
+fn log_table(v: &crate::logging::LogView) -> String {
+    let width = v.targets.keys().map(String::len).max().unwrap_or(0).max("(others)".len());
+    let mut out = format!("{:<width$}  level\n", "target");
+    for (t, l) in &v.targets {
+        out += &format!("{t:<width$}  {l}\n");
+    }
+    out + &format!("{:<width$}  {}\n", "(others)", v.others)
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod listen;
+pub mod logging;
 pub mod metrics;
 pub mod ofport;
 pub mod ovn;

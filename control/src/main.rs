@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xgw::{
-    cli::{self, BfdCmd, BindingCmd, Common, GroupCmd, PortCmd, TunnelCmd},
+    cli::{self, BfdCmd, BindingCmd, Common, GroupCmd, LogCmd, PortCmd, TunnelCmd},
     daemon::{self, RunOptions},
     datapath::AttachMode,
     probe,
@@ -66,6 +66,13 @@ enum Command {
     Stats {
         #[command(flatten)]
         common: Common,
+    },
+    /// The daemon's log levels: `set TARGET=LEVEL`, `show` (like `ovs-appctl vlog/...`).
+    Log {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: LogCmd,
     },
     /// Remove the pinned programs, links and maps a daemon left behind.
     Uninstall {
@@ -342,6 +349,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bfd { common, cmd } => cli::bfd(&common, cmd)?,
         Command::Show { common } => cli::show(&common)?,
         Command::Stats { common } => cli::stats(&common)?,
+        Command::Log { common, cmd } => cli::log(&common, cmd)?,
         Command::Uninstall { bpffs, uplink, state_dir } => {
             let dir = match (bpffs, uplink) {
                 (Some(d), _) => d,
@@ -390,11 +398,11 @@ fn printable(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XGW_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // XGW_LOG; a value that does not parse is refused, by name.
+    if let Err(e) = xgw::logging::init() {
+        eprintln!("xgw: {}", printable(&format!("{e:#}")));
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)

@@ -23,7 +23,7 @@ use xgw_common::{
 
 use crate::{
     csum,
-    maps::{count_bfd, count_bfd_drop, BFD_EVENTS, BFD_PATHS, BFD_SESSIONS},
+    maps::{count_bfd, count_bfd_drop, count_bfd_n, BFD_EVENTS, BFD_PATHS, BFD_SESSIONS},
     outer::Outer,
     parse::{ptr_at, ptr_at_mut},
 };
@@ -396,6 +396,9 @@ fn event(s: &BfdSession, slot: u32, kind: u32, old: State, new: State) {
     // SAFETY: BfdEvent is repr(C), four u32-sized words, no padding.
     let ev: BfdEvent = unsafe { core::mem::transmute([slot, s.ctl_local_disc, states, kind]) };
     if BFD_EVENTS.output::<BfdEvent>(&ev, 0).is_err() {
-        count_bfd(BFD_CNT_EVENTS_LOST);
+        let n = count_bfd_n(BFD_CNT_EVENTS_LOST);
+        if crate::events::worth_telling(n) {
+            crate::events::xgw_event_bfd_events_full(slot, n);
+        }
     }
 }

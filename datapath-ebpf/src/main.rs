@@ -22,6 +22,7 @@ mod bfd;
 mod csum;
 mod decap;
 mod encap;
+mod events;
 mod flood;
 mod flows;
 mod frame;
@@ -80,7 +81,10 @@ pub fn xgw_uplink(ctx: XdpContext) -> u32 {
             action
         }
         Err(_) => {
-            maps::count_drop(Drop::RedirectFailed);
+            let n = maps::count_drop_n(Drop::RedirectFailed);
+            if events::worth_telling(n) {
+                events::xgw_event_redirect_failed(events::UPLINK, dest.ofport as u32, n);
+            }
             xdp_action::XDP_DROP
         }
     }
@@ -150,7 +154,13 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
             }
             action
         }
-        Err(_) => drop(Drop::RedirectFailed),
+        Err(_) => {
+            let n = maps::count_drop_n(Drop::RedirectFailed);
+            if events::worth_telling(n) {
+                events::xgw_event_redirect_failed(events::LOCAL, out, n);
+            }
+            xdp_action::XDP_DROP
+        }
     }
 }
 

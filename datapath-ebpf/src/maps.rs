@@ -116,6 +116,18 @@ pub fn count_drop(reason: Drop) {
     }
 }
 
+/// `count_drop`, returning this CPU's count after it (0 if not counted).
+#[inline(always)]
+pub fn count_drop_n(reason: Drop) -> u64 {
+    match DROPS.get_ptr_mut(reason as u32) {
+        Some(c) => unsafe {
+            *c += 1;
+            *c
+        },
+        None => 0,
+    }
+}
+
 #[inline(always)]
 pub fn count_reply(reply: Reply) {
     if let Some(c) = REPLIES.get_ptr_mut(reply as u32) {
@@ -147,6 +159,18 @@ pub fn count_tx(ofport: u32, len: usize) {
 pub fn count_bfd_drop(reason: DecodeError) {
     if let Some(c) = BFD_DROPS.get_ptr_mut(reason as u32) {
         unsafe { *c += 1 };
+    }
+}
+
+/// `count_bfd`, returning this CPU's count after it (0 if not counted).
+#[inline(always)]
+pub fn count_bfd_n(slot: u32) -> u64 {
+    match BFD_COUNTERS.get_ptr_mut(slot) {
+        Some(c) => unsafe {
+            *c += 1;
+            *c
+        },
+        None => 0,
     }
 }
 

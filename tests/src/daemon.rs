@@ -88,8 +88,14 @@ impl Daemon {
 
     /// Starts the daemon and waits until it answers `show`.
     pub fn start(&mut self) {
+        self.start_command(self.run_command(&[]));
+    }
+
+    /// Starts `cmd` (`run_command`'s, maybe wrapped) as the daemon and
+    /// waits until it answers `show`.
+    pub fn start_command(&mut self, cmd: Command) {
         assert!(self.process.is_none(), "daemon already running");
-        let p = Process::spawn(self.run_command(&[]), "xgw run");
+        let p = Process::spawn(cmd, "xgw run");
         self.process = Some(p);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -208,24 +214,176 @@ impl Drop for Daemon {
 }
 
 /// GET /metrics from inside namespace `netns` (a daemon's `--metrics`
-/// address); returns `name{labels}` -> value, checking that the answer is
-/// OpenMetrics (ends with `# EOF`) and names no series twice.
-pub fn scrape(netns: &str, addr: &str) -> BTreeMap<String, f64> {
+/// address) with an optional `Accept` header: the Content-Type and the body
+/// of a 200 answer.
+pub fn get_metrics(netns: &str, addr: &str, accept: Option<&str>) -> (String, String) {
     let text = crate::netns::enter(netns, || {
         let mut s = TcpStream::connect(addr).expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n").as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     });
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim()))
+        .expect("a Content-Type")
+        .to_owned();
+    (content_type, body.to_owned())
+}
+
+/// Samples by series, `name{labels}`, whatever order the labels are
+/// written in (the 0.0.4 encoder sorts them, OpenMetrics keeps the
+/// daemon's): a key is looked up with its labels sorted by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples(pub BTreeMap<String, f64>);
+
+impl Samples {
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.0.get(&canonical(series)).copied()
+    }
+
+    pub fn contains_key(&self, series: &str) -> bool {
+        self.get(series).is_some()
+    }
+}
+
+impl std::ops::Index<&str> for Samples {
+    type Output = f64;
+    fn index(&self, series: &str) -> &f64 {
+        self.0.get(&canonical(series)).unwrap_or_else(|| panic!("no series {series} in {:?}", self.0.keys()))
+    }
+}
+
+impl std::ops::Index<&String> for Samples {
+    type Output = f64;
+    fn index(&self, series: &String) -> &f64 {
+        &self[series.as_str()]
+    }
+}
+
+/// A sample line's series and value: `name{a="x",b="y\"z"} 1`, label
+/// values with the format's escapes (`\\`, `\"`, `\n`) kept as written.
+fn split_sample(line: &str) -> (String, Vec<(String, String)>, &str) {
+    let (name, rest) = match line.find(['{', ' ']) {
+        Some(i) => line.split_at(i),
+        None => panic!("metric line {line:?}"),
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest;
+    if let Some(mut r) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = r.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = r.split_once("=\"").unwrap_or_else(|| panic!("label in {line:?}"));
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
+            labels.push((key.trim_start_matches(',').to_owned(), after[..end].to_owned()));
+            r = after[end + 1..].trim_start_matches(',');
+        }
+    }
+    (name.to_owned(), labels, rest.trim())
+}
+
+fn series(name: &str, mut labels: Vec<(String, String)>) -> String {
+    if labels.is_empty() {
+        return name.to_owned();
+    }
+    labels.sort();
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{name}{{{}}}", l.join(","))
+}
+
+fn canonical(s: &str) -> String {
+    let (name, labels, _) = split_sample(&format!("{s} 0"));
+    series(&name, labels)
+}
+
+/// Every sample of an exposition (either format), checking that no series
+/// appears twice.
+pub fn parse_samples(body: &str) -> Samples {
     let mut samples = BTreeMap::new();
     for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("metric line {line:?}"));
+        let (name, labels, value) = split_sample(line);
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line:?}"));
-        assert!(samples.insert(series.to_owned(), value).is_none(), "series twice: {series}");
+        let key = series(&name, labels);
+        assert!(samples.insert(key.clone(), value).is_none(), "series twice: {key}");
     }
-    samples
+    Samples(samples)
+}
+
+/// GET /metrics as a scraper that names no format gets it (the text format
+/// 0.0.4), parsed by `parse_samples`.
+pub fn scrape(netns: &str, addr: &str) -> Samples {
+    let (content_type, body) = get_metrics(netns, addr, None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!body.contains("# EOF"), "the 0.0.4 text has no # EOF:\n{body}");
+    parse_samples(&body)
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) on an
+/// exposition: its exit status and what it printed (lint problems go to
+/// stderr, with exit 3).
+pub fn promtool_check(body: &str) -> (std::process::ExitStatus, String) {
+    use std::process::Stdio;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; cargo xtask setup installs it)");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// An exposition read by the Prometheus Python client's parser (Debian's
+/// `python3-prometheus-client`): the 0.0.4 text parser, or the OpenMetrics
+/// one. Every family as `{name, type, help, samples: [[name, {labels}, value]]}`;
+/// a parse error panics with the parser's message.
+pub fn python_parse(body: &str, openmetrics: bool) -> Vec<Value> {
+    use std::process::Stdio;
+    let module = if openmetrics { "prometheus_client.openmetrics.parser" } else { "prometheus_client.parser" };
+    let script = format!(
+        "import json, sys\n\
+         from {module} import text_string_to_metric_families\n\
+         print(json.dumps([{{'name': f.name, 'type': f.type, 'help': f.documentation,\n\
+             'samples': [[s.name, s.labels, s.value] for s in f.samples]}}\n\
+             for f in text_string_to_metric_families(sys.stdin.read())]))\n"
+    );
+    // Debian's interpreter, which the Debian package is installed for (a
+    // python3 earlier in PATH, pyenv's say, would not have it).
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (Debian package python3-prometheus-client; cargo xtask setup installs it)");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{module} refused the exposition (python3-prometheus-client; cargo xtask setup installs it):\n{}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }

@@ -198,6 +198,13 @@ impl Daemon {
             Request::BfdPeerDel { name } => self.peer_del(&name),
             Request::BfdPeerList => Ok(Reply::BfdPeers(self.views().peers())),
             Request::StoreExport => Ok(Reply::Store(self.ports.store().export()?)),
+            Request::LogSet { set } => {
+                let view = crate::logging::set(&set)?;
+                // At warn: seen whatever the new levels are.
+                tracing::warn!(filter = view.filter, "log levels changed");
+                Ok(Reply::Log(view))
+            }
+            Request::LogShow => Ok(Reply::Log(crate::logging::show()?)),
         }
     }
 
@@ -485,7 +492,7 @@ impl Daemon {
         self.bfd.watch();
     }
 
-    pub(super) fn metrics(&self) -> Result<String> {
+    pub(super) fn metrics(&self) -> Result<crate::metrics::Exposition> {
         self.views().metrics()
     }
 

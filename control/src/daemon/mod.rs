@@ -212,7 +212,7 @@ fn check_options(opts: &RunOptions) -> Result<Checked> {
 /// through one channel; each request carries its own reply channel.
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Result<Reply>>),
-    Metrics(oneshot::Sender<Result<String>>),
+    Metrics(oneshot::Sender<Result<crate::metrics::Exposition>>),
     RefreshNexthops,
     Netlink(Vec<netlink::Event>),
     WatchBfd,
@@ -597,8 +597,10 @@ fn start(
     Ok(daemon)
 }
 
-/// The kernel side's aya-log records, into tracing (through the `log`
-/// bridge tracing-subscriber installs). The datapath may carry no log map.
+/// The kernel side's aya-log records (rare events, `datapath-ebpf/src/
+/// events.rs`), into tracing through the `log` bridge `logging::init`
+/// installs, under the target `xgw_datapath::events`. An object without a
+/// log map (no log call at all) is fine.
 fn start_ebpf_logger(ebpf: &mut aya::Ebpf) {
     let mut logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(l) => l,

@@ -155,6 +155,12 @@ impl Pins {
         for &name in CONFIG_MAPS.iter().chain(COUNTER_MAPS) {
             loader.map_pin_path(name, self.map(name));
         }
+        // The datapath's aya-log calls of levels the log does not show are
+        // pruned by the verifier: the level is a constant of the programs.
+        let level = crate::logging::datapath_level();
+        if let Some(level) = &level {
+            loader.override_global(aya_log::LEVEL, level, false);
+        }
         loader
             .load(datapath::OBJECT)
             .with_context(|| format!("loading the xgw datapath with its maps pinned in {}", self.dir.display()))

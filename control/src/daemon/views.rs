@@ -273,8 +273,8 @@ impl Views<'_> {
         })
     }
 
-    /// The exposition `/metrics` serves.
-    pub fn metrics(&self) -> Result<String> {
-        crate::metrics::render(&self.show(), &self.stats()?, &self.bfd.sessions())
+    /// What `/metrics` serves (encoded by the metrics task, off the state's owner).
+    pub fn metrics(&self) -> Result<crate::metrics::Exposition> {
+        Ok(crate::metrics::collect(&self.show(), &self.stats()?, &self.bfd.sessions()))
     }
 }

@@ -20,7 +20,7 @@ use xgw::{
 };
 use xgw_common::maps::{self as wire, names::*, *};
 use xgw_tests::{
-    daemon::{scrape, Daemon},
+    daemon::{get_metrics, parse_samples, promtool_check, python_parse, scrape, Daemon},
     gateway::TestGateway,
     netns::{Netns, Veth},
     ports::{bytes, expected_maps, read_maps, read_records, Maps, TempDir},
@@ -1434,6 +1434,91 @@ fn the_environment_gives_both_local_ips_and_the_metrics_address() {
     let m = scrape(&ns.name, "127.0.0.1:9478");
     assert!(m.contains_key("xgw_ofports{state=\"used\"}"));
     d.stop();
+}
+
+/// What Prometheus 2.x sends when it scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                                 version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Every family the daemon exports, by the name its samples carry.
+const FAMILIES: [&str; 15] = [
+    "xgw_build_info",
+    "xgw_port_packets_total",
+    "xgw_port_bytes_total",
+    "xgw_drops_total",
+    "xgw_replies_total",
+    "xgw_ofports",
+    "xgw_tunnel_nexthop_resolved",
+    "xgw_tunnel_nexthop_changes_total",
+    "xgw_bfd_state",
+    "xgw_bfd_flaps_total",
+    "xgw_bfd_session_packets_total",
+    "xgw_bfd_drops_total",
+    "xgw_bfd_rx_packets_total",
+    "xgw_bfd_echo_reflected_total",
+    "xgw_bfd_events_lost_total",
+];
+
+#[test]
+fn metrics_pass_promtool_and_the_python_parser_and_are_openmetrics_when_asked() {
+    require_root!();
+    let mut gw = gateway("dprom");
+    gw.daemon.extra = vec!["--metrics".into(), "127.0.0.1:9477".into()];
+    gw.daemon.start();
+    let d = &gw.daemon;
+    // A sample in every family: a tunnel with BFD, a local port. The
+    // tunnel's name holds a quote and a backslash, which each format must
+    // escape in its label values.
+    let odd = "hv\"2\\";
+    d.cli(&["tunnel", "add", odd, "--remote-ip", GW_IP[1], "--bfd"]);
+    d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &mac(VM_MAC[0])]);
+    let version = std::process::Command::new(xgw_tests::xgw_bin()).arg("--version").output().unwrap().stdout;
+    let version = String::from_utf8(version).unwrap().trim().trim_start_matches("xgw ").to_owned();
+
+    // No Accept header: the text format 0.0.4, which promtool checks clean.
+    let (content_type, text) = get_metrics(&gw.ns.name, "127.0.0.1:9477", None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let (status, said) = promtool_check(&text);
+    assert!(status.success() && said.trim().is_empty(), "promtool check metrics: {status}: {said}\n{text}");
+    let samples = parse_samples(&text);
+    let names: std::collections::BTreeSet<&str> = samples.0.keys().map(|k| k.split('{').next().unwrap()).collect();
+    assert_eq!(names, FAMILIES.into_iter().collect(), "{text}");
+    let build = samples.0.iter().find(|(k, _)| k.starts_with("xgw_build_info{")).expect("build info");
+    assert!(build.0.contains(&format!("version=\"{version}\"")) && build.0.contains("datapath=\""), "{build:?}");
+    assert_eq!(*build.1, 1.0);
+
+    // The Python client's classic parser reads every family, typed, with
+    // its help text and all of its samples, the escaped name unescaped.
+    let families = python_parse(&text, false);
+    let mut read = 0;
+    for f in &families {
+        assert!(matches!(f["type"].as_str(), Some("counter" | "gauge")), "untyped family: {f}");
+        assert!(!f["help"].as_str().unwrap_or("").is_empty(), "no help: {f}");
+        let got = f["samples"].as_array().unwrap();
+        assert!(!got.is_empty(), "a family without its samples: {f}");
+        read += got.len();
+    }
+    assert_eq!(read, samples.0.len(), "the parser read {read} of {} samples: {families:?}", samples.0.len());
+    let tunnel = families.iter().find(|f| f["name"] == "xgw_tunnel_nexthop_resolved").expect("nexthop family");
+    assert_eq!(tunnel["samples"][0][1]["tunnel"], odd, "{tunnel}");
+
+    // Prometheus's own Accept header: OpenMetrics, the same series, which
+    // the Python client's strict OpenMetrics parser reads (it insists on the
+    // final # EOF).
+    let (content_type, om) = get_metrics(&gw.ns.name, "127.0.0.1:9477", Some(PROMETHEUS_ACCEPT));
+    assert_eq!(content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    let om_samples = parse_samples(&om);
+    assert_eq!(om_samples.0.keys().collect::<Vec<_>>(), samples.0.keys().collect::<Vec<_>>());
+    let om_families = python_parse(&om, true);
+    assert!(om_families.iter().any(|f| f["name"] == "xgw_build" && f["type"] == "info"), "{om_families:?}");
+    assert!(om_families.iter().all(|f| !f["help"].as_str().unwrap_or("").is_empty()), "{om_families:?}");
+    let om_read: usize = om_families.iter().map(|f| f["samples"].as_array().unwrap().len()).sum();
+    assert_eq!(om_read, samples.0.len());
+    // Asking for the text format by name is answered in it.
+    let (content_type, _) = get_metrics(&gw.ns.name, "127.0.0.1:9477", Some("text/plain;version=0.0.4"));
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    gw.daemon.stop();
 }
 
 /// `xgw store ...` outside the namespace (the store and the pins are files).

@@ -11,6 +11,7 @@ mod bfd_xdp;
 mod daemon;
 mod daemon_bfd;
 mod daemon_flows;
+mod daemon_log;
 mod e2e_geneve;
 mod faults;
 mod flood;

@@ -265,7 +265,7 @@ fn two_daemons_forward_and_run_bfd_under_the_units_sandbox() {
     }
     vm[0].ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", VM_IP[1]]);
     let m = scrape(&gw[0].name, "127.0.0.1:9477");
-    assert_eq!(m.get("xgw_ofports{state=\"used\"}"), Some(&2.0), "{m:?}");
+    assert_eq!(m.get("xgw_ofports{state=\"used\"}"), Some(2.0), "{m:?}");
     let mut checked = 0;
     for daemon in &d {
         checked += all_private(&daemon.state_dir()) + all_private(&daemon.pins()) + all_private(&daemon.socket);
