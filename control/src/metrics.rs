@@ -189,6 +189,25 @@ pub fn collect(show: &ShowView, stats: &StatsView, sessions: &[BfdSessionView]) 
         .collect();
     e.add("ofports", "OpenFlow port numbers by state", Kind::Gauge, ofports);
 
+    if let Some(o) = &show.ovn {
+        e.add(
+            "ovn_connected",
+            "1 while the Southbound session is up",
+            Kind::Gauge,
+            vec![(labels(&[]), o.connected as u64)],
+        );
+        let up = o.claimed.values().filter(|u| **u).count();
+        let ports = [("up", up), ("down", o.claimed.len() - up), ("refused", o.refused.len())]
+            .into_iter()
+            .map(|(state, n)| (labels(&[("state", state)]), n as u64))
+            .collect();
+        e.add("ovn_ports", "OVN logical ports named by a local interface, by state", Kind::Gauge, ports);
+        let warnings = vec![(labels(&[]), o.warnings.len() as u64)];
+        e.add("ovn_warnings", "What the last Southbound view asked that xgw did not do", Kind::Gauge, warnings);
+        let nb_cfg = vec![(labels(&[]), u64::try_from(o.nb_cfg).unwrap_or(0))];
+        e.add("ovn_nb_cfg", "The SB_Global nb_cfg applied and acknowledged", Kind::Gauge, nb_cfg);
+    }
+
     let (mut resolved, mut changes) = (Vec::new(), Vec::new());
     for p in show.ports.iter().filter(|p| p.kind == PortType::Tunnel) {
         let l = labels(&[("tunnel", &p.name)]);

@@ -81,6 +81,17 @@ fn monitor(chassis: &str) -> MonitorSpec {
         .table("Multicast_Group", all().columns(&["datapath", "name", "tunnel_key", "ports"]))
         .table("HA_Chassis_Group", all().columns(&["name", "ha_chassis", "ref_chassis"]))
         .table("HA_Chassis", all().columns(&["chassis", "priority"]))
+        // Only the flows that say a switch has what xgw does not implement.
+        .table(
+            "Logical_Flow",
+            all().columns(&["logical_datapath", "logical_dp_group", "priority", "match", "external_ids"]).conditions(
+                sb::UNSUPPORTED_STAGES
+                    .iter()
+                    .map(|s| ops::cond("external_ids", "includes", json!(["map", [["stage-name", s]]])))
+                    .collect(),
+            ),
+        )
+        .table("Logical_DP_Group", all())
 }
 
 // --- Reading rows -----------------------------------------------------------
@@ -214,6 +225,28 @@ pub fn view(replica: &Replica, me: &str) -> Sb {
         ))
     });
     sb.private = private.into_values().find(|(name, _)| name == me).map(|(_, p)| p);
+    let groups = each(replica, "Logical_DP_Group", &mut problems, |r| uuids(r, "datapaths"));
+    let flows = each(replica, "Logical_Flow", &mut problems, |r| {
+        let ids = string_map(r, "external_ids")?;
+        let stage = ids.get("stage-name").cloned().unwrap_or_default();
+        let found =
+            sb::unsupported(&stage, ids.contains_key("stage-hint"), integer(r, "priority")?, &string(r, "match")?);
+        let datapaths = match (optional_uuid(r, "logical_datapath")?, optional_uuid(r, "logical_dp_group")?) {
+            (Some(d), _) => vec![d],
+            (None, Some(g)) => groups.get(&g).cloned().unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        Ok((datapaths, found))
+    });
+    for (datapaths, found) in flows.into_values() {
+        let Some(found) = found else { continue };
+        for d in datapaths {
+            let list = sb.unsupported.entry(d).or_default();
+            if !list.contains(&found) {
+                list.push(found.clone());
+            }
+        }
+    }
     sb.problems = problems;
     sb
 }

@@ -314,8 +314,24 @@ fn local_port(
     }
     let dp = sb.datapaths.get(&pb.datapath).ok_or("its datapath is not in the Southbound")?;
     let mut warning = None;
+    let mut lacks: BTreeSet<&str> = sb
+        .unsupported
+        .get(&pb.datapath)
+        .into_iter()
+        .flatten()
+        .filter(|u| u.applies_to(&pb.logical_port))
+        .map(|u| u.what)
+        .collect();
     if dp.load_balancers > 0 {
-        let why = format!("switch {} has load balancers, which xgw does not implement", dp.name());
+        lacks.insert("load balancers");
+    }
+    if !lacks.is_empty() {
+        let what: Vec<&str> = lacks.into_iter().collect();
+        let why = format!(
+            "switch {} has {} for it, which xgw does not implement (they would not be enforced)",
+            dp.name(),
+            what.join(", ")
+        );
         if !inputs.claim_unsupported {
             return Err(why);
         }

@@ -94,6 +94,75 @@ pub struct HaChassis {
     pub priority: i64,
 }
 
+/// What a logical switch asks of the chassis that hosts one of its ports
+/// and xgw does not implement, as its logical flows show it (`what`:
+/// "ACLs", "DHCP options", "DNS records", "QoS", "load balancers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub what: &'static str,
+    /// The ports the flow's match names (`inport == "vm3"`); `None` when it
+    /// names none, or a port group: the whole switch.
+    pub ports: Option<Vec<String>>,
+}
+
+impl Unsupported {
+    pub fn applies_to(&self, port: &str) -> bool {
+        self.ports.as_ref().is_none_or(|p| p.iter().any(|n| n == port))
+    }
+}
+
+/// The stages whose flows say a switch has something xgw does not do, and
+/// what (OVN 23.03's northd: ACL flows carry `stage-hint` and priorities
+/// 1000 + the ACL's; DHCP and QoS flows name the port).
+pub const UNSUPPORTED_STAGES: &[&str] = &[
+    "ls_in_acl",
+    "ls_out_acl",
+    "ls_in_acl_after_lb",
+    "ls_in_dhcp_options",
+    "ls_in_dns_lookup",
+    "ls_in_qos_mark",
+    "ls_in_qos_meter",
+    "ls_out_qos_mark",
+    "ls_out_qos_meter",
+    "ls_in_lb",
+];
+
+/// What the flow of `stage` says is asked, if anything xgw lacks.
+pub fn unsupported(stage: &str, hint: bool, priority: i64, matches: &str) -> Option<Unsupported> {
+    let what = match stage {
+        // Not the flows every switch has in these stages (priority 0, and
+        // 65535 in the ACL ones), nor the DHCP/DNS replies' (34000).
+        "ls_in_acl" | "ls_out_acl" | "ls_in_acl_after_lb" if hint && (1000..34000).contains(&priority) => "ACLs",
+        "ls_in_dhcp_options" if hint && priority > 0 => "DHCP options",
+        "ls_in_dns_lookup" if priority > 0 => "DNS records",
+        "ls_in_qos_mark" | "ls_in_qos_meter" | "ls_out_qos_mark" | "ls_out_qos_meter" if hint => "QoS",
+        "ls_in_lb" if hint => "load balancers",
+        _ => return None,
+    };
+    Some(Unsupported { what, ports: port_names(matches) })
+}
+
+/// The ports `inport == "..."` / `outport == "..."` name in a match, or
+/// `None` when it restricts no port by name (a port group `@pg`, a set,
+/// or no port at all).
+fn port_names(m: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for key in ["inport == \"", "outport == \""] {
+        let mut rest = m;
+        while let Some(i) = rest.find(key) {
+            rest = &rest[i + key.len()..];
+            let end = rest.find('"')?;
+            names.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    let other = ["inport == @", "outport == @", "inport == {", "outport == {", "inport != ", "outport != "];
+    if names.is_empty() || other.iter().any(|o| m.contains(o)) {
+        return None;
+    }
+    Some(names)
+}
+
 /// This chassis' own Chassis_Private row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChassisPrivate {
@@ -113,6 +182,8 @@ pub struct Sb {
     pub ha_groups: BTreeMap<Uuid, HaChassisGroup>,
     pub ha_chassis: BTreeMap<Uuid, HaChassis>,
     pub private: Option<ChassisPrivate>,
+    /// Datapath -> what its logical flows ask that xgw does not implement.
+    pub unsupported: BTreeMap<Uuid, Vec<Unsupported>>,
     /// Rows left out, each as "Table uuid: column: why".
     pub problems: Vec<String>,
 }

@@ -281,3 +281,43 @@ fn a_port_already_ours_is_held_and_bfd_options_are_checked() {
     assert!(p.warnings.iter().any(|w| w.contains("bfd-min-rx") && w.contains("not a number")));
     assert!(p.warnings.iter().any(|w| w.contains("bfd-decay-min-rx")));
 }
+
+#[test]
+fn logical_flows_say_what_a_switch_has_that_xgw_does_not_do() {
+    // Flows as OVN 23.03's northd writes them (`ovn-sbctl list Logical_Flow`).
+    let acl = unsupported("ls_out_acl", true, 2001, r#"outport == "vm3" && icmp4"#).unwrap();
+    assert_eq!((acl.what, acl.ports.clone()), ("ACLs", Some(vec!["vm3".to_owned()])));
+    assert!(acl.applies_to("vm3") && !acl.applies_to("vm1"));
+    // Every switch's own ACL-stage flows, and the DHCP reply's, are no ACL.
+    assert_eq!(unsupported("ls_in_acl", false, 65535, "1"), None);
+    assert_eq!(unsupported("ls_out_acl", true, 34000, r#"outport == "vm3" && udp.src == 67"#), None);
+    let pg = unsupported("ls_in_acl", true, 1100, "inport == @pg1 && ip4").unwrap();
+    assert!(pg.ports.is_none() && pg.applies_to("vm3"), "a port group: the whole switch");
+    let all = unsupported("ls_in_acl", true, 1001, "ip4.dst == 203.0.113.9").unwrap();
+    assert!(all.applies_to("vm3"));
+    let dhcp = unsupported("ls_in_dhcp_options", true, 100, r#"inport == "vm3" && udp.dst == 67"#).unwrap();
+    assert_eq!(dhcp.what, "DHCP options");
+    assert_eq!(unsupported("ls_in_dns_lookup", false, 100, "udp.dst == 53").unwrap().what, "DNS records");
+    // Every switch has a priority-0 flow in each stage.
+    for stage in super::sb::UNSUPPORTED_STAGES {
+        assert_eq!(unsupported(stage, false, 0, "1"), None, "{stage}");
+    }
+    assert_eq!(unsupported("ls_in_qos_meter", true, 100, r#"inport == "vm3""#).unwrap().what, "QoS");
+    assert_eq!(
+        unsupported("ls_in_lb", true, 120, "ct.new && ip4.dst == 203.0.113.100").unwrap().what,
+        "load balancers"
+    );
+    assert_eq!(unsupported("ls_in_lb", false, 0, "1"), None);
+
+    // The plan: an ACL for vm1 leaves vm3 alone; one for vm3 refuses it.
+    let mut sb = lab();
+    sb.unsupported.insert("dp-ls1".into(), vec![unsupported("ls_out_acl", true, 2001, r#"outport == "vm1""#).unwrap()]);
+    assert_eq!(Run::new(&[("vm3", "tap3")]).plan(&sb).ports.len(), 1);
+    sb.unsupported.get_mut("dp-ls1").unwrap().push(dhcp);
+    let p = Run::new(&[("vm3", "tap3")]).plan(&sb);
+    assert!(p.ports.is_empty());
+    assert_eq!(
+        p.refused["vm3"],
+        "switch ls1 has DHCP options for it, which xgw does not implement (they would not be enforced)"
+    );
+}

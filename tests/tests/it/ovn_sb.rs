@@ -19,6 +19,8 @@ use xgw_tests::{
 struct Lab {
     // Drop order: xgw stops, the rest of the lab goes, central stops.
     d: Daemon,
+    /// Where xgw serves its metrics (in its namespace).
+    metrics: String,
     topo: lab::Topology,
     ovn: OvnCentral,
 }
@@ -35,9 +37,10 @@ fn lab() -> Lab {
         format!("[ovn]\nremote = \"{}\"\nchassis = \"xgw\"\n[ovn.interfaces]\nvm3 = \"p3\"\n", ovn.sb_remote()),
     )
     .unwrap();
-    d.extra = vec!["--config".into(), cfg.display().to_string()];
+    let metrics = "127.0.0.1:9481".to_owned();
+    d.extra = vec!["--config".into(), cfg.display().to_string(), "--metrics".into(), metrics.clone()];
     d.start();
-    Lab { d, topo, ovn }
+    Lab { d, metrics, topo, ovn }
 }
 
 impl Lab {
@@ -200,6 +203,27 @@ fn xgw_registers_learns_everything_from_the_southbound_and_forwards() {
     for t in ["ovn-hv1-0", "ovn-hv2-0", "vm3"] {
         assert_eq!(after[t], before[t], "{t} kept its number through churn");
     }
+
+    // What xgw does not implement is not claimed: an ACL for vm3 makes
+    // xgw release it (the reason in show), and removing it claims it back.
+    ovn.nbctl(&["acl-add", "ls1", "to-lport", "1001", r#"outport == "vm3" && icmp4"#, "drop"]);
+    let refused = lab.wait("vm3 refused for its ACL", Duration::from_secs(10), || {
+        let ovn_view = lab.show()["ovn"].clone();
+        ovn_view["refused"]["vm3"].as_str().map(str::to_owned)
+    });
+    assert!(refused.contains("ACLs"), "{refused}");
+    lab.wait("vm3 released in the Southbound", Duration::from_secs(10), || {
+        ovn.sb_find("port_binding", "chassis", &["logical_port=vm3"]).trim().is_empty().then_some(())
+    });
+    assert!(!lab.numbers().contains_key("vm3"), "xgw still forwards for a port it cannot enforce");
+    let metrics = xgw_tests::daemon::scrape(&lab.d.netns, &lab.metrics);
+    assert_eq!(metrics.get("xgw_ovn_ports{state=\"refused\"}"), Some(1.0), "{metrics:?}");
+    ovn.nbctl(&["acl-del", "ls1"]);
+    lab.wait("vm3 claimed again", Duration::from_secs(10), || {
+        (ovn.sb_find("port_binding", "up", &["logical_port=vm3"]).trim() == "true").then_some(())
+    });
+    lab.reach(0, 2);
+    let after = lab.numbers();
 
     // The 2018 incident: a redundant chassis with xgw's IP. The Southbound
     // refuses it; xgw's tunnels and numbers do not move.
