@@ -19,6 +19,8 @@ const SCHEMA_SB: &str = "/usr/share/ovn/ovn-sb.ovsschema";
 pub struct OvnCentral {
     dir: PathBuf,
     ns: Netns,
+    /// The Southbound is a 3-member raft cluster (`start_raft`).
+    raft: bool,
 }
 
 fn text(out: &Output) -> String {
@@ -28,25 +30,39 @@ fn text(out: &Output) -> String {
 impl OvnCentral {
     /// NB, SB and northd, running; panics (after cleaning up) on failure.
     pub fn start() -> OvnCentral {
+        OvnCentral::start_with(false)
+    }
+
+    /// `start`, with the Southbound a 3-member raft cluster (raft on the
+    /// central namespace's loopback, clients on unix sockets sb1..sb3), as
+    /// `../shared/peers/ovn/ovn-lab.sh` runs it with `OVL_SB_RAFT=1`.
+    pub fn start_raft() -> OvnCentral {
+        OvnCentral::start_with(true)
+    }
+
+    fn start_with(raft: bool) -> OvnCentral {
         let dir = std::env::temp_dir().join(unique_name("ovn"));
         fs::create_dir_all(&dir).expect("OVN dir");
-        let c = OvnCentral { dir, ns: Netns::new("ovc") };
-        for (name, schema, table) in
-            [("nb", SCHEMA_NB, "OVN_Northbound,NB_Global"), ("sb", SCHEMA_SB, "OVN_Southbound,SB_Global")]
-        {
-            let db = c.dir.join(format!("{name}.db"));
-            crate::sh(&["ovsdb-tool", "create", db.to_str().unwrap(), schema]);
-            c.daemon(&[
-                "ovsdb-server",
-                db.to_str().unwrap(),
-                &format!("--remote=punix:{}", c.path(&format!("{name}.sock"))),
-                &format!("--remote=db:{table},connections"),
-                &format!("--unixctl={}", c.path(&format!("{name}.ctl"))),
-                &format!("--pidfile={}", c.path(&format!("{name}.pid"))),
-                "--detach",
-                &format!("--log-file={}", c.path(&format!("{name}.log"))),
-                "-vconsole:off",
-            ]);
+        let c = OvnCentral { dir, ns: Netns::new("ovc"), raft };
+        c.ns.ok(&["ip", "link", "set", "lo", "up"]);
+        let nb = c.dir.join("nb.db");
+        crate::sh(&["ovsdb-tool", "create", nb.to_str().unwrap(), SCHEMA_NB]);
+        c.start_db("nb", "OVN_Northbound,NB_Global");
+        if raft {
+            let db = |m: usize| c.dir.join(format!("sb{m}.db")).to_str().unwrap().to_owned();
+            let raft = |m: usize| format!("tcp:127.0.0.1:{}", 6643 + m);
+            crate::sh(&["ovsdb-tool", "create-cluster", &db(1), SCHEMA_SB, &raft(1)]);
+            for m in [2, 3] {
+                crate::sh(&["ovsdb-tool", "join-cluster", &db(m), "OVN_Southbound", &raft(m), &raft(1)]);
+            }
+            for m in 1..=3 {
+                c.start_sb_member(m);
+            }
+            c.wait("a Southbound leader", Duration::from_secs(30), || c.sb_leader());
+        } else {
+            let db = c.dir.join("sb.db");
+            crate::sh(&["ovsdb-tool", "create", db.to_str().unwrap(), SCHEMA_SB]);
+            c.start_db("sb", "OVN_Southbound,SB_Global");
         }
         c.nbctl(&["--no-wait", "init"]);
         c.sbctl(&["init"]);
@@ -61,6 +77,48 @@ impl OvnCentral {
             "-vconsole:off",
         ]);
         c
+    }
+
+    /// An ovsdb-server for `<name>.db` on `<name>.sock`.
+    fn start_db(&self, name: &str, table: &str) {
+        let db = self.dir.join(format!("{name}.db"));
+        self.daemon(&[
+            "ovsdb-server",
+            db.to_str().unwrap(),
+            &format!("--remote=punix:{}", self.path(&format!("{name}.sock"))),
+            &format!("--remote=db:{table},connections"),
+            &format!("--unixctl={}", self.path(&format!("{name}.ctl"))),
+            &format!("--pidfile={}", self.path(&format!("{name}.pid"))),
+            "--detach",
+            &format!("--log-file={}", self.path(&format!("{name}.log"))),
+            "-vconsole:off",
+        ]);
+    }
+
+    /// (Re)starts raft member `m` (1..=3) from its database file.
+    pub fn start_sb_member(&self, m: usize) {
+        self.start_db(&format!("sb{m}"), "OVN_Southbound,SB_Global");
+    }
+
+    /// SIGKILLs raft member `m`, by its pidfile.
+    pub fn kill_sb_member(&self, m: usize) {
+        let pid: i32 = fs::read_to_string(self.dir.join(format!("sb{m}.pid"))).unwrap().trim().parse().unwrap();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = fs::remove_file(self.dir.join(format!("sb{m}.pid")));
+    }
+
+    /// Member `m`'s raft role (`leader`, `follower`, `candidate`), or
+    /// `None` if it does not answer.
+    pub fn sb_role(&self, m: usize) -> Option<String> {
+        let ctl = self.path(&format!("sb{m}.ctl"));
+        let out = self.command(&["ovs-appctl", "-t", &ctl, "cluster/status", "OVN_Southbound"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find_map(|l| l.strip_prefix("Role: ").map(|r| r.trim().to_owned()))
+    }
+
+    /// The leader's member number.
+    pub fn sb_leader(&self) -> Option<usize> {
+        (1..=3).find(|&m| self.sb_role(m).as_deref() == Some("leader"))
     }
 
     fn path(&self, file: &str) -> String {
@@ -94,8 +152,13 @@ impl OvnCentral {
         format!("unix:{}", self.path("nb.sock"))
     }
 
+    /// The Southbound's remote: one socket, or the three members'.
     pub fn sb_remote(&self) -> String {
-        format!("unix:{}", self.path("sb.sock"))
+        if self.raft {
+            (1..=3).map(|m| format!("unix:{}", self.path(&format!("sb{m}.sock")))).collect::<Vec<_>>().join(",")
+        } else {
+            format!("unix:{}", self.path("sb.sock"))
+        }
     }
 
     pub fn nbctl(&self, args: &[&str]) -> String {
@@ -156,7 +219,7 @@ impl OvnCentral {
 
 impl Drop for OvnCentral {
     fn drop(&mut self) {
-        for name in ["northd", "sb", "nb"] {
+        for name in ["northd", "sb", "sb1", "sb2", "sb3", "nb"] {
             stop_pidfile(&self.dir.join(format!("{name}.pid")));
         }
         let _ = fs::remove_dir_all(&self.dir);

@@ -27,7 +27,10 @@ struct Lab {
 
 /// The lab, vm3 asking for chassis `xgw`, and xgw started with `[ovn]`.
 fn lab() -> Lab {
-    let ovn = OvnCentral::start();
+    lab_on(OvnCentral::start())
+}
+
+fn lab_on(ovn: OvnCentral) -> Lab {
     let topo = lab::topology(&ovn);
     ovn.nbctl(&["lsp-set-options", "vm3", "requested-chassis=xgw"]);
     let mut d = Daemon::new(&topo.xgw, "ul", &[XGW_IP]);
@@ -262,4 +265,61 @@ fn a_taken_encap_ip_stops_the_daemon_with_the_reason() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.contains("another chassis already registered that IP") && last.contains("xgw"), "{err}");
     assert!(ovn.sb_find("chassis", "_uuid", &["name=xgw"]).is_empty(), "half registered");
+}
+
+/// A raft-clustered Southbound loses the member xgw uses, then its quorum:
+/// xgw moves to another member and resumes from its last transaction (no
+/// reload), changes keep reaching it, and the datapath forwards throughout,
+/// quorum lost included, as ovn-controller's does.
+#[test]
+fn a_raft_southbound_losing_members_never_stops_forwarding() {
+    require_root!();
+    let lab = lab_on(OvnCentral::start_raft());
+    let ovn = &lab.ovn;
+    lab.wait("vm3 claimed and up", Duration::from_secs(30), || {
+        (ovn.sb_find("port_binding", "up", &["logical_port=vm3"]).trim() == "true").then_some(())
+    });
+    lab.reach(0, 2);
+    let bindings = |show: &Value| show["bindings"].as_array().map_or(0, |b| b.len());
+    lab.wait("both remote bindings", Duration::from_secs(20), || (bindings(&lab.show()) == 2).then_some(()));
+    // 10 pings a second from vm1 to vm3 through everything below.
+    let ping = lab.vm(0).spawn(&["ping", "-i", "0.1", "-c", "150", "-W", "1", VM_IP[2]]);
+
+    // The member xgw is on goes.
+    let member = |show: &Value| -> Option<usize> {
+        let remote = show["ovn"]["remote"].as_str()?;
+        (1..=3).find(|m| remote.ends_with(&format!("sb{m}.sock")))
+    };
+    let first = member(&lab.show()).expect("connected to a member");
+    let before = lab.show()["ovn"].clone();
+    ovn.kill_sb_member(first);
+    let moved = lab.wait("xgw on another member", Duration::from_secs(20), || {
+        let show = lab.show();
+        (show["ovn"]["connected"] == true && member(&show).is_some_and(|m| m != first)).then_some(show)
+    });
+    assert_eq!(moved["ovn"]["full_resyncs"], before["full_resyncs"], "reloaded instead of resuming: {}", moved["ovn"]);
+    assert!(moved["ovn"]["resumes"].as_u64() > before["resumes"].as_u64(), "{}", moved["ovn"]);
+    // A change still reaches xgw, through the new member.
+    lab.wait("a leader again", Duration::from_secs(20), || ovn.sb_leader());
+    ovn.nbctl(&["lsp-del", "vm2"]);
+    lab.wait("vm2's binding gone", Duration::from_secs(20), || (bindings(&lab.show()) == 1).then_some(()));
+
+    // Quorum lost: one member of three left. Nothing changes in xgw's
+    // datapath; the session says it is not connected (or keeps trying).
+    let second = member(&lab.show()).unwrap();
+    ovn.kill_sb_member(second);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bindings(&lab.show()), 1, "xgw dropped state while the Southbound had no quorum");
+    // Back: the members return and xgw carries on.
+    ovn.start_sb_member(first);
+    ovn.start_sb_member(second);
+    lab.wait("a leader again", Duration::from_secs(30), || ovn.sb_leader());
+    ovn.nbctl(&["lsp-add", "ls1", "vm2", "--", "lsp-set-addresses", "vm2", "02:00:5e:00:01:02 203.0.113.2"]);
+    lab.wait("vm2's binding back", Duration::from_secs(30), || (bindings(&lab.show()) == 2).then_some(()));
+
+    let (_, out, _) = ping.wait(Duration::from_secs(30)).expect("ping ends");
+    let received: u32 =
+        out.split(',').find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0);
+    eprintln!("vm1 -> vm3 through two member losses and a quorum loss: {received}/150");
+    assert!(received >= 148, "forwarding stopped: {received}/150 received\n{}", lab.report());
 }
