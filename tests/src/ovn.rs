@@ -182,6 +182,28 @@ impl OvnCentral {
         self.tool("ovn-sbctl", &self.sb_remote(), args)
     }
 
+    /// Runs `txns` against the Southbound one after the other, each its own
+    /// transaction, on one connection (to the leader of a cluster); returns
+    /// how many committed. A transaction the server refuses panics.
+    pub fn sb_transactions(&self, txns: impl IntoIterator<Item = Vec<serde_json::Value>>) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let remote: xgw_ovsdb::Remote = if self.raft {
+            let leader = self.sb_leader().expect("a Southbound leader");
+            format!("unix:{}", self.path(&format!("sb{leader}.sock"))).parse().unwrap()
+        } else {
+            self.sb_remote().parse().unwrap()
+        };
+        rt.block_on(async {
+            let mut c = xgw_ovsdb::Connection::connect(&remote, &xgw_ovsdb::Options::default()).await.expect("connect");
+            let mut n = 0;
+            for ops in txns {
+                c.transact("OVN_Southbound", ops).await.unwrap_or_else(|e| panic!("transaction {n}: {e}"));
+                n += 1;
+            }
+            n
+        })
+    }
+
     /// One column of the rows of `table` matching `conditions`, `--bare`.
     pub fn sb_find(&self, table: &str, column: &str, conditions: &[&str]) -> String {
         let columns = format!("--columns={column}");

@@ -98,6 +98,30 @@ pub fn plan(sb: &Sb, inputs: &Inputs<'_>) -> OvnPlan {
     // reach, named once and kept.
     let bfd_to = bfd_chassis(sb, me_uuid.as_deref(), &mut p.warnings);
     let mut taken: BTreeSet<String> = inputs.tunnel_names.values().map(|n| n.to_string()).collect();
+    // One tunnel per remote IP. Two chassis with one IP (the 2018
+    // incident's redundant rows, which a Southbound without the Encap
+    // (type, ip) index still holds) get one tunnel: the one that has it
+    // already, else the first by name; the other is reported, every time,
+    // and costs no number. An IP of this chassis' own is no tunnel either.
+    let own_ips: BTreeSet<IpAddr> = me
+        .iter()
+        .flat_map(|(_, c)| c.encaps.iter().filter_map(|e| sb.encaps.get(e)?.ip.parse::<IpAddr>().ok()))
+        .map(|ip| ip.to_canonical())
+        .collect();
+    let mut ip_owner: BTreeMap<IpAddr, (bool, &str)> = BTreeMap::new();
+    for c in sb.chassis.values() {
+        if c.name == inputs.me || c.is_remote() || !zones_overlap(inputs.transport_zones, &c.transport_zones) {
+            continue;
+        }
+        for e in c.encaps.iter().filter_map(|e| sb.encaps.get(e)).filter(|e| e.kind == "geneve") {
+            let Ok(ip) = e.ip.parse::<IpAddr>() else { continue };
+            let candidate = (!inputs.tunnel_names.contains_key(&format!("{}@{}", c.name, e.ip)), c.name.as_str());
+            let best = ip_owner.entry(ip.to_canonical()).or_insert(candidate);
+            if candidate < *best {
+                *best = candidate;
+            }
+        }
+    }
     let mut tunnel_of_chassis: BTreeMap<&Uuid, (Name, Uuid)> = BTreeMap::new();
     let mut tunnel_of_encap: BTreeMap<&Uuid, Name> = BTreeMap::new();
     for (cu, c) in &sb.chassis {
@@ -124,6 +148,17 @@ pub fn plan(sb: &Sb, inputs: &Inputs<'_>) -> OvnPlan {
                     continue;
                 }
             };
+            if own_ips.contains(&remote.get()) {
+                p.warnings.push(format!("chassis {}: encap ip {} is this chassis' own: no tunnel", c.name, e.ip));
+                continue;
+            }
+            if let Some((_, owner)) = ip_owner.get(&remote.get()).filter(|(_, o)| *o != c.name) {
+                p.warnings.push(format!(
+                    "chassis {}: encap ip {} is also chassis {owner}'s (a redundant chassis): no second tunnel",
+                    c.name, e.ip
+                ));
+                continue;
+            }
             let id = format!("{}@{}", c.name, e.ip);
             let name = match inputs.tunnel_names.get(&id) {
                 Some(n) => n.clone(),

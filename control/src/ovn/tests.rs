@@ -321,3 +321,27 @@ fn logical_flows_say_what_a_switch_has_that_xgw_does_not_do() {
         "switch ls1 has DHCP options for it, which xgw does not implement (they would not be enforced)"
     );
 }
+
+#[test]
+fn two_chassis_with_one_ip_get_one_tunnel_and_the_other_is_reported() {
+    let mut sb = lab();
+    // A Southbound without the Encap (type, ip) index: hv1's IP twice.
+    chassis(&mut sb, "hv0", &["198.51.100.11"]);
+    let run = Run::new(&[("vm3", "tap3")]);
+    let p = run.plan(&sb);
+    let names: Vec<String> = tunnels(&p).into_iter().map(|t| t.1).collect();
+    assert_eq!(names, ["ovn-hv0-0", "ovn-hv2-0", "ovn-hv2-1"], "the first by name, once");
+    assert!(p.warnings.iter().any(|w| w.contains("chassis hv1") && w.contains("also chassis hv0")), "{:?}", p.warnings);
+    // The one that has the tunnel keeps it, whatever the names say.
+    let mut run = run;
+    run.names.insert("hv1@198.51.100.11".into(), Name::new("ovn-hv1-0").unwrap());
+    let p = run.plan(&sb);
+    let names: Vec<String> = tunnels(&p).into_iter().map(|t| t.1).collect();
+    assert_eq!(names, ["ovn-hv1-0", "ovn-hv2-0", "ovn-hv2-1"]);
+    assert!(p.warnings.iter().any(|w| w.contains("chassis hv0") && w.contains("also chassis hv1")), "{:?}", p.warnings);
+    // A chassis claiming this chassis' own IP gets none.
+    chassis(&mut sb, "imposter", &["198.51.100.13"]);
+    let p = run.plan(&sb);
+    assert!(p.warnings.iter().any(|w| w.contains("imposter") && w.contains("own")), "{:?}", p.warnings);
+    assert!(tunnels(&p).iter().all(|t| t.2 != "198.51.100.13"));
+}

@@ -323,3 +323,86 @@ fn a_raft_southbound_losing_members_never_stops_forwarding() {
     eprintln!("vm1 -> vm3 through two member losses and a quorum loss: {received}/150");
     assert!(received >= 148, "forwarding stopped: {received}/150 received\n{}", lab.report());
 }
+
+fn flaps(lab: &Lab) -> std::collections::BTreeMap<String, (String, u64)> {
+    let sessions = lab.d.json(&["bfd", "show"]);
+    sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let state = s["local_state"].as_str().unwrap_or_default().to_owned();
+            (s["name"].as_str().unwrap().to_owned(), (state, s["flap_count"].as_u64().unwrap_or(u64::MAX)))
+        })
+        .collect()
+}
+
+/// The 2018 incident replayed against xgw: thousands of Southbound
+/// transactions that change nothing it depends on, and a chassis deleted
+/// and re-added 1,000 times. Numbers in use stay the tunnels', hold-down
+/// stays bounded by the deletes, and the other tunnels' BFD never leaves Up.
+#[test]
+fn the_seed_replayed_idle_transactions_and_a_chassis_churned_a_thousand_times() {
+    require_root!();
+    use serde_json::json;
+    use xgw_ovsdb::ops;
+    let lab = lab();
+    let ovn = &lab.ovn;
+    lab::ha_router(ovn);
+    lab.wait("BFD up to hv1 and hv2", Duration::from_secs(30), || {
+        let f = flaps(&lab);
+        (f.len() == 2 && f.values().all(|(s, _)| s == "up")).then_some(f)
+    });
+    let bfd_before = flaps(&lab);
+    let numbers_before = lab.numbers();
+
+    // (1) 3,000 transactions that touch only what xgw does not read.
+    let t = Instant::now();
+    let idle = (0..3000).map(|i| {
+        vec![ops::update("SB_Global", vec![], json!({"external_ids": ["map", [["xgw-test", i.to_string()]]]}))]
+    });
+    assert_eq!(ovn.sb_transactions(idle), 3000);
+    eprintln!("3,000 idle Southbound transactions in {:?}", t.elapsed());
+    assert_eq!(lab.numbers(), numbers_before);
+
+    // (2) chassis hv9 deleted and re-added 1,000 times, ending present.
+    let add = || {
+        vec![
+            ops::insert_named(
+                "Encap",
+                json!({"type": "geneve", "ip": "198.51.100.19", "options": ["map", [["csum", "true"]]], "chassis_name": "hv9"}),
+                "e",
+            ),
+            ops::insert("Chassis", json!({"name": "hv9", "hostname": "hv9", "encaps": ops::named_uuid("e")})),
+        ]
+    };
+    let del = || vec![ops::delete("Chassis", vec![ops::cond("name", "==", json!("hv9"))])];
+    let t = Instant::now();
+    let churn = (0..1000).flat_map(|_| [add(), del()]).chain([add()]);
+    assert_eq!(ovn.sb_transactions(churn), 2001);
+    eprintln!("1,000 deletes and re-adds of a chassis in {:?}", t.elapsed());
+    let show = lab.wait("a tunnel to hv9", Duration::from_secs(30), || {
+        let show = lab.show();
+        let names =
+            show["ports"].as_array()?.iter().filter_map(|p| p["name"].as_str()).any(|n| n.starts_with("ovn-hv9-"));
+        names.then_some(show)
+    });
+    let ports = show["ports"].as_array().unwrap().len() as u64;
+    let (used, held) = (show["ofports"]["used"].as_u64().unwrap(), show["ofports"]["held_down"].as_u64().unwrap());
+    eprintln!("after the churn: {ports} ports, {used} numbers in use, {held} held down");
+    assert_eq!(used, ports, "numbers in use are exactly the ports' (no leak)");
+    assert_eq!(ports, 4, "ovn-hv1-0, ovn-hv2-0, hv9's tunnel, vm3: {}", show["ports"]);
+    assert!(held <= 1000, "held down {held}: more than the deletes");
+    for (t, n) in &numbers_before {
+        assert_eq!(lab.numbers().get(t), Some(n), "{t} moved");
+    }
+    // The other tunnels' BFD never left Up (no flap counted).
+    assert_eq!(
+        flaps(&lab)
+            .into_iter()
+            .filter(|(n, _)| bfd_before.contains_key(n))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        bfd_before
+    );
+    lab.reach(0, 2);
+}
