@@ -16,6 +16,13 @@ use crate::{netns::unique_name, ovs::stop_pidfile, Netns};
 const SCHEMA_NB: &str = "/usr/share/ovn/ovn-nb.ovsschema";
 const SCHEMA_SB: &str = "/usr/share/ovn/ovn-sb.ovsschema";
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    Ovn,
+    Raft,
+    WithoutEncapIndex,
+}
+
 pub struct OvnCentral {
     dir: PathBuf,
     ns: Netns,
@@ -30,20 +37,40 @@ fn text(out: &Output) -> String {
 impl OvnCentral {
     /// NB, SB and northd, running; panics (after cleaning up) on failure.
     pub fn start() -> OvnCentral {
-        OvnCentral::start_with(false)
+        OvnCentral::start_with(Schema::Ovn)
+    }
+
+    /// `start`, with the Southbound made from a copy of OVN's schema
+    /// without the `Encap (type, ip)` index (added 2018-12, after the
+    /// incident): it holds redundant chassis with one IP, as the incident's
+    /// Southbound did.
+    pub fn start_without_encap_index() -> OvnCentral {
+        OvnCentral::start_with(Schema::WithoutEncapIndex)
     }
 
     /// `start`, with the Southbound a 3-member raft cluster (raft on the
     /// central namespace's loopback, clients on unix sockets sb1..sb3), as
     /// `../shared/peers/ovn/ovn-lab.sh` runs it with `OVL_SB_RAFT=1`.
     pub fn start_raft() -> OvnCentral {
-        OvnCentral::start_with(true)
+        OvnCentral::start_with(Schema::Raft)
     }
 
-    fn start_with(raft: bool) -> OvnCentral {
+    fn start_with(schema: Schema) -> OvnCentral {
         let dir = std::env::temp_dir().join(unique_name("ovn"));
         fs::create_dir_all(&dir).expect("OVN dir");
+        let raft = schema == Schema::Raft;
         let c = OvnCentral { dir, ns: Netns::new("ovc"), raft };
+        let sb_schema = match schema {
+            Schema::WithoutEncapIndex => {
+                let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(SCHEMA_SB).unwrap()).unwrap();
+                let encap = v["tables"]["Encap"].as_object_mut().expect("Encap in the schema");
+                assert!(encap.remove("indexes").is_some(), "OVN's schema has the Encap index");
+                let path = c.dir.join("sb-without-encap-index.ovsschema");
+                fs::write(&path, v.to_string()).unwrap();
+                path.to_str().unwrap().to_owned()
+            }
+            _ => SCHEMA_SB.to_owned(),
+        };
         c.ns.ok(&["ip", "link", "set", "lo", "up"]);
         let nb = c.dir.join("nb.db");
         crate::sh(&["ovsdb-tool", "create", nb.to_str().unwrap(), SCHEMA_NB]);
@@ -51,7 +78,7 @@ impl OvnCentral {
         if raft {
             let db = |m: usize| c.dir.join(format!("sb{m}.db")).to_str().unwrap().to_owned();
             let raft = |m: usize| format!("tcp:127.0.0.1:{}", 6643 + m);
-            crate::sh(&["ovsdb-tool", "create-cluster", &db(1), SCHEMA_SB, &raft(1)]);
+            crate::sh(&["ovsdb-tool", "create-cluster", &db(1), &sb_schema, &raft(1)]);
             for m in [2, 3] {
                 crate::sh(&["ovsdb-tool", "join-cluster", &db(m), "OVN_Southbound", &raft(m), &raft(1)]);
             }
@@ -61,7 +88,7 @@ impl OvnCentral {
             c.wait("a Southbound leader", Duration::from_secs(30), || c.sb_leader());
         } else {
             let db = c.dir.join("sb.db");
-            crate::sh(&["ovsdb-tool", "create", db.to_str().unwrap(), SCHEMA_SB]);
+            crate::sh(&["ovsdb-tool", "create", db.to_str().unwrap(), &sb_schema]);
             c.start_db("sb", "OVN_Southbound,SB_Global");
         }
         c.nbctl(&["--no-wait", "init"]);

@@ -406,3 +406,45 @@ fn the_seed_replayed_idle_transactions_and_a_chassis_churned_a_thousand_times() 
     );
     lab.reach(0, 2);
 }
+
+/// The 2018 incident's Southbound (no `Encap (type, ip)` index) holding two
+/// chassis with one IP: xgw keeps exactly one tunnel to that IP, reports the
+/// redundant chassis, and consumes no number, on every re-application.
+#[test]
+fn redundant_chassis_with_one_ip_get_one_tunnel_and_no_number_on_every_application() {
+    require_root!();
+    use serde_json::json;
+    use xgw_ovsdb::ops;
+    let lab = lab_on(OvnCentral::start_without_encap_index());
+    let ovn = &lab.ovn;
+    lab.wait("vm3 claimed and up", Duration::from_secs(30), || {
+        (ovn.sb_find("port_binding", "up", &["logical_port=vm3"]).trim() == "true").then_some(())
+    });
+    lab.wait("both tunnels", Duration::from_secs(20), || {
+        let n = lab.numbers();
+        (n.contains_key("ovn-hv1-0") && n.contains_key("ovn-hv2-0")).then_some(())
+    });
+    let before = lab.numbers();
+    let ofports = lab.show()["ofports"].clone();
+    // The redundant rows the index now refuses.
+    ovn.sbctl(&["chassis-add", "hv1-redundant", "geneve", lab::HV_IP[0]]);
+    ovn.sbctl(&["chassis-add", "hv2-redundant", "geneve", lab::HV_IP[1]]);
+    let warnings = lab.wait("the redundant chassis reported", Duration::from_secs(20), || {
+        let w = lab.show()["ovn"]["warnings"].clone();
+        let all: Vec<String> = w.as_array()?.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+        (all.iter().filter(|w| w.contains("redundant") && w.contains("no second tunnel")).count() == 2).then_some(all)
+    });
+    eprintln!("{warnings:#?}");
+    // 200 re-applications (each changes SB_Global.options, which xgw reads).
+    let touch = (0..200)
+        .map(|i| vec![ops::update("SB_Global", vec![], json!({"options": ["map", [["xgw-test", i.to_string()]]]}))]);
+    ovn.sb_transactions(touch);
+    std::thread::sleep(Duration::from_secs(1));
+    let show = lab.show();
+    assert_eq!(lab.numbers(), before, "exactly one tunnel per IP, the same numbers");
+    assert_eq!(show["ofports"], ofports, "a number was consumed");
+    let to = |ip: &str| show["ports"].as_array().unwrap().iter().filter(|p| p["remote_ip"] == ip).count();
+    assert_eq!((to(lab::HV_IP[0]), to(lab::HV_IP[1])), (1, 1), "{}", show["ports"]);
+    lab.reach(0, 2);
+    lab.reach(2, 1);
+}
