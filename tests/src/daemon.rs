@@ -387,3 +387,28 @@ pub fn python_parse(body: &str, openmetrics: bool) -> Vec<Value> {
     );
     serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }
+
+/// A gateway namespace with an uplink `ul` (198.51.100.1/24) toward a peer
+/// namespace (`w`, 198.51.100.2/24, which holds the next hop) and two veth
+/// pairs for local ports (`p1`/`p1x`, `p2`/`p2x`), with a daemon for it,
+/// not started. Field order is drop order: the daemon stops first.
+pub struct Gateway {
+    pub daemon: Daemon,
+    pub ns: Netns,
+    pub peer: Netns,
+}
+
+pub const GATEWAY_IPS: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
+
+pub fn gateway(tag: &str) -> Gateway {
+    let ns = Netns::new(tag);
+    let peer = Netns::new("peer");
+    crate::Veth::new(&ns, "ul", &format!("{}/24", GATEWAY_IPS[0]), &peer, "w", &format!("{}/24", GATEWAY_IPS[1]));
+    for p in ["p1", "p2"] {
+        ns.ok(&["ip", "link", "add", p, "type", "veth", "peer", "name", &format!("{p}x")]);
+        ns.ok(&["ip", "link", "set", p, "up"]);
+        ns.ok(&["ip", "link", "set", &format!("{p}x"), "up"]);
+    }
+    let daemon = Daemon::new(&ns, "ul", &[GATEWAY_IPS[0]]);
+    Gateway { daemon, ns, peer }
+}

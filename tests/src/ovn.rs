@@ -282,6 +282,8 @@ impl Drop for OvnCentral {
 ///   ovs VM vm1 -- hv1 (ovn-controller) --\
 ///   ovs VM vm2 -- hv2 (ovn-controller) ---- br0 in `ul` -- xgw [ul] -- [p3] vm3
 pub mod lab {
+    use std::time::{Duration, Instant};
+
     use super::OvnCentral;
     use crate::{gateway::TestGateway, ovs::mac_str, Netns, OvsHypervisor, Veth};
 
@@ -299,6 +301,46 @@ pub mod lab {
         /// xgw's namespace: its uplink `ul`, vm3's port `p3`.
         pub xgw: Netns,
         pub ul: Netns,
+    }
+
+    impl Topology {
+        /// VM `i` (0: vm1 on hv1, 1: vm2 on hv2, 2: vm3 behind xgw).
+        pub fn vm(&self, i: usize) -> &Netns {
+            if i == 2 {
+                &self.vm3
+            } else {
+                self.hv[i].vm()
+            }
+        }
+
+        /// Of `count` pings from VM `from` to VM `to`, how many came back.
+        pub fn received(&self, from: usize, to: usize, count: u32) -> u32 {
+            let out = self.vm(from).exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", VM_IP[to]]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.split(',').find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0)
+        }
+
+        /// VM `from` reaches VM `to`: one ping gets through within 15 s (OVS
+        /// drops the packet that triggers its underlay ARP), then 4 of 4.
+        pub fn reach(&self, from: usize, to: usize, report: impl Fn() -> String) {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while self.received(from, to, 1) == 0 {
+                assert!(Instant::now() < deadline, "vm{} never reached vm{}\n{}", from + 1, to + 1, report());
+            }
+            assert_eq!(self.received(from, to, 4), 4, "vm{} -> vm{}\n{}", from + 1, to + 1, report());
+        }
+
+        /// Bytes a 2 s iperf3 TCP stream from VM `client` to VM `server` moved.
+        pub fn iperf(&self, client: usize, server: usize) -> u64 {
+            let srv = self.vm(server).spawn(&["iperf3", "-s", "-1", "-B", VM_IP[server]]);
+            std::thread::sleep(Duration::from_millis(400));
+            let out = self.vm(client).exec(&["iperf3", "-c", VM_IP[server], "-t", "2", "-J"]);
+            let _ = srv.wait(Duration::from_secs(5));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+            eprintln!("iperf3 vm{} -> vm{}: {:.0} Mbit/s", client + 1, server + 1, bps / 1e6);
+            v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0)
+        }
     }
 
     /// ls1 with vm1..vm3 in the Northbound (fast BFD timers in NB_Global),

@@ -210,23 +210,21 @@ impl<D: Datapath, S: Store> Txn<'_, D, S> {
                 tracing::warn!(port = new.name(), "putting the old settings back after a failed write: {e:#}");
             }
         };
-        if let Err(cause) = rewrite_record_copy(self.datapath, &old.spec, new, old.ofport) {
+        // Effects and the copy back as they were; what could not be is said.
+        let mut undo = |datapath: &mut D| {
             put_back_effects(effects);
-            let failures = rewrite_record_copy(self.datapath, new, &old.spec, old.ofport)
+            let failures = rewrite_record_copy(datapath, new, &old.spec, old.ofport)
                 .err()
                 .map(|cause| UndoFailure { step: Step::Record, action: UndoAction::Reinsert, cause })
                 .into_iter()
                 .collect();
-            return Err(TxnError::Insert { step: Step::Record, cause, undo: Undo { failures, stranded: None } });
+            Undo { failures, stranded: None }
+        };
+        if let Err(cause) = rewrite_record_copy(self.datapath, &old.spec, new, old.ofport) {
+            return Err(TxnError::Insert { step: Step::Record, cause, undo: undo(self.datapath) });
         }
         if let Err(cause) = self.store.put(&PortRecord { ofport: old.ofport, spec: new.clone() }) {
-            put_back_effects(effects);
-            let failures = rewrite_record_copy(self.datapath, new, &old.spec, old.ofport)
-                .err()
-                .map(|cause| UndoFailure { step: Step::Record, action: UndoAction::Reinsert, cause })
-                .into_iter()
-                .collect();
-            return Err(TxnError::Store { cause, undo: Undo { failures, stranded: None } });
+            return Err(TxnError::Store { cause, undo: undo(self.datapath) });
         }
         Ok(())
     }

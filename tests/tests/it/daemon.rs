@@ -20,7 +20,7 @@ use xgw::{
 };
 use xgw_common::maps::{self as wire, names::*, *};
 use xgw_tests::{
-    daemon::{get_metrics, parse_samples, promtool_check, python_parse, scrape, Daemon},
+    daemon::{gateway, get_metrics, parse_samples, promtool_check, python_parse, scrape, Daemon, GATEWAY_IPS as GW_IP},
     gateway::TestGateway,
     netns::{Netns, Veth},
     ports::{bytes, expected_maps, read_maps, read_records, Maps, TempDir},
@@ -31,33 +31,11 @@ use xgw_tests::{
 const VNI: u32 = 5001;
 const GW_MAC: [[u8; 6]; 2] = [[0x02, 0x00, 0x5e, 0x10, 0, 1], [0x02, 0x00, 0x5e, 0x10, 0, 2]];
 const VM_MAC: [[u8; 6]; 2] = [[0x02, 0x00, 0x5e, 0x20, 0, 1], [0x02, 0x00, 0x5e, 0x20, 0, 2]];
-const GW_IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
 const VM_IP: [&str; 2] = ["203.0.113.1", "203.0.113.2"];
 const VM_KEY: [u16; 2] = [0x0011, 0x0022];
 
 fn mac(m: [u8; 6]) -> String {
     MacAddr(m).to_string()
-}
-
-/// A gateway namespace with an uplink toward a peer namespace (which holds
-/// the next hop, 198.51.100.2) and two veth pairs for local ports.
-struct Gw {
-    ns: Netns,
-    peer: Netns,
-    daemon: Daemon,
-}
-
-fn gateway(tag: &str) -> Gw {
-    let ns = Netns::new(tag);
-    let peer = Netns::new("peer");
-    Veth::new(&ns, "ul", &format!("{}/24", GW_IP[0]), &peer, "w", &format!("{}/24", GW_IP[1]));
-    for p in ["p1", "p2"] {
-        ns.ok(&["ip", "link", "add", p, "type", "veth", "peer", "name", &format!("{p}x")]);
-        ns.ok(&["ip", "link", "set", p, "up"]);
-        ns.ok(&["ip", "link", "set", &format!("{p}x"), "up"]);
-    }
-    let daemon = Daemon::new(&ns, "ul", &[GW_IP[0]]);
-    Gw { ns, peer, daemon }
 }
 
 /// The maps as the daemon's `show --json` says they must be: the ports'

@@ -9,33 +9,9 @@ use std::{
 
 use serde_json::json;
 use xgw_tests::{
-    daemon::Daemon,
-    netns::{Netns, Veth},
+    daemon::{gateway, Daemon},
     require_root,
 };
-
-const GW_IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
-
-/// A gateway namespace with an uplink toward a peer namespace and two veth
-/// pairs (`p1`, `p1x`; `p2`, `p2x`) for local ports.
-struct Gw {
-    ns: Netns,
-    _peer: Netns,
-    daemon: Daemon,
-}
-
-fn gateway(tag: &str) -> Gw {
-    let ns = Netns::new(tag);
-    let peer = Netns::new("peer");
-    Veth::new(&ns, "ul", &format!("{}/24", GW_IP[0]), &peer, "w", &format!("{}/24", GW_IP[1]));
-    for p in ["p1", "p2"] {
-        ns.ok(&["ip", "link", "add", p, "type", "veth", "peer", "name", &format!("{p}x")]);
-        ns.ok(&["ip", "link", "set", p, "up"]);
-        ns.ok(&["ip", "link", "set", &format!("{p}x"), "up"]);
-    }
-    let daemon = Daemon::new(&ns, "ul", &[GW_IP[0]]);
-    Gw { ns, _peer: peer, daemon }
-}
 
 fn port_add(d: &Daemon, name: &str, key: &str, mac: &str) {
     d.cli(&["port", "add", name, "--ifname", "p1", "--vni", "5001", "--port-key", key, "--mac", mac]);

@@ -52,37 +52,15 @@ fn lab_on(ovn: OvnCentral) -> Lab {
 
 impl Lab {
     fn vm(&self, i: usize) -> &xgw_tests::Netns {
-        if i == 2 {
-            &self.topo.vm3
-        } else {
-            self.topo.hv[i].vm()
-        }
-    }
-
-    fn received(&self, from: usize, to: usize, count: u32) -> u32 {
-        let out = self.vm(from).exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", VM_IP[to]]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split(',').find_map(|f| f.trim().strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0)
+        self.topo.vm(i)
     }
 
     fn reach(&self, from: usize, to: usize) {
-        // OVS drops the packet that triggers its underlay ARP.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.received(from, to, 1) == 0 {
-            assert!(Instant::now() < deadline, "vm{} never reached vm{}\n{}", from + 1, to + 1, self.report());
-        }
-        assert_eq!(self.received(from, to, 4), 4, "vm{} -> vm{}\n{}", from + 1, to + 1, self.report());
+        self.topo.reach(from, to, || self.report())
     }
 
     fn iperf(&self, client: usize, server: usize) -> u64 {
-        let srv = self.vm(server).spawn(&["iperf3", "-s", "-1", "-B", VM_IP[server]]);
-        std::thread::sleep(Duration::from_millis(400));
-        let out = self.vm(client).exec(&["iperf3", "-c", VM_IP[server], "-t", "2", "-J"]);
-        let _ = srv.wait(Duration::from_secs(5));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-        eprintln!("iperf3 vm{} -> vm{}: {:.0} Mbit/s", client + 1, server + 1, bps / 1e6);
-        v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0)
+        self.topo.iperf(client, server)
     }
 
     fn show(&self) -> Value {
