@@ -41,10 +41,11 @@ impl Added {
 
 #[derive(Debug, Error)]
 pub enum PortError {
-    #[error("port {name:?}: {cause}")]
-    Invalid { name: String, cause: SpecError },
-    #[error("port {name:?} already exists with a different spec (ofport {ofport})")]
-    NameTaken { name: String, ofport: OfPort },
+    /// `what`: `port` or `tunnel`, as the operator added it.
+    #[error("{what} {name:?}: {cause}")]
+    Invalid { what: &'static str, name: String, cause: SpecError },
+    #[error("{what} {name:?} already exists with a different spec (ofport {ofport})")]
+    NameTaken { what: &'static str, name: String, ofport: OfPort },
     #[error(
         "tunnel {name:?} duplicates tunnel {existing:?} ({key}): a redundant tunnel can never carry traffic, refused"
     )]
@@ -286,7 +287,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         let name = spec.name();
         if let Err(cause) = spec.validate() {
             let name = name.to_owned();
-            return Err(PortError::Invalid { name, cause });
+            return Err(PortError::Invalid { what: spec.kind().name(), name, cause });
         }
         if let Some(existing) = self.ports.get(name) {
             if existing.spec == *spec {
@@ -298,7 +299,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 return Ok(Added::Updated(existing.ofport));
             }
             let (name, ofport) = (name.to_owned(), existing.ofport);
-            return Err(PortError::NameTaken { name, ofport });
+            return Err(PortError::NameTaken { what: existing.spec.kind().name(), name, ofport });
         }
         self.check_claims_free(spec, None)?;
         let ofport = self.run_add(spec, spec.ofport_request(), now, effects).map_err(|cause| txn_error(spec, cause))?;
@@ -360,7 +361,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         }
         if let Err(cause) = spec.validate() {
             let name = name.to_owned();
-            return Err(PortError::Invalid { name, cause });
+            return Err(PortError::Invalid { what: spec.kind().name(), name, cause });
         }
         if old.spec.same_entries(spec) {
             self.run_update(&old, spec, effects)?;

@@ -432,7 +432,7 @@ fn duplicates_and_idempotent_repeats() {
     let err = pm.add(&bad, t0).expect_err("invalid");
     assert_eq!(
         err.to_string(),
-        "port \"bad\": remote_ip: 127.0.0.1 is a loopback or link-local address, not another chassis"
+        "tunnel \"bad\": remote_ip: 127.0.0.1 is a loopback or link-local address, not another chassis"
     );
     assert_eq!(snapshot(&pm), before, "refusals cost nothing");
     // Same VNI to another remote, or another VNI to the same remote, is fine.
