@@ -29,11 +29,14 @@ pub struct Links {
     /// Local port -> the ifindex its interface had when last looked at
     /// (`None`: no such interface).
     seen: BTreeMap<String, Option<u32>>,
+    /// Local port -> why `xgw_local` is not on its interface (an attach
+    /// that failed in `sync`; `show` says it).
+    failed: BTreeMap<String, String>,
 }
 
 impl Links {
     pub fn new(ebpf: Ebpf, pins: Pins, mode: AttachMode) -> Links {
-        Links { ebpf, pins, mode, seen: BTreeMap::new() }
+        Links { ebpf, pins, mode, seen: BTreeMap::new(), failed: BTreeMap::new() }
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -58,6 +61,7 @@ impl Links {
         // Recorded now, so that the interface's deletion before the next
         // watch is still seen as a change.
         self.seen.insert(port.to_owned(), super::ifindex(ifname));
+        self.failed.remove(port);
         Ok(how)
     }
 
@@ -70,6 +74,7 @@ impl Links {
     /// Removes the link of port `port` on `ifname`.
     pub fn detach(&mut self, port: &str, ifname: &str) {
         self.seen.remove(port);
+        self.failed.remove(port);
         if let Err(e) = pins::detach(&self.pins.local_link(ifname)) {
             tracing::warn!(port, ifname, "detaching xgw_local: {e:#}");
         }
@@ -95,7 +100,10 @@ impl Links {
         for (port, ifname) in wanted {
             match self.attach(port, ifname) {
                 Ok(how) => tracing::info!(ifname, ?how, "xgw_local attached"),
-                Err(e) => tracing::warn!(ifname, "cannot attach xgw_local: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(ifname, "cannot attach xgw_local: {e:#}");
+                    self.failed.insert(port.clone(), format!("xgw_local is not attached to {ifname}: {e:#}"));
+                }
             }
         }
     }
@@ -111,10 +119,10 @@ impl Links {
 
     /// Why port `port` does not forward now, as `show` says it.
     pub fn error(&self, port: &str, ifname: &str) -> Option<String> {
-        self.seen
-            .get(port)
-            .is_some_and(Option::is_none)
-            .then(|| format!("interface {ifname} does not exist; the port forwards once it does"))
+        if self.seen.get(port).is_some_and(Option::is_none) {
+            return Some(format!("interface {ifname} does not exist; the port forwards once it does"));
+        }
+        self.failed.get(port).cloned()
     }
 }
 

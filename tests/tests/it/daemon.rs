@@ -214,22 +214,14 @@ fn every_command_goes_through_the_daemon_and_matches_the_maps() {
         "34",
     ]);
     assert_eq!(b["ofport"], 10);
-    // Adding the identical port again is a no-op that costs no number.
-    let again = d.json(&[
-        "port",
-        "add",
-        "vm1",
-        "--ifname",
-        "p1",
-        "--vni",
-        "5001",
-        "--port-key",
-        "17",
-        "--mac",
-        &mac(VM_MAC[0]),
-        "--ip",
-        VM_IP[0],
-    ]);
+    // Adding the identical port again is refused, as ovs-vsctl's add-port;
+    // with --may-exist it is a no-op that costs no number.
+    let vm1 = mac(VM_MAC[0]);
+    let same =
+        ["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", &vm1, "--ip", VM_IP[0]];
+    let err = d.refused(&same);
+    assert!(err.contains("port \"vm1\" already exists (ofport 1); --may-exist"), "{err}");
+    let again = d.json(&[&same[..], &["--may-exist"]].concat());
     assert_eq!(again["ofport"], p["ofport"]);
 
     let show = wait_resolved(d, "hv2");
@@ -504,7 +496,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     let out = d.run_command(&[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("another xgw daemon") && err.contains("ul"), "{err}");
+    assert!(err.contains("another xgw (pid") && err.contains("uplink ul"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     let other = TempDir::new("other");
     let out = std::process::Command::new("ip")
@@ -569,7 +561,7 @@ fn a_thousand_failed_port_adds_cost_no_number() {
         "name": "vm9", "ifname": "lo", "vni": 5001, "port_key": 9, "mac": "02:00:5e:20:00:09"
     }))
     .unwrap();
-    let request = xgw::api::Request::PortAdd(lo);
+    let request = xgw::api::Request::PortAdd(xgw::api::Add::new(lo));
     let t0 = Instant::now();
     for i in 0..1000 {
         let e = xgw::api::call(&d.socket, &request, Duration::from_secs(10)).expect_err("lo has no native XDP");
@@ -1457,7 +1449,18 @@ fn a_lost_or_damaged_store_is_refused_and_rebuilt_from_the_datapath_with_every_n
     // Numbers that are not simply 1, 2, 3: a deleted port leaves a gap.
     d.cli(&["tunnel", "add", "gone", "--remote-ip", "198.51.100.9", "--vni", "5001"]);
     d.cli(&["tunnel", "add", "hv2", "--remote-ip", GW_IP[1], "--vni", "5001", "--ofport", "700", "--ovn-metadata"]);
-    d.cli(&["tunnel", "add", "hv3", "--remote-ip", "198.51.100.3", "--bfd", "--bfd-min-tx", "300", "--bfd-mult", "5"]);
+    d.cli(&[
+        "tunnel",
+        "add",
+        "hv3",
+        "--remote-ip",
+        "198.51.100.3",
+        "--bfd",
+        "--bfd-min-tx-ms",
+        "300",
+        "--bfd-detect-mult",
+        "5",
+    ]);
     d.cli(&["tunnel", "del", "gone"]);
     add_vm1(d, &["--allow", "02:00:5e:20:00:99 203.0.113.99"]);
     for i in 0..20u8 {
