@@ -147,7 +147,8 @@ impl Daemon {
 
     /// `xgw <args>`, which must fail: returns its stderr, which must be one
     /// line (`xgw: ...`), or clap's own usage error whole (exit 2: `error:
-    /// ...`, the usage, the hint), whose first paragraph is returned.
+    /// ...`, the usage if it has one, the hint), whose first paragraph is
+    /// returned.
     pub fn refused(&self, args: &[&str]) -> String {
         let out = self.try_cli(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -157,7 +158,10 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout)
         );
         if out.status.code() == Some(2) {
-            assert!(err.starts_with("error: ") && err.contains("\nUsage: "), "xgw {args:?}: not clap's error:\n{err}");
+            assert!(
+                err.starts_with("error: ") && err.trim_end().ends_with("For more information, try '--help'."),
+                "xgw {args:?}: not clap's error:\n{err}"
+            );
             let what: Vec<&str> = err.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             return what.join(" ");
         }

@@ -959,11 +959,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 PortState::Reserved | PortState::Committed | PortState::Stranded => AllocError::RequestedInUse { port },
             },
         };
-        Err(PortError::Txn {
-            what: spec.kind(),
-            name: spec.name().into(),
-            cause: TxnError::Number { cause },
-        })
+        Err(PortError::Txn { what: spec.kind(), name: spec.name().into(), cause: TxnError::Number { cause } })
     }
 
     fn index(&mut self, record: PortRecord) {
