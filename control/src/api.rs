@@ -201,7 +201,7 @@ impl<'de, T: clap::Args + serde::de::DeserializeOwned> Deserialize<'de> for Add<
 pub struct TunnelSet {
     /// The tunnel's name.
     pub name: Name,
-    /// Run BFD on the tunnel (true) or stop it (false).
+    /// Run BFD on the tunnel (true) or stop it (false; its own timers go too).
     #[arg(long, value_name = "true|false")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<bool>,
@@ -233,6 +233,12 @@ impl TunnelSet {
         }
         if let Some(b) = self.bfd {
             t.bfd = b;
+        }
+        // BFD off takes the tunnel's own timers with it (OVS would keep
+        // `bfd:min_tx` beside `bfd:enable=false`; a tunnel here has timers
+        // only with BFD on, as in the config file).
+        if self.bfd == Some(false) {
+            (t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult) = (None, None, None);
         }
         t.bfd_min_tx_ms = self.bfd_min_tx_ms.or(t.bfd_min_tx_ms);
         t.bfd_min_rx_ms = self.bfd_min_rx_ms.or(t.bfd_min_rx_ms);
@@ -957,6 +963,22 @@ mod tests {
         let plain = r#"{"op":"tunnel_add","name":"t","remote_ip":"198.51.100.2"}"#;
         let Request::TunnelAdd(add) = serde_json::from_str(plain).unwrap() else { panic!("a tunnel add") };
         assert!(!add.may_exist);
+    }
+
+    #[test]
+    fn tunnel_set_changes_what_it_is_given_and_keeps_the_rest() {
+        let old: TunnelArgs = serde_json::from_str(
+            r#"{"name":"t","remote_ip":"198.51.100.2","bfd":true,"bfd_min_tx_ms":300,"bfd_detect_mult":5}"#,
+        )
+        .unwrap();
+        let set = |json: &str| -> TunnelSet { serde_json::from_str(json).unwrap() };
+        let t = set(r#"{"name":"t","bfd_min_rx_ms":50}"#).apply(&old);
+        assert_eq!((t.bfd, t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult), (true, Some(300), Some(50), Some(5)));
+        let t = set(r#"{"name":"t","bfd_default_timers":true,"bfd_detect_mult":4}"#).apply(&old);
+        assert_eq!((t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult), (None, None, Some(4)));
+        let t = set(r#"{"name":"t","bfd":false}"#).apply(&old);
+        assert_eq!((t.bfd, t.bfd_min_tx_ms, t.bfd_detect_mult), (false, None, None));
+        assert_eq!((t.remote_ip, t.name), (old.remote_ip, old.name.clone()));
     }
 
     #[test]

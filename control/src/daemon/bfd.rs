@@ -113,7 +113,7 @@ impl Bfd {
         t.bfd_timers.check(fields)?;
         if !t.bfd {
             if !t.bfd_timers.is_empty() {
-                bail!("{}: BFD timers given, but bfd is off for tunnel {:?}", fields[0], t.name.as_str());
+                bail!("{}: set, but bfd is off for this tunnel", fields[0]);
             }
             return Ok(());
         }
