@@ -5,8 +5,8 @@
 use std::{
     io::{Read, Write},
     net::IpAddr,
-    os::unix::net::UnixStream,
-    path::Path,
+    os::unix::{fs::FileTypeExt, net::UnixStream},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -21,55 +21,115 @@ use crate::types::{AllowedAddress, BfdOverride, IfName, MacAddr, Name, PortKey, 
 /// and a client must not make the daemon buffer without bound.
 pub const MAX_REQUEST: u64 = 64 * 1024;
 
-/// Default socket of the daemon.
-pub const DEFAULT_SOCKET: &str = "/run/xgw/xgw.sock";
+/// Where daemons put their sockets: the systemd unit's `RuntimeDirectory`,
+/// one socket per uplink (`/run/xgw/<uplink>.sock`).
+pub const SOCKET_DIR: &str = "/run/xgw";
 
+/// The socket of the daemon on `uplink`, where the unit puts it.
+pub fn uplink_socket(uplink: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{uplink}.sock"))
+}
+
+/// Which daemon a command talks to: `--socket` (or `XGW_SOCKET`) if given;
+/// else `--uplink` (or `XGW_UPLINK`)'s socket; else the one socket in
+/// `/run/xgw`. Several sockets and none named is an error that lists them.
+pub fn resolve_socket(socket: Option<&Path>, uplink: Option<&str>) -> Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s.to_owned());
+    }
+    if let Some(u) = uplink {
+        return Ok(uplink_socket(u));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(SOCKET_DIR)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!(
+            "no xgw daemon socket in {SOCKET_DIR} (is `xgw run` running?); name the daemon with --uplink IF or \
+             --socket PATH"
+        ),
+        _ => {
+            let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+            bail!(
+                "{} daemons have sockets in {SOCKET_DIR} ({}); name one with --uplink IF or --socket PATH",
+                found.len(),
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// A request line: `{"op": "<request>", ...fields}`. Unknown fields are
+/// refused, in every request (none is a unit variant, which serde would
+/// let carry anything).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    PortAdd(PortArgs),
+    PortAdd(Add<PortArgs>),
     PortDel {
         name: Name,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_exists: bool,
     },
-    PortList,
-    TunnelAdd(TunnelArgs),
+    PortList {},
+    TunnelAdd(Add<TunnelArgs>),
+    /// Changes a tunnel's BFD in place (ovs-vsctl's `set Interface`).
+    TunnelSet(TunnelSet),
     TunnelDel {
         name: Name,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_exists: bool,
     },
-    TunnelList,
-    BindingAdd(Binding),
+    TunnelList {},
+    BindingAdd(Add<Binding>),
     BindingDel {
         vni: Vni,
         mac: MacAddr,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_exists: bool,
     },
-    BindingList,
-    GroupAdd(Group),
+    BindingList {},
+    GroupAdd(Add<Group>),
+    /// Replaces an existing group's members and rate.
+    GroupSet(Group),
     GroupDel {
         vni: Vni,
         key: u16,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_exists: bool,
     },
-    GroupList,
-    Show,
-    Stats,
+    GroupList {},
+    Show {},
+    Stats {},
     /// Every BFD session, or the one named.
     BfdShow {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<Name>,
     },
-    BfdPeerAdd(BfdPeerArgs),
+    BfdPeerAdd(Add<BfdPeerArgs>),
     BfdPeerDel {
         name: Name,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_exists: bool,
     },
-    BfdPeerList,
+    BfdPeerList {},
     /// The whole store, as `xgw store export` prints it.
-    StoreExport,
+    StoreExport {},
     /// Change log levels at run time (`xgw log set`, like `ovs-appctl
     /// vlog/set`): `["aya=debug", "info"]`, all or none.
     LogSet {
         set: Vec<crate::logging::Directive>,
     },
     /// The log levels in force.
-    LogShow,
+    LogShow {},
 }
 
 impl Request {
@@ -77,17 +137,121 @@ impl Request {
     pub fn is_query(&self) -> bool {
         matches!(
             self,
-            Request::PortList
-                | Request::TunnelList
-                | Request::BindingList
-                | Request::GroupList
-                | Request::Show
-                | Request::Stats
+            Request::PortList {}
+                | Request::TunnelList {}
+                | Request::BindingList {}
+                | Request::GroupList {}
+                | Request::Show {}
+                | Request::Stats {}
                 | Request::BfdShow { .. }
-                | Request::BfdPeerList
-                | Request::StoreExport
-                | Request::LogShow
+                | Request::BfdPeerList {}
+                | Request::StoreExport {}
+                | Request::LogShow {}
         )
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// An add request: the object, and ovs-vsctl's `--may-exist`. Without it an
+/// object of that name (or key) that exists already is an error; with it an
+/// identical one is not (nothing changes), a different one still is. On the
+/// wire `may_exist` sits beside the object's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Add<T: clap::Args> {
+    #[command(flatten)]
+    pub item: T,
+    /// An identical existing one is not an error (nothing changes); one with
+    /// other settings still is (ovs-vsctl's --may-exist).
+    #[arg(long)]
+    pub may_exist: bool,
+}
+
+impl<T: clap::Args> Add<T> {
+    pub fn new(item: T) -> Add<T> {
+        Add { item, may_exist: false }
+    }
+}
+
+impl<T: clap::Args + Serialize> Serialize for Add<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = serde_json::to_value(&self.item).map_err(S::Error::custom)?;
+        if self.may_exist {
+            v.as_object_mut()
+                .ok_or_else(|| S::Error::custom("an add request's object is not a JSON object"))?
+                .insert("may_exist".into(), true.into());
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de, T: clap::Args + serde::de::DeserializeOwned> Deserialize<'de> for Add<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Add<T>, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let may_exist = match fields.remove("may_exist") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => return Err(D::Error::custom(format!("may_exist: {other} is not true or false"))),
+        };
+        // The object's own type refuses what it does not know.
+        let item = T::deserialize(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(Add { item, may_exist })
+    }
+}
+
+/// `tunnel set`: what changes on an existing tunnel; what is not given stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSet {
+    /// The tunnel's name.
+    pub name: Name,
+    /// Run BFD on the tunnel (true) or stop it (false; its own timers go too).
+    #[arg(long, value_name = "true|false")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<bool>,
+    /// BFD Desired Min TX Interval, ms.
+    #[arg(long = "bfd-min-tx-ms", value_name = "MS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_min_tx_ms: Option<u32>,
+    /// BFD Required Min RX Interval, ms.
+    #[arg(long = "bfd-min-rx-ms", value_name = "MS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_min_rx_ms: Option<u32>,
+    /// BFD Detect Mult.
+    #[arg(long = "bfd-detect-mult", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_detect_mult: Option<u8>,
+    /// Drop the tunnel's own BFD timers first: those not given return to
+    /// the daemon's `[bfd]`.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bfd_default_timers: bool,
+}
+
+impl TunnelSet {
+    /// `old` with this change applied.
+    pub fn apply(&self, old: &TunnelArgs) -> TunnelArgs {
+        let mut t = old.clone();
+        if self.bfd_default_timers {
+            (t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult) = (None, None, None);
+        }
+        if let Some(b) = self.bfd {
+            t.bfd = b;
+        }
+        // BFD off takes the tunnel's own timers with it (OVS would keep
+        // `bfd:min_tx` beside `bfd:enable=false`; a tunnel here has timers
+        // only with BFD on, as in the config file).
+        if self.bfd == Some(false) {
+            (t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult) = (None, None, None);
+        }
+        t.bfd_min_tx_ms = self.bfd_min_tx_ms.or(t.bfd_min_tx_ms);
+        t.bfd_min_rx_ms = self.bfd_min_rx_ms.or(t.bfd_min_rx_ms);
+        t.bfd_detect_mult = self.bfd_detect_mult.or(t.bfd_detect_mult);
+        t
     }
 }
 
@@ -173,8 +337,8 @@ pub struct TunnelArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<Vni>,
     /// Run BFD on the tunnel (on tunnel key 0 if it is flow-keyed, as OVN's
-    /// `check_tnl_key=true` expects). Adding the same tunnel again with it
-    /// on or off starts or stops the session in place.
+    /// `check_tnl_key=true` expects). `xgw tunnel set NAME --bfd false|true`
+    /// stops or starts the session in place.
     #[arg(long)]
     #[serde(default)]
     pub bfd: bool,
@@ -187,16 +351,16 @@ pub struct TunnelArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<u16>,
     /// This tunnel's BFD Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
-    /// Adding the same tunnel again with other timers changes them on the running session.
-    #[arg(long = "bfd-min-tx", requires = "bfd")]
+    /// `xgw tunnel set` changes them on the running session.
+    #[arg(long = "bfd-min-tx-ms", alias = "bfd-min-tx", value_name = "MS", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_min_tx_ms: Option<u32>,
     /// This tunnel's BFD Required Min RX Interval, ms.
-    #[arg(long = "bfd-min-rx", requires = "bfd")]
+    #[arg(long = "bfd-min-rx-ms", alias = "bfd-min-rx", value_name = "MS", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_min_rx_ms: Option<u32>,
     /// This tunnel's BFD Detect Mult.
-    #[arg(long = "bfd-mult", requires = "bfd")]
+    #[arg(long = "bfd-detect-mult", alias = "bfd-mult", value_name = "N", requires = "bfd")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd_detect_mult: Option<u8>,
 }
@@ -231,15 +395,15 @@ pub struct BfdPeerArgs {
     #[serde(default)]
     pub echo: bool,
     /// Desired Min TX Interval, ms [default: the daemon's `[bfd]`].
-    #[arg(long = "min-tx")]
+    #[arg(long = "min-tx-ms", alias = "min-tx", value_name = "MS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tx_ms: Option<u32>,
-    /// Required Min RX Interval, ms.
-    #[arg(long = "min-rx")]
+    /// Required Min RX Interval, ms [default: the daemon's `[bfd]`].
+    #[arg(long = "min-rx-ms", alias = "min-rx", value_name = "MS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_rx_ms: Option<u32>,
-    /// Detect Mult.
-    #[arg(long = "mult")]
+    /// Detect Mult [default: the daemon's `[bfd]`].
+    #[arg(long = "detect-mult", alias = "mult", value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detect_mult: Option<u8>,
 }
@@ -264,11 +428,20 @@ pub struct BfdPeerView {
     pub detect_mult: u8,
     /// The session's state, `null` if it is not running.
     pub state: Option<BfdState>,
+    /// Changes to or from Up, `null` if it is not running.
+    #[serde(default)]
+    pub flap_count: Option<u64>,
     pub from_config: bool,
+    /// Why the session does not run, or its last transmit error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-/// One BFD session: the fields of `ovs-appctl bfd/show`, plus where it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One BFD session: every field of `ovs-appctl bfd/show`, named as OVS
+/// labels it (snake_case, `_ms` for milliseconds; every number an integer),
+/// plus where it runs and its counters. Times are relative to now, as OVS
+/// prints them (`Detect Time: now +250ms`): positive ahead, negative past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BfdSessionView {
     pub name: String,
     /// `tunnel` (Geneve, toward Open vSwitch or another xgw) or `peer`
@@ -288,26 +461,42 @@ pub struct BfdSessionView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nexthop_mac: Option<String>,
     pub echo: bool,
-    /// Both sides Up (OVS: `forwarding`).
+    /// Both sides Up (OVS: `Forwarding`).
     pub forwarding: bool,
     pub detect_mult: u8,
     pub concatenated_path_down: bool,
-    /// Negotiated: the interval we send at, the remote's.
-    pub tx_interval_ms: f64,
-    pub rx_interval_ms: f64,
-    pub detect_time_ms: f64,
+    /// Negotiated: the interval we send at, and the remote's.
+    pub tx_interval_ms: u64,
+    pub rx_interval_ms: u64,
+    /// When detection expires unless a packet arrives (a deadline, as
+    /// OVS's `Detect Time`); `null` while it does not run (the remote
+    /// unheard, or the session Down).
+    pub detect_time_ms: Option<i64>,
+    /// How long detection waits: the remote's Detect Mult times the
+    /// negotiated receive interval (RFC 5880 6.8.4).
+    pub detect_interval_ms: u64,
+    /// When the next periodic packet goes out.
+    pub next_tx_time_ms: i64,
+    /// When the last periodic packet went out; `null` before the first.
+    pub last_tx_time_ms: Option<i64>,
+    /// The flags of the packet we send next (OVS's words: `none`, or
+    /// `poll`, `final`, ...).
+    pub local_flags: String,
     pub local_state: BfdState,
     pub local_diagnostic: String,
     pub local_discriminator: u32,
-    pub local_min_tx_ms: u32,
-    pub local_min_rx_ms: u32,
+    /// Advertised now (a session not Up advertises at least 1000 ms TX).
+    pub local_min_tx_ms: u64,
+    pub local_min_rx_ms: u64,
+    /// The flags of the last packet received.
+    pub remote_flags: String,
     pub remote_state: BfdState,
     pub remote_diagnostic: String,
     pub remote_discriminator: u32,
-    pub remote_min_tx_ms: f64,
-    pub remote_min_rx_ms: f64,
+    pub remote_min_tx_ms: u64,
+    pub remote_min_rx_ms: u64,
     pub remote_detect_mult: u8,
-    /// Changes to or from Up (as Open vSwitch counts `flap_count`).
+    /// Changes to or from Up (Open vSwitch's `flap_count`).
     pub flap_count: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
@@ -317,6 +506,25 @@ pub struct BfdSessionView {
     /// The last transmit error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// RFC 5880's flag bits in Open vSwitch's words (`bfd_flag_str`).
+pub fn bfd_flags(flags: u8) -> String {
+    use xgw_common::bfd::{FLAG_AUTH, FLAG_CPI, FLAG_DEMAND, FLAG_FINAL, FLAG_MULTIPOINT, FLAG_POLL};
+    let names = [
+        (FLAG_MULTIPOINT, "multipoint"),
+        (FLAG_DEMAND, "demand"),
+        (FLAG_AUTH, "auth"),
+        (FLAG_CPI, "ctl"),
+        (FLAG_FINAL, "final"),
+        (FLAG_POLL, "poll"),
+    ];
+    let set: Vec<&str> = names.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect();
+    if set.is_empty() {
+        "none".to_owned()
+    } else {
+        set.join(" ")
+    }
 }
 
 /// One line back: `{"ok": {"<reply kind>": ...}}` or `{"error": "..."}`.
@@ -346,8 +554,12 @@ pub enum Reply {
     Groups(Vec<GroupView>),
     Show(Box<ShowView>),
     Stats(StatsView),
-    /// `bfd show` (one session or all).
+    /// `bfd show`: every session.
     BfdSessions(Vec<BfdSessionView>),
+    /// `bfd show NAME`: that one.
+    BfdSession(BfdSessionView),
+    /// A `del --if-exists` of something that does not exist.
+    Absent(Absent),
     BfdPeer(BfdPeerView),
     BfdPeers(Vec<BfdPeerView>),
     Store(crate::ofport::redb_store::Export),
@@ -369,12 +581,21 @@ impl Reply {
             Reply::Show(v) => serde_json::to_value(v),
             Reply::Stats(v) => serde_json::to_value(v),
             Reply::BfdSessions(v) => serde_json::to_value(v),
+            Reply::BfdSession(v) => serde_json::to_value(v),
+            Reply::Absent(v) => serde_json::to_value(v),
             Reply::BfdPeer(v) => serde_json::to_value(v),
             Reply::BfdPeers(v) => serde_json::to_value(v),
             Reply::Store(v) => serde_json::to_value(v),
             Reply::Log(v) => serde_json::to_value(v),
         }
     }
+}
+
+/// What a `del --if-exists` found missing: nothing was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Absent {
+    /// The object as errors name it (`port "vm9"`, `binding vni 5 mac ...`).
+    pub absent: String,
 }
 
 /// What a delete removed.
@@ -522,7 +743,7 @@ pub struct BfdView {
     pub enabled: bool,
     pub state: Option<BfdState>,
     #[serde(default)]
-    pub flaps: Option<u64>,
+    pub flap_count: Option<u64>,
     /// Local and remote both Up.
     #[serde(default)]
     pub forwarding: bool,
@@ -590,11 +811,18 @@ pub struct OfportsView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShowView {
+    /// The daemon's version (`xgw --version`), as OVS's `ovs_version`.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
     pub uplink: UplinkView,
     pub bpffs: String,
     pub state_dir: String,
     pub ports: Vec<PortView>,
     pub bindings: Vec<BindingView>,
+    pub groups: Vec<GroupView>,
+    /// Single-hop BFD sessions toward underlay routers.
+    pub bfd_peers: Vec<BfdPeerView>,
     pub ofports: OfportsView,
     /// The OVN chassis this gateway is, if it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -719,5 +947,100 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply
     match serde_json::from_str(&reply).context("the daemon's answer is not a reply of this xgw's API")? {
         Response::Ok(v) => Ok(*v),
         Response::Error(e) => bail!("{e}"),
+    }
+}
+
+/// An error and its causes on one line, as `{:#}` prints them, less a
+/// cause its parent already quoted: aya's `EbpfError::MapError` prints
+/// "map error: {0}" and is also the source of its own `MapError`, which
+/// `{:#}` would print twice (`failed to create map X: failed to create map X`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let shown = cause.to_string();
+        if !last.is_empty() && last.contains(shown.as_str()) {
+            last = shown;
+            continue;
+        }
+        if !text.is_empty() {
+            text += ": ";
+        }
+        text += &shown;
+        last = shown;
+    }
+    text.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_in_every_request() {
+        for line in [
+            r#"{"op":"show","x":1}"#,
+            r#"{"op":"port_list","x":1}"#,
+            r#"{"op":"port_del","name":"a","x":1}"#,
+            r#"{"op":"tunnel_add","name":"t","remote_ip":"198.51.100.2","x":1}"#,
+            r#"{"op":"tunnel_add","name":"t","remote_ip":"198.51.100.2","may_exist":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(line).is_err(), "{line} accepted");
+        }
+        let ok: Request = serde_json::from_str(r#"{"op":"show"}"#).unwrap();
+        assert_eq!(ok, Request::Show {});
+    }
+
+    #[test]
+    fn may_exist_sits_beside_the_objects_fields_and_round_trips() {
+        let line = r#"{"op":"tunnel_add","name":"t","remote_ip":"198.51.100.2","may_exist":true}"#;
+        let Request::TunnelAdd(add) = serde_json::from_str(line).unwrap() else { panic!("a tunnel add") };
+        assert!(add.may_exist);
+        assert_eq!(add.item.name.as_str(), "t");
+        let text = serde_json::to_string(&Request::TunnelAdd(add.clone())).unwrap();
+        assert!(text.contains(r#""may_exist":true"#), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), Request::TunnelAdd(add));
+        let plain = r#"{"op":"tunnel_add","name":"t","remote_ip":"198.51.100.2"}"#;
+        let Request::TunnelAdd(add) = serde_json::from_str(plain).unwrap() else { panic!("a tunnel add") };
+        assert!(!add.may_exist);
+    }
+
+    #[test]
+    fn tunnel_set_changes_what_it_is_given_and_keeps_the_rest() {
+        let old: TunnelArgs = serde_json::from_str(
+            r#"{"name":"t","remote_ip":"198.51.100.2","bfd":true,"bfd_min_tx_ms":300,"bfd_detect_mult":5}"#,
+        )
+        .unwrap();
+        let set = |json: &str| -> TunnelSet { serde_json::from_str(json).unwrap() };
+        let t = set(r#"{"name":"t","bfd_min_rx_ms":50}"#).apply(&old);
+        assert_eq!((t.bfd, t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult), (true, Some(300), Some(50), Some(5)));
+        let t = set(r#"{"name":"t","bfd_default_timers":true,"bfd_detect_mult":4}"#).apply(&old);
+        assert_eq!((t.bfd_min_tx_ms, t.bfd_min_rx_ms, t.bfd_detect_mult), (None, None, Some(4)));
+        let t = set(r#"{"name":"t","bfd":false}"#).apply(&old);
+        assert_eq!((t.bfd, t.bfd_min_tx_ms, t.bfd_detect_mult), (false, None, None));
+        assert_eq!((t.remote_ip, t.name), (old.remote_ip, old.name.clone()));
+    }
+
+    #[test]
+    fn error_text_says_a_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to create map `X`")]
+        struct Inner(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("map error: {0}")]
+        struct Outer(#[from] Inner);
+        let e =
+            anyhow::Error::new(Outer(Inner(std::io::Error::from_raw_os_error(1)))).context("loading the xgw datapath");
+        assert_eq!(
+            error_text(&e),
+            "loading the xgw datapath: map error: failed to create map `X`: Operation not permitted (os error 1)"
+        );
+    }
+
+    #[test]
+    fn flags_read_as_ovs_prints_them() {
+        assert_eq!(bfd_flags(0), "none");
+        assert_eq!(bfd_flags(xgw_common::bfd::FLAG_POLL), "poll");
+        assert_eq!(bfd_flags(xgw_common::bfd::FLAG_FINAL | xgw_common::bfd::FLAG_CPI), "ctl final");
     }
 }

@@ -1,6 +1,7 @@
 //! The operator commands that talk to the daemon. Each sends one request;
 //! with `--json` it prints the daemon's answer as exactly one JSON document,
-//! otherwise a table.
+//! otherwise a table. The human forms carry everything the JSON does that
+//! an operator acts on: every `error` and warning field is printed.
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -8,55 +9,92 @@ use clap::{Args, Subcommand};
 
 use crate::{
     api::{
-        self, BfdPeerArgs, BfdPeerView, BfdSessionView, Binding, BindingView, Deleted, Group, GroupView, PortArgs,
-        PortView, Reply, Request, ShowView, StatsView, TunnelArgs,
+        self, Add, BfdPeerArgs, BfdPeerView, BfdSessionView, Binding, BindingView, Deleted, Group, GroupView, PortArgs,
+        PortView, Reply, Request, ShowView, StatsView, TunnelArgs, TunnelSet,
     },
     types::{MacAddr, Name, Vni},
 };
 
+/// Options of every command, before or after the subcommand (`xgw
+/// --socket S show` and `xgw show --socket S` alike), as ovs-vsctl's.
 #[derive(Args, Debug, Clone)]
-pub struct Common {
-    /// The daemon's API socket.
-    #[arg(long, global = true, default_value = api::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Print exactly one JSON document.
+#[command(next_help_heading = "Global options")]
+pub struct Global {
+    /// The daemon's API socket [default: /run/xgw/<UPLINK>.sock with
+    /// --uplink, else the only socket in /run/xgw].
+    #[arg(long, global = true, env = "XGW_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The uplink interface: the one `run` serves, or the daemon a command
+    /// talks to (its socket /run/xgw/<UPLINK>.sock, as the systemd unit
+    /// `xgw@<UPLINK>` puts it).
+    #[arg(long, global = true, env = "XGW_UPLINK", value_name = "IF")]
+    pub uplink: Option<String>,
+    /// Print exactly one JSON document, an error too (`{"error": "..."}`,
+    /// with a non-zero exit).
     #[arg(long, global = true)]
     pub json: bool,
     /// Seconds to wait for the daemon's answer before giving up (a daemon
     /// that is stopped or stuck answers nothing).
-    #[arg(long, global = true, default_value_t = 5.0, value_parser = api::parse_timeout)]
+    #[arg(long, global = true, default_value_t = 5.0, value_parser = api::parse_timeout, value_name = "SECONDS")]
     pub timeout: f64,
+}
+
+impl Global {
+    /// The socket of the daemon this command talks to (`api::resolve_socket`).
+    pub fn socket(&self) -> Result<PathBuf> {
+        api::resolve_socket(self.socket.as_deref(), self.uplink.as_deref())
+    }
+}
+
+/// ovs-vsctl's `--if-exists` for the `del` commands.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct IfExists {
+    /// Deleting something that does not exist is not an error (ovs-vsctl's
+    /// --if-exists).
+    #[arg(long)]
+    pub if_exists: bool,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PortCmd {
     /// Add a local port: traffic for (VNI, port key) or its MAC goes to IFNAME.
-    Add(PortArgs),
+    /// A port of that name that exists already is an error (see --may-exist).
+    Add(Add<PortArgs>),
     /// Delete a local port; its OpenFlow number enters hold-down.
     Del {
         /// The port's name.
         name: Name,
+        #[command(flatten)]
+        if_exists: IfExists,
     },
-    /// Every local port.
+    /// List every local port, by OpenFlow number.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TunnelCmd {
-    /// Add a Geneve tunnel to another chassis.
-    Add(TunnelArgs),
-    /// Delete a tunnel (refused while bindings use it).
+    /// Add a Geneve tunnel to another chassis. A tunnel of that name that
+    /// exists already is an error (see --may-exist; `set` changes its BFD).
+    Add(Add<TunnelArgs>),
+    /// Change an existing tunnel's BFD in place (ovs-vsctl's `set
+    /// Interface`): what is not given stays as it is; new timers reach the
+    /// running session by a Poll Sequence, without a flap.
+    Set(TunnelSet),
+    /// Delete a tunnel (refused while bindings or groups use it).
     Del {
         /// The tunnel's name.
         name: Name,
+        #[command(flatten)]
+        if_exists: IfExists,
     },
-    /// Every tunnel.
+    /// List every tunnel, by OpenFlow number.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BfdCmd {
-    /// Every BFD session, or the one named (the fields of `ovs-appctl bfd/show`).
+    /// Every BFD session, or the one named, with the fields of `ovs-appctl
+    /// bfd/show` (`--json`: an array, or the one session's object).
     Show {
         /// A tunnel's or peer's name.
         name: Option<Name>,
@@ -68,14 +106,17 @@ pub enum BfdCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PeerCmd {
-    /// Add a single-hop session toward a router.
-    Add(BfdPeerArgs),
+    /// Add a single-hop session toward a router. A peer of that name that
+    /// exists already is an error (see --may-exist).
+    Add(Add<BfdPeerArgs>),
     /// Delete a single-hop session.
     Del {
         /// The peer's name.
         name: Name,
+        #[command(flatten)]
+        if_exists: IfExists,
     },
-    /// Every single-hop session.
+    /// List every single-hop session.
     List,
 }
 
@@ -96,8 +137,10 @@ pub enum LogCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum BindingCmd {
-    /// Bind a remote MAC (and IP) to a tunnel and the remote port's key.
-    Add(Binding),
+    /// Bind a remote MAC (and IP) to a tunnel and the remote port's key. A
+    /// binding of that VNI and MAC that exists already is an error (see
+    /// --may-exist).
+    Add(Add<Binding>),
     /// Delete a binding.
     Del {
         /// The binding's VNI.
@@ -106,15 +149,21 @@ pub enum BindingCmd {
         /// The binding's MAC.
         #[arg(long)]
         mac: MacAddr,
+        #[command(flatten)]
+        if_exists: IfExists,
     },
-    /// Every binding.
+    /// List every binding.
     List,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCmd {
-    /// Add a multicast group (OVN's Multicast_Group), or change its members.
-    Add(Group),
+    /// Add a multicast group (OVN's Multicast_Group). A group of that VNI
+    /// and key that exists already is an error (see --may-exist; `set`
+    /// changes its members).
+    Add(Add<Group>),
+    /// Replace an existing group's members and rate.
+    Set(Group),
     /// Delete a group.
     Del {
         /// The group's VNI.
@@ -123,91 +172,94 @@ pub enum GroupCmd {
         /// The group's key.
         #[arg(long)]
         key: u16,
+        #[command(flatten)]
+        if_exists: IfExists,
     },
-    /// Every group.
+    /// List every group.
     List,
 }
 
-pub fn group(c: &Common, cmd: GroupCmd) -> Result<()> {
+pub fn group(g: &Global, cmd: GroupCmd) -> Result<()> {
     let req = match cmd {
-        GroupCmd::Add(g) => Request::GroupAdd(g),
-        GroupCmd::Del { vni, key } => Request::GroupDel { vni, key },
-        GroupCmd::List => Request::GroupList,
+        GroupCmd::Add(a) => Request::GroupAdd(a),
+        GroupCmd::Set(s) => Request::GroupSet(s),
+        GroupCmd::Del { vni, key, if_exists } => Request::GroupDel { vni, key, if_exists: if_exists.if_exists },
+        GroupCmd::List => Request::GroupList {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn port(c: &Common, cmd: PortCmd) -> Result<()> {
+pub fn port(g: &Global, cmd: PortCmd) -> Result<()> {
     let req = match cmd {
         PortCmd::Add(a) => Request::PortAdd(a),
-        PortCmd::Del { name } => Request::PortDel { name },
-        PortCmd::List => Request::PortList,
+        PortCmd::Del { name, if_exists } => Request::PortDel { name, if_exists: if_exists.if_exists },
+        PortCmd::List => Request::PortList {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn tunnel(c: &Common, cmd: TunnelCmd) -> Result<()> {
+pub fn tunnel(g: &Global, cmd: TunnelCmd) -> Result<()> {
     let req = match cmd {
         TunnelCmd::Add(a) => Request::TunnelAdd(a),
-        TunnelCmd::Del { name } => Request::TunnelDel { name },
-        TunnelCmd::List => Request::TunnelList,
+        TunnelCmd::Set(s) => Request::TunnelSet(s),
+        TunnelCmd::Del { name, if_exists } => Request::TunnelDel { name, if_exists: if_exists.if_exists },
+        TunnelCmd::List => Request::TunnelList {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn binding(c: &Common, cmd: BindingCmd) -> Result<()> {
+pub fn binding(g: &Global, cmd: BindingCmd) -> Result<()> {
     let req = match cmd {
         BindingCmd::Add(b) => Request::BindingAdd(b),
-        BindingCmd::Del { vni, mac } => Request::BindingDel { vni, mac },
-        BindingCmd::List => Request::BindingList,
+        BindingCmd::Del { vni, mac, if_exists } => Request::BindingDel { vni, mac, if_exists: if_exists.if_exists },
+        BindingCmd::List => Request::BindingList {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn bfd(c: &Common, cmd: BfdCmd) -> Result<()> {
+pub fn bfd(g: &Global, cmd: BfdCmd) -> Result<()> {
     let req = match cmd {
         BfdCmd::Show { name } => Request::BfdShow { name },
         BfdCmd::Peer(PeerCmd::Add(p)) => Request::BfdPeerAdd(p),
-        BfdCmd::Peer(PeerCmd::Del { name }) => Request::BfdPeerDel { name },
-        BfdCmd::Peer(PeerCmd::List) => Request::BfdPeerList,
+        BfdCmd::Peer(PeerCmd::Del { name, if_exists }) => Request::BfdPeerDel { name, if_exists: if_exists.if_exists },
+        BfdCmd::Peer(PeerCmd::List) => Request::BfdPeerList {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn log(c: &Common, cmd: LogCmd) -> Result<()> {
+pub fn log(g: &Global, cmd: LogCmd) -> Result<()> {
     let req = match cmd {
         LogCmd::Set { directives } => Request::LogSet { set: directives },
-        LogCmd::Show => Request::LogShow,
+        LogCmd::Show => Request::LogShow {},
     };
-    send(c, &req)
+    send(g, &req)
 }
 
-pub fn show(c: &Common) -> Result<()> {
-    send(c, &Request::Show)
+pub fn show(g: &Global) -> Result<()> {
+    send(g, &Request::Show {})
 }
 
-pub fn stats(c: &Common) -> Result<()> {
-    send(c, &Request::Stats)
+pub fn stats(g: &Global) -> Result<()> {
+    send(g, &Request::Stats {})
 }
 
-fn send(c: &Common, req: &Request) -> Result<()> {
-    let reply = api::call(&c.socket, req, std::time::Duration::from_secs_f64(c.timeout))?;
-    if c.json {
+fn send(g: &Global, req: &Request) -> Result<()> {
+    let reply = api::call(&g.socket()?, req, std::time::Duration::from_secs_f64(g.timeout))?;
+    if g.json {
         println!("{}", reply.document()?);
         return Ok(());
     }
-    let one_session = matches!(req, Request::BfdShow { name: Some(_) });
-    print!("{}", human(&reply, one_session));
+    print!("{}", human(&reply));
     Ok(())
 }
 
-/// The reply as a person reads it. `one_session`: `bfd show NAME`, which
-/// OVS prints without the header line.
-fn human(reply: &Reply, one_session: bool) -> String {
+/// The reply as a person reads it.
+fn human(reply: &Reply) -> String {
     match reply {
         Reply::Port(p) => format!("{} {:?}: ofport {}\n", p.kind, p.name, p.ofport),
         Reply::Deleted(Deleted { name, ofport: Some(n) }) => format!("deleted {:?} (ofport {n})\n", name.as_str()),
         Reply::Deleted(Deleted { name, ofport: None }) => format!("deleted bfd peer {:?}\n", name.as_str()),
+        Reply::Absent(a) => format!("{} does not exist: nothing deleted\n", a.absent),
         Reply::Ports(ports) => ports_table(ports),
         Reply::Binding(b) => {
             format!("binding vni {} mac {} -> tunnel {:?} (ofport {})\n", b.vni, b.mac, b.tunnel, b.ofport)
@@ -225,7 +277,9 @@ fn human(reply: &Reply, one_session: bool) -> String {
         Reply::Groups(g) => groups_table(g),
         Reply::Show(v) => show_text(v),
         Reply::Stats(v) => stats_text(v),
-        Reply::BfdSessions(s) => bfd_show_text(s, one_session),
+        Reply::BfdSessions(s) => s.iter().map(|v| format!("---- {} ----\n{}", v.name, bfd_details(v))).collect(),
+        // OVS prints one session without its header line.
+        Reply::BfdSession(v) => bfd_details(v),
         Reply::BfdPeer(p) => format!("bfd peer {:?}: {} via {} from {}\n", p.name, p.peer_ip, p.ifname, p.local_ip),
         Reply::BfdPeers(p) => peers_table(p),
         Reply::Store(e) => serde_json::to_string_pretty(e).unwrap_or_default() + "\n",
@@ -233,53 +287,57 @@ fn human(reply: &Reply, one_session: bool) -> String {
     }
 }
 
-/// As `ovs-appctl bfd/show` lays it out (OVS prints one session without its
-/// header line); what OVS reads from its timers but xgw does not track
-/// (next/last TX time, flags) is left out, the path and counters are added.
-fn bfd_show_text(sessions: &[BfdSessionView], one: bool) -> String {
+/// `now +250ms`, as OVS prints a time relative to now.
+fn from_now(ms: i64) -> String {
+    format!("now {ms:+}ms")
+}
+
+/// One session as `ovs-appctl bfd/show` lays it out (`bfd_put_details`),
+/// every one of its fields in its order; then what xgw adds: the path,
+/// the detection interval, flaps, packets and errors.
+fn bfd_details(v: &BfdSessionView) -> String {
     let mut s = String::new();
-    for v in sessions {
-        if !one {
-            s += &format!("---- {} ----\n", v.name);
-        }
-        let path = match (v.ofport, v.vni, &v.ifname) {
-            (Some(ofport), Some(vni), _) => {
-                format!("tunnel ofport {ofport}, vni {vni}, {} -> {}", v.local_ip, v.remote_ip)
-            }
-            (_, _, Some(ifname)) => format!("single-hop on {ifname}, {} -> {}", v.local_ip, v.remote_ip),
-            _ => format!("{} -> {}", v.local_ip, v.remote_ip),
-        };
-        s += &format!("\tPath: {path}{}\n", if v.echo { ", echo" } else { "" });
-        if let Some(mac) = &v.nexthop_mac {
-            s += &format!("\tNext Hop: {mac}\n");
-        }
-        s += &format!("\tForwarding: {}\n", v.forwarding);
-        s += &format!("\tDetect Multiplier: {}\n", v.detect_mult);
-        s += &format!("\tConcatenated Path Down: {}\n", v.concatenated_path_down);
-        s += &format!("\tTX Interval: Approx {}ms\n", v.tx_interval_ms.round());
-        s += &format!("\tRX Interval: Approx {}ms\n", v.rx_interval_ms.round());
-        s += &format!("\tDetect Time: {}ms\n", v.detect_time_ms.round());
-        if let Some(ms) = v.last_change_ms {
-            s += &format!("\tLast State Change: now -{ms}ms\n");
-        }
-        s += &format!("\tFlap Count: {}\n", v.flap_count);
-        s += &format!("\tPackets: rx {}, tx {}\n", v.rx_packets, v.tx_packets);
-        if let Some(e) = &v.error {
-            s += &format!("\tLast TX Error: {e}\n");
-        }
-        s += "\n";
-        s += &format!("\tLocal Session State: {}\n", v.local_state);
-        s += &format!("\tLocal Diagnostic: {}\n", v.local_diagnostic);
-        s += &format!("\tLocal Discriminator: 0x{:x}\n", v.local_discriminator);
-        s += &format!("\tLocal Minimum TX Interval: {}ms\n", v.local_min_tx_ms);
-        s += &format!("\tLocal Minimum RX Interval: {}ms\n", v.local_min_rx_ms);
-        s += "\n";
-        s += &format!("\tRemote Session State: {}\n", v.remote_state);
-        s += &format!("\tRemote Diagnostic: {}\n", v.remote_diagnostic);
-        s += &format!("\tRemote Discriminator: 0x{:x}\n", v.remote_discriminator);
-        s += &format!("\tRemote Minimum TX Interval: {}ms\n", v.remote_min_tx_ms.round());
-        s += &format!("\tRemote Minimum RX Interval: {}ms\n", v.remote_min_rx_ms.round());
-        s += &format!("\tRemote Detect Multiplier: {}\n", v.remote_detect_mult);
+    s += &format!("  Forwarding: {}\n", v.forwarding);
+    s += &format!("  Detect Multiplier: {}\n", v.detect_mult);
+    s += &format!("  Concatenated Path Down: {}\n", v.concatenated_path_down);
+    s += &format!("  TX Interval: Approx {}ms\n", v.tx_interval_ms);
+    s += &format!("  RX Interval: Approx {}ms\n", v.rx_interval_ms);
+    s += &format!("  Detect Time: {}\n", v.detect_time_ms.map_or_else(|| "none (not detecting)".to_owned(), from_now));
+    s += &format!("  Next TX Time: {}\n", from_now(v.next_tx_time_ms));
+    s += &format!("  Last TX Time: {}\n", v.last_tx_time_ms.map_or_else(|| "none".to_owned(), from_now));
+    s += "\n";
+    s += &format!("  Local Flags: {}\n", v.local_flags);
+    s += &format!("  Local Session State: {}\n", v.local_state);
+    s += &format!("  Local Diagnostic: {}\n", v.local_diagnostic);
+    s += &format!("  Local Discriminator: 0x{:x}\n", v.local_discriminator);
+    s += &format!("  Local Minimum TX Interval: {}ms\n", v.local_min_tx_ms);
+    s += &format!("  Local Minimum RX Interval: {}ms\n", v.local_min_rx_ms);
+    s += "\n";
+    s += &format!("  Remote Flags: {}\n", v.remote_flags);
+    s += &format!("  Remote Session State: {}\n", v.remote_state);
+    s += &format!("  Remote Diagnostic: {}\n", v.remote_diagnostic);
+    s += &format!("  Remote Discriminator: 0x{:x}\n", v.remote_discriminator);
+    s += &format!("  Remote Minimum TX Interval: {}ms\n", v.remote_min_tx_ms);
+    s += &format!("  Remote Minimum RX Interval: {}ms\n", v.remote_min_rx_ms);
+    s += &format!("  Remote Detect Multiplier: {}\n", v.remote_detect_mult);
+    s += "\n";
+    let path = match (v.ofport, v.vni, &v.ifname) {
+        (Some(ofport), Some(vni), _) => format!("tunnel ofport {ofport}, vni {vni}, {} -> {}", v.local_ip, v.remote_ip),
+        (_, _, Some(ifname)) => format!("single-hop on {ifname}, {} -> {}", v.local_ip, v.remote_ip),
+        _ => format!("{} -> {}", v.local_ip, v.remote_ip),
+    };
+    s += &format!("  Path: {path}{}\n", if v.echo { ", echo" } else { "" });
+    if let Some(mac) = &v.nexthop_mac {
+        s += &format!("  Next Hop: {mac}\n");
+    }
+    s += &format!("  Detect Interval: {}ms\n", v.detect_interval_ms);
+    if let Some(ms) = v.last_change_ms {
+        s += &format!("  Last State Change: {}\n", from_now(-(ms as i64)));
+    }
+    s += &format!("  Flap Count: {}\n", v.flap_count);
+    s += &format!("  Packets: rx {}, tx {}\n", v.rx_packets, v.tx_packets);
+    if let Some(e) = &v.error {
+        s += &format!("  Error: {e}\n");
     }
     s
 }
@@ -291,7 +349,7 @@ fn peers_table(peers: &[BfdPeerView]) -> String {
     );
     for p in peers {
         s += &format!(
-            "{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}{}\n",
+            "{:<16} {:<16} {:<10} {:<16} {:>6} {:>6} {:>4} {:<5} {}\n",
             p.name,
             p.peer_ip,
             p.ifname,
@@ -300,11 +358,26 @@ fn peers_table(peers: &[BfdPeerView]) -> String {
             p.min_rx_ms,
             p.detect_mult,
             p.echo,
-            p.state.map_or("(no session)", |s| s.name()),
-            if p.from_config { ", from config" } else { "" }
+            peer_state(p)
         );
     }
     s
+}
+
+/// A peer's state, flaps, origin and error, as one column.
+fn peer_state(p: &BfdPeerView) -> String {
+    let mut d = vec![match (p.state, p.flap_count) {
+        (Some(state), Some(flaps)) => format!("{state} ({flaps} flaps)"),
+        (Some(state), None) => state.to_string(),
+        _ => "(no session)".to_owned(),
+    }];
+    if p.from_config {
+        d.push("from config".into());
+    }
+    if let Some(e) = &p.error {
+        d.push(format!("error: {e}"));
+    }
+    d.join(", ")
 }
 
 fn ports_table(ports: &[PortView]) -> String {
@@ -357,13 +430,16 @@ fn details(p: &PortView) -> String {
         }
     }
     if let Some(b) = &p.bfd {
-        d.push(match (&b.state, b.flaps) {
+        d.push(match (&b.state, b.flap_count) {
             (Some(state), Some(flaps)) => format!("bfd {state} ({flaps} flaps)"),
             _ => "bfd (no session)".into(),
         });
     }
     if p.from_config {
         d.push("from config".into());
+    }
+    if let Some(e) = &p.error {
+        d.push(format!("error: {e}"));
     }
     d.join(", ")
 }
@@ -390,7 +466,8 @@ fn bindings_table(bindings: &[BindingView]) -> String {
 fn show_text(v: &ShowView) -> String {
     let u = &v.uplink;
     let ips: Vec<String> = u.local_ips.iter().map(|i| i.to_string()).collect();
-    let mut s = format!(
+    let mut s = format!("xgw_version: \"{}\", uptime {}\n", v.version, uptime(v.uptime_s));
+    s += &format!(
         "uplink {} (ifindex {}, mac {}, mtu {}, {} XDP), local_ip {}\n",
         u.ifname,
         u.ifindex,
@@ -399,6 +476,9 @@ fn show_text(v: &ShowView) -> String {
         u.mode,
         ips.join(" ")
     );
+    if let Some(e) = &u.error {
+        s += &format!("    error: {e}\n");
+    }
     if let Some(w) = &u.mtu_warning {
         s += &format!("    mtu warning: {w}\n");
     }
@@ -415,9 +495,32 @@ fn show_text(v: &ShowView) -> String {
     }
     for b in &v.bindings {
         let ip = b.ip.map(|i| format!(" ip {i}")).unwrap_or_default();
+        let from = if b.from_config { ", from config" } else { "" };
         s += &format!(
-            "    Binding vni {} mac {}{ip} -> {} (ofport {}) port_key {}\n",
+            "    Binding vni {} mac {}{ip} -> {} (ofport {}) port_key {}{from}\n",
             b.vni, b.mac, b.tunnel, b.ofport, b.port_key
+        );
+    }
+    for g in &v.groups {
+        let members: Vec<&str> = g.ports.iter().chain(&g.tunnels).map(String::as_str).collect();
+        let from = if g.from_config { ", from config" } else { "" };
+        s += &format!(
+            "    Group vni {} key {} rate_pps {}: {}{from}\n",
+            g.vni,
+            g.key,
+            g.rate_pps,
+            if members.is_empty() { "(no members)".to_owned() } else { members.join(" ") }
+        );
+    }
+    for p in &v.bfd_peers {
+        s += &format!(
+            "    BFD peer {} {} via {} from {}{}: {}\n",
+            p.name,
+            p.peer_ip,
+            p.ifname,
+            p.local_ip,
+            if p.echo { ", echo" } else { "" },
+            peer_state(p)
         );
     }
     s += &format!("    ofports: {} used, {} held down, {} free\n", v.ofports.used, v.ofports.held_down, v.ofports.free);
@@ -450,6 +553,16 @@ fn show_text(v: &ShowView) -> String {
         }
     }
     s
+}
+
+/// `3d 04:05:06`, `04:05:06`.
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
 }
 
 fn stats_text(v: &StatsView) -> String {

@@ -2,86 +2,67 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use xgw::{
-    cli::{self, BfdCmd, BindingCmd, Common, GroupCmd, LogCmd, PortCmd, TunnelCmd},
+    cli::{self, BfdCmd, BindingCmd, Global, GroupCmd, LogCmd, PortCmd, TunnelCmd},
     daemon::{self, RunOptions},
     datapath::AttachMode,
     probe,
 };
 
 #[derive(Parser)]
-#[command(name = "xgw", version, about = "xgw: XDP gateway datapath for Geneve overlays")]
+#[command(
+    name = "xgw",
+    version,
+    about = "xgw: XDP gateway datapath for Geneve overlays",
+    long_about = "xgw: XDP gateway datapath for Geneve overlays.\n\n`xgw run` is the daemon (one per uplink); the \
+                  other commands talk to it through its socket, or read the pinned datapath. Options marked global \
+                  go before or after the subcommand, as ovs-vsctl's."
+)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway daemon on an uplink.
+    /// Run the gateway daemon on an uplink (--uplink); it serves its API
+    /// on --socket [default: /run/xgw/<UPLINK>.sock].
     Run(RunArgs),
     /// Local ports (through the daemon).
-    Port {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: PortCmd,
-    },
+    #[command(subcommand)]
+    Port(PortCmd),
     /// Geneve tunnels (through the daemon).
-    Tunnel {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: TunnelCmd,
-    },
+    #[command(subcommand)]
+    Tunnel(TunnelCmd),
     /// Remote MACs behind tunnels (through the daemon).
-    Binding {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: BindingCmd,
-    },
+    #[command(subcommand)]
+    Binding(BindingCmd),
     /// Multicast groups: where broadcast, multicast and unknown unicast of a
     /// VNI are flooded, and what OVN's group keys reach (through the daemon).
-    Group {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: GroupCmd,
-    },
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// BFD sessions: `show` (like `ovs-appctl bfd/show`), single-hop `peer`s.
-    Bfd {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: BfdCmd,
-    },
-    /// Overview of the gateway: uplink, ports with OpenFlow numbers, bindings.
-    Show {
-        #[command(flatten)]
-        common: Common,
-    },
+    #[command(subcommand)]
+    Bfd(BfdCmd),
+    /// Overview of the gateway, like `ovs-vsctl show`: version, uptime,
+    /// uplink, ports and tunnels with OpenFlow numbers, bindings, groups,
+    /// BFD peers, and every error.
+    Show,
     /// Per-port packets and bytes, drops by reason, replies.
-    Stats {
-        #[command(flatten)]
-        common: Common,
-    },
+    Stats,
     /// The daemon's log levels: `set TARGET=LEVEL`, `show` (like `ovs-appctl vlog/...`).
-    Log {
-        #[command(flatten)]
-        common: Common,
-        #[command(subcommand)]
-        cmd: LogCmd,
-    },
-    /// Remove the pinned programs, links and maps a daemon left behind.
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// Remove the pinned programs, links and maps a daemon left behind
+    /// (with --uplink: the default bpffs directory of that uplink).
     Uninstall {
         /// The daemon's bpffs directory.
         #[arg(long)]
         bpffs: Option<PathBuf>,
-        /// With --uplink: the default bpffs directory of that uplink.
-        #[arg(long)]
-        uplink: Option<String>,
+        /// The daemon's state directory (refused while a daemon holds it).
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -92,13 +73,23 @@ enum Command {
     /// Per-protocol packet counter on one interface (the first XDP program).
     #[command(subcommand)]
     Probe(ProbeCmd),
+    /// Print a shell completion script for xgw's commands and options
+    /// (install: README, "Completions and man pages").
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for xgw and each of its commands (xgw.1,
+    /// xgw-port-add.1, ...) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The underlay interface (Geneve arrives and leaves here).
-    #[arg(long)]
-    uplink: String,
     /// The gateway's tunnel endpoint address on the uplink; once per family
     /// (repeat, or comma-separated: `198.51.100.1,2001:db8::1`).
     #[arg(long = "local-ip", required = true, env = "XGW_LOCAL_IP", value_delimiter = ',')]
@@ -112,9 +103,6 @@ struct RunArgs {
     /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/xgw/<uplink>].
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// The API socket (mode 0600, root only).
-    #[arg(long, default_value = xgw::api::DEFAULT_SOCKET)]
-    socket: PathBuf,
     /// Serve Prometheus metrics on this loopback address:port (overrides the config file's).
     #[arg(long, env = "XGW_METRICS")]
     metrics: Option<SocketAddr>,
@@ -147,7 +135,8 @@ struct RunArgs {
     bfd_rt_priority: i32,
 }
 
-/// Where a store command looks: the state directory, and the datapath.
+/// Where a store command looks: the state directory, and the datapath
+/// (--bpffs, or the default directory of --uplink).
 #[derive(clap::Args)]
 struct StoreAt {
     /// The daemon's state directory (the store is `xgw.redb` in it).
@@ -156,14 +145,11 @@ struct StoreAt {
     /// The daemon's bpffs directory.
     #[arg(long)]
     bpffs: Option<PathBuf>,
-    /// With --uplink: the default bpffs directory of that uplink.
-    #[arg(long)]
-    uplink: Option<String>,
 }
 
 impl StoreAt {
-    fn pins(&self) -> Result<daemon::pins::Pins> {
-        match (&self.bpffs, &self.uplink) {
+    fn pins(&self, uplink: Option<&String>) -> Result<daemon::pins::Pins> {
+        match (&self.bpffs, uplink) {
             (Some(d), _) => Ok(daemon::pins::Pins::new(d)),
             (None, Some(u)) => Ok(daemon::pins::Pins::new(PathBuf::from(daemon::DEFAULT_BPFFS_ROOT).join(u))),
             (None, None) => anyhow::bail!("give --bpffs DIR or --uplink IF (where the datapath is pinned)"),
@@ -179,23 +165,19 @@ enum StoreCmd {
     Check {
         #[command(flatten)]
         at: StoreAt,
-        /// Print exactly one JSON document.
-        #[arg(long)]
-        json: bool,
     },
     /// Print the whole store as one JSON document (a backup for `import`).
     /// With the daemon running, it is asked for it through its socket.
     Export {
+        /// The daemon's state directory (the store is `xgw.redb` in it).
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// The running daemon's API socket.
-        #[arg(long, default_value = xgw::api::DEFAULT_SOCKET)]
-        socket: PathBuf,
     },
     /// Restore a backup made by `export` into a store that is missing,
     /// empty or damaged (moved aside, never deleted). The daemon must be
     /// stopped.
     Import {
+        /// The daemon's state directory (the store is `xgw.redb` in it).
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// The backup (`-` for standard input).
@@ -226,29 +208,30 @@ enum ProbeCmd {
     },
     /// Print the probe's counters.
     Show {
+        /// The interface the probe is attached to.
         #[arg(long)]
         iface: String,
+        /// bpffs directory under which the probe is pinned (as `probe-<iface>`).
         #[arg(long, default_value = "/sys/fs/bpf/xgw")]
         bpffs: PathBuf,
-        /// Print exactly one JSON document.
-        #[arg(long)]
-        json: bool,
     },
     /// Detach the probe and remove its pins.
     Detach {
+        /// The interface the probe is attached to.
         #[arg(long)]
         iface: String,
+        /// bpffs directory under which the probe is pinned (as `probe-<iface>`).
         #[arg(long, default_value = "/sys/fs/bpf/xgw")]
         bpffs: PathBuf,
     },
 }
 
-fn store(cmd: StoreCmd) -> Result<()> {
+fn store(g: &Global, cmd: StoreCmd) -> Result<()> {
     use daemon::recovery;
     match cmd {
-        StoreCmd::Check { at, json } => {
-            let report = recovery::check(&at.state_dir, &at.pins()?)?;
-            if json {
+        StoreCmd::Check { at } => {
+            let report = recovery::check(&at.state_dir, &at.pins(g.uplink.as_ref())?)?;
+            if g.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
@@ -267,15 +250,22 @@ fn store(cmd: StoreCmd) -> Result<()> {
                 }
             }
             if !report.differences.is_empty() {
-                anyhow::bail!("store check: {} differences with the datapath", report.differences.len());
+                // The report is the document; the error goes to stderr only.
+                return Err(Reported(anyhow::anyhow!(
+                    "store check: {} differences with the datapath",
+                    report.differences.len()
+                ))
+                .into());
             }
         }
-        StoreCmd::Export { state_dir, socket } => {
+        StoreCmd::Export { state_dir } => {
             let export = match recovery::export(&state_dir) {
                 Ok(e) => e,
                 // The daemon holds the store: it answers for it.
                 Err(e) if format!("{e:#}").contains("stop the daemon first") => {
-                    match xgw::api::call(&socket, &xgw::api::Request::StoreExport, Duration::from_secs(30))? {
+                    let socket = g.socket()?;
+                    let timeout = Duration::from_secs_f64(g.timeout.max(30.0));
+                    match xgw::api::call(&socket, &xgw::api::Request::StoreExport {}, timeout)? {
                         xgw::api::Reply::Store(e) => e,
                         other => anyhow::bail!("the daemon answered {other:?} to an export"),
                     }
@@ -293,21 +283,37 @@ fn store(cmd: StoreCmd) -> Result<()> {
             let export: xgw::ofport::redb_store::Export =
                 serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let written = recovery::import(&state_dir, &export)?;
-            print_written("imported", &written);
+            print_written(g, "imported", &written, "");
         }
         StoreCmd::Rebuild { at } => {
-            let written = recovery::rebuild(&at.state_dir, &at.pins()?)?;
-            print_written("rebuilt from the datapath", &written);
-            println!(
+            let written = recovery::rebuild(&at.state_dir, &at.pins(g.uplink.as_ref())?)?;
+            print_written(
+                g,
+                "rebuilt from the datapath",
+                &written,
                 "not in the datapath, so not restored: which entries the config file owns (it claims them again at \
-                 the next start), the [bfd] timers and single-hop BFD peers added through the API"
+                 the next start), the [bfd] timers and single-hop BFD peers added through the API",
             );
         }
     }
     Ok(())
 }
 
-fn print_written(what: &str, w: &daemon::recovery::Written) {
+fn print_written(g: &Global, what: &str, w: &daemon::recovery::Written, note: &str) {
+    if g.json {
+        let ports: Vec<_> =
+            w.ports.iter().map(|r| serde_json::json!({ "name": r.name(), "ofport": r.ofport.get() })).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "moved_aside": w.moved_aside.as_ref().map(|p| p.display().to_string()),
+                "ports": ports,
+                "bindings": w.bindings,
+                "groups": w.groups,
+            })
+        );
+        return;
+    }
     if let Some(aside) = &w.moved_aside {
         println!("the unusable store was kept as {}", aside.display());
     }
@@ -315,23 +321,62 @@ fn print_written(what: &str, w: &daemon::recovery::Written) {
     for r in &w.ports {
         println!("  ofport {:>5}  {}", r.ofport, r.name());
     }
+    if !note.is_empty() {
+        println!("{note}");
+    }
 }
 
 fn pins(bpffs: &std::path::Path, iface: &str) -> probe::Pins {
     probe::Pins::new(bpffs.join(format!("probe-{iface}")))
 }
 
+/// An error whose command already printed its JSON document: under
+/// `--json` only stderr hears of it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct Reported(anyhow::Error);
+
+/// A usage error found after parsing, reported the way clap reports its own.
+fn usage_error(subcommand: &str, kind: clap::error::ErrorKind, message: &str) -> clap::Error {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let cmd = cmd.find_subcommand_mut(subcommand).expect("a subcommand of xgw");
+    cmd.error(kind, message)
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let no_json = |what: &str| {
+        if g.json {
+            Err(usage_error(
+                what,
+                clap::error::ErrorKind::ArgumentConflict,
+                &format!("`xgw {what}` prints no JSON; drop --json"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
     match cli.command {
         Command::Run(a) => {
+            no_json("run")?;
+            let Some(uplink) = g.uplink.clone() else {
+                return Err(usage_error(
+                    "run",
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "the following required arguments were not provided:\n  --uplink <IF> (or XGW_UPLINK)",
+                )
+                .into());
+            };
+            let socket = g.socket.clone().unwrap_or_else(|| xgw::api::uplink_socket(&uplink));
             let opts = RunOptions {
-                uplink: a.uplink,
+                uplink,
                 local_ips: a.local_ip,
                 mode: a.mode,
                 config: a.config,
                 state_dir: a.state_dir,
                 bpffs: a.bpffs,
-                socket: a.socket,
+                socket,
                 metrics: a.metrics,
                 keep_datapath: a.keep_datapath,
                 accept_store_loss: a.accept_store_loss,
@@ -342,39 +387,52 @@ fn run(cli: Cli) -> Result<()> {
             };
             daemon::run(opts)?;
         }
-        Command::Port { common, cmd } => cli::port(&common, cmd)?,
-        Command::Tunnel { common, cmd } => cli::tunnel(&common, cmd)?,
-        Command::Binding { common, cmd } => cli::binding(&common, cmd)?,
-        Command::Group { common, cmd } => cli::group(&common, cmd)?,
-        Command::Bfd { common, cmd } => cli::bfd(&common, cmd)?,
-        Command::Show { common } => cli::show(&common)?,
-        Command::Stats { common } => cli::stats(&common)?,
-        Command::Log { common, cmd } => cli::log(&common, cmd)?,
-        Command::Uninstall { bpffs, uplink, state_dir } => {
-            let dir = match (bpffs, uplink) {
+        Command::Port(cmd) => cli::port(g, cmd)?,
+        Command::Tunnel(cmd) => cli::tunnel(g, cmd)?,
+        Command::Binding(cmd) => cli::binding(g, cmd)?,
+        Command::Group(cmd) => cli::group(g, cmd)?,
+        Command::Bfd(cmd) => cli::bfd(g, cmd)?,
+        Command::Show => cli::show(g)?,
+        Command::Stats => cli::stats(g)?,
+        Command::Log(cmd) => cli::log(g, cmd)?,
+        Command::Uninstall { bpffs, state_dir } => {
+            let dir = match (bpffs, &g.uplink) {
                 (Some(d), _) => d,
                 (None, Some(u)) => PathBuf::from(daemon::DEFAULT_BPFFS_ROOT).join(u),
                 (None, None) => anyhow::bail!("uninstall: give --bpffs DIR or --uplink IF"),
             };
             let removed = daemon::uninstall(&dir, &state_dir)?;
-            for pin in &removed {
-                println!("removed {}", pin.display());
+            if g.json {
+                let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+                println!("{}", serde_json::json!({ "bpffs": dir.display().to_string(), "removed": removed }));
+            } else {
+                for pin in &removed {
+                    println!("removed {}", pin.display());
+                }
+                println!("removed {} pins under {}", removed.len(), dir.display());
             }
-            println!("removed {} pins under {}", removed.len(), dir.display());
         }
-        Command::Store(cmd) => store(cmd)?,
+        Command::Store(cmd) => store(g, cmd)?,
         Command::Probe(ProbeCmd::Attach { iface, mode, bpffs }) => {
             if mode == AttachMode::Skb {
                 tracing::warn!(
                     "attaching in generic (skb) mode: every packet pays for an skb; use native mode in production"
                 );
             }
-            probe::attach(&iface, mode, &pins(&bpffs, &iface))?;
-            println!("probe attached to {iface} ({mode:?} mode), pinned at {}", pins(&bpffs, &iface).dir.display());
+            let at = pins(&bpffs, &iface);
+            probe::attach(&iface, mode, &at)?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "iface": iface, "mode": mode, "pinned": at.dir.display().to_string() })
+                );
+            } else {
+                println!("probe attached to {iface} ({mode:?} mode), pinned at {}", at.dir.display());
+            }
         }
-        Command::Probe(ProbeCmd::Show { iface, bpffs, json }) => {
+        Command::Probe(ProbeCmd::Show { iface, bpffs }) => {
             let counts = probe::read_pinned(&pins(&bpffs, &iface))?;
-            if json {
+            if g.json {
                 println!("{}", serde_json::json!({ "iface": iface, "counters": counts }));
             } else {
                 println!("{:<16} {:>14} {:>16}", "protocol", "packets", "bytes");
@@ -385,16 +443,56 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Probe(ProbeCmd::Detach { iface, bpffs }) => {
             probe::detach(&pins(&bpffs, &iface))?;
-            println!("probe detached from {iface}");
+            if g.json {
+                println!("{}", serde_json::json!({ "iface": iface, "detached": true }));
+            } else {
+                println!("probe detached from {iface}");
+            }
+        }
+        Command::Completions { shell } => {
+            no_json("completions")?;
+            clap_complete::generate(shell, &mut Cli::command(), "xgw", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            no_json("man")?;
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let mut cmd = Cli::command();
+            cmd.build();
+            let written = write_man_pages(&cmd, &dir)?;
+            println!("wrote {written} man pages into {}", dir.display());
         }
     }
     Ok(())
 }
 
-/// `s` with control characters escaped: an argument's raw value (clap
-/// quotes it) must not reach the operator's terminal as an escape sequence.
+/// `xgw.1`, then `xgw-<command>.1` for each subcommand, depth first (as
+/// `git-<command>` pages are named).
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<usize> {
+    let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name()).to_owned();
+    let page = dir.join(format!("{name}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).title(name.clone()).render(&mut out)?;
+    std::fs::write(&page, out).map_err(|e| anyhow::anyhow!("{}: {e}", page.display()))?;
+    let mut written = 1;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let sub = sub.clone().display_name(format!("{name}-{}", sub.get_name()));
+        written += write_man_pages(&sub, dir)?;
+    }
+    Ok(written)
+}
+
+/// `s` with control characters escaped, line breaks kept: an argument's
+/// raw value (clap quotes it) must not reach the operator's terminal as an
+/// escape sequence.
 fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| if c.is_control() && c != '\n' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
+/// Under `--json` an error is a document on stdout too.
+fn json_error(message: &str) {
+    println!("{}", serde_json::json!({ "error": message }));
 }
 
 fn main() -> ExitCode {
@@ -403,6 +501,8 @@ fn main() -> ExitCode {
         eprintln!("xgw: {}", printable(&format!("{e:#}")));
         return ExitCode::from(2);
     }
+    // Known before parsing, for an error in parsing itself.
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
@@ -415,20 +515,39 @@ fn main() -> ExitCode {
         {
             e.exit()
         }
-        Err(e) => {
-            // One line naming the argument and the value, like every other error.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("xgw: {}", printable(first));
-            return ExitCode::from(2);
-        }
+        Err(e) => return clap_error(&e, json),
     };
+    let json = cli.global.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(e) = e.downcast_ref::<clap::Error>() {
+                return clap_error(e, json);
+            }
+            let reported = e.downcast_ref::<Reported>().is_some();
             // One line: scripts and tests read it whole.
-            eprintln!("xgw: {}", printable(&format!("{e:#}").replace('\n', " ")));
+            let text = printable(&xgw::api::error_text(&e).replace('\n', " "));
+            if json && !reported {
+                json_error(&text);
+            }
+            eprintln!("xgw: {text}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message whole (what is wrong, the usage, the hint), plain and
+/// with control characters escaped; exit status 2, as clap's own.
+fn clap_error(e: &clap::Error, json: bool) -> ExitCode {
+    let text = printable(&e.render().to_string());
+    if json {
+        // Its first paragraph (what is wrong, and the arguments it names).
+        let what: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+        json_error(what.join(" ").trim_start_matches("error: "));
+    }
+    eprint!("{text}");
+    if !text.ends_with('\n') {
+        eprintln!();
+    }
+    ExitCode::from(2)
 }

@@ -47,9 +47,22 @@ pub fn attach(iface: &str, mode: AttachMode, pins: &Pins) -> Result<()> {
         bail!("a probe is already pinned at {}; detach it first (xgw probe detach)", pins.dir.display());
     }
     let bpffs = pins.dir.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(bpffs) {
+    // The directory may be missing under a bpffs mount (it is created), or
+    // missing altogether: each said as it is.
+    let mount = bpffs.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !is_bpffs(mount) {
+        if mount == bpffs {
+            bail!(
+                "{} is not on a bpffs mount; mount one (mount -t bpf bpf {}) or pass --bpffs",
+                bpffs.display(),
+                bpffs.display()
+            );
+        }
         bail!(
-            "{} is not on a bpffs mount; mount one (mount -t bpf bpf {}) or pass --bpffs",
+            "{} does not exist, and {} is not a bpffs mount; mount one (mkdir -p {}; mount -t bpf bpf {}) or pass \
+             --bpffs",
+            bpffs.display(),
+            mount.display(),
             bpffs.display(),
             bpffs.display()
         );

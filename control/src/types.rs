@@ -65,7 +65,9 @@ debug_as_inner!(IfName);
 
 /// A Geneve Virtual Network Identifier: 24 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
+// Read through i64, so that a JSON number beyond u32 gets the VNI's range
+// in its message, not u32's.
+#[serde(try_from = "i64", into = "u32")]
 pub struct Vni(u32);
 
 impl Vni {
@@ -89,6 +91,13 @@ impl Vni {
 }
 newtype_conversions!(Vni, u32);
 
+impl TryFrom<i64> for Vni {
+    type Error = InvalidValue;
+    fn try_from(v: i64) -> Result<Vni, InvalidValue> {
+        Vni::from_i64(v)
+    }
+}
+
 impl FromStr for Vni {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Vni, InvalidValue> {
@@ -100,7 +109,7 @@ impl FromStr for Vni {
 /// An OVN logical port key: 15 bits in OVN's Geneve option; 0 means "no
 /// port" to OVN, so it is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u16", into = "u16")]
+#[serde(try_from = "i64", into = "u16")]
 pub struct PortKey(u16);
 
 impl PortKey {
@@ -124,6 +133,13 @@ impl PortKey {
     }
 }
 newtype_conversions!(PortKey, u16);
+
+impl TryFrom<i64> for PortKey {
+    type Error = InvalidValue;
+    fn try_from(v: i64) -> Result<PortKey, InvalidValue> {
+        PortKey::from_i64(v)
+    }
+}
 
 impl FromStr for PortKey {
     type Err = InvalidValue;
@@ -523,6 +539,11 @@ mod tests {
             .to_string()
             .contains("out of range (0..=16777215)"));
         assert_eq!(serde_json::to_string(&Vni::new(5001).unwrap()).unwrap(), "5001");
+        // The API's JSON: beyond u32 still the VNI's range, not u32's.
+        let e = serde_json::from_str::<Vni>("4294967296").unwrap_err().to_string();
+        assert!(e.contains("4294967296 is out of range (0..=16777215)"), "{e}");
+        let e = serde_json::from_str::<PortKey>("70000").unwrap_err().to_string();
+        assert!(e.contains("70000 is out of range (1..=32767)"), "{e}");
         for bad in [0, 0x8000] {
             assert_eq!(PortKey::new(bad).unwrap_err().to_string(), format!("{bad} is out of range (1..=32767)"));
         }

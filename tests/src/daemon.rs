@@ -166,7 +166,10 @@ impl Daemon {
         v
     }
 
-    /// `xgw <args>`, which must fail: returns its stderr, which must be one line.
+    /// `xgw <args>`, which must fail: returns its stderr, which must be one
+    /// line (`xgw: ...`), or clap's own usage error whole (exit 2: `error:
+    /// ...`, the usage if it has one, the hint), whose first paragraph is
+    /// returned.
     pub fn refused(&self, args: &[&str]) -> String {
         let out = self.try_cli(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -175,6 +178,15 @@ impl Daemon {
             "xgw {args:?} succeeded but must not:\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
+        if out.status.code() == Some(2) {
+            assert!(
+                err.starts_with("error: ") && err.trim_end().ends_with("For more information, try '--help'."),
+                "xgw {args:?}: not clap's error:\n{err}"
+            );
+            let what: Vec<&str> = err.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            return what.join(" ");
+        }
+        assert!(err.starts_with("xgw: "), "xgw {args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "xgw {args:?}: error is not one line:\n{err}");
         err.trim_end().to_owned()
     }

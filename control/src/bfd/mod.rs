@@ -91,6 +91,23 @@ pub struct Status {
     pub echo: bool,
     /// The last transmit error, if any.
     pub error: Option<String>,
+    /// The same intervals in microseconds, as the session holds them.
+    pub tx_interval_us: u32,
+    pub rx_interval_us: u32,
+    pub detect_time_us: u64,
+    /// Desired Min TX and Required Min RX advertised now.
+    pub advertised_us: (u32, u32),
+    pub remote_min_tx_us: u32,
+    pub remote_min_rx_us: u32,
+    /// CLOCK_MONOTONIC: when detection expires (while it runs), when the
+    /// next periodic packet is due, when the last one went (none before
+    /// the first).
+    pub detect_deadline_ns: Option<u64>,
+    pub next_tx_ns: u64,
+    pub last_tx_ns: Option<u64>,
+    /// `FLAG_*` bits of the packet sent next, and of the last one received.
+    pub local_flags: u8,
+    pub remote_flags: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -536,6 +553,17 @@ fn status_of(e: &Entry, rx: &Rx) -> Status {
         tx_packets: s.tx_packets,
         echo: s.config.echo,
         error: e.error.clone(),
+        tx_interval_us: s.tx_interval_us(rx).unwrap_or(0),
+        rx_interval_us: rx.remote_min_tx.max(s.config.min_rx_ms * 1000),
+        detect_time_us: s.detect_time_us(rx),
+        advertised_us: s.advertised(),
+        remote_min_tx_us: rx.remote_min_tx,
+        remote_min_rx_us: rx.remote_min_rx,
+        detect_deadline_ns: s.detect_deadline_ns(rx),
+        next_tx_ns: s.next_tx_ns(),
+        last_tx_ns: (s.tx_packets > 0).then(|| s.last_tx_ns()),
+        local_flags: s.flags(rx),
+        remote_flags: rx.remote_flags,
     }
 }
 

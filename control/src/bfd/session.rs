@@ -266,6 +266,31 @@ impl Session {
         self.config = config;
     }
 
+    /// When detection expires unless a packet arrives, while it runs
+    /// (the remote heard, the session Init or Up): OVS's `Detect Time`.
+    pub fn detect_deadline_ns(&self, rx: &Rx) -> Option<u64> {
+        let v = self.view(rx);
+        (matches!(v.state, State::Init | State::Up) && rx.rx_packets > 0)
+            .then(|| rx.last_rx_ns + self.detect_time_us(rx) * 1000)
+    }
+
+    /// When the next periodic packet is due.
+    pub fn next_tx_ns(&self) -> u64 {
+        self.next_tx_ns
+    }
+
+    /// The flags of the packet sent next: a Final owed for a Poll
+    /// received, else Poll while our own Poll Sequence runs.
+    pub fn flags(&self, rx: &Rx) -> u8 {
+        if rx.poll_seq != self.finals_sent && rx.rx_packets > 0 {
+            bfd::FLAG_FINAL
+        } else if self.poll.is_some() {
+            bfd::FLAG_POLL
+        } else {
+            0
+        }
+    }
+
     /// The earliest time `tick` has something to do, given `rx`.
     pub fn deadline(&self, rx: &Rx) -> u64 {
         let mut d = self.next_tx_ns;

@@ -57,6 +57,9 @@ pub struct Bfd {
     defaults: BfdSettings,
     peers: BTreeMap<Name, BfdPeerArgs>,
     sessions: BTreeMap<String, Known>,
+    /// Why a tunnel's or peer's session could not start, by name (`show`
+    /// says it; the log said it once).
+    failed: BTreeMap<String, String>,
 }
 
 /// The engine's settings from the daemon's.
@@ -72,7 +75,16 @@ impl Bfd {
         ip6: Option<Ipv6Addr>,
         defaults: BfdSettings,
     ) -> Bfd {
-        Bfd { engine, ip4, ip6, uplink: uplink.to_owned(), defaults, peers: BTreeMap::new(), sessions: BTreeMap::new() }
+        Bfd {
+            engine,
+            ip4,
+            ip6,
+            uplink: uplink.to_owned(),
+            defaults,
+            peers: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
     }
 
     fn engine(&self) -> Result<&Engine> {
@@ -101,7 +113,7 @@ impl Bfd {
         t.bfd_timers.check(fields)?;
         if !t.bfd {
             if !t.bfd_timers.is_empty() {
-                bail!("{}: BFD timers given, but bfd is off for tunnel {:?}", fields[0], t.name.as_str());
+                bail!("{}: set, but bfd is off for this tunnel", fields[0]);
             }
             return Ok(());
         }
@@ -144,6 +156,25 @@ impl Bfd {
     /// frames go to `nexthop` (zeroes until it resolves; `set_nexthop`
     /// follows).
     pub fn add_tunnel(&mut self, t: &TunnelPort, ofport: OfPort, nexthop: Option<MacAddr>) -> Result<()> {
+        let started = self.start_tunnel(t, ofport, nexthop);
+        self.note(&t.name, &started);
+        started
+    }
+
+    /// Remembers why session `name` did not start, or forgets it.
+    fn note(&mut self, name: &str, started: &Result<()>) {
+        match started {
+            Ok(()) => self.failed.remove(name),
+            Err(e) => self.failed.insert(name.to_owned(), format!("{e:#}")),
+        };
+    }
+
+    /// Why the session of tunnel or peer `name` does not run, if it failed to start.
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.failed.get(name).cloned()
+    }
+
+    fn start_tunnel(&mut self, t: &TunnelPort, ofport: OfPort, nexthop: Option<MacAddr>) -> Result<()> {
         if !t.bfd {
             return Ok(());
         }
@@ -171,6 +202,7 @@ impl Bfd {
     }
 
     pub fn remove_tunnel(&mut self, name: &str) {
+        self.failed.remove(name);
         if self.sessions.get(name).is_some_and(|k| k.kind == SessionType::Tunnel) {
             self.remove(name);
         }
@@ -233,22 +265,22 @@ impl Bfd {
 
     // --- Single-hop peers -------------------------------------------------
 
-    /// Why peer `p` cannot run, before anything is started; `field` is
-    /// where it came from (`bfd peer`, `bfd_peers[0]`).
-    pub fn check_peer(&self, p: &BfdPeerArgs, field: &str) -> Result<()> {
-        let fields = [format!("{field}.min_tx_ms"), format!("{field}.min_rx_ms"), format!("{field}.detect_mult")];
+    /// Why peer `p` cannot run, before anything is started; `prefix` names
+    /// it before the field (`bfd peer "tor1": `, `bfd_peers[0].`).
+    pub fn check_peer(&self, p: &BfdPeerArgs, prefix: &str) -> Result<()> {
+        let fields = [format!("{prefix}min_tx_ms"), format!("{prefix}min_rx_ms"), format!("{prefix}detect_mult")];
         p.timers().check([&fields[0], &fields[1], &fields[2]])?;
         if !p.peer_ip.is_ipv4() {
-            bail!("{field}.peer_ip: {} is not an IPv4 address (single-hop BFD runs over IPv4)", p.peer_ip);
+            bail!("{prefix}peer_ip: {} is not an IPv4 address (single-hop BFD runs over IPv4)", p.peer_ip);
         }
         match p.local_ip {
-            Some(a) if !a.is_ipv4() => bail!("{field}.local_ip: {a} is not an IPv4 address"),
-            None if self.ip4.is_none() => bail!("{field}.local_ip: the gateway has no IPv4 --local-ip; give one"),
+            Some(a) if !a.is_ipv4() => bail!("{prefix}local_ip: {a} is not an IPv4 address"),
+            None if self.ip4.is_none() => bail!("{prefix}local_ip: the gateway has no IPv4 --local-ip; give one"),
             _ => {}
         }
         if let Some(ifname) = &p.ifname {
             if super::ifindex(ifname).is_none() {
-                bail!("{field}.ifname: {:?}: no such interface", ifname.as_str());
+                bail!("{prefix}ifname: {:?}: no such interface", ifname.as_str());
             }
         }
         Ok(())
@@ -292,9 +324,11 @@ impl Bfd {
         let idle: Vec<BfdPeerArgs> =
             self.peers.values().filter(|p| !self.sessions.contains_key(p.name.as_str())).cloned().collect();
         for p in idle {
-            if let Err(e) = self.start_peer(&p) {
+            let started = self.start_peer(&p);
+            if let Err(e) = &started {
                 tracing::warn!(peer = %p.name, "bfd: {e:#}");
             }
+            self.note(&p.name, &started);
         }
     }
 
@@ -306,6 +340,7 @@ impl Bfd {
     }
 
     pub fn remove_peer(&mut self, name: &str) -> Option<BfdPeerArgs> {
+        self.failed.remove(name);
         let p = self.peers.remove(name)?;
         if self.sessions.get(name).is_some_and(|k| k.kind == SessionType::Peer) {
             self.remove(name);
@@ -330,7 +365,7 @@ impl Bfd {
 
     // --- Views --------------------------------------------------------------
 
-    fn view(&self, s: Status) -> BfdSessionView {
+    fn view(&self, s: Status, now_ns: u64) -> BfdSessionView {
         let known = self.sessions.get(&s.name);
         let (kind, ofport, vni, remote_ip, local_ip, ifname, nexthop_mac) = match &s.path {
             Path::Geneve { ofport, remote_ip, local_ip, vni, nexthop_mac } => (
@@ -346,6 +381,9 @@ impl Bfd {
                 (SessionType::Peer, None, None, IpAddr::V4(*peer_ip), IpAddr::V4(*local_ip), Some(ifname.clone()), None)
             }
         };
+        // Milliseconds as Open vSwitch keeps them: whole, truncated.
+        let ms = |us: u32| u64::from(us) / 1000;
+        let from_now = |ns: u64| ((i128::from(ns) - i128::from(now_ns)) / 1_000_000) as i64;
         BfdSessionView {
             name: s.name,
             kind,
@@ -360,19 +398,24 @@ impl Bfd {
             detect_mult: s.detect_mult,
             // xgw has no concatenated path to report (OVS: `bfd:cpath_down`).
             concatenated_path_down: false,
-            tx_interval_ms: s.tx_interval_ms,
-            rx_interval_ms: s.rx_interval_ms,
-            detect_time_ms: s.detect_time_ms,
+            tx_interval_ms: ms(s.tx_interval_us),
+            rx_interval_ms: ms(s.rx_interval_us),
+            detect_time_ms: s.detect_deadline_ns.map(from_now),
+            detect_interval_ms: s.detect_time_us / 1000,
+            next_tx_time_ms: from_now(s.next_tx_ns),
+            last_tx_time_ms: s.last_tx_ns.map(from_now),
+            local_flags: crate::api::bfd_flags(s.local_flags),
             local_state: BfdState::from_name(s.state),
             local_diagnostic: s.diagnostic.into(),
             local_discriminator: s.local_discriminator,
-            local_min_tx_ms: s.local_min_tx_ms,
-            local_min_rx_ms: s.local_min_rx_ms,
+            local_min_tx_ms: ms(s.advertised_us.0),
+            local_min_rx_ms: ms(s.advertised_us.1),
+            remote_flags: crate::api::bfd_flags(s.remote_flags),
             remote_state: BfdState::from_name(s.remote_state),
             remote_diagnostic: s.remote_diagnostic.into(),
             remote_discriminator: s.remote_discriminator,
-            remote_min_tx_ms: s.remote_min_tx_ms,
-            remote_min_rx_ms: s.remote_min_rx_ms,
+            remote_min_tx_ms: ms(s.remote_min_tx_us),
+            remote_min_rx_ms: ms(s.remote_min_rx_us),
             remote_detect_mult: s.remote_detect_mult,
             flap_count: s.flap_count,
             rx_packets: s.rx_packets,
@@ -385,7 +428,8 @@ impl Bfd {
     /// Every session, as `bfd show` prints it.
     pub fn sessions(&self) -> Vec<BfdSessionView> {
         let Ok(engine) = self.engine() else { return Vec::new() };
-        engine.status(None).into_iter().map(|s| self.view(s)).collect()
+        let now = crate::bfd::monotonic_ns();
+        engine.status(None).into_iter().map(|s| self.view(s, now)).collect()
     }
 
     /// Notices state changes (every `WATCH_PERIOD`).
@@ -480,11 +524,11 @@ mod tests {
             min_rx_ms: None,
             detect_mult: None,
         };
-        assert!(b.check_peer(&peer("198.51.100.254"), "bfd peer").is_ok());
-        let e = b.check_peer(&peer("2001:db8::fe"), "bfd_peers[0]").unwrap_err().to_string();
+        assert!(b.check_peer(&peer("198.51.100.254"), "bfd peer \"p\": ").is_ok());
+        let e = b.check_peer(&peer("2001:db8::fe"), "bfd_peers[0].").unwrap_err().to_string();
         assert_eq!(e, "bfd_peers[0].peer_ip: 2001:db8::fe is not an IPv4 address (single-hop BFD runs over IPv4)");
         let v6 = Bfd::new(None, "ul", None, Some(Ipv6Addr::LOCALHOST), BfdSettings::default());
-        let e = v6.check_peer(&peer("198.51.100.254"), "bfd peer").unwrap_err().to_string();
+        let e = v6.check_peer(&peer("198.51.100.254"), "bfd peer \"p\": ").unwrap_err().to_string();
         assert!(e.contains("no IPv4 --local-ip"), "{e}");
     }
 }

@@ -32,7 +32,7 @@ use super::{
     Ports,
 };
 use crate::{
-    api::{BfdPeerArgs, Binding, Deleted, PortArgs, PortType, Reply, Request, TunnelArgs},
+    api::{Absent, BfdPeerArgs, Binding, Deleted, PortArgs, PortType, Reply, Request, TunnelArgs, TunnelSet},
     config::Config,
     ofport::{AllocatorConfig, Desired, MemDatapath, MemStore, PortMap, PortSpec, Store},
     types::{MacAddr, Name, Vni},
@@ -65,10 +65,8 @@ pub struct Daemon {
     counters: Counters,
     pub(super) pins: Pins,
     state_dir: String,
+    started: Instant,
 }
-
-/// A tunnel's BFD timer fields as the API names them.
-const API_TIMERS: [&str; 3] = ["tunnel: bfd_min_tx_ms", "tunnel: bfd_min_rx_ms", "tunnel: bfd_detect_mult"];
 
 impl Daemon {
     #[allow(clippy::too_many_arguments)]
@@ -105,6 +103,7 @@ impl Daemon {
             counters,
             pins,
             state_dir: state_dir.display().to_string(),
+            started: Instant::now(),
         })
     }
 
@@ -120,6 +119,7 @@ impl Daemon {
             pins: &self.pins,
             state_dir: &self.state_dir,
             ovn: self.ovn.as_ref().map(|(settings, status)| (settings.chassis.as_str(), status.borrow().clone())),
+            started: self.started,
         }
     }
 
@@ -170,78 +170,135 @@ impl Daemon {
 
     pub fn handle(&mut self, req: Request) -> Result<Reply> {
         match req {
-            Request::PortAdd(a) => self.port_add(&a),
-            Request::PortDel { name } => self.port_del(&name, PortType::Local),
-            Request::PortList => Ok(Reply::Ports(self.views().ports(Some(PortType::Local)))),
-            Request::TunnelAdd(a) => self.tunnel_add(&a),
-            Request::TunnelDel { name } => self.port_del(&name, PortType::Tunnel),
-            Request::TunnelList => Ok(Reply::Ports(self.views().ports(Some(PortType::Tunnel)))),
-            Request::BindingAdd(b) => self.binding_add(&b),
-            Request::BindingDel { vni, mac } => self.binding_del(vni, mac),
-            Request::BindingList => Ok(Reply::Bindings(self.views().bindings())),
-            Request::GroupAdd(g) => self.group_add(&g),
-            Request::GroupDel { vni, key } => self.group_del(vni, key),
-            Request::GroupList => Ok(Reply::Groups(self.views().groups())),
-            Request::Show => Ok(Reply::Show(Box::new(self.views().show()))),
-            Request::Stats => Ok(Reply::Stats(self.views().stats()?)),
-            Request::BfdShow { name } => {
-                let mut sessions = self.bfd.sessions();
-                if let Some(name) = &name {
-                    sessions.retain(|s| s.name == name.as_str());
-                    if sessions.is_empty() {
-                        bail!("no bfd session named {:?}", name.as_str());
-                    }
-                }
-                Ok(Reply::BfdSessions(sessions))
+            Request::PortAdd(a) => self.port_add(&a.item, a.may_exist),
+            Request::PortDel { name, if_exists } => self.port_del(&name, PortType::Local, if_exists),
+            Request::PortList {} => Ok(Reply::Ports(self.views().ports(Some(PortType::Local)))),
+            Request::TunnelAdd(a) => self.tunnel_add(&a.item, a.may_exist),
+            Request::TunnelSet(s) => self.tunnel_set(&s),
+            Request::TunnelDel { name, if_exists } => self.port_del(&name, PortType::Tunnel, if_exists),
+            Request::TunnelList {} => Ok(Reply::Ports(self.views().ports(Some(PortType::Tunnel)))),
+            Request::BindingAdd(b) => self.binding_add(&b.item, b.may_exist),
+            Request::BindingDel { vni, mac, if_exists } => self.binding_del(vni, mac, if_exists),
+            Request::BindingList {} => Ok(Reply::Bindings(self.views().bindings())),
+            Request::GroupAdd(g) => self.group_add(&g.item, g.may_exist),
+            Request::GroupSet(g) => self.group_set(&g),
+            Request::GroupDel { vni, key, if_exists } => self.group_del(vni, key, if_exists),
+            Request::GroupList {} => Ok(Reply::Groups(self.views().groups())),
+            Request::Show {} => Ok(Reply::Show(Box::new(self.views().show()))),
+            Request::Stats {} => Ok(Reply::Stats(self.views().stats()?)),
+            Request::BfdShow { name: None } => Ok(Reply::BfdSessions(self.bfd.sessions())),
+            Request::BfdShow { name: Some(name) } => {
+                let session = self.bfd.sessions().into_iter().find(|s| s.name == name.as_str());
+                Ok(Reply::BfdSession(session.ok_or_else(|| anyhow!("no bfd session named {:?}", name.as_str()))?))
             }
-            Request::BfdPeerAdd(p) => self.peer_add(&p),
-            Request::BfdPeerDel { name } => self.peer_del(&name),
-            Request::BfdPeerList => Ok(Reply::BfdPeers(self.views().peers())),
-            Request::StoreExport => Ok(Reply::Store(self.ports.store().export()?)),
+            Request::BfdPeerAdd(p) => self.peer_add(&p.item, p.may_exist),
+            Request::BfdPeerDel { name, if_exists } => self.peer_del(&name, if_exists),
+            Request::BfdPeerList {} => Ok(Reply::BfdPeers(self.views().peers())),
+            Request::StoreExport {} => Ok(Reply::Store(self.ports.store().export()?)),
             Request::LogSet { set } => {
                 let view = crate::logging::set(&set)?;
                 // At warn: seen whatever the new levels are.
                 tracing::warn!(filter = view.filter, "log levels changed");
                 Ok(Reply::Log(view))
             }
-            Request::LogShow => Ok(Reply::Log(crate::logging::show()?)),
+            Request::LogShow {} => Ok(Reply::Log(crate::logging::show()?)),
         }
+    }
+
+    /// An add of a port or tunnel whose name is taken: ovs-vsctl's answer.
+    /// The same object again is accepted with `--may-exist` (nothing
+    /// changes); anything else is refused, naming what differs.
+    fn existing_port(&self, what: &str, name: &Name, new: &PortSpec, may_exist: bool) -> Result<Option<Reply>> {
+        let Some(r) = self.ports.get(name) else { return Ok(None) };
+        if r.spec.kind() != new.kind() {
+            bail!("{what} {:?}: name: already a {}", name.as_str(), r.spec.kind().name());
+        }
+        let ofport = r.ofport.get();
+        let differs = match (&r.spec, new) {
+            (PortSpec::Local(old), PortSpec::Local(_)) => differing(&port_args(old, r.ofport), &PortSpecArgs(new)),
+            (PortSpec::Tunnel(old), PortSpec::Tunnel(_)) => differing(&tunnel_args(old, r.ofport), &PortSpecArgs(new)),
+            _ => unreachable!("kinds checked above"),
+        };
+        if !differs.is_empty() {
+            let how = if what == "tunnel" {
+                "change it with `xgw tunnel set`, or delete it first"
+            } else {
+                "delete it first"
+            };
+            bail!(
+                "{what} {:?} already exists (ofport {ofport}) with other settings ({}); {how}",
+                name.as_str(),
+                differs.join(", ")
+            );
+        }
+        if !may_exist {
+            bail!("{what} {:?} already exists (ofport {ofport}); --may-exist accepts an identical one", name.as_str());
+        }
+        Ok(Some(Reply::Port(self.views().port(name).expect("it exists"))))
     }
 
     /// A local port: one transaction (entries, `xgw_local` on its
     /// interface, record). The port map refuses a MAC, IP, key or
     /// interface another port or a binding holds, before any number.
-    fn port_add(&mut self, a: &PortArgs) -> Result<Reply> {
+    fn port_add(&mut self, a: &PortArgs, may_exist: bool) -> Result<Reply> {
         self.not_the_southbounds(
             self.ovn_owned.ports.contains(a.name.as_str()),
             &format!("port {:?}", a.name.as_str()),
         )?;
         if self.bfd.peer(&a.name).is_some() {
-            bail!("port: name: {:?} is already a bfd peer", a.name.as_str());
+            bail!("port {:?}: name: already a bfd peer", a.name.as_str());
         }
         let spec = desired::local_spec(a);
+        if let Some(reply) = self.existing_port("port", &a.name, &spec, may_exist)? {
+            return Ok(reply);
+        }
         let added = self.ports.add_with(&spec, Instant::now(), &mut effects!(self))?;
         tracing::info!(port = %a.name, ofport = added.ofport().get(), "local port added");
         Ok(Reply::Port(self.views().port(&a.name).expect("just added")))
     }
 
+    fn tunnel_add(&mut self, a: &TunnelArgs, may_exist: bool) -> Result<Reply> {
+        if self.bfd.peer(&a.name).is_some() {
+            bail!("tunnel {:?}: name: already a bfd peer", a.name.as_str());
+        }
+        if let Some(reply) = self.existing_port("tunnel", &a.name, &desired::tunnel_spec(a), may_exist)? {
+            return Ok(reply);
+        }
+        self.tunnel_commit(a)
+    }
+
+    /// `tunnel set`: the tunnel as it is, with what the request changes
+    /// (BFD on or off, its timers; what is not given stays), committed in
+    /// place: the running session moves to new timers by a Poll Sequence.
+    fn tunnel_set(&mut self, s: &TunnelSet) -> Result<Reply> {
+        let name = s.name.as_str();
+        let (old, ofport) = match self.ports.get(name).map(|r| (&r.spec, r.ofport)) {
+            Some((PortSpec::Tunnel(t), ofport)) => (t, ofport),
+            Some((PortSpec::Local(_), _)) => bail!("{name:?} is a local port, not a tunnel"),
+            None => bail!("no tunnel named {name:?}"),
+        };
+        let mut new = s.apply(&tunnel_args(old, ofport));
+        // The number stays as it was asked for (or not).
+        new.ofport = old.ofport_request;
+        self.tunnel_commit(&new)
+    }
+
     /// A tunnel: what BFD would refuse is refused first; its next hop is
     /// looked up before the transaction, so that its first entry already
     /// carries it; then one transaction (entries, BFD session, record).
-    /// The same tunnel again with other BFD timers moves the running
-    /// session to them (a Poll Sequence, no flap).
-    fn tunnel_add(&mut self, a: &TunnelArgs) -> Result<Reply> {
+    /// An existing tunnel with other BFD settings is changed in place
+    /// (a Poll Sequence moves the running session to new timers, no flap).
+    fn tunnel_commit(&mut self, a: &TunnelArgs) -> Result<Reply> {
         self.not_the_southbounds(
             self.ovn_owned.ports.contains(a.name.as_str()),
             &format!("tunnel {:?}", a.name.as_str()),
         )?;
         let spec = desired::tunnel_spec(a);
         let PortSpec::Tunnel(t) = &spec else { unreachable!("a tunnel spec") };
-        self.check_remote(a.remote_ip.get(), "tunnel: remote_ip")?;
-        self.bfd.check_tunnel(t, API_TIMERS)?;
-        if self.bfd.peer(&a.name).is_some() {
-            bail!("tunnel: name: {:?} is already a bfd peer", a.name.as_str());
-        }
+        let what = format!("tunnel {:?}", a.name.as_str());
+        self.check_remote(a.remote_ip.get(), &format!("{what}: remote_ip"))?;
+        let timers = ["bfd_min_tx_ms", "bfd_min_rx_ms", "bfd_detect_mult"].map(|f| format!("{what}: {f}"));
+        self.bfd.check_tunnel(t, [&timers[0], &timers[1], &timers[2]])?;
         let known = self.ports.get(&a.name).is_some();
         if !known {
             self.resolve(&a.name, a.remote_ip.get());
@@ -268,15 +325,19 @@ impl Daemon {
         Ok(())
     }
 
-    fn port_del(&mut self, name: &Name, kind: PortType) -> Result<Reply> {
+    fn port_del(&mut self, name: &Name, kind: PortType, if_exists: bool) -> Result<Reply> {
         self.not_the_southbounds(
             self.ovn_owned.ports.contains(name.as_str()),
             &format!("{} {:?}", kind.name(), name.as_str()),
         )?;
         let what = kind.name();
-        let record = self.ports.get(name).cloned().ok_or_else(|| {
-            anyhow!("no {} named {:?}", if kind == PortType::Local { "port" } else { "tunnel" }, name.as_str())
-        })?;
+        let noun = if kind == PortType::Local { "port" } else { "tunnel" };
+        let Some(record) = self.ports.get(name).cloned() else {
+            if if_exists {
+                return Ok(Reply::Absent(Absent { absent: format!("{noun} {:?}", name.as_str()) }));
+            }
+            bail!("no {noun} named {:?}", name.as_str());
+        };
         match (&record.spec, kind) {
             (PortSpec::Tunnel(_), PortType::Local) => {
                 bail!("{:?} is a tunnel; delete it with `xgw tunnel del`", name.as_str())
@@ -294,25 +355,63 @@ impl Daemon {
 
     /// A remote binding: one transaction (FDB, then NEIGH, then record),
     /// refused first if a local port or binding holds its MAC or IP.
-    fn binding_add(&mut self, b: &Binding) -> Result<Reply> {
+    fn binding_add(&mut self, b: &Binding, may_exist: bool) -> Result<Reply> {
         self.not_the_southbounds(self.ovn_owned.bindings.contains(&b.key()), &b.label())?;
+        if let Some(old) = self.ports.bindings().find(|o| o.key() == b.key()) {
+            let differs = differing(old, b);
+            if !differs.is_empty() {
+                bail!("{} already exists with other settings ({}); delete it first", b.label(), differs.join(", "));
+            }
+            if !may_exist {
+                bail!("{} already exists; --may-exist accepts an identical one", b.label());
+            }
+            return Ok(Reply::Binding(self.views().binding(b)));
+        }
         self.ports.add_binding(b)?;
         tracing::info!(vni = %b.vni, mac = %b.mac, tunnel = %b.tunnel, "binding added");
         Ok(Reply::Binding(self.views().binding(b)))
     }
 
-    fn binding_del(&mut self, vni: Vni, mac: MacAddr) -> Result<Reply> {
+    fn binding_del(&mut self, vni: Vni, mac: MacAddr, if_exists: bool) -> Result<Reply> {
         self.not_the_southbounds(
             self.ovn_owned.bindings.contains(&(vni, mac)),
             &format!("binding vni {vni} mac {mac}"),
         )?;
+        if if_exists && !self.ports.bindings().any(|b| b.key() == (vni, mac)) {
+            return Ok(Reply::Absent(Absent { absent: format!("binding vni {vni} mac {mac}") }));
+        }
         let b = self.ports.delete_binding(vni, mac)?;
         tracing::info!(%vni, %mac, "binding deleted");
         Ok(Reply::BindingDeleted(self.views().binding(&b)))
     }
 
-    /// A multicast group: its one map entry, then its record.
-    fn group_add(&mut self, g: &Group) -> Result<Reply> {
+    /// A new multicast group: its one map entry, then its record.
+    fn group_add(&mut self, g: &Group, may_exist: bool) -> Result<Reply> {
+        if let Some(old) = self.ports.groups().find(|o| o.key() == g.key()) {
+            let differs = differing(old, g);
+            if !differs.is_empty() {
+                bail!(
+                    "{} already exists with other settings ({}); change it with `xgw group set`, or delete it first",
+                    g.label(),
+                    differs.join(", ")
+                );
+            }
+            if !may_exist {
+                bail!("{} already exists; --may-exist accepts an identical one", g.label());
+            }
+        }
+        self.group_write(g)
+    }
+
+    /// `group set`: an existing group's members and rate replaced.
+    fn group_set(&mut self, g: &Group) -> Result<Reply> {
+        if !self.ports.groups().any(|o| o.key() == g.key()) {
+            bail!("no group vni {} key {}; add it with `xgw group add`", g.vni, g.key);
+        }
+        self.group_write(g)
+    }
+
+    fn group_write(&mut self, g: &Group) -> Result<Reply> {
         self.not_the_southbounds(self.ovn_owned.groups.contains(&g.key()), &g.label())?;
         let change = self.ports.add_group(g)?;
         let change = match change {
@@ -328,8 +427,11 @@ impl Daemon {
         Ok(Reply::Group(view))
     }
 
-    fn group_del(&mut self, vni: Vni, key: u16) -> Result<Reply> {
+    fn group_del(&mut self, vni: Vni, key: u16, if_exists: bool) -> Result<Reply> {
         self.not_the_southbounds(self.ovn_owned.groups.contains(&(vni, key)), &format!("group vni {vni} key {key}"))?;
+        if if_exists && !self.ports.groups().any(|g| g.key() == (vni, key)) {
+            return Ok(Reply::Absent(Absent { absent: format!("group vni {vni} key {key}") }));
+        }
         let g = self.ports.delete_group(vni, key)?;
         tracing::info!(%vni, key, "group deleted");
         Ok(Reply::GroupDeleted(self.views().group(&g)))
@@ -346,16 +448,21 @@ impl Daemon {
 
     /// A single-hop peer: checked, started, then stored; a failed write
     /// stops it again.
-    fn peer_add(&mut self, p: &BfdPeerArgs) -> Result<Reply> {
-        self.bfd.check_peer(p, "bfd peer")?;
+    fn peer_add(&mut self, p: &BfdPeerArgs, may_exist: bool) -> Result<Reply> {
+        let what = format!("bfd peer {:?}", p.name.as_str());
+        self.bfd.check_peer(p, &format!("{what}: "))?;
         if let Some(old) = self.bfd.peer(&p.name) {
-            if old == p {
-                return Ok(Reply::BfdPeer(self.views().peer(p)));
+            let differs = differing(old, p);
+            if !differs.is_empty() {
+                bail!("{what} already exists with other settings ({}); delete it first", differs.join(", "));
             }
-            bail!("bfd peer {:?} already exists with other settings; delete it first", p.name.as_str());
+            if !may_exist {
+                bail!("{what} already exists; --may-exist accepts an identical one");
+            }
+            return Ok(Reply::BfdPeer(self.views().peer(p)));
         }
-        if self.ports.get(&p.name).is_some() {
-            bail!("bfd peer: name: {:?} is already a port or tunnel", p.name.as_str());
+        if let Some(r) = self.ports.get(&p.name) {
+            bail!("{what}: name: already a {}", r.spec.kind().name());
         }
         self.bfd.add_peer(p)?;
         if let Err(e) = self.store_peers() {
@@ -366,7 +473,10 @@ impl Daemon {
         Ok(Reply::BfdPeer(self.views().peer(p)))
     }
 
-    fn peer_del(&mut self, name: &Name) -> Result<Reply> {
+    fn peer_del(&mut self, name: &Name, if_exists: bool) -> Result<Reply> {
+        if if_exists && self.bfd.peer(name).is_none() {
+            return Ok(Reply::Absent(Absent { absent: format!("bfd peer {:?}", name.as_str()) }));
+        }
         let p = self.bfd.remove_peer(name).ok_or_else(|| anyhow!("no bfd peer named {:?}", name.as_str()))?;
         if let Err(e) = self.store_peers() {
             self.bfd.restore_peer(p);
@@ -520,7 +630,7 @@ impl Daemon {
                 .map_err(|e| anyhow!("config: {e:#}"))?;
         }
         for (i, p) in config.bfd_peers.iter().enumerate() {
-            self.bfd.check_peer(p, &format!("bfd_peers[{i}]")).map_err(|e| anyhow!("config: {e:#}"))?;
+            self.bfd.check_peer(p, &format!("bfd_peers[{i}].")).map_err(|e| anyhow!("config: {e:#}"))?;
         }
         if let Some((name, path)) = plan.paths.iter().find(|(n, _)| self.ovn_owned.ports.contains(n.as_str())) {
             bail!("config: {path}.name: {name:?} is the OVN Southbound's");
@@ -659,4 +769,76 @@ impl Daemon {
     pub(super) fn abandon(&mut self) {
         self.bfd.shutdown();
     }
+}
+
+/// A committed tunnel as `tunnel add` would have asked for it.
+fn tunnel_args(t: &crate::ofport::TunnelPort, ofport: crate::ofport::OfPort) -> TunnelArgs {
+    TunnelArgs {
+        name: t.name.clone(),
+        remote_ip: t.remote,
+        vni: t.vni,
+        bfd: t.bfd,
+        ovn_metadata: t.ovn_metadata,
+        ofport: t.ofport_request.or(Some(ofport.get())),
+        bfd_min_tx_ms: t.bfd_timers.min_tx_ms,
+        bfd_min_rx_ms: t.bfd_timers.min_rx_ms,
+        bfd_detect_mult: t.bfd_timers.detect_mult,
+    }
+}
+
+/// A committed local port as `port add` would have asked for it.
+fn port_args(p: &crate::ofport::LocalPort, ofport: crate::ofport::OfPort) -> PortArgs {
+    PortArgs {
+        name: p.name.clone(),
+        ifname: p.ifname.clone(),
+        vni: p.vni,
+        port_key: p.port_key,
+        mac: p.mac,
+        ip: p.ip,
+        ofport: p.ofport_request.or(Some(ofport.get())),
+        port_security: p.port_security,
+        allow: p.allowed.clone(),
+    }
+}
+
+/// A requested port or tunnel in the API's terms.
+struct PortSpecArgs<'a>(&'a PortSpec);
+
+impl serde::Serialize for PortSpecArgs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            PortSpec::Local(p) => {
+                let mut a = port_args(p, crate::ofport::OfPort::MAX);
+                a.ofport = p.ofport_request;
+                a.serialize(s)
+            }
+            PortSpec::Tunnel(t) => {
+                let mut a = tunnel_args(t, crate::ofport::OfPort::MAX);
+                a.ofport = t.ofport_request;
+                a.serialize(s)
+            }
+        }
+    }
+}
+
+/// The fields in which `new` differs from `old`, as `field: old -> new`
+/// (`none` where one has no value). A field `new` leaves out that only
+/// numbers the object (`ofport`) is not a difference: any number will do.
+fn differing(old: &impl serde::Serialize, new: &impl serde::Serialize) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(not comparable)".into()];
+    };
+    let show = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "none".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !(k.as_str() == "ofport" && new.get(*k).is_none()))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| format!("{k}: {} -> {}", show(old.get(k)), show(new.get(k))))
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! interface, a BFD session on a tunnel with `bfd`. A refusal from either
 //! aborts the add before its record is written, so it costs no commit and
 //! no number.
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{bfd::Bfd, links::Links, nexthops::Nexthops};
 use crate::ofport::{Effects, OfPort, PortSpec};
@@ -26,8 +26,8 @@ impl Effects for PortEffects<'_> {
                 Ok(())
             }
             PortSpec::Local(p) => {
-                let how =
-                    self.links.attach(&p.name, &p.ifname).with_context(|| format!("port {:?}", p.name.as_str()))?;
+                // The transaction's error names the port.
+                let how = self.links.attach(&p.name, &p.ifname)?;
                 tracing::debug!(port = %p.name, ifname = %p.ifname, ?how, "xgw_local attached");
                 Ok(())
             }

@@ -33,11 +33,14 @@ pub struct Links {
     /// `settle`, so a port replaced on the same interface (a new VNI, a
     /// Southbound change) takes the link over in place, never detached.
     released: BTreeSet<String>,
+    /// Local port -> why `xgw_local` is not on its interface (an attach
+    /// that failed in `sync`; `show` says it).
+    failed: BTreeMap<String, String>,
 }
 
 impl Links {
     pub fn new(ebpf: Ebpf, pins: Pins, mode: AttachMode) -> Links {
-        Links { ebpf, pins, mode, seen: BTreeMap::new(), released: BTreeSet::new() }
+        Links { ebpf, pins, mode, seen: BTreeMap::new(), released: BTreeSet::new(), failed: BTreeMap::new() }
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -65,6 +68,7 @@ impl Links {
         // Recorded now, so that the interface's deletion before the next
         // watch is still seen as a change.
         self.seen.insert(port.to_owned(), super::ifindex(ifname));
+        self.failed.remove(port);
         Ok(how)
     }
 
@@ -78,6 +82,7 @@ impl Links {
     /// `settle`, unless a port takes the interface over before.
     pub fn detach(&mut self, port: &str, ifname: &str) {
         self.seen.remove(port);
+        self.failed.remove(port);
         self.released.insert(ifname.to_owned());
     }
 
@@ -110,7 +115,10 @@ impl Links {
         for (port, ifname) in wanted {
             match self.attach(port, ifname) {
                 Ok(how) => tracing::info!(ifname, ?how, "xgw_local attached"),
-                Err(e) => tracing::warn!(ifname, "cannot attach xgw_local: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(ifname, "cannot attach xgw_local: {e:#}");
+                    self.failed.insert(port.clone(), format!("xgw_local is not attached to {ifname}: {e:#}"));
+                }
             }
         }
     }
@@ -126,10 +134,10 @@ impl Links {
 
     /// Why port `port` does not forward now, as `show` says it.
     pub fn error(&self, port: &str, ifname: &str) -> Option<String> {
-        self.seen
-            .get(port)
-            .is_some_and(Option::is_none)
-            .then(|| format!("interface {ifname} does not exist; the port forwards once it does"))
+        if self.seen.get(port).is_some_and(Option::is_none) {
+            return Some(format!("interface {ifname} does not exist; the port forwards once it does"));
+        }
+        self.failed.get(port).cloned()
     }
 }
 

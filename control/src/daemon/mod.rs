@@ -114,7 +114,9 @@ struct Lock {
     _file: File,
 }
 
-fn lock(state_dir: &Path, uplink: &str) -> Result<Lock> {
+/// `holder`: who takes it (`uplink eth1` for a daemon, `xgw uninstall`, ...),
+/// written into the lock for whoever is refused next.
+fn lock(state_dir: &Path, holder: &str) -> Result<Lock> {
     fs::create_dir_all(state_dir).with_context(|| format!("state-dir: creating {}", state_dir.display()))?;
     let path = state_dir.join("lock");
     let mut file = OpenOptions::new()
@@ -126,16 +128,13 @@ fn lock(state_dir: &Path, uplink: &str) -> Result<Lock> {
         .with_context(|| format!("state-dir: opening {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = holder.trim().replace('\n', ", ");
-        bail!(
-            "uplink {uplink}: another xgw daemon ({holder}) already runs with state directory {}",
-            state_dir.display()
-        );
+        let mut held = String::new();
+        let _ = file.read_to_string(&mut held);
+        let by = held.trim().replace('\n', ", ");
+        bail!("another xgw ({by}) holds the state directory {}", state_dir.display());
     }
     file.set_len(0)?;
-    write!(file, "pid {} uplink {uplink}", std::process::id())?;
+    write!(file, "pid {} {holder}", std::process::id())?;
     Ok(Lock { _file: file })
 }
 
@@ -263,7 +262,8 @@ async fn serve(opts: RunOptions, checked: Checked) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let _lock = lock(&opts.state_dir, &opts.uplink)?;
+    let _lock =
+        lock(&opts.state_dir, &format!("uplink {}", opts.uplink)).with_context(|| format!("uplink {}", opts.uplink))?;
     if opts.mode == AttachMode::Skb {
         tracing::warn!(
             "attaching in generic (skb) mode as asked: every packet pays for an skb allocation; use native mode in production"
@@ -675,7 +675,7 @@ fn notify_systemd(state: &str) {
 /// holds the state directory.
 pub fn uninstall(bpffs: &Path, state_dir: &Path) -> Result<Vec<PathBuf>> {
     if state_dir.join("lock").exists() {
-        let _lock = lock(state_dir, "?").context("uninstall: stop the daemon first")?;
+        let _lock = lock(state_dir, "xgw uninstall").context("uninstall: stop the daemon first")?;
     }
     if !bpffs.exists() {
         return Ok(Vec::new());

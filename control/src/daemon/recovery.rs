@@ -281,7 +281,7 @@ struct Offline {
 }
 
 fn offline(state_dir: &Path, pins: Option<&Pins>) -> Result<Offline> {
-    let state = super::lock(state_dir, "store").context("the store is in use: stop the daemon first")?;
+    let state = super::lock(state_dir, "xgw store").context("the store is in use: stop the daemon first")?;
     let datapath = match pins {
         Some(p) if p.dir.exists() => Some(p.lock()?),
         _ => None,

@@ -55,7 +55,7 @@ pub(super) async fn serve_api(listener: UnixListener, tx: mpsc::Sender<Msg>) {
 async fn connection(mut stream: UnixStream, phase: crate::listen::Phase, tx: mpsc::Sender<Msg>) {
     let response = match answer(&mut stream, &phase, &tx).await {
         Ok(reply) => Response::Ok(Box::new(reply)),
-        Err(e) => Response::Error(format!("{e:#}").replace('\n', " ")),
+        Err(e) => Response::Error(api::error_text(&e)),
     };
     let mut line = serde_json::to_vec(&response).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
     line.push(b'\n');
@@ -65,7 +65,8 @@ async fn connection(mut stream: UnixStream, phase: crate::listen::Phase, tx: mps
 async fn answer(stream: &mut UnixStream, phase: &crate::listen::Phase, tx: &mpsc::Sender<Msg>) -> Result<Reply> {
     match stream.peer_cred().ok().map(|c| c.uid()) {
         Some(0) => {}
-        uid => bail!("permission denied: the xgw API serves root only (peer uid {uid:?})"),
+        Some(uid) => bail!("permission denied: the xgw API serves root only (the client runs as uid {uid})"),
+        None => bail!("permission denied: the xgw API serves root only (the client's uid is unknown)"),
     }
     let mut line = Vec::new();
     let mut reader = AsyncBufReader::new(AsyncReadExt::take(&mut *stream, api::MAX_REQUEST + 1));

@@ -54,6 +54,8 @@ pub struct Views<'a> {
     pub pins: &'a Pins,
     pub state_dir: &'a str,
     pub ovn: Option<(&'a str, super::southbound::Status)>,
+    /// When the daemon started (`show`'s uptime).
+    pub started: std::time::Instant,
 }
 
 impl Views<'_> {
@@ -97,14 +99,14 @@ impl Views<'_> {
                 remote_ip: Some(t.remote.get()),
                 ovn_metadata: Some(t.ovn_metadata),
                 nexthop: Some(self.nexthops.view(&t.name)),
-                error: None,
+                error: t.bfd.then(|| self.bfd.failure(&t.name)).flatten().map(|e| format!("no BFD session: {e}")),
                 bfd: t.bfd.then(|| {
                     let s = sessions.get(t.name.as_str()).filter(|s| s.kind == SessionType::Tunnel);
                     let timers = self.bfd.timers(&t.bfd_timers);
                     BfdView {
                         enabled: true,
                         state: s.map(|s| s.local_state),
-                        flaps: s.map(|s| s.flap_count),
+                        flap_count: s.map(|s| s.flap_count),
                         forwarding: s.is_some_and(|s| s.forwarding),
                         min_tx_ms: timers.min_tx_ms,
                         min_rx_ms: timers.min_rx_ms,
@@ -185,8 +187,13 @@ impl Views<'_> {
             min_tx_ms: s.min_tx_ms,
             min_rx_ms: s.min_rx_ms,
             detect_mult: s.detect_mult,
-            state: session.map(|v| v.local_state),
+            state: session.as_ref().map(|v| v.local_state),
+            flap_count: session.as_ref().map(|v| v.flap_count),
             from_config: self.owned.bfd_peers.contains(p.name.as_str()),
+            error: match session {
+                Some(s) => s.error,
+                None => Some(self.bfd.failure(&p.name).unwrap_or_else(|| "no session runs".to_owned())),
+            },
         }
     }
 
@@ -202,11 +209,15 @@ impl Views<'_> {
 
     pub fn show(&self) -> ShowView {
         ShowView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.started.elapsed().as_secs(),
             uplink: self.uplink.view(),
             bpffs: self.pins.dir.display().to_string(),
             state_dir: self.state_dir.to_owned(),
             ports: self.ports(None),
             bindings: self.bindings(),
+            groups: self.groups(),
+            bfd_peers: self.peers(),
             ofports: self.ofports(),
             ovn: self.ovn.as_ref().map(|(chassis, st)| {
                 let outcome = st.outcome.clone().unwrap_or_default();

@@ -16,7 +16,7 @@ use super::maps::GroupEntry;
 use super::maps::{Datapath, MapError};
 use super::number::OfPort;
 use super::reconcile::{reconcile, ReconcileReport};
-use super::spec::{Binding, Claim, Group, MacAddr, PortSpec, SpecError, TunnelKey, TunnelPort, Vni};
+use super::spec::{Binding, Claim, Group, MacAddr, PortKind, PortSpec, SpecError, TunnelKey, TunnelPort, Vni};
 use super::store::{PortRecord, Store, StoreError};
 use super::txn::{Effects, NoEffects, Txn, TxnError};
 
@@ -41,10 +41,11 @@ impl Added {
 
 #[derive(Debug, Error)]
 pub enum PortError {
-    #[error("port {name:?}: {cause}")]
-    Invalid { name: String, cause: SpecError },
-    #[error("port {name:?} already exists with a different spec (ofport {ofport})")]
-    NameTaken { name: String, ofport: OfPort },
+    /// `what`: `port` or `tunnel`, as the operator added it.
+    #[error("{what} {name:?}: {cause}")]
+    Invalid { what: PortKind, name: String, cause: SpecError },
+    #[error("{what} {name:?} already exists with a different spec (ofport {ofport})")]
+    NameTaken { what: PortKind, name: String, ofport: OfPort },
     #[error(
         "tunnel {name:?} duplicates tunnel {existing:?} ({key}): a redundant tunnel can never carry traffic, refused"
     )]
@@ -84,8 +85,8 @@ pub enum PortError {
     InGroup { name: String, group: String },
     #[error("{label}: {what}: {cause}{undo}")]
     GroupWrite { label: String, what: &'static str, cause: String, undo: String },
-    #[error("port {name:?}: {cause}")]
-    Txn { name: String, cause: TxnError },
+    #[error("{what} {name:?}: {cause}")]
+    Txn { what: PortKind, name: Box<str>, cause: TxnError },
     #[error("port {name:?}: replacement failed ({cause}) and restoring the old port failed too ({restore}); the port is gone")]
     ReplaceLost { name: String, cause: Box<PortError>, restore: TxnError },
 }
@@ -286,7 +287,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         let name = spec.name();
         if let Err(cause) = spec.validate() {
             let name = name.to_owned();
-            return Err(PortError::Invalid { name, cause });
+            return Err(PortError::Invalid { what: spec.kind(), name, cause });
         }
         if let Some(existing) = self.ports.get(name) {
             if existing.spec == *spec {
@@ -298,7 +299,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 return Ok(Added::Updated(existing.ofport));
             }
             let (name, ofport) = (name.to_owned(), existing.ofport);
-            return Err(PortError::NameTaken { name, ofport });
+            return Err(PortError::NameTaken { what: existing.spec.kind(), name, ofport });
         }
         self.check_claims_free(spec, None)?;
         let ofport = self.run_add(spec, spec.ofport_request(), now, effects).map_err(|cause| txn_error(spec, cause))?;
@@ -360,7 +361,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         }
         if let Err(cause) = spec.validate() {
             let name = name.to_owned();
-            return Err(PortError::Invalid { name, cause });
+            return Err(PortError::Invalid { what: spec.kind(), name, cause });
         }
         if old.spec.same_entries(spec) {
             self.run_update(&old, spec, effects)?;
@@ -380,7 +381,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
         }
         let request = spec.ofport_request().unwrap_or(old.ofport.get());
         if request != old.ofport.get() {
-            self.check_requested_free(name, request)?;
+            self.check_requested_free(spec, request)?;
         }
         // Bindings behind it step aside while it is replaced, and come
         // back behind whatever number it ends with.
@@ -950,7 +951,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
 
     /// Refuses a pinned number that is taken, before anything is undone
     /// for a replacement.
-    fn check_requested_free(&self, name: &str, request: u16) -> Result<(), PortError> {
+    fn check_requested_free(&self, spec: &PortSpec, request: u16) -> Result<(), PortError> {
         let cause = match OfPort::new(request) {
             Err(_) => AllocError::RequestedOutOfRange { value: request },
             Ok(port) => match self.alloc.state(port) {
@@ -958,7 +959,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
                 PortState::Reserved | PortState::Committed | PortState::Stranded => AllocError::RequestedInUse { port },
             },
         };
-        Err(PortError::Txn { name: name.to_owned(), cause: TxnError::Number { cause } })
+        Err(PortError::Txn { what: spec.kind(), name: spec.name().into(), cause: TxnError::Number { cause } })
     }
 
     fn index(&mut self, record: PortRecord) {
@@ -984,7 +985,7 @@ impl<D: Datapath, S: Store> PortMap<D, S> {
 }
 
 fn txn_error(spec: &PortSpec, cause: TxnError) -> PortError {
-    PortError::Txn { name: spec.name().to_owned(), cause }
+    PortError::Txn { what: spec.kind(), name: spec.name().into(), cause }
 }
 
 /// A clean failure is the caller's to report. A failed undo leaves the

@@ -297,6 +297,22 @@ pub enum PortKind {
     Tunnel,
 }
 
+impl PortKind {
+    /// As errors name it: `port` (a local port) or `tunnel`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortKind::Local => "port",
+            PortKind::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What the datapath looks a tunnel up by: its remote and its key (a
 /// fixed VNI, or `None` for flow-keyed). Two tunnels with one key are the
 /// 2018 "redundant chassis": the second can never carry traffic. OVS

@@ -284,7 +284,7 @@ fn seed_failing_insert_retried_100k_times_leaks_nothing() {
         assert_eq!(pm.allocator().in_use(), 8);
         if i == 0 {
             assert!(
-                err.to_string().starts_with("port \"ovn-aded97-0\": tunnel remote index: Device or resource busy"),
+                err.to_string().starts_with("tunnel \"ovn-aded97-0\": tunnel remote index: Device or resource busy"),
                 "{err}"
             );
         }
@@ -309,7 +309,7 @@ fn map_full_mid_transaction_rolls_back() {
     let before = snapshot(&pm);
 
     let err = pm.add(&tunnel("t4", ip("198.51.100.99"), 1), t0).expect_err("tunnel table is full");
-    assert_eq!(err.to_string(), "port \"t4\": tunnel remote index: map full (max_entries 4)");
+    assert_eq!(err.to_string(), "tunnel \"t4\": tunnel remote index: map full (max_entries 4)");
     // The tunnel-table entry inserted before the failing step is gone again,
     // and number 5 was not consumed.
     assert_eq!(snapshot(&pm), before);
@@ -335,7 +335,7 @@ fn store_failure_undoes_every_insert() {
     let before = snapshot(&pm);
     pm.store_mut().fail_next_writes(1);
     let err = pm.add(&tunnel("t", ip("198.51.100.1"), 1), t0).expect_err("store fails");
-    assert_eq!(err.to_string(), "port \"t\": store: injected write failure");
+    assert_eq!(err.to_string(), "tunnel \"t\": store: injected write failure");
     assert_eq!(snapshot(&pm), before);
 
     pm.store_mut().fail_next_writes(1);
@@ -432,7 +432,7 @@ fn duplicates_and_idempotent_repeats() {
     let err = pm.add(&bad, t0).expect_err("invalid");
     assert_eq!(
         err.to_string(),
-        "port \"bad\": remote_ip: 127.0.0.1 is a loopback or link-local address, not another chassis"
+        "tunnel \"bad\": remote_ip: 127.0.0.1 is a loopback or link-local address, not another chassis"
     );
     assert_eq!(snapshot(&pm), before, "refusals cost nothing");
     // Same VNI to another remote, or another VNI to the same remote, is fine.

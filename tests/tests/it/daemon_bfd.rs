@@ -23,12 +23,11 @@ const VNI: &str = "5001";
 const IP: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
 const DETECT_EXPIRED: &str = "Control Detection Time Expired";
 
-/// `xgw bfd show NAME --json`: the one session.
+/// `xgw bfd show NAME --json`: the one session, as one object.
 fn session(d: &Daemon, name: &str) -> Value {
     let v = d.json(&["bfd", "show", name]);
-    let all = v.as_array().unwrap_or_else(|| panic!("bfd show --json is an array: {v}"));
-    assert_eq!(all.len(), 1, "{v}");
-    all[0].clone()
+    assert!(v.is_object() && v["name"] == name, "bfd show NAME --json is that session's object: {v}");
+    v
 }
 
 /// Polls `bfd show` until `done`; returns the session and how long it took.
@@ -63,8 +62,9 @@ fn matches_the_session_map(d: &Daemon, s: &Value) {
     assert_eq!((m.state, m.remote_state), (State::Up as u8, State::Up as u8), "{m:?}");
     assert_eq!(u64::from(m.remote_disc), num(&s["remote_discriminator"]), "{m:?} {s}");
     assert_eq!(u64::from(m.remote_mult), num(&s["remote_detect_mult"]));
-    assert_eq!(f64::from(m.remote_min_tx) / 1000.0, s["remote_min_tx_ms"].as_f64().unwrap(), "{m:?} {s}");
-    assert_eq!(f64::from(m.remote_min_rx) / 1000.0, s["remote_min_rx_ms"].as_f64().unwrap(), "{m:?} {s}");
+    // Whole milliseconds, as Open vSwitch keeps them.
+    assert_eq!(u64::from(m.remote_min_tx) / 1000, num(&s["remote_min_tx_ms"]), "{m:?} {s}");
+    assert_eq!(u64::from(m.remote_min_rx) / 1000, num(&s["remote_min_rx_ms"]), "{m:?} {s}");
     // The map is read after `bfd show`; packets keep arriving.
     assert!(m.rx_packets >= num(&s["rx_packets"]) && m.rx_packets > 0, "{m:?} {s}");
 }
@@ -90,7 +90,7 @@ fn pair() -> Pair {
     Pair { a, b, na, nb }
 }
 
-/// `tunnel add` with BFD at `ms` x `mult` (adding it again changes the timers).
+/// `tunnel add` with BFD at `ms` x `mult`.
 fn tunnel(d: &Daemon, remote: &str, ms: u32, mult: u8) -> Value {
     let (ms, mult) = (ms.to_string(), mult.to_string());
     d.json(&[
@@ -102,13 +102,19 @@ fn tunnel(d: &Daemon, remote: &str, ms: u32, mult: u8) -> Value {
         "--vni",
         VNI,
         "--bfd",
-        "--bfd-min-tx",
+        "--bfd-min-tx-ms",
         &ms,
-        "--bfd-min-rx",
+        "--bfd-min-rx-ms",
         &ms,
-        "--bfd-mult",
+        "--bfd-detect-mult",
         &mult,
     ])
+}
+
+/// `tunnel set`: the running tunnel's BFD at `ms` x `mult`.
+fn retime(d: &Daemon, ms: u32, mult: u8) -> Value {
+    let (ms, mult) = (ms.to_string(), mult.to_string());
+    d.json(&["tunnel", "set", "gw", "--bfd-min-tx-ms", &ms, "--bfd-min-rx-ms", &ms, "--bfd-detect-mult", &mult])
 }
 
 #[test]
@@ -118,16 +124,26 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     let t0 = Instant::now();
     tunnel(&t.a, IP[1], 100, 3);
     tunnel(&t.b, IP[0], 100, 3);
-    let (sa, took) = wait(&t.a, "gw", "up", Duration::from_secs(10), up);
-    let (sb, _) = wait(&t.b, "gw", "up", Duration::from_secs(5), up);
+    let (_, took) = wait(&t.a, "gw", "up", Duration::from_secs(10), up);
+    wait(&t.b, "gw", "up", Duration::from_secs(5), up);
     eprintln!("Up on both {:?} after the tunnels were added (A: {took:?})", t0.elapsed());
+    // Up begins with each side's Poll Sequence to its faster interval
+    // (`poll` in OVS's flags), which the other's Final ends.
+    let settled = |s: &Value| up(s) && s["local_flags"] == "none" && s["remote_flags"] == "none";
+    let (sa, _) = wait(&t.a, "gw", "done polling", Duration::from_secs(3), settled);
+    let (sb, _) = wait(&t.b, "gw", "done polling", Duration::from_secs(3), settled);
     for s in [&sa, &sb] {
         assert_eq!(
             (s["type"].as_str(), s["ofport"].as_u64(), s["vni"].as_u64()),
             (Some("tunnel"), Some(1), Some(5001)),
             "{s}"
         );
-        assert_eq!((s["tx_interval_ms"].as_f64(), s["detect_time_ms"].as_f64()), (Some(100.0), Some(300.0)), "{s}");
+        assert_eq!((s["tx_interval_ms"].as_u64(), s["detect_interval_ms"].as_u64()), (Some(100), Some(300)), "{s}");
+        // Detection runs: its deadline lies within the detect interval.
+        let deadline = s["detect_time_ms"].as_i64().unwrap_or_else(|| panic!("detect_time_ms: {s}"));
+        assert!((-50..=300).contains(&deadline), "{s}");
+        assert!((-200..=100).contains(&s["next_tx_time_ms"].as_i64().unwrap()), "{s}");
+        assert!((-200..=0).contains(&s["last_tx_time_ms"].as_i64().unwrap()), "{s}");
         assert_eq!(
             (s["detect_mult"].as_u64(), s["local_min_tx_ms"].as_u64(), s["local_min_rx_ms"].as_u64()),
             (Some(3), Some(100), Some(100))
@@ -149,18 +165,18 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     // show, the human view and the metrics carry the same session.
     let show = t.a.json(&["show"]);
     let port = show["ports"].as_array().unwrap().iter().find(|p| p["name"] == "gw").cloned().unwrap();
-    assert_eq!((port["bfd"]["state"].as_str(), port["bfd"]["flaps"].as_u64()), (Some("up"), Some(1)), "{port}");
+    assert_eq!((port["bfd"]["state"].as_str(), port["bfd"]["flap_count"].as_u64()), (Some("up"), Some(1)), "{port}");
     let human = t.a.cli(&["bfd", "show"]);
     for line in [
         "---- gw ----",
-        "\tForwarding: true",
-        "\tDetect Multiplier: 3",
-        "\tLocal Session State: up",
-        "\tRemote Session State: up",
+        "  Forwarding: true",
+        "  Detect Multiplier: 3",
+        "  Local Session State: up",
+        "  Remote Session State: up",
     ] {
         assert!(human.contains(line), "{line:?} missing from:\n{human}");
     }
-    assert!(human.contains(&format!("\tLocal Discriminator: 0x{:x}\n", num(&sa["local_discriminator"]))), "{human}");
+    assert!(human.contains(&format!("  Local Discriminator: 0x{:x}\n", num(&sa["local_discriminator"]))), "{human}");
     let m = scrape(&t.na.name, "127.0.0.1:9477");
     assert_eq!(m["xgw_bfd_state{session=\"gw\",type=\"tunnel\",state=\"up\"}"], 1.0);
     assert_eq!(m["xgw_bfd_state{session=\"gw\",type=\"tunnel\",state=\"down\"}"], 0.0);
@@ -169,10 +185,9 @@ fn two_daemons_bring_bfd_up_detect_a_cut_within_the_detect_time_and_recover() {
     assert_eq!(m["xgw_bfd_drops_total{reason=\"unknown_session\"}"], 0.0);
 
     // Faster timers on a running session: a Poll Sequence, no flap.
-    tunnel(&t.a, IP[1], 30, 3);
-    tunnel(&t.b, IP[0], 30, 3);
-    let fast =
-        |s: &Value| up(s) && s["tx_interval_ms"].as_f64() == Some(30.0) && s["detect_time_ms"].as_f64() == Some(90.0);
+    retime(&t.a, 30, 3);
+    retime(&t.b, 30, 3);
+    let fast = |s: &Value| up(s) && s["tx_interval_ms"] == 30 && s["detect_interval_ms"] == 90;
     let (sa, took) = wait(&t.a, "gw", "at 3 x 30 ms", Duration::from_secs(5), fast);
     let (sb, _) = wait(&t.b, "gw", "at 3 x 30 ms", Duration::from_secs(5), fast);
     eprintln!("3 x 30 ms negotiated in {took:?}");
@@ -237,9 +252,9 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
         "--vni",
         VNI,
         "--bfd",
-        "--bfd-min-tx",
+        "--bfd-min-tx-ms",
         "100",
-        "--bfd-min-rx",
+        "--bfd-min-rx-ms",
         "100",
     ]);
 
@@ -264,7 +279,7 @@ fn a_daemon_and_open_vswitch_both_report_bfd_up() {
     };
     assert_eq!(field("Remote Discriminator:"), format!("0x{:x}", num(&s["local_discriminator"])), "{show}");
     assert_eq!(field("Local Discriminator:"), format!("0x{:x}", num(&s["remote_discriminator"])), "{show}");
-    assert_eq!((s["tx_interval_ms"].as_f64(), s["detect_time_ms"].as_f64()), (Some(100.0), Some(300.0)), "{s}");
+    assert_eq!((s["tx_interval_ms"].as_u64(), s["detect_interval_ms"].as_u64()), (Some(100), Some(300)), "{s}");
     matches_the_session_map(&d, &s);
     let show = d.json(&["show"]);
     assert_eq!(show["ports"][0]["bfd"]["state"], "up", "{show}");
@@ -287,7 +302,7 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
     std::fs::write(&config, file(50)).unwrap();
     b.extra = vec!["--config".into(), config.display().to_string()];
     b.start();
-    let p = a.json(&["bfd", "peer", "add", "tor", "--peer-ip", IP[1], "--min-tx", "50", "--min-rx", "50"]);
+    let p = a.json(&["bfd", "peer", "add", "tor", "--peer-ip", IP[1], "--min-tx-ms", "50", "--min-rx-ms", "50"]);
     assert_eq!(
         (p["ifname"].as_str(), p["local_ip"].as_str(), p["from_config"].as_bool()),
         (Some("ul"), Some(IP[0]), Some(false)),
@@ -302,7 +317,7 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
         (Some("peer"), Some("ul"), Some(IP[1])),
         "{sa}"
     );
-    assert_eq!((sa["tx_interval_ms"].as_f64(), sa["detect_time_ms"].as_f64()), (Some(50.0), Some(150.0)), "{sa}");
+    assert_eq!((sa["tx_interval_ms"].as_u64(), sa["detect_interval_ms"].as_u64()), (Some(50), Some(150)), "{sa}");
     assert_eq!(sa["remote_discriminator"], sb["local_discriminator"]);
     matches_the_session_map(&a, &sa);
     matches_the_session_map(&b, &sb);
@@ -320,10 +335,10 @@ fn single_hop_peers_from_the_api_and_the_config_file() {
     let cases: &[(&[&str], &str)] = &[
         (&["bfd", "peer", "add", "r6", "--peer-ip", "2001:db8::1"], "peer_ip: 2001:db8::1"),
         (&["bfd", "peer", "add", "tor", "--peer-ip", "198.51.100.9"], "\"tor\" already exists"),
-        (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--min-tx", "0"], "min_tx_ms: 0"),
+        (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--min-tx-ms", "0"], "min_tx_ms: 0"),
         (&["bfd", "peer", "add", "r2", "--peer-ip", "198.51.100.9", "--ifname", "nope0"], "\"nope0\""),
         (
-            &["tunnel", "add", "t9", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd", "--bfd-mult", "0"],
+            &["tunnel", "add", "t9", "--remote-ip", "198.51.100.9", "--vni", "7", "--bfd", "--bfd-detect-mult", "0"],
             "bfd_detect_mult: 0",
         ),
         (&["tunnel", "add", "t9", "--remote-ip", "2001:db8::9", "--vni", "7", "--bfd"], "no --local-ip"),

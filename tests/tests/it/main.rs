@@ -8,6 +8,7 @@ mod bfd_ovs;
 mod bfd_restart;
 mod bfd_stress;
 mod bfd_xdp;
+mod cli;
 mod daemon;
 mod daemon_bfd;
 mod daemon_flows;

@@ -65,9 +65,9 @@ fn lab() -> Lab {
             HV_IP[i],
             "--ovn-metadata",
             "--bfd",
-            "--bfd-min-tx",
+            "--bfd-min-tx-ms",
             "100",
-            "--bfd-min-rx",
+            "--bfd-min-rx-ms",
             "100",
         ]);
         d.json(&[
@@ -114,7 +114,7 @@ impl Lab {
     }
 
     fn xgw_bfd(&self, tunnel: &str) -> Option<String> {
-        self.d.json(&["bfd", "show", tunnel])[0]["local_state"].as_str().map(str::to_owned)
+        self.d.json(&["bfd", "show", tunnel])["local_state"].as_str().map(str::to_owned)
     }
 
     /// Waits until both ends of both chassis' sessions say `state`; returns how long it took.
