@@ -137,8 +137,8 @@ fn the_units_writable_paths_are_the_daemons() {
 /// `bfd show NAME`: its one session.
 fn bfd(d: &Daemon, name: &str) -> Value {
     let v = d.json(&["bfd", "show", name]);
-    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
-    v[0].clone()
+    assert!(v.is_object(), "{v}");
+    v
 }
 
 fn wait_bfd_up(d: &Daemon, name: &str) {
