@@ -1055,8 +1055,10 @@ fn predict_add(pm: &MemMap, spec: &PortSpec, inject: Option<Inject>) -> Expect {
         if !existing.spec.same_entries(spec) {
             return Expect::Fail("name");
         }
+        // An update rewrites the record's copy (`Step::Record`) and the record.
         return match inject {
             Some(Inject::StoreWrite | Inject::Effect) => Expect::Fail("txn"),
+            Some(Inject::Insert(Step::Record) | Inject::Remove(Step::Record)) => Expect::Fail("txn"),
             _ => Expect::Updated(existing.ofport),
         };
     }
