@@ -123,7 +123,7 @@ fn seed_failing_map_insert_retried_100k_times_leaks_nothing() {
         assert_eq!(pm.allocator().in_use(), 3);
         assert_eq!(pm.allocator().state(four), PortState::Free);
         if i == 0 {
-            assert_eq!(err.to_string(), "port \"ovn-aded97-0\": tunnel remote index: entry already exists");
+            assert_eq!(err.to_string(), "tunnel \"ovn-aded97-0\": tunnel remote index: entry already exists");
         }
     }
     assert_eq!(pm.allocator().held_down(), 0, "aborts skip hold-down");
@@ -167,7 +167,7 @@ fn full_map_is_reported_and_rolled_back() {
     let store_before = records(&pm);
 
     let err = pm.add(&tunnel_n(16), t0).expect_err("TUNNEL_BY_REMOTE is full");
-    assert_eq!(err.to_string(), "port \"t16\": tunnel remote index: map full (max_entries 16)");
+    assert_eq!(err.to_string(), "tunnel \"t16\": tunnel remote index: map full (max_entries 16)");
     let seventeen = OfPort::new(17).unwrap();
     assert_eq!(pm.allocator().state(seventeen), PortState::Free);
     assert_eq!(read_maps(gw.pins()), maps_before, "the TUNNELS entry made before the failing step is gone");
@@ -230,7 +230,7 @@ fn exhaustion_on_real_maps() {
     assert!(matches!(err, PortError::Txn { cause: TxnError::Number { cause: AllocError::Exhausted }, .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "port \"t32769\": ofport: no OpenFlow port number left: all automatic numbers 1..=32767 are in use"
+        "tunnel \"t32769\": ofport: no OpenFlow port number left: all automatic numbers 1..=32767 are in use"
     );
     let maps_after = read_maps(gw.pins());
     assert_eq!(maps_after, maps_before, "existing entries unaffected");
