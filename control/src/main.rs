@@ -75,6 +75,16 @@ enum Command {
     /// flow caches and BFD state of its own, so it changes nothing live.
     #[command(after_long_help = TRACE_SYNTAX)]
     Trace(TraceArgs),
+    /// The running datapath's flow caches (like `ovs-appctl
+    /// dpctl/dump-flows`): every filled slot of DECAP_FLOWS and ENCAP_FLOWS,
+    /// per CPU, its key, the cached answer, its generation and whether it
+    /// is current (a stale slot is refilled by its next packet). Reads
+    /// through the pinned links: root and the bpffs directory, no daemon.
+    DumpFlows {
+        /// The daemon's bpffs directory [default: /sys/fs/bpf/xgw/<UPLINK> with --uplink].
+        #[arg(long, env = "XGW_BPFFS")]
+        bpffs: Option<PathBuf>,
+    },
     /// The store (`xgw.redb`): check it against the datapath, back it up,
     /// restore it, or rebuild it from the pinned maps.
     #[command(subcommand)]
@@ -478,6 +488,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{doc}");
             } else {
                 xgw::trace::print(&doc);
+            }
+        }
+        Command::DumpFlows { bpffs } => {
+            let doc = xgw::trace::flows::dump(&bpffs_dir(bpffs, g.uplink.as_ref())?)?;
+            if g.json {
+                println!("{doc}");
+            } else {
+                xgw::trace::flows::print(&doc);
             }
         }
         Command::Store(cmd) => store(g, cmd)?,

@@ -19,6 +19,7 @@
 //! the port whose tx counter the run moved and the DEVMAP entry for it.
 pub mod decode;
 pub mod flow;
+pub mod flows;
 
 use std::{
     collections::BTreeMap,

@@ -13,6 +13,7 @@ use etherparse::PacketBuilder;
 use serde_json::Value;
 use xgw::ofport::MacAddr;
 use xgw_tests::{
+    capture::inject,
     daemon::{gateway, Gateway},
     packet::geneve::{geneve_payload, ovn_option},
     require_root,
@@ -297,4 +298,82 @@ fn a_pcap_file_is_traced_from_its_first_packet() {
         file.to_str().unwrap(),
     ]);
     assert!(err.contains("pcapng is not read"), "{err}");
+}
+
+fn dump_flows(g: &Gateway) -> Value {
+    g.daemon.json(&["dump-flows", "--bpffs", g.daemon.pins().to_str().unwrap()])
+}
+
+/// The slots of `doc[table]` whose key is `key`.
+fn slots<'a>(doc: &'a Value, table: &str, key: &Value) -> Vec<&'a Value> {
+    doc[table].as_array().unwrap().iter().filter(|f| &f["key"] == key).collect()
+}
+
+#[test]
+fn dump_flows_shows_the_slots_real_traffic_filled_and_when_they_go_stale() {
+    require_root!();
+    let g = setup("dflows");
+    wait_nexthop(&g);
+    let empty = dump_flows(&g);
+    assert!(empty["decap"].as_array().unwrap().is_empty(), "{empty:#}");
+    // Real frames through the attached programs: Geneve from the peer to
+    // the uplink, and the VM's frame into vm1's interface.
+    inject(&g.peer, "w", &[geneve_frame(&g)]);
+    inject(&g.ns, "p1x", &[from_vm()]);
+    let decap_key =
+        serde_json::json!({ "remote": "198.51.100.2", "vni": 5001, "egress": 17, "mac": "00:00:00:00:00:00" });
+    let encap_key = serde_json::json!({ "ifindex": g.ns.ifindex("p1"), "ifname": "p1", "mac": mac(REMOTE_MAC) });
+    let start = Instant::now();
+    let doc = loop {
+        let doc = dump_flows(&g);
+        if !slots(&doc, "decap", &decap_key).is_empty() && !slots(&doc, "encap", &encap_key).is_empty() {
+            break doc;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the traffic filled no slot with the expected keys:\n{doc:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let generation = doc["generation"].as_u64().unwrap();
+    let d = slots(&doc, "decap", &decap_key)[0];
+    assert_eq!((d["current"].as_bool(), d["generation"].as_u64()), (Some(true), Some(generation)), "{doc:#}");
+    assert_eq!(
+        d["dest"],
+        serde_json::json!({ "kind": "local", "ofport": ofport(&g, "vm1"), "port": "vm1", "port_key": 17 })
+    );
+    assert_eq!(d["tunnel"]["port"], "hv2");
+    let e = slots(&doc, "encap", &encap_key)[0];
+    assert_eq!((e["current"].as_bool(), e["generation"].as_u64()), (Some(true), Some(generation)), "{doc:#}");
+    assert_eq!(
+        e["dest"],
+        serde_json::json!({ "kind": "remote", "ofport": ofport(&g, "hv2"), "port": "hv2", "port_key": 34 })
+    );
+    assert_eq!((e["in_port"]["port"].as_str(), e["outer"].as_str()), (Some("vm1"), Some("ipv4")));
+    assert_eq!(e["tunnel"]["remote"], "198.51.100.2");
+    let human = g.daemon.cli(&["dump-flows", "--bpffs", g.daemon.pins().to_str().unwrap()]);
+    assert!(human.contains("remote=198.51.100.2,vni=5001,egress=17") && human.contains("current"), "{human}");
+
+    // A map change (another binding) retires every slot filled before it.
+    g.daemon.cli(&[
+        "binding",
+        "add",
+        "--vni",
+        "5001",
+        "--mac",
+        "02:00:5e:20:00:03",
+        "--tunnel",
+        "hv2",
+        "--port-key",
+        "35",
+    ]);
+    let after = dump_flows(&g);
+    assert!(after["generation"].as_u64().unwrap() > generation, "{after:#}");
+    for (table, key, was) in [("decap", &decap_key, d), ("encap", &encap_key, e)] {
+        let now = slots(&after, table, key);
+        let same =
+            now.iter().find(|f| f["cpu"] == was["cpu"] && f["slot"] == was["slot"]).expect("the slot is still filled");
+        assert_eq!((same["current"].as_bool(), &same["generation"]), (Some(false), &was["generation"]), "{after:#}");
+    }
+    assert!(g.daemon.cli(&["dump-flows", "--bpffs", g.daemon.pins().to_str().unwrap()]).contains("stale"));
 }
