@@ -217,3 +217,47 @@ pub struct PortStats {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PortStats {}
+
+impl Drop {
+    /// The reason in words, for `xgw trace` (the variant's documentation).
+    pub const fn description(self) -> &'static str {
+        match self {
+            Drop::GeneveTruncated => "Geneve header or options cut short, or no room for the inner frame",
+            Drop::GeneveVersion => "Geneve version other than 0",
+            Drop::GeneveProtocol => "Geneve protocol type other than Transparent Ethernet Bridging (0x6558)",
+            Drop::GeneveOptionLength => "a Geneve option's length runs past the header's Opt Len",
+            Drop::GeneveCriticalOption => "a critical Geneve option this gateway does not understand (RFC 8926 3.5)",
+            Drop::UnknownTunnel => "from a remote IP and VNI that no tunnel is configured for",
+            Drop::UnknownDestination => {
+                "no port for the destination: no local port for the inner MAC or OVN egress key (decap), or no \
+                 binding for the MAC in the VNI (encap)"
+            }
+            Drop::RedirectFailed => "the kernel refused the redirect (port gone from the devmap)",
+            Drop::OuterLength => "outer IP or UDP length disagrees with the frame's length",
+            Drop::GeneveOptionLimit => {
+                "more Geneve options than the datapath walks, with the C bit set: a critical option might hide \
+                 among the rest"
+            }
+            Drop::MtuExceeded => "the frame would exceed the uplink MTU once encapsulated",
+            Drop::Flood => "broadcast or multicast the ARP/ND responder did not answer, in a VNI with no flood group",
+            Drop::Hairpin => "the destination MAC is on the port the frame came from",
+            Drop::NoUnderlay => "the tunnel's address family has no address on the uplink, or no uplink",
+            Drop::NoHeadroom => "no headroom to push the outer headers (or to build a reply)",
+            Drop::Runt => "a frame shorter than an Ethernet header",
+            Drop::UnknownVni => {
+                "a VNI no local port serves, on a flow-keyed tunnel or a fixed-key one whose switch has no port here"
+            }
+            Drop::Storm => "storm control: a flood beyond its group's rate for the ingress port",
+            Drop::FloodCopy => "a flood copy the kernel refused (member interface gone, no headroom)",
+            Drop::PortSecurityMac => "port security: a source MAC the port may not send from",
+            Drop::PortSecurityIp => "port security: an IP source the port's MAC may not send from",
+            Drop::PortSecurityArpNd => {
+                "port security: ARP or neighbour discovery naming a MAC or address the port may not claim"
+            }
+            Drop::Multibuffer => {
+                "a multi-buffer (jumbo) frame the datapath cannot carry: headers past the first buffer, or too long \
+                 for the IPv6 UDP checksum"
+            }
+        }
+    }
+}

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod ofport;
 pub mod ovn;
 pub mod probe;
+pub mod trace;
 pub mod types;

@@ -66,6 +66,25 @@ enum Command {
         #[arg(long, default_value = daemon::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Run one packet through the live datapath (like `ovs-appctl
+    /// ofproto/trace`): the verdict, where it goes, the frame that comes
+    /// out, decoded, and the counters it moved, with the drop reason in
+    /// words. Needs root and the daemon's bpffs directory (--bpffs, or the
+    /// default one of --uplink), not the daemon: it loads this binary's
+    /// programs against the pinned configuration maps, with counters,
+    /// flow caches and BFD state of its own, so it changes nothing live.
+    #[command(after_long_help = TRACE_SYNTAX)]
+    Trace(TraceArgs),
+    /// The running datapath's flow caches (like `ovs-appctl
+    /// dpctl/dump-flows`): every filled slot of DECAP_FLOWS and ENCAP_FLOWS,
+    /// per CPU, its key, the cached answer, its generation and whether it
+    /// is current (a stale slot is refilled by its next packet). Reads
+    /// through the pinned links: root and the bpffs directory, no daemon.
+    DumpFlows {
+        /// The daemon's bpffs directory [default: /sys/fs/bpf/xgw/<UPLINK> with --uplink].
+        #[arg(long, env = "XGW_BPFFS")]
+        bpffs: Option<PathBuf>,
+    },
     /// The store (`xgw.redb`): check it against the datapath, back it up,
     /// restore it, or rebuild it from the pinned maps.
     #[command(subcommand)]
@@ -86,6 +105,51 @@ enum Command {
         /// Where to write them (created if missing).
         dir: PathBuf,
     },
+}
+
+/// `xgw trace --help`: the packet syntax (`xgw::trace::flow`).
+const TRACE_SYNTAX: &str = "Packet fields (FLOW), comma-separated key=value, as ofproto/trace's:
+  eth_src=MAC eth_dst=MAC [vlan=VID] [eth_type=N]
+  ip_src=IP ip_dst=IP [ip_ttl=N] [ip_proto=N]      (IPv4 or IPv6, by the addresses)
+  udp_src=N udp_dst=N | tcp_src=N tcp_dst=N | icmp_type=N [icmp_code=N]
+  arp_op=1|2 arp_sha=MAC arp_spa=IPv4 [arp_tha=MAC] arp_tpa=IPv4
+  vni=N [ovn_ingress=KEY] [ovn_egress=KEY] [geneve_opt=CLASS:TYPE:HEX]... [geneve_oam=1] [geneve_critical=1]
+  inner_<any Ethernet, IP, L4 or ARP field>        (the frame inside Geneve; needs vni=)
+  payload=HEX | payload_len=N                      (after the innermost header)
+vni= makes the frame Geneve (outer UDP to 6081); ovn_ingress/ovn_egress add OVN's option.
+IP without L4 fields is an ICMP echo request. Defaults: on the uplink the outer eth_dst and ip_dst
+are the uplink's MAC and tunnel address; on a local port eth_src is the port's MAC.
+
+Examples:
+  xgw trace --in uplink 'ip_src=198.51.100.2,vni=5001,ovn_ingress=34,ovn_egress=17,\\
+      inner_eth_src=02:00:5e:20:00:02,inner_eth_dst=02:00:5e:20:00:01,inner_ip_src=203.0.113.2,inner_ip_dst=203.0.113.1'
+  xgw trace --in vm1 'eth_dst=02:00:5e:20:00:02,ip_src=203.0.113.1,ip_dst=203.0.113.2,udp_dst=53'
+  xgw trace --in uplink --pcap capture.pcap";
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Where the packet arrives: `uplink`, or a local port (its name or its
+    /// interface).
+    #[arg(long = "in", value_name = "uplink|PORT")]
+    ingress: String,
+    /// The first packet of this pcap file (tcpdump -w), instead of FLOW.
+    #[arg(long, value_name = "FILE", conflicts_with = "flow")]
+    pcap: Option<PathBuf>,
+    /// The packet's fields (see below).
+    #[arg(value_name = "FLOW", required_unless_present = "pcap")]
+    flow: Option<xgw::trace::flow::Flow>,
+    /// The daemon's bpffs directory [default: /sys/fs/bpf/xgw/<UPLINK> with --uplink].
+    #[arg(long, env = "XGW_BPFFS")]
+    bpffs: Option<PathBuf>,
+}
+
+/// The pinned datapath a reading command looks at.
+fn bpffs_dir(bpffs: Option<PathBuf>, uplink: Option<&String>) -> Result<PathBuf> {
+    match (bpffs, uplink) {
+        (Some(d), _) => Ok(d),
+        (None, Some(u)) => Ok(PathBuf::from(daemon::DEFAULT_BPFFS_ROOT).join(u)),
+        (None, None) => anyhow::bail!("give --bpffs DIR or --uplink IF (where the datapath is pinned)"),
+    }
 }
 
 #[derive(clap::Args)]
@@ -410,6 +474,28 @@ fn run(cli: Cli) -> Result<()> {
                     println!("removed {}", pin.display());
                 }
                 println!("removed {} pins under {}", removed.len(), dir.display());
+            }
+        }
+        Command::Trace(a) => {
+            let dir = bpffs_dir(a.bpffs, g.uplink.as_ref())?;
+            let input = match (a.flow, a.pcap) {
+                (_, Some(p)) => xgw::trace::Input::Pcap(p),
+                (Some(f), None) => xgw::trace::Input::Flow(f),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let doc = xgw::trace::trace(&dir, &a.ingress, input)?;
+            if g.json {
+                println!("{doc}");
+            } else {
+                xgw::trace::print(&doc);
+            }
+        }
+        Command::DumpFlows { bpffs } => {
+            let doc = xgw::trace::flows::dump(&bpffs_dir(bpffs, g.uplink.as_ref())?)?;
+            if g.json {
+                println!("{doc}");
+            } else {
+                xgw::trace::flows::print(&doc);
             }
         }
         Command::Store(cmd) => store(g, cmd)?,

@@ -31,5 +31,6 @@ mod ovs_peer;
 mod ovs_wire;
 mod port_security;
 mod probe;
+mod trace;
 mod unit;
 mod verifier;
