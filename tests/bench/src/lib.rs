@@ -3,14 +3,16 @@
 //! the markdown table and JSON under bench/results/, the checks that every
 //! figure was really produced, and the plot of packet rate against size.
 //! Its binaries are `xgw-bench` (XDP program cost, packet rates, xgw against
-//! Open vSwitch), `xgw-portbench` (the port map on real maps and redb) and
-//! `xgw-bfdbench` (BFD at scale); the namespaces, veths, gateways and
+//! Open vSwitch), `xgw-portbench` (the port map on real maps and redb),
+//! `xgw-bfdbench` (BFD at scale) and `xgw-ovnbench` (xgw as an OVN chassis,
+//! beside ovn-controller); the namespaces, veths, gateways, OVN and
 //! processes they use are the test harness's (`xgw_tests`).
 pub mod bfd;
 pub mod flood;
 pub mod flowkey;
 pub mod jumbo;
 pub mod live;
+pub mod ovn;
 pub mod plot;
 pub mod versus;
 pub mod veth;
