@@ -2,9 +2,10 @@
 //! tests' lab (`xgw_tests::ovn`), each figure beside ovn-controller's or
 //! xgw's own in the same run:
 //!
-//! - `nb_cfg`: time from an `ovn-nbctl` change to each chassis'
+//! - `nb_cfg`: time from a Northbound change (the transaction `ovn-nbctl
+//!   --wait=hv` makes, and `ovn-nbctl --wait=hv` itself) to each chassis'
 //!   acknowledgement (`Chassis_Private.nb_cfg` reaching the change's
-//!   `nb_cfg`, what `ovn-nbctl --wait=hv` waits for), xgw beside the two
+//!   `nb_cfg`, what `--wait=hv` waits for), xgw beside the two
 //!   hypervisors' ovn-controller;
 //! - `scale`: convergence after one Southbound transaction adding N
 //!   chassis (IPv6 geneve encaps) and M port bindings on the switch xgw's
@@ -15,10 +16,10 @@
 //!   to that client's monitor resumed on another member, xgw beside
 //!   ovn-controller.
 //!
-//! Times of database rows are taken by a monitor of our own (`Watch`, an
-//! `xgw_ovsdb` client): the instant each update reaches it. It sees every
-//! row the same way, so the differences between rows are what the
-//! chassis took.
+//! A change starts when this process sends it (or runs the command that
+//! makes it); a row's time is when a monitor of our own (`Watch`, an
+//! `xgw_ovsdb` client at SCHED_FIFO) receives it, the same way for every
+//! chassis' row.
 use std::{
     os::unix::net::UnixDatagram,
     path::PathBuf,
@@ -720,9 +721,15 @@ pub struct Reconnect {
     /// ms from the SIGKILL of the member it was on (the leader) to
     /// monitoring resumed on another member.
     pub xgw: Vec<f64>,
+    /// The same for ovn-controller, once its backoff-free reconnections
+    /// are used up (as in any ovn-controller that has run a while).
     pub ovn_controller: Vec<f64>,
-    /// Attempts at moving the leader onto the client's member before each
-    /// kill (0: it was there).
+    /// ovn-controller's backoff-free reconnections, used up before the
+    /// kills by dropping its connection (`ovsdb-server/reconnect` on its
+    /// member): ms from that command started to its monitor resumed.
+    pub ovn_controller_free: Vec<f64>,
+    /// Moves of the leader onto the client's member before each kill (0:
+    /// it was there).
     pub leader_moves: Vec<usize>,
 }
 
@@ -740,6 +747,29 @@ fn ovn_controller_member(ovn: &OvnCentral, log: &str) -> Option<usize> {
         .find_map(|l| (1..=3).find(|&m| l.contains(&format!("{}: connected", ovn.sb_member_socket(m)))))
 }
 
+/// How many times ovn-controller lost its Southbound connection, from
+/// its log.
+fn ovn_controller_losses(ovn: &OvnCentral, log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains("|reconnect|") && (l.contains(": connection closed") || l.contains(": connection dropped"))
+        })
+        .filter(|l| (1..=3).any(|m| l.contains(&ovn.sb_member_socket(m))))
+        .count()
+}
+
+/// When, in `log` after byte `from`, ovn-controller's monitor was resumed
+/// (`monitor_cond_since` answered with found=true) by one of `members`:
+/// seconds since midnight, in the middle of the millisecond vlog stamps.
+fn ovn_controller_resumed(log: &str, from: usize, members: &[String]) -> Option<f64> {
+    let line = log[from..].lines().find(|l| {
+        l.contains("|jsonrpc|")
+            && l.contains("received reply, result=[true,")
+            && members.iter().any(|s| l.contains(s.as_str()))
+    })?;
+    line_time(line).map(|t| t + 0.0005)
+}
+
 /// Whether every member has the leader's whole log (`match_index` of all
 /// three equal in the leader's `cluster/status`): a leadership transfer
 /// goes only to a member that does.
@@ -751,12 +781,24 @@ fn caught_up(ovn: &OvnCentral) -> bool {
     matched.len() == 3 && matched.iter().all(|m| *m == matched[0])
 }
 
-/// `trials` SIGKILLs of the raft leader, each placed (by
-/// `cluster/failure-test transfer-leadership`) on the member one client
-/// is on: xgw for even trials, hv1's and hv2's ovn-controller in turn for
-/// odd ones. Every client on the killed member is measured: from the
-/// SIGKILL to its monitor resumed elsewhere (`monitor_cond_since` answered
-/// with found=true), read from each client's own log.
+/// `trials` SIGKILLs of the raft leader, each placed on the member one
+/// client is on: xgw for even trials, hv1's and hv2's ovn-controller in
+/// turn for odd ones. Every client on the killed member is measured: from
+/// the SIGKILL to its monitor resumed elsewhere (`monitor_cond_since`
+/// answered with found=true), read from each client's own log.
+///
+/// Both clients wait before reconnecting after some losses, and the
+/// bench puts each in the state a long-running one is in:
+/// - xgw's client retries a connection that lived less than 1 s after a
+///   backoff (100 ms): no connection is killed younger than 2 s;
+/// - ovn-controller (OVS lib/reconnect.c) reconnects without a backoff
+///   only for its first n - 1 losses in its life (n remotes, here 2), and
+///   after that waits min_backoff (1 s), doubled up to 8 s for each loss
+///   of a connection that had no traffic at least one backoff after it
+///   was made. Its free reconnections are used up first (its connection
+///   dropped by `ovsdb-server/reconnect`, measured apart), and every
+///   client gets an update (an SB_Global option) 1.2 s after the last one
+///   moved, as a Southbound in use gives them, so its backoff stays 1 s.
 pub fn reconnect(trials: usize) -> Reconnect {
     let ovn = OvnCentral::start_raft();
     let topo = lab::topology(&ovn);
@@ -772,23 +814,50 @@ pub fn reconnect(trials: usize) -> Reconnect {
         let ovn_view = &show["ovn"];
         (ovn_view["connected"] == true).then(|| member_of(&ovn, ovn_view["remote"].as_str()?)).flatten()
     };
-    let mut out = Reconnect::default();
-    // When the clients last moved: both xgw's client and ovn-controller's
-    // retry a connection that dies young after a backoff (xgw: one that
-    // lived less than 1 s, 100 ms), so no connection is killed younger
-    // than this.
-    const SETTLE: Duration = Duration::from_secs(2);
-    let mut moved = Instant::now();
-    for trial in 0..trials {
-        // Everyone connected, a leader, all three members in the cluster.
-        let members = ovn.wait("every client on a member", Duration::from_secs(30), || {
+    // Every client connected (xgw monitoring, each ovn-controller
+    // connected), all three members in the cluster with one leader: the
+    // members xgw and each ovn-controller are on.
+    let settled = || {
+        ovn.wait("every client on a member, every member in the cluster", Duration::from_secs(60), || {
             let x = xgw_member()?;
-            let hv: Vec<usize> =
-                topo.hv.iter().map(|h| ovn_controller_member(&ovn, &h.ovn_log())).collect::<Option<_>>()?;
+            let hv: Vec<usize> = topo
+                .hv
+                .iter()
+                .map(|h| {
+                    let connected = h.ovn_appctl(&["connection-status"]).trim() == "connected";
+                    connected.then(|| ovn_controller_member(&ovn, &h.ovn_log())).flatten()
+                })
+                .collect::<Option<_>>()?;
             let roles_ok = (1..=3).all(|m| matches!(ovn.sb_role(m).as_deref(), Some("leader" | "follower")));
             (roles_ok && caught_up(&ovn)).then_some((x, hv))
+        })
+    };
+    let mut out = Reconnect::default();
+
+    // ovn-controller's backoff-free reconnections, used up.
+    let free = 3 - 1;
+    loop {
+        let (_, hv_members) = settled();
+        let Some(i) = topo.hv.iter().position(|h| ovn_controller_losses(&ovn, &h.ovn_log()) < free) else { break };
+        let member = hv_members[i];
+        let from = topo.hv[i].ovn_log().len();
+        let t0 = time_of_day();
+        ovn.sb_appctl(member, &["ovsdb-server/reconnect"]).expect("ovsdb-server/reconnect");
+        let others: Vec<String> = (1..=3).filter(|&m| m != member).map(|m| ovn.sb_member_socket(m)).collect();
+        let all: Vec<String> = (1..=3).map(|m| ovn.sb_member_socket(m)).collect();
+        let t = ovn.wait("ovn-controller resumed", Duration::from_secs(30), || {
+            ovn_controller_resumed(&topo.hv[i].ovn_log(), from, &all)
         });
-        let (x_member, hv_members) = members;
+        // Measured only when it moved, as after a kill.
+        if ovn_controller_resumed(&topo.hv[i].ovn_log(), from, &others).is_some() {
+            out.ovn_controller_free.push(since_tod(t0, t));
+        }
+    }
+
+    let mut touches = 0;
+    for trial in 0..trials {
+        let (x_member, hv_members) = settled();
+        let mut moved = Instant::now();
         let target = if trial % 2 == 0 { x_member } else { hv_members[(trial / 2) % 2] };
         // The leader moved onto that member. A leadership transfer is
         // cheap, but OVS 3.1 always sends it to the same member (here 1
@@ -819,11 +888,28 @@ pub fn reconnect(trials: usize) -> Reconnect {
             ovn.wait("a new leader", Duration::from_secs(30), || ovn.sb_leader());
             ovn.sb_appctl(third, &["cluster/failure-test", "clear"]).expect("clear the failure test");
             ovn.start_sb_member(leader);
-            ovn.wait("every member back", Duration::from_secs(30), || caught_up(&ovn).then_some(()));
+            // The clients that were on it are elsewhere now.
+            settled();
             moved = Instant::now();
         }
         out.leader_moves.push(attempts);
-        // Who is on it (the transfers moved no client).
+        // Traffic on every connection 1.2 s after the last move, then the
+        // kill at 2 s.
+        std::thread::sleep(Duration::from_millis(1200).saturating_sub(moved.elapsed()));
+        let logs: Vec<usize> = topo.hv.iter().map(|h| h.ovn_log().len()).collect();
+        touches += 1;
+        let touch = json!(["map", [["xgw-bench", touches.to_string()]]]);
+        ovn.sb_transactions([vec![ops::update("SB_Global", vec![], json!({ "options": touch }))]]);
+        ovn.wait("the update at every ovn-controller", Duration::from_secs(10), || {
+            topo.hv
+                .iter()
+                .zip(&logs)
+                .all(|(h, &from)| h.ovn_log()[from..].contains("received notification, method=\"update3\""))
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(2).saturating_sub(moved.elapsed()));
+
+        // Who is on it (placing the leader moved no client onto it).
         let x_on = xgw_member() == Some(target);
         let hv_on: Vec<bool> =
             topo.hv.iter().map(|h| ovn_controller_member(&ovn, &h.ovn_log()) == Some(target)).collect();
@@ -831,10 +917,8 @@ pub fn reconnect(trials: usize) -> Reconnect {
         let x_log = d.process.as_ref().unwrap().stderr_so_far().len();
         let hv_log: Vec<usize> = topo.hv.iter().map(|h| h.ovn_log().len()).collect();
 
-        std::thread::sleep(SETTLE.saturating_sub(moved.elapsed()));
         let t0 = time_of_day();
         ovn.kill_sb_member(target);
-        moved = Instant::now();
 
         let others: Vec<String> = (1..=3).filter(|&m| m != target).map(|m| ovn.sb_member_socket(m)).collect();
         if x_on {
@@ -855,14 +939,7 @@ pub fn reconnect(trials: usize) -> Reconnect {
         let mut hv_ms = Vec::new();
         for (i, h) in topo.hv.iter().enumerate().filter(|(i, _)| hv_on[*i]) {
             let t = ovn.wait("ovn-controller resumed", Duration::from_secs(30), || {
-                let log = h.ovn_log();
-                let line = log[hv_log[i]..].lines().find(|l| {
-                    l.contains("|jsonrpc|")
-                        && l.contains("received reply, result=[true,")
-                        && others.iter().any(|s| l.contains(s.as_str()))
-                })?;
-                // vlog stamps milliseconds: the middle of the millisecond.
-                line_time(line).map(|t| t + 0.0005)
+                ovn_controller_resumed(&h.ovn_log(), hv_log[i], &others)
             });
             hv_ms.push(format!("hv{} {:.1} ms", i + 1, since_tod(t0, t)));
             out.ovn_controller.push(since_tod(t0, t));
