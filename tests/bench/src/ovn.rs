@@ -248,10 +248,13 @@ impl Northbound {
     }
 }
 
-/// `changes` changes on ls1 (a port added, then deleted) in the lab of
-/// the tests: xgw (vm3 on ls1) and two hypervisors (vm1, vm2 on ls1) on
-/// one standalone Southbound. Pairs alternate between the transaction
-/// `ovn-nbctl --wait=hv lsp-add / lsp-del` makes (the port, ls1's ports,
+/// `changes` changes on ls1 in the lab of the tests: xgw (vm3 on ls1)
+/// and two hypervisors (vm1, vm2 on ls1) on one standalone Southbound.
+/// Each change moves vm1 (bound to hv1) to another MAC and back, so that
+/// every chassis has work before it acknowledges: xgw replaces vm1's
+/// remote binding in its maps and store, hv1 and hv2 rewrite their flows
+/// for vm1. Pairs of changes alternate between the transaction
+/// `ovn-nbctl --wait=hv lsp-set-addresses` makes (the port's addresses,
 /// `NB_Global.nb_cfg` raised by one), sent by the bench on an open
 /// connection, and `ovn-nbctl --wait=hv` itself.
 ///
@@ -277,52 +280,25 @@ pub fn nb_cfg(changes: usize) -> NbCfg {
     );
     let mut nb = Northbound::open(&ovn.nb_remote());
     let nb_cfg_before: i64 = ovn.nbctl(&["get", "NB_Global", ".", "nb_cfg"]).trim().parse().expect("nb_cfg");
-    let ls1 = vec![ops::cond("name", "==", json!("ls1"))];
+    let vm1 = vec![ops::cond("name", "==", json!("vm1"))];
     let raise = || ops::mutate("NB_Global", vec![], vec![ops::mutation("nb_cfg", "+=", json!(1))]);
     const WARMUP: usize = 4;
-    const ADDRESSES: &str = "02:00:5e:00:10:01 203.0.113.100";
+    let addresses = [
+        format!("02:00:5e:00:10:01 {}", lab::VM_IP[0]),
+        format!("{} {}", xgw_tests::ovs::mac_str(lab::VM_MAC[0]), lab::VM_IP[0]),
+    ];
     let mut out = NbCfg::default();
     let timeout = Duration::from_secs(30);
-    let mut port_uuid = None;
     for i in 0..changes + WARMUP {
         let by_nbctl = (i / 2) % 2 == 1;
-        let port = format!("bench{}", i / 2);
-        let adding = i % 2 == 0;
-        let started = if by_nbctl {
+        let set = &addresses[i % 2];
+        let (started, wait_hv) = if by_nbctl {
             let started = Instant::now();
-            if adding {
-                let (set, addresses) = ("lsp-set-addresses", ADDRESSES);
-                ovn.nbctl(&["--wait=hv", "--timeout=30", "lsp-add", "ls1", &port, "--", set, &port, addresses]);
-            } else {
-                ovn.nbctl(&["--wait=hv", "--timeout=30", "lsp-del", &port]);
-            }
-            out.wait_hv.push(ms(started.elapsed()));
-            started
-        } else if adding {
-            let lsp = json!({"name": port, "addresses": ADDRESSES});
-            let (sent, result) = nb.transact(vec![
-                ops::insert_named("Logical_Switch_Port", lsp, "lsp"),
-                ops::mutate(
-                    "Logical_Switch",
-                    ls1.clone(),
-                    vec![ops::mutation("ports", "insert", ops::set([ops::named_uuid("lsp")]))],
-                ),
-                raise(),
-            ]);
-            port_uuid = Some(ops::inserted_uuid(&result[0]).expect("the port's UUID"));
-            sent
+            ovn.nbctl(&["--wait=hv", "--timeout=30", "lsp-set-addresses", "vm1", set]);
+            (started, Some(ms(started.elapsed())))
         } else {
-            // Out of ls1's ports, the port (not a root row) is gone.
-            let lsp = port_uuid.take().expect("the port added before");
-            let (sent, _) = nb.transact(vec![
-                ops::mutate(
-                    "Logical_Switch",
-                    ls1.clone(),
-                    vec![ops::mutation("ports", "delete", ops::set([ops::uuid(lsp)]))],
-                ),
-                raise(),
-            ]);
-            sent
+            let update = ops::update("Logical_Switch_Port", vm1.clone(), json!({ "addresses": set }));
+            (nb.transact(vec![update, raise()]).0, None)
         };
         // Each change raises it by one.
         let nb_cfg = nb_cfg_before + i as i64 + 1;
@@ -341,11 +317,16 @@ pub fn nb_cfg(changes: usize) -> NbCfg {
         to.southbound.push(southbound);
         to.xgw.push(acks[0]);
         to.ovn_controller.extend(&acks[1..]);
+        out.wait_hv.extend(wait_hv);
     }
-    // xgw still has its port and both tunnels: it acknowledged while working.
+    // xgw followed: vm1's binding has its MAC back, its port and tunnels
+    // are as they were.
     let show = d.json(&["show"]);
     assert_eq!(show["ovn"]["claimed"]["vm3"], true, "{}", show["ovn"]);
     assert_eq!(show["ovn"]["tunnels"], 2, "{}", show["ovn"]);
+    let macs: Vec<&str> = show["bindings"].as_array().unwrap().iter().filter_map(|b| b["mac"].as_str()).collect();
+    let vm1_mac = xgw_tests::ovs::mac_str(lab::VM_MAC[0]);
+    assert!(macs.contains(&vm1_mac.as_str()) && !macs.contains(&"02:00:5e:00:10:01"), "{}", show["bindings"]);
     out
 }
 

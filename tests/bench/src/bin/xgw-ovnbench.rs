@@ -2,11 +2,11 @@
 //! OVN 23.03, beside ovn-controller on the same Southbound or beside xgw's
 //! own config file. Writes bench/results/ovn[-quick].md and .json.
 //!
-//! - `nb_cfg` acknowledgement: an `ovn-nbctl --wait=hv` change (a port
-//!   added to or deleted from ls1, the switch every chassis of the lab has
-//!   a port on), from its commit in NB_Global to each chassis'
-//!   Chassis_Private.nb_cfg, p50 and p99, xgw beside the two hypervisors'
-//!   ovn-controller;
+//! - `nb_cfg` acknowledgement: a Northbound change (vm1's MAC, on ls1,
+//!   the switch every chassis of the lab has a port on), made by the
+//!   transaction `ovn-nbctl --wait=hv` makes and by `ovn-nbctl` itself,
+//!   to each chassis' Chassis_Private.nb_cfg, p50 and p99, xgw beside the
+//!   two hypervisors' ovn-controller;
 //! - convergence and resident memory at scale: N chassis (IPv6 geneve
 //!   encaps) and M VM ports bound to them on xgw's switch, added in one
 //!   transaction to a Southbound without northd, from the commit to xgw's
@@ -109,8 +109,9 @@ fn main() {
         expected.extend([NB_CFG_P50, NB_CFG_P99, NBCTL_P50, NBCTL_P99].map(str::to_owned));
         let _ = writeln!(
             notes,
-            "- nb_cfg: {} + {} changes (lsp-add / lsp-del of a port on ls1; pairs alternate between the bench's \
-             transaction and ovn-nbctl), 2 ovn-controller acks per change; the part every chassis shares, to \
+            "- nb_cfg: {} + {} changes (vm1, bound to hv1, to another MAC and back: xgw rewrites its binding, the \
+             hypervisors their flows; pairs alternate between the bench's transaction and `ovn-nbctl --wait=hv \
+             lsp-set-addresses`), 2 ovn-controller acks per change; the part every chassis shares, to \
              SB_Global.nb_cfg (the Northbound commit, northd): p50 {:.1} ms from the transaction, {:.1} ms from \
              ovn-nbctl started; `ovn-nbctl --wait=hv` as its caller sees it (started to exited) p50 {:.1} ms",
             t.xgw.len(),
