@@ -702,8 +702,8 @@ pub struct Reconnect {
     /// ms from the SIGKILL of the member it was on (the leader) to
     /// monitoring resumed on another member.
     pub xgw: Vec<f64>,
-    /// The same for ovn-controller, once its backoff-free reconnections
-    /// are used up (as in any ovn-controller that has run a while).
+    /// The same for ovn-controller: after its 1 s minimum backoff, or at
+    /// once when it has a backoff-free try left.
     pub ovn_controller: Vec<f64>,
     /// ovn-controller's backoff-free reconnections, used up before the
     /// kills by dropping its connection (`ovsdb-server/reconnect` on its
@@ -773,13 +773,15 @@ fn caught_up(ovn: &OvnCentral) -> bool {
 /// - xgw's client retries a connection that lived less than 1 s after a
 ///   backoff (100 ms): no connection is killed younger than 2 s;
 /// - ovn-controller (OVS lib/reconnect.c) reconnects without a backoff
-///   only for its first n - 1 losses in its life (n remotes, here 2), and
-///   after that waits min_backoff (1 s), doubled up to 8 s for each loss
-///   of a connection that had no traffic at least one backoff after it
-///   was made. Its free reconnections are used up first (its connection
-///   dropped by `ovsdb-server/reconnect`, measured apart), and every
-///   client gets an update (an SB_Global option) 1.2 s after the last one
-///   moved, as a Southbound in use gives them, so its backoff stays 1 s.
+///   only for its first n - 1 losses (n remotes, here 2; its ovsdb-cs
+///   hands free tries back when it forces a reconnection itself,
+///   `jsonrpc_session_reset_backoff`), and otherwise waits min_backoff
+///   (1 s), doubled up to 8 s for each loss of a connection that had no
+///   traffic at least one backoff after it was made. Its first free
+///   reconnections are used up before the kills (its connection dropped
+///   by `ovsdb-server/reconnect`, measured apart), and every client gets
+///   an update (an SB_Global option) 1.2 s after the last one moved, as a
+///   Southbound in use gives them, so its backoff stays 1 s.
 pub fn reconnect(trials: usize) -> Reconnect {
     let ovn = OvnCentral::start_raft();
     let topo = lab::topology(&ovn);

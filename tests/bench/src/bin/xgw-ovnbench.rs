@@ -180,20 +180,30 @@ fn main() {
         let r = ovn::reconnect(sizes.kills);
         took.insert("reconnect_s".into(), t.elapsed().as_secs_f64().into());
         assert!(!r.xgw.is_empty() && !r.ovn_controller.is_empty(), "a client was never measured: {r:?}");
-        let base = "ovn-controller, its backoff-free reconnections used up (min_backoff 1 s)";
+        let base = "ovn-controller (every reconnection of the run: after its 1 s backoff, or without one)";
         rows.push(Row::new(RECONNECT, "ms", base, at(&r.xgw, 50.0), at(&r.ovn_controller, 50.0)));
         expected.push(RECONNECT.to_owned());
+        // ovn-controller either waits its minimum backoff (1 s) or, with a
+        // backoff-free try left, reconnects at once: two groups 1 s apart.
+        let (waited, at_once): (Vec<f64>, Vec<f64>) = r.ovn_controller.iter().partition(|&&t| t >= 500.0);
+        let list = |v: &[f64]| v.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             notes,
-            "- reconnect: {} kills of the leader, {} xgw and {} ovn-controller samples; moves to place the leader \
-             under the client (a transfer, or the leader killed with the third member's election delayed) per kill: \
-             {:?}; ovn-controller's backoff-free reconnections (its first n - 1 losses, n = 3 remotes; connection \
-             dropped by `ovsdb-server/reconnect`, timed from the command started): {}",
+            "- reconnect: {} kills of the leader, {} xgw and {} ovn-controller samples; ovn-controller reconnected \
+             after its 1 s minimum backoff {} times ({} ms) and at once {} times ({} ms: a backoff-free try, which \
+             OVS's ovsdb-cs hands back when it forces a reconnection itself); before the kills, its \
+             first n - 1 backoff-free tries (n = 3 remotes) were used up by dropping its connection \
+             (`ovsdb-server/reconnect`, timed from the command started: {} ms); moves to place the leader under \
+             the client (a transfer, or the leader killed with the third member's election delayed) per kill: {:?}",
             sizes.kills,
             r.xgw.len(),
             r.ovn_controller.len(),
-            r.leader_moves,
-            r.ovn_controller_free.iter().map(|t| format!("{t:.1} ms")).collect::<Vec<_>>().join(", ")
+            waited.len(),
+            list(&waited),
+            at_once.len(),
+            list(&at_once),
+            list(&r.ovn_controller_free),
+            r.leader_moves
         );
         detail["reconnect"] = serde_json::json!({
             "kills": sizes.kills, "xgw_ms": r.xgw, "ovn_controller_ms": r.ovn_controller,
