@@ -186,14 +186,19 @@ fn main() {
         // ovn-controller either waits its minimum backoff (1 s) or, with a
         // backoff-free try left, reconnects at once: two groups 1 s apart.
         let (waited, at_once): (Vec<f64>, Vec<f64>) = r.ovn_controller.iter().partition(|&&t| t >= 500.0);
-        let list = |v: &[f64]| v.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", ");
+        let list = |v: &[f64]| {
+            if v.is_empty() {
+                return "none".to_owned();
+            }
+            v.iter().map(|t| format!("{t:.1} ms")).collect::<Vec<_>>().join(", ")
+        };
         let _ = writeln!(
             notes,
             "- reconnect: {} kills of the leader, {} xgw and {} ovn-controller samples; ovn-controller reconnected \
-             after its 1 s minimum backoff {} times ({} ms) and at once {} times ({} ms: a backoff-free try, which \
+             after its 1 s minimum backoff {} times ({}) and at once {} times ({}; a backoff-free try, which \
              OVS's ovsdb-cs hands back when it forces a reconnection itself); before the kills, its \
              first n - 1 backoff-free tries (n = 3 remotes) were used up by dropping its connection \
-             (`ovsdb-server/reconnect`, timed from the command started: {} ms); moves to place the leader under \
+             (`ovsdb-server/reconnect`, timed from the command started: {}); moves to place the leader under \
              the client (a transfer, or the leader killed with the third member's election delayed) per kill: {:?}",
             sizes.kills,
             r.xgw.len(),
