@@ -1,7 +1,8 @@
 //! A real OVN control plane (Debian `ovn-central`, OVN 23.03) for tests:
-//! the Northbound and Southbound ovsdb-servers and ovn-northd in a
-//! namespace of their own, on unix sockets in a private directory (sockets
-//! are file-system objects, so clients in other namespaces reach them).
+//! the Northbound and Southbound ovsdb-servers and ovn-northd (or the
+//! Southbound alone, `start_southbound_only`) in a namespace of their
+//! own, on unix sockets in a private directory (sockets are file-system
+//! objects, so clients in other namespaces reach them).
 //! Hypervisors are `OvsHypervisor`s made chassis with
 //! `start_ovn_controller`. Everything is stopped, by its pidfile, on drop.
 use std::{
