@@ -77,9 +77,12 @@ pub fn sh(args: &[&str]) -> String {
 
 /// The `xgw` binary of this build (`cargo xtask test` builds it first).
 pub fn xgw_bin() -> std::path::PathBuf {
-    // target/<profile>/deps/<test-exe> -> target/<profile>/xgw
+    // target/<profile>/deps/<test-exe> -> target/<profile>/xgw; a
+    // benchmark binary runs from target/<profile>/ itself.
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("xgw");
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target dir") } else { dir };
+    let bin = dir.join("xgw");
     assert!(
         bin.exists(),
         "{} is missing: build it first (cargo build -p xgw --bins; cargo xtask test does this)",

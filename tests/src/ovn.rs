@@ -1,7 +1,8 @@
 //! A real OVN control plane (Debian `ovn-central`, OVN 23.03) for tests:
-//! the Northbound and Southbound ovsdb-servers and ovn-northd in a
-//! namespace of their own, on unix sockets in a private directory (sockets
-//! are file-system objects, so clients in other namespaces reach them).
+//! the Northbound and Southbound ovsdb-servers and ovn-northd (or the
+//! Southbound alone, `start_southbound_only`) in a namespace of their
+//! own, on unix sockets in a private directory (sockets are file-system
+//! objects, so clients in other namespaces reach them).
 //! Hypervisors are `OvsHypervisor`s made chassis with
 //! `start_ovn_controller`. Everything is stopped, by its pidfile, on drop.
 use std::{
@@ -21,6 +22,7 @@ enum Schema {
     Ovn,
     Raft,
     WithoutEncapIndex,
+    SouthboundOnly,
 }
 
 pub struct OvnCentral {
@@ -55,6 +57,14 @@ impl OvnCentral {
         OvnCentral::start_with(Schema::Raft)
     }
 
+    /// The Southbound alone: no Northbound, no ovn-northd, so rows written
+    /// straight into the Southbound (Datapath_Binding, Port_Binding, which
+    /// northd owns and would rewrite or delete) stay as written. For
+    /// benchmarks that fill it with thousands of rows in one transaction.
+    pub fn start_southbound_only() -> OvnCentral {
+        OvnCentral::start_with(Schema::SouthboundOnly)
+    }
+
     fn start_with(schema: Schema) -> OvnCentral {
         let dir = std::env::temp_dir().join(unique_name("ovn"));
         fs::create_dir_all(&dir).expect("OVN dir");
@@ -72,9 +82,12 @@ impl OvnCentral {
             _ => SCHEMA_SB.to_owned(),
         };
         c.ns.ok(&["ip", "link", "set", "lo", "up"]);
-        let nb = c.dir.join("nb.db");
-        crate::sh(&["ovsdb-tool", "create", nb.to_str().unwrap(), SCHEMA_NB]);
-        c.start_db("nb", "OVN_Northbound,NB_Global");
+        let northd = schema != Schema::SouthboundOnly;
+        if northd {
+            let nb = c.dir.join("nb.db");
+            crate::sh(&["ovsdb-tool", "create", nb.to_str().unwrap(), SCHEMA_NB]);
+            c.start_db("nb", "OVN_Northbound,NB_Global");
+        }
         if raft {
             let db = |m: usize| c.dir.join(format!("sb{m}.db")).to_str().unwrap().to_owned();
             let raft = |m: usize| format!("tcp:127.0.0.1:{}", 6643 + m);
@@ -91,8 +104,11 @@ impl OvnCentral {
             crate::sh(&["ovsdb-tool", "create", db.to_str().unwrap(), &sb_schema]);
             c.start_db("sb", "OVN_Southbound,SB_Global");
         }
-        c.nbctl(&["--no-wait", "init"]);
         c.sbctl(&["init"]);
+        if !northd {
+            return c;
+        }
+        c.nbctl(&["--no-wait", "init"]);
         c.daemon(&[
             "ovn-northd",
             &format!("--ovnnb-db={}", c.nb_remote()),
@@ -132,6 +148,26 @@ impl OvnCentral {
         let pid: i32 = fs::read_to_string(self.dir.join(format!("sb{m}.pid"))).unwrap().trim().parse().unwrap();
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         let _ = fs::remove_file(self.dir.join(format!("sb{m}.pid")));
+    }
+
+    /// `ovs-appctl` on raft member `m`'s ovsdb-server (`cluster/status
+    /// OVN_Southbound`, `cluster/failure-test transfer-leadership`, ...).
+    pub fn sb_appctl(&self, m: usize, args: &[&str]) -> Result<String, String> {
+        let ctl = self.path(&format!("sb{m}.ctl"));
+        let mut all = vec!["ovs-appctl", "-t", &ctl];
+        all.extend_from_slice(args);
+        let out = self.command(&all).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(text(&out))
+        }
+    }
+
+    /// Member `m`'s client socket, as it appears in a remote
+    /// (`unix:<this>`).
+    pub fn sb_member_socket(&self, m: usize) -> String {
+        self.path(&format!("sb{m}.sock"))
     }
 
     /// Member `m`'s raft role (`leader`, `follower`, `candidate`), or

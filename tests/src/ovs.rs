@@ -623,9 +623,31 @@ impl OvsHypervisor {
 
     /// ovn-controller's log, for failure messages.
     pub fn ovn_log_tail(&self, n: usize) -> String {
-        let log = fs::read_to_string(self.dir.join("log/ovn-controller.log")).unwrap_or_default();
+        let log = self.ovn_log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// ovn-controller's whole log.
+    pub fn ovn_log(&self) -> String {
+        fs::read_to_string(self.dir.join("log/ovn-controller.log")).unwrap_or_default()
+    }
+
+    /// ovn-controller's PID (from its pidfile).
+    pub fn ovn_controller_pid(&self) -> u32 {
+        let pidfile = self.dir.join("run/ovn-controller.pid");
+        let pid = fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        pid.trim().parse().unwrap_or_else(|_| panic!("{}: {pid:?}", pidfile.display()))
+    }
+
+    /// `ovn-appctl` on this hypervisor's ovn-controller (`vlog/set ...`,
+    /// `connection-status`); its output, which must be a success.
+    pub fn ovn_appctl(&self, args: &[&str]) -> String {
+        let ctl = self.dir.join(format!("run/ovn-controller.{}.ctl", self.ovn_controller_pid()));
+        let ctl = ctl.to_str().unwrap().to_owned();
+        let mut a = vec!["ovn-appctl", "-t", &ctl];
+        a.extend_from_slice(args);
+        self.ovs_ok(&a)
     }
 }
 

@@ -42,8 +42,9 @@ enum Cmd {
     /// (bench/results/): XDP program cost through BPF_PROG_TEST_RUN, packet
     /// rate on the veth path against frame size, xgw against Open vSwitch,
     /// the plot pps-size.svg (xgw-bench); the port map on real maps and redb
-    /// (xgw-portbench). --quick (what CI runs) takes seconds and fails
-    /// unless every figure was produced.
+    /// (xgw-portbench); BFD at scale (xgw-bfdbench); xgw as an OVN chassis
+    /// beside ovn-controller (xgw-ovnbench). --quick (what CI runs) takes
+    /// seconds and fails unless every figure was produced.
     Bench {
         /// Seconds instead of minutes: checks the harness, not the goals.
         #[arg(long)]
@@ -287,6 +288,16 @@ fn main() -> ExitCode {
             // sustained at 10 ms and their CPU, flaps under CPU hogs.
             let mut cmd = cargo();
             cmd.args(["run", "--release", "--locked", "-p", "xgw-bench", "--bin", "xgw-bfdbench", "--"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(&mut cmd)?;
+            // xgw as an OVN chassis beside ovn-controller: nb_cfg
+            // acknowledgement, convergence and memory at scale, reconnection
+            // after a raft leader loss. It runs the `xgw` daemon itself.
+            run(cargo().args(["build", "--release", "--locked", "-p", "xgw", "--bin", "xgw"]))?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--locked", "-p", "xgw-bench", "--bin", "xgw-ovnbench", "--"]);
             if quick {
                 cmd.arg("--quick");
             }

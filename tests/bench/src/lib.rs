@@ -3,14 +3,16 @@
 //! the markdown table and JSON under bench/results/, the checks that every
 //! figure was really produced, and the plot of packet rate against size.
 //! Its binaries are `xgw-bench` (XDP program cost, packet rates, xgw against
-//! Open vSwitch), `xgw-portbench` (the port map on real maps and redb) and
-//! `xgw-bfdbench` (BFD at scale); the namespaces, veths, gateways and
+//! Open vSwitch), `xgw-portbench` (the port map on real maps and redb),
+//! `xgw-bfdbench` (BFD at scale) and `xgw-ovnbench` (xgw as an OVN chassis,
+//! beside ovn-controller); the namespaces, veths, gateways, OVN and
 //! processes they use are the test harness's (`xgw_tests`).
 pub mod bfd;
 pub mod flood;
 pub mod flowkey;
 pub mod jumbo;
 pub mod live;
+pub mod ovn;
 pub mod plot;
 pub mod versus;
 pub mod veth;
@@ -102,17 +104,28 @@ fn fmt(unit: &str, s: Stats) -> String {
     }
 }
 
+/// Two decimals, or two significant digits below 0.1 (a figure hundreds
+/// of times its baseline's must not print as 0.00).
+fn ratio(r: f64) -> String {
+    if r >= 0.1 || r == 0.0 {
+        format!("{r:.2}")
+    } else {
+        let decimals = (1.0 - r.log10().floor()).max(2.0) as usize;
+        format!("{r:.decimals$}")
+    }
+}
+
 pub fn markdown(rows: &[Row]) -> String {
     let mut md = "| benchmark | unit | value (median, min-max) | baseline | baseline value | ratio |\n|---|---|---|---|---|---|\n".to_string();
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.unit,
             fmt(r.unit, r.value),
             r.baseline,
             fmt(r.unit, r.base),
-            r.ratio()
+            ratio(r.ratio())
         );
     }
     md
@@ -179,6 +192,14 @@ mod tests {
         assert!(fails(vec![Row::new("a", "pkt/s", "b", s(0.0), s(20.0))], vec!["a".into()]), "zero passed");
         assert!(fails(vec![Row::new("a", "pkt/s", "b", s(f64::NAN), s(20.0))], vec!["a".into()]), "NaN passed");
         assert!(fails(vec![Row::new("a", "pkt/s", "b", s(10.0), s(f64::INFINITY))], vec!["a".into()]), "inf passed");
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(ratio(0.5), "0.50");
+        assert_eq!(ratio(13.91), "13.91");
+        assert_eq!(ratio(0.0044), "0.0044");
+        assert_eq!(ratio(0.043), "0.043");
     }
 
     #[test]
