@@ -458,11 +458,18 @@ pub(super) async fn run(
 
 /// One view of the Southbound through: registered, applied, written back.
 async fn pass(client: &Client, id: &Identity, tx: &mpsc::Sender<Msg>) -> Result<Outcome> {
-    let sb = client.read(|r| view(r, &id.chassis));
+    let mut sb = client.read(|r| view(r, &id.chassis));
     if let Some(txn) = registration(&sb, id) {
         client.transact(txn).await?;
         tracing::info!(chassis = id.chassis, "ovn: registered in the Southbound");
-        return Box::pin(pass(client, id, tx)).await;
+        // The replica holds the transaction's rows when it returns. Rows
+        // that still differ are reported, not rewritten in a loop (at most
+        // one try per retry tick): a registration that never takes must
+        // not become the churn it is meant to survive.
+        sb = client.read(|r| view(r, &id.chassis));
+        if registration(&sb, id).is_some() {
+            bail!("chassis {}: the Southbound does not hold the registration as written", id.chassis);
+        }
     }
     let (reply, outcome) = oneshot::channel();
     tx.send(Msg::Ovn(Box::new(sb.clone()), reply)).await.map_err(|_| anyhow!("the daemon is stopping"))?;
