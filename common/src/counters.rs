@@ -100,7 +100,8 @@ pub enum Drop {
     Hairpin = 12,
     /// The tunnel's address family has no address on the uplink, or no uplink.
     NoUnderlay = 13,
-    /// No headroom to push the outer headers (or to build a reply).
+    /// No headroom to push the outer headers (or to build a reply, or to
+    /// pass a flood up with its record).
     NoHeadroom = 14,
     /// A frame shorter than an Ethernet header.
     Runt = 15,
@@ -242,7 +243,9 @@ impl Drop {
             Drop::Flood => "broadcast or multicast the ARP/ND responder did not answer, in a VNI with no flood group",
             Drop::Hairpin => "the destination MAC is on the port the frame came from",
             Drop::NoUnderlay => "the tunnel's address family has no address on the uplink, or no uplink",
-            Drop::NoHeadroom => "no headroom to push the outer headers (or to build a reply)",
+            Drop::NoHeadroom => {
+                "no headroom to push the outer headers (or to build a reply, or to pass a flood up with its record)"
+            }
             Drop::Runt => "a frame shorter than an Ethernet header",
             Drop::UnknownVni => {
                 "a VNI no local port serves, on a flow-keyed tunnel or a fixed-key one whose switch has no port here"

@@ -8,6 +8,7 @@
 /// Map names, one spelling for the datapath, the controller and bpftool.
 pub mod names {
     pub const UPLINK: &str = "UPLINK";
+    pub const FLOOD_SECRET: &str = "FLOOD_SECRET";
     pub const LOCAL_PORTS: &str = "LOCAL_PORTS";
     pub const PORT_KEYS: &str = "PORT_KEYS";
     pub const FDB: &str = "FDB";
@@ -641,13 +642,27 @@ impl Default for Group {
     }
 }
 
-/// XDP metadata in front of a frame the XDP programs pass up for flooding
-/// (`xgw_flood`, TC ingress on the same interface, reads it): which group,
-/// and where the frame came from.
+/// What the XDP programs put into a frame they pass up for flooding
+/// (`xgw_flood`, TC ingress on the same interface, reads and removes it):
+/// which group, and where the frame came from. The frame goes up as
+/// `[MACs | FLOOD_ETHERTYPE | FloodMeta | its own EtherType, payload]`:
+/// `FLOOD_SHIM` bytes more, the MACs moved to the front, the rest in place.
+///
+/// In the frame, not XDP metadata: some kernels refuse `bpf_xdp_adjust_meta`
+/// to every XDP program (6.18.44-fc: "program of this type cannot use
+/// helper"). Behind the MACs, not in front: a frame's headroom is always
+/// there (its tailroom is not, on veth), and TC can take bytes out only
+/// behind the MACs, of a frame typed IPv4 or IPv6 (`bpf_skb_adjust_room`),
+/// hence the IPv4 EtherType; the record's first byte (the magic's low
+/// byte, 0x31) is not an IPv4 header's, so GRO lets the frame through
+/// alone and the IP stack, should it ever see one, drops it. Being in the
+/// frame, a record could be forged by whoever sends a frame the programs
+/// pass up unchanged: `secret` (`FLOOD_SECRET`, random per datapath, never
+/// on the wire) is what makes it xgw's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodMeta {
-    /// `FLOOD_MAGIC`: metadata of xgw's, not something else's.
+    /// `FLOOD_MAGIC`: a record of xgw's, not something else's.
     pub magic: u32,
     pub vni: u32,
     pub group: u16,
@@ -659,8 +674,12 @@ pub struct FloodMeta {
     /// Non-zero: from a tunnel, so copies go to local members only (the
     /// sender flooded the other chassis itself).
     pub from_tunnel: u16,
+    /// `FLOOD_SECRET[0]` when the record was written.
+    pub secret: u64,
 }
 pub const FLOOD_MAGIC: u32 = 0x7867_6631;
+pub const FLOOD_ETHERTYPE: u16 = 0x0800;
+pub const FLOOD_SHIM: usize = core::mem::size_of::<FloodMeta>() + 2;
 
 /// Storm control: one token bucket per ingress OpenFlow number, per CPU.
 #[repr(C)]

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{ProgramError, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -68,7 +68,31 @@ impl AttachMode {
 
 /// Loads the whole datapath object (all programs and maps) into the kernel.
 pub fn load() -> Result<Ebpf> {
-    Ebpf::load(OBJECT).context("loading the xgw datapath into the kernel (are you root, with BPF enabled?)")
+    load_with(LoadOptions::default())
+}
+
+/// Gives a datapath whose `FLOOD_SECRET` is still unset (a new map) its
+/// random secret; one already set (a pinned map adopted) keeps it, so the
+/// programs left attached and the new ones agree. Every load goes through
+/// here: with the secret unset, `xgw_flood` takes no trailer as xgw's and
+/// floods go nowhere.
+pub fn seal_floods(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf.map_mut(names::FLOOD_SECRET).context("the datapath object has no map FLOOD_SECRET")?;
+    let mut secret: Array<&mut MapData, u64> = Array::try_from(map)?;
+    if secret.get(&0, 0).context("reading FLOOD_SECRET")? != 0 {
+        return Ok(());
+    }
+    let mut value = 0u64;
+    while value == 0 {
+        let mut bytes = [0u8; 8];
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != bytes.len() as isize {
+            return Err(std::io::Error::last_os_error()).context("getrandom for FLOOD_SECRET");
+        }
+        value = u64::from_ne_bytes(bytes);
+    }
+    secret.set(0, value, 0).context("writing FLOOD_SECRET")
 }
 
 /// The maps the controller writes. Pinned, they outlive the controller:
@@ -76,6 +100,9 @@ pub fn load() -> Result<Ebpf> {
 /// reconciles, instead of starting the datapath from empty maps.
 pub const CONFIG_MAPS: &[&str] = &[
     names::UPLINK,
+    // Kept across restarts like the rest: a flood in flight between the
+    // old programs and the new must still be taken as xgw's.
+    names::FLOOD_SECRET,
     names::DEVMAP,
     names::LOCAL_PORTS,
     names::PORT_KEYS,
@@ -122,10 +149,12 @@ pub fn load_with(options: LoadOptions<'_>) -> Result<Ebpf> {
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    loader.load(OBJECT).with_context(|| match options.pin_dir {
+    let mut ebpf = loader.load(OBJECT).with_context(|| match options.pin_dir {
         Some(dir) => format!("loading the xgw datapath with its maps pinned in {}", dir.display()),
         None => "loading the xgw datapath into the kernel (are you root, with BPF enabled?)".into(),
-    })
+    })?;
+    seal_floods(&mut ebpf)?;
+    Ok(ebpf)
 }
 
 /// Refuses pinned maps (name, path) that this build's object declares

@@ -4,8 +4,9 @@
 //! from a tunnel to the group's local members.
 //!
 //! XDP cannot copy a frame, so the XDP programs only decide: they put a
-//! `FloodMeta` in front of the frame (XDP metadata) and pass it up, and
-//! `xgw_flood`, a TC ingress program on the same interface, makes the
+//! `FloodMeta` into the frame behind its MACs (see there for the layout,
+//! and why not XDP metadata) and pass it up, and `xgw_flood`, a TC ingress
+//! program on the same interface, checks and removes it and makes the
 //! copies with `bpf_clone_redirect`: local members' unchanged, then the
 //! tunnels' with outer headers pushed once and rewritten per chassis.
 //! Floods are rare next to unicast (ARP, DHCP, router advertisements), so
@@ -16,11 +17,11 @@
 //! other chassis itself, as OVN does).
 use aya_ebpf::{
     bindings::__sk_buff,
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     cty::c_void,
     helpers::{
-        bpf_clone_redirect, bpf_ktime_get_ns, bpf_loop, bpf_skb_change_head, bpf_skb_store_bytes, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_meta,
+        bpf_clone_redirect, bpf_ktime_get_ns, bpf_loop, bpf_skb_adjust_room, bpf_skb_change_head, bpf_skb_load_bytes,
+        bpf_skb_store_bytes, bpf_xdp_adjust_head,
     },
     macros::classifier,
     programs::{TcContext, XdpContext},
@@ -34,10 +35,13 @@ use xgw_common::{
 
 use crate::{
     csum, encap,
-    maps::{self, FLOOD_SCRATCH, GROUPS, PORT_IFINDEX, STORM, TUNNELS, UPLINK},
+    maps::{self, FLOOD_SCRATCH, FLOOD_SECRET, GROUPS, PORT_IFINDEX, STORM, TUNNELS, UPLINK},
 };
 
 const META: usize = core::mem::size_of::<FloodMeta>();
+/// What the XDP programs insert: the record and the room for the frame's
+/// own EtherType, which stays where it was (see `FloodMeta`).
+const SHIM: usize = FLOOD_SHIM;
 /// What a tunnel copy's outer headers take: IPv4 with OVN's option, the
 /// only kind a group may flood to (checked when the group is written).
 const OUTER: usize = ETH_HLEN + IPV4_HLEN_MIN + UDP_HLEN + GENEVE_HLEN + OVN_OPT_LEN;
@@ -58,6 +62,7 @@ pub fn from_port(ctx: &XdpContext, port: &LocalPort, group: u16, otherwise: Drop
         ingress: port.ofport,
         ingress_key: port.port_key,
         from_tunnel: 0,
+        secret: 0,
     };
     pass(ctx, meta)
 }
@@ -70,22 +75,35 @@ pub fn from_tunnel(ctx: &XdpContext, inner: usize, tunnel: u32, vni: u32, group:
         maps::count_drop(Drop::GeneveTruncated);
         return xdp_action::XDP_DROP;
     }
-    let meta = FloodMeta { magic: FLOOD_MAGIC, vni, group, ingress: tunnel as u16, ingress_key: 0, from_tunnel: 1 };
+    let meta =
+        FloodMeta { magic: FLOOD_MAGIC, vni, group, ingress: tunnel as u16, ingress_key: 0, from_tunnel: 1, secret: 0 };
     pass(ctx, meta)
 }
 
 #[inline(always)]
-fn pass(ctx: &XdpContext, meta: FloodMeta) -> u32 {
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META as i32)) } != 0 {
+fn pass(ctx: &XdpContext, mut meta: FloodMeta) -> u32 {
+    let Some(&secret) = FLOOD_SECRET.get(0) else {
+        maps::count_drop(Drop::Flood);
+        return xdp_action::XDP_DROP;
+    };
+    meta.secret = secret;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(SHIM as i32)) } != 0 {
         maps::count_drop(Drop::NoHeadroom);
         return xdp_action::XDP_DROP;
     }
-    let (start, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
-    if start + META > data {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + SHIM + ETH_HLEN > end {
         maps::count_drop(Drop::NoHeadroom);
         return xdp_action::XDP_DROP;
     }
-    unsafe { core::ptr::write_unaligned(start as *mut FloodMeta, meta) };
+    // [MACs | FLOOD_ETHERTYPE | record | the frame's EtherType, payload]:
+    // the MACs move to the front, the rest stays in place.
+    unsafe {
+        let macs = core::ptr::read_unaligned((data + SHIM) as *const [u8; 12]);
+        core::ptr::write_unaligned(data as *mut [u8; 12], macs);
+        core::ptr::write_unaligned((data + 12) as *mut u16, FLOOD_ETHERTYPE.to_be());
+        core::ptr::write_unaligned((data + ETH_HLEN) as *mut FloodMeta, meta);
+    }
     xdp_action::XDP_PASS
 }
 
@@ -94,19 +112,45 @@ fn pass(ctx: &XdpContext, meta: FloodMeta) -> u32 {
 #[classifier]
 pub fn xgw_flood(ctx: TcContext) -> i32 {
     let skb = ctx.skb.skb;
-    let (start, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
-    if start + META > data {
+    let Ok(meta) = record(&ctx) else {
         return TC_ACT_OK;
-    }
-    let meta = unsafe { core::ptr::read_unaligned(start as *const FloodMeta) };
-    if meta.magic != FLOOD_MAGIC {
+    };
+    // The frame's own EtherType, behind the record; then the record goes
+    // (with the 2 bytes after it) and the EtherType takes the flood's place.
+    let Ok(ethertype) = ctx.load::<u16>(ETH_HLEN + META) else {
         return TC_ACT_OK;
+    };
+    if unsafe { bpf_skb_adjust_room(skb, -(SHIM as i32), BPF_ADJ_ROOM_MAC, 0) } != 0
+        || ctx.store(12, &ethertype, 0).is_err()
+    {
+        maps::count_drop(Drop::NoHeadroom);
+        return TC_ACT_SHOT;
     }
     if let Err(reason) = copies(&ctx, &meta) {
         maps::count_drop(reason);
     }
     // The original never goes on: it was the group's, not the host's.
     TC_ACT_SHOT
+}
+
+/// The frame's `FloodMeta`, if it carries one of xgw's: the flood
+/// EtherType, the magic and this datapath's secret (an unset secret, 0,
+/// matches nothing), so a frame that only looks like one goes on untouched.
+#[inline(always)]
+fn record(ctx: &TcContext) -> Result<FloodMeta, ()> {
+    if ctx.load::<u16>(12).map_err(|_| ())? != FLOOD_ETHERTYPE.to_be() {
+        return Err(());
+    }
+    let mut meta = FloodMeta::default();
+    let at = (&raw mut meta).cast::<c_void>();
+    if unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, ETH_HLEN as u32, at, META as u32) } != 0 {
+        return Err(());
+    }
+    let secret = FLOOD_SECRET.get(0).copied().unwrap_or(0);
+    if meta.magic != FLOOD_MAGIC || secret == 0 || meta.secret != secret {
+        return Err(());
+    }
+    Ok(meta)
 }
 
 /// What both copy loops' bodies read: `bpf_loop` callbacks, so that the

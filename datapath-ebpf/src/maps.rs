@@ -16,6 +16,10 @@ static PROBE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Prot
 
 #[map(name = "UPLINK")]
 pub static UPLINK: Array<Uplink> = Array::with_max_entries(1, 0);
+/// The secret that makes a flood's trailer xgw's (see `FloodMeta`): random,
+/// written by the controller when it creates the map.
+#[map(name = "FLOOD_SECRET")]
+pub static FLOOD_SECRET: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "LOCAL_PORTS")]
 pub static LOCAL_PORTS: HashMap<u32, LocalPort> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
 #[map(name = "PORT_KEYS")]

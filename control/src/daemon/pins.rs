@@ -161,9 +161,11 @@ impl Pins {
         if let Some(level) = &level {
             loader.override_global(aya_log::LEVEL, level, false);
         }
-        loader
+        let mut ebpf = loader
             .load(datapath::OBJECT)
-            .with_context(|| format!("loading the xgw datapath with its maps pinned in {}", self.dir.display()))
+            .with_context(|| format!("loading the xgw datapath with its maps pinned in {}", self.dir.display()))?;
+        datapath::seal_floods(&mut ebpf)?;
+        Ok(ebpf)
     }
 
     /// Removes every pin: links first (which detaches the programs), then

@@ -37,7 +37,8 @@ use serde_json::{json, Value};
 use xgw_common::{
     counters::{Drop, PortStats, Reply},
     maps::{
-        names, FloodMeta, LocalPort, PortRecordCopy, Uplink, DEVMAP_UPLINK, FLOOD_MAGIC, UPLINK_HAS_IP4, UPLINK_HAS_IP6,
+        names, FloodMeta, LocalPort, PortRecordCopy, Uplink, DEVMAP_UPLINK, FLOOD_ETHERTYPE, FLOOD_MAGIC, FLOOD_SHIM,
+        UPLINK_HAS_IP4, UPLINK_HAS_IP6,
     },
 };
 
@@ -273,11 +274,16 @@ pub fn trace(dir: &Path, ingress: &str, input: Input) -> Result<Value> {
         .context("BPF_PROG_TEST_RUN")?;
     let after = read_counters(&ebpf, &ofports)?;
     out.truncate(res.data_size_out as usize);
-    // The output starts with the XDP metadata, if the program put some
-    // in front (a flood's record for xgw_flood): xdp_md.data is its length.
-    let meta_len = u32::from_ne_bytes(md_out[0..4].try_into().unwrap()) as usize;
-    let meta_len = if res.ctx_size_out as usize >= 4 { meta_len.min(out.len()) } else { 0 };
-    let (meta, frame) = out.split_at(meta_len);
+    // A flood goes up with its record for xgw_flood behind the MACs
+    // (`FloodMeta`); the frame shown is the one xgw_flood copies.
+    let secret: Array<MapData, u64> = typed(dir, names::FLOOD_SECRET)?;
+    let secret = secret.get(&0, 0).context("reading FLOOD_SECRET")?;
+    let record = (res.return_value == 2).then(|| flood_record(&out, secret)).flatten();
+    let frame = match record {
+        Some(_) => [&out[..12], &out[12 + FLOOD_SHIM..]].concat(),
+        None => out.clone(),
+    };
+    let frame = &frame[..];
     let verdict = VERDICTS.get(res.return_value as usize).copied().unwrap_or("unknown");
 
     // Counters the run moved.
@@ -325,15 +331,9 @@ pub fn trace(dir: &Path, ingress: &str, input: Input) -> Result<Value> {
         }
         _ => Value::Null,
     };
-    let flood = (meta.len() >= std::mem::size_of::<FloodMeta>())
-        .then(|| {
-            // SAFETY: FloodMeta is plain data; read unaligned from the bytes.
-            let m: FloodMeta = unsafe { std::ptr::read_unaligned(meta.as_ptr().cast()) };
-            (m.magic == FLOOD_MAGIC).then(|| {
-                json!({ "vni": m.vni, "group": m.group, "ingress_ofport": m.ingress, "from_tunnel": m.from_tunnel != 0 })
-            })
-        })
-        .flatten();
+    let flood = record.map(
+        |m| json!({ "vni": m.vni, "group": m.group, "ingress_ofport": m.ingress, "from_tunnel": m.from_tunnel != 0 }),
+    );
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let output = match res.return_value {
         2..=4 => json!({ "len": frame.len(), "hex": hex(frame), "decoded": decode::decode(frame) }),
@@ -407,4 +407,16 @@ pub fn print(doc: &Value) {
     for d in doc["drops"].as_array().into_iter().flatten() {
         println!("why: {}: {}", d["reason"].as_str().unwrap_or("?"), d["description"].as_str().unwrap_or("?"));
     }
+}
+
+/// The `FloodMeta` record of a frame passed up for flooding, if it is
+/// xgw's (the flood EtherType, the magic and the datapath's secret).
+fn flood_record(out: &[u8], secret: u64) -> Option<FloodMeta> {
+    let meta = out.get(xgw_common::wire::ETH_HLEN..xgw_common::wire::ETH_HLEN + std::mem::size_of::<FloodMeta>())?;
+    if out.get(12..14)? != FLOOD_ETHERTYPE.to_be_bytes() || out.len() < 12 + FLOOD_SHIM + 2 {
+        return None;
+    }
+    // SAFETY: FloodMeta is plain data; read unaligned from the bytes.
+    let m: FloodMeta = unsafe { std::ptr::read_unaligned(meta.as_ptr().cast()) };
+    (m.magic == FLOOD_MAGIC && secret != 0 && m.secret == secret).then_some(m)
 }

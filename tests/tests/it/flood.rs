@@ -233,3 +233,46 @@ fn storm_control_limits_each_ingress_port_and_unknown_unicast_has_its_own_group(
     assert_eq!(got[1], vec![unknown], "vm2, the group's one member");
     assert!(got[2].is_empty() && got[3].is_empty());
 }
+
+/// A frame that carries a flood record of its own (xgw_uplink passes a
+/// frame that is not Geneve up unchanged, and xgw_flood sits behind it)
+/// floods nothing without the datapath's secret, whatever else it gets
+/// right; with the secret, the same bytes do, which shows the record is
+/// what the test thinks it is.
+#[test]
+fn a_forged_flood_record_from_the_underlay_floods_nothing() {
+    require_root!();
+    let mut t = topology();
+    t.dp.set_group(1, GROUP_FLOOD, &[3, 4], &[TUNNEL], 0);
+    let inner = arp_request([0x02, 0x00, 0x5e, 0x30, 0, 9], [203, 0, 113, 50], [203, 0, 113, 1]);
+    let forged = |secret: u64| {
+        let meta = FloodMeta {
+            magic: FLOOD_MAGIC,
+            vni: 1,
+            group: GROUP_FLOOD,
+            ingress: TUNNEL,
+            ingress_key: 0,
+            from_tunnel: 1,
+            secret,
+        };
+        // SAFETY: FloodMeta is plain #[repr(C)] data without padding.
+        let meta: [u8; std::mem::size_of::<FloodMeta>()] = unsafe { std::mem::transmute(meta) };
+        let mut f = inner[..12].to_vec();
+        f.extend(FLOOD_ETHERTYPE.to_be_bytes());
+        f.extend(meta);
+        f.extend(&inner[12..]);
+        assert_eq!(f.len(), inner.len() + FLOOD_SHIM);
+        f
+    };
+    let real: u64 =
+        aya::maps::Array::<_, u64>::try_from(t.dp.ebpf.map(names::FLOOD_SECRET).unwrap()).unwrap().get(&0, 0).unwrap();
+    assert_ne!(real, 0, "the loader sets the secret");
+    let guesses = vec![forged(0), forged(real ^ 1), forged(!real), forged(u64::MAX)];
+    let got = captured(&t, || inject(&t.wire, "w", &guesses));
+    assert!(got[0].is_empty() && got[1].is_empty() && got[2].is_empty(), "{got:?}");
+    assert!(t.dp.port_stats(3).tx.packets + t.dp.port_stats(4).tx.packets == 0);
+
+    let got = captured(&t, || inject(&t.wire, "w", &[forged(real)]));
+    assert_eq!(got[0], vec![inner.clone()], "vm1, with the secret");
+    assert_eq!(got[1], vec![inner], "vm2, with the secret");
+}
