@@ -17,9 +17,9 @@
 //!   measures it against: XDP devmap broadcast to local members only.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS},
+    btf_maps::DevMapHash,
     helpers::bpf_xdp_adjust_head,
-    macros::{map, xdp},
-    maps::DevMapHash,
+    macros::{btf_map, xdp},
     programs::XdpContext,
 };
 
@@ -73,8 +73,8 @@ pub fn xgw_drop(_ctx: XdpContext) -> u32 {
 }
 
 /// The members `xgw_bcast` copies to (the benchmark writes them).
-#[map(name = "BENCH_BCAST")]
-static BENCH_BCAST: DevMapHash = DevMapHash::with_max_entries(64, 0);
+#[btf_map]
+static BENCH_BCAST: DevMapHash<64> = DevMapHash::new();
 
 /// What flooding to local ports would cost in XDP alone: the kernel's devmap
 /// broadcast (`BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS`) sends a copy of

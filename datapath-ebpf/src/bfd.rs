@@ -395,7 +395,7 @@ fn event(s: &BfdSession, slot: u32, kind: u32, old: State, new: State) {
     let states = u32::from_le_bytes([old as u8, new as u8, s.diag, s.remote_state]);
     // SAFETY: BfdEvent is repr(C), four u32-sized words, no padding.
     let ev: BfdEvent = unsafe { core::mem::transmute([slot, s.ctl_local_disc, states, kind]) };
-    if BFD_EVENTS.output::<BfdEvent>(&ev, 0).is_err() {
+    if BFD_EVENTS.output(&ev, 0).is_err() {
         let n = count_bfd_n(BFD_CNT_EVENTS_LOST);
         if crate::events::worth_telling(n) {
             crate::events::xgw_event_bfd_events_full(slot, n);

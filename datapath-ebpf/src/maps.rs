@@ -1,8 +1,11 @@
 //! BPF maps. The controller owns every configuration map (it is their only
 //! writer); the datapath owns the counters (it is their only writer).
+//!
+//! BTF-defined (`.maps`), so the kernel knows each key's and value's type
+//! and `bpftool map dump` prints field names instead of hex.
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
 };
 use xgw_common::{
     bfd::DecodeError,
@@ -11,90 +14,91 @@ use xgw_common::{
 };
 
 /// Packets and bytes per protocol seen by `xgw_probe`, one slot per `Proto`.
-#[map(name = "PROBE_COUNTERS")]
-static PROBE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Proto::COUNT, 0);
+#[btf_map]
+static PROBE_COUNTERS: PerCpuArray<Counter, { Proto::COUNT as usize }> = PerCpuArray::new();
 
-#[map(name = "UPLINK")]
-pub static UPLINK: Array<Uplink> = Array::with_max_entries(1, 0);
-/// The secret that makes a flood's trailer xgw's (see `FloodMeta`): random,
-/// written by the controller when it creates the map.
-#[map(name = "FLOOD_SECRET")]
-pub static FLOOD_SECRET: Array<u64> = Array::with_max_entries(1, 0);
-#[map(name = "LOCAL_PORTS")]
-pub static LOCAL_PORTS: HashMap<u32, LocalPort> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
-#[map(name = "PORT_KEYS")]
-pub static PORT_KEYS: HashMap<PortKey, FdbEntry> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
-#[map(name = "FDB")]
-pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, 0);
-#[map(name = "TUNNELS")]
-pub static TUNNELS: HashMap<u32, Tunnel> = HashMap::with_max_entries(MAX_TUNNELS, 0);
-#[map(name = "TUNNEL_BY_REMOTE")]
-pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
-#[map(name = "NEIGH")]
-pub static NEIGH: HashMap<NeighKey, Neigh> = HashMap::with_max_entries(MAX_NEIGH, 0);
+#[btf_map]
+pub static UPLINK: Array<Uplink, 1> = Array::new();
+/// The secret that makes a flood's record xgw's (see `FloodMeta`): random,
+/// written by the loader when it creates the map.
+#[btf_map]
+pub static FLOOD_SECRET: Array<u64, 1> = Array::new();
+#[btf_map]
+pub static LOCAL_PORTS: HashMap<u32, LocalPort, { MAX_LOCAL_PORTS as usize }> = HashMap::new();
+#[btf_map]
+pub static PORT_KEYS: HashMap<PortKey, FdbEntry, { MAX_LOCAL_PORTS as usize }> = HashMap::new();
+#[btf_map]
+pub static FDB: HashMap<FdbKey, FdbEntry, { MAX_FDB as usize }> = HashMap::new();
+#[btf_map]
+pub static TUNNELS: HashMap<u32, Tunnel, { MAX_TUNNELS as usize }> = HashMap::new();
+#[btf_map]
+pub static TUNNEL_BY_REMOTE: HashMap<TunnelKey, u32, { MAX_TUNNELS as usize }> = HashMap::new();
+#[btf_map]
+pub static NEIGH: HashMap<NeighKey, Neigh, { MAX_NEIGH as usize }> = HashMap::new();
 /// The VNIs local ports serve (value: how many ports). Read only to name a
 /// drop: a packet's destination lookup already scopes it by VNI.
-#[map(name = "VNIS")]
-pub static VNIS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VNIS, 0);
-#[map(name = "GROUPS")]
-pub static GROUPS: HashMap<GroupKey, Group> = HashMap::with_max_entries(MAX_GROUPS, 0);
+#[btf_map]
+pub static VNIS: HashMap<u32, u32, { MAX_VNIS as usize }> = HashMap::new();
+#[btf_map]
+pub static GROUPS: HashMap<GroupKey, Group, { MAX_GROUPS as usize }> = HashMap::new();
 /// A local port's interface by OpenFlow number, as DEVMAP has it (which a
 /// TC program cannot read): where `xgw_flood` sends a local member's copy.
-#[map(name = "PORT_IFINDEX")]
-pub static PORT_IFINDEX: Array<u32> = Array::with_max_entries(0xff00, 0);
+#[btf_map]
+pub static PORT_IFINDEX: Array<u32, 0xff00> = Array::new();
 /// A local port's port security by OpenFlow number: read only for a frame
 /// that its `LocalPort` (own MAC and IP) does not settle.
-#[map(name = "PORT_SECURITY")]
-pub static PORT_SECURITY: HashMap<u32, PortSecurity> = HashMap::with_max_entries(MAX_LOCAL_PORTS, 0);
+#[btf_map]
+pub static PORT_SECURITY: HashMap<u32, PortSecurity, { MAX_LOCAL_PORTS as usize }> = HashMap::new();
 /// The controller's copy of each committed port's record (see
 /// `PortRecordCopy`); no program reads it. Not preallocated: a slot costs
 /// memory only while a port holds it.
-#[map(name = "PORT_RECORDS")]
-pub static PORT_RECORDS: HashMap<u32, PortRecordCopy> = HashMap::with_max_entries(MAX_PORT_RECORDS, BPF_F_NO_PREALLOC);
-#[map(name = "STORM")]
-pub static STORM: PerCpuArray<StormBucket> = PerCpuArray::with_max_entries(0xff00, 0);
+#[btf_map]
+pub static PORT_RECORDS: HashMap<u32, PortRecordCopy, { MAX_PORT_RECORDS as usize }, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+#[btf_map]
+pub static STORM: PerCpuArray<StormBucket, 0xff00> = PerCpuArray::new();
 /// `xgw_flood`'s scratch slot for a tunnel copy's outer headers (too big
 /// for the stack), built by `encap::template` as a flow slot's are.
-#[map(name = "FLOOD_SCRATCH")]
-pub static FLOOD_SCRATCH: PerCpuArray<EncapFlow> = PerCpuArray::with_max_entries(1, 0);
+#[btf_map]
+pub static FLOOD_SCRATCH: PerCpuArray<EncapFlow, 1> = PerCpuArray::new();
 /// Bumped by the controller after each write to a map the flow caches
 /// mirror (see `xgw_common::maps::FLOW_SLOTS`); mmap-able so that it can do
 /// so with one atomic add.
-#[map(name = "GENERATION")]
-pub static GENERATION: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[btf_map]
+pub static GENERATION: Array<u64, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
 /// `frame::sum_frags`' buffer for fragment bytes (a chunk and its padding).
-#[map(name = "FRAG_SCRATCH")]
-pub static FRAG_SCRATCH: PerCpuArray<[u8; crate::frame::CHUNK + 4]> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "DECAP_FLOWS")]
-pub static DECAP_FLOWS: PerCpuArray<DecapFlow> = PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
-#[map(name = "ENCAP_FLOWS")]
-pub static ENCAP_FLOWS: PerCpuArray<EncapFlow> = PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
+#[btf_map]
+pub static FRAG_SCRATCH: PerCpuArray<[u8; crate::frame::CHUNK + 4], 1> = PerCpuArray::new();
+#[btf_map]
+pub static DECAP_FLOWS: PerCpuArray<DecapFlow, { FLOW_SLOTS as usize }> = PerCpuArray::new();
+#[btf_map]
+pub static ENCAP_FLOWS: PerCpuArray<EncapFlow, { FLOW_SLOTS as usize }> = PerCpuArray::new();
 /// Redirect targets keyed by OpenFlow number: local ports, and the uplink
 /// under `DEVMAP_UPLINK`.
-#[map(name = "DEVMAP")]
-pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_LOCAL_PORTS + 1, 0);
+#[btf_map]
+pub static DEVMAP: DevMapHash<{ MAX_LOCAL_PORTS as usize + 1 }> = DevMapHash::new();
 
-#[map(name = "REPLIES")]
-static REPLIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reply::COUNT, 0);
-#[map(name = "DROPS")]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
+#[btf_map]
+static REPLIES: PerCpuArray<u64, { Reply::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+static DROPS: PerCpuArray<u64, { Drop::COUNT as usize }> = PerCpuArray::new();
 /// Indexed by OpenFlow number (0..0xff00).
-#[map(name = "PORT_STATS")]
-static PORT_STATS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(0xff00, 0);
+#[btf_map]
+static PORT_STATS: PerCpuArray<PortStats, 0xff00> = PerCpuArray::new();
 
 /// BFD sessions, shared with the controller by mmap (BPF_F_MMAPABLE): it
 /// reads state and writes its own fields without a syscall per access.
-#[map(name = "BFD_SESSIONS")]
-pub static BFD_SESSIONS: Array<BfdSession> = Array::with_max_entries(MAX_BFD_SESSIONS, BPF_F_MMAPABLE);
-#[map(name = "BFD_PATHS")]
-pub static BFD_PATHS: HashMap<BfdPathKey, u32> = HashMap::with_max_entries(MAX_BFD_SESSIONS, 0);
-#[map(name = "BFD_EVENTS")]
-pub static BFD_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+#[btf_map]
+pub static BFD_SESSIONS: Array<BfdSession, { MAX_BFD_SESSIONS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
+#[btf_map]
+pub static BFD_PATHS: HashMap<BfdPathKey, u32, { MAX_BFD_SESSIONS as usize }> = HashMap::new();
+#[btf_map]
+pub static BFD_EVENTS: RingBuf<BfdEvent, { 64 * 1024 }> = RingBuf::new();
 /// Discarded BFD packets, one slot per `bfd::DecodeError`.
-#[map(name = "BFD_DROPS")]
-static BFD_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecodeError::COUNT, 0);
-#[map(name = "BFD_COUNTERS")]
-static BFD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BFD_COUNTERS_LEN, 0);
+#[btf_map]
+static BFD_DROPS: PerCpuArray<u64, { DecodeError::COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+static BFD_COUNTERS: PerCpuArray<u64, { BFD_COUNTERS_LEN as usize }> = PerCpuArray::new();
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1;
 

@@ -1187,6 +1187,44 @@ fn a_datapath_pinned_by_another_version_is_refused_by_name() {
     d.stop();
 }
 
+/// A map pinned by an xgw from before BTF-defined maps (no BTF, the same
+/// layout) is adopted as it is: the same map, so its contents and the
+/// programs left attached carry on; bpftool prints it in hex until the
+/// datapath is made anew (`xgw uninstall`), and the maps this start
+/// creates with field names.
+#[test]
+fn a_map_pinned_without_btf_is_adopted_as_it_is() {
+    require_root!();
+    let gw = gateway("dbtf");
+    let dir = gw.daemon.bpffs_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("LOCAL_PORTS");
+    let path = old.to_str().unwrap();
+    let args =
+        ["map", "create", path, "type", "hash", "key", "4", "value", "32", "entries", "4096", "name", "LOCAL_PORTS"];
+    assert!(std::process::Command::new("bpftool").args(args).status().unwrap().success());
+    let show = |p: &str| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool").args(["-j", "map", "show", "pinned", p]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = show(path);
+    assert!(before.get("btf_id").is_none(), "bpftool made it with BTF: {before}");
+
+    let mut d = gw.daemon;
+    d.start();
+    d.cli(&["port", "add", "vm1", "--ifname", "p1", "--vni", "5001", "--port-key", "17", "--mac", "02:00:5e:20:00:01"]);
+    let after = show(path);
+    assert_eq!(after["id"], before["id"], "adopted, not replaced");
+    assert!(after.get("btf_id").is_none());
+    let tunnels = show(d.pins().join("TUNNELS").to_str().unwrap());
+    assert!(tunnels["btf_id"].as_u64().is_some_and(|id| id > 0), "a map this start made has BTF: {tunnels}");
+    let out = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", path]).output().unwrap();
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump.as_array().map(Vec::len), Some(1), "vm1's entry in the adopted map: {dump}");
+    d.stop();
+}
+
 #[test]
 fn a_second_daemon_and_uninstall_are_refused_while_the_first_runs() {
     require_root!();

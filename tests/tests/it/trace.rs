@@ -377,3 +377,46 @@ fn dump_flows_shows_the_slots_real_traffic_filled_and_when_they_go_stale() {
     }
     assert!(g.daemon.cli(&["dump-flows", "--bpffs", g.daemon.pins().to_str().unwrap()]).contains("stale"));
 }
+
+/// `bpftool -j map dump` of a running daemon's pinned maps: the maps carry
+/// BTF (`.maps` definitions), so bpftool prints each entry formatted with
+/// the key's and value's field names, not only hex.
+#[test]
+fn bpftool_dumps_the_pinned_maps_with_field_names() {
+    require_root!();
+    let g = setup("trbtf");
+    let dump = |map: &str| -> Value {
+        let path = g.daemon.pins().join(map);
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&path)
+            .output()
+            .expect("bpftool (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "bpftool map dump {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON")
+    };
+    let hv2 = ofport(&g, "hv2");
+    let tunnels = dump("TUNNELS");
+    let entry = tunnels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["formatted"]["key"] == hv2)
+        .unwrap_or_else(|| panic!("hv2 ({hv2}) not formatted in {tunnels:#}"));
+    let value = &entry["formatted"]["value"];
+    assert_eq!(value["vni"], 5001, "{value:#}");
+    // 198.51.100.2 IPv4-mapped.
+    let remote: Vec<u64> = value["remote"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert_eq!(remote, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 2], "{value:#}");
+    for field in ["nexthop_mac", "flags"] {
+        assert!(value.get(field).is_some(), "{field} in {value:#}");
+    }
+
+    let ports = dump("LOCAL_PORTS");
+    let vm1 = ports.as_array().unwrap().iter().map(|e| &e["formatted"]["value"]).find(|v| v["port_key"] == 17);
+    let vm1 = vm1.unwrap_or_else(|| panic!("vm1 not formatted in {ports:#}"));
+    assert_eq!(vm1["vni"], 5001);
+    assert_eq!(vm1["ofport"], ofport(&g, "vm1"));
+    let mac: Vec<u64> = vm1["mac"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert_eq!(mac, VM_MAC.map(u64::from));
+}
