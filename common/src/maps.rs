@@ -577,6 +577,7 @@ mod pod {
     unsafe impl aya::Pod for BfdEvent {}
     unsafe impl aya::Pod for DecapFlow {}
     unsafe impl aya::Pod for EncapFlow {}
+    unsafe impl aya::Pod for BenchVary {}
 }
 
 // Layouts are part of the kernel/userspace contract: fail the build if one
@@ -688,4 +689,41 @@ pub struct StormBucket {
     /// Tokens in thousandths of a frame.
     pub milli_tokens: u64,
     pub last_ns: u64,
+}
+
+/// `xgw_vary`'s settings (benchmarks only): frame `n` of a CPU is flow
+/// `f = n % flows`, written into the frame as two big-endian 16-bit fields,
+/// `base_a + f % spread` at byte `at_a` and `base_b + f / spread` at byte
+/// `at_b` (an offset of 0: not written). So `spread` remote addresses times
+/// `flows / spread` port keys, or `flows` destination MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchVary {
+    pub flows: u32,
+    pub spread: u32,
+    pub at_a: u32,
+    pub base_a: u32,
+    pub at_b: u32,
+    pub base_b: u32,
+}
+
+impl BenchVary {
+    /// The two fields of frame `n`: (byte offset, value); offset 0 is not
+    /// written.
+    #[inline(always)]
+    pub fn fields(&self, n: u64) -> [(u32, u16); 2] {
+        let f = n % self.flows.max(1) as u64;
+        let spread = self.spread.max(1) as u64;
+        [(self.at_a, (self.base_a as u64 + f % spread) as u16), (self.at_b, (self.base_b as u64 + f / spread) as u16)]
+    }
+
+    /// Writes frame `n`'s fields into `frame`, as `xgw_vary` does.
+    pub fn apply(&self, n: u64, frame: &mut [u8]) {
+        for (at, v) in self.fields(n) {
+            let at = at as usize;
+            if at != 0 && at + 2 <= frame.len() {
+                frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+        }
+    }
 }

@@ -13,15 +13,20 @@
 //!   the least work a forwarding, decapsulating or encapsulating program
 //!   can do on the same path, so that a rate is read against them.
 //! - `xgw_drop` is the benchmarks' sink.
+//! - `xgw_vary` is a generator: `xgw_redirect` that first makes each frame
+//!   one of many flows (`BenchVary`), so that a benchmark can drive the
+//!   flow caches with as many active destinations as it likes.
 //! - `xgw_bcast` is the alternative to `xgw_flood` that the flood benchmark
 //!   measures it against: XDP devmap broadcast to local members only.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS},
-    btf_maps::DevMapHash,
+    btf_maps::{Array, DevMapHash, PerCpuArray},
     helpers::bpf_xdp_adjust_head,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+
+use xgw_common::maps::BenchVary;
 
 use crate::maps;
 
@@ -84,4 +89,38 @@ static BENCH_BCAST: DevMapHash<64> = DevMapHash::new();
 #[xdp]
 pub fn xgw_bcast(_ctx: XdpContext) -> u32 {
     BENCH_BCAST.redirect(0, (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS) as u64).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[btf_map]
+static BENCH_VARY: Array<BenchVary, 1> = Array::new();
+/// Frames this CPU's `xgw_vary` has sent.
+#[btf_map]
+static BENCH_VARY_SENT: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Makes the frame flow `n % flows` of this CPU's `n`th (see `BenchVary`)
+/// and redirects it as `xgw_redirect` does. A per-CPU counter, so two
+/// generators on two CPUs share no cache line.
+#[xdp(frags)]
+pub fn xgw_vary(ctx: XdpContext) -> u32 {
+    let (Some(cfg), Some(sent)) = (BENCH_VARY.get(0), BENCH_VARY_SENT.get_ptr_mut(0)) else {
+        return xdp_action::XDP_DROP;
+    };
+    let n = unsafe { *sent };
+    unsafe { *sent = n + 1 };
+    for (at, v) in cfg.fields(n) {
+        put(&ctx, at, v);
+    }
+    maps::DEVMAP.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn put(ctx: &XdpContext, at: u32, v: u16) {
+    if at == 0 {
+        return;
+    }
+    let p = ctx.data() + (at & 0xff) as usize;
+    if p + 2 > ctx.data_end() {
+        return;
+    }
+    unsafe { core::ptr::write_unaligned(p as *mut u16, v.to_be()) };
 }

@@ -5,8 +5,8 @@
 //!
 //! The live-frames generator of the other rows cannot send a frame larger
 //! than a page (the kernel refuses live mode for them), so here frames
-//! come from an AF_PACKET socket (`sendmmsg`, qdisc bypassed) on the far
-//! end of the veth: veth's receive path turns each skb into a multi-buffer
+//! come from an AF_PACKET socket ([`crate::afpacket`]) on the far end of
+//! the veth: veth's receive path turns each skb into a multi-buffer
 //! XDP frame for the program under test, as in [`crate::veth::pps_received`]
 //! (whose topology this is), and the sink counts what arrives. A rate is
 //! what reached the sink over a wall-clock window.
@@ -40,52 +40,6 @@ pub fn row_name(what: &str) -> String {
 
 pub fn row_names() -> Vec<String> {
     vec![row_name("decap"), row_name("encap")]
-}
-
-/// Sends `pkt` out of `ifname` in `ns` for `window` with AF_PACKET
-/// `sendmmsg` batches of 64 (qdisc bypassed); returns frames sent.
-fn blast(ns: &Netns, ifname: &str, pkt: &[u8], window: Duration) -> u64 {
-    let ifindex = ns.ifindex(ifname);
-    let pkt = pkt.to_vec();
-    ns.enter(move || {
-        // SAFETY: plain socket calls on a socket this function owns; every
-        // pointer passed lives until the call returns.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of_val(&one) as u32,
-            );
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            let r = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32);
-            assert_eq!(r, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
-            let mut iov = libc::iovec { iov_base: pkt.as_ptr() as *mut libc::c_void, iov_len: pkt.len() };
-            let mut msgs: Vec<libc::mmsghdr> = (0..64)
-                .map(|_| {
-                    let mut m: libc::mmsghdr = std::mem::zeroed();
-                    m.msg_hdr.msg_iov = &mut iov;
-                    m.msg_hdr.msg_iovlen = 1;
-                    m
-                })
-                .collect();
-            let (start, mut sent) = (Instant::now(), 0u64);
-            while start.elapsed() < window {
-                let n = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0);
-                if n > 0 {
-                    sent += n as u64;
-                }
-            }
-            libc::close(fd);
-            sent
-        }
-    })
 }
 
 /// Rows: decap and encap of 8000-byte inner frames, each beside
@@ -131,7 +85,7 @@ pub fn pps(runs: usize, window: Duration) -> Vec<Row> {
     let rate = |gen_ns: &Netns, out: &str, pkt: &[u8], (sink_ns, sink_if): (&Netns, &str)| -> f64 {
         let before = sink(sink_ns, sink_if).drops;
         let start = Instant::now();
-        let sent = blast(gen_ns, out, pkt, window);
+        let sent = crate::afpacket::Sender::new(gen_ns, out).send_for(pkt, window);
         let elapsed = start.elapsed();
         // The sink's veth ring drains after the window.
         std::thread::sleep(Duration::from_millis(50));

@@ -11,6 +11,39 @@ use xgw_tests::netns::{self, Netns};
 
 use crate::veth::xdp_md;
 
+/// Why a row needs live frames, for the rows a kernel that refuses them
+/// cannot measure.
+pub const REFUSED: &str = "this kernel refuses live-frames BPF_PROG_TEST_RUN (EPERM), which this row's generator is";
+
+/// Whether this kernel runs BPF_PROG_TEST_RUN in live-frames mode (some
+/// refuse it with EPERM, 6.18.44-fc among them). Asked once, with
+/// `xgw_drop` on one frame in the current namespace.
+pub fn permitted() -> bool {
+    static PERMITTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PERMITTED.get_or_init(|| {
+        let gw = xgw_tests::gateway::TestGateway::load(&["xgw_drop"]);
+        let pkt = [0u8; 64];
+        let md = xdp_md(pkt.len(), 1);
+        let opts = TestRunOptions {
+            data_in: Some(&pkt),
+            ctx_in: Some(&md),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        };
+        match gw.program("xgw_drop").test_run(opts) {
+            Ok(_) => true,
+            Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!(
+                    "xgw-bench: {REFUSED}: rows with another generator use AF_PACKET, the others are not measured"
+                );
+                false
+            }
+            Err(e) => panic!("probing live-frames test_run: {e}"),
+        }
+    })
+}
+
 /// Generator time for `frames` copies of `pkt` run through `prog` in
 /// `ns`, as if received on `ifindex` there.
 pub fn generate(prog: &Xdp, pkt: &[u8], ns: &Netns, ifindex: u32, frames: u32) -> Duration {

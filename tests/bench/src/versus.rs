@@ -187,6 +187,9 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
     let prog = gen.program("xgw_redirect");
     let (stop, done) = (AtomicBool::new(false), AtomicBool::new(false));
     let thread = AtomicU64::new(0);
+    // Where the kernel refuses live frames, an AF_PACKET socket on the same
+    // veth end sends instead (`crate::afpacket`).
+    let sender = (!crate::live::permitted()).then(|| crate::afpacket::Sender::new(path.gen_ns, path.gen_if));
     let (c0, c1, secs) = std::thread::scope(|s| {
         let flood = s.spawn(|| {
             path.gen_ns.enter(|| {
@@ -197,7 +200,12 @@ fn rate(gen: &mut TestGateway, path: &Path, pkt: &[u8], out_size: u32, t: Timing
                 }
                 // SAFETY: pthread_self has no preconditions.
                 thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                crate::live::until_stopped(prog, pkt, &md, &stop);
+                match &sender {
+                    None => crate::live::until_stopped(prog, pkt, &md, &stop),
+                    Some(sender) => {
+                        sender.send_until(pkt, &stop);
+                    }
+                }
             });
             done.store(true, Ordering::SeqCst);
         });

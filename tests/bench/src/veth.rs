@@ -124,6 +124,18 @@ pub fn sink(ns: &Netns, ifname: &str) -> SinkCount {
 /// Rows of pps for each inner frame size in `sizes`, decap and encap (or
 /// only one with `only`), each beside `xgw_redirect` on the same path.
 pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
+    if !crate::live::permitted() {
+        let mut names = vec![];
+        if only != Some("encap") {
+            names.extend(sizes.iter().map(|&s| decap_name(s)));
+            names.push(floor_name("decap", sizes[0]));
+        }
+        if only != Some("decap") {
+            names.extend(sizes.iter().map(|&s| encap_name(s)));
+            names.push(floor_name("encap", sizes[0]));
+        }
+        return crate::refused(names, "pkt/s");
+    }
     let gw_ns = Netns::new("bgw");
     let hv = Netns::new("bhv");
     let vm = Netns::new("bvm");
@@ -218,7 +230,7 @@ pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option
 /// generator time: `prog` run by live-frames test_run in `gen_ns` on copies
 /// of `pkt`, as received on `ifindex`. At least `min_percent` of them must
 /// arrive.
-fn live_rate(
+pub fn live_rate(
     prog: &Xdp,
     pkt: &[u8],
     gen_ns: &Netns,
@@ -236,6 +248,50 @@ fn live_rate(
         "{}-byte frames from {}: only {delivered} of {frames} arrived at {sink_if}",
         pkt.len(),
         gen_ns.name
+    );
+    delivered as f64 / elapsed.as_secs_f64()
+}
+
+/// Frames per second through the path from `out` in `gen_ns` to the sink,
+/// `frames` of `pkt` (varied as `vary` says) sent out of `out`: by `gen`'s
+/// `prog` (`xgw_redirect` or `xgw_vary`, redirecting to `out`) under
+/// live-frames test_run, or by an AF_PACKET socket on `out` where the
+/// kernel refuses live frames (`crate::afpacket`).
+#[allow(clippy::too_many_arguments)]
+pub fn far_end_rate(
+    gen: &mut TestGateway,
+    prog: &str,
+    gen_ns: &Netns,
+    out: &str,
+    pkt: &[u8],
+    vary: Option<&BenchVary>,
+    sink: (&Netns, &str),
+    frames: u32,
+) -> f64 {
+    let ifindex = gen_ns.ifindex(out);
+    if crate::live::permitted() {
+        gen.in_netns(gen_ns);
+        gen.devmap_set(0, ifindex);
+        if let Some(v) = vary {
+            let map = gen.ebpf.map_mut("BENCH_VARY").expect("the datapath object has BENCH_VARY");
+            aya::maps::Array::<_, BenchVary>::try_from(map).unwrap().set(0, *v, 0).unwrap();
+        }
+        // Two NAPI hops on this 2-CPU VM: now and then the softirq work
+        // moves to ksoftirqd while the generator keeps sending, and a veth
+        // ring overflows (up to about 16 % of a run's frames). The rate is
+        // what arrived, as a traffic generator's receiver counts it.
+        return live_rate(gen.program(prog), pkt, gen_ns, ifindex, sink, frames, 50);
+    }
+    let (sink_ns, sink_if) = sink;
+    let before = self::sink(sink_ns, sink_if).drops;
+    let elapsed = crate::afpacket::Sender::new(gen_ns, out).send_n(pkt, vary, frames as u64);
+    // The sink's veth ring drains after the sends.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let delivered = self::sink(sink_ns, sink_if).drops - before;
+    assert!(
+        delivered * 2 >= frames as u64,
+        "{}-byte frames out of {out}: only {delivered} of {frames} arrived",
+        pkt.len()
     );
     delivered as f64 / elapsed.as_secs_f64()
 }
@@ -276,14 +332,7 @@ pub fn pps_received(size: u32, frames_per_run: u32, runs: usize, only: Option<&s
     let (decap_pkt, encap_pkt) = frames(size);
 
     let mut send = |gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str)| -> f64 {
-        gen.in_netns(gen_ns);
-        let ifindex = gen_ns.ifindex(out);
-        gen.devmap_set(0, ifindex);
-        // Two NAPI hops on this 2-CPU VM: now and then the softirq work
-        // moves to ksoftirqd while the generator keeps sending, and a veth
-        // ring overflows (up to about 16 % of a run's frames). The rate is
-        // what arrived, as a traffic generator's receiver counts it.
-        live_rate(gen.program("xgw_redirect"), pkt, gen_ns, ifindex, sink, frames_per_run, 50)
+        far_end_rate(&mut gen, "xgw_redirect", gen_ns, out, pkt, None, sink, frames_per_run)
     };
     let (do_decap, do_encap) = (only != Some("encap"), only != Some("decap"));
     let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);

@@ -29,7 +29,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use xgw_bench::{
     self as bench,
     bfd::{BfdCost, Kind},
-    flood, flowkey, jumbo, stats, versus, veth, Row,
+    flood, flowkey, flows, jumbo, stats, versus, veth, Row,
 };
 use xgw_tests::{
     gateway::TestGateway,
@@ -131,6 +131,12 @@ enum Only {
     Flowkey,
     /// Flooding: flooded frames per second against copies, per-copy cost.
     Flood,
+    /// Decap and encap at 1 to 65,536 active flows (64 B, receive setup).
+    Flows,
+    /// The decap rows of `flows` alone.
+    FlowsDecap,
+    /// The encap rows of `flows` alone.
+    FlowsEncap,
 }
 
 /// xgw's benchmarks: program costs, veth packet rates, xgw against Open
@@ -164,6 +170,9 @@ fn main() {
             Only::Flowkey | Only::Flood => return print_only(only, quick, repeat, runs, frames),
             Only::Ovs => versus::versus_ovs(ovs_sizes, timing, true),
             Only::Jumbo => jumbo::pps(runs, timing.window),
+            Only::Flows => flows::pps(frames, runs, None),
+            Only::FlowsDecap => flows::pps(frames, runs, Some("decap")),
+            Only::FlowsEncap => flows::pps(frames, runs, Some("encap")),
             Only::Decap | Only::Encap => {
                 let what = if only == Only::Decap { "decap" } else { "encap" };
                 let mut rows = veth::pps_by_size(&[64], frames, runs, Some(what));
@@ -232,6 +241,7 @@ fn main() {
     drop(gw);
     rows.extend(veth::pps_by_size(sizes, frames, runs, None));
     rows.extend(veth::pps_received(sizes[0], frames, runs, None));
+    rows.extend(flows::pps(frames, runs, None));
     rows.extend(jumbo::pps(runs, timing.window));
     rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
     let (more, more_names) = flowkey_and_flood(quick, repeat, runs, frames);
@@ -239,6 +249,7 @@ fn main() {
 
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
     expected.extend(veth::row_names(sizes));
+    expected.extend(flows::row_names());
     expected.extend(jumbo::row_names());
     expected.extend(versus::row_names(ovs_sizes, true));
     expected.extend(more_names);
@@ -248,7 +259,14 @@ fn main() {
         if quick { "quick" } else { "full" },
         bench::markdown(&rows)
     );
+    let generator = if bench::live::permitted() {
+        "live-frames BPF_PROG_TEST_RUN"
+    } else {
+        "AF_PACKET sendmmsg on the veth peer (this kernel refuses live frames)"
+    };
+    println!("generator of the veth rows: {generator}");
     let header = serde_json::json!({
+        "generator": generator,
         "repeat": repeat, "frames": frames, "runs": runs, "sizes": sizes,
         "ovs": {"sizes": ovs_sizes, "runs": timing.runs, "warmup_s": timing.warmup.as_secs_f64(), "window_s": timing.window.as_secs_f64()},
     });

@@ -1,0 +1,250 @@
+//! Packet rate against the number of active destinations (issue 21, item
+//! 1), in the receive setup of [`crate::veth::pps_received`]: xgw attached
+//! to the near end of a veth and run by veth's receive path, the generator
+//! sending out of the far end. The generator is `xgw_vary`, which makes
+//! each frame one of `flows` flows (`BenchVary`) before it redirects it, so
+//! the flow caches see that many destinations in turn, round robin, the
+//! worst order for a cache: every flow comes back only after all others.
+//!
+//! - decap: flows are (remote chassis, OVN egress key) pairs, the remote
+//!   spread over 1,000 flow-keyed IPv6 tunnels (2001:db8:0:1::1 up) and the
+//!   egress key over as many local ports as it takes (1,000 flows each);
+//! - encap: flows are destination MACs behind one local port, each bound
+//!   behind one of the same 1,000 tunnels.
+//!
+//! Every row is read beside the one-flow rate and beside `xgw_redirect`
+//! receiving the same varied frames on a twin pair, all in the same run.
+//! IPv6 underlay: the documentation prefixes hold 1,000 chassis only in
+//! IPv6; the outer UDP checksum is left as built for flow 0 (xgw does not
+//! verify it on decap).
+//!
+//!   decap: xgw_vary hv0 -- ul [xgw_uplink] -> p -- eth0 [sink]
+//!          xgw_vary hvb -- ulb [xgw_redirect] -> p -- eth0 [sink]
+//!   encap: xgw_vary eth0 -- p [xgw_local] -> ul -- hv0 [sink]
+//!          xgw_vary eth0b -- pb [xgw_redirect] -> ul -- hv0 [sink]
+use xgw_common::maps::*;
+use xgw_tests::{
+    gateway::TestGateway,
+    netns::{Netns, Veth},
+    packet::geneve::*,
+};
+
+use crate::{
+    stats,
+    veth::{far_end_rate, GW_MAC, HV_MAC, VM_MAC, VNI},
+    Row,
+};
+
+/// The active-destination counts the rows are measured at. The last is
+/// "64k" less what FDB (65,536 entries) holds besides the encap flows'
+/// bindings (the local ports' MACs).
+pub const FLOWS: [u32; 6] = [1, 256, 1024, 4096, 16384, 65000];
+/// Remote chassis (flow-keyed tunnels) the flows are spread over.
+pub const TUNNELS: u32 = 1000;
+const TUNNEL_OFPORT: u32 = 100;
+const PORT_OFPORT: u16 = 2000;
+/// Egress key of the first local port; the next ones follow.
+const PORT_KEY: u16 = 0x100;
+/// The gateway's underlay address, and the first remote chassis' (the
+/// generator writes the last two bytes).
+const GW_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const HV_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+/// Destination MACs of the encap flows: this prefix and the flow number.
+const REMOTE_MAC: [u8; 6] = [0x02, 0, 0x5e, 0x30, 0, 0];
+const VM_IP: [u8; 4] = [203, 0, 113, 1];
+const REMOTE_IP: [u8; 4] = [203, 0, 113, 2];
+/// Byte offsets the generator writes: the outer IPv6 source's last two
+/// bytes, the OVN option's egress key, the inner destination MAC's last two.
+const AT_REMOTE: u32 = 14 + 8 + 14;
+const AT_EGRESS: u32 = 14 + 40 + 8 + 8 + 4 + 2;
+const AT_MAC: u32 = 4;
+
+fn tunnel_ip(t: u32) -> [u8; 16] {
+    let mut ip = HV_IP6;
+    ip[14..].copy_from_slice(&(t as u16 + 1).to_be_bytes());
+    ip
+}
+
+/// 64-byte inner frames: the decap frame (IPv6 underlay, OVN option) as
+/// flow 0 of chassis 0 sends it, and the VM's frame to destination 0.
+fn frames() -> (Vec<u8>, Vec<u8>) {
+    let inner = |src, dst, sip, dip| {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ethernet2(src, dst)
+            .ipv4(sip, dip, 64)
+            .udp(1000, 2000)
+            .write(&mut v, &[0; 22])
+            .unwrap();
+        v
+    };
+    let mut decap = Vec::new();
+    etherparse::PacketBuilder::ethernet2(HV_MAC, GW_MAC)
+        .ipv6(tunnel_ip(0), GW_IP6, 64)
+        .udp(50123, 6081)
+        .write(
+            &mut decap,
+            &geneve_payload(&[ovn_option(0x22, PORT_KEY)], VNI, &inner(REMOTE_MAC, VM_MAC, REMOTE_IP, VM_IP)),
+        )
+        .unwrap();
+    assert_eq!(&decap[AT_REMOTE as usize..AT_REMOTE as usize + 2], &[0, 1], "outer source");
+    assert_eq!(&decap[AT_EGRESS as usize..AT_EGRESS as usize + 2], &PORT_KEY.to_be_bytes(), "egress key");
+    let encap = inner(VM_MAC, REMOTE_MAC, VM_IP, REMOTE_IP);
+    (decap, encap)
+}
+
+/// The gateway for every row: the uplink (IPv6), 1,000 flow-keyed tunnels,
+/// the local ports the decap flows need (all on `p`), the VM's port on `p`
+/// and one binding per encap flow.
+fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
+    let max = *FLOWS.last().unwrap();
+    gw.set_uplink(Uplink {
+        ifindex: uplink,
+        mtu: 1500,
+        mac: GW_MAC,
+        flags: UPLINK_HAS_IP6,
+        _pad: 0,
+        ip4: [0; 4],
+        ip6: GW_IP6,
+    });
+    gw.set_uplink_devmap(uplink);
+    for t in 0..TUNNELS {
+        let tunnel = Tunnel {
+            remote: tunnel_ip(t),
+            nexthop_mac: HV_MAC,
+            flags: TUNNEL_OVN_METADATA | TUNNEL_IPV6,
+            _pad: 0,
+            vni: TUNNEL_KEY_FLOW,
+        };
+        gw.add_tunnel(TUNNEL_OFPORT + t, tunnel);
+    }
+    for p in 0..max.div_ceil(TUNNELS) as u16 {
+        let mac = [0x02, 0, 0x5e, 0x40, 0, p as u8];
+        gw.add_local_port_entries(PORT_OFPORT + p, port, VNI, PORT_KEY + p, mac);
+    }
+    gw.add_local_port(port, LocalPort { vni: VNI, ofport: 3, port_key: 0x11, mac: VM_MAC, ..Default::default() });
+    for f in 0..max {
+        let mut mac = REMOTE_MAC;
+        mac[4..].copy_from_slice(&(f as u16).to_be_bytes());
+        gw.add_remote(VNI, mac, None, (TUNNEL_OFPORT + f % TUNNELS) as u16, 0x22);
+    }
+}
+
+/// Rows for `what` ("decap", "encap" or both with `None`): each count of
+/// [`FLOWS`] beside the one-flow rate and beside `xgw_redirect`.
+pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
+    let gw_ns = Netns::new("fgw");
+    let hv = Netns::new("fhv");
+    let vm = Netns::new("fvm");
+    for ns in [&gw_ns, &hv, &vm] {
+        ns.disable_ipv6();
+    }
+    Veth::new(&gw_ns, "ul", "", &hv, "hv0", "");
+    Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
+    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
+    Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
+    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
+    gw.in_netns(&gw_ns);
+    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
+    setup(&mut gw, ul, p);
+    gw.attach(&gw_ns, "xgw_uplink", "ul");
+    gw.attach(&gw_ns, "xgw_local", "p");
+    gw.attach(&gw_ns, "xgw_redirect", "ulb");
+    gw.attach(&gw_ns, "xgw_redirect", "pb");
+    gw.attach(&hv, "xgw_drop", "hv0");
+    gw.attach(&vm, "xgw_drop", "eth0");
+    let mut gen = TestGateway::load(&["xgw_vary"]);
+    let (decap_pkt, encap_pkt) = frames();
+    // Each template goes through once (BPF_PROG_TEST_RUN, not live): a
+    // setup that drops it would measure the drop.
+    for (prog, pkt, ifindex) in [("xgw_uplink", &decap_pkt, ul), ("xgw_local", &encap_pkt, p)] {
+        let run = gw_ns.enter(|| xgw_tests::packet::test_run_on(gw.program(prog), pkt, ifindex));
+        assert_eq!(run.verdict, xgw_tests::packet::XDP_REDIRECT, "{prog} on the template: drops {:?}", gw.drops());
+    }
+
+    let mut send = |gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str), cfg: BenchVary| -> f64 {
+        far_end_rate(&mut gen, "xgw_vary", gen_ns, out, pkt, Some(&cfg), sink, frames_per_run)
+    };
+    let decap_cfg = |flows| BenchVary {
+        flows,
+        spread: TUNNELS,
+        at_a: AT_REMOTE,
+        base_a: 1,
+        at_b: AT_EGRESS,
+        base_b: PORT_KEY as u32,
+    };
+    let encap_cfg = |flows| BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 };
+    let mut rows = Vec::new();
+    for what in ["decap", "encap"] {
+        if only.is_some_and(|o| o != what) {
+            continue;
+        }
+        // [flows][run]: xgw, and xgw_redirect on the twin pair.
+        let (mut xgw, mut base) = (vec![vec![]; FLOWS.len()], vec![vec![]; FLOWS.len()]);
+        let before = counted(&gw, what);
+        for _ in 0..runs {
+            for (i, &flows) in FLOWS.iter().enumerate() {
+                if what == "decap" {
+                    xgw[i].push(send(&hv, "hv0", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
+                    gw.devmap_set(0, p);
+                    base[i].push(send(&hv, "hvb", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
+                } else {
+                    xgw[i].push(send(&vm, "eth0", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
+                    gw.devmap_set(0, ul);
+                    base[i].push(send(&vm, "eth0b", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
+                }
+            }
+        }
+        // Most generated frames went through xgw (see `veth::pps_received`).
+        let n = frames_per_run as u64 * runs as u64 * FLOWS.len() as u64;
+        let got = counted(&gw, what) - before;
+        assert!(got >= n / 2, "{what}: {got} of {n} frames went through xgw");
+        let one = stats(xgw[0].clone());
+        for (i, &flows) in FLOWS.iter().enumerate() {
+            let v = stats(xgw[i].clone());
+            rows.push(Row::new(row_name(what, flows), "pkt/s", one_flow_name(what), v, one));
+            rows.push(Row::new(
+                redirect_row_name(what, flows),
+                "pkt/s",
+                "xgw_redirect, the same frames (twin pair)",
+                v,
+                stats(base[i].clone()),
+            ));
+        }
+    }
+    rows
+}
+
+/// Frames xgw decapsulated (tunnels' rx) or encapsulated (tunnels' tx).
+fn counted(gw: &TestGateway, what: &str) -> u64 {
+    (0..TUNNELS)
+        .map(|t| {
+            let s = gw.port_stats(TUNNEL_OFPORT + t);
+            if what == "decap" {
+                s.rx.packets
+            } else {
+                s.tx.packets
+            }
+        })
+        .sum()
+}
+
+pub fn row_name(what: &str, flows: u32) -> String {
+    format!(
+        "{what} run by veth receive, {flows} active flows over {} tunnels (IPv6 underlay), 64 B inner",
+        TUNNELS.min(flows)
+    )
+}
+fn redirect_row_name(what: &str, flows: u32) -> String {
+    format!("{} against xgw_redirect", row_name(what, flows))
+}
+fn one_flow_name(what: &str) -> String {
+    format!("{what}, 1 active flow, same run")
+}
+
+/// The row names [`pps`] produces.
+pub fn row_names() -> Vec<String> {
+    ["decap", "encap"]
+        .iter()
+        .flat_map(|w| FLOWS.iter().flat_map(move |&f| [row_name(w, f), redirect_row_name(w, f)]))
+        .collect()
+}
