@@ -173,6 +173,15 @@ pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
         base_b: PORT_KEY as u32,
     };
     let encap_cfg = |flows| BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 };
+    // XGW_BENCH_VERBOSE: the program's own time per frame (the kernel's
+    // BPF run-time statistics, on only then: they cost two clock reads per
+    // run), to tell the program's share of a rate from the path's.
+    let verbose = std::env::var_os("XGW_BENCH_VERBOSE").is_some();
+    let _stats = verbose.then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run-time stats"));
+    let prog_time = |gw: &TestGateway, prog: &str| {
+        let info = gw.program(prog).info().expect("program info");
+        (info.run_time(), info.run_count())
+    };
     let mut rows = Vec::new();
     for what in ["decap", "encap"] {
         if only.is_some_and(|o| o != what) {
@@ -183,12 +192,24 @@ pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
         let before = counted(&gw, what);
         for _ in 0..runs {
             for (i, &flows) in FLOWS.iter().enumerate() {
+                let dut = if what == "decap" { "xgw_uplink" } else { "xgw_local" };
+                let (t0, n0) = prog_time(&gw, dut);
                 if what == "decap" {
                     xgw[i].push(send(&hv, "hv0", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
                     gw.devmap_set(0, p);
                     base[i].push(send(&hv, "hvb", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
                 } else {
                     xgw[i].push(send(&vm, "eth0", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
+                }
+                if verbose {
+                    let (t1, n1) = prog_time(&gw, dut);
+                    let ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
+                    eprintln!(
+                        "{what}, {flows} flows: {:.0}k pkt/s, {dut} {ns:.0} ns/frame",
+                        xgw[i].last().unwrap() / 1e3
+                    );
+                }
+                if what == "encap" {
                     gw.devmap_set(0, ul);
                     base[i].push(send(&vm, "eth0b", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
                 }
