@@ -23,15 +23,11 @@
 //!   encap: xgw_vary eth0 -- p [xgw_local] -> ul -- hv0 [sink]
 //!          xgw_vary eth0b -- pb [xgw_redirect] -> ul -- hv0 [sink]
 use xgw_common::maps::*;
-use xgw_tests::{
-    gateway::TestGateway,
-    netns::{Netns, Veth},
-    packet::geneve::*,
-};
+use xgw_tests::{gateway::TestGateway, netns::Netns, packet::geneve::*};
 
 use crate::{
     stats,
-    veth::{far_end_rate, GW_MAC, HV_MAC, VM_MAC, VNI},
+    veth::{far_end_rate, Received, GW_MAC, HV_MAC, VM_MAC, VNI},
     Row,
 };
 
@@ -132,33 +128,19 @@ fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
 /// Rows for `what` ("decap", "encap" or both with `None`): each count of
 /// [`FLOWS`] beside the one-flow rate and beside `xgw_redirect`.
 pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
-    let gw_ns = Netns::new("fgw");
-    let hv = Netns::new("fhv");
-    let vm = Netns::new("fvm");
-    for ns in [&gw_ns, &hv, &vm] {
+    let mut t = Received::new('f', ("", ""), setup);
+    for ns in [&t.gw_ns, &t.hv, &t.vm] {
+        // No IPv6 chatter into the sinks' counts.
         ns.disable_ipv6();
     }
-    Veth::new(&gw_ns, "ul", "", &hv, "hv0", "");
-    Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
-    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
-    Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
-    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
-    gw.in_netns(&gw_ns);
-    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
-    setup(&mut gw, ul, p);
-    gw.attach(&gw_ns, "xgw_uplink", "ul");
-    gw.attach(&gw_ns, "xgw_local", "p");
-    gw.attach(&gw_ns, "xgw_redirect", "ulb");
-    gw.attach(&gw_ns, "xgw_redirect", "pb");
-    gw.attach(&hv, "xgw_drop", "hv0");
-    gw.attach(&vm, "xgw_drop", "eth0");
+    let (ul, p) = (t.ul, t.p);
     let mut gen = TestGateway::load(&["xgw_vary"]);
     let (decap_pkt, encap_pkt) = frames();
     // Each template goes through once (BPF_PROG_TEST_RUN, not live): a
     // setup that drops it would measure the drop.
     for (prog, pkt, ifindex) in [("xgw_uplink", &decap_pkt, ul), ("xgw_local", &encap_pkt, p)] {
-        let run = gw_ns.enter(|| xgw_tests::packet::test_run_on(gw.program(prog), pkt, ifindex));
-        assert_eq!(run.verdict, xgw_tests::packet::XDP_REDIRECT, "{prog} on the template: drops {:?}", gw.drops());
+        let run = t.gw_ns.enter(|| xgw_tests::packet::test_run_on(t.gw.program(prog), pkt, ifindex));
+        assert_eq!(run.verdict, xgw_tests::packet::XDP_REDIRECT, "{prog} on the template: drops {:?}", t.gw.drops());
     }
 
     let mut send = |gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str), cfg: BenchVary| -> f64 {
@@ -189,20 +171,20 @@ pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
         }
         // [flows][run]: xgw, and xgw_redirect on the twin pair.
         let (mut xgw, mut base) = (vec![vec![]; FLOWS.len()], vec![vec![]; FLOWS.len()]);
-        let before = counted(&gw, what);
+        let before = counted(&t.gw, what);
         for _ in 0..runs {
             for (i, &flows) in FLOWS.iter().enumerate() {
                 let dut = if what == "decap" { "xgw_uplink" } else { "xgw_local" };
-                let (t0, n0) = prog_time(&gw, dut);
+                let (t0, n0) = prog_time(&t.gw, dut);
                 if what == "decap" {
-                    xgw[i].push(send(&hv, "hv0", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
-                    gw.devmap_set(0, p);
-                    base[i].push(send(&hv, "hvb", &decap_pkt, (&vm, "eth0"), decap_cfg(flows)));
+                    xgw[i].push(send(&t.hv, "hv0", &decap_pkt, (&t.vm, "eth0"), decap_cfg(flows)));
+                    t.gw.devmap_set(0, p);
+                    base[i].push(send(&t.hv, "hvb", &decap_pkt, (&t.vm, "eth0"), decap_cfg(flows)));
                 } else {
-                    xgw[i].push(send(&vm, "eth0", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
+                    xgw[i].push(send(&t.vm, "eth0", &encap_pkt, (&t.hv, "hv0"), encap_cfg(flows)));
                 }
                 if verbose {
-                    let (t1, n1) = prog_time(&gw, dut);
+                    let (t1, n1) = prog_time(&t.gw, dut);
                     let ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
                     eprintln!(
                         "{what}, {flows} flows: {:.0}k pkt/s, {dut} {ns:.0} ns/frame",
@@ -210,14 +192,14 @@ pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
                     );
                 }
                 if what == "encap" {
-                    gw.devmap_set(0, ul);
-                    base[i].push(send(&vm, "eth0b", &encap_pkt, (&hv, "hv0"), encap_cfg(flows)));
+                    t.gw.devmap_set(0, ul);
+                    base[i].push(send(&t.vm, "eth0b", &encap_pkt, (&t.hv, "hv0"), encap_cfg(flows)));
                 }
             }
         }
         // Most generated frames went through xgw (see `veth::pps_received`).
         let n = frames_per_run as u64 * runs as u64 * FLOWS.len() as u64;
-        let got = counted(&gw, what) - before;
+        let got = counted(&t.gw, what) - before;
         assert!(got >= n / 2, "{what}: {got} of {n} frames went through xgw");
         let one = stats(xgw[0].clone());
         for (i, &flows) in FLOWS.iter().enumerate() {

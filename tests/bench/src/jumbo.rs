@@ -18,14 +18,11 @@
 use std::time::{Duration, Instant};
 
 use xgw_common::maps::*;
-use xgw_tests::{
-    gateway::TestGateway,
-    netns::{Netns, Veth},
-};
+use xgw_tests::{gateway::TestGateway, netns::Netns};
 
 use crate::{
     stats,
-    veth::{self, frames, setup, sink, GW_IP, GW_MAC, TUNNEL},
+    veth::{self, frames, setup, sink, Received, GW_IP, GW_MAC, TUNNEL},
     Row,
 };
 
@@ -45,36 +42,23 @@ pub fn row_names() -> Vec<String> {
 /// Rows: decap and encap of 8000-byte inner frames, each beside
 /// `xgw_redirect` on the twin path; `runs` windows of `window` each.
 pub fn pps(runs: usize, window: Duration) -> Vec<Row> {
-    let gw_ns = Netns::new("jgw");
-    let hv = Netns::new("jhv");
-    let vm = Netns::new("jvm");
-    Veth::new(&gw_ns, "ul", "198.51.100.1/24", &hv, "hv0", "198.51.100.2/24");
-    Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
-    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
-    Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
-    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
-    gw.in_netns(&gw_ns);
-    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
-    setup(&mut gw, ul, p);
-    gw.set_uplink(Uplink {
-        ifindex: ul,
-        mtu: 9000,
-        mac: GW_MAC,
-        flags: UPLINK_HAS_IP4,
-        _pad: 0,
-        ip4: GW_IP,
-        ip6: [0; 16],
+    let mut t = Received::new('j', ("198.51.100.1/24", "198.51.100.2/24"), |gw, ul, p| {
+        setup(gw, ul, p);
+        gw.set_uplink(Uplink {
+            ifindex: ul,
+            mtu: 9000,
+            mac: GW_MAC,
+            flags: UPLINK_HAS_IP4,
+            _pad: 0,
+            ip4: GW_IP,
+            ip6: [0; 16],
+        });
     });
-    gw.attach(&gw_ns, "xgw_uplink", "ul");
-    gw.attach(&gw_ns, "xgw_local", "p");
-    gw.attach(&gw_ns, "xgw_redirect", "ulb");
-    gw.attach(&gw_ns, "xgw_redirect", "pb");
-    gw.attach(&hv, "xgw_drop", "hv0");
-    gw.attach(&vm, "xgw_drop", "eth0");
+    let (gw_ns, hv, vm, ul, p) = (&t.gw_ns, &t.hv, &t.vm, t.ul, t.p);
     for (ns, ifs) in [
-        (&gw_ns, ["ul", "ulb", "p", "pb"]),
-        (&hv, ["hv0", "hvb", "hv0", "hvb"]),
-        (&vm, ["eth0", "eth0b", "eth0", "eth0b"]),
+        (gw_ns, ["ul", "ulb", "p", "pb"]),
+        (hv, ["hv0", "hvb", "hv0", "hvb"]),
+        (vm, ["eth0", "eth0b", "eth0", "eth0b"]),
     ] {
         for i in ifs {
             ns.ok(&["ip", "link", "set", "dev", i, "mtu", MTU]);
@@ -95,18 +79,18 @@ pub fn pps(runs: usize, window: Duration) -> Vec<Row> {
     };
     let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
     let tunnel = |gw: &TestGateway| gw.port_stats(TUNNEL as u32);
-    let before = tunnel(&gw);
+    let before = tunnel(&t.gw);
     for _ in 0..runs {
-        gw.devmap_set(0, p);
-        decap.push(rate(&hv, "hv0", &decap_pkt, (&vm, "eth0")));
-        decap_base.push(rate(&hv, "hvb", &decap_pkt, (&vm, "eth0")));
-        gw.devmap_set(0, ul);
-        encap.push(rate(&vm, "eth0", &encap_pkt, (&hv, "hv0")));
-        encap_base.push(rate(&vm, "eth0b", &encap_pkt, (&hv, "hv0")));
+        t.gw.devmap_set(0, p);
+        decap.push(rate(hv, "hv0", &decap_pkt, (vm, "eth0")));
+        decap_base.push(rate(hv, "hvb", &decap_pkt, (vm, "eth0")));
+        t.gw.devmap_set(0, ul);
+        encap.push(rate(vm, "eth0", &encap_pkt, (hv, "hv0")));
+        encap_base.push(rate(vm, "eth0b", &encap_pkt, (hv, "hv0")));
     }
     // The frames went through xgw whole: decapsulated and encapsulated by
     // the programs, counted by their full length.
-    let after = tunnel(&gw);
+    let after = tunnel(&t.gw);
     let (rx, tx) = (after.rx.packets - before.rx.packets, after.tx.packets - before.tx.packets);
     assert!(rx > 0 && tx > 0, "jumbo: {rx} decapsulated, {tx} encapsulated");
     let full = (SIZE + veth::GENEVE_OVERHEAD) as u64;
@@ -115,7 +99,7 @@ pub fn pps(runs: usize, window: Duration) -> Vec<Row> {
     // The VM namespace's own IPv6 multicast (MLD, solicitations, from its
     // interface's MAC, not the port's) is dropped by port security or as
     // flood (no group); nothing else may be.
-    let drops = gw.drops();
+    let drops = t.gw.drops();
     let noise = |r: &str| r == "flood" || r.starts_with("port_security_");
     assert!(drops.iter().all(|(r, &n)| n == 0 || noise(r)), "jumbo drops {drops:?}");
     vec![

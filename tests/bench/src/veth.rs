@@ -252,6 +252,45 @@ pub fn live_rate(
     delivered as f64 / elapsed.as_secs_f64()
 }
 
+/// The receive setup's namespaces, veths and gateway (see
+/// [`pps_received`]), its programs attached: `xgw_uplink` on `ul`,
+/// `xgw_local` on `p`, `xgw_redirect` on the twins `ulb` and `pb`, sinks on
+/// `hv0` and `eth0`. `configure` writes the gateway's maps (given `ul` and
+/// `p`) before the programs attach; `underlay` addresses `ul` and `hv0`
+/// ("" for none).
+pub struct Received {
+    // Drop order: the datapath detaches before the namespaces go.
+    pub gw: TestGateway,
+    pub gw_ns: Netns,
+    pub hv: Netns,
+    pub vm: Netns,
+    pub ul: u32,
+    pub p: u32,
+}
+
+impl Received {
+    pub fn new(tag: char, underlay: (&str, &str), configure: impl FnOnce(&mut TestGateway, u32, u32)) -> Received {
+        let gw_ns = Netns::new(&format!("{tag}gw"));
+        let hv = Netns::new(&format!("{tag}hv"));
+        let vm = Netns::new(&format!("{tag}vm"));
+        Veth::new(&gw_ns, "ul", underlay.0, &hv, "hv0", underlay.1);
+        Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
+        Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
+        Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
+        let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
+        gw.in_netns(&gw_ns);
+        let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
+        configure(&mut gw, ul, p);
+        gw.attach(&gw_ns, "xgw_uplink", "ul");
+        gw.attach(&gw_ns, "xgw_local", "p");
+        gw.attach(&gw_ns, "xgw_redirect", "ulb");
+        gw.attach(&gw_ns, "xgw_redirect", "pb");
+        gw.attach(&hv, "xgw_drop", "hv0");
+        gw.attach(&vm, "xgw_drop", "eth0");
+        Received { gw, gw_ns, hv, vm, ul, p }
+    }
+}
+
 /// Frames per second through the path from `out` in `gen_ns` to the sink,
 /// `frames` of `pkt` (varied as `vary` says) sent out of `out`: by `gen`'s
 /// `prog` (`xgw_redirect` or `xgw_vary`, redirecting to `out`) under
@@ -311,23 +350,8 @@ pub fn far_end_rate(
 ///   encap: gen eth0 -- p [xgw_local] -> ul -- hv0 [sink]
 ///          gen eth0b -- pb [xgw_redirect] -> ul -- hv0 [sink]
 pub fn pps_received(size: u32, frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
-    let gw_ns = Netns::new("rgw");
-    let hv = Netns::new("rhv");
-    let vm = Netns::new("rvm");
-    Veth::new(&gw_ns, "ul", "198.51.100.1/24", &hv, "hv0", "198.51.100.2/24");
-    Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
-    Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
-    Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
-    let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
-    gw.in_netns(&gw_ns);
-    let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));
-    setup(&mut gw, ul, p);
-    gw.attach(&gw_ns, "xgw_uplink", "ul");
-    gw.attach(&gw_ns, "xgw_local", "p");
-    gw.attach(&gw_ns, "xgw_redirect", "ulb");
-    gw.attach(&gw_ns, "xgw_redirect", "pb");
-    gw.attach(&hv, "xgw_drop", "hv0");
-    gw.attach(&vm, "xgw_drop", "eth0");
+    let mut t = Received::new('r', ("198.51.100.1/24", "198.51.100.2/24"), setup);
+    let (ul, p) = (t.ul, t.p);
     let mut gen = TestGateway::load(&["xgw_redirect"]);
     let (decap_pkt, encap_pkt) = frames(size);
 
@@ -336,30 +360,30 @@ pub fn pps_received(size: u32, frames_per_run: u32, runs: usize, only: Option<&s
     };
     let (do_decap, do_encap) = (only != Some("encap"), only != Some("decap"));
     let (mut decap, mut decap_base, mut encap, mut encap_base) = (vec![], vec![], vec![], vec![]);
-    let decap_before = gw.port_stats(TUNNEL as u32).rx.packets;
-    let encap_before = gw.port_stats(TUNNEL as u32).tx.packets;
+    let decap_before = t.gw.port_stats(TUNNEL as u32).rx.packets;
+    let encap_before = t.gw.port_stats(TUNNEL as u32).tx.packets;
     for _ in 0..runs {
         if do_decap {
-            decap.push(send(&hv, "hv0", &decap_pkt, (&vm, "eth0")));
-            gw.devmap_set(0, p);
-            decap_base.push(send(&hv, "hvb", &decap_pkt, (&vm, "eth0")));
+            decap.push(send(&t.hv, "hv0", &decap_pkt, (&t.vm, "eth0")));
+            t.gw.devmap_set(0, p);
+            decap_base.push(send(&t.hv, "hvb", &decap_pkt, (&t.vm, "eth0")));
         }
         if do_encap {
-            encap.push(send(&vm, "eth0", &encap_pkt, (&hv, "hv0")));
-            gw.devmap_set(0, ul);
-            encap_base.push(send(&vm, "eth0b", &encap_pkt, (&hv, "hv0")));
+            encap.push(send(&t.vm, "eth0", &encap_pkt, (&t.hv, "hv0")));
+            t.gw.devmap_set(0, ul);
+            encap_base.push(send(&t.vm, "eth0b", &encap_pkt, (&t.hv, "hv0")));
         }
     }
     // Most of the generated frames (see `send`).
     let n = frames_per_run as u64 * runs as u64;
     let mut rows = vec![];
     if do_decap {
-        let got = gw.port_stats(TUNNEL as u32).rx.packets - decap_before;
+        let got = t.gw.port_stats(TUNNEL as u32).rx.packets - decap_before;
         assert!(got >= n / 2, "{size} B received: {got} of {n} frames decapsulated");
         rows.push(Row::new(received_name("decap", size), "pkt/s", "xgw_redirect", stats(decap), stats(decap_base)));
     }
     if do_encap {
-        let got = gw.port_stats(TUNNEL as u32).tx.packets - encap_before;
+        let got = t.gw.port_stats(TUNNEL as u32).tx.packets - encap_before;
         assert!(got >= n / 2, "{size} B received: {got} of {n} frames encapsulated");
         rows.push(Row::new(received_name("encap", size), "pkt/s", "xgw_redirect", stats(encap), stats(encap_base)));
     }

@@ -181,6 +181,10 @@ fn main() {
             }
         };
         for r in rows {
+            if let Some(why) = &r.not_measured {
+                println!("{}: not measured: {why}", r.name);
+                continue;
+            }
             print!(
                 "{}: {:.0}k pkt/s, {} {:.0}k, ratio {:.2}",
                 r.name,
