@@ -14,6 +14,7 @@ pub mod flowkey;
 pub mod flows;
 pub mod jumbo;
 pub mod live;
+pub mod machine;
 pub mod ovn;
 pub mod plot;
 pub mod versus;

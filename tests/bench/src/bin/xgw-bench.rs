@@ -269,7 +269,9 @@ fn main() {
         "AF_PACKET sendmmsg on the veth peer (this kernel refuses live frames)"
     };
     println!("generator of the veth rows: {generator}");
+    println!("{}", bench::machine::line());
     let header = serde_json::json!({
+        "machine": bench::machine::describe(),
         "generator": generator,
         "repeat": repeat, "frames": frames, "runs": runs, "sizes": sizes,
         "ovs": {"sizes": ovs_sizes, "runs": timing.runs, "warmup_s": timing.warmup.as_secs_f64(), "window_s": timing.window.as_secs_f64()},

@@ -25,6 +25,7 @@ use std::{
 };
 
 use xgw::bfd::{Config, Engine, Options, Path, Status, Uplink};
+use xgw_bench::machine;
 use xgw_common::maps::{self, UPLINK_HAS_IP4};
 use xgw_tests::{
     frr::{Frr, FrrBfd},
@@ -528,9 +529,13 @@ fn main() {
     };
 
     eprintln!("detection, two xgw, {cuts} cuts");
+    let t0 = machine::Sample::now();
     let pair = detect_xgw_pair(cuts);
+    let pair_load = machine::Sample::now().since(&t0);
     eprintln!("detection, xgw and FRR bfdd, {cuts} cuts");
+    let t0 = machine::Sample::now();
     let (ours, frr, reasons) = detect_frr(cuts);
+    let frr_load = machine::Sample::now().since(&t0);
     eprintln!("sessions at 3 x 10 ms");
     let scaled = scale(steps, hold);
     eprintln!("FRR bfdd sessions at 3 x 10 ms");
@@ -645,6 +650,12 @@ fn main() {
         "\nbfdd's reasons for Down after the cuts: {reasons:?}. Histogram: bfd-detect{}.svg",
         if quick { "-quick" } else { "" }
     );
+    let _ = writeln!(
+        md,
+        "\n{}. During the detection runs: two xgw {pair_load}, xgw and FRR {frr_load} (CPU time stolen by the \
+         hypervisor, percent of all CPUs; 1-minute load average at the end).",
+        machine::line()
+    );
     println!("mode: {}\n\n{md}", if quick { "quick" } else { "full" });
     fs::create_dir_all(&out_dir).expect("create bench/results");
     let suffix = if quick { "-quick" } else { "" };
@@ -659,6 +670,8 @@ fn main() {
         .collect();
     let doc = serde_json::json!({
         "quick": quick,
+        "machine": machine::describe(),
+        "detect_load": {"xgw_pair": pair_load, "xgw_vs_frr": frr_load},
         "rows": rows,
         "detect_ms": {"xgw_pair": pair, "xgw_vs_frr": ours, "frr": frr},
         "frr_down_reasons": reasons,
