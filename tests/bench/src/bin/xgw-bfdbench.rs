@@ -34,6 +34,9 @@ use xgw_tests::{
 };
 
 const FAST: Config = Config { min_tx_ms: 10, min_rx_ms: 10, mult: 3, echo: false };
+/// OVN's defaults (`SB_Global options:bfd-min-tx` 100 ms, `bfd-min-rx`
+/// 1000 ms, `bfd-mult` 3), what every HA chassis pair runs.
+const OVN: Config = Config { min_tx_ms: 100, min_rx_ms: 1000, mult: 3, echo: false };
 
 struct Gw {
     engine: Engine,
@@ -87,9 +90,9 @@ fn xgw_pair() -> (Gw, Gw, Netns, Netns) {
     (ga, gb, a, b)
 }
 
-fn add_pair(ga: &Gw, gb: &Gw, name: &str, vni: u32) {
-    ga.engine.add(name, geneve(vni, IP_A, IP_B, MAC_B), FAST).expect("add on A");
-    gb.engine.add(name, geneve(vni, IP_B, IP_A, MAC_A), FAST).expect("add on B");
+fn add_pair(ga: &Gw, gb: &Gw, name: &str, vni: u32, timers: Config) {
+    ga.engine.add(name, geneve(vni, IP_A, IP_B, MAC_B), timers).expect("add on A");
+    gb.engine.add(name, geneve(vni, IP_B, IP_A, MAC_A), timers).expect("add on B");
 }
 
 /// Sets `ifname` in `ns` up or down with one ioctl; returns when it was
@@ -148,7 +151,7 @@ fn jitter_sleep(i: usize) {
 
 fn detect_xgw_pair(cuts: usize) -> Vec<f64> {
     let (ga, gb, _a, b) = xgw_pair();
-    add_pair(&ga, &gb, "p", 7001);
+    add_pair(&ga, &gb, "p", 7001, FAST);
     let mut out = vec![];
     for i in 0..cuts {
         if !wait("xgw pair Up", Duration::from_secs(15), || ga.status("p").forwarding && gb.status("p").forwarding) {
@@ -245,13 +248,13 @@ struct Scale {
     up: bool,
 }
 
-fn scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
+fn scale(steps: &[usize], hold: Duration, timers: Config) -> Vec<Scale> {
     let (ga, gb, _a, _b) = xgw_pair();
     let mut added = 0;
     let mut out = vec![];
     for &n in steps {
         while added < n {
-            add_pair(&ga, &gb, &format!("s{added}"), 10_000 + added as u32);
+            add_pair(&ga, &gb, &format!("s{added}"), 10_000 + added as u32, timers);
             added += 1;
         }
         let all_up = || ga.engine.status(None).iter().chain(gb.engine.status(None).iter()).all(|s| s.forwarding);
@@ -266,7 +269,7 @@ fn scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
             "  {n} sessions: up {}, flaps {}, engine CPU {:?} %",
             s.up,
             s.flaps,
-            s.cpu.iter().map(|c| c.round()).collect::<Vec<_>>()
+            s.cpu.iter().map(|c| (c * 10.0).round() / 10.0).collect::<Vec<_>>()
         );
         let stop = !s.up || s.flaps > 0 || s.cpu.iter().any(|&c| c > 90.0);
         out.push(s);
@@ -382,7 +385,7 @@ fn frr_scale(steps: &[usize], hold: Duration) -> Vec<Scale> {
 /// Flaps in `secs` under one busy loop per core: two xgw, and two bfdd.
 fn stress(secs: u64) -> (u64, u64, u64, u64) {
     let (ga, gb, _a, _b) = xgw_pair();
-    add_pair(&ga, &gb, "p", 7002);
+    add_pair(&ga, &gb, "p", 7002, FAST);
     let r1 = Netns::new("bfr1");
     let r2 = Netns::new("bfr2");
     Veth::new(&r1, "f0", "203.0.113.1/24", &r2, "f0", "203.0.113.2/24");
@@ -509,11 +512,17 @@ struct Args {
     /// Fewer and shorter runs: checks that everything works.
     #[arg(long)]
     quick: bool,
+    /// Only the ramp at OVN's default timers, printed (no results written).
+    #[arg(long)]
+    only_ovn_timers: bool,
 }
 
 fn main() {
-    let Args { quick } = clap::Parser::parse();
+    let Args { quick, only_ovn_timers } = clap::Parser::parse();
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
+    // OVN's timers: as many as a datapath holds (MAX_BFD_SESSIONS, on each
+    // of the two gateways of the pair).
+    let ovn_steps: &[usize] = if quick { &[200] } else { &[1000, 2000, 4000, maps::MAX_BFD_SESSIONS as usize] };
     let (cuts, steps, frr_steps, hold, stress_secs): (usize, &[usize], &[usize], _, u64) = if quick {
         (10, &[50, 200], &[20], Duration::from_secs(2), 5)
     } else {
@@ -528,6 +537,11 @@ fn main() {
         )
     };
 
+    if only_ovn_timers {
+        eprintln!("{}", machine::line());
+        scale(ovn_steps, hold, OVN);
+        return;
+    }
     eprintln!("detection, two xgw, {cuts} cuts");
     let t0 = machine::Sample::now();
     let pair = detect_xgw_pair(cuts);
@@ -537,7 +551,9 @@ fn main() {
     let (ours, frr, reasons) = detect_frr(cuts);
     let frr_load = machine::Sample::now().since(&t0);
     eprintln!("sessions at 3 x 10 ms");
-    let scaled = scale(steps, hold);
+    let scaled = scale(steps, hold, FAST);
+    eprintln!("sessions at OVN's default timers");
+    let ovn_scaled = scale(ovn_steps, hold, OVN);
     eprintln!("FRR bfdd sessions at 3 x 10 ms");
     let frr_scaled = frr_scale(frr_steps, hold);
     eprintln!("flaps under CPU hogs, {stress_secs} s");
@@ -633,6 +649,29 @@ fn main() {
         "%",
         "the row above divided by the session count".into(),
     );
+    let (ovn_cap, ovn_why) = sustained(&ovn_scaled, "engine");
+    row(
+        "sessions held at OVN's default timers (min_tx 100 ms, min_rx 1000 ms, x 3), two peers on 2 cores".into(),
+        ovn_cap.map_or(f64::NAN, |(n, _)| n as f64),
+        None,
+        "sessions",
+        format!(
+            "held {}s Up with 0 flaps, stopped {ovn_why} (tried {}); {} sessions is what one datapath holds \
+             (MAX_BFD_SESSIONS), so 10,000 cannot be tried yet",
+            hold.as_secs(),
+            tried(&ovn_scaled),
+            maps::MAX_BFD_SESSIONS
+        ),
+    );
+    row(
+        "CPU at that count, OVN's timers, % of one core".into(),
+        ovn_cap.map_or(f64::NAN, |(_, c)| c),
+        None,
+        "%",
+        "the busier engine thread (transmit + detection; the XDP receive is softirq time, not counted: \
+         /proc/stat, tick-sampled, misreads a thread that wakes in step with the tick)"
+            .into(),
+    );
     row(
         format!("flaps in {secs} s under {cores} CPU hogs"),
         xflaps as f64,
@@ -677,6 +716,10 @@ fn main() {
         "frr_down_reasons": reasons,
         "scale": scale_json,
         "frr_scale": frr_scale_json,
+        "ovn_timers_scale": ovn_scaled
+            .iter()
+            .map(|s| serde_json::json!({"sessions": s.n, "up": s.up, "flaps": s.flaps, "engine_cpu_pct": s.cpu}))
+            .collect::<Vec<_>>(),
     });
     fs::write(out_dir.join(format!("bfd{suffix}.json")), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     let title = format!("BFD detection time after a link cut, 3 x 10 ms ({} cuts each)", pair.len().max(ours.len()));
@@ -684,6 +727,12 @@ fn main() {
         [("two xgw", "#1f77b4", &pair), ("xgw, peer FRR", "#2ca02c", &ours), ("FRR bfdd, peer xgw", "#d62728", &frr)];
     fs::write(out_dir.join(format!("bfd-detect{suffix}.svg")), svg(&series, &title)).unwrap();
     assert!(!pair.is_empty() && !ours.is_empty(), "no detection measured");
+    let first = ovn_scaled.first().expect("OVN-timer ramp ran no step");
+    assert!(
+        first.up && first.cpu.len() == 2 && first.cpu.iter().all(|c| c.is_finite()),
+        "OVN-timer ramp: {} sessions not Up or no CPU read",
+        first.n
+    );
     // The FRR ramp must at least have brought its first step Up and read
     // bfdd's CPU, or its row measured nothing.
     let first = frr_scaled.first().expect("FRR ramp ran no step");
