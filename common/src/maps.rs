@@ -430,8 +430,11 @@ pub fn flow_slot<const N: usize>(words: &[u64; N]) -> u32 {
 
 /// BFD sessions: slots of the `BFD_SESSIONS` array. A session's local
 /// discriminator carries its slot in the low 16 bits, so a packet's Your
-/// Discriminator finds its session without a hash lookup.
-pub const MAX_BFD_SESSIONS: u32 = 4096;
+/// Discriminator finds its session without a hash lookup. OVN's HA chassis
+/// groups put a session on every tunnel of a gateway, hence 16,384; a
+/// datapath pinned by an earlier xgw keeps the capacity it was made with
+/// (4,096), which the engine reads from the map.
+pub const MAX_BFD_SESSIONS: u32 = 16384;
 pub const BFD_SLOT_MASK: u32 = 0xffff;
 
 pub const BFD_PATH_GENEVE: u32 = 1;

@@ -184,7 +184,11 @@ pub fn check_pinned_layouts(maps: impl IntoIterator<Item = (&'static str, std::p
             );
         }
         let array = [BPF_MAP_TYPE_ARRAY as u32, BPF_MAP_TYPE_PERCPU_ARRAY as u32].contains(&want.map_type());
-        if array && info.max_entries() != want.max_entries() {
+        // BFD_SESSIONS' length is a capacity, not an index space: the engine
+        // uses as many slots as the pinned map has (an earlier xgw made it
+        // with fewer), so adopting it keeps its sessions running.
+        let capacity = name == names::BFD_SESSIONS;
+        if array && !capacity && info.max_entries() != want.max_entries() {
             anyhow::bail!(
                 "{} was made by another xgw version ({} entries, this one needs {}): {FOREIGN_DATAPATH}",
                 path.display(),

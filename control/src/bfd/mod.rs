@@ -32,7 +32,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use xgw_common::{
@@ -158,8 +158,14 @@ struct Slots {
 unsafe impl Send for Slots {}
 
 impl Slots {
+    /// Maps every slot of `map`: as many as it was created with, which for
+    /// a datapath adopted from an earlier xgw may be fewer than this
+    /// build's `MAX_BFD_SESSIONS`.
     fn open(map: MapData) -> Result<Slots, Error> {
-        let len = MAX_BFD_SESSIONS as usize;
+        let len = map
+            .info()
+            .map_err(|e| Error::Io { what: "reading BFD_SESSIONS' size".into(), source: io::Error::other(e) })?
+            .max_entries() as usize;
         let bytes = len * std::mem::size_of::<BfdSession>();
         let fd = map.fd().as_fd_raw();
         let p = unsafe {
@@ -370,7 +376,7 @@ impl Engine {
         let events = RingBuf::try_from(ebpf.take_map(names::BFD_EVENTS).ok_or(Error::NoMap(names::BFD_EVENTS))?)
             .map_err(|source| Error::Map { what: "BFD_EVENTS".into(), source })?;
         let slots = Slots::open(sessions)?;
-        let orphans: HashMap<BfdPathKey, u32> = (0..MAX_BFD_SESSIONS)
+        let orphans: HashMap<BfdPathKey, u32> = (0..slots.len as u32)
             .map(|slot| (slot, slots.get(slot)))
             .filter(|(_, s)| s.ctl_flags & BFD_ENABLED != 0)
             .map(|(slot, s)| (s.ctl_path, slot))
@@ -385,7 +391,14 @@ impl Engine {
         let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         let packet = PacketSocket::open(&uplink.ifname)?;
         let mut entries = Vec::new();
-        entries.resize_with(MAX_BFD_SESSIONS as usize, || None);
+        // As many sessions as both maps hold (BFD_PATHS may be smaller than
+        // BFD_SESSIONS where an earlier xgw made them).
+        let paths_len = paths
+            .map()
+            .info()
+            .map_err(|e| Error::Io { what: "reading BFD_PATHS' size".into(), source: io::Error::other(e) })?
+            .max_entries() as usize;
+        entries.resize_with(slots.len.min(paths_len), || None);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 slots,
@@ -728,7 +741,7 @@ impl Inner {
                 .iter()
                 .enumerate()
                 .position(|(i, e)| e.is_none() && !self.orphans.values().any(|&o| o as usize == i))
-                .ok_or(Error::Full(MAX_BFD_SESSIONS))? as u32,
+                .ok_or(Error::Full(self.entries.len() as u32))? as u32,
         };
         // Random high half: a controller that starts afresh does not reuse
         // the discriminators its peers still remember.

@@ -1225,6 +1225,43 @@ fn a_map_pinned_without_btf_is_adopted_as_it_is() {
     d.stop();
 }
 
+/// BFD_SESSIONS and BFD_PATHS pinned by an xgw that held 4,096 sessions
+/// (this one holds 16,384) are adopted, not refused as another version's:
+/// their length is a capacity, and the engine uses the slots they have.
+#[test]
+fn bfd_maps_pinned_with_fewer_sessions_are_adopted_and_used() {
+    require_root!();
+    let gw = gateway("dbfc");
+    let dir = gw.daemon.bpffs_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let create = |name: &str, kind: &str, key: &str, value: &str, flags: &str| {
+        let path = dir.join(name);
+        let mut args = vec!["map", "create", path.to_str().unwrap(), "type", kind, "key", key, "value", value];
+        args.extend(["entries", "4096", "name", name, "flags", flags]);
+        assert!(std::process::Command::new("bpftool").args(&args).status().unwrap().success(), "{name}");
+        path
+    };
+    // BPF_F_MMAPABLE (1024): the engine maps the sessions.
+    let sessions = create("BFD_SESSIONS", "array", "4", "144", "1024");
+    create("BFD_PATHS", "hash", "24", "4", "0");
+    let id = |p: &std::path::Path| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool").args(["-j", "map", "show", "pinned"]).arg(p).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["max_entries"], 4096, "{v}");
+        v["id"].clone()
+    };
+    let before = id(&sessions);
+
+    let mut d = gw.daemon;
+    d.start();
+    d.cli(&["bfd", "peer", "add", "tor", "--peer-ip", "198.51.100.2"]);
+    let peer = d.json(&["bfd", "show", "tor"]);
+    let disc = peer["local_discriminator"].as_u64().unwrap_or_else(|| panic!("{peer}"));
+    assert!((disc & u64::from(xgw_common::maps::BFD_SLOT_MASK)) < 4096, "{peer}");
+    assert_eq!(id(&sessions), before, "adopted, not replaced");
+    d.stop();
+}
+
 #[test]
 fn a_second_daemon_and_uninstall_are_refused_while_the_first_runs() {
     require_root!();
