@@ -420,3 +420,25 @@ fn bpftool_dumps_the_pinned_maps_with_field_names() {
     let mac: Vec<u64> = vm1["mac"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
     assert_eq!(mac, VM_MAC.map(u64::from));
 }
+
+/// A broadcast from vm1 into its VNI's flood group: `xgw_local` passes it
+/// up with the record `xgw_flood` takes (in the frame, behind the MACs);
+/// the trace decodes the record (group, ingress) and shows the frame as
+/// `xgw_flood` copies it, the one that came in, byte for byte.
+#[test]
+fn a_broadcast_is_traced_to_its_flood_group() {
+    require_root!();
+    let g = setup("trfl");
+    g.daemon.cli(&["group", "add", "--vni", "5001", "--key", "32768", "--port", "vm1", "--tunnel", "hv2"]);
+    let stats = live(&g);
+    let flow = "eth_dst=ff:ff:ff:ff:ff:ff,ip_src=203.0.113.1,ip_dst=203.0.113.255,udp_src=40000,udp_dst=7";
+    let doc = trace(&g, &["--in", "vm1", flow]);
+    assert_eq!(doc["verdict"], "pass", "{doc:#}");
+    let want =
+        serde_json::json!({ "vni": 5001, "group": 32768, "ingress_ofport": ofport(&g, "vm1"), "from_tunnel": false });
+    assert_eq!(doc["flood"], want, "{doc:#}");
+    assert_eq!(doc["output"]["hex"], doc["input"]["hex"], "the frame xgw_flood copies is the one that came in");
+    let human = trace_human(&g, &["--in", "vm1", flow]);
+    assert!(human.contains("verdict: pass to xgw_flood: group 32768 of VNI 5001"), "{human}");
+    assert_eq!(live(&g), stats, "a trace moves no live counter");
+}
