@@ -829,11 +829,10 @@ pub struct ShowView {
     pub ovn: Option<OvnView>,
 }
 
-/// The chassis' session with the Southbound and what the last view of it
-/// did: as `ovn-appctl connection-status` and `ovn-sbctl show` would.
+/// The chassis' session with the Southbound: what the daemon's Southbound
+/// task keeps and `show` prints as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OvnView {
-    pub chassis: String,
+pub struct SbSession {
     /// The raft member (or server) in use.
     pub remote: Option<String>,
     pub connected: bool,
@@ -845,6 +844,15 @@ pub struct OvnView {
     pub last_error: Option<String>,
     pub resumes: u64,
     pub full_resyncs: u64,
+}
+
+/// The chassis' session with the Southbound and what the last view of it
+/// did: as `ovn-appctl connection-status` and `ovn-sbctl show` would.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvnView {
+    pub chassis: String,
+    #[serde(flatten)]
+    pub session: SbSession,
     /// Claimed logical port -> whether it forwards (`Port_Binding.up`).
     pub claimed: std::collections::BTreeMap<String, bool>,
     /// Logical port -> why it is not claimed.

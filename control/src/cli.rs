@@ -525,18 +525,18 @@ fn show_text(v: &ShowView) -> String {
     }
     s += &format!("    ofports: {} used, {} held down, {} free\n", v.ofports.used, v.ofports.held_down, v.ofports.free);
     if let Some(o) = &v.ovn {
-        let state = if o.connected { "connected" } else { "not connected" };
+        let state = if o.session.connected { "connected" } else { "not connected" };
         s += &format!(
             "OVN chassis {}: {state} to {}{}, nb_cfg {}, {} tunnels, {} bindings, {} groups\n",
             o.chassis,
-            o.remote.as_deref().unwrap_or("-"),
-            o.method.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
-            o.nb_cfg,
+            o.session.remote.as_deref().unwrap_or("-"),
+            o.session.method.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
+            o.session.nb_cfg,
             o.tunnels,
             o.bindings,
             o.groups
         );
-        if let Some(e) = &o.last_error {
+        if let Some(e) = &o.session.last_error {
             s += &format!("    last error: {e}\n");
         }
         for (port, up) in &o.claimed {

@@ -194,7 +194,7 @@ pub fn collect(show: &ShowView, stats: &StatsView, sessions: &[BfdSessionView]) 
             "ovn_connected",
             "1 while the Southbound session is up",
             Kind::Gauge,
-            vec![(labels(&[]), o.connected as u64)],
+            vec![(labels(&[]), o.session.connected as u64)],
         );
         let up = o.claimed.values().filter(|u| **u).count();
         let ports = [("up", up), ("down", o.claimed.len() - up), ("refused", o.refused.len())]
@@ -204,7 +204,7 @@ pub fn collect(show: &ShowView, stats: &StatsView, sessions: &[BfdSessionView]) 
         e.add("ovn_ports", "OVN logical ports named by a local interface, by state", Kind::Gauge, ports);
         let warnings = vec![(labels(&[]), o.warnings.len() as u64)];
         e.add("ovn_warnings", "What the last Southbound view asked that xgw did not do", Kind::Gauge, warnings);
-        let nb_cfg = vec![(labels(&[]), u64::try_from(o.nb_cfg).unwrap_or(0))];
+        let nb_cfg = vec![(labels(&[]), u64::try_from(o.session.nb_cfg).unwrap_or(0))];
         e.add("ovn_nb_cfg", "The SB_Global nb_cfg applied and acknowledged", Kind::Gauge, nb_cfg);
     }
 

@@ -176,6 +176,18 @@ impl Conn {
         self.send(&Message::Request { id: json!(ECHO_ID), method: "echo".to_owned(), params: json!([]) }).await
     }
 
+    /// The next message, keeping the inactivity probe going meanwhile (an
+    /// echo when the line goes quiet, an error when the echo goes unheard).
+    pub(crate) async fn recv_probed(&mut self) -> Result<Message, Error> {
+        loop {
+            let deadline = self.probe_deadline();
+            tokio::select! {
+                m = self.recv() => return m,
+                _ = sleep_opt(deadline) => self.probe_expired().await?,
+            }
+        }
+    }
+
     /// Answers a request from the server: `echo` (its inactivity probe) is
     /// the only one OVSDB defines. Returns whether it was an echo.
     pub(crate) async fn answer(&mut self, id: Value, method: &str, params: Value) -> Result<bool, Error> {
@@ -244,14 +256,7 @@ impl Connection {
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, Error> {
         let id = self.conn.request(method, params).await?;
         loop {
-            let deadline = self.conn.probe_deadline();
-            let m = tokio::select! {
-                m = self.conn.recv() => m?,
-                _ = sleep_opt(deadline) => {
-                    self.conn.probe_expired().await?;
-                    continue;
-                }
-            };
+            let m = self.conn.recv_probed().await?;
             match m {
                 Message::Response { id: rid, result } if rid == id => {
                     return result.map_err(|e| self.conn.rpc_error(method, &e));
@@ -295,14 +300,7 @@ impl Connection {
             if let Some(n) = self.notifications.pop_front() {
                 return Ok(n);
             }
-            let deadline = self.conn.probe_deadline();
-            let m = tokio::select! {
-                m = self.conn.recv() => m?,
-                _ = sleep_opt(deadline) => {
-                    self.conn.probe_expired().await?;
-                    continue;
-                }
-            };
+            let m = self.conn.recv_probed().await?;
             self.other(m).await?;
         }
     }

@@ -40,15 +40,8 @@ pub struct Identity {
 /// What `show` says of the session.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Status {
-    pub remote: Option<String>,
-    pub connected: bool,
-    pub method: Option<String>,
-    pub last_txn_id: Option<String>,
-    pub registered: bool,
-    pub nb_cfg: i64,
-    pub last_error: Option<String>,
-    pub resumes: u64,
-    pub full_resyncs: u64,
+    #[serde(flatten)]
+    pub session: crate::api::SbSession,
     pub outcome: Option<Outcome>,
 }
 
@@ -419,13 +412,13 @@ pub(super) async fn run(
         let state = client.state();
         let stats = client.stats();
         status.send_modify(|s| {
-            s.remote = state.remote.as_ref().map(|r| r.to_string());
-            s.connected = state.monitoring;
-            s.method = state.method.map(|m| m.name().to_owned());
-            s.last_txn_id = (!state.last_txn_id.is_zero()).then(|| state.last_txn_id.to_string());
-            s.last_error = state.last_error.clone();
-            s.resumes = stats.resumes;
-            s.full_resyncs = stats.full_resyncs;
+            s.session.remote = state.remote.as_ref().map(|r| r.to_string());
+            s.session.connected = state.monitoring;
+            s.session.method = state.method.map(|m| m.name().to_owned());
+            s.session.last_txn_id = (!state.last_txn_id.is_zero()).then(|| state.last_txn_id.to_string());
+            s.session.last_error = state.last_error.clone();
+            s.session.resumes = stats.resumes;
+            s.session.full_resyncs = stats.full_resyncs;
         });
         if !dirty || !state.monitoring {
             continue;
@@ -434,8 +427,8 @@ pub(super) async fn run(
             Ok(outcome) => {
                 dirty = false;
                 status.send_modify(|s| {
-                    s.registered = true;
-                    s.nb_cfg = outcome.nb_cfg;
+                    s.session.registered = true;
+                    s.session.nb_cfg = outcome.nb_cfg;
                     s.outcome = Some(outcome);
                 });
             }
@@ -450,7 +443,7 @@ pub(super) async fn run(
             }
             Err(e) => {
                 tracing::warn!("ovn: {e:#}; retrying");
-                status.send_modify(|s| s.last_error = Some(format!("{e:#}")));
+                status.send_modify(|s| s.session.last_error = Some(format!("{e:#}")));
             }
         }
     }

@@ -223,15 +223,7 @@ impl Views<'_> {
                 let outcome = st.outcome.clone().unwrap_or_default();
                 crate::api::OvnView {
                     chassis: chassis.to_string(),
-                    remote: st.remote.clone(),
-                    connected: st.connected,
-                    method: st.method.clone(),
-                    last_txn_id: st.last_txn_id.clone(),
-                    registered: st.registered,
-                    nb_cfg: st.nb_cfg,
-                    last_error: st.last_error.clone(),
-                    resumes: st.resumes,
-                    full_resyncs: st.full_resyncs,
+                    session: st.session.clone(),
                     claimed: outcome.claims.iter().map(|(c, up)| (c.logical_port.clone(), *up)).collect(),
                     refused: outcome.refused,
                     warnings: outcome.warnings,
