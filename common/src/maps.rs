@@ -24,6 +24,7 @@ pub mod names {
     pub const GENERATION: &str = "GENERATION";
     pub const DECAP_FLOWS: &str = "DECAP_FLOWS";
     pub const ENCAP_FLOWS: &str = "ENCAP_FLOWS";
+    pub const ENCAP_OUTERS: &str = "ENCAP_OUTERS";
     pub const VNIS: &str = "VNIS";
     pub const GROUPS: &str = "GROUPS";
     pub const PORT_IFINDEX: &str = "PORT_IFINDEX";
@@ -260,9 +261,16 @@ pub const fn ipv4_mapped(ip: [u8; 4]) -> [u8; 16] {
 /// `GENERATION` read before the lookups that filled it, and is used only
 /// while `GENERATION` still has that value. The controller bumps
 /// `GENERATION` after every write to LOCAL_PORTS, PORT_KEYS, FDB, TUNNELS,
-/// TUNNEL_BY_REMOTE or UPLINK (encap slots hold outer headers built from
-/// it), so the packet after a write never sees an older value.
-pub const FLOW_SLOTS_LOG2: u32 = 10;
+/// TUNNEL_BY_REMOTE or UPLINK (the tunnels' outer-header slots,
+/// `EncapOuter`, are built from it), so the packet after a write never
+/// sees an older value.
+///
+/// 16,384 slots: a gateway's active destinations run to thousands, and a
+/// slot per destination keeps a miss (an FDB lookup in memory, not cache)
+/// off most frames. 56 and 64 bytes a slot, 1.9 MB per CPU for both caches
+/// (measured in `cargo xtask bench`'s active-flow rows; see
+/// docs/performance.md).
+pub const FLOW_SLOTS_LOG2: u32 = 14;
 pub const FLOW_SLOTS: u32 = 1 << FLOW_SLOTS_LOG2;
 
 /// `GENERATION` is an mmap-able array of one `u64`: the controller adds to
@@ -305,11 +313,25 @@ pub struct EncapFlowKey {
     // Scalars, not a byte array: LLVM zeroes a 6-byte array with a call to
     // a memset subprogram, a call and return per packet.
     pub _pad0: u16,
-    pub _pad1: u32,
+    /// Zero in a key. In a slot, the misses since its flow's last hit: the
+    /// slot is given to another flow only after `ENCAP_EVICT_AFTER` of them.
+    pub misses: u32,
 }
 
-/// What LOCAL_PORTS, FDB and (for a remote destination) TUNNELS and UPLINK
-/// said, and for a remote destination the outer headers they make.
+/// A live encap slot goes to another flow only after this many misses
+/// since its own flow's last hit. Filling on every miss, as the decap
+/// cache does, lets two flows sharing a slot evict each other on every
+/// frame, and with more active flows than slots almost every frame
+/// misses; kept this way a slot serves one of its flows (OVS's exact match
+/// cache has the same cure: it inserts only one miss in a hundred). A
+/// flow that stops is evicted by the next ones within this many frames.
+pub const ENCAP_EVICT_AFTER: u32 = 16;
+
+/// What LOCAL_PORTS and FDB said for the key: one cache line, so that a
+/// slot costs one line of the CPU's cache however many flows are active.
+/// A remote destination's outer headers are its tunnel's (`EncapOuter`),
+/// cached once per tunnel, not once per flow. A slot never written is all
+/// zeros; its key's ifindex 0 is no interface's, so no frame matches it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncapFlow {
@@ -317,26 +339,55 @@ pub struct EncapFlow {
     pub generation: u64,
     pub port: LocalPort,
     pub dest: FdbEntry,
-    /// The tunnel of an `FDB_REMOTE` destination; zeros for a local one.
-    pub tunnel: Tunnel,
-    pub filled: u32,
+}
+
+impl EncapFlow {
+    pub fn filled(&self) -> bool {
+        self.key.ifindex != 0
+    }
+}
+
+impl EncapOuter {
+    /// `outer`'s bytes, as they are pushed in front of a frame.
+    pub fn bytes(&self) -> [u8; OUTER_WORDS * 8] {
+        // SAFETY: plain words to plain bytes, same size.
+        unsafe { core::mem::transmute(self.outer) }
+    }
+}
+
+/// Tunnel outer headers, per CPU (`ENCAP_OUTERS`), slot `ofport % OUTER_SLOTS`.
+/// The flows of a gateway outnumber its tunnels (every port behind a
+/// chassis shares its headers), so these stay few and hot where per-flow
+/// copies would fill the CPU's cache. Like a flow slot, one is used only
+/// while `GENERATION` holds the value read before its TUNNELS and UPLINK
+/// lookups.
+pub const OUTER_SLOTS: u32 = 2048;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapOuter {
+    /// The tunnel's OpenFlow number; 0 (no tunnel's) in a slot never written.
+    pub ofport: u32,
     /// `OUTER_*`: which headers `outer` holds, if any.
-    pub outer_kind: u32,
+    pub kind: u32,
+    pub generation: u64,
     /// Bytes of `outer` pushed in front of the frame.
     pub outer_len: u32,
     /// The longest inner frame that fits the uplink's MTU once encapsulated.
     pub max_frame: u32,
     /// IPv4: the outer header's 16-bit words summed, all but the total
-    /// length (and the zero checksum and ID), not yet folded.
+    /// length (and the zero checksum and ID), not yet folded. IPv6: the
+    /// UDP pseudo-header's, all but the length.
     pub ip_sum: u32,
+    pub _pad: u32,
     /// Outer Ethernet, IP, UDP, Geneve and the OVN option if the tunnel
     /// carries it, as sent, but for what changes per frame: the UDP source
     /// port, the lengths, the IPv4 checksum, the IPv6 flow label and UDP
-    /// checksum (all zero here).
+    /// checksum, the VNI and the option's port keys (all zero here).
     pub outer: [u64; OUTER_WORDS],
 }
 
-/// `EncapFlow::outer_kind`: a local destination (or none) needs no headers;
+/// `EncapOuter::kind`: a local destination (or none) needs no headers;
 /// `OUTER_NO_UNDERLAY`: the uplink has no address of the tunnel's family.
 pub const OUTER_NONE: u32 = 0;
 pub const OUTER_NO_UNDERLAY: u32 = 1;
@@ -381,7 +432,11 @@ impl DecapFlowKey {
     }
 }
 impl EncapFlowKey {
-    /// `ifindex | mac[0..4] << 32`, then `mac[4..6]`.
+    pub fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Self { ifindex, mac, _pad0: 0, misses: 0 }
+    }
+
+    /// `ifindex | mac[0..4] << 32`, then `mac[4..6]`; `misses` zero.
     #[inline(always)]
     pub fn pack(ifindex: u32, mac: [u8; 6]) -> [u64; 2] {
         let [a, b, c, d, e, f] = mac;
@@ -580,6 +635,7 @@ mod pod {
     unsafe impl aya::Pod for BfdEvent {}
     unsafe impl aya::Pod for DecapFlow {}
     unsafe impl aya::Pod for EncapFlow {}
+    unsafe impl aya::Pod for EncapOuter {}
     unsafe impl aya::Pod for BenchVary {}
 }
 
@@ -602,7 +658,8 @@ const _: () = {
     assert!(core::mem::size_of::<DecapFlowKey>() == 32);
     assert!(core::mem::size_of::<DecapFlow>() == 56);
     assert!(core::mem::size_of::<EncapFlowKey>() == 16);
-    assert!(core::mem::size_of::<EncapFlow>() == 192);
+    assert!(core::mem::size_of::<EncapFlow>() == 64);
+    assert!(core::mem::size_of::<EncapOuter>() == 112);
 };
 
 /// Multicast groups (OVN's `Multicast_Group`): an egress key at or above

@@ -2,10 +2,11 @@
 //! chassis that hosts its destination: push outer Ethernet / IP / UDP /
 //! Geneve, plus OVN's option when the tunnel carries OVN metadata.
 //!
-//! The outer headers of a destination are the same for every frame but for
-//! a few fields, so they are built once, when the destination's flow-cache
-//! slot is filled (`template`), and each frame copies them and patches in
-//! its UDP source port, lengths and checksum (`geneve`).
+//! The outer headers toward a tunnel are the same for every frame but for
+//! a few fields, so they are built once per tunnel, when its slot of
+//! `ENCAP_OUTERS` is filled (`template`), and each frame copies them and
+//! patches in its VNI, OVN port keys, UDP source port, lengths and checksum
+//! (`geneve`).
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use network_types::{
     eth::EthHdr,
@@ -14,7 +15,7 @@ use network_types::{
 };
 use xgw_common::{
     counters::Drop,
-    geneve::{self, FLAG_CRITICAL, OVN_OPT_LEN},
+    geneve::{self, FLAG_CRITICAL, OPT_HLEN, OVN_OPT_LEN, OVN_PORT_KEY_MAX},
     maps::*,
     wire::*,
 };
@@ -54,16 +55,14 @@ const _: () = assert!(V6 + OVN_OPT_LEN <= OUTER_WORDS * 8);
 const IP4_FLAGS_DF: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
 
-/// Fills the outer-header fields of `f`, a slot for a remote destination
-/// whose `port`, `dest` and `tunnel` are set, from UPLINK. Runs on a cache
-/// miss only; the controller bumps GENERATION after writing UPLINK, as
-/// after the other maps, so a slot never outlives the uplink it was built
-/// from.
+/// Fills the outer-header fields of `o`, the slot of `tunnel`, from UPLINK.
+/// Runs on a miss only; the controller bumps GENERATION after writing
+/// UPLINK, as after the other maps, so a slot never outlives the uplink it
+/// was built from.
 #[inline(always)]
-pub fn template(f: &mut EncapFlow) {
-    f.outer_kind = OUTER_NO_UNDERLAY;
+pub fn template(o: &mut EncapOuter, tunnel: &Tunnel) {
+    o.kind = OUTER_NO_UNDERLAY;
     let Some(up) = UPLINK.get(0) else { return };
-    let tunnel = f.tunnel;
     let (opts, flags) = if tunnel.flags & TUNNEL_OVN_METADATA != 0 { (OVN_OPT_LEN, FLAG_CRITICAL) } else { (0, 0) };
     let v6 = tunnel.flags & TUNNEL_IPV6 != 0;
     if up.flags & if v6 { UPLINK_HAS_IP6 } else { UPLINK_HAS_IP4 } == 0 {
@@ -72,11 +71,12 @@ pub fn template(f: &mut EncapFlow) {
     let len = if v6 { V6 } else { V4 } + opts;
     // What the IP header's length counts besides the frame.
     let overhead = len - ETH_HLEN;
-    f.max_frame = (up.mtu as usize).saturating_sub(overhead) as u32;
-    f.outer_len = len as u32;
-    let gnv = geneve::header(f.port.vni, opts, flags);
-    let opt = geneve::ovn_option(f.port.port_key, f.dest.port_key);
-    let outer = &mut f.outer as *mut [u64; OUTER_WORDS];
+    o.max_frame = (up.mtu as usize).saturating_sub(overhead) as u32;
+    o.outer_len = len as u32;
+    // VNI and port keys zero: they are the frame's port's, written per frame.
+    let gnv = geneve::header(0, opts, flags);
+    let opt = geneve::ovn_option(0, 0);
+    let outer = &mut o.outer as *mut [u64; OUTER_WORDS];
     if v6 {
         let h = unsafe { &mut *(outer as *mut Outer<Ipv6Hdr>) };
         fill(h, ETH_P_IPV6, tunnel.nexthop_mac, up.mac, gnv, opt);
@@ -88,8 +88,8 @@ pub fn template(f: &mut EncapFlow) {
         h.ip.dst_addr = tunnel.remote;
         // The UDP pseudo-header but for its length.
         let sum = csum::add_words(csum::add_words(IPPROTO_UDP as u32, &up.ip6), &tunnel.remote);
-        f.ip_sum = sum;
-        f.outer_kind = OUTER_IPV6;
+        o.ip_sum = sum;
+        o.kind = OUTER_IPV6;
     } else {
         let h = unsafe { &mut *(outer as *mut Outer<Ipv4Hdr>) };
         fill(h, ETH_P_IPV4, tunnel.nexthop_mac, up.mac, gnv, opt);
@@ -106,8 +106,28 @@ pub fn template(f: &mut EncapFlow) {
         h.ip.dst_addr = dst;
         // 0x45 00 | len | 0 | DF | TTL proto | csum | src | dst, but len.
         let sum = 0x4500 + IP4_FLAGS_DF as u32 + ((OUTER_TTL as u32) << 8 | IPPROTO_UDP as u32);
-        f.ip_sum = csum::add_words(csum::add_words(sum, &up.ip4), &dst);
-        f.outer_kind = OUTER_IPV4;
+        o.ip_sum = csum::add_words(csum::add_words(sum, &up.ip4), &dst);
+        o.kind = OUTER_IPV4;
+    }
+}
+
+/// Writes the VNI into the Geneve header at `at` and, with OVN's option
+/// (`with_opt`), the ingress and egress port keys into its data: the
+/// fields of a tunnel's template that are the frame's port's. In 2-byte
+/// stores: `at` is 2-aligned, and on the stack (a flood's headers) the
+/// verifier wants every access aligned to its size.
+///
+/// # Safety
+/// `at` must have `geneve::HLEN` bytes, and `OVN_OPT_LEN` more with `with_opt`.
+#[inline(always)]
+pub unsafe fn stamp(at: *mut u8, vni: u32, with_opt: bool, ingress: u16, egress: u16) {
+    let put = |off: usize, v: u16| core::ptr::write_unaligned(at.add(off) as *mut [u8; 2], v.to_be_bytes());
+    // VNI and the reserved byte: bytes 4-7 of the header.
+    put(4, (vni >> 8) as u16);
+    put(6, (vni as u16) << 8);
+    if with_opt {
+        put(geneve::HLEN + OPT_HLEN, ingress & OVN_PORT_KEY_MAX);
+        put(geneve::HLEN + OPT_HLEN + 2, egress);
     }
 }
 
@@ -133,38 +153,41 @@ fn fill<Ip>(
     h.opt = opt;
 }
 
-/// Encapsulates the frame in place with the slot's headers; the caller
-/// redirects it to the uplink.
+/// Encapsulates the frame of `f` (its port and destination) in place with
+/// the tunnel's headers `o`; the caller redirects it to the uplink.
 #[inline(always)]
-pub fn geneve(ctx: &XdpContext, f: &EncapFlow, len: usize) -> Result<(), Drop> {
-    let v6 = match f.outer_kind {
+pub fn geneve(ctx: &XdpContext, f: &EncapFlow, o: &EncapOuter, len: usize) -> Result<(), Drop> {
+    let v6 = match o.kind {
         OUTER_IPV4 => false,
         OUTER_IPV6 => true,
         _ => return Err(Drop::NoUnderlay),
     };
-    if len > f.max_frame as usize {
+    if len > o.max_frame as usize {
         return Err(Drop::MtuExceeded);
     }
     let hash = flow_hash(ctx);
     // RFC 8926 section 3.3: source port from the inner flow, in the dynamic
     // range, so the underlay's ECMP spreads flows but keeps each in order.
     let sport = (0xc000 | (hash >> 18)) as u16;
-    let outer_len = f.outer_len as usize;
+    let outer_len = o.outer_len as usize;
     push(ctx, outer_len)?;
     let with_opt = outer_len == if v6 { V6 } else { V4 } + OVN_OPT_LEN;
+    let (vni, ingress, egress) = (f.port.vni, f.port.port_key, f.dest.port_key);
     if !v6 {
         // Copies of a constant size each: one load and store per word.
-        if with_opt { copy::<{ V4 + OVN_OPT_LEN }>(ctx, f) } else { copy::<V4>(ctx, f) }?;
+        let to = if with_opt { copy::<{ V4 + OVN_OPT_LEN }>(ctx, o) } else { copy::<V4>(ctx, o) }?;
+        unsafe { stamp(to.add(V4 - geneve::HLEN), vni, with_opt, ingress, egress) };
         let h = unsafe { &mut *ptr_at_mut::<Head<Ipv4Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
         let ip_len = outer_len - ETH_HLEN + len;
         h.ip.tot_len = (ip_len as u16).to_be_bytes();
-        h.ip.check = csum::finish(f.ip_sum + ip_len as u32).to_be_bytes();
+        h.ip.check = csum::finish(o.ip_sum + ip_len as u32).to_be_bytes();
         h.udp.src = sport.to_be_bytes();
         // IPv4: a zero UDP checksum, as RFC 8926 section 3.3 allows and Open
         // vSwitch sends; the inner frame carries its own checksums.
         h.udp.len = ((ip_len - IPV4_HLEN_MIN) as u16).to_be_bytes();
     } else {
-        if with_opt { copy::<{ V6 + OVN_OPT_LEN }>(ctx, f) } else { copy::<V6>(ctx, f) }?;
+        let to = if with_opt { copy::<{ V6 + OVN_OPT_LEN }>(ctx, o) } else { copy::<V6>(ctx, o) }?;
+        unsafe { stamp(to.add(V6 - geneve::HLEN), vni, with_opt, ingress, egress) };
         let h = unsafe { &mut *ptr_at_mut::<Head<Ipv6Hdr>>(ctx, 0).ok_or(Drop::NoHeadroom)? };
         let udp_len = outer_len - ETH_HLEN - IPV6_HLEN + len;
         // Flow label from the same hash (RFC 6438): ECMP on the IPv6 underlay.
@@ -185,7 +208,7 @@ pub fn geneve(ctx: &XdpContext, f: &EncapFlow, len: usize) -> Result<(), Drop> {
             let s = frame::sum_frags(ctx.ctx, linear as u32, total as u32).ok_or(Drop::Multibuffer)?;
             body += if (linear - ETH_HLEN - IPV6_HLEN) & 1 != 0 { (s as u16).swap_bytes() as u32 } else { s };
         }
-        let c = csum::finish(f.ip_sum + udp_len as u32 + body);
+        let c = csum::finish(o.ip_sum + udp_len as u32 + body);
         // Zero means "no checksum" in UDP: send its one's-complement twin.
         let c = if c == 0 { 0xffff } else { c };
         let udp = unsafe { &mut *ptr_at_mut::<UdpHdr>(ctx, ETH_HLEN + IPV6_HLEN).ok_or(Drop::NoHeadroom)? };
@@ -196,10 +219,11 @@ pub fn geneve(ctx: &XdpContext, f: &EncapFlow, len: usize) -> Result<(), Drop> {
 
 /// The slot's first `N` outer bytes to the front of the packet, a word at a
 /// time: as one `[u8; N]` assignment LLVM calls a byte-by-byte memcpy.
+/// Returns where they went, `N` bytes checked against the packet's end.
 #[inline(always)]
-fn copy<const N: usize>(ctx: &XdpContext, f: &EncapFlow) -> Result<(), Drop> {
+fn copy<const N: usize>(ctx: &XdpContext, o: &EncapOuter) -> Result<*mut u8, Drop> {
     let to = ptr_at_mut::<[u8; N]>(ctx, 0).ok_or(Drop::NoHeadroom)? as *mut u8;
-    let from = f.outer.as_ptr() as *const u8;
+    let from = o.outer.as_ptr() as *const u8;
     let mut i = 0;
     // SAFETY: `to` has N bytes (checked above), `from` OUTER_WORDS * 8 >= N;
     // the packet may be misaligned (see .cargo/config.toml), the slot not.
@@ -216,7 +240,7 @@ fn copy<const N: usize>(ctx: &XdpContext, f: &EncapFlow) -> Result<(), Drop> {
             core::ptr::write_unaligned(to.add(i) as *mut u16, *(from.add(i) as *const u16));
         }
     }
-    Ok(())
+    Ok(to)
 }
 
 #[inline(always)]

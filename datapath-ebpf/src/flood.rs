@@ -268,33 +268,30 @@ fn member(c: &Copies, i: u64) -> Option<u16> {
 }
 
 /// The tunnel copies' outer headers but for the destination (left zero):
-/// the template a flow slot would hold (`encap::template`, here for an
-/// IPv4 chassis with OVN's option: ingress = the port's key, egress = the
-/// group's), with this frame's lengths and UDP source port. Returns the IP
-/// header's checksum sum without the destination.
+/// a tunnel's template (`encap::template`, here for an IPv4 chassis with
+/// OVN's option) stamped with the VNI, ingress = the port's key and egress
+/// = the group's, and this frame's lengths and UDP source port. Returns the
+/// IP header's checksum sum without the destination.
 #[inline(always)]
-fn headers(f: &mut EncapFlow, meta: &FloodMeta, len: usize, out: &mut [u64; OUTER_WORDS_USED]) -> Result<u32, Drop> {
-    f.tunnel.flags = TUNNEL_OVN_METADATA;
+fn headers(o: &mut EncapOuter, meta: &FloodMeta, len: usize, out: &mut [u64; OUTER_WORDS_USED]) -> Result<u32, Drop> {
     // IPv4-mapped 0.0.0.0: the checksum sum leaves the destination out.
-    f.tunnel.remote[10] = 0xff;
-    f.tunnel.remote[11] = 0xff;
-    for b in 12..16 {
-        f.tunnel.remote[b] = 0;
-    }
-    f.port.vni = meta.vni;
-    f.port.port_key = meta.ingress_key;
-    f.dest.port_key = meta.group;
-    encap::template(f);
-    if f.outer_kind != OUTER_IPV4 || f.outer_len as usize != OUTER {
+    let mut remote = [0; 16];
+    remote[10] = 0xff;
+    remote[11] = 0xff;
+    let tunnel = Tunnel { remote, nexthop_mac: [0; 6], flags: TUNNEL_OVN_METADATA, _pad: 0, vni: 0 };
+    encap::template(o, &tunnel);
+    if o.kind != OUTER_IPV4 || o.outer_len as usize != OUTER {
         return Err(Drop::NoUnderlay);
     }
-    if len > f.max_frame as usize {
+    if len > o.max_frame as usize {
         return Err(Drop::MtuExceeded);
     }
     for w in 0..OUTER_WORDS_USED {
-        out[w] = f.outer[w];
+        out[w] = o.outer[w];
     }
     let h = out.as_mut_ptr() as *mut u8;
+    // SAFETY: `out` holds OUTER bytes, the Geneve header and option last.
+    unsafe { encap::stamp(h.add(OUTER - OVN_OPT_LEN - GENEVE_HLEN), meta.vni, true, meta.ingress_key, meta.group) };
     let ip_len = OUTER - ETH_HLEN + len;
     // RFC 8926 section 3.3: a source port in the dynamic range; one per
     // ingress port and group keeps each flood in order on the underlay.
@@ -303,7 +300,7 @@ fn headers(f: &mut EncapFlow, meta: &FloodMeta, len: usize, out: &mut [u64; OUTE
     put(ETH_HLEN + 2, ip_len as u16);
     put(ETH_HLEN + IPV4_HLEN_MIN, sport);
     put(ETH_HLEN + IPV4_HLEN_MIN + 4, (ip_len - IPV4_HLEN_MIN) as u16);
-    Ok(f.ip_sum + ip_len as u32)
+    Ok(o.ip_sum + ip_len as u32)
 }
 
 /// Storm control: a token bucket per ingress port on this CPU, refilled at

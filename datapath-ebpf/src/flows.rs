@@ -11,7 +11,8 @@
 use xgw_common::{counters::Drop, maps::*};
 
 use crate::maps::{
-    DECAP_FLOWS, ENCAP_FLOWS, FDB, GENERATION, GROUPS, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE, VNIS,
+    DECAP_FLOWS, ENCAP_FLOWS, ENCAP_OUTERS, FDB, GENERATION, GROUPS, LOCAL_PORTS, PORT_KEYS, TUNNELS, TUNNEL_BY_REMOTE,
+    VNIS,
 };
 
 /// Read once per packet, before any lookup whose answer may be cached.
@@ -92,9 +93,10 @@ pub fn decap(remote: [u64; 2], vni: u32, egress: u16, mac: [u8; 6]) -> Result<(u
 
 /// Encap: the local port a frame arrived on (LOCAL_PORTS by ifindex; `None`
 /// if the interface is not one) and, for a unicast destination MAC `dst`,
-/// where it lives in the port's VNI: the flow's slot, holding the FDB entry
-/// and, for a remote one, its tunnel (`None` if FDB or TUNNELS has no
-/// entry). `dst` is `None` for a frame too short to have one.
+/// where it lives in the port's VNI: the flow's slot, holding the port and
+/// the FDB entry (`None` if FDB has none). `dst` is `None` for a frame too
+/// short to have one. A remote destination's outer headers are its
+/// tunnel's: `outer`.
 ///
 /// The destination is always read from the slot, filled first on a miss:
 /// one pointer type on every path, so the verifier walks what follows once.
@@ -112,11 +114,22 @@ pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'
     let mut e: *mut EncapFlow = core::ptr::null_mut();
     if unicast.is_some() {
         if let Some(p) = ENCAP_FLOWS.get_ptr_mut(flow_slot(&key)) {
-            let f = unsafe { &*p };
-            if f.filled != 0 && f.generation == generation && same(&f.key.words(), &key) {
+            let f = unsafe { &mut *p };
+            let [w0, w1] = f.key.words();
+            let live = f.generation == generation;
+            // The slot's miss count is no part of its key.
+            if live && same(&[w0, w1 & 0xffff_ffff], &key) {
+                if f.key.misses != 0 {
+                    f.key.misses = 0;
+                }
                 return Some((f.port, Some(f)));
             }
             e = p;
+            if live && f.filled() && f.key.misses < ENCAP_EVICT_AFTER {
+                f.key.misses += 1;
+                // The answer goes to the spare entry, the slot stays.
+                e = ENCAP_FLOWS.get_ptr_mut(FLOW_SLOTS).unwrap_or(core::ptr::null_mut());
+            }
         }
     }
 
@@ -125,25 +138,24 @@ pub fn local(ifindex: u32, dst: Option<[u8; 6]>) -> Option<(LocalPort, Option<&'
     let Some(dest) = (unsafe { FDB.get(&FdbKey { vni: port.vni, mac, _pad: [0; 2] }) }).copied() else {
         return Some((port, None));
     };
-    let tunnel = if dest.kind == FDB_LOCAL {
-        Tunnel::default()
-    } else {
-        match unsafe { TUNNELS.get(&(dest.ofport as u32)) } {
-            Some(t) => *t,
-            None => return Some((port, None)),
-        }
-    };
-    // Field by field in place: the slot is too big to build on the stack.
     let f = unsafe { &mut *e };
-    f.key = EncapFlowKey::from_words(key);
-    f.generation = generation;
-    f.port = port;
-    f.dest = dest;
-    f.tunnel = tunnel;
-    f.outer_kind = OUTER_NONE;
-    if dest.kind != FDB_LOCAL {
-        crate::encap::template(f);
-    }
-    f.filled = 1;
+    *f = EncapFlow { key: EncapFlowKey::from_words(key), generation, port, dest };
     Some((port, Some(f)))
+}
+
+/// The outer headers toward tunnel `ofport` (`EncapOuter`): its slot, filled
+/// on a miss from TUNNELS and UPLINK. `None` if TUNNELS has no such tunnel.
+#[inline(always)]
+pub fn outer(ofport: u16) -> Option<&'static EncapOuter> {
+    let generation = generation();
+    let p = ENCAP_OUTERS.get_ptr_mut(ofport as u32 % OUTER_SLOTS)?;
+    let o = unsafe { &mut *p };
+    if o.generation == generation && o.ofport == ofport as u32 {
+        return Some(o);
+    }
+    let tunnel = unsafe { TUNNELS.get(&(ofport as u32)) }?;
+    o.ofport = ofport as u32;
+    o.generation = generation;
+    crate::encap::template(o, tunnel);
+    Some(o)
 }

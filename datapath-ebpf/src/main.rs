@@ -130,27 +130,30 @@ pub fn xgw_local(ctx: XdpContext) -> u32 {
     let dest = &flow.dest;
     // As in xgw_uplink: found before the helper calls, counted after.
     let tx = maps::port_stats(dest.ofport as u32);
-    let out = if dest.kind == FDB_LOCAL {
+    let (out, pushed) = if dest.kind == FDB_LOCAL {
         if dest.ofport == port.ofport {
             return drop(Drop::Hairpin);
         }
-        dest.ofport as u32
+        (dest.ofport as u32, 0)
     } else {
-        if let Err(reason) = encap::geneve(&ctx, flow, len) {
+        let Some(outer) = flows::outer(dest.ofport) else {
+            return flood::from_port(&ctx, &port, GROUP_UNKNOWN, Drop::UnknownDestination);
+        };
+        if let Err(reason) = encap::geneve(&ctx, flow, outer, len) {
             maps::count_drop(reason);
-            if reason == Drop::MtuExceeded && toobig::reply(&ctx, &flow.tunnel, len) {
+            if reason == Drop::MtuExceeded && toobig::reply(&ctx, outer.max_frame, len) {
                 maps::count_reply(Reply::TooBig);
                 maps::count_tx(port.ofport as u32, ctx.data_end() - ctx.data());
                 return xdp_action::XDP_TX;
             }
             return xdp_action::XDP_DROP;
         }
-        DEVMAP_UPLINK
+        (DEVMAP_UPLINK, outer.outer_len as usize)
     };
     match maps::DEVMAP.redirect(out, 0) {
         Ok(action) => {
             if let Some(s) = tx {
-                maps::bump(&mut s.tx, if out == DEVMAP_UPLINK { len + flow.outer_len as usize } else { len });
+                maps::bump(&mut s.tx, len + pushed);
             }
             action
         }

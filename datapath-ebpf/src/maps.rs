@@ -58,9 +58,9 @@ pub static PORT_RECORDS: HashMap<u32, PortRecordCopy, { MAX_PORT_RECORDS as usiz
 #[btf_map]
 pub static STORM: PerCpuArray<StormBucket, 0xff00> = PerCpuArray::new();
 /// `xgw_flood`'s scratch slot for a tunnel copy's outer headers (too big
-/// for the stack), built by `encap::template` as a flow slot's are.
+/// for the stack), built by `encap::template` as a tunnel's slot is.
 #[btf_map]
-pub static FLOOD_SCRATCH: PerCpuArray<EncapFlow, 1> = PerCpuArray::new();
+pub static FLOOD_SCRATCH: PerCpuArray<EncapOuter, 1> = PerCpuArray::new();
 /// Bumped by the controller after each write to a map the flow caches
 /// mirror (see `xgw_common::maps::FLOW_SLOTS`); mmap-able so that it can do
 /// so with one atomic add.
@@ -71,8 +71,12 @@ pub static GENERATION: Array<u64, 1, { BPF_F_MMAPABLE as usize }> = Array::new()
 pub static FRAG_SCRATCH: PerCpuArray<[u8; crate::frame::CHUNK + 4], 1> = PerCpuArray::new();
 #[btf_map]
 pub static DECAP_FLOWS: PerCpuArray<DecapFlow, { FLOW_SLOTS as usize }> = PerCpuArray::new();
+/// One more than FLOW_SLOTS: entry FLOW_SLOTS, which no key hashes to,
+/// holds a miss's answer when its slot is kept for another flow.
 #[btf_map]
-pub static ENCAP_FLOWS: PerCpuArray<EncapFlow, { FLOW_SLOTS as usize }> = PerCpuArray::new();
+pub static ENCAP_FLOWS: PerCpuArray<EncapFlow, { FLOW_SLOTS as usize + 1 }> = PerCpuArray::new();
+#[btf_map]
+pub static ENCAP_OUTERS: PerCpuArray<EncapOuter, { OUTER_SLOTS as usize }> = PerCpuArray::new();
 /// Redirect targets keyed by OpenFlow number: local ports, and the uplink
 /// under `DEVMAP_UPLINK`.
 #[btf_map]

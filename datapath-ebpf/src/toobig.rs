@@ -12,15 +12,10 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use xgw_common::{
-    geneve::{self, OVN_OPT_LEN},
-    maps::*,
-    wire::*,
-};
+use xgw_common::wire::*;
 
 use crate::{
     csum,
-    maps::UPLINK,
     parse::{ptr_at, ptr_at_mut},
 };
 
@@ -52,21 +47,14 @@ struct Reply6 {
     quote: [u8; QUOTE],
 }
 
-/// The largest inner IP packet that fits `tunnel`.
-#[inline(always)]
-fn inner_mtu(tunnel: &Tunnel) -> Option<u32> {
-    let up = UPLINK.get(0)?;
-    let opts = if tunnel.flags & TUNNEL_OVN_METADATA != 0 { OVN_OPT_LEN } else { 0 };
-    let ip = if tunnel.flags & TUNNEL_IPV6 != 0 { IPV6_HLEN } else { IPV4_HLEN_MIN };
-    up.mtu.checked_sub((ip + UDP_HLEN + geneve::HLEN + opts + ETH_HLEN) as u32)
-}
-
 /// Rewrites the frame into the ICMP error for it; `true` if the caller
-/// should send it back out of the ingress port.
+/// should send it back out of the ingress port. `max_frame` is the longest
+/// inner frame the tunnel carries (`EncapOuter::max_frame`); `len` is the
+/// whole frame's (fragments included): they are cut off too.
 #[inline(always)]
-/// `len` is the whole frame's (fragments included): they are cut off too.
-pub fn reply(ctx: &XdpContext, tunnel: &Tunnel, len: usize) -> bool {
-    let Some(mtu) = inner_mtu(tunnel) else { return false };
+pub fn reply(ctx: &XdpContext, max_frame: u32, len: usize) -> bool {
+    // The largest inner IP packet.
+    let Some(mtu) = max_frame.checked_sub(ETH_HLEN as u32) else { return false };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
     let eth = unsafe { &*eth };
     let (src_mac, dst_mac) = (eth.src_addr, eth.dst_addr);

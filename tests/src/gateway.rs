@@ -54,6 +54,18 @@ impl TestGateway {
         self.generation.get()
     }
 
+    /// CPU `cpu`'s encap flow slot `slot` (`FLOW_SLOTS` is the spare entry).
+    pub fn encap_slot(&self, cpu: usize, slot: u32) -> EncapFlow {
+        let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(self.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
+        m.get(&slot, 0).unwrap()[cpu]
+    }
+
+    /// CPU `cpu`'s slot of the outer headers toward tunnel `ofport`.
+    pub fn encap_outer(&self, cpu: usize, ofport: u16) -> EncapOuter {
+        let m: PerCpuArray<&MapData, EncapOuter> = PerCpuArray::try_from(self.ebpf.map(ENCAP_OUTERS).unwrap()).unwrap();
+        m.get(&(ofport as u32 % OUTER_SLOTS), 0).unwrap()[cpu]
+    }
+
     /// As `load`, with the maps pinned in `dir` (created there, or reused:
     /// another process loading from `dir` shares them).
     pub fn load_pinned(dir: &std::path::Path, programs: &[&str]) -> TestGateway {

@@ -5,7 +5,8 @@
 //! loaded and attached, and a restarted daemon's programs come with new
 //! ones. So they are found the way the kernel holds them, through the
 //! pinned links: `links/uplink` -> its program -> its map `DECAP_FLOWS`,
-//! `links/local-*` -> `ENCAP_FLOWS`. That needs no daemon, only root and
+//! `links/local-*` -> `ENCAP_FLOWS` and `ENCAP_OUTERS` (the tunnels' outer
+//! headers, which an encap flow is shown joined with). That needs no daemon, only root and
 //! the bpffs directory. A slot counts only while its generation equals
 //! `GENERATION` (`xgw_common::maps::FLOW_SLOTS`): `current` says so.
 use std::path::Path;
@@ -20,8 +21,8 @@ use aya::{
 };
 use serde_json::{json, Value};
 use xgw_common::maps::{
-    names, DecapFlow, EncapFlow, FdbEntry, FDB_GROUP, FDB_LOCAL, FDB_REMOTE, FLOW_SLOTS, OUTER_IPV4, OUTER_IPV6,
-    OUTER_NONE, OUTER_NO_UNDERLAY,
+    names, DecapFlow, EncapFlow, EncapOuter, FdbEntry, FDB_GROUP, FDB_LOCAL, FDB_REMOTE, FLOW_SLOTS, OUTER_IPV4,
+    OUTER_IPV6, OUTER_NONE, OUTER_NO_UNDERLAY, OUTER_SLOTS,
 };
 
 use super::{ifname, port_records};
@@ -74,11 +75,12 @@ pub fn dump(dir: &Path) -> Result<Value> {
         true => map_of_link(&links.join("uplink"), names::DECAP_FLOWS)?,
         false => None,
     };
-    let mut encap_map = None;
+    let (mut encap_map, mut outer_map) = (None, None);
     if let Ok(entries) = std::fs::read_dir(&links) {
         for e in entries.flatten() {
             if e.file_name().to_str().is_some_and(|n| n.starts_with("local-")) {
                 encap_map = map_of_link(&e.path(), names::ENCAP_FLOWS)?;
+                outer_map = map_of_link(&e.path(), names::ENCAP_OUTERS)?;
                 if encap_map.is_some() {
                     break;
                 }
@@ -104,27 +106,56 @@ pub fn dump(dir: &Path) -> Result<Value> {
             }
         }
     }
+    // [cpu][slot]: the tunnels' outer headers, which encap flows share.
+    let mut outers: Vec<Vec<EncapOuter>> = Vec::new();
+    if let Some(m) = outer_map {
+        let m: PerCpuArray<MapData, EncapOuter> = PerCpuArray::try_from(Map::from_map_data(m)?)?;
+        for slot in 0..OUTER_SLOTS {
+            for (cpu, o) in m.get(&slot, 0).context("reading ENCAP_OUTERS")?.iter().enumerate() {
+                if outers.len() <= cpu {
+                    outers.push(Vec::new());
+                }
+                outers[cpu].push(*o);
+            }
+        }
+    }
+    let tunnel_of = |o: &EncapOuter| {
+        json!({
+            "ofport": o.ofport, "port": name(o.ofport), "remote": outer_remote(o),
+            "nexthop_mac": MacAddr(o.bytes()[..6].try_into().unwrap()).to_string(),
+            "outer": outer_kind(o.kind), "outer_len": o.outer_len, "max_frame": o.max_frame,
+            "generation": o.generation, "current": o.generation == generation,
+        })
+    };
+    let mut tunnels = Vec::new();
+    for (cpu, slots) in outers.iter().enumerate() {
+        for (slot, o) in slots.iter().enumerate().filter(|(_, o)| o.ofport != 0) {
+            let mut t = tunnel_of(o);
+            t["cpu"] = json!(cpu);
+            t["slot"] = json!(slot);
+            tunnels.push(t);
+        }
+    }
     let mut encap = Vec::new();
     if let Some(m) = encap_map {
         let m: PerCpuArray<MapData, EncapFlow> = PerCpuArray::try_from(Map::from_map_data(m)?)?;
         for slot in 0..FLOW_SLOTS {
             for (cpu, f) in m.get(&slot, 0).context("reading ENCAP_FLOWS")?.iter().enumerate() {
-                if f.filled == 0 {
+                if !f.filled() {
                     continue;
                 }
                 let k = &f.key;
-                let outer = match f.outer_kind {
-                    OUTER_NONE => "none",
-                    OUTER_NO_UNDERLAY => "no_underlay",
-                    OUTER_IPV4 => "ipv4",
-                    OUTER_IPV6 => "ipv6",
-                    _ => "?",
-                };
-                let tunnel = (f.dest.kind == FDB_REMOTE).then(|| {
-                    json!({
-                        "remote": ip(&f.tunnel.remote), "vni": f.tunnel.vni,
-                        "nexthop_mac": MacAddr(f.tunnel.nexthop_mac).to_string(),
-                    })
+                // A remote destination is shown with its tunnel's headers as
+                // this CPU holds them, if it holds them.
+                let outer = (f.dest.kind == FDB_REMOTE)
+                    .then(|| outers.get(cpu)?.get((f.dest.ofport as u32 % OUTER_SLOTS) as usize))
+                    .flatten()
+                    .filter(|o| o.ofport == f.dest.ofport as u32);
+                let tunnel = (f.dest.kind == FDB_REMOTE).then(|| match outer {
+                    Some(o) => tunnel_of(o),
+                    None => {
+                        json!({ "ofport": f.dest.ofport, "port": name(f.dest.ofport as u32), "outer": "not built" })
+                    }
                 });
                 encap.push(json!({
                     "cpu": cpu, "slot": slot,
@@ -132,13 +163,33 @@ pub fn dump(dir: &Path) -> Result<Value> {
                     "in_port": { "ofport": f.port.ofport, "port": name(f.port.ofport as u32), "vni": f.port.vni, "port_key": f.port.port_key },
                     "dest": dest(&f.dest, &name),
                     "tunnel": tunnel,
-                    "outer": outer, "outer_len": f.outer_len, "max_frame": f.max_frame,
+                    "outer": outer.map_or("none", |o| outer_kind(o.kind)),
                     "generation": f.generation, "current": f.generation == generation,
                 }));
             }
         }
     }
-    Ok(json!({ "generation": generation, "decap": decap, "encap": encap }))
+    Ok(json!({ "generation": generation, "decap": decap, "encap": encap, "tunnels": tunnels }))
+}
+
+fn outer_kind(kind: u32) -> &'static str {
+    match kind {
+        OUTER_NONE => "none",
+        OUTER_NO_UNDERLAY => "no_underlay",
+        OUTER_IPV4 => "ipv4",
+        OUTER_IPV6 => "ipv6",
+        _ => "?",
+    }
+}
+
+/// The outer IP destination the slot's headers carry.
+fn outer_remote(o: &EncapOuter) -> Option<String> {
+    let b = o.bytes();
+    match o.kind {
+        OUTER_IPV4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&b[14 + 16..14 + 20]).unwrap()).to_string()),
+        OUTER_IPV6 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&b[14 + 24..14 + 40]).unwrap()).to_string()),
+        _ => None,
+    }
 }
 
 /// The human form: one line per slot, as `dpctl/dump-flows` prints one
@@ -163,11 +214,13 @@ pub fn print(doc: &Value) {
         let (k, d) = (&f["key"], &f["dest"]);
         let via = match f["tunnel"].as_object() {
             Some(t) => format!(
-                " via {} vni {} nexthop {} outer {}",
+                " via {}({}) remote {} vni {} nexthop {} outer {}",
+                s(&t["port"]),
+                t["ofport"],
                 s(&t["remote"]),
-                t["vni"],
+                f["in_port"]["vni"],
                 s(&t["nexthop_mac"]),
-                s(&f["outer"])
+                s(&t["outer"])
             ),
             None => String::new(),
         };
@@ -184,6 +237,22 @@ pub fn print(doc: &Value) {
             d["port_key"],
             f["generation"],
             state(f)
+        );
+    }
+    for t in doc["tunnels"].as_array().into_iter().flatten() {
+        println!(
+            "tunnel cpu {} slot {}: {}({}) remote {} nexthop {} outer {} {} bytes, max_frame {} generation {} {}",
+            t["cpu"],
+            t["slot"],
+            s(&t["port"]),
+            t["ofport"],
+            s(&t["remote"]),
+            s(&t["nexthop_mac"]),
+            s(&t["outer"]),
+            t["outer_len"],
+            t["max_frame"],
+            t["generation"],
+            state(t)
         );
     }
 }

@@ -7,10 +7,9 @@
 //! maps, pinned to one CPU whose cache slot is read back from the map.
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, PerCpuArray};
 use etherparse::PacketBuilder;
 use xgw::ofport::MacAddr;
-use xgw_common::maps::{names::ENCAP_FLOWS, EncapFlow, EncapFlowKey};
+use xgw_common::maps::{EncapFlow, EncapFlowKey};
 use xgw_tests::{
     capture::Capture,
     daemon::Daemon,
@@ -82,8 +81,7 @@ fn vm_frame() -> Vec<u8> {
 
 /// This CPU's encap cache slot for the remote MAC from `p1`.
 fn encap_slot(gw: &TestGateway, key: &EncapFlowKey, cpu: usize) -> EncapFlow {
-    let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
-    m.get(&key.slot(), 0).unwrap()[cpu]
+    gw.encap_slot(cpu, key.slot())
 }
 
 #[test]
@@ -101,14 +99,14 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
     let send = || ns.enter(|| test_run_on(prog, &frame, p1));
     // Outer IPv4 destination: Ethernet 14 + IPv4 header bytes 16..20.
     let outer_dst = |run: &Run| -> [u8; 4] { run.data[30..34].try_into().unwrap() };
-    let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
+    let key = EncapFlowKey::new(p1, REMOTE_MAC);
     let slot = || encap_slot(&gw, &key, cpu);
 
     let run = send();
     assert_eq!(run.verdict, XDP_REDIRECT);
     assert_eq!(outer_dst(&run), [198, 51, 100, 2]);
     let warm = slot();
-    assert_eq!((warm.filled, warm.key, warm.generation), (1, key, gw.generation()), "the flow is cached");
+    assert_eq!((warm.filled(), warm.key, warm.generation), (true, key, gw.generation()), "the flow is cached");
 
     unbind();
     bind(&d, "hv3");
@@ -120,7 +118,9 @@ fn binding_changes_reach_the_next_packet_past_a_warm_cache() {
     assert_eq!(&run.data[run.data.len() - frame.len()..], &frame[..]);
 
     let cached = slot();
-    assert_eq!((cached.generation, &cached.tunnel.remote[12..]), (gw.generation(), &[198u8, 51, 100, 3][..]));
+    let outer = gw.encap_outer(cpu, cached.dest.ofport);
+    assert_eq!((cached.generation, outer.generation), (gw.generation(), gw.generation()));
+    assert_eq!(&outer.bytes()[30..34], &[198u8, 51, 100, 3][..], "the new tunnel's headers");
     unbind();
     let drops = gw.drops()["unknown_destination"];
     assert_eq!(send().verdict, XDP_DROP, "a deleted binding is unknown on the next packet");
@@ -181,12 +181,12 @@ fn next_hop_changes_reach_the_next_packet_past_a_warm_cache() {
     let p1 = ns.ifindex("p1");
     let frame = vm_frame();
     let send = || ns.enter(|| test_run_on(prog, &frame, p1));
-    let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
+    let key = EncapFlowKey::new(p1, REMOTE_MAC);
     let outer_dst_mac = |run: &Run| -> [u8; 6] { run.data[0..6].try_into().unwrap() };
     let run = send();
     assert_eq!((run.verdict, outer_dst_mac(&run)), (XDP_REDIRECT, peer_mac.0));
     let warm = encap_slot(&gw, &key, cpu);
-    assert_eq!((warm.filled, warm.generation), (1, gw.generation()), "the flow is cached");
+    assert_eq!((warm.filled(), warm.generation), (true, gw.generation()), "the flow is cached");
 
     // The router's MAC moves (a failover): the kernel's neighbour entry
     // changes, and nothing else.
@@ -252,12 +252,12 @@ fn uplink_mtu_and_mac_changes_reach_the_next_packet_past_a_warm_cache() {
         .write(&mut frame, &vec![7; 1456 - 42])
         .unwrap();
     let send = || ns.enter(|| test_run_on(prog, &frame, p1));
-    let key = EncapFlowKey { ifindex: p1, mac: REMOTE_MAC, _pad0: 0, _pad1: 0 };
+    let key = EncapFlowKey::new(p1, REMOTE_MAC);
     let run = send();
     assert_eq!((run.verdict, run.data.len()), (XDP_REDIRECT, 1514), "a 1500-byte outer packet fits MTU 1500");
     assert_eq!(run.data[6..12], ul_mac.0, "outer source is the uplink's MAC");
     let warm = encap_slot(&gw, &key, cpu);
-    assert_eq!((warm.filled, warm.generation), (1, gw.generation()), "the flow is cached");
+    assert_eq!((warm.filled(), warm.generation), (true, gw.generation()), "the flow is cached");
     let shown = |field: &str| d.json(&["show"])["uplink"][field].clone();
 
     let start = Instant::now();

@@ -30,8 +30,7 @@ const HV2_IP4: [u8; 4] = [198, 51, 100, 3];
 const HV2_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x03];
 
 fn encap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> EncapFlow {
-    let m: PerCpuArray<&MapData, EncapFlow> = PerCpuArray::try_from(gw.ebpf.map(ENCAP_FLOWS).unwrap()).unwrap();
-    m.get(&slot, 0).unwrap()[cpu]
+    gw.encap_slot(cpu, slot)
 }
 
 fn decap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> DecapFlow {
@@ -40,7 +39,7 @@ fn decap_slot(gw: &TestGateway, cpu: usize, slot: u32) -> DecapFlow {
 }
 
 fn encap_key(ifindex: u32, mac: [u8; 6]) -> EncapFlowKey {
-    EncapFlowKey { ifindex, mac, _pad0: 0, _pad1: 0 }
+    EncapFlowKey::new(ifindex, mac)
 }
 
 fn decap_key(remote: [u8; 4], egress: u16) -> DecapFlowKey {
@@ -127,26 +126,73 @@ fn encap_flows_sharing_a_slot_each_get_their_own_tunnel() {
     let slot = encap_key(LO, m1).slot();
     let prog = gw.program("xgw_local");
 
+    let send = |mac: [u8; 6], round: usize| {
+        let want = if mac == m1 { (HV_MAC, HV_IP4, 0x0022) } else { (HV2_MAC, HV2_IP4, 0x0023) };
+        let pkt = from_vm(mac);
+        let run = test_run_on(prog, &pkt, LO);
+        assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, to {mac:02x?}");
+        assert_eq!(encap_target(&run.data), want, "round {round}, to {mac:02x?}: wrong tunnel");
+        assert_eq!(&run.data[58..], &pkt[..], "round {round}: the inner frame follows the option unchanged");
+    };
+    // Taking turns: the slot stays m1's, the first to fill it (the slot the
+    // datapath filled is the one both keys hash to), and m2's answers go
+    // to the spare entry; m1's hit clears m2's misses.
     for round in 0..4 {
-        for (mac, want) in [(m1, (HV_MAC, HV_IP4, 0x0022)), (m2, (HV2_MAC, HV2_IP4, 0x0023))] {
+        send(m1, round);
+        let e = encap_slot(&gw, cpu, slot);
+        assert_eq!((e.key, e.generation, e.dest.ofport), (encap_key(LO, m1), gw.generation(), T1), "slot {slot}");
+        send(m2, round);
+        let e = encap_slot(&gw, cpu, slot);
+        assert_eq!((e.key.ifindex, e.key.mac, e.key.misses), (LO, m1, 1), "round {round}: m2 missed once");
+        let spare = encap_slot(&gw, cpu, FLOW_SLOTS);
+        assert_eq!((spare.key, spare.dest.ofport), (encap_key(LO, m2), T2), "round {round}: m2's answer");
+    }
+    // m2 alone: after ENCAP_EVICT_AFTER misses with no hit of m1's (one
+    // of them above), the next one takes the slot, and m1 is the one that
+    // misses.
+    for round in 1..ENCAP_EVICT_AFTER as usize {
+        send(m2, round);
+    }
+    assert_eq!(encap_slot(&gw, cpu, slot).key.misses, ENCAP_EVICT_AFTER);
+    send(m2, 99);
+    let e = encap_slot(&gw, cpu, slot);
+    assert_eq!((e.key, e.dest.ofport), (encap_key(LO, m2), T2), "m2 took the slot");
+    send(m1, 100);
+    assert_eq!(encap_slot(&gw, cpu, slot).key.misses, 1);
+}
+
+/// Tunnels whose numbers share a slot of ENCAP_OUTERS (numbers
+/// OUTER_SLOTS apart) each send with their own headers, whichever built
+/// the slot last.
+#[test]
+fn tunnels_sharing_an_outer_slot_each_send_with_their_own_headers() {
+    require_root!();
+    let cpu = pin_to_this_cpu();
+    let mut gw = encap_gateway();
+    let t3 = T1 + OUTER_SLOTS as u16;
+    gw.add_tunnel(
+        t3 as u32,
+        Tunnel { remote: ipv4_mapped(HV2_IP4), nexthop_mac: HV2_MAC, flags: TUNNEL_OVN_METADATA, _pad: 0, vni: VNI },
+    );
+    let (m1, m3) = ([0x02, 0x00, 0x5e, 0x20, 0x00, 0x02], [0x02, 0x00, 0x5e, 0x20, 0x00, 0x03]);
+    gw.add_remote(VNI, m1, None, T1, 0x0022);
+    gw.add_remote(VNI, m3, None, t3, 0x0023);
+    let prog = gw.program("xgw_local");
+    for round in 0..3 {
+        for (mac, ofport, want) in [(m1, T1, (HV_MAC, HV_IP4, 0x0022)), (m3, t3, (HV2_MAC, HV2_IP4, 0x0023))] {
             let pkt = from_vm(mac);
             let run = test_run_on(prog, &pkt, LO);
-            assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, to {mac:02x?}");
-            assert_eq!(encap_target(&run.data), want, "round {round}, to {mac:02x?}: wrong tunnel");
-            assert_eq!(&run.data[58..], &pkt[..], "round {round}: the inner frame follows the option unchanged");
-            // The slot the datapath filled is the one both keys hash to,
-            // and now holds this flow: the next packet of the other one
-            // finds a full slot with another key in it.
-            let e = encap_slot(&gw, cpu, slot);
-            assert_eq!((e.filled, e.key), (1, encap_key(LO, mac)), "round {round}: slot {slot} on CPU {cpu}");
-            assert_eq!(e.generation, gw.generation());
+            assert_eq!(run.verdict, XDP_REDIRECT, "round {round}, tunnel {ofport}");
+            assert_eq!(encap_target(&run.data), want, "round {round}, tunnel {ofport}: wrong headers");
+            let o = gw.encap_outer(cpu, ofport);
+            assert_eq!((o.ofport, &o.bytes()[30..34]), (ofport as u32, &want.1[..]), "round {round}: the slot");
         }
     }
 }
 
-/// The encap slot holds the outer headers, built from UPLINK when it was
-/// filled: a new uplink address, MAC or MTU reaches the next frame of a warm
-/// flow, and an uplink without IPv4 stops it, each counted.
+/// The tunnel's outer-header slot, built from UPLINK when it was filled: a
+/// new uplink address, MAC or MTU reaches the next frame of a warm flow,
+/// and an uplink without IPv4 stops it, each counted.
 #[test]
 fn encap_slot_headers_follow_the_uplink() {
     require_root!();
@@ -160,18 +206,20 @@ fn encap_slot_headers_follow_the_uplink() {
     let run = test_run_on(gw.program("xgw_local"), &pkt, LO);
     assert_eq!(run.verdict, XDP_REDIRECT);
     assert_eq!((&run.data[6..12], &run.data[26..30]), (&GW_MAC[..], &GW_IP4[..]), "outer source MAC and IPv4");
-    // The slot's headers are the frame's, with the per-frame fields zero:
+    // The tunnel's headers are the frame's, with the per-frame fields zero:
     // IPv4 total length (16..18) and checksum (24..26), UDP source port
-    // (34..36) and length (38..40); Geneve and the option follow as sent.
+    // (34..36) and length (38..40), the VNI (46..49) and the option's
+    // port keys (54..58); the rest of Geneve and the option as sent.
     let e = encap_slot(&gw, cpu, slot);
-    assert_eq!((e.filled, e.key, e.outer_kind, e.outer_len), (1, encap_key(LO, m1), OUTER_IPV4, 58));
-    assert_eq!(e.max_frame, 1500 - (20 + 8 + 8 + 8), "uplink MTU less outer IPv4, UDP, Geneve and option");
-    let outer: Vec<u8> = e.outer.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    assert_eq!((e.key, e.dest.ofport, e.generation), (encap_key(LO, m1), T1, gw.generation()));
+    let o = gw.encap_outer(cpu, T1);
+    assert_eq!((o.ofport, o.kind, o.outer_len, o.generation), (T1 as u32, OUTER_IPV4, 58, gw.generation()));
+    assert_eq!(o.max_frame, 1500 - (20 + 8 + 8 + 8), "uplink MTU less outer IPv4, UDP, Geneve and option");
     let mut want = run.data[..58].to_vec();
-    for r in [16..18, 24..26, 34..36, 38..40] {
+    for r in [16..18, 24..26, 34..36, 38..40, 46..49, 54..58] {
         want[r].fill(0);
     }
-    assert_eq!(&outer[..58], &want[..]);
+    assert_eq!(&o.bytes()[..58], &want[..]);
 
     // Another MAC and address, and an MTU the frame exactly fits.
     let (mac2, ip2) = ([0x02, 0x00, 0x5e, 0x10, 0x00, 0x09], [198, 51, 100, 9]);
@@ -181,6 +229,7 @@ fn encap_slot_headers_follow_the_uplink() {
     assert_eq!((&run.data[6..12], &run.data[26..30]), (&mac2[..], &ip2[..]), "the new uplink's MAC and address");
     assert_eq!(u16::from_be_bytes([run.data[16], run.data[17]]) as usize, pkt.len() + 44, "outer IPv4 total length");
     assert_eq!(encap_slot(&gw, cpu, slot).generation, gw.generation(), "refilled under the new generation");
+    assert_eq!(gw.encap_outer(cpu, T1).generation, gw.generation(), "rebuilt under the new generation");
 
     let drops = |gw: &TestGateway, r: &str| gw.drops().get(r).copied().unwrap_or(0);
     let (mtu0, under0) = (drops(&gw, "mtu_exceeded"), drops(&gw, "no_underlay"));
@@ -196,7 +245,7 @@ fn encap_slot_headers_follow_the_uplink() {
         "an IPv4 tunnel over an uplink without IPv4"
     );
     assert_eq!(drops(&gw, "no_underlay"), under0 + 1);
-    assert_eq!(encap_slot(&gw, cpu, slot).outer_kind, OUTER_NO_UNDERLAY);
+    assert_eq!(gw.encap_outer(cpu, T1).kind, OUTER_NO_UNDERLAY);
 }
 
 #[test]
@@ -309,15 +358,17 @@ fn controller_changes_reach_the_next_packet_past_a_warm_cache() {
     assert_eq!(test_run(decap, &geneve(HV_IP4)).verdict, XDP_REDIRECT);
     let g0 = gw.generation();
     let warm_encap = encap_slot(&gw, cpu, ekey.slot());
-    assert_eq!((warm_encap.filled, warm_encap.key, warm_encap.generation), (1, ekey, g0));
-    assert_eq!(warm_encap.tunnel.remote, ipv4_mapped(HV_IP4));
+    assert_eq!((warm_encap.key, warm_encap.generation, warm_encap.dest.ofport), (ekey, g0, t.get()));
+    let warm_outer = gw.encap_outer(cpu, t.get());
+    assert_eq!((warm_outer.generation, &warm_outer.bytes()[30..34]), (g0, &HV_IP4[..]), "the tunnel's headers");
     let warm_decap = decap_slot(&gw, cpu, dkey(HV_IP4).slot());
     assert_eq!((warm_decap.filled, warm_decap.key, warm_decap.generation), (1, dkey(HV_IP4), g0));
 
     // The tunnel moves to another chassis under the same number.
     assert_eq!(pgw.ns.enter(|| pm.replace(&tunnel("hv", HV2_IP4), now)).expect("replace"), t);
     assert!(gw.generation() > g0, "the controller's writes must bump the generation");
-    assert_eq!(encap_slot(&gw, cpu, ekey.slot()), warm_encap, "the cache still holds the old tunnel");
+    assert_eq!(encap_slot(&gw, cpu, ekey.slot()), warm_encap, "the cache still holds the flow");
+    assert_eq!(gw.encap_outer(cpu, t.get()), warm_outer, "and the old tunnel's headers");
     let run = send(&inner);
     assert_eq!(run.verdict, XDP_REDIRECT);
     assert_eq!(encap_target(&run.data).1, HV2_IP4, "the first packet after the change goes to the new chassis");
