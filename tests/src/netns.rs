@@ -116,7 +116,25 @@ impl Veth {
     /// Creates `a_if` in `a` and `b_if` in `b`, sets the addresses (if not
     /// empty) and brings both ends up.
     pub fn new(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) -> Veth {
-        sh(&["ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+        Veth::with_queues(a, a_if, a_addr, b, b_if, b_addr, 1)
+    }
+
+    /// As `new`, with `queues` transmit and receive queues on each end. A
+    /// frame sent on a CPU goes out of queue CPU mod `queues` (AF_PACKET
+    /// without a qdisc, an XDP redirect) and is received in the peer's
+    /// queue of that number, whose NAPI runs on the sending CPU: a sender
+    /// per CPU loads each CPU's own receive path.
+    pub fn with_queues(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str, queues: u32) -> Veth {
+        let q = queues.to_string();
+        let mut cmd = vec!["ip", "link", "add", a_if, "netns", &a.name];
+        if queues > 1 {
+            cmd.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        cmd.extend(["type", "veth", "peer", "name", b_if, "netns", &b.name]);
+        if queues > 1 {
+            cmd.extend(["numtxqueues", &q, "numrxqueues", &q]);
+        }
+        sh(&cmd);
         for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
             if !addr.is_empty() {
                 ns.ok(&["ip", "addr", "add", addr, "dev", ifname]);

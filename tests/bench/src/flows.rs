@@ -251,3 +251,129 @@ pub fn row_names() -> Vec<String> {
         .flat_map(|w| FLOWS.iter().flat_map(move |&f| [row_name(w, f), redirect_row_name(w, f)]))
         .collect()
 }
+
+/// Active-flow counts of the both-cores rows.
+pub const CORES_FLOWS: [u32; 2] = [1, 16384];
+
+/// Both cores (issue 21, item 2): the same receive setup with every veth
+/// two queues each way, and an AF_PACKET sender pinned to each CPU. A frame
+/// sent on CPU n leaves by queue n, and veth runs the peer's queue n (xgw)
+/// and, after the redirect, the sink's queue n on that CPU, so each CPU
+/// carries its own frames end to end and the two share only what the
+/// datapath shares. Each row is the aggregate rate of both senders beside
+/// one sender's on CPU 0 (same setup, same run): ideal scaling is 2.0. The
+/// `xgw_redirect` rows are the path's own scaling, the ceiling for xgw's.
+pub fn pps_cores(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return cores_row_names().into_iter().map(|n| Row::not_measured(n, "pkt/s", "-", "one CPU")).collect();
+    }
+    let mut t = Received::with_queues('c', ("", ""), 2, setup);
+    for ns in [&t.gw_ns, &t.hv, &t.vm] {
+        ns.disable_ipv6();
+    }
+    let (ul, p) = (t.ul, t.p);
+    let (decap_pkt, encap_pkt) = frames();
+    let decap_cfg = |flows| BenchVary {
+        flows,
+        spread: TUNNELS,
+        at_a: AT_REMOTE,
+        base_a: 1,
+        at_b: AT_EGRESS,
+        base_b: PORT_KEY as u32,
+    };
+    let encap_cfg = |flows| BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 };
+    // Frames per second delivered at `sink` with a sender on each CPU of
+    // `on`, each sending `frames_per_run` frames out of `out` in `gen_ns`.
+    let rate = |on: &[usize], gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str), cfg: BenchVary| -> f64 {
+        let before = crate::veth::sink(sink.0, sink.1).drops;
+        let start = std::sync::Barrier::new(on.len() + 1);
+        let elapsed = std::thread::scope(|s| {
+            for &cpu in on {
+                let start = &start;
+                s.spawn(move || {
+                    pin_to(cpu);
+                    let sender = crate::afpacket::Sender::new(gen_ns, out);
+                    start.wait();
+                    sender.send_n(pkt, Some(&cfg), frames_per_run as u64);
+                });
+            }
+            start.wait();
+            let t0 = std::time::Instant::now();
+            // The scope joins the senders before it returns.
+            t0
+        })
+        .elapsed();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let delivered = crate::veth::sink(sink.0, sink.1).drops - before;
+        let sent = frames_per_run as u64 * on.len() as u64;
+        assert!(delivered * 2 >= sent, "{out}: only {delivered} of {sent} frames arrived at {}", sink.1);
+        delivered as f64 / elapsed.as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for what in ["decap", "encap"] {
+        if only.is_some_and(|o| o != what) {
+            continue;
+        }
+        for flows in CORES_FLOWS {
+            let (cfg, pkt) =
+                if what == "decap" { (decap_cfg(flows), &decap_pkt) } else { (encap_cfg(flows), &encap_pkt) };
+            let (gen_ns, sink) = if what == "decap" { (&t.hv, (&t.vm, "eth0")) } else { (&t.vm, (&t.hv, "hv0")) };
+            let (out, twin, to) = if what == "decap" { ("hv0", "hvb", p) } else { ("eth0", "eth0b", ul) };
+            // [one core, both]: xgw, and xgw_redirect on the twin pair.
+            let (mut xgw, mut base) = ([vec![], vec![]], [vec![], vec![]]);
+            let dut = if what == "decap" { "ul" } else { "p" };
+            let q1 = |t: &Received| crate::veth::queue_packets(&t.gw_ns, dut).get(1).copied().unwrap_or(0);
+            let before = q1(&t);
+            for _ in 0..runs {
+                for (i, on) in [&[0][..], &[0, 1][..]].into_iter().enumerate() {
+                    xgw[i].push(rate(on, gen_ns, out, pkt, sink, cfg));
+                    t.gw.devmap_set(0, to);
+                    base[i].push(rate(on, gen_ns, twin, pkt, sink, cfg));
+                }
+            }
+            // CPU 1's sender really loaded xgw's second queue (and so CPU 1).
+            let second = q1(&t) - before;
+            let sent = frames_per_run as u64 * runs as u64;
+            assert!(second * 2 >= sent, "{what}: xgw's queue 1 saw {second} of the {sent} frames sent on CPU 1");
+            let [one, both] = xgw.map(stats);
+            let [base_one, base_both] = base.map(stats);
+            rows.push(Row::new(cores_row_name(what, flows, "xgw"), "pkt/s", cores_baseline(what, flows), both, one));
+            rows.push(Row::new(
+                cores_row_name(what, flows, "xgw_redirect"),
+                "pkt/s",
+                cores_baseline(what, flows),
+                base_both,
+                base_one,
+            ));
+        }
+    }
+    rows
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t owned by this frame.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn cores_row_name(what: &str, flows: u32, prog: &str) -> String {
+    format!("{what} by {prog}, both cores (a sender pinned to each CPU), {flows} active flows, 64 B inner")
+}
+fn cores_baseline(what: &str, flows: u32) -> String {
+    format!("{what}, one core (one sender, CPU 0), {flows} active flows, same run")
+}
+
+/// The row names [`pps_cores`] produces.
+pub fn cores_row_names() -> Vec<String> {
+    ["decap", "encap"]
+        .iter()
+        .flat_map(|w| {
+            CORES_FLOWS.iter().flat_map(move |&f| [cores_row_name(w, f, "xgw"), cores_row_name(w, f, "xgw_redirect")])
+        })
+        .collect()
+}

@@ -17,6 +17,7 @@ pub mod live;
 pub mod machine;
 pub mod ovn;
 pub mod plot;
+pub mod tcp;
 pub mod versus;
 pub mod veth;
 

@@ -121,6 +121,21 @@ pub fn sink(ns: &Netns, ifname: &str) -> SinkCount {
     c
 }
 
+/// Frames XDP saw on each receive queue of `ifname` in `ns`, by queue number.
+pub fn queue_packets(ns: &Netns, ifname: &str) -> Vec<u64> {
+    let mut q = Vec::new();
+    for l in ns.ok(&["ethtool", "-S", ifname]).lines() {
+        let Some((k, v)) = l.trim().split_once(':') else { continue };
+        let Some((n, "xdp_packets")) = k.strip_prefix("rx_queue_").and_then(|k| k.split_once('_')) else { continue };
+        let (n, v): (usize, u64) = (n.parse().expect("queue number"), v.trim().parse().expect("counter"));
+        if q.len() <= n {
+            q.resize(n + 1, 0);
+        }
+        q[n] = v;
+    }
+    q
+}
+
 /// Rows of pps for each inner frame size in `sizes`, decap and encap (or
 /// only one with `only`), each beside `xgw_redirect` on the same path.
 pub fn pps_by_size(sizes: &[u32], frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
@@ -270,13 +285,24 @@ pub struct Received {
 
 impl Received {
     pub fn new(tag: char, underlay: (&str, &str), configure: impl FnOnce(&mut TestGateway, u32, u32)) -> Received {
+        Received::with_queues(tag, underlay, 1, configure)
+    }
+
+    /// As `new`, every veth with `queues` queues each way (see
+    /// `Veth::with_queues`).
+    pub fn with_queues(
+        tag: char,
+        underlay: (&str, &str),
+        queues: u32,
+        configure: impl FnOnce(&mut TestGateway, u32, u32),
+    ) -> Received {
         let gw_ns = Netns::new(&format!("{tag}gw"));
         let hv = Netns::new(&format!("{tag}hv"));
         let vm = Netns::new(&format!("{tag}vm"));
-        Veth::new(&gw_ns, "ul", underlay.0, &hv, "hv0", underlay.1);
-        Veth::new(&gw_ns, "ulb", "", &hv, "hvb", "");
-        Veth::new(&gw_ns, "p", "", &vm, "eth0", "");
-        Veth::new(&gw_ns, "pb", "", &vm, "eth0b", "");
+        Veth::with_queues(&gw_ns, "ul", underlay.0, &hv, "hv0", underlay.1, queues);
+        Veth::with_queues(&gw_ns, "ulb", "", &hv, "hvb", "", queues);
+        Veth::with_queues(&gw_ns, "p", "", &vm, "eth0", "", queues);
+        Veth::with_queues(&gw_ns, "pb", "", &vm, "eth0b", "", queues);
         let mut gw = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_redirect", "xgw_drop"]);
         gw.in_netns(&gw_ns);
         let (ul, p) = (gw_ns.ifindex("ul"), gw_ns.ifindex("p"));

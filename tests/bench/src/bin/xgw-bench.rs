@@ -137,6 +137,10 @@ enum Only {
     FlowsDecap,
     /// The encap rows of `flows` alone.
     FlowsEncap,
+    /// Decap and encap with a sender on each CPU beside one (receive setup).
+    Cores,
+    /// TCP through two xgw beside the same namespaces routed.
+    Tcp,
 }
 
 /// xgw's benchmarks: program costs, veth packet rates, xgw against Open
@@ -155,6 +159,8 @@ fn main() {
     let Args { quick, only } = clap::Parser::parse();
     let (repeat, runs, frames) = if quick { (10_000u32, 3, 200_000u32) } else { (1_000_000, 7, 5_000_000) };
     let sizes: &[u32] = if quick { &QUICK_SIZES } else { &FULL_SIZES };
+    // Seconds per iperf3 transfer.
+    let tcp_secs = if quick { 2 } else { 5 };
     // OVS needs its warm-up (the first frames go to its slow path); short
     // windows are enough in quick mode, which checks only that it all works.
     let (ovs_sizes, timing): (&[u32], _) = if quick {
@@ -173,6 +179,8 @@ fn main() {
             Only::Flows => flows::pps(frames, runs, None),
             Only::FlowsDecap => flows::pps(frames, runs, Some("decap")),
             Only::FlowsEncap => flows::pps(frames, runs, Some("encap")),
+            Only::Cores => flows::pps_cores(frames, runs, None),
+            Only::Tcp => bench::tcp::rows(runs, tcp_secs),
             Only::Decap | Only::Encap => {
                 let what = if only == Only::Decap { "decap" } else { "encap" };
                 let mut rows = veth::pps_by_size(&[64], frames, runs, Some(what));
@@ -183,6 +191,18 @@ fn main() {
         for r in rows {
             if let Some(why) = &r.not_measured {
                 println!("{}: not measured: {why}", r.name);
+                continue;
+            }
+            if r.unit != "pkt/s" {
+                println!(
+                    "{}: {:.2} {}, {} {:.2}, ratio {:.2}",
+                    r.name,
+                    r.value.median,
+                    r.unit,
+                    r.baseline,
+                    r.base.median,
+                    r.ratio()
+                );
                 continue;
             }
             print!(
@@ -246,6 +266,8 @@ fn main() {
     rows.extend(veth::pps_by_size(sizes, frames, runs, None));
     rows.extend(veth::pps_received(sizes[0], frames, runs, None));
     rows.extend(flows::pps(frames, runs, None));
+    rows.extend(flows::pps_cores(frames, runs, None));
+    rows.extend(bench::tcp::rows(runs, tcp_secs));
     rows.extend(jumbo::pps(runs, timing.window));
     rows.extend(versus::versus_ovs(ovs_sizes, timing, true));
     let (more, more_names) = flowkey_and_flood(quick, repeat, runs, frames);
@@ -254,6 +276,8 @@ fn main() {
     let mut expected: Vec<String> = COST_ROWS.iter().map(|s| s.to_string()).collect();
     expected.extend(veth::row_names(sizes));
     expected.extend(flows::row_names());
+    expected.extend(flows::cores_row_names());
+    expected.push(bench::tcp::row_name());
     expected.extend(jumbo::row_names());
     expected.extend(versus::row_names(ovs_sizes, true));
     expected.extend(more_names);
