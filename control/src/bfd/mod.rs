@@ -20,7 +20,8 @@ pub mod frame;
 pub mod session;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
     io,
     net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
@@ -289,8 +290,8 @@ struct Entry {
     /// When `tick` has something to do for this session, as of its last
     /// pass over it. Only ever early: a received packet moves detection
     /// later, and what could move it earlier (a state change, a Poll with
-    /// new intervals) arrives as an event, which clears it. Sessions not due
-    /// are skipped without reading the map, so a pass costs O(sessions due).
+    /// new intervals) arrives as an event, which clears it. `Inner::timers`
+    /// holds it, so a pass costs O(sessions due), not O(sessions).
     due: u64,
 }
 
@@ -308,6 +309,12 @@ struct Inner {
     orphans: HashMap<BfdPathKey, u32>,
     /// Slots of `entries` in use.
     active: Vec<u32>,
+    /// (due, slot), earliest first: every entry's `due` is here. An entry
+    /// whose `due` moved has its old pair left behind, skipped when it
+    /// comes up. With thousands of sessions at OVN's timers, a scan of
+    /// every entry per wake-up made the engine's CPU grow with the square
+    /// of the sessions (wake-ups grow with them too).
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
 }
 
 enum Cmd {
@@ -411,6 +418,7 @@ impl Engine {
                 events: 0,
                 orphans,
                 active: Vec::new(),
+                timers: BinaryHeap::new(),
             }),
             stop: AtomicBool::new(false),
             wake,
@@ -827,6 +835,7 @@ impl Inner {
         self.by_name.insert(name.clone(), slot);
         self.entries[slot as usize] = Some(Entry { name, path, key, session, tx, error: None, due: 0 });
         self.active.push(slot);
+        self.timers.push(Reverse((0, slot)));
         Ok(())
     }
 
@@ -848,6 +857,7 @@ impl Inner {
         }
         e.session.reconfigure(config);
         e.due = 0;
+        self.timers.push(Reverse((0, slot)));
         self.slots.set_config(slot, &config);
         self.slots.set_flags(slot, BFD_ENABLED | if config.echo { BFD_ECHO } else { 0 });
         Ok(())
@@ -856,23 +866,25 @@ impl Inner {
     /// One pass over the sessions that are due; returns the earliest next
     /// deadline.
     fn tick(&mut self, now: u64, rng: &mut fastrand::Rng) -> u64 {
-        let mut next = now + 1_000_000_000;
-        for &slot in &self.active {
-            let slot = slot as usize;
-            let Some(e) = self.entries[slot].as_mut() else { continue };
-            if e.due > now {
-                next = next.min(e.due);
+        let idle = now + 1_000_000_000;
+        while let Some(&Reverse((due, slot))) = self.timers.peek() {
+            if due > now {
+                return due.min(idle);
+            }
+            self.timers.pop();
+            let Some(e) = self.entries[slot as usize].as_mut() else { continue };
+            if e.due != due {
                 continue;
             }
-            let rx = self.slots.rx(slot as u32);
+            let rx = self.slots.rx(slot);
             let a = e.session.tick(now, &rx, rng.f64());
             if let Some(seq) = a.down_seq {
-                self.slots.set_down_seq(slot as u32, seq);
+                self.slots.set_down_seq(slot, seq);
                 tracing::info!(session = %e.name, "bfd: detection time expired, session down");
             }
-            self.slots.set_tx(slot as u32, e.session.advertised(), e.session.last_tx_ns());
+            self.slots.set_tx(slot, e.session.advertised(), e.session.last_tx_ns());
             if a.changed {
-                self.slots.set_history(slot as u32, e.session.flaps, e.session.last_state().1);
+                self.slots.set_history(slot, e.session.flaps, e.session.last_state().1);
             }
             if let Some(c) = a.send {
                 let r = match &e.tx {
@@ -889,10 +901,11 @@ impl Inner {
                 };
                 e.error = r.err().map(|err| err.to_string());
             }
-            e.due = e.session.deadline(&rx);
-            next = next.min(e.due);
+            // Not before the next pass: one pass never takes a session twice.
+            e.due = e.session.deadline(&rx).max(now + 1);
+            self.timers.push(Reverse((e.due, slot)));
         }
-        next
+        idle
     }
 }
 
@@ -931,6 +944,7 @@ fn run(shared: Arc<Shared>, cmds: mpsc::Receiver<Cmd>, mut events: RingBuf<MapDa
                     let ev: BfdEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const BfdEvent) };
                     if let Some(Some(e)) = inner.entries.get_mut(ev.slot as usize) {
                         e.due = 0;
+                        inner.timers.push(Reverse((0, ev.slot)));
                     }
                     if ev.kind == BFD_EVENT_STATE {
                         let name = inner.entries.get(ev.slot as usize).and_then(|e| e.as_ref()).map(|e| e.name.clone());

@@ -515,10 +515,13 @@ struct Args {
     /// Only the ramp at OVN's default timers, printed (no results written).
     #[arg(long)]
     only_ovn_timers: bool,
+    /// Only the ramp at 3 x 10 ms, printed (no results written).
+    #[arg(long)]
+    only_fast_timers: bool,
 }
 
 fn main() {
-    let Args { quick, only_ovn_timers } = clap::Parser::parse();
+    let Args { quick, only_ovn_timers, only_fast_timers } = clap::Parser::parse();
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
     // OVN's timers, up to the goal of 10,000 on each gateway of the pair.
     let ovn_steps: &[usize] = if quick { &[200] } else { &[1000, 2000, 4000, 8000, 10_000] };
@@ -536,9 +539,9 @@ fn main() {
         )
     };
 
-    if only_ovn_timers {
+    if only_ovn_timers || only_fast_timers {
         eprintln!("{}", machine::line());
-        scale(ovn_steps, hold, OVN);
+        scale(if only_ovn_timers { ovn_steps } else { steps }, hold, if only_ovn_timers { OVN } else { FAST });
         return;
     }
     eprintln!("detection, two xgw, {cuts} cuts");
