@@ -163,6 +163,7 @@ pub struct OvsBuilder {
     ip6: Option<String>,
     underlay_mac: [u8; 6],
     vm: Option<VmConfig>,
+    afxdp: Option<usize>,
 }
 
 impl OvsBuilder {
@@ -178,6 +179,7 @@ impl OvsBuilder {
             ip6: None,
             underlay_mac: [0x02, 0x00, 0x5e, 0x0f, n, 0x01],
             vm: None,
+            afxdp: None,
         }
     }
     /// IPv4 underlay address with prefix, e.g. `198.51.100.1/24`.
@@ -201,6 +203,16 @@ impl OvsBuilder {
         self
     }
 
+    /// The underlay and the VM's port as AF_XDP ports (`type=afxdp`, native
+    /// XDP on the veth, OVS's own XDP program and socket per port) served by
+    /// a PMD thread on CPU `pmd_cpu`: OVS's fastest datapath without DPDK.
+    /// Without it, ports are OVS's default for the userspace datapath, an
+    /// AF_PACKET socket each.
+    pub fn afxdp(mut self, pmd_cpu: usize) -> Self {
+        self.afxdp = Some(pmd_cpu);
+        self
+    }
+
     /// Starts OVS and builds the bridges. Panics (after cleaning up) on any failure.
     pub fn start(self) -> OvsHypervisor {
         let dir = std::env::temp_dir().join(unique_name("ovs"));
@@ -213,6 +225,7 @@ impl OvsBuilder {
             ip4: self.ip4,
             ip6: self.ip6,
             vm_config: self.vm,
+            afxdp: self.afxdp,
             vm: None,
             extra_vms: Vec::new(),
             ovn_controller: false,
@@ -232,6 +245,8 @@ pub struct OvsHypervisor {
     ip4: Option<String>,
     ip6: Option<String>,
     vm_config: Option<VmConfig>,
+    /// AF_XDP ports, PMD on this CPU (`OvsBuilder::afxdp`).
+    afxdp: Option<usize>,
     // Dropped in this order, after Drop::drop stopped the daemons.
     vm: Option<Netns>,
     extra_vms: Vec<Netns>,
@@ -281,6 +296,10 @@ impl OvsHypervisor {
         ]);
         self.vsctl(&["--no-wait", "init"]);
         self.vsctl(&["--no-wait", "set", "Open_vSwitch", ".", "other_config:hw-offload=false"]);
+        if let Some(cpu) = self.afxdp {
+            let mask = format!("other_config:pmd-cpu-mask={:#x}", 1u64 << cpu);
+            self.vsctl(&["--no-wait", "set", "Open_vSwitch", ".", &mask]);
+        }
         // --detach returns once the daemon is ready, with its pidfile written.
         self.ovs_ok(&[
             "ovs-vswitchd",
@@ -293,7 +312,7 @@ impl OvsHypervisor {
 
         let hwaddr = format!("other_config:hwaddr={}", mac_str(self.underlay_mac));
         self.vsctl(&["add-br", BR_PHY, "--", "set", "bridge", BR_PHY, "datapath_type=netdev", &hwaddr]);
-        self.vsctl(&["add-port", BR_PHY, &self.underlay]);
+        self.add_port(BR_PHY, &self.underlay);
         self.vsctl(&["add-br", BR_INT, "--", "set", "bridge", BR_INT, "datapath_type=netdev"]);
         // br-int's LOCAL port stays down: nothing of the host should leak
         // into the overlay.
@@ -329,8 +348,25 @@ impl OvsHypervisor {
         }
         vns.ok(&["ethtool", "-K", VM_IF, "tx", "off"]);
         self.ns.ok(&["ethtool", "-K", port, "tx", "off"]);
-        self.vsctl(&["add-port", BR_INT, port]);
+        self.add_port(BR_INT, port);
         vns
+    }
+
+    fn add_port(&self, bridge: &str, port: &str) {
+        match self.afxdp {
+            None => self.vsctl(&["add-port", bridge, port]),
+            Some(_) => self.vsctl(&[
+                "add-port",
+                bridge,
+                port,
+                "--",
+                "set",
+                "interface",
+                port,
+                "type=afxdp",
+                "options:xdp-mode=native",
+            ]),
+        };
     }
 
     /// Another VM, on br-int port `port` (the builder's VM is on `VM_PORT`);
@@ -374,6 +410,15 @@ impl OvsHypervisor {
             self.log_tail(20)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Why OVS could not open `port` (its Interface's `error`, or an
+    /// OpenFlow number of -1), or `None` if it did.
+    pub fn port_error(&self, port: &str) -> Option<String> {
+        let ofport = self.vsctl(&["get", "interface", port, "ofport"]);
+        let error = self.vsctl(&["get", "interface", port, "error"]);
+        let error = error.trim().trim_matches(|c| c == '[' || c == ']').trim_matches('"');
+        (ofport.trim() == "-1" || !error.is_empty()).then(|| format!("ofport {}, {error}", ofport.trim()))
     }
 
     pub fn vsctl(&self, args: &[&str]) -> String {

@@ -125,6 +125,17 @@ fn setup(gw: &mut TestGateway, uplink: u32, port: u32) {
     }
 }
 
+/// What the generator varies for `flows` decap flows: the remote chassis
+/// (the outer source's last bytes, over TUNNELS) and the egress key.
+fn decap_cfg(flows: u32) -> BenchVary {
+    BenchVary { flows, spread: TUNNELS, at_a: AT_REMOTE, base_a: 1, at_b: AT_EGRESS, base_b: PORT_KEY as u32 }
+}
+
+/// ... and for `flows` encap flows: the destination MAC's last bytes.
+fn encap_cfg(flows: u32) -> BenchVary {
+    BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 }
+}
+
 /// Rows for `what` ("decap", "encap" or both with `None`): each count of
 /// [`FLOWS`] beside the one-flow rate and beside `xgw_redirect`.
 pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
@@ -146,15 +157,6 @@ pub fn pps(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Row> {
     let mut send = |gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str), cfg: BenchVary| -> f64 {
         far_end_rate(&mut gen, "xgw_vary", gen_ns, out, pkt, Some(&cfg), sink, frames_per_run)
     };
-    let decap_cfg = |flows| BenchVary {
-        flows,
-        spread: TUNNELS,
-        at_a: AT_REMOTE,
-        base_a: 1,
-        at_b: AT_EGRESS,
-        base_b: PORT_KEY as u32,
-    };
-    let encap_cfg = |flows| BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 };
     // XGW_BENCH_VERBOSE: the program's own time per frame (the kernel's
     // BPF run-time statistics, on only then: they cost two clock reads per
     // run), to tell the program's share of a rate from the path's.
@@ -274,15 +276,6 @@ pub fn pps_cores(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Ro
     }
     let (ul, p) = (t.ul, t.p);
     let (decap_pkt, encap_pkt) = frames();
-    let decap_cfg = |flows| BenchVary {
-        flows,
-        spread: TUNNELS,
-        at_a: AT_REMOTE,
-        base_a: 1,
-        at_b: AT_EGRESS,
-        base_b: PORT_KEY as u32,
-    };
-    let encap_cfg = |flows| BenchVary { flows, spread: 1 << 16, at_a: AT_MAC, base_a: 0, at_b: 0, base_b: 0 };
     // Frames per second delivered at `sink` with a sender on each CPU of
     // `on`, each sending `frames_per_run` frames out of `out` in `gen_ns`.
     let rate = |on: &[usize], gen_ns: &Netns, out: &str, pkt: &[u8], sink: (&Netns, &str), cfg: BenchVary| -> f64 {

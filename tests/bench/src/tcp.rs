@@ -5,6 +5,8 @@
 //!   tunnel: vm1 [eth0] -- [p] gw1 [ul] -- [ul] gw2 [p] -- [eth0] vm2
 //!           xgw_local on p, xgw_uplink on ul, xgw_pass on the VMs' eth0
 //!   routed: the same, the gateways forwarding IPv4 (no XDP on them)
+//!   to OVS: vm1 [eth0] -- [p] gw1 [ul] -- [ul0] OVS 3.1 br-phy / br-int -- [vm0] vm2
+//!           (OVS's default ports for its userspace datapath: AF_PACKET)
 //!
 //! Both have the same VM settings: checksum offload off (`tx off`, as xgw
 //! needs: XDP sees a frame before a partial checksum is filled in, so TCP
@@ -19,7 +21,8 @@ use xgw_common::maps::*;
 use xgw_tests::{
     gateway::TestGateway,
     netns::{Netns, Veth},
-    ovs::mac_str,
+    ovs::{mac_str, VM_IF},
+    Geneve, OvnKeys, OvsHypervisor,
 };
 
 use crate::{stats, Row};
@@ -43,8 +46,9 @@ fn ip(a: [u8; 4]) -> String {
 }
 
 struct Topology {
-    // Drop order: datapaths detach before the namespaces go.
+    // Drop order: datapaths detach before OVS stops and the namespaces go.
     dps: Vec<TestGateway>,
+    ovs: Option<OvsHypervisor>,
     _gws: Vec<Netns>,
     vms: Vec<Netns>,
 }
@@ -115,13 +119,80 @@ impl Topology {
             dp.attach(vm, "xgw_pass", "eth0");
             dps.push(dp);
         }
-        Topology { dps, _gws: gws, vms }
+        Topology { dps, ovs: None, _gws: gws, vms }
+    }
+
+    /// vm1 behind xgw, vm2 behind Open vSwitch: the tunnel row's first
+    /// side, and OVS where its second gateway was.
+    fn to_ovs(tag: char) -> Topology {
+        let (gw, vm, hv) =
+            (Netns::new(&format!("{tag}gw1")), Netns::new(&format!("{tag}vm1")), Netns::new(&format!("{tag}hv")));
+        Veth::new(&gw, "ul", &format!("{}/24", ip(GW_IP[0])), &hv, "ul0", "");
+        gw.ok(&["ip", "link", "set", "ul", "address", &mac_str(GW_MAC[0])]);
+        Veth::new(&gw, "p", "", &vm, "eth0", &format!("{}/24", ip(VM_IP[0])));
+        vm.ok(&["ip", "link", "set", "eth0", "address", &mac_str(VM_MAC[0])]);
+        vm.ok(&["ethtool", "-K", "eth0", "tx", "off"]);
+        vm.ok(&["ip", "link", "set", "eth0", "mtu", VM_MTU]);
+        vm.ok(&["ip", "neigh", "replace", &ip(VM_IP[1]), "lladdr", &mac_str(VM_MAC[1]), "dev", "eth0"]);
+        let ovs = OvsHypervisor::builder(hv, "ul0")
+            .ip4(&format!("{}/24", ip(GW_IP[1])))
+            .underlay_mac(GW_MAC[1])
+            .vm(VM_MAC[1], Some(&format!("{}/24", ip(VM_IP[1]))), None)
+            .start();
+        let ovm = ovs.vm();
+        ovm.ok(&["ip", "link", "set", VM_IF, "mtu", VM_MTU]);
+        ovm.ok(&["ip", "neigh", "replace", &ip(VM_IP[0]), "lladdr", &mac_str(VM_MAC[0]), "dev", VM_IF]);
+        ovs.add_geneve("gnv0", &Geneve::new(&ip(GW_IP[0]), VNI));
+        ovs.install_ovn_option(
+            "gnv0",
+            OvnKeys { ingress: VM_KEY[1], egress: VM_KEY[0] },
+            Some(OvnKeys { ingress: VM_KEY[0], egress: VM_KEY[1] }),
+        );
+        ovs.appctl(&["tnl/neigh/set", xgw_tests::ovs::BR_PHY, &ip(GW_IP[0]), &mac_str(GW_MAC[0])]);
+
+        let mut dp = TestGateway::load(&["xgw_uplink", "xgw_local", "xgw_pass"]);
+        dp.in_netns(&gw);
+        let (up, port) = (gw.ifindex("ul"), gw.ifindex("p"));
+        dp.set_uplink(Uplink {
+            ifindex: up,
+            mtu: 1500,
+            mac: GW_MAC[0],
+            flags: UPLINK_HAS_IP4,
+            _pad: 0,
+            ip4: GW_IP[0],
+            ip6: [0; 16],
+        });
+        dp.set_uplink_devmap(up);
+        // OVS decapsulates only frames sent to br-phy's MAC.
+        let tunnel = Tunnel {
+            remote: ipv4_mapped(GW_IP[1]),
+            nexthop_mac: ovs.underlay_mac(),
+            flags: TUNNEL_OVN_METADATA,
+            _pad: 0,
+            vni: VNI,
+        };
+        dp.add_tunnel(TUNNEL_OFPORT as u32, tunnel);
+        dp.add_local_port(
+            port,
+            LocalPort { vni: VNI, ofport: PORT_OFPORT, port_key: VM_KEY[0], mac: VM_MAC[0], ..Default::default() },
+        );
+        dp.add_remote(VNI, VM_MAC[1], None, TUNNEL_OFPORT, VM_KEY[1]);
+        dp.attach(&gw, "xgw_uplink", "ul");
+        dp.attach(&gw, "xgw_local", "p");
+        // veth delivers redirected frames only to a peer running XDP.
+        dp.attach(&vm, "xgw_pass", "eth0");
+        dp.attach(ovs.ns(), "xgw_pass", "ul0");
+        Topology { dps: vec![dp], ovs: Some(ovs), _gws: vec![gw], vms: vec![vm] }
     }
 
     /// One iperf3 TCP stream vm1 -> vm2 for `secs`: bits per second received.
     fn iperf(&self, secs: u32) -> f64 {
         let server = ip(VM_IP[1]);
-        let srv = self.vms[1].spawn(&["iperf3", "-s", "-1", "-B", &server, "-p", "5311"]);
+        let server_vm = match &self.ovs {
+            Some(ovs) => ovs.vm(),
+            None => &self.vms[1],
+        };
+        let srv = server_vm.spawn(&["iperf3", "-s", "-1", "-B", &server, "-p", "5311"]);
         std::thread::sleep(Duration::from_millis(300));
         let out = self.vms[0].exec(&["iperf3", "-c", &server, "-p", "5311", "-t", &secs.to_string(), "-J"]);
         let _ = srv.wait(Duration::from_secs(5));
@@ -139,24 +210,39 @@ impl Topology {
 pub fn row_name() -> String {
     format!("TCP, one iperf3 stream through two xgw over Geneve (IPv4 underlay, VM MTU {VM_MTU}, tx off)")
 }
+pub fn ovs_row_name() -> String {
+    format!("TCP, one iperf3 stream from a VM behind xgw to a VM behind Open vSwitch 3.1 (AF_PACKET ports), Geneve, VM MTU {VM_MTU}, tx off")
+}
+
+/// The row names [`rows`] produces.
+pub fn row_names() -> Vec<String> {
+    vec![row_name(), ovs_row_name()]
+}
 const BASELINE: &str = "the same namespaces routed by the kernel, no tunnel, same VM settings";
 
-/// The tunnel row beside the routed path, `runs` transfers of `secs` each,
-/// interleaved.
+/// The tunnel rows (xgw to xgw, xgw to OVS) beside the routed path, `runs`
+/// transfers of `secs` each, interleaved.
 pub fn rows(runs: usize, secs: u32) -> Vec<Row> {
     let tunnel = Topology::new('t', true);
     let routed = Topology::new('k', false);
-    let (mut xgw, mut base) = (vec![], vec![]);
+    let to_ovs = Topology::to_ovs('o');
+    let (mut xgw, mut base, mut ovs) = (vec![], vec![], vec![]);
     for _ in 0..runs {
-        let before = tunnel.tunnel_tx();
-        xgw.push(tunnel.iperf(secs));
-        // The segments really crossed the tunnel (and the ACKs back).
-        assert!(tunnel.tunnel_tx() - before > 1000, "iperf3 through the tunnel: xgw encapsulated almost nothing");
+        for (t, v) in [(&tunnel, &mut xgw), (&to_ovs, &mut ovs)] {
+            let before = t.tunnel_tx();
+            v.push(t.iperf(secs));
+            // The segments really crossed the tunnel.
+            assert!(t.tunnel_tx() - before > 1000, "iperf3 through the tunnel: xgw encapsulated almost nothing");
+        }
         base.push(routed.iperf(secs));
     }
     if std::env::var_os("XGW_BENCH_VERBOSE").is_some() {
-        eprintln!("tcp: xgw {xgw:?} bit/s, routed {base:?} bit/s");
+        eprintln!("tcp: xgw {xgw:?} bit/s, xgw to OVS {ovs:?}, routed {base:?} bit/s");
     }
     let gbit = |v: Vec<f64>| stats(v.into_iter().map(|b| b / 1e9).collect());
-    vec![Row::new(row_name(), "Gbit/s", BASELINE, gbit(xgw), gbit(base))]
+    let base = gbit(base);
+    vec![
+        Row::new(row_name(), "Gbit/s", BASELINE, gbit(xgw), base),
+        Row::new(ovs_row_name(), "Gbit/s", BASELINE, gbit(ovs), base),
+    ]
 }

@@ -277,7 +277,7 @@ fn main() {
     expected.extend(veth::row_names(sizes));
     expected.extend(flows::row_names());
     expected.extend(flows::cores_row_names());
-    expected.push(bench::tcp::row_name());
+    expected.extend(bench::tcp::row_names());
     expected.extend(jumbo::row_names());
     expected.extend(versus::row_names(ovs_sizes, true));
     expected.extend(more_names);
