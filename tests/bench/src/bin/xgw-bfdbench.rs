@@ -149,22 +149,55 @@ fn jitter_sleep(i: usize) {
     std::thread::sleep(Duration::from_micros(200_000 + (i as u64 * 7919) % 10_000));
 }
 
-fn detect_xgw_pair(cuts: usize) -> Vec<f64> {
+/// Where one detection's time went, in ms, adding up to the detection
+/// time: the last packet's arrival before the cut (negative), the detection
+/// time the peers agreed, the engine's lateness past its deadline (timer
+/// wake-up and its pass), and the observer's lateness seeing it (this
+/// process polling `status` every 100 us).
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    last_rx: f64,
+    detect_time: f64,
+    engine: f64,
+    observer: f64,
+}
+
+fn detect_xgw_pair(cuts: usize) -> (Vec<f64>, Vec<Split>) {
     let (ga, gb, _a, b) = xgw_pair();
     add_pair(&ga, &gb, "p", 7001, FAST);
-    let mut out = vec![];
+    let (mut out, mut splits) = (vec![], vec![]);
     for i in 0..cuts {
         if !wait("xgw pair Up", Duration::from_secs(15), || ga.status("p").forwarding && gb.status("p").forwarding) {
             break;
         }
         jitter_sleep(i);
+        let cut_ns = xgw::bfd::monotonic_ns();
         let (cut, _) = set_link(&b, "ul", false);
-        if let Some(ms) = time_to(cut, Duration::from_secs(2), || ga.status("p").state == "down") {
+        // The deadline as last seen while Up: after the cut, the one the
+        // last packet set.
+        let (mut deadline, mut down) = (None, None);
+        let ms = time_to(cut, Duration::from_secs(2), || {
+            let s = ga.status("p");
+            if s.state != "down" {
+                deadline = s.detect_deadline_ns.or(deadline);
+                return false;
+            }
+            down = Some((s, xgw::bfd::monotonic_ns()));
+            true
+        });
+        if let (Some(ms), Some((down, seen_ns)), Some(deadline)) = (ms, down, deadline) {
             out.push(ms);
+            // On one clock, from just before the cut's ioctl: the parts add
+            // up to the detection within the ioctl's own time.
+            let d = |a: u64, b: u64| (a as f64 - b as f64) / 1e6;
+            let detect_time = down.detect_time_us as f64 / 1e3;
+            let last_rx = d(deadline, cut_ns) - detect_time;
+            let (engine, observer) = (d(down.changed_ns, deadline), d(seen_ns, down.changed_ns));
+            splits.push(Split { last_rx, detect_time, engine, observer });
         }
         set_link(&b, "ul", true);
     }
-    out
+    (out, splits)
 }
 
 /// xgw's and bfdd's detection times after cuts of the link between them.
@@ -518,10 +551,14 @@ struct Args {
     /// Only the ramp at 3 x 10 ms, printed (no results written).
     #[arg(long)]
     only_fast_timers: bool,
+    /// Only the two-xgw detection runs and where their time went, printed
+    /// (no results written).
+    #[arg(long)]
+    only_detect: bool,
 }
 
 fn main() {
-    let Args { quick, only_ovn_timers, only_fast_timers } = clap::Parser::parse();
+    let Args { quick, only_ovn_timers, only_fast_timers, only_detect } = clap::Parser::parse();
     let out_dir = PathBuf::from(std::env::var("XGW_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
     // OVN's timers, up to the goal of 10,000 on each gateway of the pair.
     let ovn_steps: &[usize] = if quick { &[200] } else { &[1000, 2000, 4000, 8000, 10_000] };
@@ -544,9 +581,38 @@ fn main() {
         scale(if only_ovn_timers { ovn_steps } else { steps }, hold, if only_ovn_timers { OVN } else { FAST });
         return;
     }
+    if only_detect {
+        eprintln!("{}", machine::line());
+        let t0 = machine::Sample::now();
+        let (pair, splits) = detect_xgw_pair(cuts);
+        eprintln!("during the run: {}", machine::Sample::now().since(&t0));
+        let mut order: Vec<usize> = (0..pair.len()).collect();
+        order.sort_by(|&a, &b| pair[b].total_cmp(&pair[a]));
+        eprintln!(
+            "the latest detections (ms): total = last packet before the cut + detection time + engine + observer"
+        );
+        for &i in order.iter().take(10) {
+            let s = splits[i];
+            eprintln!(
+                "  {:.2} = {:.2} + {:.2} + {:.2} + {:.2}",
+                pair[i], s.last_rx, s.detect_time, s.engine, s.observer
+            );
+        }
+        for (p, label) in [(50.0, "p50"), (99.0, "p99"), (100.0, "max")] {
+            let part = |f: fn(&Split) -> f64| pct(&splits.iter().map(f).collect::<Vec<_>>(), p);
+            eprintln!(
+                "{label}: detection {:.2}, last packet {:.2}, engine {:.2}, observer {:.2}",
+                pct(&pair, p),
+                part(|s| s.last_rx),
+                part(|s| s.engine),
+                part(|s| s.observer)
+            );
+        }
+        return;
+    }
     eprintln!("detection, two xgw, {cuts} cuts");
     let t0 = machine::Sample::now();
-    let pair = detect_xgw_pair(cuts);
+    let (pair, splits) = detect_xgw_pair(cuts);
     let pair_load = machine::Sample::now().since(&t0);
     eprintln!("detection, xgw and FRR bfdd, {cuts} cuts");
     let t0 = machine::Sample::now();
@@ -585,6 +651,25 @@ fn main() {
             None,
             "ms",
             format!("{} cuts, 3 x 10 ms over Geneve", pair.len()),
+        );
+    }
+    // Where the two-xgw detections' time went (see `Split`): the p99 of
+    // each part, p50 and max beside it.
+    type Part = fn(&Split) -> f64;
+    let parts: [(&str, Part); 4] = [
+        ("the last packet's arrival after the cut (negative: before)", |s| s.last_rx),
+        ("the detection time the peers agreed", |s| s.detect_time),
+        ("the engine's lateness past its deadline (timer wake-up and pass)", |s| s.engine),
+        ("the observer's lateness (status polled every 100 us)", |s| s.observer),
+    ];
+    for (what, part) in parts {
+        let v: Vec<f64> = splits.iter().map(part).collect();
+        row(
+            format!("detection split, two xgw: {what}, p99, ms"),
+            pct(&v, 99.0),
+            None,
+            "ms",
+            format!("p50 {:.2}, max {:.2}, {} cuts", pct(&v, 50.0), pct(&v, 100.0), v.len()),
         );
     }
     for (p, label) in [(50.0, "p50"), (99.0, "p99"), (100.0, "max")] {
@@ -712,6 +797,9 @@ fn main() {
         "quick": quick,
         "machine": machine::describe(),
         "detect_load": {"xgw_pair": pair_load, "xgw_vs_frr": frr_load},
+        "detect_split_xgw_pair": splits.iter().map(|s| serde_json::json!({
+            "last_rx_ms": s.last_rx, "detect_time_ms": s.detect_time, "engine_ms": s.engine, "observer_ms": s.observer,
+        })).collect::<Vec<_>>(),
         "rows": rows,
         "detect_ms": {"xgw_pair": pair, "xgw_vs_frr": ours, "frr": frr},
         "frr_down_reasons": reasons,
