@@ -351,8 +351,24 @@ fn dump_flows_shows_the_slots_real_traffic_filled_and_when_they_go_stale() {
     );
     assert_eq!((e["in_port"]["port"].as_str(), e["outer"].as_str()), (Some("vm1"), Some("ipv4")));
     assert_eq!(e["tunnel"]["remote"], "198.51.100.2");
+    // The tunnel's headers, shared by every flow to it, in a slot of their
+    // own on the CPU that built them: the one the encap flow went through.
+    let hv2 = ofport(&g, "hv2");
+    let t = doc["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["ofport"].as_u64() == Some(hv2) && t["cpu"] == e["cpu"])
+        .unwrap_or_else(|| panic!("no tunnel slot for hv2 on the encap flow's CPU:\n{doc:#}"));
+    assert_eq!(
+        (t["port"].as_str(), t["remote"].as_str(), t["outer"].as_str(), t["outer_len"].as_u64()),
+        (Some("hv2"), Some("198.51.100.2"), Some("ipv4"), Some(58)),
+        "{doc:#}"
+    );
+    assert_eq!((t["current"].as_bool(), &e["tunnel"]["nexthop_mac"]), (Some(true), &t["nexthop_mac"]), "{doc:#}");
     let human = g.daemon.cli(&["dump-flows", "--bpffs", g.daemon.pins().to_str().unwrap()]);
     assert!(human.contains("remote=198.51.100.2,vni=5001,egress=17") && human.contains("current"), "{human}");
+    assert!(human.contains("tunnel cpu") && human.contains("hv2(") && human.contains("outer ipv4 58 bytes"), "{human}");
 
     // A map change (another binding) retires every slot filled before it.
     g.daemon.cli(&[
