@@ -165,14 +165,20 @@ impl Drop for Process {
 /// Pins the calling thread (and threads it starts) to the CPU it is on, so
 /// that every test run lands on one CPU's per-CPU maps; returns that CPU.
 pub fn pin_to_this_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    pin_to(cpu as usize);
+    cpu as usize
+}
+
+/// Pins the calling thread to CPU `cpu`.
+pub fn pin_to(cpu: usize) {
     // SAFETY: plain libc calls on a zeroed cpu_set_t owned by this frame.
     unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
-        cpu as usize
+        assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
     }
 }

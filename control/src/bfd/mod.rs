@@ -307,8 +307,6 @@ struct Inner {
     /// Enabled sessions found in a pinned session map at start (a previous
     /// controller's), by path, until `add` adopts them.
     orphans: HashMap<BfdPathKey, u32>,
-    /// Slots of `entries` in use.
-    active: Vec<u32>,
     /// (due, slot), earliest first: every entry's `due` is here. An entry
     /// whose `due` moved has its old pair left behind, skipped when it
     /// comes up. With thousands of sessions at OVN's timers, a scan of
@@ -417,7 +415,6 @@ impl Engine {
                 packet: Some(packet),
                 events: 0,
                 orphans,
-                active: Vec::new(),
                 timers: BinaryHeap::new(),
             }),
             stop: AtomicBool::new(false),
@@ -863,7 +860,6 @@ impl Inner {
         self.by_path.insert(key, slot);
         self.by_name.insert(name.clone(), slot);
         self.entries[slot as usize] = Some(Entry { name, path, key, session, tx, error: None, due: 0 });
-        self.active.push(slot);
         self.timers.push(Reverse((0, slot)));
         Ok(())
     }
@@ -871,7 +867,6 @@ impl Inner {
     fn remove(&mut self, name: &str) -> Result<(), Error> {
         let slot = self.by_name.remove(name).ok_or_else(|| Error::NotFound(name.into()))?;
         let e = self.entries[slot as usize].take().expect("indexed entry");
-        self.active.retain(|&s| s != slot);
         self.slots.set_flags(slot, 0);
         self.by_path.remove(&e.key);
         self.paths.remove(&e.key).map_err(|source| Error::Map { what: format!("BFD_PATHS remove for {name}"), source })

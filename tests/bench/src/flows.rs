@@ -285,7 +285,7 @@ pub fn pps_cores(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Ro
             for &cpu in on {
                 let start = &start;
                 s.spawn(move || {
-                    pin_to(cpu);
+                    xgw_tests::process::pin_to(cpu);
                     let sender = crate::afpacket::Sender::new(gen_ns, out);
                     start.wait();
                     sender.send_n(pkt, Some(&cfg), frames_per_run as u64);
@@ -342,16 +342,6 @@ pub fn pps_cores(frames_per_run: u32, runs: usize, only: Option<&str>) -> Vec<Ro
         }
     }
     rows
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: plain libc calls on a zeroed cpu_set_t owned by this frame.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(r, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
-    }
 }
 
 fn cores_row_name(what: &str, flows: u32, prog: &str) -> String {

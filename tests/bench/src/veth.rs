@@ -106,32 +106,35 @@ pub struct SinkCount {
 }
 
 pub fn sink(ns: &Netns, ifname: &str) -> SinkCount {
-    let mut c = SinkCount::default();
-    for l in ns.ok(&["ethtool", "-S", ifname]).lines() {
-        let Some((k, v)) = l.trim().split_once(':') else { continue };
-        let Some(k) = k.strip_prefix("rx_queue_") else { continue };
-        let v: u64 = v.trim().parse().unwrap_or_else(|_| panic!("ethtool -S {ifname}: {l}"));
-        match k.split_once('_').map(|(_, name)| name) {
-            Some("xdp_packets") => c.packets += v,
-            Some("xdp_bytes") => c.bytes += v,
-            Some("xdp_drops") => c.drops += v,
-            _ => {}
-        }
-    }
-    c
+    queues(ns, ifname).into_iter().fold(SinkCount::default(), |a, q| SinkCount {
+        packets: a.packets + q.packets,
+        bytes: a.bytes + q.bytes,
+        drops: a.drops + q.drops,
+    })
 }
 
 /// Frames XDP saw on each receive queue of `ifname` in `ns`, by queue number.
 pub fn queue_packets(ns: &Netns, ifname: &str) -> Vec<u64> {
-    let mut q = Vec::new();
+    queues(ns, ifname).iter().map(|q| q.packets).collect()
+}
+
+/// The XDP counters of each receive queue (`ethtool -S`), by queue number.
+fn queues(ns: &Netns, ifname: &str) -> Vec<SinkCount> {
+    let mut q: Vec<SinkCount> = Vec::new();
     for l in ns.ok(&["ethtool", "-S", ifname]).lines() {
         let Some((k, v)) = l.trim().split_once(':') else { continue };
-        let Some((n, "xdp_packets")) = k.strip_prefix("rx_queue_").and_then(|k| k.split_once('_')) else { continue };
-        let (n, v): (usize, u64) = (n.parse().expect("queue number"), v.trim().parse().expect("counter"));
+        let Some((n, name)) = k.strip_prefix("rx_queue_").and_then(|k| k.split_once('_')) else { continue };
+        let n: usize = n.parse().unwrap_or_else(|_| panic!("ethtool -S {ifname}: {l}"));
+        let v: u64 = v.trim().parse().unwrap_or_else(|_| panic!("ethtool -S {ifname}: {l}"));
         if q.len() <= n {
-            q.resize(n + 1, 0);
+            q.resize(n + 1, SinkCount::default());
         }
-        q[n] = v;
+        match name {
+            "xdp_packets" => q[n].packets = v,
+            "xdp_bytes" => q[n].bytes = v,
+            "xdp_drops" => q[n].drops = v,
+            _ => {}
+        }
     }
     q
 }
